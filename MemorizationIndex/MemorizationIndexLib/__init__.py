@@ -1,0 +1,3 @@
+"""MemorizationIndex: audit generative MRI models for training-data memorization."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,237 @@
+"""Auditing volumes against a reference index: per-slice calibrated scores and their outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from . import __version__
+from .embedding import Cancelled, ProgressCallback, embed_slices
+from .encoders.base import Encoder
+from .errors import UserError
+from .preprocess import nonempty_mask
+from .reference_index import ReferenceIndex
+from .scoring import Threshold, mi_from_z, oni_from_z
+from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
+
+SLICE_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
+NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
+AuditCancelled = Cancelled
+
+
+@dataclass
+class SliceScore:
+    """Scores of one audited slice and its nearest reference slice."""
+
+    slice: int
+    similarity: float
+    z: float
+    mi: float
+    oni: float
+    p_value: float
+    flagged: bool
+    nn_source: str
+    nn_slice: int
+    nn_flip: str
+
+
+@dataclass
+class Neighbour:
+    """One of the top-k reference slices of an audited slice."""
+
+    rank: int
+    source: str
+    slice: int
+    flip: str
+    similarity: float
+
+
+@dataclass
+class VolumeAudit:
+    """Result of auditing one volume."""
+
+    volume: str
+    array_axis: int
+    axis_name: str
+    n_slices: int
+    skipped_empty: list[int]
+    scores: list[SliceScore]
+    threshold: Threshold
+    neighbours: dict[int, list[Neighbour]] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> int:
+        """Number of flagged slices."""
+        return sum(score.flagged for score in self.scores)
+
+
+def score_features(index: ReferenceIndex, raw: dict[str, np.ndarray], alpha: float, k: int = 5) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Whiten, search and calibrate raw query features: per-row score dicts, top-k ids and scores."""
+    found = index.search(index.whiten(raw), k=k)
+    null = index.null_model
+    z = null.z(found.similarity)
+    p = null.p_value(found.similarity)
+    rows = []
+    for i in range(len(z)):
+        nn = int(found.ids[i, 0])
+        rows.append({
+            "similarity": float(found.similarity[i]), "z": float(z[i]), "mi": float(mi_from_z(z[i])), "oni": float(oni_from_z(z[i])),
+            "p_value": float(p[i]), "flagged": bool(p[i] < alpha),
+            "nn_source": index.provenance.source[nn], "nn_slice": index.provenance.slice[nn], "nn_flip": index.provenance.flip[nn],
+        })
+    return rows, found.ids, found.scores
+
+
+def audit_image(
+    index: ReferenceIndex,
+    image: sitk.Image,
+    volume: str,
+    *,
+    encoder: Encoder | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    alpha: float | None = None,
+    axis: str | None = None,
+    top_k: int = 5,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> VolumeAudit:
+    """Score every non-empty slice of ``image`` against ``index``."""
+    if encoder is None:
+        encoder = index.load_encoder(device=device)
+    else:
+        index.check_encoder(encoder)
+    alpha = index.default_alpha if alpha is None else alpha
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be between 0 and 1 (got {alpha})")
+    array_axis = resolve_axis(image, axis or index.axis)
+    stack = image_slices(image, array_axis)
+    keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
+    threshold = index.null_model.threshold(alpha)
+    audit = VolumeAudit(volume, array_axis, axis_name(image, array_axis), len(stack), [int(k) for k in np.flatnonzero(~np.isin(np.arange(len(stack)), keep))], [], threshold)
+    if len(keep) == 0:
+        return audit
+    raw = embed_slices(encoder, [stack[k] for k in keep], index.preprocessing, batch_size=batch_size, progress=progress, cancel=cancel)
+    rows, ids, scores = score_features(index, raw, alpha, k=top_k)
+    prov = index.provenance
+    for i, k in enumerate(keep):
+        audit.scores.append(SliceScore(slice=int(k), **rows[i]))
+        audit.neighbours[int(k)] = [
+            Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
+            for rank, r in enumerate(ids[i]) if r >= 0
+        ]
+    return audit
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _summary_block(scores: list[SliceScore]) -> dict:
+    n = len(scores)
+    flagged = sum(s.flagged for s in scores)
+    return {
+        "slices_scored": n,
+        "mean_mi": float(np.mean([s.mi for s in scores])) if n else None,
+        "mean_oni": float(np.mean([s.oni for s in scores])) if n else None,
+        "flagged": flagged,
+        "flagged_fraction": flagged / n if n else 0.0,
+    }
+
+
+def summarize(audits: list[VolumeAudit], index: ReferenceIndex) -> dict:
+    """The summary.json content for a set of audited volumes."""
+    threshold = audits[0].threshold if audits else index.null_model.threshold(index.default_alpha)
+    null = index.null_model
+    all_scores = [s for a in audits for s in a.scores]
+    overall = _summary_block(all_scores)
+    overall["expected_false_alarms"] = threshold.alpha * overall["slices_scored"]
+    return {
+        "tool": "MemorizationIndex",
+        "version": __version__,
+        "index": {
+            "path": str(index.path.resolve()), "index_id": index.index_id, "encoder_id": index.encoder_id, "encoder_name": index.encoder_name,
+            "weights_sha256": index.weights_sha256, "axis": index.axis, "null_type": index.null_type, "n_reference_slices": index.n_reference_slices,
+        },
+        "null": {"mean": null.mean, "std": null.std, "n": len(null.values)},
+        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+        "volumes": [
+            {"volume": a.volume, "axis": a.axis_name, "array_axis": a.array_axis, "slices_total": a.n_slices, "slices_skipped_empty": len(a.skipped_empty), **_summary_block(a.scores)}
+            for a in audits
+        ],
+        "overall": overall,
+    }
+
+
+def write_outputs(audits: list[VolumeAudit], index: ReferenceIndex, out_dir: str | Path) -> Path:
+    """Write slices.csv, neighbors.csv, summary.json and null_similarity.npy into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_files = []
+    try:
+        slices_tmp = out / ".slices.csv.tmp"
+        tmp_files.append(slices_tmp)
+        with open(slices_tmp, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(SLICE_COLUMNS)
+            for audit in audits:
+                for s in audit.scores:
+                    writer.writerow([audit.volume, s.slice, _fmt(s.similarity), _fmt(s.z), _fmt(s.mi), _fmt(s.oni), _fmt(s.p_value), int(s.flagged), s.nn_source, s.nn_slice])
+        neighbours_tmp = out / ".neighbors.csv.tmp"
+        tmp_files.append(neighbours_tmp)
+        with open(neighbours_tmp, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(NEIGHBOUR_COLUMNS)
+            for audit in audits:
+                for k, items in audit.neighbours.items():
+                    for nb in items:
+                        writer.writerow([audit.volume, k, nb.rank, nb.source, nb.slice, nb.flip, _fmt(nb.similarity)])
+        summary_tmp = out / ".summary.json.tmp"
+        tmp_files.append(summary_tmp)
+        summary_tmp.write_text(json.dumps(summarize(audits, index), indent=2, sort_keys=True) + "\n")
+        null_tmp = out / ".null_similarity.npy.tmp"
+        tmp_files.append(null_tmp)
+        with open(null_tmp, "wb") as handle:
+            np.save(handle, index.null_similarity)
+        for tmp, name in zip(tmp_files, ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy")):
+            os.replace(tmp, out / name)
+    except BaseException:
+        for tmp in tmp_files:
+            tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def audit_paths(
+    index_dir: str | Path,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    alpha: float | None = None,
+    axis: str | None = None,
+    series: str | None = None,
+    volume_index: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> list[VolumeAudit]:
+    """Audit volume files/folders against an index and write the outputs (all inputs are read first)."""
+    index = ReferenceIndex.load(index_dir)
+    inputs = expand_inputs(list(paths))
+    images = [(str(p), read_image(p, series=series, volume_index=volume_index)) for p in inputs]
+    encoder = index.load_encoder(checkpoint=checkpoint, device=device)
+    audits = []
+    for name, image in images:
+        audits.append(audit_image(index, image, name, encoder=encoder, batch_size=batch_size, alpha=alpha, axis=axis, progress=progress, cancel=cancel))
+    write_outputs(audits, index, out_dir)
+    return audits

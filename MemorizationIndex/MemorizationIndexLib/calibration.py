@@ -1,0 +1,83 @@
+"""The calibration null: held-out subject splits of the training set, or held-out real data."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .search import build_flat_index, max_similarity
+from .whitening import ShrinkageWhitener
+
+NULL_TRAIN_SPLIT = "train-split"
+NULL_HOLDOUT = "holdout"
+DEFAULT_NULL_SPLITS = 10
+DEFAULT_QUERY_FRACTION = 0.1
+MIN_NULL_SCORES = 2000  # enough scores that alpha = 1e-3 is attainable
+
+
+def split_groups(groups: np.ndarray, slab_count: int = 10) -> np.ndarray:
+    """Group ids for half-splits: subjects when there are several, else contiguous slabs of slices.
+
+    With a single subject, neighbouring slices are near-copies of each other, so the halves are
+    made of ``slab_count`` contiguous slabs rather than interleaved slices.
+    """
+    groups = np.asarray(groups)
+    _, codes = np.unique(groups, return_inverse=True)
+    if codes.max(initial=0) > 0:
+        return codes
+    return (np.arange(len(groups)) * slab_count) // max(len(groups), 1)
+
+
+def train_split_null(
+    features: dict[str, np.ndarray],
+    original_rows: np.ndarray,
+    copies_of: np.ndarray,
+    groups: np.ndarray,
+    make_whitener: Callable[[], ShrinkageWhitener],
+    n_splits: int = DEFAULT_NULL_SPLITS,
+    query_fraction: float = DEFAULT_QUERY_FRACTION,
+    seed: int = 0,
+) -> tuple[np.ndarray, int]:
+    """Pool similarities of held-out groups A to the remaining groups B (with B's flipped copies).
+
+    Each split mimics an audit of slices the reference never saw: whiteners are refitted on B
+    alone (whitening fitted on the queries themselves makes them look less similar to the
+    reference than truly new slices are), and A is a ``query_fraction`` of the groups so that
+    B is nearly as large as the full reference (a half-size B lowers nearest-neighbour scores).
+
+    features: raw per-block features for every indexed row (originals and flips).
+    original_rows: row ids of the unflipped reference slices (the queries of the null).
+    copies_of: for every indexed row, the row id of the original slice it was made from.
+    groups: split group of every original row (same order as ``original_rows``).
+    Returns the pooled null and the number of splits used (raised for small references so that
+    at least ``MIN_NULL_SCORES`` scores exist).
+    """
+    codes = split_groups(groups)
+    unique = np.unique(codes)
+    if len(unique) < 2:
+        raise ValueError("the calibration null needs at least two groups of slices")
+    held_out = max(1, int(round(query_fraction * len(unique))))
+    per_split = max(1, len(original_rows) * held_out // len(unique))
+    n_splits = max(n_splits, int(np.ceil(MIN_NULL_SCORES / per_split)))
+    rng = np.random.default_rng(seed)
+    group_of_row = np.empty(int(copies_of.max()) + 1, dtype=np.int64)
+    group_of_row[original_rows] = codes
+    row_groups = group_of_row[copies_of]
+    pooled = []
+    for _ in range(n_splits):
+        half_a = rng.permutation(unique)[:held_out]
+        queries = original_rows[np.isin(codes, half_a)]
+        reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
+        indexes, query_vectors = {}, {}
+        for block, raw in features.items():
+            whitener = make_whitener().fit(raw[reference_rows])
+            indexes[block] = build_flat_index(whitener.transform(raw[reference_rows]))
+            query_vectors[block] = whitener.transform(raw[queries])
+        pooled.append(max_similarity(indexes, query_vectors))
+    return np.concatenate(pooled), n_splits
+
+
+def holdout_null(indexes: dict, holdout_vectors: dict[str, np.ndarray]) -> np.ndarray:
+    """Similarities of held-out real slices (never trained on) to the full reference."""
+    return max_similarity(indexes, holdout_vectors)

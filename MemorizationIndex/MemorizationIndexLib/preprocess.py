@@ -1,0 +1,101 @@
+"""Slice preprocessing: robust min-max scaling, square padding, resizing, 3 channels."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How slices become encoder input; stored in the index and checked at audit time.
+
+    low/high_percentile: robust min-max window (percent of the slice's voxels).
+    foreground_level: a voxel is foreground above this fraction of the volume's robust maximum.
+    min_foreground_fraction: slices with less foreground than this are empty and skipped.
+    smoothing_sigma: Gaussian smoothing (in output pixels) applied after resizing; damps noise.
+    """
+
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    foreground_level: float = 0.1
+    min_foreground_fraction: float = 0.02
+    smoothing_sigma: float = 0.0
+    min_slice_pixels: int = 16
+
+    def to_dict(self) -> dict:
+        """Plain-dict form for JSON."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PreprocessSettings":
+        """Inverse of :meth:`to_dict`."""
+        return cls(**values)
+
+
+def volume_reference_level(slices: np.ndarray, settings: PreprocessSettings) -> float:
+    """Robust maximum of a whole volume (its high percentile), used to find empty slices."""
+    finite = slices[np.isfinite(slices)]
+    if finite.size == 0:
+        return 0.0
+    return float(np.percentile(finite, settings.high_percentile))
+
+
+def nonempty_mask(slices: np.ndarray, settings: PreprocessSettings, reference_level: float | None = None) -> np.ndarray:
+    """Boolean [n]: slices with enough foreground to be scored (others are background only)."""
+    if reference_level is None:
+        reference_level = volume_reference_level(slices, settings)
+    low = float(np.min(slices)) if slices.size else 0.0
+    if reference_level <= low:
+        return np.zeros(len(slices), dtype=bool)
+    threshold = low + settings.foreground_level * (reference_level - low)
+    fraction = (slices > threshold).reshape(len(slices), -1).mean(axis=1)
+    too_small = min(slices.shape[1:]) < settings.min_slice_pixels if slices.ndim == 3 else True
+    return (fraction >= settings.min_foreground_fraction) & (not too_small)
+
+
+def scale_unit(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """Robust min-max scale one slice to [0, 1] (a constant slice becomes all zeros)."""
+    low, high = np.percentile(slice2d, [settings.low_percentile, settings.high_percentile])
+    if not high > low:
+        return np.zeros_like(slice2d, dtype=np.float32)
+    return np.clip((slice2d - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, int(round(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def _smooth(batch: torch.Tensor, sigma: float) -> torch.Tensor:
+    kernel = _gaussian_kernel(sigma)
+    pad = len(kernel) // 2
+    batch = F.conv2d(F.pad(batch, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(batch, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
+
+
+def to_square(slice2d: np.ndarray) -> np.ndarray:
+    """Zero-pad a 2D slice to a centred square (keeps the aspect ratio through resizing)."""
+    h, w = slice2d.shape
+    size = max(h, w)
+    out = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - h) // 2, (size - w) // 2
+    out[top : top + h, left : left + w] = slice2d
+    return out
+
+
+def prepare_batch(slices: list[np.ndarray] | np.ndarray, size: int, settings: PreprocessSettings) -> np.ndarray:
+    """Turn raw 2D slices into encoder input: float32 [N, 3, size, size] in [0, 1]."""
+    out = np.empty((len(slices), 3, size, size), dtype=np.float32)
+    for i, slice2d in enumerate(slices):
+        square = torch.from_numpy(to_square(scale_unit(np.asarray(slice2d, dtype=np.float32), settings)))[None, None]
+        resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if settings.smoothing_sigma > 0:
+            resized = _smooth(resized, settings.smoothing_sigma)
+        out[i] = resized.clamp_(0.0, 1.0)[0].expand(3, size, size).numpy()
+    return out

@@ -1,0 +1,27 @@
+"""Shared pytest fixtures: where the shared real-MRI data lives."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "MemorizationIndex"))
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The ../shared/data folder; tests that need it skip with a reason when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real MRI data folder {SHARED_DATA} is absent (it sits beside the repo in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def brain_subjects(shared_data: Path) -> list[Path]:
+    """The 24 brain T1w volumes, sorted by subject."""
+    return sorted((shared_data / "brain" / "ds002748").glob("sub-*_T1w.nii.gz"))
