@@ -1,0 +1,40 @@
+# The two commands: `make demo` (the main job on the embedded default) and `make test`.
+# Each sets up .venv on a fresh machine (Python >= 3.10 and access to PyPI).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch 2.13.0 is the CPU build on our machines; override with e.g. TORCH_SPEC=torch for another build.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,slicer,demo
+
+.PHONY: install demo test bench benchmark clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/memorization-index demo --out demo-output
+
+test: install
+	$(PY) -m pytest Testing -q
+
+bench: install
+	$(PY) tools/bench_perf.py --out bench
+
+benchmark: install
+	$(VENV)/bin/memorization-index benchmark \
+		--dataset brain=../shared/data/brain/ds002748 \
+		--dataset spine=../shared/data/spine/myosegmentum \
+		--dataset knee=../shared/data/knee \
+		--subject-pattern 'knee=(pykneer-s01|pymskt-s02)' \
+		--out bench-quality
+	cp bench-quality/results.md docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) demo-output bench bench-quality .pytest_cache

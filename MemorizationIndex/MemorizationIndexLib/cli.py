@@ -1,0 +1,186 @@
+"""Command line: ``memorization-index build-index | audit | report | demo | benchmark``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UserError
+from .volumes import AXIS_CHOICES
+
+PROGRESS_ENV = "MEMORIZATION_INDEX_PROGRESS"
+
+
+def make_progress(label: str) -> Callable[[int, int], None]:
+    """A progress callback: machine-readable lines when MEMORIZATION_INDEX_PROGRESS=1, else a tqdm bar."""
+    if os.environ.get(PROGRESS_ENV) == "1":
+        def report(done: int, total: int) -> None:
+            print(f"progress: {done}/{total} {label}", file=sys.stderr, flush=True)
+        return report
+    from tqdm import tqdm
+
+    bar: dict = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar or bar["bar"].total != total:
+            if "bar" in bar:
+                bar["bar"].close()
+            bar["bar"] = tqdm(total=total, desc=label, unit="slice", file=sys.stderr, disable=None)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+        if done >= total:
+            bar["bar"].close()
+            del bar["bar"]
+
+    return update
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
+
+
+def _alpha(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {value})")
+    return value
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the encoder runs (default: cpu)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="slices per forward pass (default: 32)")
+    parser.add_argument("--series", help="DICOM series UID to read when a folder holds several")
+    parser.add_argument("--volume-index", type=int, help="which volume of a 4D image to read")
+
+
+def _build_index(args: argparse.Namespace) -> int:
+    from .reference_index import build_index
+
+    index = build_index(
+        args.train, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis,
+        holdout_paths=args.holdout, flips=not args.no_flips, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits,
+        seed=args.seed, subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
+        overwrite=args.overwrite, progress=make_progress("embedding"),
+    )
+    null = index.config["null"]
+    print(f"index {index.index_id} written to {index.path}: {index.n_reference_slices} reference slices "
+          f"({index.config['n_vectors']} vectors with flips), encoder {index.encoder_id}, null {null['type']} "
+          f"(n={null['n']}, mean={null['mean']:.4f}, std={null['std']:.4f})")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import audit_paths
+
+    audits = audit_paths(
+        args.index, args.query, args.out, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
+        alpha=args.alpha, axis=args.axis, series=args.series, volume_index=args.volume_index, progress=make_progress("auditing"),
+    )
+    if not args.no_report:
+        from .report import write_report
+
+        write_report(Path(args.out), no_training_images=args.no_training_images)
+    threshold = audits[0].threshold
+    print(f"{'volume':<40} {'scored':>6} {'skipped':>7} {'mean mi':>8} {'flagged':>8}")
+    for audit in audits:
+        mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
+        print(f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} {mean_mi:>8.3f} {audit.flagged:>8}")
+    print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.4f}, z > {threshold.z:.3f}); outputs in {args.out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(Path(args.out_dir), no_training_images=args.no_training_images, max_evidence=args.max_evidence)
+    print(f"report written to {path}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="memorization-index", description="Audit generative MRI models for training-data memorization.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = sub.add_parser("build-index", help="embed training volumes into a reference index folder", description="Embed every non-empty slice of the training volumes (and flipped copies), whiten, index with FAISS, and calibrate the null.")
+    build.add_argument("train", nargs="+", metavar="TRAIN_PATH", help="training volume files or folders (each file is one subject unless --subject-pattern)")
+    build.add_argument("--out", required=True, help="index folder to create")
+    build.add_argument("--encoder", default="default", choices=("default", "mri-core"), help="slice encoder (default: the embedded EfficientNet-Lite0)")
+    build.add_argument("--checkpoint", help="local MRI-CORE checkpoint file (for --encoder mri-core)")
+    build.add_argument("--axis", default="auto", choices=AXIS_CHOICES, help="slicing axis in patient space (auto: the largest-spacing axis)")
+    build.add_argument("--holdout", nargs="+", metavar="PATH", help="held-out real volumes (never trained on) for the calibration null")
+    build.add_argument("--subject-pattern", help="regex whose first group (or match) in a file path names its subject")
+    build.add_argument("--slice-stride", type=_positive_int, default=1, help="index every N-th non-empty slice (default: 1)")
+    build.add_argument("--null-splits", type=_positive_int, default=10, help="random subject splits for the null (default: 10, raised for small sets)")
+    build.add_argument("--seed", type=int, default=0, help="seed of the null splits (default: 0)")
+    build.add_argument("--no-flips", action="store_true", help="do not index flipped copies of the reference slices")
+    build.add_argument("--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    _add_common(build)
+    build.set_defaults(func=_build_index)
+
+    audit = sub.add_parser("audit", help="score query volumes slice by slice against an index", description="Writes OUT_DIR/slices.csv, summary.json, neighbors.csv and report.html.")
+    audit.add_argument("index", metavar="INDEX_DIR")
+    audit.add_argument("query", nargs="+", metavar="QUERY_PATH", help="generated volume files or folders")
+    audit.add_argument("--out", required=True, help="output folder")
+    audit.add_argument("--checkpoint", help="MRI-CORE checkpoint (if not at the path recorded in the index)")
+    audit.add_argument("--alpha", type=_alpha, help="significance level for flagging (default: the index's, 0.001)")
+    audit.add_argument("--axis", choices=AXIS_CHOICES, help="override the index's slicing axis")
+    audit.add_argument("--no-report", action="store_true", help="do not write report.html")
+    audit.add_argument("--no-training-images", action="store_true", help="report without training pixels (for sharing outside the hospital)")
+    _add_common(audit)
+    audit.set_defaults(func=_audit)
+
+    report = sub.add_parser("report", help="(re)build report.html from an audit's outputs")
+    report.add_argument("out_dir", metavar="OUT_DIR")
+    report.add_argument("--no-training-images", action="store_true", help="leave training pixels out")
+    report.add_argument("--max-evidence", type=_positive_int, default=24, help="most suspicious slices shown (default: 24)")
+    report.set_defaults(func=_report)
+
+    demo = sub.add_parser("demo", help="build an index from real MRI shipped in pip packages, audit planted copies, print the result")
+    demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    demo.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    demo.set_defaults(func=_demo)
+
+    try:
+        from .benchmark import add_benchmark_parser
+    except ImportError:
+        pass
+    else:
+        add_benchmark_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user mistakes print one ``error:`` line and exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; lower --batch-size or audit fewer volumes at once", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

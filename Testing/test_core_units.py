@@ -1,0 +1,181 @@
+"""Unit tests of the core maths: whitener, scores and calibration, manifest checks, axis choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MemorizationIndexLib.calibration import split_groups, train_split_null
+from MemorizationIndexLib.errors import UserError
+from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
+from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
+from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
+from MemorizationIndexLib.whitening import ShrinkageWhitener, ledoit_wolf_shrinkage, l2_normalize
+
+
+def test_whitener_whitens_well_sampled_data() -> None:
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(8, 8))
+    x = rng.normal(size=(20000, 8)) @ mixing + 3.0
+    whitener = ShrinkageWhitener(shrinkage=0.0, eps=0.0).fit(x)
+    white = (x - whitener.mean_) @ whitener.whitening_matrix_
+    np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(8), atol=1e-3)
+    # ZCA: the whitening matrix is symmetric
+    np.testing.assert_allclose(whitener.whitening_matrix_, whitener.whitening_matrix_.T, atol=1e-5)
+
+
+def test_shrinkage_keeps_few_samples_well_conditioned() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 200))  # fewer samples than dimensions
+    shrunk = ShrinkageWhitener().fit(x)
+    raw = ShrinkageWhitener(shrinkage=0.0, eps=1e-6).fit(x)
+    assert 0.5 < shrunk.shrinkage_ <= 1.0  # isotropic data: shrink strongly towards the identity
+    assert np.linalg.cond(shrunk.whitening_matrix_) < 10
+    assert np.linalg.cond(raw.whitening_matrix_) > 100  # the paper's raw ZCA amplifies empty directions
+
+
+def test_ledoit_wolf_matches_formula_on_small_example() -> None:
+    x = np.array([[1.0, 2.0], [2.0, 1.0], [3.0, 5.0], [0.0, -1.0]])
+    centered = x - x.mean(axis=0)
+    cov = centered.T @ centered / len(x)
+    mu = np.trace(cov) / 2
+    delta = np.sum((cov - mu * np.eye(2)) ** 2)
+    beta = sum(np.sum((np.outer(r, r) - cov) ** 2) for r in centered) / len(x) ** 2
+    assert ledoit_wolf_shrinkage(centered, cov) == pytest.approx(min(beta, delta) / delta)
+
+
+def test_whitener_state_round_trip_and_unit_norm() -> None:
+    x = np.random.default_rng(2).normal(size=(30, 5))
+    whitener = ShrinkageWhitener().fit(x)
+    again = ShrinkageWhitener.from_state(whitener.state())
+    np.testing.assert_array_equal(whitener.transform(x), again.transform(x))
+    np.testing.assert_allclose(np.linalg.norm(again.transform(x), axis=1), 1.0, atol=1e-5)
+    assert np.all(l2_normalize(np.zeros((2, 3))) == 0)
+
+
+def test_aggregate_is_geometric_mean_with_negative_cosines_clamped() -> None:
+    assert aggregate(np.array([0.25, 1.0])) == pytest.approx(0.5, abs=1e-5)
+    assert aggregate(np.array([-0.3, 0.9])) == pytest.approx(np.sqrt(1e-6 * (0.9 + 1e-6)), rel=1e-3)
+    assert np.isfinite(aggregate(np.array([[-1.0, -1.0]]))).all()
+
+
+def test_scores_follow_the_definitions() -> None:
+    z = np.array([-2.0, 0.0, 3.0])
+    np.testing.assert_allclose(mi_from_z(z), (1 + np.tanh(z)) / 2)
+    np.testing.assert_allclose(oni_from_z(z), -np.tanh(z))
+    np.testing.assert_allclose(mi_from_z(z), (1 - oni_from_z(z)) / 2)
+    assert mi_from_z(0.0) == 0.5
+
+
+def test_p_value_has_plus_one_correction_and_threshold_agrees() -> None:
+    null = NullModel(np.arange(1, 1000, dtype=float) / 1000)  # 999 scores 0.001 .. 0.999
+    assert null.p_value(np.array([2.0]))[0] == pytest.approx(1 / 1000)
+    assert null.p_value(np.array([0.0]))[0] == pytest.approx(1.0)
+    assert null.p_value(np.array([0.999]))[0] == pytest.approx(2 / 1000)
+    threshold = null.threshold(0.01)
+    probes = np.linspace(0.9, 1.0, 1001)
+    flagged = null.p_value(probes) < 0.01
+    np.testing.assert_array_equal(flagged, probes > threshold.similarity)
+    assert threshold.mi == pytest.approx(mi_from_z((threshold.similarity - null.mean) / null.std))
+    assert null.threshold(1e-4).similarity == float("inf")  # 999 scores cannot support alpha 1e-4
+
+
+def test_split_groups_uses_subjects_or_slabs() -> None:
+    np.testing.assert_array_equal(split_groups(np.array(["b", "a", "b"])), [1, 0, 1])
+    slabs = split_groups(np.array(["one"] * 40))
+    assert len(np.unique(slabs)) == 10 and np.all(np.diff(slabs) >= 0)
+
+
+def test_null_queries_never_see_their_own_subject() -> None:
+    rng = np.random.default_rng(3)
+    subjects = np.repeat(np.arange(6), 10)
+    features = {"b": rng.normal(size=(60, 16)).astype(np.float32)}
+    features["b"][10:20] = features["b"][0:10]  # subjects 0 and 1 are identical twins
+    rows = np.arange(60)
+    null, splits = train_split_null(features, rows, rows, subjects.astype(str), ShrinkageWhitener, n_splits=10, seed=0)
+    assert splits >= 10 and len(null) >= 2000
+    assert np.mean(null > 0.99) > 0.05  # twins are found across subjects...
+    features["b"][10:20] = rng.normal(size=(10, 16))
+    null, _ = train_split_null(features, rows, rows, subjects.astype(str), ShrinkageWhitener, n_splits=10, seed=0)
+    assert np.max(null) < 0.99  # ...but a slice never matches itself
+
+
+def _tiny_index(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(4)
+    provenance = Provenance()
+    for row in range(40):
+        provenance.append(f"/data/s{row // 10}.nii.gz", row % 10, "axial", 0, "none", row, f"s{row // 10}")
+    info = EncoderInfo("default", "default:224:b", "0" * 64, 224, ("b",))
+    build_index_from_features({"b": rng.normal(size=(40, 8)).astype(np.float32)}, provenance, tmp_path / "index", encoder_info=info)
+    return tmp_path / "index"
+
+
+def test_index_from_features_round_trips(tmp_path: Path) -> None:
+    index = ReferenceIndex.load(_tiny_index(tmp_path))
+    assert index.n_reference_slices == 40 and index.null_type == "train-split"
+    assert len(index.null_similarity) >= 2000
+    assert not list(tmp_path.glob(".index.tmp-*"))
+
+
+@pytest.mark.parametrize("damage", ["checksum", "version", "missing", "truncated-faiss"])
+def test_damaged_index_is_refused(tmp_path: Path, damage: str) -> None:
+    path = _tiny_index(tmp_path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    if damage == "checksum":
+        (path / "config.json").write_text((path / "config.json").read_text().replace('"axial"', '"auto"') + " ")
+    elif damage == "version":
+        manifest["format_version"] = 99
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "missing":
+        (path / "calibration.npz").unlink()
+    else:
+        data = (path / "index_b.faiss").read_bytes()
+        (path / "index_b.faiss").write_bytes(data[: len(data) // 2])
+        manifest["files"]["index_b.faiss"] = __import__("hashlib").sha256(data[: len(data) // 2]).hexdigest()
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError) as error:
+        ReferenceIndex.load(path)
+    assert "\n" not in str(error.value)
+
+
+def test_existing_output_is_not_overwritten_silently(tmp_path: Path) -> None:
+    path = _tiny_index(tmp_path)
+    with pytest.raises(UserError, match="already exists"):
+        _tiny_index(tmp_path)
+    assert (path / "manifest.json").is_file()
+
+
+def _image(size: tuple[int, int, int], spacing: tuple[float, float, float], direction: np.ndarray) -> sitk.Image:
+    image = sitk.Image(list(size), sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction.flatten().tolist())
+    return image
+
+
+def test_axis_choice_in_patient_space() -> None:
+    # Index axes permuted: i runs S-I, j runs L-R, k runs A-P (a coronal stack stored oddly).
+    direction = np.array([[0.0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    image = _image((10, 12, 14), (1.0, 1.0, 3.0), direction)
+    assert resolve_axis(image, "auto") == 0 and axis_name(image, 0) == "coronal"
+    assert axis_name(image, resolve_axis(image, "axial")) == "axial" and resolve_axis(image, "axial") == 2
+    assert axis_name(image, resolve_axis(image, "sagittal")) == "sagittal" and resolve_axis(image, "sagittal") == 1
+    # oblique: rotated 20 degrees about the z axis; the axial choice is still k
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    oblique = _image((8, 8, 8), (1.0, 1.0, 1.0), np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]))
+    assert resolve_axis(oblique, "axial") == 0 and resolve_axis(oblique, "auto") == 0
+
+
+def test_axis_choice_on_sagittal_dicom_series(shared_data: Path) -> None:
+    image = read_image(shared_data / "knee" / "pymskt-s02" / "dicom_MESE_echo1")
+    array_axis = resolve_axis(image, "auto")
+    assert image.GetSize()[2] == 24 and array_axis == 0  # 4 mm through-plane spacing
+    assert axis_name(image, array_axis) == "sagittal"
+    assert resolve_axis(image, "sagittal") == array_axis
+    nifti = read_image(shared_data / "knee" / "pymskt-s02" / "MESE_echo1_TE6.3ms.nii.gz")
+    assert axis_name(nifti, resolve_axis(nifti, "auto")) == "sagittal"
+    assert axis_name(nifti, resolve_axis(nifti, "axial")) == "axial"
