@@ -1,0 +1,835 @@
+"""A self-contained HTML report of an audit, for reviewers who will not run Python.
+
+``write_report(out_dir)`` reads the audit outputs (``slices.csv``, ``summary.json``,
+``null_similarity.npy``; formats in docs/api-contract.md) and writes ``out_dir/report.html``:
+
+1. the verdict in plain words at the top, with the threshold in ``mi``/``oni``/``z`` units, the
+   null used, the index, the encoder, the date and the tool version;
+2. plots (matplotlib on an Agg canvas; pyplot is not used): audited ``mi`` over the null
+   distribution's ``mi`` (and the same in ``z`` units) with the threshold marked, and ``mi``
+   against slice for each volume (capped at MAX_STRIPS, most suspicious volumes first);
+3. the evidence: for the most suspicious slices, query | nearest training slice | absolute
+   difference, with scores and provenance.
+
+Everything is embedded (PNG data URIs, inline CSS); the file has no scripts and fetches nothing.
+Every string that comes from the user (file names, index ids, ...) is HTML-escaped.
+
+Slices are shown as stored in the image array (what the encoder saw), not re-oriented for
+radiological display. Orientation of the training slice: ``slices.csv`` does not record
+``nn_flip``; when the audit folder has a ``neighbors.csv`` (columns ``volume, slice, rank,
+source, source_slice, flip, ...``) the rank-1 neighbour's flip is used, otherwise the report
+tries the reference slice unflipped, left-right flipped and up-down flipped (after resizing it
+to the query's shape) and shows the one with the highest pixel correlation to the query. The
+orientation and the pixel correlation are printed under each pair. The difference image is
+``|query - training|`` after each slice is scaled to [0, 1] by its own 1st-99.5th percentiles.
+
+The evidence gallery holds the ``max_evidence`` slices with the highest ``mi`` (then similarity),
+flagged or not; the report says how many slices (and flagged slices) were left out. Only the
+query volumes of those slices are read, one at a time.
+
+With ``no_training_images=True`` no training pixels enter the file: the reference index is not
+even opened, and neither the training slice nor the difference image (which would reveal it) is
+drawn; only the provenance (file name and slice number) is listed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import UserError
+
+SLICES_COLUMNS = (
+    "volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice",
+)
+MAX_STRIPS = 12  # per-volume mi strips drawn; the rest are listed as left out
+MAX_VOLUME_ROWS = 50  # rows of the per-volume table
+MAX_THUMB = 256  # evidence images larger than this (in either dimension) are downsampled
+PATH_CLASS = ' class="path"'
+
+NULL_DESCRIPTIONS = {
+    "train-half": (
+        "train-half: the training slices were split in two halves by subject and each half scored "
+        "against the other (no held-out real data was supplied)"
+    ),
+    "holdout": (
+        "holdout: real slices never used in training scored against the training set "
+        "(the null for \u201ccloser to the training set than fresh real data is\u201d)"
+    ),
+}
+
+
+@dataclass
+class _Row:
+    volume: str
+    slice: int
+    similarity: float
+    z: float
+    mi: float
+    oni: float
+    p_value: float
+    flagged: bool
+    nn_source: str
+    nn_slice: int
+
+
+# --------------------------------------------------------------------------------------------
+# reading the audit outputs
+
+
+def _read_rows(path: Path) -> list[_Row]:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `memorization-index audit` into this folder first")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            header = tuple(reader.fieldnames or ())
+            missing = [c for c in SLICES_COLUMNS if c not in header]
+            if missing:
+                raise UserError(f"{path} is not an audit slices.csv (missing columns: {', '.join(missing)})")
+            rows = []
+            for line_no, rec in enumerate(reader, start=2):
+                try:
+                    rows.append(
+                        _Row(
+                            volume=rec["volume"],
+                            slice=int(rec["slice"]),
+                            similarity=float(rec["similarity"]),
+                            z=float(rec["z"]),
+                            mi=float(rec["mi"]),
+                            oni=float(rec["oni"]),
+                            p_value=float(rec["p_value"]),
+                            flagged=str(rec["flagged"]).strip().lower() in ("1", "true", "yes"),
+                            nn_source=rec["nn_source"] or "",
+                            nn_slice=int(rec["nn_slice"]),
+                        )
+                    )
+                except (TypeError, ValueError) as exc:
+                    raise UserError(f"{path} line {line_no} is corrupt: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text CSV file") from None
+    except csv.Error as exc:
+        raise UserError(f"{path} is corrupt: {exc}") from None
+    return rows
+
+
+def _read_summary(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `memorization-index audit` into this folder first")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(summary, dict):
+        raise UserError(f"{path} is not an audit summary (expected a JSON object)")
+    for key in ("index", "null", "threshold", "volumes"):
+        if key not in summary:
+            raise UserError(f"{path} is not an audit summary (no \"{key}\" entry)")
+    try:
+        for key in ("mean", "std"):
+            summary["null"][key] = float(summary["null"][key])
+        for key in ("alpha", "similarity", "z", "mi", "oni"):
+            summary["threshold"][key] = float(summary["threshold"][key])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path} has a corrupt null/threshold entry ({exc!r})") from None
+    if not isinstance(summary["volumes"], list) or not isinstance(summary["index"], dict):
+        raise UserError(f"{path} is not an audit summary (bad \"volumes\" or \"index\" entry)")
+    return summary
+
+
+def _read_null(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run `memorization-index audit` into this folder first")
+    try:
+        null = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for corrupt files
+        raise UserError(f"{path} is not a readable .npy array ({type(exc).__name__})") from None
+    null = np.asarray(null, dtype=np.float64).ravel()
+    return null[np.isfinite(null)]
+
+
+def load_audit(out_dir: str | os.PathLike) -> tuple[list[_Row], dict, np.ndarray]:
+    """Read (rows of slices.csv, summary.json, null similarity) from an audit folder; UserError on problems."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise UserError(f"audit folder {out_dir} does not exist")
+    return (
+        _read_rows(out_dir / "slices.csv"),
+        _read_summary(out_dir / "summary.json"),
+        _read_null(out_dir / "null_similarity.npy"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _e(value: Any) -> str:
+    """HTML-escape anything (quotes too, so it is safe in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
+def _png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img_tag(png: bytes, alt: str, cls: str = "", width: int | None = None) -> str:
+    attrs = f' class="{_e(cls)}"' if cls else ""
+    if width:
+        attrs += f' width="{int(width)}"'
+    return f'<img{attrs} alt="{_e(alt)}" src="{_png_data_uri(png)}">'
+
+
+def _new_figure(figsize: tuple[float, float]):
+    """A matplotlib Figure on an Agg canvas (no pyplot: the caller's backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    if p >= 1 or k > n:
+        return 1.0 if p >= 1 else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    total, peak = 0.0, None
+    for i in range(k, n + 1):
+        log_term = math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        peak = log_term if peak is None else max(peak, log_term)
+        total += math.exp(log_term)
+        if log_term < peak - 40:  # terms decrease from here on; the rest is negligible
+            break
+    return min(1.0, total)
+
+
+def _count(x: float) -> str:
+    """An expected count in plain words: 0.5, 1.2, 24.0, 0.02."""
+    return f"{x:.1f}" if x >= 0.1 else f"{x:.2g}"
+
+
+def _short(path: str, keep: int = 60) -> str:
+    name = os.path.basename(path.rstrip("/\\")) or path
+    return name if len(name) <= keep else "\u2026" + name[-keep:]
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+
+
+def _histogram_png(rows: Sequence[_Row], null_sim: np.ndarray, null_mean: float, null_std: float,
+                   threshold: Mapping[str, float]) -> bytes:
+    """Audited scores over the null: left in mi units, right in z units (where copies stand apart)."""
+    fig = _new_figure((11.0, 3.3))
+    ax_mi, ax_z = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+    std = null_std if null_std > 0 and math.isfinite(null_std) else 1.0
+    null_z = (null_sim - null_mean) / std
+    null_mi = (1.0 + np.tanh(null_z)) / 2.0
+    audited_z = np.array([r.z for r in rows], dtype=np.float64)
+    audited_mi = np.array([r.mi for r in rows], dtype=np.float64)
+    z_all = np.r_[null_z, audited_z, threshold["z"]]
+    z_all = z_all[np.isfinite(z_all)]
+    z_lo, z_hi = float(z_all.min()), float(z_all.max())
+    if z_hi - z_lo < 1e-9:
+        z_lo, z_hi = z_lo - 1.0, z_hi + 1.0
+    for ax, null_v, aud_v, bins, thr, label in (
+        (ax_mi, null_mi, audited_mi, np.linspace(0.0, 1.0, 51), threshold["mi"], "mi"),
+        (ax_z, null_z, audited_z, np.linspace(z_lo, z_hi + 1e-9, 61), threshold["z"], "z"),
+    ):
+        if null_v.size:
+            ax.hist(null_v, bins=bins, density=True, color="#9aa5b1", alpha=0.8,
+                    label=f"null: real vs training (n={null_v.size})")
+        if aud_v.size:
+            ax.hist(aud_v, bins=bins, density=True, histtype="step", linewidth=2.0, color="#1f4e8c",
+                    label=f"audited slices (n={aud_v.size})")
+        ax.axvline(thr, color="#c0392b", linestyle="--", linewidth=1.8, label=f"threshold {label} = {thr:.4g}")
+        ax.tick_params(labelsize=8)
+        ax.legend(loc="upper center", fontsize=7, frameon=False)
+    ax_mi.set_yscale("symlog", linthresh=1.0)  # copies pile up at mi = 1 and would flatten the rest
+    ax_mi.set_ylabel("density (symlog scale)", fontsize=8)
+    ax_z.set_ylabel("density", fontsize=8)
+    ax_mi.set_xlim(0, 1)
+    ax_mi.set_xlabel("Memorization Index mi (0.5 = typical real slice, 1 = copy)", fontsize=9)
+    ax_z.set_xlabel("z = (similarity \u2212 null mean) / null std", fontsize=9)
+    ax_mi.set_title("Audited mi over the null distribution", fontsize=10)
+    ax_z.set_title("The same in z units", fontsize=10)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def _strips_png(volumes: Sequence[tuple[str, list[_Row]]], threshold_mi: float) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(volumes)
+    fig = _new_figure((7.2, 0.5 + 1.4 * n))
+    axes = fig.subplots(n, 1, squeeze=False)
+    for ax, (volume, vrows) in zip(axes[:, 0], volumes):
+        vrows = sorted(vrows, key=lambda r: r.slice)
+        xs = np.array([r.slice for r in vrows])
+        ys = np.array([r.mi for r in vrows])
+        flagged = np.array([r.flagged for r in vrows], dtype=bool)
+        ax.plot(xs, ys, color="#1f4e8c", linewidth=1.0)
+        ax.scatter(xs[~flagged], ys[~flagged], s=8, color="#1f4e8c", zorder=3)
+        if flagged.any():
+            ax.scatter(xs[flagged], ys[flagged], s=22, color="#c0392b", zorder=4, label="flagged")
+        ax.axhline(threshold_mi, color="#c0392b", linestyle="--", linewidth=1.0)
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_yticks([0, 0.5, 1])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{_short(volume)}  ({int(flagged.sum())} flagged of {len(vrows)})", loc="left",
+                     fontsize=8, pad=2, parse_math=False)
+        ax.set_ylabel("mi", fontsize=8)
+    axes[-1, 0].set_xlabel("slice index", fontsize=8)
+    fig.tight_layout(h_pad=0.4)
+    return _figure_png(fig)
+
+
+def roc_curve(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray):
+    """(false-positive rates, true-positive rates, AUC) for binary labels (1 = copy) and scores
+    (higher = more copy-like); ties are handled as one step."""
+    labels = np.asarray(labels).astype(bool).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.size != scores.size:
+        raise ValueError("labels and scores differ in length")
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], labels[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(~y)[last_of_tie]
+    tpr = np.r_[0.0, tp / n_pos]
+    fpr = np.r_[0.0, fp / n_neg]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr) if hasattr(np, "trapezoid") else np.trapz(tpr, fpr))
+
+
+def roc_figure(labels_scores_by_condition: Mapping[str, tuple[Sequence[int], Sequence[float]]],
+               title: str = "ROC per condition") -> str:
+    """ROC curves, one per condition ({name: (labels, scores)}), as an embeddable ``<img>`` tag
+    with a PNG data URI (the legend carries each AUC)."""
+    fig = _new_figure((4.6, 4.2))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle=":", linewidth=1)
+    for name, (labels, scores) in labels_scores_by_condition.items():
+        fpr, tpr, auc = roc_curve(labels, scores)
+        ax.step(fpr, tpr, where="post", linewidth=1.6, label=f"{name} (AUC {auc:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize=10)
+    legend = ax.legend(loc="lower right", fontsize=7, frameon=False)
+    for text in legend.get_texts():
+        text.set_parse_math(False)
+    fig.tight_layout()
+    return _img_tag(_figure_png(fig), alt=title, cls="plot roc")
+
+
+# --------------------------------------------------------------------------------------------
+# evidence images
+
+
+def _display01(img: np.ndarray) -> np.ndarray:
+    img = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    lo, hi = np.percentile(img, [1.0, 99.5]) if img.size else (0.0, 1.0)
+    if hi <= lo:
+        lo, hi = float(img.min(initial=0.0)), float(img.max(initial=1.0))
+    if hi <= lo:
+        return np.zeros_like(img)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape == tuple(shape):
+        return np.asarray(img, dtype=np.float32)
+    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((int(shape[1]), int(shape[0])), Image.BILINEAR), dtype=np.float32)
+
+
+def _gray_png(img01: np.ndarray) -> bytes:
+    from PIL import Image
+
+    arr = np.round(np.clip(img01, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pil = Image.fromarray(arr, mode="L")
+    if max(pil.size) > MAX_THUMB:
+        scale = MAX_THUMB / max(pil.size)
+        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.ravel() - a.mean()
+    b = b.ravel() - b.mean()
+    denom = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / denom if denom > 0 else 0.0
+
+
+FLIPS = {"none": lambda a: a, "hflip": lambda a: a[:, ::-1], "vflip": lambda a: a[::-1, :]}
+
+
+def _match_orientation(query01: np.ndarray, train: np.ndarray, recorded: str | None = None
+                       ) -> tuple[np.ndarray, str, float]:
+    """Resize the training slice to the query shape and orient it: the flip the audit recorded when
+    known, else the one of none/hflip/vflip with the best pixel correlation to the query."""
+    resized = _display01(_resize(train, query01.shape))
+    if recorded in FLIPS:
+        cand = np.ascontiguousarray(FLIPS[recorded](resized))
+        return cand, f"{recorded} (as matched by the audit)", _correlation(query01, cand)
+    best = None
+    for name, flip in FLIPS.items():
+        cand = flip(resized)
+        r = _correlation(query01, cand)
+        if best is None or r > best[2] + 1e-9:
+            best = (np.ascontiguousarray(cand), name, r)
+    return best[0], f"{best[1]} (best pixel correlation)", best[2]
+
+
+def _recorded_flips(out_dir: Path) -> dict[tuple[str, int, str, int], str]:
+    """{(volume, slice, source, source_slice): flip} of the rank-1 neighbours in the optional
+    neighbors.csv; empty when that file is absent or unreadable (the report then guesses)."""
+    path = out_dir / "neighbors.csv"
+    flips: dict[tuple[str, int, str, int], str] = {}
+    if not path.is_file():
+        return flips
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for rec in csv.DictReader(handle):
+                if str(rec.get("rank", "")).strip() == "1" and rec.get("flip") in FLIPS:
+                    key = (rec["volume"], int(rec["slice"]), rec["source"], int(rec["source_slice"]))
+                    flips[key] = rec["flip"]
+    except (OSError, csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError):
+        return {}
+    return flips
+
+
+def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarray | str:
+    """All slices of a query volume as audited, or the reason they are not available."""
+    if array_axis is None:
+        return "volume not listed in summary.json"
+    candidates = [Path(volume)]
+    if not Path(volume).is_absolute():
+        candidates.append(out_dir / volume)  # a relative path given from the audit folder
+    path = next((c for c in candidates if c.exists()), None)
+    if path is None:
+        return "query file not found at the recorded path"
+    try:
+        from . import volumes as volumes_mod
+
+        image = volumes_mod.read_image(str(path))
+        return np.asarray(volumes_mod.image_slices(image, int(array_axis)), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any failure just means "not available"
+        return f"query file could not be read ({type(exc).__name__})"
+
+
+def _query_slices(rows: Sequence[_Row], out_dir: Path, summary: dict) -> dict[tuple[str, int], np.ndarray | str]:
+    """{(volume, slice): 2D slice or reason}, reading each volume once and keeping only the slices needed."""
+    axes = {str(v["volume"]): v.get("array_axis") for v in summary.get("volumes", [])
+            if isinstance(v, dict) and "volume" in v}
+    needed: dict[str, set[int]] = {}
+    for r in rows:
+        needed.setdefault(r.volume, set()).add(r.slice)
+    out: dict[tuple[str, int], np.ndarray | str] = {}
+    for volume, indices in needed.items():
+        stack = _read_query_volume(volume, axes.get(volume), out_dir)
+        for k in indices:
+            if isinstance(stack, str):
+                out[(volume, k)] = stack
+            elif 0 <= k < stack.shape[0]:
+                out[(volume, k)] = stack[k].copy()
+            else:
+                out[(volume, k)] = f"slice {k} is outside the volume ({stack.shape[0]} slices)"
+        del stack
+    return out
+
+
+def _load_reference_index(index_path: str):
+    """The audit's reference index, or a reason string when it cannot be opened."""
+    if not index_path:
+        return "no index path recorded in summary.json"
+    try:
+        from .reference_index import ReferenceIndex
+
+        return ReferenceIndex.load(index_path)
+    except Exception as exc:  # noqa: BLE001
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"index could not be opened ({msg})"
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;margin:0;
+ color:#1d2430;background:#fff;line-height:1.4}
+main{max-width:1180px;margin:0 auto;padding:12px 22px 40px}
+h1{font-size:20px;margin:2px 0 8px} h2{font-size:17px;margin:24px 0 8px;border-bottom:1px solid #d8dde3}
+h3{font-size:15px;margin:16px 0 6px}
+.verdict{border-radius:6px;padding:10px 16px;margin:0 0 10px;border-left:8px solid;display:flex;gap:18px;
+ align-items:flex-start}
+.verdict .words{flex:1 1 auto}
+.verdict p{margin:4px 0}.verdict .headline{font-size:22px;font-weight:700;margin:0 0 4px}
+.verdict .main{font-size:18px}
+.verdict .warn{font-weight:700;color:#8a4b00}
+.verdict .top{flex:0 0 auto;display:flex;gap:8px}
+.verdict .top figure{margin:0;text-align:center;font-size:11px;color:#4b5563}
+.verdict .top img{width:150px;height:auto;display:block;background:#000}
+.verdict .top .na{width:150px;height:150px}
+.v-red{background:#fdecea;border-color:#c0392b}.v-amber{background:#fff6e0;border-color:#d68910}
+.v-green{background:#e9f7ef;border-color:#1e8449}
+table{border-collapse:collapse;font-size:13px}
+td,th{padding:2px 10px 2px 0;text-align:left;vertical-align:top}
+table.meta th{color:#4b5563;font-weight:600;white-space:nowrap}
+table.vols td,table.vols th{border-bottom:1px solid #eceff3;padding-right:14px}
+.num{font-variant-numeric:tabular-nums}
+.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px;word-break:break-all}
+.note{color:#4b5563;font-size:13px}
+.plots img{max-width:100%;height:auto;display:block;margin:6px 0}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:10px}
+.evidence{border:1px solid #d8dde3;border-radius:6px;padding:6px 10px}
+.evidence p{margin:3px 0}
+.evidence.flagged{border-color:#c0392b}
+.evidence .trio{display:flex;gap:8px}
+.evidence figure{margin:0;text-align:center;font-size:12px;color:#4b5563}
+.evidence img{width:172px;height:auto;display:block;background:#000}
+.na{width:172px;height:172px;display:flex;align-items:center;justify-content:center;background:#f1f3f5;
+ color:#6b7280;font-size:12px;text-align:center;padding:6px;box-sizing:border-box}
+.tag{display:inline-block;font-size:11px;font-weight:700;border-radius:3px;padding:0 6px;margin-right:6px}
+.tag.f{background:#c0392b;color:#fff}.tag.n{background:#d8dde3;color:#1d2430}
+"""
+
+
+def _verdict(rows: Sequence[_Row], summary: dict) -> tuple[str, str, list[str], str]:
+    """(css class, headline, sentences, warning) in plain words."""
+    th = summary["threshold"]
+    alpha = th["alpha"]
+    n = len(rows)
+    k = sum(r.flagged for r in rows)
+    expected = alpha * n
+    n_null = int(summary["null"].get("n") or 0)
+    warning = ""
+    if n_null and 1.0 / (n_null + 1) >= alpha:
+        warning = (f"Warning: the null has only {n_null} scores, so the smallest p-value it can give is "
+                   f"{1.0 / (n_null + 1):.2g}, not below \u03b1 = {alpha:.2g}: no slice can be flagged at this "
+                   "threshold. Rebuild the index with more null data or audit with a larger \u03b1.")
+    if n == 0:
+        return "v-amber", "Nothing was scored", [
+            "No slice was scored (every slice was empty or no volume was given), so nothing can be said."
+        ], warning
+    pct = 100.0 * k / n
+    main = (f"{k} of {n} slices ({pct:.1f}%) look like copies of training slices; "
+            f"expected by chance at this threshold: {_count(expected)}.")
+    sentences = [main]
+    best = max(rows, key=lambda r: (r.mi, r.similarity))
+    if k == 0:
+        cls, headline = ("v-amber", "Inconclusive: the threshold cannot be reached") if warning else (
+            "v-green", "No copies of training slices found")
+        sentences.append(
+            f"No slice passed the threshold (mi \u2265 {th['mi']:.4g}). The closest slice has "
+            f"mi = {best.mi:.4g} (z = {best.z:.3g}, p = {best.p_value:.2g}): slice {best.slice} of "
+            f"{_short(best.volume)}, nearest training slice {best.nn_slice} of {_short(best.nn_source)}."
+        )
+        return cls, headline, sentences, warning
+    tail = _binomial_tail(k, n, alpha)
+    if tail < 0.01:
+        cls, headline = "v-red", "Likely memorization: some slices are copies of training slices"
+    else:
+        cls, headline = "v-amber", "Flagged slices, but no more than chance explains"
+    sentences.append(
+        f"How sure: if the generator copied nothing, {k} or more flagged slices out of {n} would "
+        f"happen by chance with probability \u2248 {tail:.2g} (binomial at \u03b1 = {alpha:.2g}; "
+        "slices of one volume are not fully independent, so read this as approximate)."
+    )
+    floor = f"; the smallest p the {n_null} null scores can give is {1.0 / (n_null + 1):.2g}" if n_null else ""
+    sentences.append(
+        f"Strongest match: slice {best.slice} of {_short(best.volume)} with mi = {best.mi:.4g} "
+        f"(z = {best.z:.3g}, p = {best.p_value:.2g}{floor}), nearest training slice "
+        f"{best.nn_slice} of {_short(best.nn_source)}."
+    )
+    return cls, headline, sentences, warning
+
+
+def _meta_table(summary: dict, generated: str) -> str:
+    th, idx, null = summary["threshold"], summary["index"], summary["null"]
+    null_type = str(idx.get("null_type", "unknown"))
+    rows = [
+        ("Threshold", f"mi \u2265 {th['mi']:.4g} \u00b7 oni \u2264 {th['oni']:.4g} \u00b7 z \u2265 {th['z']:.4g} "
+                      f"\u00b7 similarity \u2265 {th['similarity']:.4g} (\u03b1 = {th['alpha']:.2g} false alarms per slice)"),
+        ("Null", f"{NULL_DESCRIPTIONS.get(null_type, null_type)}; n = {null.get('n', '?')}, "
+                 f"mean similarity {null['mean']:.4g}, std {null['std']:.4g}"),
+        ("Index", f"{idx.get('index_id', '?')} ({idx.get('n_reference_slices', '?')} reference slices, "
+                  f"{idx.get('axis', '?')} axis)"),
+        ("Index path", idx.get("path", "?")),
+        ("Encoder", f"{idx.get('encoder_name', '?')} \u00b7 {idx.get('encoder_id', '?')} \u00b7 weights sha256 "
+                    f"{str(idx.get('weights_sha256', '?'))[:16]}\u2026"),
+        ("Report date", generated),
+        ("Tool version", f"MemorizationIndex {__version__} (report); audit written by "
+                         f"{summary.get('tool', 'MemorizationIndex')} {summary.get('version', '?')}"),
+    ]
+    body = "".join(
+        f'<tr><th>{_e(k)}</th><td{PATH_CLASS if k == "Index path" else ""}>{_e(v)}</td></tr>'
+        for k, v in rows
+    )
+    return f'<table class="meta" id="meta">{body}</table>'
+
+
+def _volume_order(rows: Sequence[_Row]) -> list[tuple[str, list[_Row]]]:
+    by_volume: dict[str, list[_Row]] = {}
+    for r in rows:
+        by_volume.setdefault(r.volume, []).append(r)
+    return sorted(by_volume.items(),
+                  key=lambda kv: (-sum(r.flagged for r in kv[1]), -max(r.mi for r in kv[1]), kv[0]))
+
+
+def _volumes_table(ordered: list[tuple[str, list[_Row]]], summary: dict) -> str:
+    info = {str(v.get("volume")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
+    head = ("<tr><th>volume</th><th>axis</th><th>slices scored</th><th>skipped (empty)</th>"
+            "<th>flagged</th><th>mean mi</th><th>max mi</th></tr>")
+    body = []
+    for volume, vrows in ordered[:MAX_VOLUME_ROWS]:
+        v = info.get(volume, {})
+        body.append(
+            f"<tr><td class=\"path\">{_e(volume)}</td><td>{_e(v.get('axis', ''))}</td>"
+            f"<td class=\"num\">{len(vrows)}</td><td class=\"num\">{_e(v.get('slices_skipped_empty', ''))}</td>"
+            f"<td class=\"num\">{sum(r.flagged for r in vrows)}</td>"
+            f"<td class=\"num\">{np.mean([r.mi for r in vrows]):.4g}</td>"
+            f"<td class=\"num\">{max(r.mi for r in vrows):.4g}</td></tr>"
+        )
+    note = ""
+    if len(ordered) > MAX_VOLUME_ROWS:
+        note = (f'<p class="note">{len(ordered) - MAX_VOLUME_ROWS} more volumes are not listed here; '
+                "summary.json and slices.csv have all of them.</p>")
+    return f'<table class="vols">{head}{"".join(body)}</table>{note}'
+
+
+def _na(text: str) -> str:
+    return f'<div class="na">{_e(text)}</div>'
+
+
+@dataclass
+class _Evidence:
+    row: _Row
+    query_png: bytes | None
+    query_reason: str
+    train_png: bytes | None
+    diff_png: bytes | None
+    train_reason: str
+    diff_reason: str
+    orientation: str = ""
+    correlation: float | None = None
+
+
+def _ranked(rows: Sequence[_Row]) -> list[_Row]:
+    return sorted(rows, key=lambda r: (-r.mi, -r.similarity, r.volume, r.slice))
+
+
+def _build_evidence(shown: Sequence[_Row], out_dir: Path, summary: dict, *,
+                    no_training_images: bool) -> list[_Evidence]:
+    queries = _query_slices(shown, out_dir, summary)
+    index, recorded = None, {}
+    if not no_training_images and shown:
+        index = _load_reference_index(str(summary["index"].get("path", "")))
+        recorded = _recorded_flips(out_dir)
+    items = []
+    for r in shown:
+        q = queries[(r.volume, r.slice)]
+        q01 = None if isinstance(q, str) else _display01(q)
+        item = _Evidence(row=r, query_png=None if q01 is None else _gray_png(q01),
+                         query_reason="" if q01 is not None else f"query image not available: {q}",
+                         train_png=None, diff_png=None, train_reason="", diff_reason="")
+        if no_training_images:
+            item.train_reason = "training image withheld (--no-training-images)"
+            item.diff_reason = "difference withheld (it would reveal the training image)"
+            items.append(item)
+            continue
+        train, reason = None, "training image not available (no thumbnail, source file unreadable)"
+        if isinstance(index, str):
+            reason = f"training image not available: {index}"
+        elif index is not None:
+            try:
+                train = index.reference_slice(r.nn_source, r.nn_slice)
+            except Exception as exc:  # noqa: BLE001 - any failure just means "not available"
+                reason = f"training image not available ({type(exc).__name__})"
+        if train is None:
+            item.train_reason, item.diff_reason = reason, "no difference image (no training image)"
+        elif q01 is None:
+            item.train_png = _gray_png(_display01(train))
+            item.diff_reason = "no difference image (no query image)"
+        else:
+            t01, item.orientation, item.correlation = _match_orientation(
+                q01, np.asarray(train, dtype=np.float32), recorded.get((r.volume, r.slice, r.nn_source, r.nn_slice)))
+            item.train_png = _gray_png(t01)
+            item.diff_png = _gray_png(np.abs(q01 - t01))
+        items.append(item)
+    return items
+
+
+def _cell(png: bytes | None, reason: str, alt: str, cls: str) -> str:
+    return _img_tag(png, alt=alt, cls=cls) if png is not None else _na(reason)
+
+
+def _evidence_html(rows: Sequence[_Row], items: Sequence[_Evidence], *, no_training_images: bool) -> str:
+    n_flagged = sum(r.flagged for r in rows)
+    shown_flagged = sum(it.row.flagged for it in items)
+    parts = [
+        f'<p class="note">The {len(items)} most suspicious of {len(rows)} scored slices, ranked by mi '
+        f"then similarity ({shown_flagged} of them flagged; {n_flagged} flagged in all)."
+    ]
+    if len(rows) > len(items):
+        parts.append(f" {len(rows) - len(items)} slices are left out of this gallery "
+                     f"({n_flagged - shown_flagged} of them flagged); slices.csv lists every slice.")
+    if no_training_images:
+        parts.append(" Training images are left out of this report (--no-training-images): only "
+                     "the provenance of each nearest training slice is given.")
+    else:
+        parts.append(" Slices are shown as stored in the image array (as the encoder sees them). The "
+                     "training slice is resized to the query's shape and shown flipped as the audit matched "
+                     "it (neighbors.csv), or else in the orientation (none / hflip / vflip) that "
+                     "correlates best with the query; the "
+                     "difference is |query \u2212 training| with each slice scaled to its own 1st\u201399.5th "
+                     "percentile, so a copy gives a black difference.")
+    parts.append('</p><div class="gallery">')
+    for rank, it in enumerate(items, start=1):
+        r = it.row
+        tag = '<span class="tag f">FLAGGED</span>' if r.flagged else '<span class="tag n">not flagged</span>'
+        orient = ""
+        if it.correlation is not None:
+            orient = (f" \u00b7 shown orientation: {_e(it.orientation)} \u00b7 pixel correlation "
+                      f"r = {it.correlation:.3f}")
+        parts.append(
+            f'<div class="evidence{" flagged" if r.flagged else ""}" id="ev{rank}">'
+            f"<p>#{rank} {tag}<b>mi = {r.mi:.4g}</b> \u00b7 oni = {r.oni:.4g} \u00b7 z = {r.z:.4g} "
+            f"\u00b7 similarity = {r.similarity:.4g} \u00b7 p = {r.p_value:.3g}</p>"
+            '<div class="trio">'
+            f"<figure>{_cell(it.query_png, it.query_reason, f'query slice {r.slice}', 'query')}"
+            "<figcaption>query</figcaption></figure>"
+            f"<figure>{_cell(it.train_png, it.train_reason, f'training slice {r.nn_slice}', 'train')}"
+            "<figcaption>nearest training slice</figcaption></figure>"
+            f"<figure>{_cell(it.diff_png, it.diff_reason, 'absolute difference', 'diff')}"
+            "<figcaption>|difference|</figcaption></figure></div>"
+            f'<p class="note">query: <span class="path">{_e(r.volume)}</span> slice {r.slice}<br>'
+            f'training: <span class="path">{_e(r.nn_source)}</span> slice {r.nn_slice}{orient}</p>'
+            "</div>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _top_pair_html(item: _Evidence | None) -> str:
+    """The strongest flagged match's query and training slice, small, beside the verdict."""
+    if item is None or not item.row.flagged or item.query_png is None:
+        return ""
+    cells = [f"<figure>{_img_tag(item.query_png, alt='strongest match: query', cls='top-query')}"
+             "<figcaption>generated</figcaption></figure>"]
+    if item.train_png is not None:
+        cells.append(f"<figure>{_img_tag(item.train_png, alt='strongest match: training', cls='top-train')}"
+                     "<figcaption>training</figcaption></figure>")
+    else:
+        cells.append(f"<figure>{_na(item.train_reason)}<figcaption>training</figcaption></figure>")
+    return f'<div class="top">{"".join(cells)}</div>'
+
+
+def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24,
+                  generated: str | None = None) -> str:
+    """The report HTML (a string) for an audit folder; see :func:`write_report`."""
+    out_dir = Path(out_dir)
+    rows, summary, null_sim = load_audit(out_dir)
+    if generated is None:
+        generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
+    th = summary["threshold"]
+    null_mean, null_std = summary["null"]["mean"], summary["null"]["std"]
+    items = _build_evidence(_ranked(rows)[:max(0, int(max_evidence))], out_dir, summary,
+                            no_training_images=no_training_images)
+
+    cls, headline, sentences, warning = _verdict(rows, summary)
+    verdict = (f'<section class="verdict {cls}" id="verdict"><div class="words">'
+               f'<p class="headline">{_e(headline)}</p>'
+               f'<p class="main">{_e(sentences[0])}</p>'
+               + "".join(f"<p>{_e(s)}</p>" for s in sentences[1:])
+               + (f'<p class="warn">{_e(warning)}</p>' if warning else "")
+               + "</div>" + _top_pair_html(items[0] if items else None) + "</section>")
+
+    ordered = _volume_order(rows)
+    plots = ['<section class="plots" id="plots"><h2>Scores</h2>']
+    plots.append(_img_tag(_histogram_png(rows, null_sim, null_mean, null_std, th),
+                          alt="histogram of audited scores over the null", cls="plot hist"))
+    plots.append('<p class="note">Grey: real slices scored against the training set (the null). '
+                 "Blue: the audited slices. Red line: the threshold; slices to its right are flagged. "
+                 "Left in mi units (copies pile up at 1), right the same scores in z units.</p>")
+    if ordered:
+        strips = ordered[:MAX_STRIPS]
+        plots.append(_img_tag(_strips_png(strips, th["mi"]), alt="mi against slice, one strip per volume",
+                              cls="plot strips"))
+        note = "mi against slice index, one strip per volume, most suspicious volumes first; red dots are flagged."
+        if len(ordered) > len(strips):
+            note += f" Showing {len(strips)} of {len(ordered)} volumes; {len(ordered) - len(strips)} are left out."
+        plots.append(f'<p class="note">{_e(note)}</p>')
+    plots.append("<h3>Volumes</h3>" + _volumes_table(ordered, summary))
+    plots.append("</section>")
+
+    evidence = ('<section id="evidence"><h2>Evidence</h2>'
+                + _evidence_html(rows, items, no_training_images=no_training_images)
+                + "</section>")
+
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<title>Memorization audit report</title>"
+        f"<style>{CSS}</style></head><body><main>"
+        "<h1>Memorization audit report</h1>"
+        f"{verdict}{_meta_table(summary, generated)}"
+        f"{''.join(plots)}{evidence}"
+        '<p class="note">Scores: z = (similarity \u2212 null mean) / null std; mi = (1 + tanh z) / 2 '
+        "(0.5 at the null mean, 1 for copies); oni = \u2212tanh z; p = fraction of null scores \u2265 "
+        "the slice's similarity (+1 corrected); a slice is flagged when p &lt; \u03b1.</p>"
+        "</main></body></html>\n"
+    )
+
+
+def write_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24) -> Path:
+    """Write ``out_dir/report.html`` from the audit outputs in ``out_dir``; returns its path.
+
+    Raises :class:`UserError` (one line) when the audit outputs are missing or corrupt, or when the
+    report cannot be written.
+    """
+    out_dir = Path(out_dir)
+    text = render_report(out_dir, no_training_images=no_training_images, max_evidence=max_evidence)
+    target = out_dir / "report.html"
+    tmp = out_dir / ".report.html.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return target

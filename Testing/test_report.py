@@ -1,0 +1,436 @@
+"""The HTML audit report (issue 5): content, escaping, --no-training-images, caps, errors, and a
+real audit on shared spine data rendered in headless Chromium (screenshot + DOM)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MemorizationIndexLib import report
+from MemorizationIndexLib.errors import UserError
+
+EVIL_NAME = "evil<script>alert(1)<script>&\"'.nii.gz"
+COLUMNS = ["volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice"]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+class _Dom(HTMLParser):
+    """Collects tags (in document order), img attributes and text of an HTML document."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(text: str) -> _Dom:
+    dom = _Dom()
+    dom.feed(text)
+    return dom
+
+
+def imgs(dom: _Dom, cls: str | None = None) -> list[dict]:
+    out = [a for t, a in dom.tags if t == "img"]
+    if cls is not None:
+        out = [a for a in out if cls in (a.get("class") or "").split()]
+    return out
+
+
+def assert_offline(text: str) -> None:
+    """No remote fetches: no http(s) or protocol-relative URL in any src/href/url(), no scripts."""
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", text, re.I)
+    assert not re.search(r"url\(\s*['\"]?\s*(https?:|//)", text, re.I)
+    assert "@import" not in text
+    dom = parse(text)
+    assert not [t for t, _ in dom.tags if t in ("script", "iframe", "object", "embed", "link")]
+    for tag, attrs in dom.tags:
+        for name, value in attrs.items():
+            assert not name.startswith("on"), (tag, name)
+            if name in ("src", "href") and value:
+                assert value.startswith("data:image/png;base64,") or value.startswith("#"), value
+
+
+def write_nifti(array_kji: np.ndarray, like: sitk.Image, path: Path) -> None:
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array_kji))
+    img.CopyInformation(like)
+    sitk.WriteImage(img, str(path))
+
+
+def write_fixture_audit(out_dir: Path, rows: list[dict], *, volumes: list[dict], index_path: str = "",
+                        null: np.ndarray | None = None, alpha: float = 0.001) -> None:
+    """Hand-written audit outputs in the api-contract formats."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    null = rng.normal(0.5, 0.05, 2000) if null is None else null
+    mean, std = float(null.mean()), float(null.std())
+    z_t = 3.09
+    with open(out_dir / "slices.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for r in rows:
+            z = (r["similarity"] - mean) / std
+            p = (1 + int((null >= r["similarity"]).sum())) / (null.size + 1)
+            writer.writerow([r["volume"], r["slice"], f"{r['similarity']:.6g}", f"{z:.6g}",
+                             f"{(1 + np.tanh(z)) / 2:.6g}", f"{-np.tanh(z):.6g}", f"{p:.6g}",
+                             int(p < alpha), r["nn_source"], r["nn_slice"]])
+    np.save(out_dir / "null_similarity.npy", null.astype(np.float32))
+    summary = {
+        "tool": "MemorizationIndex", "version": "0.1.0",
+        "index": {"path": index_path, "index_id": "idx-<b>fixture</b>", "encoder_id": "enc:224:b3",
+                  "encoder_name": "efficientnet-lite0", "weights_sha256": "ab" * 32, "axis": "sagittal",
+                  "null_type": "train-half", "n_reference_slices": 40},
+        "null": {"mean": mean, "std": std, "n": int(null.size)},
+        "threshold": {"alpha": alpha, "similarity": mean + z_t * std, "z": z_t,
+                      "mi": (1 + np.tanh(z_t)) / 2, "oni": -np.tanh(z_t)},
+        "volumes": volumes,
+        "overall": {},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+class FakeIndex:
+    """Stands in for ReferenceIndex: serves reference slices from real volumes."""
+
+    def __init__(self, sources: dict[str, np.ndarray]):
+        self.sources = sources
+
+    def reference_slice(self, source, slice_index):
+        arr = self.sources.get(source)
+        return None if arr is None else arr[slice_index].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def spine(shared_data: Path) -> dict[str, Path]:
+    folder = shared_data / "spine" / "myosegmentum"
+    paths = {n: folder / f"{n}.nii.gz" for n in ("01", "02", "03", "04", "05", "06")}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    assert not missing, f"shared spine data incomplete: {missing}"
+    return paths
+
+
+@pytest.fixture()
+def fixture_audit(tmp_path: Path, spine, monkeypatch):
+    """A hand-written audit of one query volume (6 slices copied from subject 01, 14 from subject 05)
+    under a file name containing <script>, with a fake index serving subject 01's slices."""
+    train_img = sitk.ReadImage(str(spine["01"]))
+    train = sitk.GetArrayFromImage(train_img)  # [20, 224, 224]: 20 sagittal slices along array axis 0
+    novel = sitk.GetArrayFromImage(sitk.ReadImage(str(spine["05"])))
+    query = novel.copy()
+    copied = {3: 7, 4: 8, 10: 12, 11: 13, 12: 14, 15: 2}
+    for q, t in copied.items():
+        query[q] = train[t][:, ::-1] if q == 15 else train[t]  # one copy is left-right flipped
+    qdir = tmp_path / "gen"
+    qdir.mkdir()
+    qpath = qdir / EVIL_NAME
+    write_nifti(query, train_img, qpath)
+    rows = []
+    for k in range(query.shape[0]):
+        if k in copied:
+            rows.append(dict(volume=str(qpath), slice=k, similarity=0.99 - 0.001 * k, nn_source=str(spine["01"]),
+                             nn_slice=copied[k]))
+        else:
+            rows.append(dict(volume=str(qpath), slice=k, similarity=0.45 + 0.005 * k, nn_source=str(spine["02"]),
+                             nn_slice=k))
+    out = tmp_path / "audit"
+    write_fixture_audit(out, rows, index_path=str(tmp_path / "index"),
+                        volumes=[{"volume": str(qpath), "axis": "sagittal", "array_axis": 0, "slices_total": 20,
+                                  "slices_scored": 20, "slices_skipped_empty": 0}])
+    other = sitk.GetArrayFromImage(sitk.ReadImage(str(spine["02"])))
+    fake = FakeIndex({str(spine["01"]): train, str(spine["02"]): other})
+    monkeypatch.setattr(report, "_load_reference_index", lambda path: fake)
+    return out, copied, other
+
+
+# ----------------------------------------------------------------------------------------------
+# fast tests on hand-written audit outputs
+
+
+def test_fixture_report_content_and_escaping(fixture_audit):
+    out, copied, _ = fixture_audit
+    path = report.write_report(out)
+    assert path == out / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert_offline(text)
+    dom = parse(text)
+    plain = " ".join(dom.text)
+    assert "6 of 20 slices (30.0%) look like copies of training slices; expected by chance at this threshold: 0.02" in plain
+    assert "Likely memorization" in plain
+    # the evil file name is text: escaped in the source, never a tag
+    assert "<script" not in text.lower()
+    assert html.escape(EVIL_NAME) in text
+    assert EVIL_NAME in plain
+    assert "idx-<b>fixture</b>" in plain and "<b>fixture</b>" not in text
+    # plots + 6 flagged evidence trios first (most suspicious first), all images present
+    assert len(imgs(dom, "hist")) == 1 and len(imgs(dom, "strips")) == 1
+    assert len(imgs(dom, "query")) == 20 and len(imgs(dom, "train")) == 20 and len(imgs(dom, "diff")) == 20
+    flagged_tags = [a.get("class") for t, a in dom.tags if t == "div" and "evidence" in (a.get("class") or "")]
+    assert flagged_tags[:6] == ["evidence flagged"] * 6 and "flagged" not in flagged_tags[6]
+    # copies: the difference image of a copied slice is (nearly) black, the flipped copy found as hflip
+    assert "shown orientation: hflip" in plain
+    assert "pixel correlation r = 1.000" in plain
+
+
+def test_fixture_no_training_images_leaves_no_training_pixels(fixture_audit):
+    out, _, other = fixture_audit  # other: subject 02, the nearest training volume of the novel slices
+    with_images = report.render_report(out)
+    train_pngs = [a["src"] for a in imgs(parse(with_images), "train")]
+    diff_pngs = [a["src"] for a in imgs(parse(with_images), "diff")]
+    assert train_pngs and diff_pngs
+
+    text = report.write_report(out, no_training_images=True).read_text(encoding="utf-8")
+    dom = parse(text)
+    assert_offline(text)
+    assert not imgs(dom, "train") and not imgs(dom, "diff")
+    # histogram + strips + the query slices + the strongest generated slice beside the verdict
+    assert len(imgs(dom)) == 2 + 20 + 1 and len(imgs(dom, "top-query")) == 1
+    # (a copied slice's training image equals the query image, which is the generator's own output)
+    query_pngs = {a["src"] for a in imgs(parse(with_images), "query")}
+    private = [src for src in train_pngs + diff_pngs if src not in query_pngs]
+    assert len(private) >= 14 + 20
+    for src in private:
+        assert src.split(",", 1)[1] not in text
+    # the training slices' own PNG encodings are absent too (novel query slices 0, 1, 2 -> 02's 0, 1, 2)
+    for k in (0, 1, 2):
+        t01 = report._display01(other[k])
+        b64 = base64.b64encode(report._gray_png(t01)).decode("ascii")
+        assert b64 not in text
+    assert "training image withheld" in " ".join(dom.text)
+
+
+def test_training_image_unavailable_is_said(fixture_audit, monkeypatch):
+    out, _, _ = fixture_audit
+    monkeypatch.setattr(report, "_load_reference_index", lambda path: "index could not be opened (gone)")
+    text = report.render_report(out, max_evidence=3)
+    gallery = text[text.index('id="evidence"'):]
+    assert gallery.count("training image not available") == 3
+    assert not imgs(parse(text), "train")
+
+
+def test_caps_at_many_slices(tmp_path: Path):
+    """1,200 slices in 60 volumes: the gallery and the strips are capped and the report says so."""
+    rows, volumes = [], []
+    for v in range(60):
+        name = f"/nonexistent/gen_{v:02d}.nii.gz"
+        volumes.append({"volume": name, "axis": "axial", "array_axis": 0, "slices_total": 20,
+                        "slices_scored": 20, "slices_skipped_empty": 0})
+        for k in range(20):
+            sim = 0.99 if (v == 7 and k < 5) else 0.4 + 0.01 * ((v * 20 + k) % 17)
+            rows.append(dict(volume=name, slice=k, similarity=sim, nn_source="/gone/train.nii.gz", nn_slice=k))
+    out = tmp_path / "big"
+    write_fixture_audit(out, rows, volumes=volumes, index_path="/gone/index")
+    text = report.write_report(out, max_evidence=10).read_text(encoding="utf-8")
+    plain = " ".join(parse(text).text)
+    assert "5 of 1200 slices (0.4%)" in plain and "expected by chance at this threshold: 1.2" in plain
+    assert text.count('class="evidence') == 10
+    assert "1190 slices are left out of this gallery (0 of them flagged)" in plain
+    assert f"Showing {report.MAX_STRIPS} of 60 volumes; {60 - report.MAX_STRIPS} are left out." in plain
+    assert "10 more volumes are not listed here" in plain
+    assert text.count("query image not available") == 10
+    assert len(text) < 2_000_000
+    # most suspicious volume first in the table
+    assert plain.index("gen_07.nii.gz") < plain.index("gen_00.nii.gz")
+
+
+def test_missing_and_corrupt_outputs_raise_user_error(tmp_path: Path):
+    with pytest.raises(UserError, match="does not exist"):
+        report.write_report(tmp_path / "nope")
+    out = tmp_path / "audit"
+    write_fixture_audit(out, [dict(volume="a.nii.gz", slice=0, similarity=0.5, nn_source="t", nn_slice=0)],
+                        volumes=[])
+    report.write_report(out)  # fine as written
+
+    (out / "summary.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match="summary.json is not valid JSON") as err:
+        report.write_report(out)
+    assert "\n" not in str(err.value)
+
+    write_fixture_audit(out, [dict(volume="a.nii.gz", slice=0, similarity=0.5, nn_source="t", nn_slice=0)],
+                        volumes=[])
+    (out / "null_similarity.npy").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="null_similarity.npy is not a readable"):
+        report.write_report(out)
+
+    write_fixture_audit(out, [dict(volume="a.nii.gz", slice=0, similarity=0.5, nn_source="t", nn_slice=0)],
+                        volumes=[])
+    (out / "slices.csv").write_text("volume,slice\na,1\n", encoding="utf-8")
+    with pytest.raises(UserError, match="missing columns"):
+        report.write_report(out)
+    (out / "slices.csv").write_text(",".join(COLUMNS) + "\na,x,1,1,1,1,1,0,t,0\n", encoding="utf-8")
+    with pytest.raises(UserError, match="line 2 is corrupt"):
+        report.write_report(out)
+    (out / "slices.csv").unlink()
+    with pytest.raises(UserError, match="slices.csv is missing"):
+        report.write_report(out)
+
+
+def test_roc_figure_is_an_embeddable_image():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(50), np.zeros(50)]
+    tag = report.roc_figure({"exact <copy>": (labels, np.r_[rng.normal(3, 1, 50), rng.normal(0, 1, 50)]),
+                             "noisy $copy$": (labels, rng.normal(0, 1, 100))})
+    assert tag.startswith("<img ") and 'src="data:image/png;base64,' in tag
+    assert "<copy>" not in tag
+    fpr, tpr, auc = report.roc_curve([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1])
+    assert auc == pytest.approx(1.0)
+    assert report.roc_curve([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5])[2] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# a real audit on shared data, rendered in headless Chromium
+
+
+def _chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed with apt-get when missing and running as root."""
+    found = _chromium_binary()
+    if found:
+        return found
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=300, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=True, timeout=600,
+                       capture_output=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"chromium could not be installed with apt-get: {type(exc).__name__}")
+    found = _chromium_binary()
+    if not found:
+        pytest.skip("apt-get install chromium did not provide a chromium binary")
+    return found
+
+
+def _chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp / "chromium-profile"
+    profile.mkdir(exist_ok=True)
+    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def real_audit(tmp_path_factory, spine):
+    """Index spine subjects 01-03 (train; 04 and 06 held out for the null), audit a generated volume
+    mixing 5 slices copied from subjects 01/02 with subject 05's (novel) slices at alpha 0.05 (the
+    40 held-out null slices cannot reach smaller p-values); its file name contains <script>."""
+    from MemorizationIndexLib import audit, reference_index
+
+    root = tmp_path_factory.mktemp("real")
+    index_dir = root / "index"
+    reference_index.build_index([spine["01"], spine["02"], spine["03"]], index_dir, device="cpu",
+                                holdout_paths=[spine["04"], spine["06"]], flips=False)  # flips: 3x slower
+    ref = sitk.ReadImage(str(spine["01"]))
+    t01 = sitk.GetArrayFromImage(ref)
+    t02 = sitk.GetArrayFromImage(sitk.ReadImage(str(spine["02"])))
+    query = sitk.GetArrayFromImage(sitk.ReadImage(str(spine["05"]))).copy()
+    query[4], query[5], query[9] = t01[4], t01[5], t01[9]
+    query[12], query[13] = t02[12], t02[13]
+    gen_dir = root / "gen"
+    gen_dir.mkdir()
+    qpath = gen_dir / EVIL_NAME
+    write_nifti(query, ref, qpath)
+    out = root / "audit"
+    audit.audit_paths(index_dir, [qpath], out, device="cpu", alpha=0.05)
+    return out, qpath
+
+
+def test_real_audit_report_in_chromium(real_audit, chromium, tmp_path):
+    out, qpath = real_audit
+    path = report.write_report(out)
+    text = path.read_text(encoding="utf-8")
+    assert_offline(text)
+    with open(out / "slices.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    flagged = {int(r["slice"]) for r in rows if r["flagged"] == "1"}
+    assert {4, 5, 9, 12, 13} <= flagged, f"copied slices not all flagged: {sorted(flagged)}"
+
+    # screenshot of the first screen: non-blank, with the verdict's colour band in it
+    shot = tmp_path / "first_screen.png"
+    result = _chromium(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1280,900",
+                       "--hide-scrollbars", path.as_uri())
+    assert shot.is_file() and shot.stat().st_size > 0, result.stderr[-2000:]
+    pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))
+    assert pixels.shape[:2] == (900, 1280)
+    rgb = pixels[..., :3].astype(int)
+    assert rgb.std() > 10, "screenshot is blank"
+    red_band = (rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 80)  # the verdict's red border
+    assert red_band[:300].sum() > 500, "the red 'likely memorization' verdict is not in the first screen"
+    shutil.copy(shot, out / "first_screen.png")  # kept beside the report for a human look
+
+    # the DOM as Chromium built it
+    result = _chromium(chromium, tmp_path, "--dump-dom", path.as_uri())
+    dom_text = result.stdout
+    assert "<main>" in dom_text, result.stderr[-2000:]
+    dom = parse(dom_text)
+    plain = " ".join(dom.text)
+    n = len(rows)
+    k = len(flagged)
+    assert f"{k} of {n} slices" in plain and "look like copies of training slices" in plain
+    assert "expected by chance at this threshold" in plain
+    # verdict at the top: before the metadata, the plots and the evidence
+    order = [dom_text.find(marker) for marker in ('id="verdict"', 'id="meta"', 'id="plots"', 'id="evidence"')]
+    assert -1 not in order and order == sorted(order)
+    first_img = dom_text.find("<img")
+    assert dom_text.find("look like copies") < first_img
+    # plots and evidence pairs, all embedded
+    assert len(imgs(dom, "hist")) == 1 and len(imgs(dom, "strips")) == 1
+    assert all(a["src"].startswith("data:image/png;base64,") for a in imgs(dom))
+    n_ev = min(24, n)
+    assert len(imgs(dom, "query")) == n_ev and len(imgs(dom, "train")) == n_ev and len(imgs(dom, "diff")) == n_ev
+    # the five copies come first in the gallery, each shown with its exact source (correlation 1)
+    shown = [int(m) for m in re.findall(r'query: <span class="path">[^<]*</span> slice (\d+)<br>', dom_text)]
+    assert len(shown) == n_ev and set(shown[:5]) == {4, 5, 9, 12, 13}, shown
+    assert plain.count("pixel correlation r = 1.000") >= 5
+    assert "(as matched by the audit)" in plain  # the flip recorded in neighbors.csv is used
+    assert len(imgs(dom, "top-query")) == 1 and len(imgs(dom, "top-train")) == 1
+    # the evil name is text, never a tag
+    assert not [t for t, _ in dom.tags if t == "script"]
+    assert "<script" not in text.lower()
+    assert EVIL_NAME in plain
+    assert html.escape(EVIL_NAME) in text
+
+    # --no-training-images: no training slice or difference, and none of the training PNGs
+    # (a copied slice's training image equals its query image: that is the generator's own output)
+    public = {a["src"] for a in imgs(parse(text), "query")}
+    train_srcs = [a["src"].split(",", 1)[1] for a in imgs(parse(text), "train") if a["src"] not in public]
+    diff_srcs = [a["src"].split(",", 1)[1] for a in imgs(parse(text), "diff")]
+    assert train_srcs  # training pixels of the novel slices' neighbours were in the full report
+    private = report.write_report(out, no_training_images=True).read_text(encoding="utf-8")
+    assert_offline(private)
+    pdom = parse(private)
+    assert not imgs(pdom, "train") and not imgs(pdom, "diff")
+    assert len(imgs(pdom)) == 2 + n_ev + 1 and not imgs(pdom, "top-train")
+    for src in train_srcs + diff_srcs:
+        assert src not in private
+    result = _chromium(chromium, tmp_path, "--dump-dom", path.as_uri())
+    assert "training image withheld" in result.stdout
