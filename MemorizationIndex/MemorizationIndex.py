@@ -1,0 +1,837 @@
+"""MemorizationIndex: audit generated MRI volumes for copies of training slices, inside 3D Slicer.
+
+The module is a thin panel over ``MemorizationIndexLib``: the MRML work (heatmap, nearest
+neighbours, table, chart) lives in ``MemorizationIndexLib.mrml`` and is tested headless; long
+work runs in a background process (the library's command line) so Slicer stays responsive.
+
+Console one-liner (blocking)::
+
+    result = slicer.util.getModuleLogic("MemorizationIndex").process(volumeNode, "/path/to/index")
+"""
+
+
+import enum
+import importlib.util
+import logging
+import os
+import pathlib
+import queue
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from typing import Annotated, Callable, Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import Decimals, SingleStep, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
+
+from slicer import vtkMRMLScalarVolumeNode
+
+PROGRESS_PATTERN = re.compile(r"progress:\s*(\d+)\s*/\s*(\d+)")
+LAYOUT_ID = 7301  # custom layout: query + heatmap | nearest neighbour, MI chart below
+PLOT_VIEW_TAG = "MemorizationIndexPlot"
+TORCH_REQUIREMENT = ">=2.2"
+
+
+#
+# MemorizationIndex
+#
+
+
+class MemorizationIndex(ScriptedLoadableModule):
+    """Module description (shown in the Help & Acknowledgement section)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Memorization Index")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MemorizationIndex contributors"]
+        self.parent.helpText = _(
+            "Audit generated MRI volumes for memorized training data. Each slice of the input volume gets a "
+            "calibrated Memorization Index (MI, 0 = novel, 1 = copy), ONI and p-value against a reference index "
+            "of the training set; flagged slices are shown as a colour overlay, next to the training slice they "
+            "resemble most. Console: <code>slicer.util.getModuleLogic('MemorizationIndex').process(volumeNode, indexDir)</code>."
+        )
+        self.parent.acknowledgementText = _(
+            "Scores follow the ONI idea of Dar et al. (memorization in generative MRI models), with a calibrated "
+            "null. Default encoder: EfficientNet-Lite0 with ImageNet weights; optional MRI-CORE checkpoints."
+        )
+
+
+#
+# Parameter node
+#
+
+
+class EncoderChoice(enum.Enum):
+    DEFAULT = "default"
+    MRI_CORE = "mri-core"
+
+    @staticmethod
+    def label(value) -> str:
+        return {"default": _("Default (EfficientNet-Lite0, offline)"), "mri-core": _("MRI-CORE (checkpoint file)")}[value.value]
+
+
+class DeviceChoice(enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "cuda"
+
+    @staticmethod
+    def label(value) -> str:
+        return {"auto": _("Auto (GPU when available)"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[value.value]
+
+
+class AxisChoice(enum.Enum):
+    AUTO = "auto"
+    AXIAL = "axial"
+    CORONAL = "coronal"
+    SAGITTAL = "sagittal"
+
+    @staticmethod
+    def label(value) -> str:
+        return value.value
+
+
+@parameterNodeWrapper
+class MemorizationIndexParameterNode:
+    """Everything the panel shows, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    auditAllVolumes: bool = False
+    indexDirectory: pathlib.Path
+    encoder: EncoderChoice = EncoderChoice.DEFAULT
+    checkpointPath: pathlib.Path
+    device: DeviceChoice = DeviceChoice.AUTO
+    batchSize: Annotated[int, WithinRange(1, 1024)] = 32
+    alpha: Annotated[float, WithinRange(1e-6, 0.5), Decimals(6), SingleStep(0.001)] = 0.001
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+    runInBackground: bool = True
+    trainingPath: pathlib.Path
+    holdoutPath: pathlib.Path
+    buildAxis: AxisChoice = AxisChoice.AUTO
+    buildIndexDirectory: pathlib.Path
+
+
+def _pathOrNone(value) -> Optional[str]:
+    """An unset ctkPathLineEdit reads as Path('') == Path('.'): treat both as 'not given'."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if text in ("", ".") else text
+
+
+#
+# Widget
+#
+
+
+class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin panel: binds the parameter node, starts/cancels work, shows the summary."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._lastResult = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MemorizationIndex.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MemorizationIndexLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.buildButton.connect("clicked(bool)", self.onBuildButton)
+        self.ui.showLayoutButton.connect("clicked(bool)", self.onShowLayoutButton)
+        self.ui.jumpButton.connect("clicked(bool)", self.onJumpButton)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateDeviceLabel)
+        self.ui.progressBar.hide()
+        self.ui.showLayoutButton.enabled = False
+        self.ui.jumpButton.enabled = False
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.logic is not None:
+            self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[MemorizationIndexParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+            self.updateDeviceLabel()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self.logic.isRunning:
+            return
+        p = self._parameterNode
+        hasInput = bool(p and (p.inputVolume or p.auditAllVolumes))
+        hasIndex = bool(p and _pathOrNone(p.indexDirectory))
+        self.ui.applyButton.enabled = hasInput and hasIndex
+        self.ui.applyButton.toolTip = _("Audit the input volume against the reference index") if hasInput and hasIndex else _(
+            "Select an input volume and a reference index folder")
+        hasTraining = bool(p and _pathOrNone(p.trainingPath) and _pathOrNone(p.buildIndexDirectory))
+        self.ui.buildButton.enabled = hasTraining
+        self.ui.checkpointPathLineEdit.enabled = bool(p and p.encoder == EncoderChoice.MRI_CORE) or bool(p and _pathOrNone(p.checkpointPath))
+
+    def updateDeviceLabel(self, *args) -> None:
+        choice = self._parameterNode.device.value if self._parameterNode else "auto"
+        self.ui.deviceStatusLabel.text = self.logic.deviceDescription(choice)
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _setRunning(self, running: bool, button) -> None:
+        for other in (self.ui.applyButton, self.ui.buildButton):
+            if other is not button:
+                other.enabled = not running
+        if running:
+            button.setProperty("idleText", button.text)
+            button.text = _("Cancel")
+            button.enabled = True
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+        else:
+            idle = button.property("idleText")
+            if idle:
+                button.text = idle
+            self.ui.progressBar.hide()
+            self._checkCanApply()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(100 * max(0.0, min(1.0, fraction))))
+        if message:
+            self.ui.statusLabel.text = message
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning:
+            self.logic.cancel()
+            return
+        p = self._parameterNode
+        volumes = self.logic.loadedVolumes() if p.auditAllVolumes else [p.inputVolume]
+        volumes = [v for v in volumes if v is not None and not v.GetAttribute("MemorizationIndex.Input")]
+        if not volumes:
+            slicer.util.errorDisplay(_("No input volume to audit."))
+            return
+        options = self._auditOptions()
+        with slicer.util.tryWithErrorDisplay(_("Failed to audit the volume."), waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            if not p.runInBackground:
+                self._setRunning(True, self.ui.applyButton)
+                try:
+                    results = []
+                    for node in volumes:
+                        results.append(self.logic.process(node, _pathOrNone(p.indexDirectory), opacity=p.overlayOpacity, **options,
+                                                          progress=lambda done, total: (self._onProgress(done / max(total, 1), ""), slicer.app.processEvents())))
+                    self._showSummary(results)
+                finally:
+                    self._setRunning(False, self.ui.applyButton)
+                return
+            self._setRunning(True, self.ui.applyButton)
+            self.ui.statusLabel.text = _("Auditing {count} volume(s) in the background...").format(count=len(volumes))
+            self.logic.startAudit(
+                volumes, _pathOrNone(p.indexDirectory), options,
+                progressCallback=self._onProgress,
+                completedCallback=self._onAuditDone,
+            )
+
+    def _auditOptions(self) -> dict:
+        p = self._parameterNode
+        return {
+            "checkpoint": _pathOrNone(p.checkpointPath),
+            "device": p.device.value,
+            "batch_size": int(p.batchSize),
+            "alpha": float(p.alpha),
+        }
+
+    def _onAuditDone(self, results, error: Optional[str]) -> None:
+        self._setRunning(False, self.ui.applyButton)
+        if error:
+            self.ui.statusLabel.text = error
+            if not self.logic.cancelRequested:
+                slicer.util.errorDisplay(error)
+            return
+        self.logic.showResults(results[-1], opacity=self._parameterNode.overlayOpacity)
+        self._showSummary(results)
+
+    def _showSummary(self, results) -> None:
+        if not results:
+            return
+        self._lastResult = results[-1]
+        self.ui.resultsLabel.text = "<br><br>".join(self.logic.summaryHtml(r) for r in results)
+        self.ui.statusLabel.text = _("Done: {count} volume(s) audited.").format(count=len(results))
+        self.ui.showLayoutButton.enabled = True
+        self.ui.jumpButton.enabled = True
+        self.ui.resultsCollapsibleButton.collapsed = False
+
+    def onShowLayoutButton(self) -> None:
+        if self._lastResult is not None:
+            self.logic.showResults(self._lastResult, opacity=self._parameterNode.overlayOpacity)
+
+    def onJumpButton(self) -> None:
+        if self._lastResult is not None:
+            self.logic.jumpToMostSuspicious(self._lastResult)
+
+    def onBuildButton(self) -> None:
+        if self.logic.isRunning:
+            self.logic.cancel()
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to build the reference index."), waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            self._setRunning(True, self.ui.buildButton)
+            self.ui.statusLabel.text = _("Building the reference index in the background...")
+            self.logic.startBuildIndex(
+                [_pathOrNone(p.trainingPath)], _pathOrNone(p.buildIndexDirectory),
+                holdout=[_pathOrNone(p.holdoutPath)] if _pathOrNone(p.holdoutPath) else None,
+                encoder=p.encoder.value, checkpoint=_pathOrNone(p.checkpointPath), device=p.device.value,
+                batchSize=int(p.batchSize), axis=p.buildAxis.value,
+                progressCallback=self._onProgress, completedCallback=self._onBuildDone,
+            )
+
+    def _onBuildDone(self, message: str, error: Optional[str]) -> None:
+        self._setRunning(False, self.ui.buildButton)
+        if error:
+            self.ui.statusLabel.text = error
+            if not self.logic.cancelRequested:
+                slicer.util.errorDisplay(error)
+            return
+        self.ui.statusLabel.text = message
+        self._parameterNode.indexDirectory = pathlib.Path(_pathOrNone(self._parameterNode.buildIndexDirectory))
+
+
+#
+# Logic
+#
+
+
+class BackgroundProcess:
+    """A child process whose output lines are read by a thread and handed to the GUI by a QTimer.
+
+    ``lineCallback(line)`` and ``completedCallback(returnCode)`` run on the main thread;
+    :meth:`kill` really stops the process (the audit leaves nothing half-written).
+    """
+
+    def __init__(self, args, env: dict, lineCallback: Callable[[str], None], completedCallback: Callable[[int], None]):
+        self._lines: queue.Queue = queue.Queue()
+        self._lineCallback = lineCallback
+        self._completedCallback = completedCallback
+        self.proc = slicer.util.launchConsoleProcess(args, updateEnvironment=env)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._poll)
+        self._timer.start()
+
+    def _read(self) -> None:
+        for line in iter(self.proc.stdout.readline, ""):
+            self._lines.put(("line", line.rstrip()))
+        self.proc.wait()
+        self._lines.put(("done", self.proc.returncode))
+
+    def _poll(self) -> None:
+        while True:
+            try:
+                kind, value = self._lines.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "line":
+                self._lineCallback(value)
+            else:
+                self._timer.stop()
+                self._completedCallback(value)
+                return
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+
+class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
+    """Audits and index builds; all MRML work goes through ``MemorizationIndexLib.mrml``."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._process: Optional[BackgroundProcess] = None
+        self._workDir: Optional[str] = None
+        self.cancelRequested = False
+        self.lastLog: list[str] = []
+
+    def getParameterNode(self):
+        return MemorizationIndexParameterNode(super().getParameterNode())
+
+    @property
+    def isRunning(self) -> bool:
+        # Cleared when the completion callback has run (not merely when the process exited).
+        return self._process is not None
+
+    # --- dependencies --------------------------------------------------------------------------
+
+    @staticmethod
+    def moduleDirectory() -> str:
+        return os.path.dirname(os.path.abspath(__file__))
+
+    def requirementsPath(self) -> str:
+        return os.path.join(self.moduleDirectory(), "Resources", "requirements.txt")
+
+    @staticmethod
+    def torchInstalled() -> bool:
+        return importlib.util.find_spec("torch") is not None
+
+    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
+        """Install what the audit needs, asking first; False when the user declined.
+
+        PyTorch comes from the PyTorch extension (``PyTorchUtils``), the rest from
+        ``Resources/requirements.txt`` with ``slicer.packaging.pip_ensure`` (Slicer >= 5.12) or
+        ``slicer.util.pip_install`` after a confirmation (older Slicer).
+        """
+        if not self.torchInstalled():
+            try:
+                import PyTorchUtils  # noqa: PLC0415 - provided by the PyTorch extension
+            except ModuleNotFoundError:
+                raise RuntimeError(_("This module needs PyTorch: install the 'PyTorch' extension from the Extensions Manager and restart Slicer.")) from None
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT)
+                if torch is None:
+                    return False
+        packaging = getattr(slicer, "packaging", None)
+        if packaging is None:
+            try:
+                import slicer.packaging as packaging  # noqa: PLC0415
+            except ImportError:
+                try:
+                    import slicer.pydeps as packaging  # noqa: PLC0415 - its name in Slicer 5.11
+                except ImportError:
+                    packaging = None
+        requirements = self.requirementsPath()
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            packaging.pip_ensure(packaging.load_requirements(requirements), skip_packages=["torch", "torchvision", "SimpleITK"], requester="MemorizationIndex")
+            return self._missingRequirements(requirements) == []
+        missing = self._missingRequirements(requirements)
+        if missing:
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("Memorization Index needs these Python packages, which will be downloaded and installed now:\n\n{packages}").format(packages="\n".join(missing))
+            ):
+                return False
+            slicer.util.pip_install(missing)
+        return True
+
+    @staticmethod
+    def _missingRequirements(path: str) -> list[str]:
+        from importlib import metadata  # noqa: PLC0415
+
+        missing = []
+        with open(path) as handle:
+            for line in handle:
+                requirement = line.split("#", 1)[0].strip()
+                if not requirement:
+                    continue
+                name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+                try:
+                    metadata.version(name)
+                except metadata.PackageNotFoundError:
+                    missing.append(requirement)
+        return missing
+
+    def deviceDescription(self, choice: str) -> str:
+        """What the device setting means on this computer (without installing anything)."""
+        if not self.torchInstalled():
+            return _("PyTorch not installed yet (installed on first use)")
+        import torch  # noqa: PLC0415
+
+        hasGpu = torch.cuda.is_available()
+        gpuName = torch.cuda.get_device_name(0) if hasGpu else ""
+        if choice == "cpu":
+            return _("Using the CPU")
+        if choice == "cuda":
+            return _("Using GPU: {name}").format(name=gpuName) if hasGpu else _("No CUDA GPU found: choose CPU or Auto")
+        return _("Using GPU: {name}").format(name=gpuName) if hasGpu else _("Using the CPU (no CUDA GPU found)")
+
+    # --- blocking path (console, tests) --------------------------------------------------------
+
+    def process(self, volumeNode, indexDir, *, showResults: bool = True, opacity: float = 0.6, checkpoint=None,
+                device: str = "auto", batch_size: int = 32, alpha: Optional[float] = None, progress=None, cancel=None, **options):
+        """Audit ``volumeNode`` against the index in ``indexDir`` and show the result (blocking).
+
+        Returns a ``MemorizationIndexLib.mrml.MrmlAuditResult`` (``heatmap_node``,
+        ``neighbor_node``, ``table_node``, ``plot_chart_node``, ``audit``).
+        """
+        if volumeNode is None:
+            raise ValueError("volumeNode is required")
+        if not indexDir:
+            raise ValueError("indexDir (a reference index folder) is required")
+        from MemorizationIndexLib.mrml import audit_volume_node  # noqa: PLC0415
+
+        import time  # noqa: PLC0415
+
+        start = time.time()
+        result = audit_volume_node(
+            slicer.mrmlScene, volumeNode, indexDir, checkpoint=checkpoint, device=device, batch_size=batch_size, alpha=alpha,
+            progress=progress, cancel=cancel, **options,
+        )
+        logging.info(f"MemorizationIndex: audited {volumeNode.GetName()} in {time.time() - start:.1f} s: "
+                     f"{result.audit.flagged} of {len(result.audit.scores)} slices flagged")
+        if showResults:
+            self.showResults(result, opacity=opacity)
+        return result
+
+    # --- background path (the panel) ----------------------------------------------------------
+
+    @staticmethod
+    def pythonExecutable() -> str:
+        return shutil.which("PythonSlicer") or sys.executable
+
+    def _environment(self) -> dict:
+        pythonPath = os.pathsep.join(p for p in [self.moduleDirectory(), os.environ.get("PYTHONPATH", "")] if p)
+        return {"PYTHONPATH": pythonPath, "MEMORIZATION_INDEX_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def _start(self, args, progressCallback, onFinished, nItems: int = 1) -> None:
+        if self.isRunning:
+            raise RuntimeError(_("Another audit or index build is still running."))
+        self.cancelRequested = False
+        self.lastLog = []
+        state = {"item": 0, "lastDone": -1}
+
+        def onLine(line: str) -> None:
+            match = PROGRESS_PATTERN.search(line)
+            if not match:
+                self.lastLog.append(line)
+                logging.info(line)
+                return
+            done, total = int(match.group(1)), max(1, int(match.group(2)))
+            if done < state["lastDone"]:
+                state["item"] = min(nItems - 1, state["item"] + 1)  # the next volume started
+            state["lastDone"] = done
+            if progressCallback:
+                fraction = (state["item"] + done / total) / nItems
+                progressCallback(fraction, _("{done}/{total} slices").format(done=done, total=total))
+
+        def onCompleted(returnCode: int) -> None:
+            self._process = None
+            onFinished(returnCode)
+
+        logging.info("MemorizationIndex: running " + " ".join(args))
+        self._process = BackgroundProcess(args, self._environment(), onLine, onCompleted)
+
+    def _errorText(self, returnCode: int) -> str:
+        if self.cancelRequested:
+            return _("Cancelled.")
+        errors = [line for line in self.lastLog if line.startswith("error:")]
+        return errors[-1] if errors else _("The background process failed (exit code {code}): {tail}").format(
+            code=returnCode, tail="\n".join(self.lastLog[-5:]))
+
+    def startAudit(self, volumeNodes, indexDir, options: dict, progressCallback=None, completedCallback=None) -> None:
+        """Audit volumes in a background process running the library's command line.
+
+        The volumes are written to a temporary folder (in their own voxel order, so slice
+        numbers match the nodes), audited with ``python -m MemorizationIndexLib.cli audit``, and
+        the results are turned into nodes when it finishes: ``completedCallback(results, error)``.
+        An out-of-memory failure is retried once with half the batch size.
+        """
+        self._workDir = tempfile.mkdtemp(prefix="MemorizationIndex-")
+        paths = []
+        for i, node in enumerate(volumeNodes):
+            path = os.path.join(self._workDir, f"volume_{i}.nrrd")
+            exporter = getattr(slicer.util, "exportNode", None)
+            if exporter is not None:
+                exporter(node, path)
+            else:
+                slicer.util.saveNode(node, path)
+            paths.append(path)
+        outDir = os.path.join(self._workDir, "audit")
+        args = [self.pythonExecutable(), "-m", "MemorizationIndexLib.cli", "audit", str(indexDir), *paths, "--out", outDir, "--no-report",
+                "--device", options.get("device", "auto"), "--batch-size", str(options.get("batch_size", 32))]
+        if options.get("alpha"):
+            args += ["--alpha", str(options["alpha"])]
+        if options.get("checkpoint"):
+            args += ["--checkpoint", str(options["checkpoint"])]
+
+        def onFinished(returnCode: int) -> None:
+            if returnCode != 0:
+                oom = any("out of memory" in line.lower() for line in self.lastLog)
+                if oom and not self.cancelRequested and options.get("batch_size", 32) > 1:
+                    retry = dict(options, batch_size=max(1, options.get("batch_size", 32) // 2))
+                    logging.warning(f"MemorizationIndex: out of memory, retrying with batch size {retry['batch_size']}")
+                    self.startAudit(volumeNodes, indexDir, retry, progressCallback, completedCallback)
+                    return
+                completedCallback([], self._errorText(returnCode))
+                return
+            try:
+                results = self.loadAuditResults(volumeNodes, paths, outDir, indexDir)
+            except Exception as exc:  # noqa: BLE001 - shown to the user
+                logging.exception("MemorizationIndex: could not load the audit results")
+                completedCallback([], str(exc))
+                return
+            completedCallback(results, None)
+
+        self._start(args, progressCallback, onFinished, nItems=len(paths))
+
+    def loadAuditResults(self, volumeNodes, paths, outDir, indexDir):
+        """Turn a command-line audit's outputs into result nodes for the volumes it audited."""
+        from MemorizationIndexLib.mrml import add_audit_nodes, read_audit_outputs  # noqa: PLC0415
+        from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: PLC0415
+
+        audits = read_audit_outputs(outDir)
+        index = ReferenceIndex.load(indexDir)
+        results = []
+        for node, path in zip(volumeNodes, paths):
+            audit = audits.get(path) or audits.get(str(pathlib.Path(path)))
+            if audit is None:
+                raise RuntimeError(f"the audit output has no entry for {node.GetName()}")
+            audit.volume = node.GetName()
+            results.append(add_audit_nodes(slicer.mrmlScene, node, audit, index))
+        return results
+
+    def startBuildIndex(self, trainingPaths, outDir, *, holdout=None, encoder="default", checkpoint=None, device="auto",
+                        batchSize=32, axis="auto", progressCallback=None, completedCallback=None) -> None:
+        """Build a reference index in a background process (``python -m MemorizationIndexLib.cli build-index``)."""
+        args = [self.pythonExecutable(), "-m", "MemorizationIndexLib.cli", "build-index", *[str(p) for p in trainingPaths], "--out", str(outDir),
+                "--encoder", encoder, "--device", device, "--batch-size", str(batchSize), "--axis", axis]
+        if checkpoint and encoder == "mri-core":
+            args += ["--checkpoint", str(checkpoint)]
+        if holdout:
+            args += ["--holdout", *[str(p) for p in holdout]]
+
+        def onFinished(returnCode: int) -> None:
+            if returnCode != 0:
+                completedCallback("", self._errorText(returnCode))
+            else:
+                summary = [line for line in self.lastLog if line.startswith("index ")]
+                completedCallback(summary[-1] if summary else _("Index written to {path}").format(path=outDir), None)
+
+        self._start(args, progressCallback, onFinished)
+
+    def cancel(self) -> None:
+        """Stop the running background work (the process is killed)."""
+        if self._process is not None:
+            self.cancelRequested = True
+            self._process.kill()
+
+    # --- showing results ----------------------------------------------------------------------
+
+    @staticmethod
+    def loadedVolumes() -> list:
+        return [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if n.GetImageData() is not None and n.GetAttribute("MemorizationIndex.Input") is None]
+
+    def showResults(self, result, opacity: float = 0.6) -> None:
+        """Side-by-side layout (query + heatmap | nearest neighbour, chart below), linked views."""
+        from MemorizationIndexLib.mrml import show_result_in_slice_views  # noqa: PLC0415
+
+        if not hasattr(slicer, "app") or slicer.app is None:
+            return
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return
+        layoutLogic = layoutManager.layoutLogic()
+        layoutNode = layoutLogic.GetLayoutNode()
+        if not layoutNode.IsLayoutDescription(LAYOUT_ID):
+            layoutNode.AddLayoutDescription(LAYOUT_ID, self._layoutXml())
+        layoutManager.setLayout(LAYOUT_ID)
+        show_result_in_slice_views(slicer.mrmlScene, result, opacity=opacity, query_view_names=("Red",), neighbor_view_names=("Yellow",))
+        for view in ("Red", "Yellow"):
+            widget = layoutManager.sliceWidget(view)
+            if widget is not None:
+                widget.sliceLogic().FitSliceToAll()
+        plotView = slicer.mrmlScene.GetSingletonNode(PLOT_VIEW_TAG, "vtkMRMLPlotViewNode")
+        if plotView is not None:
+            plotView.SetPlotChartNodeID(result.plot_chart_node.GetID())
+        self.jumpToMostSuspicious(result)
+
+    @staticmethod
+    def jumpToMostSuspicious(result) -> None:
+        from MemorizationIndexLib.mrml import jump_to_slice  # noqa: PLC0415
+
+        if not result.audit.scores:
+            return
+        worst = max(result.audit.scores, key=lambda s: s.mi)
+        for view in ("Red", "Yellow"):
+            sliceNode = slicer.mrmlScene.GetSingletonNode(view, "vtkMRMLSliceNode")
+            if sliceNode is not None:
+                jump_to_slice(sliceNode, result.input_node, result.audit.array_axis, worst.slice)
+
+    @staticmethod
+    def _layoutXml() -> str:
+        return f"""
+<layout type="vertical" split="true">
+  <item splitSize="650">
+    <layout type="horizontal" split="true">
+      <item><view class="vtkMRMLSliceNode" singletontag="Red">
+        <property name="orientation" action="default">Axial</property>
+        <property name="viewlabel" action="default">R</property>
+        <property name="viewcolor" action="default">#F34A33</property>
+      </view></item>
+      <item><view class="vtkMRMLSliceNode" singletontag="Yellow">
+        <property name="orientation" action="default">Axial</property>
+        <property name="viewlabel" action="default">Y</property>
+        <property name="viewcolor" action="default">#EDD54C</property>
+      </view></item>
+    </layout>
+  </item>
+  <item splitSize="300">
+    <view class="vtkMRMLPlotViewNode" singletontag="{PLOT_VIEW_TAG}">
+      <property name="viewlabel" action="default">MI</property>
+    </view>
+  </item>
+</layout>"""
+
+    def summaryHtml(self, result) -> str:
+        """The results panel text for one audited volume."""
+        s = result.summary()
+        t = s["threshold"]
+        flagged = ", ".join(str(k) for k in s["flagged_slices"][:30]) + (" ..." if len(s["flagged_slices"]) > 30 else "")
+        nullText = ""
+        indexDir = result.heatmap_node.GetAttribute("MemorizationIndex.Index")
+        try:
+            import json  # noqa: PLC0415
+
+            null = json.loads((pathlib.Path(indexDir) / "config.json").read_text())["null"]
+            nullText = f"<br>null: {null.get('type')} (n={null.get('n')})"
+        except Exception:  # noqa: BLE001 - the summary works without it
+            nullText = ""
+        return (
+            f"<b>{s['volume']}</b> ({s['axis']}): {s['slices_scored']} of {s['slices_total']} slices scored, "
+            f"{s['slices_skipped_empty']} empty skipped<br>"
+            f"volume MI {s['mean_mi']:.3f}, ONI {s['mean_oni']:.3f}<br>"
+            f"<b>flagged: {s['flagged']} slices ({100 * s['flagged_fraction']:.1f}%)</b>{': ' + flagged if flagged else ''}<br>"
+            f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
+            f"{nullText}"
+        )
+
+
+#
+# Self-test
+#
+
+
+class MemorizationIndexTest(ScriptedLoadableModuleTest):
+    """In-Slicer self-test: a small index from a sample MRI, an audit of a volume with planted copies."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_MemorizationIndex1()
+
+    def test_MemorizationIndex1(self):
+        import numpy as np  # noqa: PLC0415
+
+        self.delayDisplay("Starting the Memorization Index self-test")
+        logic = MemorizationIndexLogic()
+        if not logic.ensureDependencies(askConfirmation=False):
+            self.skipTest("dependencies are not installed")
+        from MemorizationIndexLib import mrml  # noqa: PLC0415
+
+        self.delayDisplay("Building a small reference index")
+        queryNode, indexDir = makeSelfTestScenario(pathlib.Path(tempfile.mkdtemp(prefix="MemorizationIndexTest-")))
+        result = logic.process(queryNode, str(indexDir), device="cpu", alpha=0.05)
+
+        self.delayDisplay("Checking the result nodes")
+        expected = mrml.ijk_to_ras_matrix(queryNode)
+        for node in (result.heatmap_node, result.neighbor_node):
+            self.assertTrue(np.array_equal(mrml.ijk_to_ras_matrix(node), expected))
+            self.assertEqual(node.GetImageData().GetDimensions(), queryNode.GetImageData().GetDimensions())
+        self.assertEqual(result.table_node.GetTable().GetNumberOfRows(), len(result.audit.scores))
+        heat = mrml.slice_view(slicer.util.arrayFromVolume(result.heatmap_node), result.audit.array_axis)
+        for score in result.audit.scores:
+            self.assertAlmostEqual(float(heat[score.slice].max()), score.mi, places=5)
+        flagged = [s for s in result.audit.scores if s.flagged]
+        self.assertTrue(flagged, "copied slices must be flagged")
+        self.assertEqual(result.missing_neighbors, [])
+        rgba = mrml.composite_slice_rgba(slicer.mrmlScene, queryNode, result.heatmap_node, axis_name=result.audit.axis_name,
+                                         array_axis=result.audit.array_axis, slice_index=flagged[0].slice)
+        self.assertTrue(mrml.overlay_mask(rgba).any(), "the flagged slice must show the colour overlay")
+        self.delayDisplay("Test passed")
+
+
+def makeSelfTestScenario(work: pathlib.Path):
+    """A small index and query from Slicer's MRHead sample: returns (query volume node, index folder).
+
+    The head is split into two "subjects" (the two halves along the slowest axis) that form the
+    index; the query holds every 8th slice of the first half, i.e. copies of training slices.
+    """
+    import SampleData  # noqa: PLC0415
+    import SimpleITK as sitk  # noqa: PLC0415
+    import sitkUtils  # noqa: PLC0415
+
+    from MemorizationIndexLib.reference_index import build_index  # noqa: PLC0415
+
+    source = SampleData.downloadSample("MRHead")
+    image = sitkUtils.PullVolumeFromSlicer(source)
+    array = sitk.GetArrayFromImage(image)
+    half = array.shape[0] // 2
+    for name, part in (("a", array[:half]), ("b", array[half:])):
+        piece = sitk.GetImageFromArray(part)
+        piece.SetSpacing(image.GetSpacing())
+        piece.SetDirection(image.GetDirection())
+        piece.SetOrigin(image.GetOrigin())
+        sitk.WriteImage(piece, str(work / f"{name}.nrrd"))
+    indexDir = work / "index"
+    build_index([work / "a.nrrd", work / "b.nrrd"], indexDir, flips=False, overwrite=True)
+    query = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "a.nrrd")))
+    queryNode = slicer.util.addVolumeFromArray(query[::8].copy(), name="query")
+    queryNode.SetSpacing(source.GetSpacing()[0], source.GetSpacing()[1], source.GetSpacing()[2] * 8)
+    directions = vtk.vtkMatrix4x4()
+    source.GetIJKToRASDirectionMatrix(directions)
+    queryNode.SetIJKToRASDirectionMatrix(directions)
+    slicer.mrmlScene.RemoveNode(source)
+    return queryNode, indexDir

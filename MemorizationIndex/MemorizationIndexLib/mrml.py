@@ -1,0 +1,706 @@
+"""Audit a volume that is loaded in a MRML scene and show the result as MRML nodes.
+
+Everything here takes the scene as an argument and uses only Slicer's MRML and logic
+libraries, so it runs the same inside the Slicer application (``slicer.mrmlScene``) and
+headless with the ``slicer-core`` package from PyPI (a plain ``slicer.vtkMRMLScene()``).
+
+The result of :func:`audit_volume_node`:
+
+- **MI heatmap** (scalar volume, same IJK-to-RAS as the input): every voxel of slice k holds
+  slice k's ``mi``; slices the audit skipped as empty hold 0. Displayed with a colour table this
+  module creates itself (:data:`HEAT_COLOR_NODE_NAME`), window 0..1, and a threshold at the flag
+  threshold (``threshold.mi``) so that unflagged slices are transparent in a foreground layer.
+- **Nearest-neighbour volume** (same geometry): slice k holds the reference slice nearest to
+  query slice k (from the index provenance, flipped as matched, resampled bilinearly to the
+  query slice's grid); zeros where no reference pixels are available.
+- **Table** (one row per scored slice) and a **plot chart** of ``mi`` against slice with the
+  threshold line.
+
+Slices are cut exactly as the command line cuts the file the volume was loaded from: the node
+is converted to a SimpleITK image with the same geometry (RAS -> LPS), so the core picks the
+same array axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UserError
+
+HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
+TABLE_COLUMNS = ("slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
+# Anchor colours of the heat table (position in 0..1 of the MI range, r, g, b).
+_HEAT_ANCHORS = (
+    (0.00, 0.05, 0.03, 0.30),
+    (0.50, 0.35, 0.10, 0.55),
+    (0.80, 0.95, 0.60, 0.10),
+    (0.95, 1.00, 0.40, 0.05),
+    (1.00, 0.95, 0.08, 0.08),
+)
+_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
+_OFFSCREEN_LAYOUT_NAME = "MemorizationIndexOffscreen"
+
+
+def _slicer():
+    import slicer  # noqa: PLC0415 - imported lazily so the rest of the library works without Slicer
+
+    return slicer
+
+
+def _vtk():
+    import vtk  # noqa: PLC0415
+
+    return vtk
+
+
+@dataclass
+class MrmlAuditResult:
+    """The nodes an audit created, and the audit itself."""
+
+    heatmap_node: Any
+    neighbor_node: Any
+    table_node: Any
+    plot_chart_node: Any
+    audit: Any  # audit.VolumeAudit
+    input_node: Any = None
+    color_node: Any = None
+    plot_series_nodes: list = field(default_factory=list)
+    threshold_table_node: Any = None
+    folder_item_id: int = 0
+    missing_neighbors: list[int] = field(default_factory=list)
+
+    def nodes(self) -> list:
+        """Every MRML node this result created (for cleanup or saving)."""
+        found = [self.heatmap_node, self.neighbor_node, self.table_node, self.threshold_table_node, self.plot_chart_node]
+        return [node for node in found + list(self.plot_series_nodes) if node is not None]
+
+    def summary(self) -> dict:
+        """Volume-level numbers for a results panel: mean MI/ONI, flagged count, threshold."""
+        scores = self.audit.scores
+        n = len(scores)
+        flagged = [s.slice for s in scores if s.flagged]
+        threshold = self.audit.threshold
+        return {
+            "volume": self.audit.volume,
+            "axis": self.audit.axis_name,
+            "slices_total": self.audit.n_slices,
+            "slices_scored": n,
+            "slices_skipped_empty": len(self.audit.skipped_empty),
+            "mean_mi": float(np.mean([s.mi for s in scores])) if n else float("nan"),
+            "mean_oni": float(np.mean([s.oni for s in scores])) if n else float("nan"),
+            "flagged": len(flagged),
+            "flagged_slices": flagged,
+            "flagged_fraction": len(flagged) / n if n else 0.0,
+            "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry
+
+
+def ijk_to_ras_matrix(volume_node) -> np.ndarray:
+    """The node's 4x4 IJK-to-RAS matrix as a numpy array."""
+    matrix = _vtk().vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_node_to_image(volume_node):
+    """SimpleITK float32 image with the voxels and patient geometry of a scalar volume node.
+
+    Voxel array (KJI) is copied; spacing, origin and direction are the node's IJK-to-RAS
+    converted to LPS, which is what SimpleITK reports for the file the node was loaded from.
+    Vector volumes become the mean of their first three components, NaN/Inf voxels become 0,
+    as the command line does for files. A parent transform is not applied (the outputs
+    observe the same transform, so they stay aligned).
+    """
+    import SimpleITK as sitk  # noqa: PLC0415
+
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise UserError("the input volume node has no image data")
+    array = np.array(_slicer().util.arrayFromVolume(volume_node), dtype=np.float32, copy=True)
+    if array.ndim == 4:
+        array = array[..., : min(3, array.shape[-1])].mean(axis=-1, dtype=np.float32)
+    if array.ndim != 3:
+        raise UserError(f"volume {volume_node.GetName()} has an unsupported voxel layout {array.shape}")
+    if not np.isfinite(array).all():
+        array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    matrix = ijk_to_ras_matrix(volume_node)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    direction_ras = matrix[:3, :3] / spacing
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing([float(v) for v in spacing])
+    image.SetOrigin([float(v) for v in _LPS_FROM_RAS @ matrix[:3, 3]])
+    image.SetDirection([float(v) for v in (_LPS_FROM_RAS @ direction_ras).ravel()])
+    return image
+
+
+def _copy_geometry(source_node, target_node) -> None:
+    matrix = _vtk().vtkMatrix4x4()
+    source_node.GetIJKToRASMatrix(matrix)
+    target_node.SetIJKToRASMatrix(matrix)
+    target_node.SetAndObserveTransformNodeID(source_node.GetTransformNodeID())
+
+
+def slice_view(array: np.ndarray, array_axis: int) -> np.ndarray:
+    """A writable view of a KJI array with the slicing axis first (slice k = view[k])."""
+    return np.moveaxis(array, array_axis, 0)
+
+
+def resample_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2D array to ``shape``, pixel centres aligned (no corner alignment).
+
+    Same sampling as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``:
+    output pixel i samples input coordinate (i + 0.5) * in / out - 0.5, clamped to the image.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D slice, got shape {image.shape}")
+    height, width = int(shape[0]), int(shape[1])
+    if image.shape == (height, width):
+        return image.copy()
+
+    def weights(n_in: int, n_out: int):
+        coords = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+        coords = np.clip(coords, 0.0, n_in - 1)
+        low = np.floor(coords).astype(np.int64)
+        high = np.minimum(low + 1, n_in - 1)
+        return low, high, (coords - low).astype(np.float32)
+
+    y0, y1, wy = weights(image.shape[0], height)
+    x0, x1, wx = weights(image.shape[1], width)
+    top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
+    bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
+    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
+
+
+def apply_flip(image: np.ndarray, flip: str) -> np.ndarray:
+    """Flip a 2D reference slice the way the query matched it (none/hflip/vflip)."""
+    if flip in (None, "", "none"):
+        return image
+    if flip == "hflip":
+        return image[:, ::-1]
+    if flip == "vflip":
+        return image[::-1, :]
+    raise ValueError(f"unknown flip {flip!r}")
+
+
+def neighbor_slice(index, score, shape: tuple[int, int]) -> np.ndarray | None:
+    """The reference slice named by a score's provenance, flipped as matched, resampled to ``shape``."""
+    reference = index.reference_slice(score.nn_source, int(score.nn_slice))
+    if reference is None:
+        return None
+    reference = apply_flip(np.asarray(reference, dtype=np.float32), getattr(score, "nn_flip", "none"))
+    return resample_bilinear(reference, shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Colours and display
+
+
+def heat_color_table_rgba(n_colors: int = 256) -> np.ndarray:
+    """The module's MI colour table as an [n, 4] float array (opaque)."""
+    anchors = np.asarray(_HEAT_ANCHORS, dtype=np.float64)
+    positions = np.linspace(0.0, 1.0, n_colors)
+    rgb = np.stack([np.interp(positions, anchors[:, 0], anchors[:, c]) for c in (1, 2, 3)], axis=1)
+    return np.concatenate([rgb, np.ones((n_colors, 1))], axis=1)
+
+
+def heat_color_node(scene):
+    """Get (or create in ``scene``) the module's own MI colour table node."""
+    slicer = _slicer()
+    existing = scene.GetNodesByClassByName("vtkMRMLColorTableNode", HEAT_COLOR_NODE_NAME)
+    node = existing.GetItemAsObject(0) if existing.GetNumberOfItems() else None
+    if node is not None:
+        return node
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(HEAT_COLOR_NODE_NAME)
+    node.SetTypeToUser()
+    node.SetAttribute("Category", "MemorizationIndex")
+    node.SetDescription("Memorization Index 0 (novel) .. 1 (copy); used for MI heatmaps")
+    table = heat_color_table_rgba(256)
+    node.SetNumberOfColors(len(table))
+    node.GetLookupTable().SetTableRange(0.0, 1.0)
+    for i, (r, g, b, a) in enumerate(table):
+        node.SetColor(i, f"MI {i / (len(table) - 1):.3f}", float(r), float(g), float(b), float(a))
+    scene.AddNode(node)
+    return node
+
+
+def _ensure_display_node(volume_node):
+    if volume_node.GetDisplayNode() is None:
+        volume_node.CreateDefaultDisplayNodes()
+    return volume_node.GetDisplayNode()
+
+
+def configure_heatmap_display(heatmap_node, color_node, threshold_mi: float, *, legend: bool = True):
+    """Window 0..1 on the module's colour table, values below ``threshold_mi`` transparent."""
+    display = _ensure_display_node(heatmap_node)
+    display.SetAndObserveColorNodeID(color_node.GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.AutoThresholdOff()
+    display.SetLowerThreshold(float(threshold_mi))
+    display.SetUpperThreshold(2.0)  # mi <= 1; keep the top end safely inside
+    display.ApplyThresholdOn()
+    display.SetInterpolate(False)
+    if legend:
+        legend_node = None
+        scene = heatmap_node.GetScene()
+        slicer = _slicer()
+        try:
+            if scene is not None and not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+                # The application's Colors module registers it; a bare (headless) scene does not.
+                scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+            legend_node = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(heatmap_node)
+        except Exception:  # noqa: BLE001 - a legend is a nicety; never fail the audit for it
+            legend_node = None
+        if legend_node is not None:
+            legend_node.SetTitleText("Memorization Index")
+            legend_node.SetLabelFormat("%.2f")
+    return display
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes
+
+
+def _add_node(scene, class_name: str, name: str):
+    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    return node
+
+
+def _fill_table(table_node, scores) -> None:
+    vtk = _vtk()
+    table = table_node.GetTable()
+    table.Initialize()
+    columns = {
+        "slice": vtk.vtkIntArray(),
+        "similarity": vtk.vtkDoubleArray(),
+        "z": vtk.vtkDoubleArray(),
+        "mi": vtk.vtkDoubleArray(),
+        "oni": vtk.vtkDoubleArray(),
+        "p_value": vtk.vtkDoubleArray(),
+        "flagged": vtk.vtkIntArray(),
+        "nn_source": vtk.vtkStringArray(),
+        "nn_slice": vtk.vtkIntArray(),
+    }
+    for name in TABLE_COLUMNS:
+        array = columns[name]
+        array.SetName(name)
+        array.SetNumberOfValues(len(scores))
+    for row, score in enumerate(scores):
+        columns["slice"].SetValue(row, int(score.slice))
+        columns["similarity"].SetValue(row, float(score.similarity))
+        columns["z"].SetValue(row, float(score.z))
+        columns["mi"].SetValue(row, float(score.mi))
+        columns["oni"].SetValue(row, float(score.oni))
+        columns["p_value"].SetValue(row, float(score.p_value))
+        columns["flagged"].SetValue(row, 1 if score.flagged else 0)
+        columns["nn_source"].SetValue(row, str(score.nn_source))
+        columns["nn_slice"].SetValue(row, int(score.nn_slice))
+    for name in TABLE_COLUMNS:
+        table.AddColumn(columns[name])
+    table_node.Modified()
+
+
+def table_rows(table_node) -> list[dict]:
+    """The rows of a results table node as dicts (column name -> Python value)."""
+    table = table_node.GetTable()
+    rows = []
+    for r in range(table.GetNumberOfRows()):
+        row = {}
+        for c in range(table.GetNumberOfColumns()):
+            column = table.GetColumn(c)
+            value = column.GetValue(r)
+            row[column.GetName()] = value
+        rows.append(row)
+    return rows
+
+
+def _make_plot(scene, base_name: str, table_node, scores, threshold_mi: float):
+    vtk = _vtk()
+    slicer = _slicer()
+    threshold_table = _add_node(scene, "vtkMRMLTableNode", f"{base_name} MI threshold")
+    slices = [int(s.slice) for s in scores] or [0]
+    x = vtk.vtkIntArray()
+    x.SetName("slice")
+    y = vtk.vtkDoubleArray()
+    y.SetName("threshold_mi")
+    for value in (min(slices), max(slices)):
+        x.InsertNextValue(value)
+        y.InsertNextValue(float(threshold_mi))
+    threshold_table.GetTable().AddColumn(x)
+    threshold_table.GetTable().AddColumn(y)
+
+    mi_series = _add_node(scene, "vtkMRMLPlotSeriesNode", f"{base_name} MI")
+    mi_series.SetAndObserveTableNodeID(table_node.GetID())
+    mi_series.SetXColumnName("slice")
+    mi_series.SetYColumnName("mi")
+    mi_series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    mi_series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+    mi_series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+    mi_series.SetColor(0.85, 0.2, 0.15)
+
+    threshold_series = _add_node(scene, "vtkMRMLPlotSeriesNode", f"{base_name} flag threshold")
+    threshold_series.SetAndObserveTableNodeID(threshold_table.GetID())
+    threshold_series.SetXColumnName("slice")
+    threshold_series.SetYColumnName("threshold_mi")
+    threshold_series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    threshold_series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+    threshold_series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
+    threshold_series.SetColor(0.2, 0.2, 0.2)
+
+    chart = _add_node(scene, "vtkMRMLPlotChartNode", f"{base_name} MI chart")
+    chart.AddAndObservePlotSeriesNodeID(mi_series.GetID())
+    chart.AddAndObservePlotSeriesNodeID(threshold_series.GetID())
+    chart.SetTitle(f"Memorization Index per slice: {base_name}")
+    chart.SetXAxisTitle("slice")
+    chart.SetYAxisTitle("MI")
+    chart.SetYAxisRangeAuto(False)
+    chart.SetYAxisRange(0.0, 1.0)
+    return chart, [mi_series, threshold_series], threshold_table
+
+
+def _parent_in_subject_hierarchy(scene, volume_node, nodes, folder_name: str) -> int:
+    """Put ``nodes`` in a folder under the input volume's item; 0 when no hierarchy exists."""
+    slicer = _slicer()
+    try:
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    except Exception:  # noqa: BLE001
+        sh = None
+    if sh is None:
+        return 0
+    input_item = sh.GetItemByDataNode(volume_node)
+    if not input_item:
+        # Headless scenes have no subject hierarchy plugins that add items automatically.
+        input_item = sh.CreateItem(sh.GetSceneItemID(), volume_node)
+    if not input_item:
+        return 0
+    folder = sh.CreateFolderItem(input_item, folder_name)
+    for node in nodes:
+        if node is None:
+            continue
+        item = sh.GetItemByDataNode(node)
+        if item:
+            sh.SetItemParent(item, folder)
+        else:
+            sh.CreateItem(folder, node)
+    return folder
+
+
+def add_audit_nodes(scene, volume_node, audit, index=None, *, subject_hierarchy: bool = True, name: str | None = None) -> MrmlAuditResult:
+    """Create the heatmap, nearest-neighbour, table and chart nodes for an audit of ``volume_node``.
+
+    ``index`` (a ``ReferenceIndex``) supplies the nearest reference slices; without it (or when
+    a reference slice cannot be read) the neighbour slices stay 0 and are listed in
+    ``missing_neighbors``.
+    """
+    slicer = _slicer()
+    base = name or volume_node.GetName() or "volume"
+    source = np.asarray(slicer.util.arrayFromVolume(volume_node))
+    shape = source.shape[:3]
+    axis = int(audit.array_axis)
+    if not 0 <= axis <= 2 or shape[axis] != audit.n_slices:
+        raise UserError(f"audit of {audit.n_slices} slices along array axis {axis} does not fit volume {base} of shape {shape}")
+
+    heat = np.zeros(shape, dtype=np.float32)
+    heat_slices = slice_view(heat, axis)
+    neighbors = np.zeros(shape, dtype=np.float32)
+    neighbor_slices = slice_view(neighbors, axis)
+    missing: list[int] = []
+    for score in audit.scores:
+        heat_slices[int(score.slice)] = float(score.mi)
+        picture = neighbor_slice(index, score, neighbor_slices.shape[1:]) if index is not None else None
+        if picture is None:
+            missing.append(int(score.slice))
+        else:
+            neighbor_slices[int(score.slice)] = picture
+
+    color_node = heat_color_node(scene)
+    heatmap_node = _add_node(scene, "vtkMRMLScalarVolumeNode", f"{base} MI heatmap")
+    _copy_geometry(volume_node, heatmap_node)
+    slicer.util.updateVolumeFromArray(heatmap_node, heat)
+    configure_heatmap_display(heatmap_node, color_node, audit.threshold.mi)
+
+    neighbor_node = _add_node(scene, "vtkMRMLScalarVolumeNode", f"{base} nearest reference")
+    _copy_geometry(volume_node, neighbor_node)
+    slicer.util.updateVolumeFromArray(neighbor_node, neighbors)
+    neighbor_display = _ensure_display_node(neighbor_node)
+    input_display = volume_node.GetDisplayNode()
+    if input_display is not None and input_display.GetColorNodeID():
+        neighbor_display.SetAndObserveColorNodeID(input_display.GetColorNodeID())
+    neighbor_display.AutoWindowLevelOn()
+
+    table_node = _add_node(scene, "vtkMRMLTableNode", f"{base} MI slices")
+    _fill_table(table_node, audit.scores)
+    chart, series, threshold_table = _make_plot(scene, base, table_node, audit.scores, audit.threshold.mi)
+
+    for node in (heatmap_node, neighbor_node, table_node, chart):
+        node.SetAttribute("MemorizationIndex.Input", volume_node.GetID())
+        if index is not None:
+            node.SetAttribute("MemorizationIndex.Index", str(index.path))
+    result = MrmlAuditResult(
+        heatmap_node=heatmap_node,
+        neighbor_node=neighbor_node,
+        table_node=table_node,
+        plot_chart_node=chart,
+        audit=audit,
+        input_node=volume_node,
+        color_node=color_node,
+        plot_series_nodes=series,
+        threshold_table_node=threshold_table,
+        missing_neighbors=missing,
+    )
+    if subject_hierarchy:
+        result.folder_item_id = _parent_in_subject_hierarchy(scene, volume_node, result.nodes(), f"{base} memorization audit")
+    return result
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a (CUDA or CPU) out-of-memory error raised by torch."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "out of memory" in text or "outofmemory" in text
+
+
+def audit_volume_node(
+    scene,
+    volume_node,
+    index_dir,
+    *,
+    encoder=None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    alpha: float | None = None,
+    axis: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel=None,
+    subject_hierarchy: bool = True,
+    name: str | None = None,
+    **options,
+) -> MrmlAuditResult:
+    """Audit a loaded volume against a reference index and add the result nodes to ``scene``.
+
+    ``index_dir`` is an index folder or an already loaded ``ReferenceIndex``. ``checkpoint``
+    overrides the encoder checkpoint recorded in the index (MRI-CORE). The other keyword
+    options go to ``audit.audit_image`` (``encoder``, ``device``, ``batch_size``, ``alpha``,
+    ``axis``, ``progress(done, total)``, ``cancel`` a ``threading.Event``, ...). An
+    out-of-memory error is retried with half the batch size (down to 1).
+    """
+    from .audit import audit_image  # noqa: PLC0415
+    from .reference_index import ReferenceIndex  # noqa: PLC0415
+
+    if volume_node is None:
+        raise UserError("no input volume given")
+    index = index_dir if isinstance(index_dir, ReferenceIndex) else ReferenceIndex.load(Path(index_dir))
+    image = volume_node_to_image(volume_node)
+    volume_name = name or volume_node.GetName() or "volume"
+    if encoder is None:
+        encoder = index.load_encoder(checkpoint=checkpoint, device=device)
+    batch = max(1, int(batch_size))
+    while True:
+        try:
+            audit = audit_image(
+                index, image, volume_name, encoder=encoder, device=device, batch_size=batch, alpha=alpha, axis=axis,
+                progress=progress, cancel=cancel, **options,
+            )
+            break
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc) or batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            _empty_cuda_cache()
+    return add_audit_nodes(scene, volume_node, audit, index, subject_hierarchy=subject_hierarchy, name=name)
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch  # noqa: PLC0415
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def read_audit_outputs(out_dir: str | Path) -> dict:
+    """Rebuild ``VolumeAudit`` objects from a command-line audit's output folder.
+
+    Returns {volume as written by the CLI: VolumeAudit}. ``nn_flip`` comes from the rank-1
+    rows of ``neighbors.csv`` ("none" when that file is absent). Used by the Slicer module,
+    which runs the CLI in a background process and then shows its results as nodes.
+    """
+    import csv  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from .audit import SliceScore, VolumeAudit  # noqa: PLC0415
+    from .scoring import Threshold  # noqa: PLC0415
+
+    out = Path(out_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    t = summary["threshold"]
+    threshold = Threshold(alpha=float(t["alpha"]), similarity=float(t["similarity"]), z=float(t["z"]), mi=float(t["mi"]), oni=float(t["oni"]))
+    flips: dict[tuple[str, int], str] = {}
+    neighbors_path = out / "neighbors.csv"
+    if neighbors_path.is_file():
+        with open(neighbors_path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if int(row["rank"]) == 1:
+                    flips[(row["volume"], int(row["slice"]))] = row["flip"]
+    audits = {}
+    for entry in summary["volumes"]:
+        audits[entry["volume"]] = VolumeAudit(
+            volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"], n_slices=int(entry["slices_total"]),
+            skipped_empty=[], scores=[], threshold=threshold,
+        )
+    with open(out / "slices.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            audit = audits[row["volume"]]
+            k = int(row["slice"])
+            audit.scores.append(SliceScore(
+                slice=k, similarity=float(row["similarity"]), z=float(row["z"]), mi=float(row["mi"]), oni=float(row["oni"]),
+                p_value=float(row["p_value"]), flagged=row["flagged"] == "1", nn_source=row["nn_source"], nn_slice=int(row["nn_slice"]),
+                nn_flip=flips.get((row["volume"], k), "none"),
+            ))
+    for audit in audits.values():
+        scored = {s.slice for s in audit.scores}
+        audit.skipped_empty = [k for k in range(audit.n_slices) if k not in scored]
+    return audits
+
+
+# --------------------------------------------------------------------------------------------
+# Slice views (work with a plain scene; the application adds layouts on top)
+
+
+def setup_slice_composite(composite_node, background_node, foreground_node=None, opacity: float = 0.6) -> None:
+    """Background = query volume, foreground = MI heatmap at ``opacity``, no label layer."""
+    composite_node.SetBackgroundVolumeID(background_node.GetID() if background_node is not None else None)
+    composite_node.SetForegroundVolumeID(foreground_node.GetID() if foreground_node is not None else None)
+    composite_node.SetForegroundOpacity(float(opacity))
+
+
+def show_result_in_slice_views(scene, result: MrmlAuditResult, *, opacity: float = 0.6, query_view_names=None, neighbor_view_names=(), link: bool = True) -> None:
+    """Query + heatmap in slice views, the nearest-neighbour volume in others, turned and linked.
+
+    Views are named by layout name (``"Red"``, ``"Yellow"``, ...). Views in ``neighbor_view_names``
+    show the nearest-neighbour volume; views in ``query_view_names`` (all other views when it
+    is None) show the input with the MI heatmap as foreground at ``opacity``. Those views are
+    turned to the audit's slicing plane and, with ``link``, linked so navigation follows.
+    """
+    slice_nodes = {}
+    all_slices = scene.GetNodesByClass("vtkMRMLSliceNode")
+    for i in range(all_slices.GetNumberOfItems()):
+        node = all_slices.GetItemAsObject(i)
+        slice_nodes[node.GetLayoutName()] = node
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for i in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(i)
+        layout = composite.GetLayoutName()
+        if layout == _OFFSCREEN_LAYOUT_NAME:
+            continue
+        if layout in neighbor_view_names:
+            setup_slice_composite(composite, result.neighbor_node, None, 0.0)
+        elif query_view_names is None or layout in query_view_names:
+            setup_slice_composite(composite, result.input_node, result.heatmap_node, opacity)
+        else:
+            continue
+        if link:
+            composite.SetLinkedControl(True)
+        if layout in slice_nodes:
+            align_slice_node(slice_nodes[layout], result.input_node, result.audit.axis_name)
+
+
+def align_slice_node(slice_node, volume_node, axis_name: str) -> None:
+    """Turn a slice view to the volume's plane that the audit cut (axial/coronal/sagittal)."""
+    slice_node.SetOrientation(axis_name.capitalize())
+    slice_node.RotateToVolumePlane(volume_node)
+
+
+def slice_center_ras(volume_node, array_axis: int, slice_index: int) -> tuple[float, float, float]:
+    """RAS position of the centre of slice ``slice_index`` cut along ``array_axis``."""
+    dims = volume_node.GetImageData().GetDimensions()  # (I, J, K)
+    ijk = [(d - 1) / 2.0 for d in dims]
+    ijk[2 - int(array_axis)] = float(slice_index)
+    ras = ijk_to_ras_matrix(volume_node) @ np.array(ijk + [1.0])
+    return float(ras[0]), float(ras[1]), float(ras[2])
+
+
+def jump_to_slice(slice_node, volume_node, array_axis: int, slice_index: int) -> None:
+    """Move a slice view (already aligned with :func:`align_slice_node`) to one slice."""
+    slice_node.JumpSliceByOffsetting(*slice_center_ras(volume_node, array_axis, slice_index))
+
+
+def _ensure_default_colors(scene) -> None:
+    """Grey and other default colour tables (present in the application; added headless)."""
+    if scene.GetNodeByID("vtkMRMLColorTableNodeGrey") is None:
+        color_logic = _slicer().vtkMRMLColorLogic()
+        color_logic.SetMRMLScene(scene)
+        color_logic.SetMRMLScene(None)
+
+
+def composite_slice_rgba(
+    scene,
+    background_node,
+    foreground_node,
+    *,
+    axis_name: str,
+    array_axis: int,
+    slice_index: int,
+    opacity: float = 0.6,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The RGBA image Slicer's slice logic composites for one slice (rows top to bottom).
+
+    Builds a private slice view (slice node + composite node + ``vtkMRMLSliceLogic`` with a
+    ``vtkSlicerApplicationLogic``) on ``scene``, no window needed, and removes it afterwards.
+    """
+    slicer = _slicer()
+    from vtk.util import numpy_support  # noqa: PLC0415
+
+    _ensure_default_colors(scene)
+    for node in (background_node, foreground_node):
+        if node is not None:
+            _ensure_display_node(node)
+    app_logic = slicer.vtkSlicerApplicationLogic()
+    app_logic.SetMRMLScene(scene)
+    slice_logic = slicer.vtkMRMLSliceLogic()
+    slice_logic.SetMRMLApplicationLogic(app_logic)
+    slice_logic.SetMRMLScene(scene)
+    slice_node = slice_logic.AddSliceNode(_OFFSCREEN_LAYOUT_NAME)
+    composite = slice_logic.GetSliceCompositeNode()
+    try:
+        if size is None:
+            dims = background_node.GetImageData().GetDimensions()
+            in_plane = [dims[i] for i in range(3) if i != 2 - int(array_axis)]
+            size = (max(in_plane), max(in_plane))
+        slice_node.SetDimensions(int(size[0]), int(size[1]), 1)
+        setup_slice_composite(composite, background_node, foreground_node, opacity)
+        align_slice_node(slice_node, background_node, axis_name)
+        slice_logic.FitSliceToAll()
+        jump_to_slice(slice_node, background_node, array_axis, slice_index)
+        producer = slice_logic.GetImageDataConnection().GetProducer()
+        producer.Update()
+        image = producer.GetOutputDataObject(0)
+        width, height, _ = image.GetDimensions()
+        pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+        rgba = pixels.reshape(height, width, -1)[::-1].copy()  # VTK rows run bottom to top
+    finally:
+        slice_logic.SetMRMLScene(None)
+        for node in (composite, slice_node):
+            if node is not None and node.GetScene() is scene:
+                scene.RemoveNode(node)
+        app_logic.SetMRMLScene(None)
+    return rgba
+
+
+def overlay_mask(rgba: np.ndarray, tolerance: int = 8) -> np.ndarray:
+    """Pixels whose colour is not grey (R, G, B differ): where a colour overlay shows."""
+    rgb = rgba[..., :3].astype(np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return spread > tolerance
