@@ -22,6 +22,9 @@ class PreprocessSettings:
     background_floor: after scaling to [0, 1], values below this are set to 0 and the rest
         rescaled to [0, 1]; removes noise in the dark background, which ImageNet features
         otherwise read as texture (measured in docs/method.md).
+    crop_to_foreground: crop to the bounding box of the non-background rows and columns before
+        padding to a square, so that a copy rescaled or re-framed by a generator (another
+        matrix size, other margins) is framed like its training slice.
     """
 
     low_percentile: float = 0.5
@@ -31,6 +34,7 @@ class PreprocessSettings:
     smoothing_sigma: float = 1.5
     min_slice_pixels: int = 16
     background_floor: float = 0.1
+    crop_to_foreground: bool = True
 
     def to_dict(self) -> dict:
         """Plain-dict form for JSON."""
@@ -94,6 +98,16 @@ def _smooth(batch: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(batch, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
 
 
+def crop_foreground(unit: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """Crop a background-suppressed slice to the rows/columns holding at least ``min_fraction`` foreground."""
+    mask = unit > 0
+    rows = np.flatnonzero(mask.mean(axis=1) >= min_fraction)
+    cols = np.flatnonzero(mask.mean(axis=0) >= min_fraction)
+    if len(rows) < 2 or len(cols) < 2:
+        return unit
+    return unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
 def to_square(slice2d: np.ndarray) -> np.ndarray:
     """Zero-pad a 2D slice to a centred square (keeps the aspect ratio through resizing)."""
     h, w = slice2d.shape
@@ -109,6 +123,8 @@ def prepare_batch(slices: list[np.ndarray] | np.ndarray, size: int, settings: Pr
     out = np.empty((len(slices), 3, size, size), dtype=np.float32)
     for i, slice2d in enumerate(slices):
         unit = suppress_background(scale_unit(np.asarray(slice2d, dtype=np.float32), settings), settings.background_floor)
+        if settings.crop_to_foreground:
+            unit = crop_foreground(unit)
         square = torch.from_numpy(to_square(unit))[None, None]
         resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         if settings.smoothing_sigma > 0:
