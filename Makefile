@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch 2.13.0 is the CPU build on our machines; override with e.g. TORCH_SPEC=torch for another build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= test,slicer,demo
+EXTRAS ?= test,slicer,demo,ray
 
 .PHONY: install demo test bench benchmark clean
 

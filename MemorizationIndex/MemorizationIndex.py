@@ -480,7 +480,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         from importlib import metadata  # noqa: PLC0415
 
         missing = []
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             for line in handle:
                 requirement = line.split("#", 1)[0].strip()
                 if not requirement:
@@ -743,7 +743,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         try:
             import json  # noqa: PLC0415
 
-            null = json.loads((pathlib.Path(indexDir) / "config.json").read_text())["null"]
+            null = json.loads((pathlib.Path(indexDir) / "config.json").read_text(encoding="utf-8"))["null"]
             nullText = f"<br>null: {null.get('type')} (n={null.get('n')})"
         except Exception:  # noqa: BLE001 - the summary works without it
             nullText = ""

@@ -99,7 +99,7 @@ def write_fixture_audit(out_dir: Path, rows: list[dict], *, volumes: list[dict],
         "tool": "MemorizationIndex", "version": "0.1.0",
         "index": {"path": index_path, "index_id": "idx-<b>fixture</b>", "encoder_id": "enc:224:b3",
                   "encoder_name": "efficientnet-lite0", "weights_sha256": "ab" * 32, "axis": "sagittal",
-                  "null_type": "train-half", "n_reference_slices": 40},
+                  "null_type": "train-split", "n_reference_slices": 40},
         "null": {"mean": mean, "std": std, "n": int(null.size)},
         "threshold": {"alpha": alpha, "similarity": mean + z_t * std, "z": z_t,
                       "mi": (1 + np.tanh(z_t)) / 2, "oni": -np.tanh(z_t)},
@@ -335,7 +335,7 @@ def _chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess
     cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            "--disable-dev-shm-usage", f"--user-data-dir={profile}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ from . import __version__
 from .embedding import Cancelled, ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .errors import UserError
-from .preprocess import nonempty_mask
+from .preprocess import PreprocessSettings, nonempty_mask
 from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
-from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
+from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
 
 SLICE_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
@@ -103,8 +103,15 @@ def audit_image(
     top_k: int = 5,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    preprocessing: PreprocessSettings | None = None,
 ) -> VolumeAudit:
-    """Score every non-empty slice of ``image`` against ``index``."""
+    """Score every non-empty slice of ``image`` against ``index``.
+
+    ``preprocessing``, when given, must equal the index's (scores across preprocessings are
+    meaningless); by default the index's settings are used.
+    """
+    if preprocessing is not None and preprocessing != index.preprocessing:
+        raise UserError(f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run ({preprocessing}); audit with the index's settings or rebuild the index")
     if encoder is None:
         encoder = index.load_encoder(device=device)
     else:
@@ -173,13 +180,14 @@ def summarize(audits: list[VolumeAudit], index: ReferenceIndex) -> dict:
 
 def write_outputs(audits: list[VolumeAudit], index: ReferenceIndex, out_dir: str | Path) -> Path:
     """Write slices.csv, neighbors.csv, summary.json and null_similarity.npy into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out_dir)
+    created = [] if out.is_dir() else [d for d in (out, *out.parents) if not d.exists()]
     tmp_files = []
     try:
+        out.mkdir(parents=True, exist_ok=True)
         slices_tmp = out / ".slices.csv.tmp"
         tmp_files.append(slices_tmp)
-        with open(slices_tmp, "w", newline="") as handle:
+        with open(slices_tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(SLICE_COLUMNS)
             for audit in audits:
@@ -187,7 +195,7 @@ def write_outputs(audits: list[VolumeAudit], index: ReferenceIndex, out_dir: str
                     writer.writerow([audit.volume, s.slice, _fmt(s.similarity), _fmt(s.z), _fmt(s.mi), _fmt(s.oni), _fmt(s.p_value), int(s.flagged), s.nn_source, s.nn_slice])
         neighbours_tmp = out / ".neighbors.csv.tmp"
         tmp_files.append(neighbours_tmp)
-        with open(neighbours_tmp, "w", newline="") as handle:
+        with open(neighbours_tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(NEIGHBOUR_COLUMNS)
             for audit in audits:
@@ -196,17 +204,32 @@ def write_outputs(audits: list[VolumeAudit], index: ReferenceIndex, out_dir: str
                         writer.writerow([audit.volume, k, nb.rank, nb.source, nb.slice, nb.flip, _fmt(nb.similarity)])
         summary_tmp = out / ".summary.json.tmp"
         tmp_files.append(summary_tmp)
-        summary_tmp.write_text(json.dumps(summarize(audits, index), indent=2, sort_keys=True) + "\n")
+        summary_tmp.write_text(json.dumps(summarize(audits, index), indent=2, sort_keys=True) + "\n", encoding="utf-8")
         null_tmp = out / ".null_similarity.npy.tmp"
         tmp_files.append(null_tmp)
         with open(null_tmp, "wb") as handle:
             np.save(handle, index.null_similarity)
         for tmp, name in zip(tmp_files, ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy")):
             os.replace(tmp, out / name)
-    except BaseException:
+    except BaseException as exc:
         for tmp in tmp_files:
             tmp.unlink(missing_ok=True)
+        for folder in created:  # folders this call made, deepest first: leave nothing behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write the audit outputs to {out}: {exc.strerror or exc}") from None
         raise
+    return out
+
+
+def check_output_dir(out_dir: str | Path) -> Path:
+    """The audit output folder as a Path; UserError when it exists but is not a folder."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder; choose another --out")
     return out
 
 
@@ -224,14 +247,31 @@ def audit_paths(
     volume_index: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    engine: str = "local",
 ) -> list[VolumeAudit]:
-    """Audit volume files/folders against an index and write the outputs (all inputs are read first)."""
+    """Audit volume files/folders against an index and write the outputs.
+
+    Every input is first checked from its header (cheap), so a bad input fails before any work
+    and nothing is written; then the volumes are read and audited one at a time, so memory is
+    bounded by the largest single volume (not by the number of inputs). Outputs are written
+    only when every volume has been audited.
+
+    engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
+    """
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown engine {engine!r}; use local or ray")
     index = ReferenceIndex.load(index_dir)
-    inputs = expand_inputs(list(paths))
-    images = [(str(p), read_image(p, series=series, volume_index=volume_index)) for p in inputs]
+    inputs = validate_inputs(list(paths), series=series, volume_index=volume_index)
+    check_output_dir(out_dir)
     encoder = index.load_encoder(checkpoint=checkpoint, device=device)
+    if engine == "ray":
+        from .ray_engine import attach_ray_search
+
+        attach_ray_search(index)
     audits = []
-    for name, image in images:
-        audits.append(audit_image(index, image, name, encoder=encoder, batch_size=batch_size, alpha=alpha, axis=axis, progress=progress, cancel=cancel))
+    for path in inputs:
+        image = read_image(path, series=series, volume_index=volume_index)
+        audits.append(audit_image(index, image, str(path), encoder=encoder, batch_size=batch_size, alpha=alpha, axis=axis, progress=progress, cancel=cancel))
+        del image  # one volume in memory at a time
     write_outputs(audits, index, out_dir)
     return audits

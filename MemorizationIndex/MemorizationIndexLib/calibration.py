@@ -14,6 +14,7 @@ NULL_HOLDOUT = "holdout"
 DEFAULT_NULL_SPLITS = 10
 DEFAULT_QUERY_FRACTION = 0.1
 MIN_NULL_SCORES = 2000  # enough scores that alpha = 1e-3 is attainable
+MAX_QUERIES_PER_SPLIT = 5000  # keeps the null linear in reference size for large references
 
 
 def split_groups(groups: np.ndarray, slab_count: int = 10) -> np.ndarray:
@@ -45,6 +46,7 @@ def train_split_null(
     alone (whitening fitted on the queries themselves makes them look less similar to the
     reference than truly new slices are), and A is a ``query_fraction`` of the groups so that
     B is nearly as large as the full reference (a half-size B lowers nearest-neighbour scores).
+    At most ``MAX_QUERIES_PER_SPLIT`` held-out slices are scored per split (a seeded sample).
 
     features: raw per-block features for every indexed row (originals and flips).
     original_rows: row ids of the unflipped reference slices (the queries of the null).
@@ -68,6 +70,8 @@ def train_split_null(
     for _ in range(n_splits):
         half_a = rng.permutation(unique)[:held_out]
         queries = original_rows[np.isin(codes, half_a)]
+        if len(queries) > MAX_QUERIES_PER_SPLIT:
+            queries = np.sort(rng.choice(queries, MAX_QUERIES_PER_SPLIT, replace=False))
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
         indexes, query_vectors = {}, {}
         for block, raw in features.items():

@@ -13,6 +13,7 @@ from .errors import UserError
 from .volumes import AXIS_CHOICES
 
 PROGRESS_ENV = "MEMORIZATION_INDEX_PROGRESS"
+DEBUG_ENV = "MEMORIZATION_INDEX_DEBUG"
 
 
 def make_progress(label: str) -> Callable[[int, int], None]:
@@ -63,12 +64,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _build_index(args: argparse.Namespace) -> int:
     from .reference_index import build_index
 
-    index = build_index(
-        args.train, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis,
-        holdout_paths=args.holdout, flips=not args.no_flips, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits,
-        seed=args.seed, subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
-        overwrite=args.overwrite, progress=make_progress("embedding"),
-    )
+    if getattr(args, "engine", "local") == "ray":
+        from .ray_engine import build_index_ray
+
+        index = build_index_ray(
+            args.train, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis,
+            holdout_paths=args.holdout, flips=not args.no_flips, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits,
+            seed=args.seed, subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
+            overwrite=args.overwrite, index_kind=args.index_kind, series=args.series, volume_index=args.volume_index,
+        )
+    else:
+        index = build_index(
+            args.train, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis,
+            holdout_paths=args.holdout, flips=not args.no_flips, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits,
+            seed=args.seed, subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
+            overwrite=args.overwrite, progress=make_progress("embedding"), index_kind=args.index_kind,
+            series=args.series, volume_index=args.volume_index,
+        )
     null = index.config["null"]
     print(f"index {index.index_id} written to {index.path}: {index.n_reference_slices} reference slices "
           f"({index.config['n_vectors']} vectors with flips), encoder {index.encoder_id}, null {null['type']} "
@@ -82,6 +94,7 @@ def _audit(args: argparse.Namespace) -> int:
     audits = audit_paths(
         args.index, args.query, args.out, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
         alpha=args.alpha, axis=args.axis, series=args.series, volume_index=args.volume_index, progress=make_progress("auditing"),
+        engine=args.engine,
     )
     if not args.no_report:
         from .report import write_report
@@ -90,6 +103,9 @@ def _audit(args: argparse.Namespace) -> int:
     threshold = audits[0].threshold
     print(f"{'volume':<40} {'scored':>6} {'skipped':>7} {'mean mi':>8} {'flagged':>8}")
     for audit in audits:
+        if not audit.scores:
+            print(f"warning: {audit.volume}: no slice could be scored ({audit.n_slices} slices, all empty, constant or under "
+                  "16 px); it is listed with 0 scored slices", file=sys.stderr)
         mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
         print(f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} {mean_mi:>8.3f} {audit.flagged:>8}")
     print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.4f}, z > {threshold.z:.3f}); outputs in {args.out}")
@@ -130,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-flips", action="store_true", help="do not index flipped copies of the reference slices")
     build.add_argument("--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
+    build.add_argument("--index-kind", default="auto", choices=("auto", "flat", "ivf"), help="flat: exact search; ivf: IVF candidates re-ranked exactly; auto (default): ivf above 200,000 vectors")
+    build.add_argument("--engine", default="local", choices=("local", "ray"), help="ray: embed with Ray Data (pip install 'memorization-index[ray]'; RAY_ADDRESS selects a cluster)")
     _add_common(build)
     build.set_defaults(func=_build_index)
 
@@ -142,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--axis", choices=AXIS_CHOICES, help="override the index's slicing axis")
     audit.add_argument("--no-report", action="store_true", help="do not write report.html")
     audit.add_argument("--no-training-images", action="store_true", help="report without training pixels (for sharing outside the hospital)")
+    audit.add_argument("--engine", default="local", choices=("local", "ray"), help="ray: search reference shards as Ray tasks (same results; pip install 'memorization-index[ray]')")
     _add_common(audit)
     audit.set_defaults(func=_audit)
 
@@ -172,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing half-written was kept", file=sys.stderr)
@@ -180,6 +199,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; lower --batch-size or audit fewer volumes at once", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission denied, ... while reading or writing
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or _one_line(exc)}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); please report it (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def make_demo_data(out: Path, seed: int = 0) -> tuple[list[Path], list[Path], li
         _write_volume(np.stack(slices), gen_path)
         generated.append(gen_path)
         truth.extend({"volume": str(gen_path), "slice": i, **row} for i, row in enumerate(rows))
-    with open(out / "truth.csv", "w", newline="") as handle:
+    with open(out / "truth.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["volume", "slice", "kind", "condition", "source", "source_slice"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(truth)

@@ -543,13 +543,13 @@ def read_audit_outputs(out_dir: str | Path) -> dict:
     from .scoring import Threshold  # noqa: PLC0415
 
     out = Path(out_dir)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     t = summary["threshold"]
     threshold = Threshold(alpha=float(t["alpha"]), similarity=float(t["similarity"]), z=float(t["z"]), mi=float(t["mi"]), oni=float(t["oni"]))
     flips: dict[tuple[str, int], str] = {}
     neighbors_path = out / "neighbors.csv"
     if neighbors_path.is_file():
-        with open(neighbors_path, newline="") as handle:
+        with open(neighbors_path, newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 if int(row["rank"]) == 1:
                     flips[(row["volume"], int(row["slice"]))] = row["flip"]
@@ -559,7 +559,7 @@ def read_audit_outputs(out_dir: str | Path) -> dict:
             volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"], n_slices=int(entry["slices_total"]),
             skipped_empty=[], scores=[], threshold=threshold,
         )
-    with open(out / "slices.csv", newline="") as handle:
+    with open(out / "slices.csv", newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             audit = audits[row["volume"]]
             k = int(row["slice"])

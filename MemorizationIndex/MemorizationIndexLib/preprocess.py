@@ -120,14 +120,13 @@ def to_square(slice2d: np.ndarray) -> np.ndarray:
 
 def prepare_batch(slices: list[np.ndarray] | np.ndarray, size: int, settings: PreprocessSettings) -> np.ndarray:
     """Turn raw 2D slices into encoder input: float32 [N, 3, size, size] in [0, 1]."""
-    out = np.empty((len(slices), 3, size, size), dtype=np.float32)
+    resized = torch.empty((len(slices), 1, size, size), dtype=torch.float32)
     for i, slice2d in enumerate(slices):
         unit = suppress_background(scale_unit(np.asarray(slice2d, dtype=np.float32), settings), settings.background_floor)
         if settings.crop_to_foreground:
             unit = crop_foreground(unit)
         square = torch.from_numpy(to_square(unit))[None, None]
-        resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        if settings.smoothing_sigma > 0:
-            resized = _smooth(resized, settings.smoothing_sigma)
-        out[i] = resized.clamp_(0.0, 1.0)[0].expand(3, size, size).numpy()
-    return out
+        resized[i] = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    if settings.smoothing_sigma > 0 and len(slices):
+        resized = _smooth(resized, settings.smoothing_sigma)
+    return resized.clamp_(0.0, 1.0).expand(-1, 3, -1, -1).contiguous().numpy()

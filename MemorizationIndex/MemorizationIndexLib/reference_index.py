@@ -6,7 +6,7 @@ Layout (every file's sha256 is in ``manifest.json``, verified on load)::
     config.json         encoder, preprocessing, axis, flips, null settings and statistics
     provenance.csv      one row per indexed vector: source file, slice, axis, flip, subject
     whitener.npz        per-block mean and whitening matrix
-    index_<block>.faiss one exact inner-product index per block
+    index_<block>.faiss one inner-product index per block: exact (flat) or IVF with exact re-ranking
     calibration.npz     the pooled null similarities
     thumbnails.npz      only with store_thumbnails: 8-bit reference slices
 """
@@ -21,6 +21,7 @@ import re
 import shutil
 import threading
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -36,14 +37,17 @@ from .encoders.base import Encoder, file_sha256
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .scoring import DEFAULT_ALPHA, NullModel
-from .search import Neighbours, build_flat_index, search_blocks
-from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
+from .search import AUTO, CONFIG_KIND, Neighbours, build_block_index, describe_index, prepare_loaded, resolve_index_kind, search_blocks
+from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
 from .whitening import ShrinkageWhitener
 
 FORMAT_NAME = "memorization-index"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PROVENANCE_COLUMNS = ("row", "source", "slice", "axis", "array_axis", "flip", "original_row", "subject")
+_REQUIRED_FILES = ("config.json", "provenance.csv", "whitener.npz", "calibration.npz")
+_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_SAFE_BLOCK_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Provenance:
 
     def write(self, path: Path) -> None:
         """Write as CSV."""
-        with open(path, "w", newline="") as handle:
+        with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(PROVENANCE_COLUMNS)
             for row in range(len(self)):
@@ -95,7 +99,7 @@ class Provenance:
     def read(cls, path: Path) -> "Provenance":
         """Read the CSV written by :meth:`write`."""
         table = cls()
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             if tuple(reader.fieldnames or ()) != PROVENANCE_COLUMNS:
                 raise UserError(f"{path} does not have the provenance columns {','.join(PROVENANCE_COLUMNS)}; rebuild the index")
@@ -128,6 +132,7 @@ class ReferenceIndex:
         self._thumbnails: dict[str, np.ndarray] | None = None
         self._volume_cache: dict[tuple[str, int], np.ndarray] = {}
         self._lock = threading.Lock()
+        self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
 
     encoder_name = property(lambda self: self.config["encoder"]["name"])
     encoder_id = property(lambda self: self.config["encoder"]["encoder_id"])
@@ -137,6 +142,7 @@ class ReferenceIndex:
     store_thumbnails = property(lambda self: bool(self.config["store_thumbnails"]))
     preprocessing = property(lambda self: PreprocessSettings.from_dict(self.config["preprocessing"]))
     default_alpha = property(lambda self: float(self.config["default_alpha"]))
+    index_kind = property(lambda self: "ivf" if self.config.get("index_kind") == "ivf-flat-ip" else "flat")
 
     @property
     def n_reference_slices(self) -> int:
@@ -159,7 +165,17 @@ class ReferenceIndex:
                 raise UserError(f"index {path} is missing {name}; rebuild it with build-index")
             if file_sha256(file_path) != digest:
                 raise UserError(f"index {path}: checksum of {name} does not match the manifest (corrupted or edited); rebuild it")
-        config = json.loads((path / "config.json").read_text())
+        try:
+            return cls._load_verified(path, manifest)
+        except UserError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise UserError(f"index {path} is damaged or was written by another version ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}); rebuild it") from None
+
+    @classmethod
+    def _load_verified(cls, path: Path, manifest: dict) -> "ReferenceIndex":
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        _check_config(path, config, manifest)
         provenance = Provenance.read(path / "provenance.csv")
         blocks = config["encoder"]["blocks"]
         with np.load(path / "whitener.npz") as data:
@@ -167,13 +183,17 @@ class ReferenceIndex:
         indexes = {}
         for block in blocks:
             try:
-                indexes[block] = faiss.read_index(str(path / f"index_{block}.faiss"))
+                indexes[block] = prepare_loaded(faiss.read_index(str(path / f"index_{block}.faiss")), config.get("ivf", {}).get("nprobe"))
             except RuntimeError:
                 raise UserError(f"index {path}: index_{block}.faiss cannot be read (truncated?); rebuild it") from None
             if indexes[block].ntotal != len(provenance):
                 raise UserError(f"index {path}: index_{block}.faiss holds {indexes[block].ntotal} vectors but provenance has {len(provenance)} rows; rebuild it")
+            if indexes[block].d != whiteners[block].whitening_matrix_.shape[0]:
+                raise UserError(f"index {path}: index_{block}.faiss has dimension {indexes[block].d} but its whitener {whiteners[block].whitening_matrix_.shape[0]}; rebuild it")
         with np.load(path / "calibration.npz") as data:
             null_similarity = np.asarray(data["null_similarity"], dtype=np.float64)
+        if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
+            raise UserError(f"index {path}: its calibration null is empty or not finite; rebuild it")
         return cls(path, config, provenance, whiteners, indexes, null_similarity, manifest["index_id"])
 
     def whiten(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -182,6 +202,8 @@ class ReferenceIndex:
 
     def search(self, whitened: dict[str, np.ndarray], k: int = 5) -> Neighbours:
         """Nearest references of whitened query features."""
+        if self.searcher is not None:
+            return self.searcher(whitened, k)
         return search_blocks(self.indexes, whitened, k=k)
 
     def check_encoder(self, encoder: Encoder) -> None:
@@ -227,25 +249,52 @@ def _read_manifest(path: Path) -> dict:
     if not path.is_dir() or not manifest_path.is_file():
         raise UserError(f"{path} is not a reference index folder (no {MANIFEST}); build one with build-index")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{manifest_path} is not valid JSON; rebuild the index") from None
     if manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not a {FORMAT_NAME} index")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(f"index {path} has format version {manifest.get('format_version')}, this tool reads version {FORMAT_VERSION}; rebuild the index with this version")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(manifest.get("index_id"), str):
+        raise UserError(f"{manifest_path} lacks its file list or index id; rebuild the index")
+    for name, digest in files.items():
+        if not isinstance(name, str) or not _SAFE_FILE_NAME.match(name) or not isinstance(digest, str):
+            raise UserError(f"{manifest_path} lists an invalid entry {name!r}; rebuild the index")
+    missing = [name for name in _REQUIRED_FILES if name not in files]
+    if missing:
+        raise UserError(f"index {path}: the manifest does not cover {', '.join(missing)}; rebuild the index")
     return manifest
+
+
+def _check_config(path: Path, config: dict, manifest: dict) -> None:
+    """Refuse a config this version cannot use (checked after the checksums, before anything else)."""
+    encoder = config["encoder"]
+    blocks = encoder["blocks"]
+    if not isinstance(blocks, list) or not blocks or not all(isinstance(b, str) and _SAFE_BLOCK_NAME.match(b) for b in blocks):
+        raise UserError(f"index {path}: invalid encoder block list {blocks!r}; rebuild it")
+    unverified = [f"index_{b}.faiss" for b in blocks if f"index_{b}.faiss" not in manifest["files"]]
+    if unverified:
+        raise UserError(f"index {path}: the manifest does not cover {', '.join(unverified)}; rebuild the index")
+    try:
+        PreprocessSettings.from_dict(config["preprocessing"])
+    except TypeError:
+        known = set(PreprocessSettings().to_dict())
+        raise UserError(f"index {path} uses preprocessing settings this version does not know ({', '.join(sorted(set(config['preprocessing']) - known)) or 'incomplete'}); use the version that built it or rebuild the index") from None
+    if config["axis"] not in ("auto", "axial", "coronal", "sagittal"):
+        raise UserError(f"index {path} has an unknown slicing axis {config['axis']!r}; rebuild it")
 
 
 def _write_atomically(out_dir: Path, overwrite: bool, write) -> None:
     """Write into a temporary sibling folder, then rename it into place; nothing partial survives."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"output {out_dir} already exists; choose another --out or pass --overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_index_output(out_dir, overwrite)
+    created = [d for d in out_dir.parents if not d.exists()]
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         write(tmp)
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
@@ -256,9 +305,35 @@ def _write_atomically(out_dir: Path, overwrite: bool, write) -> None:
             os.replace(tmp, out_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # parents this build made, deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+        if isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError):  # faiss reports write failures so
+            raise UserError(f"cannot write {out_dir}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else 'write failed'}") from None
         raise
+
+
+def check_index_output(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse an index output that exists (unless ``overwrite``) or that is not an index folder.
+
+    ``overwrite`` replaces only an empty folder or an existing index (a folder with a manifest),
+    never another folder or a file.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a folder; choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"output {out_dir} already exists; choose another --out or pass --overwrite")
+    if not (out_dir / MANIFEST).is_file():
+        raise UserError(f"output {out_dir} is a folder that is not a reference index; --overwrite only replaces an index, choose another --out")
 
 
 def build_index_from_features(
@@ -276,6 +351,7 @@ def build_index_from_features(
     thumbnails: dict[int, np.ndarray] | None = None,
     overwrite: bool = False,
     shrinkage: str | float = "ledoit-wolf",
+    index_kind: str = AUTO,
 ) -> ReferenceIndex:
     """Build and save an index from raw per-block features (e.g. computed elsewhere on a GPU).
 
@@ -288,8 +364,8 @@ def build_index_from_features(
     if set(features) != set(encoder_info.blocks):
         raise UserError(f"feature blocks {sorted(features)} do not match the encoder's blocks {list(encoder_info.blocks)}")
     whiteners = {b: ShrinkageWhitener(shrinkage=shrinkage, seed=seed).fit(features[b]) for b in encoder_info.blocks}
-    vectors = {b: whiteners[b].transform(features[b]) for b in encoder_info.blocks}
-    indexes = {b: build_flat_index(vectors[b]) for b in encoder_info.blocks}
+    kind = resolve_index_kind(index_kind, n)
+    indexes = {b: build_block_index(whiteners[b].transform(features[b]), kind, seed=seed) for b in encoder_info.blocks}
     flips = np.asarray(provenance.flip)
     original_rows = np.flatnonzero(flips == "none")
     if holdout_features is not None:
@@ -313,14 +389,15 @@ def build_index_from_features(
         "aggregation": "geometric mean over blocks of max(cos, 0)",
         "null": {**null_info, "seed": seed, "n": int(len(null)), "mean": model.mean, "std": model.std},
         "default_alpha": DEFAULT_ALPHA,
-        "index_kind": "flat-ip",
+        "index_kind": CONFIG_KIND[kind],
+        **({"ivf": {k: v for k, v in describe_index(indexes[encoder_info.blocks[0]]).items() if k != "kind"}} if kind != "flat" else {}),
         "n_vectors": n,
         "n_reference_slices": int(len(original_rows)),
         "store_thumbnails": thumbnails is not None,
     }
 
     def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
         provenance.write(tmp / "provenance.csv")
         np.savez(tmp / "whitener.npz", **{f"{b}/{k}": v for b in encoder_info.blocks for k, v in whiteners[b].state().items()})
         for block, index in indexes.items():
@@ -331,7 +408,7 @@ def build_index_from_features(
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         index_id = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
         manifest = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "index_id": index_id, "files": files}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
 
     _write_atomically(Path(out_dir), overwrite, write)
     return ReferenceIndex.load(out_dir)
@@ -359,7 +436,7 @@ def collect_slices(paths: Sequence[str | Path], *, axis: str, preprocessing: Pre
         plane = axis_name(image, array_axis)
         for k in np.flatnonzero(keep)[::slice_stride]:
             result.provenance.append(str(path.resolve()), int(k), plane, array_axis, "none", len(result.provenance), subject)
-            result.slices.append(stack[k])
+            result.slices.append(stack[k].copy())  # a copy: the volume itself is not kept alive
     return result
 
 
@@ -384,16 +461,27 @@ def build_index(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    index_kind: str = AUTO,
+    series: str | None = None,
+    volume_index: int | None = None,
 ) -> ReferenceIndex:
-    """Read training volumes, embed their slices (and flipped copies), and save a reference index."""
+    """Read training volumes, embed their slices (and flipped copies), and save a reference index.
+
+    The output folder and every input's header are checked before any work; the index is
+    written into a temporary sibling folder and renamed into place (see ``_write_atomically``).
+    """
     if slice_stride < 1:
         raise UserError("--slice-stride must be 1 or more")
+    check_index_output(out_dir, overwrite)
+    validate_inputs(list(train_paths), series=series, volume_index=volume_index)
+    if holdout_paths:
+        validate_inputs(list(holdout_paths), series=series, volume_index=volume_index)
     if encoder is None:
         encoder = load_encoder(encoder_name, checkpoint=checkpoint, device=device)
-    train = collect_slices(train_paths, axis=axis, preprocessing=preprocessing, subject_pattern=subject_pattern, slice_stride=slice_stride)
+    train = collect_slices(train_paths, axis=axis, preprocessing=preprocessing, subject_pattern=subject_pattern, slice_stride=slice_stride, series=series, volume_index=volume_index)
     if len(train.slices) < 2:
         raise UserError(f"the training inputs hold {len(train.slices)} non-empty slices; an index needs at least 2")
-    holdout = collect_slices(holdout_paths, axis=axis, preprocessing=preprocessing) if holdout_paths else None
+    holdout = collect_slices(holdout_paths, axis=axis, preprocessing=preprocessing, series=series, volume_index=volume_index) if holdout_paths else None
     if holdout is not None and len(holdout.slices) < 2:
         raise UserError("the --holdout inputs hold fewer than 2 non-empty slices")
     if holdout is None and len(set(train.provenance.subject)) < 2 and len(train.slices) < 20:
@@ -417,4 +505,5 @@ def build_index(
     return build_index_from_features(
         features, provenance, out_dir, encoder_info=EncoderInfo.of(encoder, checkpoint), preprocessing=preprocessing, axis=axis,
         holdout_features=holdout_features, null_splits=null_splits, seed=seed, thumbnails=thumbnails, overwrite=overwrite,
+        index_kind=index_kind,
     )

@@ -61,9 +61,10 @@ MAX_THUMB = 256  # evidence images larger than this (in either dimension) are do
 PATH_CLASS = ' class="path"'
 
 NULL_DESCRIPTIONS = {
-    "train-half": (
-        "train-half: the training slices were split in two halves by subject and each half scored "
-        "against the other (no held-out real data was supplied)"
+    "train-split": (
+        "train-split: about 10% of the training subjects were held out at a time, the whiteners "
+        "refitted on the rest, and the held-out slices scored against them (no held-out real data "
+        "was supplied)"
     ),
     "holdout": (
         "holdout: real slices never used in training scored against the training set "

@@ -1,7 +1,23 @@
-"""Reading MRI volumes and cutting them into 2D slices along an axis chosen in patient space."""
+"""Reading MRI volumes and cutting them into 2D slices along an axis chosen in patient space.
+
+Every input goes through two stages. :func:`validate_inputs` (or :func:`inspect_input` for one
+path) is cheap: it reads headers only and refuses a path that is missing, unreadable, not an
+image, of an unsupported pixel type or dimension, a 4D image without a valid ``volume_index``,
+or a DICOM folder with several series and no ``series``. :func:`read_image` then reads the
+pixels, checks that a NIfTI file is complete (ITK reads a truncated NIfTI silently, padding the
+missing voxels), and returns a 3D float32 scalar image. Only one image is held at a time by the
+audit, so memory is bounded by the largest single volume, not by the number of inputs.
+"""
 
 from __future__ import annotations
 
+import gzip
+import itertools
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +45,26 @@ _IMAGE_IO_BY_SUFFIX = {
     ".tiff": "TIFFImageIO",
 }
 VOLUME_SUFFIXES = tuple(_IMAGE_IO_BY_SUFFIX)
+_COMPLEX_PIXEL_IDS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
+_GZIP_CHUNK = 1 << 20
 
 sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """What the header of one input says (no pixels read)."""
+
+    path: Path
+    size: tuple[int, ...]
+    components: int
+    pixel_type: str
+    series: str | None = None
+
+    @property
+    def dimension(self) -> int:
+        """Number of image dimensions in the file (2, 3 or 4)."""
+        return len(self.size)
 
 
 def _suffix(path: Path) -> str:
@@ -43,6 +77,19 @@ def is_volume_file(path: Path) -> bool:
     return _suffix(path) in _IMAGE_IO_BY_SUFFIX
 
 
+def _check_exists(path: Path) -> None:
+    try:
+        exists = path.exists()
+    except OSError as exc:
+        raise UserError(f"cannot access {path}: {exc.strerror or exc}") from None
+    if not exists:
+        raise UserError(f"input not found: {path} (check the path)")
+    if not (path.is_file() or path.is_dir()):
+        raise UserError(f"{path} is neither a regular file nor a folder; give an image file or a DICOM folder")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise UserError(f"cannot read {path}: permission denied")
+
+
 def expand_inputs(paths: list[str] | list[Path]) -> list[Path]:
     """Expand user paths: files stay, folders become their volume files (sorted), or one DICOM series.
 
@@ -52,23 +99,34 @@ def expand_inputs(paths: list[str] | list[Path]) -> list[Path]:
     result: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if not path.exists():
-            raise UserError(f"input not found: {path} (check the path)")
+        _check_exists(path)
         if path.is_file():
             result.append(path)
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_volume_file(p) and _suffix(p) != ".dcm")
+        try:
+            files = sorted(p for p in path.rglob("*") if p.is_file() and is_volume_file(p) and _suffix(p) != ".dcm")
+        except OSError as exc:
+            raise UserError(f"cannot list folder {path}: {exc.strerror or exc} ({exc.filename or path})") from None
         if files:
             result.extend(files)
-        elif sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+        elif _series_ids(path):
             result.append(path)
         else:
             raise UserError(f"no readable volumes in folder {path} (expected NIfTI/NRRD/MHA files or a DICOM series)")
+    if not result:
+        raise UserError("no input volumes given")
     return result
 
 
-def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
-    series_ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+def _series_ids(folder: Path) -> list[str]:
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return []
+
+
+def _choose_series(folder: Path, series: str | None) -> tuple[str, list[str]]:
+    series_ids = _series_ids(folder)
     if not series_ids:
         raise UserError(f"no DICOM series found in folder {folder}")
     if series is None and len(series_ids) > 1:
@@ -76,8 +134,16 @@ def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
     chosen = series if series is not None else series_ids[0]
     if chosen not in series_ids:
         raise UserError(f"DICOM series {chosen} is not in {folder}; available: {', '.join(series_ids)}")
+    files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen))
+    if not files:
+        raise UserError(f"DICOM series {chosen} in {folder} has no readable files")
+    return chosen, files
+
+
+def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
+    chosen, files = _choose_series(folder, series)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), chosen))
+    reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -85,22 +151,158 @@ def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
 
 
 def _first_line(exc: Exception) -> str:
+    """The informative line of an ITK error, without ITK's object address prefix."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    if not lines:
+        return type(exc).__name__
+    return re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", lines[-1])
+
+
+def _file_reader(path: Path) -> sitk.ImageFileReader:
+    io_name = _IMAGE_IO_BY_SUFFIX.get(_suffix(path))
+    if io_name is None:
+        raise UserError(f"{path} is not a supported image file (use NIfTI, NRRD, MHA/MHD, PNG/TIFF/JPEG or a DICOM folder)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO(io_name)
+    return reader
 
 
 def _read_file(path: Path) -> sitk.Image:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    io_name = _IMAGE_IO_BY_SUFFIX.get(_suffix(path))
-    if io_name is None:
-        raise UserError(f"{path} is not a supported image file (use NIfTI, NRRD, MHA/MHD or a DICOM folder)")
-    reader.SetImageIO(io_name)
+    reader = _file_reader(path)
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise UserError(f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?") from None
 
+
+# --- NIfTI completeness (ITK pads a truncated NIfTI with zeros instead of failing) ---------------
+
+def _nifti_header_bytes(head: bytes) -> tuple[int, int] | None:
+    """(vox_offset, data bytes) from a NIfTI-1/-2 header, or None when it is not one."""
+    for endian in ("<", ">"):
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", head[40:56])
+            bitpix = struct.unpack(endian + "h", head[72:74])[0]
+            vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540:
+            dims = struct.unpack(endian + "8q", head[16:80])
+            bitpix = struct.unpack(endian + "h", head[14:16])[0]
+            vox_offset = int(struct.unpack(endian + "q", head[168:176])[0])
+            break
+    else:
+        return None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1 : ndim + 1]):
+        return None
+    n_voxels = int(np.prod([max(int(d), 1) for d in dims[1 : ndim + 1]], dtype=np.int64))
+    return vox_offset, n_voxels * bitpix // 8
+
+
+def _gzip_length(path: Path) -> int:
+    """Uncompressed length of a gzip file; UserError when it is truncated or corrupt."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while chunk := handle.read(_GZIP_CHUNK):
+                total += len(chunk)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise UserError(f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc) or 'compressed data ended early'}); copy the file again") from None
+    return total
+
+
+def _check_nifti_complete(path: Path) -> None:
+    suffix = _suffix(path)
+    if suffix not in (".nii", ".nii.gz", ".hdr", ".img"):
+        return
+    header_path = path.with_suffix(".hdr") if suffix == ".img" else path
+    try:
+        opener = gzip.open if suffix == ".nii.gz" else open
+        with opener(header_path, "rb") as handle:
+            head = handle.read(540)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
+        raise UserError(f"cannot read the NIfTI header of {path} ({type(exc).__name__}); is the file complete and of that format?") from None
+    layout = _nifti_header_bytes(head)
+    if layout is None:
+        return  # not a NIfTI header: ITK reports the problem when reading
+    vox_offset, data_bytes = layout
+    if suffix == ".nii.gz":
+        available = _gzip_length(path)
+    elif suffix == ".nii":
+        available = path.stat().st_size
+    else:
+        data_path = path.with_suffix(".img")
+        available = data_path.stat().st_size if data_path.is_file() else 0
+        vox_offset = 0 if suffix in (".hdr", ".img") and vox_offset < 0 else vox_offset
+    needed = (vox_offset if suffix in (".nii", ".nii.gz") else max(vox_offset, 0)) + data_bytes
+    if available < needed:
+        raise UserError(f"{path} is truncated: its header needs {needed} bytes of image data but the file has {available}; copy the file again")
+
+
+# --- header-level validation ------------------------------------------------------------------
+
+def _check_volume_index(path: Path, size: tuple[int, ...], volume_index: int | None) -> None:
+    if len(size) == 4 and size[3] > 1:
+        if volume_index is None:
+            raise UserError(f"{path} is a 4D image with {size[3]} volumes; choose one with --volume-index 0..{size[3] - 1}")
+        if not 0 <= volume_index < size[3]:
+            raise UserError(f"--volume-index {volume_index} is out of range for {path} (0..{size[3] - 1})")
+    elif volume_index not in (None, 0):
+        raise UserError(f"--volume-index {volume_index} was given but {path} holds a single volume; drop --volume-index or use 0")
+
+
+def _check_header(path: Path, size: tuple[int, ...], components: int, pixel_id: int, pixel_type: str, volume_index: int | None) -> None:
+    if len(size) not in (2, 3, 4):
+        raise UserError(f"{path} has {len(size)} dimensions; expected a 2D, 3D or 4D image")
+    if any(s < 1 for s in size):
+        raise UserError(f"{path} is empty (size {'x'.join(map(str, size))})")
+    if pixel_id in _COMPLEX_PIXEL_IDS or "complex" in pixel_type.lower():
+        raise UserError(f"{path} has complex pixels ({pixel_type}); save the magnitude image instead")
+    if components not in (1, 3, 4):
+        raise UserError(f"{path} has {components} components per pixel; expected grey (1), RGB (3) or RGBA (4) (save one channel or the magnitude)")
+    _check_volume_index(path, size, volume_index)
+
+
+def inspect_input(path: str | Path, *, series: str | None = None, volume_index: int | None = None) -> InputInfo:
+    """Check one input from its header only (cheap); UserError says what is wrong with it."""
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        chosen, files = _choose_series(path, series)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        reader.SetImageIO("GDCMImageIO")
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise UserError(f"cannot read DICOM series {chosen} in {path}: {_first_line(exc)}") from None
+        size = tuple(reader.GetSize()[:2]) + (len(files),)
+        components, pixel_id = reader.GetNumberOfComponents(), reader.GetPixelID()
+        pixel_type = sitk.GetPixelIDValueAsString(pixel_id)
+        _check_header(path, size, components, pixel_id, pixel_type, volume_index)
+        return InputInfo(path, size, components, pixel_type, chosen)
+    reader = _file_reader(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UserError(f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?") from None
+    size = tuple(int(s) for s in reader.GetSize())
+    pixel_id = reader.GetPixelID()
+    pixel_type = sitk.GetPixelIDValueAsString(pixel_id)
+    _check_header(path, size, reader.GetNumberOfComponents(), pixel_id, pixel_type, volume_index)
+    return InputInfo(path, size, reader.GetNumberOfComponents(), pixel_type)
+
+
+def validate_inputs(paths: list[str] | list[Path], *, series: str | None = None, volume_index: int | None = None) -> list[Path]:
+    """Expand user paths and check every input's header before any work; returns the inputs."""
+    inputs = expand_inputs(list(paths))
+    for path in inputs:
+        inspect_input(path, series=series, volume_index=volume_index)
+    return inputs
+
+
+# --- reading pixels ---------------------------------------------------------------------------
 
 def _to_scalar_3d(image: sitk.Image, path: Path, volume_index: int | None) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() > 1:
@@ -110,68 +312,106 @@ def _to_scalar_3d(image: sitk.Image, path: Path, volume_index: int | None) -> si
     dimension = image.GetDimension()
     if dimension == 4:
         size = image.GetSize()
-        if size[3] == 1:
-            volume_index = 0
-        if volume_index is None:
-            raise UserError(f"{path} is a 4D image with {size[3]} volumes; choose one with --volume-index 0..{size[3] - 1}")
-        if not 0 <= volume_index < size[3]:
-            raise UserError(f"--volume-index {volume_index} is out of range for {path} (0..{size[3] - 1})")
-        image = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, volume_index])
+        _check_volume_index(path, tuple(size), volume_index)
+        image = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, volume_index or 0])
     elif dimension == 2:
+        _check_volume_index(path, tuple(image.GetSize()), volume_index)
         image = sitk.JoinSeries([image])
-    elif dimension != 3:
+    elif dimension == 3:
+        _check_volume_index(path, tuple(image.GetSize()), volume_index)
+    else:
         raise UserError(f"{path} has {dimension} dimensions; expected a 2D, 3D or 4D image")
     return image
+
+
+def _finite_array(array: np.ndarray) -> np.ndarray | None:
+    """A copy with NaN/Inf replaced by the finite minimum (0 if none), or None when all are finite."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    fill = float(array[finite].min()) if finite.any() else 0.0
+    clean = np.array(array, dtype=np.float32, copy=True)
+    clean[~finite] = fill
+    return clean
 
 
 def read_image(path: str | Path, *, series: str | None = None, volume_index: int | None = None) -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or DICOM series folder as a 3D float32 scalar image.
 
-    2D images become one slice; RGB becomes grey; 4D needs ``volume_index``; NaN/Inf voxels
-    become 0.
+    2D images become one slice; RGB becomes grey (mean of the channels); 4D needs
+    ``volume_index``; any pixel type is converted to float32 (values beyond float32's range
+    become Inf); NaN/Inf voxels become the volume's finite minimum (background). A truncated
+    NIfTI file is refused.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"input not found: {path} (check the path)")
-    image = _read_dicom_folder(path, series) if path.is_dir() else _read_file(path)
-    image = sitk.Cast(_to_scalar_3d(image, path, volume_index), sitk.sitkFloat32)
-    array = sitk.GetArrayViewFromImage(image)
-    if not np.isfinite(array).all():
-        clean = np.nan_to_num(sitk.GetArrayFromImage(image), nan=0.0, posinf=0.0, neginf=0.0)
+    _check_exists(path)
+    if path.is_dir():
+        image = _read_dicom_folder(path, series)
+    else:
+        _check_nifti_complete(path)
+        image = _read_file(path)
+    if image.GetPixelID() in _COMPLEX_PIXEL_IDS:
+        raise UserError(f"{path} has complex pixels ({image.GetPixelIDTypeAsString()}); save the magnitude image instead")
+    if image.GetNumberOfComponentsPerPixel() not in (1, 3, 4):
+        raise UserError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected grey (1), RGB (3) or RGBA (4) (save one channel or the magnitude)")
+    if any(s < 1 for s in image.GetSize()):
+        raise UserError(f"{path} is empty (size {'x'.join(map(str, image.GetSize()))})")
+    try:
+        image = sitk.Cast(_to_scalar_3d(image, path, volume_index), sitk.sitkFloat32)
+    except RuntimeError as exc:
+        raise UserError(f"cannot convert {path} ({image.GetPixelIDTypeAsString()}) to a float32 scalar volume: {_first_line(exc)}") from None
+    clean = _finite_array(sitk.GetArrayViewFromImage(image))
+    if clean is not None:
         fixed = sitk.GetImageFromArray(clean)
         fixed.CopyInformation(image)
         image = fixed
     return image
 
 
+# --- axes ---------------------------------------------------------------------------------------
+
+def _patient_axis_of_index_axes(image: sitk.Image) -> tuple[int, int, int]:
+    """Patient axis (0=L-R, 1=A-P, 2=S-I) of each index axis (i, j, k): a one-to-one assignment.
+
+    It maximises the summed |direction cosines|, so even strongly oblique volumes map their three
+    index axes to three different planes (a per-axis argmax could give two axes the same plane).
+    """
+    direction = np.abs(np.asarray(image.GetDirection(), dtype=float).reshape(3, 3))
+    best, best_score = (0, 1, 2), -1.0
+    for perm in itertools.permutations(range(3)):
+        score = sum(direction[perm[i], i] for i in range(3))
+        if score > best_score + 1e-9:
+            best, best_score = perm, score
+    return best
+
+
 def _index_axis_planes(image: sitk.Image) -> list[str]:
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    return [_PLANE_OF_PATIENT_AXIS[int(np.argmax(np.abs(direction[:, i])))] for i in range(3)]
+    return [_PLANE_OF_PATIENT_AXIS[p] for p in _patient_axis_of_index_axes(image)]
 
 
 def resolve_axis(image: sitk.Image, axis: str) -> int:
     """Numpy axis (0=k, 1=j, 2=i) of the image array to cut slices along.
 
-    ``axial``/``coronal``/``sagittal`` pick the index axis closest to that patient direction;
+    ``axial``/``coronal``/``sagittal`` pick the index axis assigned to that patient direction;
     ``auto`` picks the axis with the largest spacing (the through-plane axis), ties going to the
-    axial one, then to k.
+    axial one, then to k. An image one voxel thick along exactly one axis (e.g. a 2D image) is
+    always cut along that axis: it is one slice, whatever ``axis`` says.
     """
     if axis not in AXIS_CHOICES:
         raise UserError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_CHOICES)}")
+    size = image.GetSize()
+    thin = [i for i in range(3) if size[i] == 1]
+    if len(thin) == 1:
+        return 2 - thin[0]
     planes = _index_axis_planes(image)
     if axis == "auto":
         spacing = np.asarray(image.GetSpacing(), dtype=float)
-        candidates = [i for i in range(3) if spacing[i] >= spacing.max() * 0.99 and image.GetSize()[i] > 1]
+        candidates = [i for i in range(3) if spacing[i] >= spacing.max() * 0.99 and size[i] > 1]
         if not candidates:
             candidates = [2]
         index_axis = next((i for i in candidates if planes[i] == "axial"), max(candidates))
-        if image.GetSize()[2] == 1:
-            index_axis = 2
         return 2 - index_axis
-    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    patient_axis = {"sagittal": 0, "coronal": 1, "axial": 2}[axis]
-    index_axis = int(np.argmax(np.abs(direction[patient_axis, :])))
-    return 2 - index_axis
+    return 2 - planes.index(axis)
 
 
 def axis_name(image: sitk.Image, array_axis: int) -> str:
@@ -180,5 +420,14 @@ def axis_name(image: sitk.Image, array_axis: int) -> str:
 
 
 def image_slices(image: sitk.Image, array_axis: int) -> np.ndarray:
-    """All slices [n, h, w] (float32) of the image cut along ``array_axis``."""
-    return np.ascontiguousarray(np.moveaxis(sitk.GetArrayFromImage(image).astype(np.float32, copy=False), array_axis, 0))
+    """All slices [n, h, w] (float32) of the image cut along ``array_axis`` (NaN/Inf -> background).
+
+    One copy of the voxels: slice k is ``np.moveaxis(array, array_axis, 0)[k]``.
+    """
+    array = sitk.GetArrayFromImage(image)
+    if array.dtype != np.float32:
+        array = array.astype(np.float32)
+    clean = _finite_array(array)
+    if clean is not None:
+        array = clean
+    return np.moveaxis(array, array_axis, 0)

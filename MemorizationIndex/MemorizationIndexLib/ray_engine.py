@@ -1,0 +1,321 @@
+"""Optional Ray engine: embed with Ray Data into sharded feature files, search shards as Ray tasks.
+
+Install with ``pip install 'memorization-index[ray]'``. Nothing here imports ``ray`` at module
+import time; the default install never needs it.
+
+* :func:`build_index_ray` reads every volume in a Ray task (``flat_map``), embeds the slices and
+  their flipped copies with encoder actors (``map_batches``; one GPU per actor when the cluster
+  has GPUs and the device allows it), and each actor writes its batches to ``shard-*.npz``
+  feature files. The driver then orders the rows exactly as the single-machine path does and
+  calls :func:`~MemorizationIndexLib.reference_index.build_index_from_features`, so the index
+  is the same (encoder outputs are per-slice: batching does not change them).
+* :class:`RaySearcher` splits the reference into row-range shards held in the Ray object store;
+  each query batch is searched exhaustively in every shard by a Ray task, the per-block top-k are
+  merged exactly (larger cosine first, then smaller id) and the union of candidates is
+  re-ranked with :func:`~MemorizationIndexLib.search.rerank`, the same code as the local path.
+  Shards are searched exactly whatever the index kind, so the result equals the ``flat`` path.
+
+The driver connects to the cluster named by ``RAY_ADDRESS`` when set, else starts a local Ray.
+For a multi-node build, ``features_dir`` must be on a file system every node can write.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UserError
+
+INSTALL_HINT = "pip install 'memorization-index[ray]'"
+
+
+def require_ray():
+    """Import and return ``ray``, or raise a UserError saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UserError(f"--engine ray needs Ray; install it with: {INSTALL_HINT}") from None
+    return ray
+
+
+def init_ray(num_cpus: int | None = None):
+    """Connect to ``RAY_ADDRESS`` or start a local Ray (quietly); returns the ``ray`` module."""
+    ray = require_ray()
+    if not ray.is_initialized():
+        kwargs = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+    except Exception:  # older/newer Ray without the switch: progress bars are only cosmetic
+        pass
+    return ray
+
+
+# ---------------------------------------------------------------------------------------------
+# build-index --engine ray
+
+
+def _volume_rows(item: dict, *, axis: str, preprocessing: dict, slice_stride: int, series: str | None, volume_index: int | None, flips: Sequence[str], size: int) -> list[dict]:
+    """Ray Data flat_map: one volume -> one row per kept slice and flip, with preprocessed pixels."""
+    from .embedding import flip_slice
+    from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch
+    from .volumes import axis_name, image_slices, read_image, resolve_axis
+
+    settings = PreprocessSettings.from_dict(preprocessing)
+    image = read_image(Path(item["path"]), series=series, volume_index=volume_index)
+    array_axis = resolve_axis(image, axis)
+    stack = image_slices(image, array_axis)
+    holdout = bool(item["holdout"])
+    kept = np.flatnonzero(nonempty_mask(stack, settings))[:: 1 if holdout else slice_stride]
+    flips = ("none",) if holdout else flips
+    plane = axis_name(image, array_axis)
+    rows = []
+    for k in kept:
+        for flip_id, flip in enumerate(flips):
+            pixels = prepare_batch([flip_slice(stack[k], flip)], size, settings)[0, 0]
+            rows.append({"volume": item["volume"], "holdout": holdout, "slice": int(k), "flip": flip_id, "array_axis": int(array_axis), "plane": plane, "pixels": pixels})
+    return rows
+
+
+class _EmbedActor:
+    """Ray Data actor: embeds batches of preprocessed slices and writes each batch to a feature shard."""
+
+    def __init__(self, encoder_name: str, checkpoint: str | None, blocks: Sequence[str], device: str, threads: int, out_dir: str):
+        import torch
+
+        from .encoders import load_encoder
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, threads))
+        self.encoder = load_encoder(encoder_name, checkpoint=checkpoint, device=device, blocks=blocks)
+        self.out_dir = Path(out_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = np.asarray(batch["pixels"], dtype=np.float32)
+        inputs = np.ascontiguousarray(np.broadcast_to(pixels[:, None], (len(pixels), 3) + pixels.shape[1:]))
+        features = self.encoder.embed(inputs)
+        path = self.out_dir / f"shard-{uuid.uuid4().hex}.npz"
+        columns = {c: np.asarray(batch[c]) for c in ("volume", "holdout", "slice", "flip", "array_axis")}
+        columns["plane"] = np.asarray(batch["plane"]).astype(str)
+        np.savez(path, **columns, **{f"feature/{b}": v for b, v in features.items()})
+        return {"shard": np.array([str(path)]), "rows": np.array([len(pixels)])}
+
+
+def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, encoder_name: str, checkpoint, device: str, axis: str, preprocessing, slice_stride: int, flips: Sequence[str], series, volume_index, batch_size: int, out_dir: Path, threads: int) -> dict[str, np.ndarray]:
+    """Embed the kept slices (x flips) of ``paths`` and ``holdout`` with Ray Data; returns the merged shard columns."""
+    import ray.data
+
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    use_gpu = gpus > 0 and device in ("cuda", "auto")
+    if device == "cuda" and not use_gpu:
+        raise UserError("--device cuda was asked for but the Ray cluster has no GPU; use --device cpu or auto")
+    if use_gpu:
+        actor_cpus, actors, actor_device, extra = 1, gpus, "cuda", {"num_gpus": 1}
+    else:
+        actor_cpus = min(4, max(1, cpus - 1))
+        actors, actor_device, extra = max(1, (cpus - 1) // actor_cpus), "cpu", {}
+    items = [{"volume": i, "path": str(p), "holdout": False} for i, p in enumerate(paths)]
+    items += [{"volume": i, "path": str(p), "holdout": True} for i, p in enumerate(holdout)]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(
+        _volume_rows,
+        fn_kwargs={"axis": axis, "preprocessing": preprocessing.to_dict(), "slice_stride": slice_stride, "series": series, "volume_index": volume_index, "flips": tuple(flips), "size": encoder.input_size},
+    )
+    shards = dataset.map_batches(
+        _EmbedActor,
+        fn_constructor_kwargs={"encoder_name": encoder_name, "checkpoint": None if checkpoint is None else str(checkpoint), "blocks": tuple(encoder.blocks), "device": actor_device, "threads": threads, "out_dir": str(out_dir)},
+        batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=actor_cpus, **extra,
+    ).take_all()
+    parts = []
+    for row in shards:
+        with np.load(row["shard"]) as data:
+            parts.append({k: data[k] for k in data.files})
+    if not parts:
+        return {}
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def build_index_ray(
+    train_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    encoder_name: str = "default",
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    axis: str = "auto",
+    holdout_paths: Sequence[str | Path] | None = None,
+    flips: bool = True,
+    store_thumbnails: bool = False,
+    null_splits: int | None = None,
+    seed: int = 0,
+    subject_pattern: str | None = None,
+    slice_stride: int = 1,
+    batch_size: int = 32,
+    preprocessing=None,
+    overwrite: bool = False,
+    index_kind: str = "auto",
+    series: str | None = None,
+    volume_index: int | None = None,
+    features_dir: str | Path | None = None,
+    num_cpus: int | None = None,
+    threads: int | None = None,
+):
+    """:func:`~MemorizationIndexLib.reference_index.build_index` with the embedding done by Ray Data.
+
+    features_dir: where the ``shard-*.npz`` feature files go (kept); default a temporary folder
+    beside ``out_dir``, removed afterwards.
+    threads: torch threads of each CPU actor; default this process's torch thread count, because
+    CPU convolutions round differently with other thread counts (~1e-6) and the features should
+    be the single-machine ones bit for bit.
+    """
+    from .calibration import DEFAULT_NULL_SPLITS
+    from .embedding import FLIPS
+    from .encoders import load_encoder
+    from .preprocess import PreprocessSettings
+    from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
+    from .volumes import expand_inputs
+
+    if slice_stride < 1:
+        raise UserError("--slice-stride must be 1 or more")
+    if store_thumbnails:
+        raise UserError("--store-thumbnails is not supported with --engine ray; build without it or use --engine local")
+    preprocessing = preprocessing or PreprocessSettings()
+    ray = init_ray(num_cpus)
+    encoder = load_encoder(encoder_name, checkpoint=checkpoint, device="cpu")
+    train = expand_inputs(list(train_paths))
+    holdout = expand_inputs(list(holdout_paths)) if holdout_paths else []
+    flip_modes = FLIPS if flips else ("none",)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    common = dict(threads=threads, encoder=encoder, encoder_name=encoder_name, checkpoint=checkpoint, device=device, axis=axis, preprocessing=preprocessing, series=series, volume_index=volume_index, batch_size=batch_size)
+    if features_dir is None:
+        Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
+        work = tempfile.TemporaryDirectory(prefix=".ray-features-", dir=Path(out_dir).resolve().parent)
+        shard_dir = Path(work.name)
+    else:
+        work, shard_dir = None, Path(features_dir)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        merged = _embed_volumes(ray, train, holdout, slice_stride=slice_stride, flips=flip_modes, out_dir=shard_dir, **common)
+    finally:
+        if work is not None:
+            work.cleanup()
+    is_holdout = merged["holdout"].astype(bool) if merged else np.zeros(0, bool)
+    rows = {k: v[~is_holdout] for k, v in merged.items()}
+    held = {k: v[is_holdout] for k, v in merged.items()}
+    n = int(np.sum(rows["flip"] == 0)) if merged else 0
+    if n < 2:
+        raise UserError(f"the training inputs hold {n} non-empty slices; an index needs at least 2")
+    if holdout and (not merged or len(held["slice"]) < 2):
+        raise UserError("the --holdout inputs hold fewer than 2 non-empty slices")
+    subjects = [subject_of(p, subject_pattern) for p in train]
+    if not holdout and len(set(subjects[v] for v in np.unique(rows["volume"]))) < 2 and n < 20:
+        raise UserError("a single training subject needs at least 20 non-empty slices to calibrate; add subjects or --holdout data")
+    # Single-machine order: flips outermost, then volumes in input order, then slices.
+    order = np.lexsort((rows["slice"], rows["volume"], rows["flip"]))
+    first = order[: n]
+    original_row = {(int(rows["volume"][r]), int(rows["slice"][r])): i for i, r in enumerate(first)}
+    provenance = Provenance()
+    for r in order:
+        volume, slice_index = int(rows["volume"][r]), int(rows["slice"][r])
+        provenance.append(str(train[volume].resolve()), slice_index, str(rows["plane"][r]), int(rows["array_axis"][r]), flip_modes[int(rows["flip"][r])], original_row[(volume, slice_index)], subjects[volume])
+    features = {b: rows[f"feature/{b}"][order] for b in encoder.blocks}
+    holdout_features = None
+    if holdout:
+        held_order = np.lexsort((held["slice"], held["volume"]))
+        holdout_features = {b: held[f"feature/{b}"][held_order] for b in encoder.blocks}
+    return build_index_from_features(
+        features, provenance, out_dir, encoder_info=EncoderInfo.of(encoder, checkpoint), preprocessing=preprocessing, axis=axis,
+        holdout_features=holdout_features, null_splits=DEFAULT_NULL_SPLITS if null_splits is None else null_splits, seed=seed,
+        overwrite=overwrite, index_kind=index_kind,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# audit --engine ray
+
+
+def _search_shard(shard: dict[str, np.ndarray], offset: int, queries: dict[str, np.ndarray], k: int):
+    """Ray task: exact per-block top-k of the queries in one shard, plus the candidates' vectors."""
+    import faiss
+
+    found, local = {}, []
+    for block, vectors in shard.items():
+        sims, ids = faiss.knn(np.ascontiguousarray(queries[block], dtype=np.float32), vectors, min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+        found[block] = (sims, np.where(ids >= 0, ids + offset, -1))
+        local.append(ids)
+    ids = np.concatenate(local, axis=1)
+    unique = np.unique(ids[ids >= 0])
+    return found, unique + offset, {block: vectors[unique] for block, vectors in shard.items()}
+
+
+def shard_vectors(indexes: dict, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Stored vectors of rows [start, stop) of every block's index (flat: a view; ivf: reconstructed)."""
+    import faiss
+
+    out = {}
+    for block, index in indexes.items():
+        index = faiss.downcast_index(index)
+        if isinstance(index, faiss.IndexFlat):
+            xb = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+            out[block] = np.array(xb[start:stop])
+        else:
+            out[block] = index.reconstruct_n(start, stop - start)
+    return out
+
+
+class RaySearcher:
+    """search(whitened, k) over row-range shards of the reference, one Ray task per shard."""
+
+    def __init__(self, indexes: dict, n_shards: int | None = None, num_cpus: int | None = None):
+        self.ray = init_ray(num_cpus)
+        self.blocks = list(indexes)
+        ntotal = indexes[self.blocks[0]].ntotal
+        n_shards = n_shards or max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        n_shards = max(1, min(n_shards, ntotal))
+        bounds = np.linspace(0, ntotal, n_shards + 1).astype(np.int64)
+        self.ntotal = ntotal
+        self.shards = [(int(a), self.ray.put(shard_vectors(indexes, int(a), int(b)))) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._task = self.ray.remote(_search_shard)
+
+    def __call__(self, queries: dict[str, np.ndarray], k: int = 5):
+        from .search import rerank
+
+        queries = {b: np.ascontiguousarray(queries[b], dtype=np.float32) for b in self.blocks}
+        query_ref = self.ray.put(queries)
+        results = self.ray.get([self._task.remote(ref, offset, query_ref, k) for offset, ref in self.shards])
+        k_search = max(1, min(k, self.ntotal))
+        candidates = []
+        for block in self.blocks:
+            sims = np.concatenate([found[block][0] for found, _, _ in results], axis=1)
+            ids = np.concatenate([found[block][1] for found, _, _ in results], axis=1)
+            sims = np.where(ids >= 0, sims, -np.inf)
+            order = np.lexsort((ids, -sims), axis=1)[:, :k_search]
+            candidates.append(np.take_along_axis(ids, order, axis=1))
+        known = np.concatenate([unique for _, unique, _ in results])
+        stored = {b: np.concatenate([vectors[b] for _, _, vectors in results]) for b in self.blocks}
+
+        def fetch(block, ids):
+            return stored[block][np.searchsorted(known, ids)]
+
+        return rerank(np.concatenate(candidates, axis=1), queries, fetch, k)
+
+
+def attach_ray_search(index, n_shards: int | None = None, num_cpus: int | None = None):
+    """Make ``index.search`` run on Ray (returns the index)."""
+    index.searcher = RaySearcher(index.indexes, n_shards=n_shards, num_cpus=num_cpus)
+    return index

@@ -1,0 +1,448 @@
+#!/usr/bin/env python
+"""`make bench`: speed and memory of MemorizationIndex (issue 6); prints a table, writes OUT/results.json.
+
+Sections
+  encoders  embedding throughput of each encoder vs a bare forward pass of the same network on
+            the same batch (mri-core: a random-weight ViT-B/16 checkpoint written to a temp dir).
+  audit     a 100,000-slice reference (synthetic features, written with build_index_from_features)
+            and the audit of one synthetic 180-slice volume, vs bare forward + bare FAISS search;
+            index build time/peak memory, load time and loaded memory (in a fresh process).
+  large     a synthetic 1,000,000-vector reference at the search layer (whitened low-rank + noise
+            features in the default encoder's block dims, planted near-duplicates): exact (flat)
+            vs IVF + exact re-ranking: time per query slice, recall@1, identical similarity/mi,
+            build time and peak memory, load time and memory of the saved IVF indexes.
+  scaling   time per query slice of exact and IVF search at several reference sizes.
+
+The 1M reference is built at the search layer because the train-split calibration null of
+build_index_from_features searches ~10% of the reference against the rest ten times (quadratic):
+at 1M vectors on 2 CPU cores that alone takes hours. Use a --holdout null for such references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MemorizationIndex"))
+
+from MemorizationIndexLib import search  # noqa: E402
+from MemorizationIndexLib.encoders import load_encoder  # noqa: E402
+from MemorizationIndexLib.scoring import NullModel, mi_from_z  # noqa: E402
+from MemorizationIndexLib.whitening import ShrinkageWhitener  # noqa: E402
+
+DIMS = {"stage4": 80, "stage5": 112, "stage6": 192}  # the default encoder's blocks
+
+
+# ------------------------------------------------------------------------------------------ utils
+
+
+def _status(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def rss_mb() -> float:
+    return _status("VmRSS")
+
+
+def reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_mb() -> float:
+    return _status("VmHWM")
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    mem = next((int(line.split()[1]) / 1024 / 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), float("nan"))
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "ram_gib": round(mem, 1), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "numpy": np.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------- encoders
+
+
+def bench_encoders(devices: list[str], quick: bool) -> list[dict]:
+    from MemorizationIndexLib.encoders.mri_core import VisionTransformer
+
+    rows = []
+    tmp = tempfile.TemporaryDirectory()
+    checkpoint = Path(tmp.name) / "mri_core_random.pth"
+    torch.manual_seed(0)
+    torch.save(VisionTransformer(14, layerscale=True).state_dict(), checkpoint)
+    for device in devices:
+        for name, batch_size in (("default", 32), ("mri-core", 8 if device == "cpu" else 64)):
+            encoder = load_encoder(name, checkpoint=checkpoint if name == "mri-core" else None, device=device)
+            batch = np.random.default_rng(0).random((batch_size, 3, 224, 224), dtype=np.float32)
+            x = torch.from_numpy(batch).to(device)
+            if name == "default":
+                x = (x * 255.0 - 127.0) / 128.0
+                forward = lambda: encoder.model(x, encoder.blocks)  # noqa: E731
+            else:
+                forward = lambda: encoder.model(x, encoder.block_ids)  # noqa: E731
+
+            def bare():
+                with torch.inference_mode():
+                    out = forward()
+                    values = out.values() if isinstance(out, dict) else out
+                    for v in values:
+                        v.float().cpu()
+
+            repeat = 2 if (quick or (name == "mri-core" and device == "cpu")) else 3
+            bare()
+            encoder.embed(batch)  # warm-up
+            t_bare = best_of(bare, repeat)
+            t_embed = best_of(lambda: encoder.embed(batch), repeat)
+            rows.append({"encoder": name, "device": device if device == "cpu" else torch.cuda.get_device_name(0), "batch": batch_size,
+                         "bare_slices_per_s": batch_size / t_bare, "embed_slices_per_s": batch_size / t_embed, "ratio": t_bare / t_embed})
+            log(f"encoder {name} on {device}: embed {batch_size / t_embed:.1f} slices/s, bare {batch_size / t_bare:.1f} slices/s")
+            encoder = None
+    tmp.cleanup()
+    return rows
+
+
+# ------------------------------------------------------------------------------- synthetic features
+
+
+class Synthetic:
+    """Low-rank + noise raw features per block, generated in seeded chunks (reproducible by row)."""
+
+    def __init__(self, seed: int = 0, rank: int = 24, chunk: int = 100_000):
+        rng = np.random.default_rng(seed)
+        self.seed, self.rank, self.chunk = seed, rank, chunk
+        self.mixing = {b: rng.standard_normal((rank, d), dtype=np.float32) * 2.0 + 0.5 for b, d in DIMS.items()}
+        self.offset = {b: rng.standard_normal(d, dtype=np.float32) * 3.0 for b, d in DIMS.items()}
+
+    def chunk_features(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, index])
+        latent = rng.standard_normal((self.chunk, self.rank), dtype=np.float32)
+        return {b: np.maximum(latent @ self.mixing[b] + self.offset[b] + rng.standard_normal((self.chunk, d), dtype=np.float32), 0.0) for b, d in DIMS.items()}
+
+    def rows(self, n: int):
+        """Yield (start, features) chunks covering rows [0, n)."""
+        for index, start in enumerate(range(0, n, self.chunk)):
+            features = self.chunk_features(index)
+            yield start, {b: v[: n - start] for b, v in features.items()}
+
+    def fresh(self, n: int, salt: int) -> dict[str, np.ndarray]:
+        """n rows never in the reference (novel queries / holdout)."""
+        rng = np.random.default_rng([self.seed, 10_000 + salt])
+        latent = rng.standard_normal((n, self.rank), dtype=np.float32)
+        return {b: np.maximum(latent @ self.mixing[b] + self.offset[b] + rng.standard_normal((n, d), dtype=np.float32), 0.0) for b, d in DIMS.items()}
+
+
+def near_copies(raw: dict[str, np.ndarray], level: float, seed: int) -> dict[str, np.ndarray]:
+    """Planted near-duplicates: raw features plus Gaussian noise of ``level`` x each row's feature std."""
+    rng = np.random.default_rng(seed)
+    return {b: v + level * v.std(axis=1, keepdims=True) * rng.standard_normal(v.shape, dtype=np.float32) for b, v in raw.items()}
+
+
+# ------------------------------------------------------------------------------------ audit @ 100k
+
+
+def synthetic_volume(n_slices: int = 180, size: int = 192, seed: int = 0):
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    head = ((yy - size / 2) ** 2 / (0.42 * size) ** 2 + (xx - size / 2) ** 2 / (0.36 * size) ** 2) < 1
+    array = np.zeros((n_slices, size, size), np.float32)
+    for k in range(n_slices):
+        array[k] = head * (100 + 30 * np.sin(xx / (5 + k % 7)) * np.cos(yy / (6 + k % 5))) + rng.uniform(0, 8, (size, size))
+    return sitk.GetImageFromArray(array)
+
+
+def load_in_subprocess(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "MemorizationIndex")})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+LOAD_INDEX = """
+import json, time
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'): return int(line.split()[1]) / 1024
+import faiss, numpy
+from MemorizationIndexLib.reference_index import ReferenceIndex
+from MemorizationIndexLib import search
+before = rss(); t = time.perf_counter()
+index = ReferenceIndex.load({path!r})
+dt = time.perf_counter() - t
+after = rss()
+ivec = sum(search.vector_bytes(i) for i in index.indexes.values()) / 2**20
+print(json.dumps({{"load_s": dt, "rss_delta_mb": after - before, "index_structures_mb": ivec}}))
+"""
+
+LOAD_FAISS = """
+import json, time
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'): return int(line.split()[1]) / 1024
+import faiss
+from MemorizationIndexLib import search
+before = rss(); t = time.perf_counter()
+indexes = [search.prepare_loaded(faiss.read_index(p)) for p in {paths!r}]
+dt = time.perf_counter() - t
+print(json.dumps({{"load_s": dt, "rss_delta_mb": rss() - before}}))
+"""
+
+
+def bench_audit(out: Path, n_reference: int) -> dict:
+    from MemorizationIndexLib.audit import audit_image
+    from MemorizationIndexLib.preprocess import nonempty_mask, prepare_batch
+    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
+    from MemorizationIndexLib.volumes import image_slices, resolve_axis
+
+    encoder = load_encoder("default")
+    synth = Synthetic(seed=1)
+    features = {b: np.concatenate([f[b] for _, f in synth.rows(n_reference)]) for b in DIMS}
+    provenance = Provenance()
+    for row in range(n_reference):
+        provenance.append(f"/reference/sub-{row // 180:05d}.nii.gz", row % 180, "axial", 0, "none", row, f"sub-{row // 180:05d}")
+    holdout = synth.fresh(2000, salt=1)
+    path = out / "index-100k"
+    gc_before = rss_mb()
+    reset_peak()
+    start = time.perf_counter()
+    built = build_index_from_features(features, provenance, path, encoder_info=EncoderInfo.of(encoder), holdout_features=holdout, overwrite=True)
+    build_s = time.perf_counter() - start
+    build_peak = peak_mb() - gc_before
+    raw_bytes = sum(v.nbytes for v in features.values())
+    del features, built
+    loaded = load_in_subprocess(LOAD_INDEX.format(path=str(path)))
+    index = ReferenceIndex.load(path)
+    log(f"100k index: built in {build_s:.1f} s, loads in {loaded['load_s']:.2f} s")
+
+    image = synthetic_volume()
+    stack = image_slices(image, resolve_axis(image, index.axis))
+    keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
+    audit_image(index, image, "generated", encoder=encoder)  # warm-up
+    t_audit = best_of(lambda: audit_image(index, image, "generated", encoder=encoder), 2)
+    prepared = prepare_batch([stack[k] for k in keep], encoder.input_size, index.preprocessing)
+    t_prepare = best_of(lambda: prepare_batch([stack[k] for k in keep], encoder.input_size, index.preprocessing), 2)
+    tensor = (torch.from_numpy(prepared) * 255.0 - 127.0) / 128.0
+
+    def bare_forward():
+        with torch.inference_mode():
+            for s in range(0, len(tensor), 32):
+                encoder.model(tensor[s : s + 32], encoder.blocks)
+
+    t_forward = best_of(bare_forward, 2)
+    raw = encoder.embed(prepared)
+    whitened = index.whiten(raw)
+    t_faiss = best_of(lambda: [index.indexes[b].search(whitened[b], 5) for b in index.indexes], 3)
+    t_search = best_of(lambda: index.search(index.whiten(raw), k=5), 3)
+    result = {
+        "n_reference": n_reference, "n_query_slices": int(len(keep)), "index_kind": index.index_kind,
+        "build_s": build_s, "build_peak_mb_over_start": build_peak, "raw_vector_mb": raw_bytes / 2**20,
+        "load_s": loaded["load_s"], "loaded_rss_mb": loaded["rss_delta_mb"], "loaded_index_structures_mb": loaded["index_structures_mb"],
+        "audit_s": t_audit, "bare_forward_s": t_forward, "bare_faiss_s": t_faiss, "preprocess_s": t_prepare, "audit_search_s": t_search,
+        "audit_speed_vs_bare": (t_forward + t_faiss) / t_audit, "search_speed_vs_bare_faiss": t_faiss / t_search,
+    }
+    log(f"audit of {len(keep)} slices vs {n_reference}: {t_audit:.2f} s; bare forward {t_forward:.2f} s + bare FAISS {t_faiss:.3f} s")
+    return result
+
+
+# ------------------------------------------------------------------------------------ 1M reference
+
+
+def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, level: float) -> tuple[dict, dict]:
+    synth = Synthetic(seed=2)
+    rng = np.random.default_rng(3)
+    planted_rows = np.sort(rng.choice(n, n_planted, replace=False))
+    start = time.perf_counter()
+    first = synth.chunk_features(0)
+    whiteners = {b: ShrinkageWhitener().fit(first[b]) for b in DIMS}
+    vectors = {b: np.empty((n, d), np.float32) for b, d in DIMS.items()}
+    planted_raw = {b: np.empty((n_planted, d), np.float32) for b, d in DIMS.items()}
+    for begin, features in synth.rows(n):
+        stop = begin + len(features["stage4"])
+        inside = (planted_rows >= begin) & (planted_rows < stop)
+        for b in DIMS:
+            vectors[b][begin:stop] = whiteners[b].transform(features[b])
+            planted_raw[b][inside] = features[b][planted_rows[inside] - begin]
+    log(f"{n:,} synthetic vectors generated and whitened in {time.perf_counter() - start:.1f} s")
+    queries_raw = near_copies(planted_raw, level, seed=4)
+    novel_raw = synth.fresh(n_novel, salt=2)
+    queries = {b: np.concatenate([whiteners[b].transform(queries_raw[b]), whiteners[b].transform(novel_raw[b])]) for b in DIMS}
+    raw_bytes = sum(v.nbytes for v in vectors.values())
+
+    base = rss_mb()
+    reset_peak()
+    start = time.perf_counter()
+    ivf = {b: search.build_ivf_index(vectors[b]) for b in DIMS}
+    ivf_build_s = time.perf_counter() - start
+    ivf_peak = peak_mb() - base
+    ivf_bytes = sum(search.vector_bytes(i) for i in ivf.values())
+    base = rss_mb()
+    reset_peak()
+    start = time.perf_counter()
+    flat = {b: search.build_flat_index(vectors[b]) for b in DIMS}
+    flat_build_s = time.perf_counter() - start
+    flat_peak = peak_mb() - base
+    log(f"IVF built in {ivf_build_s:.1f} s, flat in {flat_build_s:.1f} s")
+
+    planted_q = {b: q[:n_planted] for b, q in queries.items()}
+    novel_q = {b: q[n_planted:] for b, q in queries.items()}
+    exact_q = {b: np.concatenate([q[:n_exact], novel_q[b][: max(1, n_exact // 5)]]) for b, q in queries.items()}
+    n_exact_total = len(exact_q["stage4"])
+    t_exact = best_of(lambda: search.search_blocks(flat, exact_q, k=5), 1)
+    exact = search.search_blocks(flat, exact_q, k=5)
+    t_bare_flat = best_of(lambda: [flat[b].search(exact_q[b], 5) for b in DIMS], 1)
+    approx_sub = search.search_blocks(ivf, exact_q, k=5)
+    t_ivf = best_of(lambda: search.search_blocks(ivf, queries, k=5), 2)
+    approx = search.search_blocks(ivf, queries, k=5)
+    t_bare_ivf = best_of(lambda: [ivf[b].search(queries[b], 5) for b in DIMS], 2)
+    n_queries = len(queries["stage4"])
+    null = NullModel(approx.similarity[n_planted:])
+    mi_exact = mi_from_z(null.z(exact.similarity[:n_exact]))
+    mi_ivf = mi_from_z(null.z(approx_sub.similarity[:n_exact]))
+    cosines = {b: float(np.mean(np.sum(planted_q[b] * vectors[b][planted_rows], axis=1))) for b in DIMS}
+    novel_exact = slice(n_exact, n_exact_total)
+    result = {
+        "n_vectors": n, "dims": DIMS, "raw_vector_mb": raw_bytes / 2**20, "noise_level": level, "mean_planted_cosine": cosines,
+        "ivf": search.describe_index(ivf["stage4"]),
+        "ivf_build_s": ivf_build_s, "ivf_build_peak_mb": ivf_peak, "ivf_index_mb": ivf_bytes / 2**20, "ivf_index_over_raw": ivf_bytes / raw_bytes,
+        "flat_build_s": flat_build_s, "flat_build_peak_mb": flat_peak,
+        "exact_ms_per_query": 1000 * t_exact / n_exact_total, "bare_flat_faiss_ms_per_query": 1000 * t_bare_flat / n_exact_total,
+        "ivf_ms_per_query": 1000 * t_ivf / n_queries, "bare_ivf_faiss_ms_per_query": 1000 * t_bare_ivf / n_queries,
+        "speedup_ivf_vs_exact": (t_exact / n_exact_total) / (t_ivf / n_queries),
+        "search_speed_vs_bare_faiss_ivf": t_bare_ivf / t_ivf,
+        "n_planted": n_planted, "recall_at_1_planted_ivf": float(np.mean(approx.ids[:n_planted, 0] == planted_rows)),
+        "n_planted_exact_checked": n_exact, "recall_at_1_planted_exact": float(np.mean(exact.ids[:n_exact, 0] == planted_rows[:n_exact])),
+        "planted_same_top1_as_exact": float(np.mean(approx_sub.ids[:n_exact, 0] == exact.ids[:n_exact, 0])),
+        "planted_identical_similarity": float(np.mean(approx_sub.similarity[:n_exact] == exact.similarity[:n_exact])),
+        "planted_max_abs_mi_difference": float(np.max(np.abs(mi_exact - mi_ivf))),
+        "novel_top1_agreement_with_exact": float(np.mean(approx_sub.ids[novel_exact, 0] == exact.ids[novel_exact, 0])),
+        "novel_mean_similarity_ratio_ivf_over_exact": float(np.mean(approx_sub.similarity[novel_exact] / exact.similarity[novel_exact])),
+    }
+    log(f"1M: exact {result['exact_ms_per_query']:.1f} ms/query, IVF {result['ivf_ms_per_query']:.2f} ms/query, recall@1 {result['recall_at_1_planted_ivf']:.4f}")
+    flat = None
+
+    # Save / load of the IVF indexes (fresh process).
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        paths = []
+        for b, index in ivf.items():
+            paths.append(str(Path(tmp) / f"index_{b}.faiss"))
+            faiss.write_index(index, paths[-1])
+        loaded = load_in_subprocess(LOAD_FAISS.format(paths=paths))
+    result.update({"ivf_load_s": loaded["load_s"], "ivf_loaded_rss_mb": loaded["rss_delta_mb"], "ivf_loaded_over_raw": loaded["rss_delta_mb"] / (raw_bytes / 2**20)})
+    log(f"IVF indexes load in {loaded['load_s']:.1f} s, {loaded['rss_delta_mb']:.0f} MB ({result['ivf_loaded_over_raw']:.3f}x raw)")
+    ivf = None
+
+    # Scaling: time per query slice at smaller reference sizes (prefixes of the same vectors).
+    scaling = {"n_vectors": [], "exact_ms_per_query": [], "ivf_ms_per_query": []}
+    probe = {b: q[:200] for b, q in queries.items()}
+    for size in sorted({max(1000, n // 10), max(1000, (3 * n) // 10), n}):
+        prefix = {b: v[:size] for b, v in vectors.items()}
+        t_e = best_of(lambda: [faiss.knn(probe[b], prefix[b], 5, metric=faiss.METRIC_INNER_PRODUCT) for b in DIMS], 1)
+        if size == n:
+            t_i = t_ivf / n_queries * len(probe["stage4"])
+        else:
+            small = {b: search.build_ivf_index(prefix[b]) for b in DIMS}
+            t_i = best_of(lambda: search.search_blocks(small, probe, k=5), 2)
+            del small
+        scaling["n_vectors"].append(size)
+        scaling["exact_ms_per_query"].append(1000 * t_e / len(probe["stage4"]))
+        scaling["ivf_ms_per_query"].append(1000 * t_i / len(probe["stage4"]))
+        log(f"scaling {size:,}: exact {scaling['exact_ms_per_query'][-1]:.2f} ms, IVF {scaling['ivf_ms_per_query'][-1]:.3f} ms per query slice")
+    return result, scaling
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def table(results: dict) -> str:
+    lines = [f"machine: {results['machine']['cpu']} ({results['machine']['cpu_cores']} cores, {results['machine']['ram_gib']} GiB), GPU: {results['machine']['gpu'] or 'none'}", ""]
+    lines.append(f"{'encoder':<10} {'device':<10} {'embed slices/s':>15} {'bare slices/s':>14} {'ratio':>6}")
+    for row in results["encoders"]:
+        lines.append(f"{row['encoder']:<10} {row['device'][:10]:<10} {row['embed_slices_per_s']:>15.1f} {row['bare_slices_per_s']:>14.1f} {row['ratio']:>6.2f}")
+    a = results.get("audit")
+    if a:
+        lines += ["", f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
+                  f"  audit {a['audit_s']:.2f} s | bare forward {a['bare_forward_s']:.2f} s + bare FAISS {a['bare_faiss_s']:.3f} s = {a['bare_forward_s'] + a['bare_faiss_s']:.2f} s"
+                  f" | speed vs bare {a['audit_speed_vs_bare']:.2f} (>= 0.9 required) | preprocessing {a['preprocess_s']:.2f} s",
+                  f"  search: audit {a['audit_search_s'] * 1000:.1f} ms vs bare FAISS {a['bare_faiss_s'] * 1000:.1f} ms ({a['search_speed_vs_bare_faiss']:.2f}x speed)",
+                  f"  build {a['build_s']:.1f} s (peak +{a['build_peak_mb_over_start']:.0f} MB) | load {a['load_s']:.2f} s, {a['loaded_rss_mb']:.0f} MB RSS"
+                  f" (FAISS {a['loaded_index_structures_mb']:.0f} MB) vs raw vectors {a['raw_vector_mb']:.0f} MB"]
+    g = results.get("large")
+    if g:
+        lines += ["", f"{g['n_vectors']:,}-vector reference (search layer), IVF nlist={g['ivf']['nlist']} nprobe={g['ivf']['nprobe']}:",
+                  f"  exact {g['exact_ms_per_query']:.2f} ms/query (bare FAISS {g['bare_flat_faiss_ms_per_query']:.2f}) | IVF+rerank {g['ivf_ms_per_query']:.3f} ms/query"
+                  f" (bare FAISS {g['bare_ivf_faiss_ms_per_query']:.3f}) | speedup {g['speedup_ivf_vs_exact']:.1f}x (>= 10 required)",
+                  f"  planted recall@1 {g['recall_at_1_planted_ivf']:.4f} of {g['n_planted']} (>= 0.999 required); identical similarity to exact {g['planted_identical_similarity']:.4f}"
+                  f" of {g['n_planted_exact_checked']}; max |mi diff| {g['planted_max_abs_mi_difference']:.2g}",
+                  f"  IVF build {g['ivf_build_s']:.1f} s (peak +{g['ivf_build_peak_mb']:.0f} MB); load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
+                  f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)"]
+    s = results.get("scaling")
+    if s:
+        lines += ["", f"{'vectors':>10} {'exact ms/q':>11} {'IVF ms/q':>9}"]
+        for n, e, i in zip(s["n_vectors"], s["exact_ms_per_query"], s["ivf_ms_per_query"]):
+            lines.append(f"{n:>10,} {e:>11.2f} {i:>9.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench", help="results folder (default: bench)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes): 20k audit reference, 200k large reference")
+    parser.add_argument("--large", type=int, default=1_000_000, help="vectors of the large reference (default: 1,000,000)")
+    parser.add_argument("--audit-reference", type=int, default=100_000, help="slices of the audit reference (default: 100,000)")
+    parser.add_argument("--sections", default="encoders,audit,large", help="comma list of encoders,audit,large")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = set(args.sections.split(","))
+    large_n = 200_000 if args.quick else args.large
+    audit_n = 20_000 if args.quick else args.audit_reference
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])), "encoders": []}
+    started = time.perf_counter()
+    if "encoders" in sections:
+        results["encoders"] = bench_encoders(devices, args.quick)
+    if "audit" in sections:
+        results["audit"] = bench_audit(out, audit_n)
+    if "large" in sections:
+        results["large"], results["scaling"] = bench_large(out, large_n, n_planted=2000, n_exact=250 if not args.quick else 200, n_novel=1000, level=0.3)
+    results["total_s"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(table(results))
+    print(f"\nresults in {out / 'results.json'} ({results['total_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
