@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from MemorizationIndexLib import volumes
 from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
 from MemorizationIndexLib.reference_index import ReferenceIndex
-from test_reliability import REPO, assert_clean_error, build_small_index, run_cli, small_dataset, spine
+from test_reliability import REPO, assert_clean_error, build_small_index, run_cli, small_dataset
 from MemorizationIndexLib.encoders import load_encoder
 
 DICOM_SERIES = ("knee", "pymskt-s02", "dicom_MESE_echo1")

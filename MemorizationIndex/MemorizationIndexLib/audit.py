@@ -20,7 +20,7 @@ from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask
 from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
-from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
+from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
 SLICE_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def file_sha256(path: str | Path) -> str:
@@ -26,6 +27,7 @@ class Encoder(abc.ABC):
     """
 
     name: str
+    device: str
     input_size: int
     blocks: tuple[str, ...]
     weights_sha256: str
@@ -38,3 +40,10 @@ class Encoder(abc.ABC):
     @abc.abstractmethod
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Return {block name: float32 [N, D_block]} for a batch [N, 3, S, S] in [0, 1]."""
+
+    def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """Check a batch is [N, 3, S, S] and move it to the encoder's device as float32."""
+        s = self.input_size
+        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
+            raise ValueError(f"expected a batch [N, 3, {s}, {s}], got {list(batch.shape)}")
+        return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)

@@ -172,10 +172,7 @@ class EfficientNetLite0Encoder(Encoder):
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Return {block: float32 [N, C]} for a batch [N, 3, S, S] in [0, 1]."""
-        s = self.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
-            raise ValueError(f"expected a batch [N, 3, {s}, {s}], got {list(batch.shape)}")
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            x = self.input_tensor(batch)
             feats = self.model((x * 255.0 - 127.0) / 128.0, self.blocks)
             return {b: feats[b].float().cpu().numpy() for b in self.blocks}
