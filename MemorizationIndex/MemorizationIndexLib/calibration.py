@@ -60,14 +60,14 @@ def train_split_null(
     if len(unique) < 2:
         raise ValueError("the calibration null needs at least two groups of slices")
     held_out = max(1, int(round(query_fraction * len(unique))))
-    per_split = max(1, len(original_rows) * held_out // len(unique))
-    n_splits = max(n_splits, int(np.ceil(MIN_NULL_SCORES / per_split)))
     rng = np.random.default_rng(seed)
     group_of_row = np.empty(int(copies_of.max()) + 1, dtype=np.int64)
     group_of_row[original_rows] = codes
     row_groups = group_of_row[copies_of]
     pooled = []
-    for _ in range(n_splits):
+    splits = 0
+    while splits < n_splits or sum(len(p) for p in pooled) < MIN_NULL_SCORES:
+        splits += 1
         half_a = rng.permutation(unique)[:held_out]
         queries = original_rows[np.isin(codes, half_a)]
         if len(queries) > MAX_QUERIES_PER_SPLIT:
@@ -79,7 +79,7 @@ def train_split_null(
             indexes[block] = build_flat_index(whitener.transform(raw[reference_rows]))
             query_vectors[block] = whitener.transform(raw[queries])
         pooled.append(max_similarity(indexes, query_vectors))
-    return np.concatenate(pooled), n_splits
+    return np.concatenate(pooled), splits
 
 
 def holdout_null(indexes: dict, holdout_vectors: dict[str, np.ndarray]) -> np.ndarray:

@@ -17,7 +17,7 @@ class PreprocessSettings:
     foreground_level: a voxel is foreground above this fraction of the volume's robust maximum.
     min_foreground_fraction: slices with less foreground than this are empty and skipped.
     smoothing_sigma: Gaussian smoothing (in output pixels) applied after resizing; damps noise
-        (1.5 by default: measured to make the default encoder robust to additive noise, see
+        (3.0 by default: measured to make the default encoder robust to additive noise, see
         docs/method.md).
     background_floor: after scaling to [0, 1], values below this are set to 0 and the rest
         rescaled to [0, 1]; removes noise in the dark background, which ImageNet features
@@ -31,7 +31,7 @@ class PreprocessSettings:
     high_percentile: float = 99.5
     foreground_level: float = 0.1
     min_foreground_fraction: float = 0.02
-    smoothing_sigma: float = 1.5
+    smoothing_sigma: float = 3.0
     min_slice_pixels: int = 16
     background_floor: float = 0.1
     crop_to_foreground: bool = True
