@@ -1,0 +1,621 @@
+"""``memorization-index benchmark``: the paper's detection benchmark (METHOD.md §6), split by subject.
+
+Per dataset: subjects are split (seeded) into reference and test subjects; ``n`` non-empty
+slices are sampled from each side; at each duplication level that share of the test slices is
+replaced by reference slices drawn without replacement; every query slice (duplicates and novel
+alike) is augmented by each condition. The reference (with flipped copies, as ``build-index``
+does) is written with :func:`build_index_from_features` and queries are scored with
+:func:`audit.score_features`, so the benchmark measures the shipped scoring path.
+
+Levels are nested (the duplicates of 5% are among those of 15%, ...) and every distinct
+(slice, condition) is augmented and embedded once and reused across levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .audit import score_features
+from .augment import CONDITIONS, augment_slice
+from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, max_pixel_correlation, raw_cosine_similarity, vendi
+from .embedding import FLIPS, embed_slices, flip_slice
+from .encoders import ENCODER_NAMES, load_encoder
+from .encoders.base import Encoder
+from .errors import UserError
+from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
+from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
+from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
+from .search import build_flat_index, max_similarity
+from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
+from .whitening import ShrinkageWhitener
+
+DEFAULT_LEVELS: tuple[float, ...] = (0.05, 0.15, 0.30, 0.45)
+DEFAULT_SLICES_PER_SPLIT = 250
+PIXEL_SIZE = 64
+PAPER_NULL_SPLITS = 10
+METHODS = ("mi", "mi_paper", "cosine_raw", "pixel_corr")
+SET_METRICS = ("mean_mi", "mean_oni", "flagged_fraction", "mean_oni_paper", "ct_score", "auth_pct", "fid", "kid", "vendi")
+# METHOD.md §5: the paper's Table 4 (AUROC mean / min over its datasets and levels).
+PAPER_TABLE4 = {
+    "clean": (1.000, 1.000), "noise01": (1.000, 1.000), "noise02": (1.000, 0.999), "intensity": (1.000, 1.000),
+    "rot3": (0.871, 0.805), "rot5": (0.758, 0.711), "hflip": (0.733, 0.626), "vflip": (0.727, 0.635),
+}
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class DatasetSpec:
+    """One ``--dataset NAME=PATH[,PATH...]`` with its optional subject pattern."""
+
+    name: str
+    paths: list[str]
+    subject_pattern: str | None = None
+
+
+@dataclass
+class PreparedDataset:
+    """Sampled, split and augmented slices of one dataset (no features yet)."""
+
+    name: str
+    reference_subjects: list[str]
+    test_subjects: list[str]
+    reference_slices: list[np.ndarray]  # raw, as cut
+    reference_provenance: Provenance  # one row per reference slice, flip "none"
+    test_slices: list[np.ndarray]  # raw, as cut
+    test_slice_subjects: list[str]
+    duplicate_rows: np.ndarray  # [n_dup_max] reference rows, in order of use
+    replaced_positions: np.ndarray  # [n_dup_max] test positions they replace, same order
+    queries: dict[str, list[np.ndarray]] = field(default_factory=dict)  # condition -> test then duplicates, [0,1]
+    parameters: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        """Slices per split (reference and test)."""
+        return len(self.test_slices)
+
+    def n_duplicates(self, level: float) -> int:
+        """How many test slices a level replaces."""
+        return int(round(level * self.n))
+
+
+def _rng(seed: int, *names: str) -> np.random.Generator:
+    return np.random.default_rng([seed] + [zlib.crc32(name.encode()) for name in names])
+
+
+def split_subjects(subjects: Sequence[str], seed: int, name: str = "") -> tuple[list[str], list[str]]:
+    """Seeded split of distinct subjects into reference (the larger half) and test subjects."""
+    unique = sorted(set(subjects))
+    if len(unique) < 2:
+        raise UserError(f"dataset {name!r} has {len(unique)} subject(s); a benchmark needs at least 2 (one per side). "
+                        "Give more files or fix --subject-pattern")
+    order = _rng(seed, name, "subjects").permutation(len(unique))
+    n_ref = (len(unique) + 1) // 2
+    return sorted(unique[i] for i in order[:n_ref]), sorted(unique[i] for i in order[n_ref:])
+
+
+def prepare_dataset(
+    spec: DatasetSpec,
+    *,
+    slices_per_split: int = DEFAULT_SLICES_PER_SPLIT,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    conditions: Sequence[str] = CONDITIONS,
+    seed: int = 0,
+    preprocessing: PreprocessSettings = PreprocessSettings(),
+    axis: str = "auto",
+    log: Log = lambda message: None,
+) -> PreparedDataset:
+    """Read, split by subject, sample, choose duplicates and augment the query slices of one dataset."""
+    files = expand_inputs(spec.paths)
+    file_subjects = [subject_of(f, spec.subject_pattern) for f in files]
+    reference_subjects, test_subjects = split_subjects(file_subjects, seed, spec.name)
+    # Pass 1: non-empty slices of every file (volumes are not kept in memory).
+    candidates: dict[str, list[tuple[int, int]]] = {"reference": [], "test": []}
+    for i, path in enumerate(files):
+        image = read_image(path)
+        stack = image_slices(image, resolve_axis(image, axis))
+        side = "reference" if file_subjects[i] in reference_subjects else "test"
+        candidates[side] += [(i, int(k)) for k in np.flatnonzero(nonempty_mask(stack, preprocessing))]
+    n = min(slices_per_split, len(candidates["reference"]), len(candidates["test"]))
+    if n < 4:
+        raise UserError(f"dataset {spec.name!r}: only {n} non-empty slices per split; need at least 4")
+    rng = _rng(seed, spec.name, "slices")
+    chosen = {side: sorted(candidates[side][j] for j in rng.choice(len(candidates[side]), n, replace=False)) for side in candidates}
+    # Pass 2: cut the chosen slices.
+    wanted: dict[int, list[tuple[str, int]]] = {}
+    for side, items in chosen.items():
+        for position, (i, k) in enumerate(items):
+            wanted.setdefault(i, []).append((side, position))
+    slices: dict[str, list] = {"reference": [None] * n, "test": [None] * n}
+    provenance_rows: list[tuple] = [None] * n  # type: ignore[list-item]
+    for i in sorted(wanted):
+        image = read_image(files[i])
+        array_axis = resolve_axis(image, axis)
+        stack = image_slices(image, array_axis)
+        for side, position in wanted[i]:
+            k = chosen[side][position][1]
+            slices[side][position] = stack[k].copy()
+            if side == "reference":
+                provenance_rows[position] = (str(files[i].resolve()), k, axis_name(image, array_axis), array_axis, file_subjects[i])
+    provenance = Provenance()
+    for row, (source, k, plane, array_axis, subject) in enumerate(provenance_rows):
+        provenance.append(source, k, plane, array_axis, "none", row, subject)
+    n_dup_max = max(int(round(max(levels) * n)), 1) if levels else 0
+    duplicate_rows = rng.choice(n, n_dup_max, replace=False)
+    replaced_positions = rng.permutation(n)[:n_dup_max]
+    prepared = PreparedDataset(
+        spec.name, reference_subjects, test_subjects, slices["reference"], provenance, slices["test"],
+        [file_subjects[i] for i, _ in chosen["test"]], duplicate_rows, replaced_positions,
+    )
+    if len(reference_subjects) == 1 or len(test_subjects) == 1:
+        prepared.notes.append(
+            f"{spec.name}: the split is {len(reference_subjects)} reference subject(s) vs {len(test_subjects)} test subject(s) "
+            f"({', '.join(reference_subjects)} vs {', '.join(test_subjects)}); a benchmark this small is weak evidence, "
+            "and novel slices differ from the reference in person and acquisition protocol at once."
+        )
+    if n < slices_per_split:
+        prepared.notes.append(f"{spec.name}: only {n} slices per split were available (asked for {slices_per_split}).")
+    base = [scale_unit(s, preprocessing) for s in prepared.test_slices] + [scale_unit(prepared.reference_slices[r], preprocessing) for r in duplicate_rows]
+    for condition in conditions:
+        crng = _rng(seed, spec.name, "augment", condition)
+        augmented = [augment_slice(s, condition, crng) for s in base]
+        prepared.queries[condition] = [a for a, _ in augmented]
+        prepared.parameters[condition] = np.array([p for _, p in augmented])
+    log(f"{spec.name}: {len(reference_subjects)} reference / {len(test_subjects)} test subjects, {n} slices per split, "
+        f"up to {n_dup_max} duplicates")
+    return prepared
+
+
+@dataclass
+class DatasetFeatures:
+    """Raw per-block features of one prepared dataset."""
+
+    reference: dict[str, np.ndarray]  # rows: reference slices, then hflip copies, then vflip copies
+    queries: dict[str, dict[str, np.ndarray]]  # condition -> block -> rows as PreparedDataset.queries
+
+
+def reference_with_flips(prepared: PreparedDataset) -> tuple[list[np.ndarray], Provenance]:
+    """Reference slices plus their flipped copies, with provenance rows as ``build_index`` writes them."""
+    provenance, slices = Provenance(), []
+    p = prepared.reference_provenance
+    for flip in FLIPS:
+        for row in range(len(p)):
+            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], flip, row, p.subject[row])
+            slices.append(flip_slice(prepared.reference_slices[row], flip))
+    return slices, provenance
+
+
+def embed_dataset(prepared: PreparedDataset, encoder: Encoder, preprocessing: PreprocessSettings, *, batch_size: int = 32, log: Log = lambda m: None) -> DatasetFeatures:
+    """Embed the reference (with flips) and every condition's query slices once."""
+    ref_slices, _ = reference_with_flips(prepared)
+    start = time.perf_counter()
+    reference = embed_slices(encoder, ref_slices, preprocessing, batch_size=batch_size)
+    queries = {c: embed_slices(encoder, q, preprocessing, batch_size=batch_size) for c, q in prepared.queries.items()}
+    count = len(ref_slices) + sum(len(q) for q in prepared.queries.values())
+    elapsed = time.perf_counter() - start
+    log(f"{prepared.name}: embedded {count} slices in {elapsed:.0f} s ({count / max(elapsed, 1e-9):.1f} slices/s)")
+    return DatasetFeatures(reference, queries)
+
+
+def _paper_scores(reference: dict[str, np.ndarray], queries: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[NullModel, dict[str, np.ndarray]]:
+    """Paper-faithful MI: raw ZCA (ε = 1e-6) on the unflipped reference, half-vs-half null with the shared whitener."""
+    whiteners = {b: ShrinkageWhitener(shrinkage=0.0, eps=1e-6).fit(reference[b]) for b in reference}
+    vectors = {b: whiteners[b].transform(reference[b]) for b in reference}
+    n = len(next(iter(reference.values())))
+    rng = _rng(seed, "paper-null")
+    pooled = []
+    for _ in range(PAPER_NULL_SPLITS):
+        order = rng.permutation(n)
+        half_a, half_b = order[: n // 2], order[n // 2 :]
+        indexes = {b: build_flat_index(vectors[b][half_b]) for b in reference}
+        pooled.append(max_similarity(indexes, {b: vectors[b][half_a] for b in reference}))
+    indexes = {b: build_flat_index(vectors[b]) for b in reference}
+    similarity = {c: max_similarity(indexes, {b: whiteners[b].transform(q[b]) for b in reference}) for c, q in queries.items()}
+    return NullModel(np.concatenate(pooled)), similarity
+
+
+def _set_features(features: dict[str, np.ndarray], blocks: Sequence[str]) -> np.ndarray:
+    """The feature vector of set-level baselines: raw block features concatenated."""
+    return np.concatenate([np.asarray(features[b], np.float64) for b in blocks], axis=1)
+
+
+def evaluate_dataset(
+    prepared: PreparedDataset,
+    features: DatasetFeatures,
+    encoder_info: EncoderInfo,
+    *,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    preprocessing: PreprocessSettings = PreprocessSettings(),
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+    set_level: bool = True,
+    baselines: bool = True,
+    work_dir: str | Path | None = None,
+    log: Log = lambda m: None,
+) -> dict:
+    """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores, provenance, false positives."""
+    blocks = list(encoder_info.blocks)
+    _, provenance = reference_with_flips(prepared)
+    n, n_dup_max = prepared.n, len(prepared.duplicate_rows)
+    originals = slice(0, n)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        index = build_index_from_features({b: features.reference[b] for b in blocks}, provenance, Path(tmp) / "index",
+                                          encoder_info=encoder_info, preprocessing=preprocessing, seed=seed)
+    null_info = index.config["null"]
+    threshold = index.null_model.threshold(alpha)
+    scores: dict[str, dict[str, np.ndarray]] = {m: {} for m in METHODS}
+    mi_values, oni_values, flagged, correct_source = {}, {}, {}, {}
+    reference_raw = {b: features.reference[b][originals] for b in blocks}
+    paper_null, paper_similarity = _paper_scores(reference_raw, {c: {b: q[b] for b in blocks} for c, q in features.queries.items()}, seed) if baselines else (None, {})
+    ref_pixels = prepare_batch(prepared.reference_slices, PIXEL_SIZE, preprocessing)[:, 0] if baselines else None
+    true_source = [(prepared.reference_provenance.source[r], prepared.reference_provenance.slice[r]) for r in prepared.duplicate_rows]
+    for condition, raw in features.queries.items():
+        rows, _, _ = score_features(index, {b: raw[b] for b in blocks}, alpha, k=1)
+        scores["mi"][condition] = np.array([r["similarity"] for r in rows])
+        mi_values[condition] = np.array([r["mi"] for r in rows])
+        oni_values[condition] = np.array([r["oni"] for r in rows])
+        flagged[condition] = np.array([r["flagged"] for r in rows])
+        correct_source[condition] = np.array([(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[n:])], dtype=bool)
+        if baselines:
+            scores["mi_paper"][condition] = paper_similarity[condition]
+            scores["cosine_raw"][condition] = raw_cosine_similarity({b: raw[b] for b in blocks}, reference_raw)
+            query_pixels = prepare_batch(prepared.queries[condition], PIXEL_SIZE, preprocessing)[:, 0]
+            scores["pixel_corr"][condition] = max_pixel_correlation(query_pixels, ref_pixels)
+    methods = [m for m in METHODS if scores[m]]
+    out: dict = {"per_sample": [], "set_level": [], "provenance": []}
+    ref_set = _set_features(reference_raw, blocks)
+    clean_test_set = _set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks) if "clean" in features.queries else None
+    for condition in features.queries:
+        set_all = _set_features(features.queries[condition], blocks)
+        for level in ([0.0] if set_level else []) + list(levels):
+            k = prepared.n_duplicates(level)
+            novel = np.setdiff1d(np.arange(n), prepared.replaced_positions[:k])
+            dup = n + np.arange(k)
+            if k > 0:
+                for method in methods:
+                    s = scores[method][condition]
+                    out["per_sample"].append({"dataset": prepared.name, "condition": condition, "level": level, "method": method,
+                                              "auroc": auroc(s[dup], s[novel]), "auprc": auprc(s[dup], s[novel]), "n_dup": int(k), "n_novel": int(len(novel))})
+                out["provenance"].append({"dataset": prepared.name, "condition": condition, "level": level,
+                                          "top1_accuracy": float(correct_source[condition][:k].mean())})
+            if not set_level:
+                continue
+            members = np.concatenate([novel, dup])
+            values = {
+                "mean_mi": float(mi_values[condition][members].mean()),
+                "mean_oni": float(oni_values[condition][members].mean()),
+                "flagged_fraction": float(flagged[condition][members].mean()),
+            }
+            if baselines:
+                query_set = set_all[members]
+                values["mean_oni_paper"] = float(np.mean(oni_from_z(paper_null.z(paper_similarity[condition][members]))))
+                values["ct_score"] = ct_score(ref_set, clean_test_set, query_set, seed=seed) if clean_test_set is not None else float("nan")
+                values["auth_pct"] = auth_pct(ref_set, query_set)
+                values["fid"] = fid(ref_set, query_set)
+                values["kid"] = kid(ref_set, query_set)
+                values["vendi"] = vendi(query_set)
+            for metric, value in values.items():
+                out["set_level"].append({"dataset": prepared.name, "condition": condition, "level": level, "metric": metric, "value": value})
+    novel_flags = np.concatenate([flagged[c][:n] for c in features.queries])
+    out["false_positive_rate"] = {"dataset": prepared.name, "value": float(novel_flags.mean()), "n_novel_scored": int(novel_flags.size),
+                                  "by_condition": {c: float(flagged[c][:n].mean()) for c in features.queries}}
+    out["info"] = {
+        "dataset": prepared.name, "reference_subjects": prepared.reference_subjects, "test_subjects": prepared.test_subjects,
+        "slices_per_split": n, "max_duplicates": n_dup_max, "null": null_info,
+        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+        "paper_null": {"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)} if paper_null else None,
+        "notes": prepared.notes,
+    }
+    log(f"{prepared.name}: null mean {null_info['mean']:.4f} std {null_info['std']:.4f}; false-positive rate {out['false_positive_rate']['value']:.4f}")
+    return out
+
+
+def run_benchmark(
+    specs: Sequence[DatasetSpec],
+    out_dir: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    encoder_name: str = "default",
+    checkpoint: str | None = None,
+    device: str = "cpu",
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    conditions: Sequence[str] = CONDITIONS,
+    slices_per_split: int = DEFAULT_SLICES_PER_SPLIT,
+    seed: int = 0,
+    alpha: float = DEFAULT_ALPHA,
+    batch_size: int = 32,
+    preprocessing: PreprocessSettings = PreprocessSettings(),
+    command: str | None = None,
+    log: Log = lambda m: None,
+) -> dict:
+    """Run the whole benchmark and write ``results.json`` and ``results.md`` into ``out_dir``."""
+    started = time.perf_counter()
+    if encoder is None:
+        encoder = load_encoder(encoder_name, checkpoint=checkpoint, device=device)
+    info = EncoderInfo.of(encoder, checkpoint)
+    out_path = Path(out_dir)
+    out_path.mkdir(parents=True, exist_ok=True)
+    results: dict = {"per_sample": [], "set_level": [], "provenance": [], "false_positive_rate": [], "false_positive_rate_by_condition": [], "datasets": []}
+    for spec in specs:
+        t0 = time.perf_counter()
+        prepared = prepare_dataset(spec, slices_per_split=slices_per_split, levels=levels, conditions=conditions, seed=seed, preprocessing=preprocessing, log=log)
+        features = embed_dataset(prepared, encoder, preprocessing, batch_size=batch_size, log=log)
+        part = evaluate_dataset(prepared, features, info, levels=levels, preprocessing=preprocessing, alpha=alpha, seed=seed, work_dir=out_path, log=log)
+        for key in ("per_sample", "set_level", "provenance"):
+            results[key] += part[key]
+        fpr = part["false_positive_rate"]
+        results["false_positive_rate"].append({"dataset": fpr["dataset"], "value": fpr["value"], "n_novel_scored": fpr["n_novel_scored"]})
+        results["false_positive_rate_by_condition"] += [{"dataset": fpr["dataset"], "condition": c, "value": v} for c, v in fpr["by_condition"].items()]
+        results["datasets"].append({**part["info"], "paths": spec.paths, "subject_pattern": spec.subject_pattern, "seconds": time.perf_counter() - t0})
+        _write_results(results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started)
+    return results
+
+
+def _write_results(results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started) -> None:
+    """(Re)write results.json and results.md with the datasets done so far."""
+    results.update({
+        "tool": "MemorizationIndex", "version": __version__, "command": command, "seed": seed,
+        "settings": {
+            "encoder": {"name": info.name, "encoder_id": info.encoder_id, "weights_sha256": info.weights_sha256, "blocks": list(info.blocks), "checkpoint": info.checkpoint},
+            "preprocessing": preprocessing.to_dict(), "levels": list(levels), "conditions": list(conditions), "slices_per_split": slices_per_split,
+            "alpha": alpha, "split": "by subject (seeded); reference = the larger half of the subjects", "pixel_corr_size": PIXEL_SIZE,
+            "score_used_for_ranking": "mi ranks by the similarity s (mi is a monotone function of s; s avoids ties where mi rounds to 1.0)",
+            "set_level_features": "raw block features concatenated; CT-score held-out set = the clean, unduplicated test slices",
+        },
+        "runtime_seconds": time.perf_counter() - started,
+    })
+    for name, text in (("results.json", json.dumps(_jsonable(results), indent=1, sort_keys=True) + "\n"), ("results.md", render_markdown(results))):
+        tmp = out_path / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out_path / name)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+# ---------------------------------------------------------------- markdown
+
+def _f(value, digits: int = 3) -> str:
+    return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(results: dict) -> str:
+    """The results as tables laid out like the paper's Tables 1–4 (ours and the baselines side by side)."""
+    per = results["per_sample"]
+    conditions = results["settings"]["conditions"]
+    datasets = [d["dataset"] for d in results["datasets"]]
+    methods = [m for m in METHODS if any(r["method"] == m for r in per)]
+    enc = results["settings"]["encoder"]
+    parts = ["# Detection benchmark\n"]
+    if results.get("command"):
+        parts.append(f"Regenerate with:\n\n```\n{results['command']}\n```\n")
+    parts.append(f"Tool {results['version']}, seed {results['seed']}, encoder `{enc['encoder_id']}`, "
+                 f"{results['settings']['slices_per_split']} slices per split (at most), levels {', '.join(str(l) for l in results['settings']['levels'])}, "
+                 f"alpha {results['settings']['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
+                 "Subjects are split into reference and test subjects (never slices of one person on both sides); "
+                 "every query slice, duplicate or novel, gets the condition's augmentation; flip conditions flip every slice.\n")
+    ds_rows = [[d["dataset"], str(len(d["reference_subjects"])), str(len(d["test_subjects"])), str(d["slices_per_split"]), str(d["max_duplicates"]),
+                _f(d["null"]["mean"], 4), _f(d["null"]["std"], 4), _f(d["threshold"]["similarity"], 4)] for d in results["datasets"]]
+    parts.append("## Datasets\n\n" + _table(["dataset", "reference subjects", "test subjects", "slices per split", "max duplicates", "null mean", "null std", "flag threshold (s)"], ds_rows))
+    notes = [n for d in results["datasets"] for n in d["notes"]]
+    if notes:
+        parts.append("\n".join(f"- **Note:** {n}" for n in notes) + "\n")
+
+    def stats(method: str, condition: str, key: str) -> tuple[float, float]:
+        values = [r[key] for r in per if r["method"] == method and r["condition"] == condition]
+        return (float(np.mean(values)), float(np.min(values))) if values else (float("nan"), float("nan"))
+
+    for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC")):
+        rows = []
+        for condition in conditions + ["overall"]:
+            row = [condition]
+            for method in methods:
+                if condition == "overall":
+                    values = [r[key] for r in per if r["method"] == method]
+                    row.append(f"{np.mean(values):.3f} / {np.min(values):.3f}")
+                else:
+                    mean, low = stats(method, condition, key)
+                    row.append(f"{mean:.3f} / {low:.3f}")
+            if key == "auroc":
+                paper = PAPER_TABLE4.get(condition)
+                row.append(f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else ("0.886 / 0.626" if condition == "overall" else "–"))
+            rows.append(row)
+        header = ["condition"] + [f"{m} mean / min" for m in methods] + (["paper (reported) mean / min"] if key == "auroc" else [])
+        parts.append(f"## Sample-level detection, {title} (Table 4 layout)\n\nMean / min over datasets and levels. "
+                     "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe on the same features "
+                     "(raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the same features; `pixel_corr`: "
+                     f"max Pearson correlation of {PIXEL_SIZE}×{PIXEL_SIZE} slices.\n\n" + _table(header, rows))
+    rows = []
+    for dataset in datasets:
+        for condition in conditions:
+            row = [dataset, condition]
+            for method in methods:
+                sel = [r for r in per if r["method"] == method and r["condition"] == condition and r["dataset"] == dataset]
+                row.append(f"{min(r['auroc'] for r in sel):.3f} / {min(r['auprc'] for r in sel):.3f}" if sel else "–")
+            prov = [r["top1_accuracy"] for r in results["provenance"] if r["condition"] == condition and r["dataset"] == dataset]
+            row.append(_f(min(prov)) if prov else "–")
+            rows.append(row)
+    parts.append("## Per dataset and condition (min over levels)\n\nAUROC / AUPRC of each method, and the provenance top-1 accuracy of `mi` "
+                 "(share of duplicates whose nearest reference is their true source slice).\n\n"
+                 + _table(["dataset", "condition"] + [f"{m} AUROC / AUPRC" for m in methods] + ["mi provenance top-1"], rows))
+    fpr_rows = [[f["dataset"], _f(f["value"], 4), str(f["n_novel_scored"])] +
+                [_f(next(x["value"] for x in results["false_positive_rate_by_condition"] if x["dataset"] == f["dataset"] and x["condition"] == c), 4) for c in conditions]
+                for f in results["false_positive_rate"]]
+    parts.append("## False-positive rate at the default threshold (novel test subjects)\n\nShare of novel test slices flagged "
+                 f"(p < {results['settings']['alpha']}), pooled over conditions, and per condition.\n\n"
+                 + _table(["dataset", "pooled", "slices scored"] + conditions, fpr_rows))
+    set_rows = results["set_level"]
+    metrics = [m for m in SET_METRICS if any(r["metric"] == m for r in set_rows)]
+
+    def value(dataset, condition, level, metric):
+        return next((r["value"] for r in set_rows if r["dataset"] == dataset and r["condition"] == condition and r["level"] == level and r["metric"] == metric), None)
+
+    levels = [0.0] + list(results["settings"]["levels"])
+    rows = []
+    for dataset in datasets:
+        for level in levels:
+            row = [dataset, f"{level:.2f}"]
+            for metric in metrics:
+                vals = np.array([v for c in conditions if (v := value(dataset, c, level, metric)) is not None], dtype=float)
+                row.append(f"{np.nanmean(vals):.3g} ± {np.nanstd(vals):.3g}" if vals.size else "–")
+            rows.append(row)
+    parts.append("## Set-level scores across the 8 conditions (Table 1 layout)\n\nMean ± standard deviation over conditions; a score that measures "
+                 "copying should move with the duplication level and not with the augmentation. `ct_score`: Meehan et al. C_T "
+                 "(negative = copying), `auth_pct`: Alaa et al. percent authentic, on the raw features concatenated over blocks.\n\n"
+                 + _table(["dataset", "level"] + metrics, rows))
+    rows = []
+    for metric in metrics:
+        cvs = []
+        for condition in conditions:
+            for level in levels:
+                vals = np.array([v for d in datasets if (v := value(d, condition, level, metric)) is not None], dtype=float)
+                if len(vals) >= 2 and np.nanmean(vals) != 0:
+                    cvs.append(abs(np.nanstd(vals) / np.nanmean(vals)))
+        rows.append([metric, _f(float(np.mean(cvs))) if cvs else "–"])
+    parts.append("## Consistency across datasets (Table 2 layout)\n\nCoefficient of variation (std / |mean|) across datasets of each set-level score, "
+                 "averaged over conditions and levels (lower = the score means the same on every anatomy).\n\n" + _table(["metric", "mean CV across datasets"], rows))
+    rows = [[d] + [_f(value(d, "clean", 0.0, m)) for m in metrics] for d in datasets]
+    parts.append("## Clean test sets without duplicates (Table 3 layout)\n\nSet-level scores of the clean, duplicate-free test set of novel subjects.\n\n"
+                 + _table(["dataset"] + metrics, rows))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- CLI
+
+def _parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for text in values or []:
+        name, sep, rest = text.partition("=")
+        if not sep or not name or not rest:
+            raise UserError(f"{option} expects NAME=VALUE (got {text!r})")
+        if name in parsed:
+            raise UserError(f"{option} names {name!r} twice")
+        parsed[name] = rest
+    return parsed
+
+
+def _parse_levels(text: str) -> list[float]:
+    try:
+        levels = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--levels expects comma-separated fractions like 0.05,0.15 (got {text!r})") from None
+    if not levels or any(not 0 < level < 1 for level in levels):
+        raise UserError(f"--levels must be fractions between 0 and 1 (got {text!r})")
+    return levels
+
+
+def _parse_conditions(text: str) -> list[str]:
+    conditions = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in conditions if c not in CONDITIONS]
+    if unknown or not conditions:
+        raise UserError(f"unknown condition(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(CONDITIONS)}")
+    return list(dict.fromkeys(conditions))
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    parts = ["memorization-index", "benchmark"]
+    for item in args.dataset:
+        parts += ["--dataset", item]
+    for item in args.subject_pattern or []:
+        parts += ["--subject-pattern", item]
+    if args.encoder != "default":
+        parts += ["--encoder", args.encoder, "--checkpoint", str(args.checkpoint)]
+    defaults = {"levels": ",".join(str(x) for x in DEFAULT_LEVELS), "conditions": ",".join(CONDITIONS), "slices_per_split": DEFAULT_SLICES_PER_SPLIT, "seed": 0}
+    for key, default in defaults.items():
+        if str(getattr(args, key)) != str(default):
+            parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    parts += ["--out", str(args.out)]
+    return shlex.join(parts)
+
+
+def _run(args: argparse.Namespace) -> int:
+    datasets = _parse_named(args.dataset, "--dataset")
+    if not datasets:
+        raise UserError("give at least one --dataset NAME=PATH[,PATH...]")
+    patterns = _parse_named(args.subject_pattern, "--subject-pattern")
+    unknown = sorted(set(patterns) - set(datasets))
+    if unknown:
+        raise UserError(f"--subject-pattern names dataset(s) {', '.join(unknown)} that no --dataset defines")
+    specs = [DatasetSpec(name, [p for p in paths.split(",") if p], patterns.get(name)) for name, paths in datasets.items()]
+    import re
+
+    for spec in specs:
+        if spec.subject_pattern is not None:
+            try:
+                re.compile(spec.subject_pattern)
+            except re.error as exc:
+                raise UserError(f"--subject-pattern for {spec.name} is not a valid regular expression: {exc}") from None
+    levels = _parse_levels(args.levels)
+    conditions = _parse_conditions(args.conditions)
+    if args.slices_per_split < 4:
+        raise UserError("--slices-per-split must be at least 4")
+    import sys
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    results = run_benchmark(
+        specs, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, levels=levels, conditions=conditions,
+        slices_per_split=args.slices_per_split, seed=args.seed, batch_size=args.batch_size, command=_command_line(args), log=log,
+    )
+    low = {}
+    for row in results["per_sample"]:
+        if row["method"] == "mi":
+            low["auroc"] = min(low.get("auroc", 1.0), row["auroc"])
+            low["auprc"] = min(low.get("auprc", 1.0), row["auprc"])
+    prov = min((r["top1_accuracy"] for r in results["provenance"]), default=float("nan"))
+    fpr = max((r["value"] for r in results["false_positive_rate"]), default=float("nan"))
+    print(f"benchmark written to {args.out}: mi min AUROC {low.get('auroc', float('nan')):.3f}, min AUPRC {low.get('auprc', float('nan')):.3f}, "
+          f"min provenance top-1 {prov:.3f}, max false-positive rate {fpr:.4f} ({results['runtime_seconds'] / 60:.1f} min)")
+    return 0
+
+
+def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``benchmark`` subcommand to the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "benchmark", help="measure detection of planted copies on real MRI (paper protocol, split by subject)",
+        description="Every file is one subject unless --subject-pattern NAME=REGEX groups files (the first group, or the whole match, "
+                    "of the regex in the file path is the subject id).",
+    )
+    parser.add_argument("--dataset", action="append", required=True, metavar="NAME=PATH[,PATH...]", help="a dataset: volume files or folders (repeatable)")
+    parser.add_argument("--subject-pattern", action="append", metavar="NAME=REGEX", help="subject id of each file of dataset NAME: regex on its path")
+    parser.add_argument("--out", required=True, help="output folder for results.json and results.md")
+    parser.add_argument("--encoder", default="default", choices=ENCODER_NAMES, help="slice encoder (default: the embedded EfficientNet-Lite0)")
+    parser.add_argument("--checkpoint", help="MRI-CORE checkpoint (for --encoder mri-core)")
+    parser.add_argument("--levels", default=",".join(str(x) for x in DEFAULT_LEVELS), help="duplication levels (default: 0.05,0.15,0.3,0.45)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"conditions (default: all of {','.join(CONDITIONS)})")
+    parser.add_argument("--slices-per-split", type=int, default=DEFAULT_SLICES_PER_SPLIT, help=f"slices sampled per split (default: {DEFAULT_SLICES_PER_SPLIT})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subject split, sampling and augmentation (default: 0)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.set_defaults(func=_run)
+    return parser
