@@ -108,7 +108,7 @@ def _audit(args: argparse.Namespace) -> int:
                   "16 px); it is listed with 0 scored slices", file=sys.stderr)
         mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
         print(f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} {mean_mi:>8.3f} {audit.flagged:>8}")
-    print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.4f}, z > {threshold.z:.3f}); outputs in {args.out}")
+    print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f}); outputs in {args.out}")
     return 0
 
 
@@ -175,12 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     demo.set_defaults(func=_demo)
 
-    try:
-        from .benchmark import add_benchmark_parser
-    except ImportError:
-        pass
-    else:
-        add_benchmark_parser(sub)
+    from .benchmark import add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return parser
 
 
