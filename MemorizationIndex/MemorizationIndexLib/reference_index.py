@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import uuid
 import zipfile
@@ -97,14 +98,14 @@ class Provenance:
 
     @classmethod
     def read(cls, path: Path) -> "Provenance":
-        """Read the CSV written by :meth:`write`."""
+        """Read the CSV written by :meth:`write` (repeated strings are shared, keeping large tables small)."""
         table = cls()
         with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if tuple(reader.fieldnames or ()) != PROVENANCE_COLUMNS:
+            reader = csv.reader(handle)
+            if tuple(next(reader, ())) != PROVENANCE_COLUMNS:
                 raise UserError(f"{path} does not have the provenance columns {','.join(PROVENANCE_COLUMNS)}; rebuild the index")
-            for record in reader:
-                table.append(record["source"], int(record["slice"]), record["axis"], int(record["array_axis"]), record["flip"], int(record["original_row"]), record["subject"])
+            for _, source, slice_index, axis, array_axis, flip, original_row, subject in reader:
+                table.append(sys.intern(source), int(slice_index), sys.intern(axis), int(array_axis), sys.intern(flip), int(original_row), sys.intern(subject))
         return table
 
 
