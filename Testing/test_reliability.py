@@ -275,7 +275,9 @@ def test_ctrl_c_during_build_leaves_no_index(tmp_path: Path, shared_data: Path) 
     env = {**os.environ, "MEMORIZATION_INDEX_PROGRESS": "1", "PYTHONPATH": str(REPO / "MemorizationIndex")}
     cmd = [sys.executable, "-m", "MemorizationIndexLib.cli", "build-index", str(spine(shared_data, 1)), str(spine(shared_data, 2)),
            "--out", str(out), "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env, cwd=tmp_path)
+    # Ctrl-C reaches the child even when this test runs in a background job (where SIGINT is ignored).
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stderr:  # wait until embedding is under way
             if line.startswith("progress: 2/"):
