@@ -323,6 +323,19 @@ def table_rows(table_node) -> list[dict]:
     return rows
 
 
+def _plot_series(scene, name: str, table_node, y_column: str, marker: int, line: int, color: tuple[float, float, float]):
+    """A scatter plot series of ``y_column`` against the table's ``slice`` column."""
+    node = _add_node(scene, "vtkMRMLPlotSeriesNode", name)
+    node.SetAndObserveTableNodeID(table_node.GetID())
+    node.SetXColumnName("slice")
+    node.SetYColumnName(y_column)
+    node.SetPlotType(_slicer().vtkMRMLPlotSeriesNode.PlotTypeScatter)
+    node.SetMarkerStyle(marker)
+    node.SetLineStyle(line)
+    node.SetColor(*color)
+    return node
+
+
 def _make_plot(scene, base_name: str, table_node, scores, threshold_mi: float):
     vtk = _vtk()
     slicer = _slicer()
@@ -338,23 +351,9 @@ def _make_plot(scene, base_name: str, table_node, scores, threshold_mi: float):
     threshold_table.GetTable().AddColumn(x)
     threshold_table.GetTable().AddColumn(y)
 
-    mi_series = _add_node(scene, "vtkMRMLPlotSeriesNode", f"{base_name} MI")
-    mi_series.SetAndObserveTableNodeID(table_node.GetID())
-    mi_series.SetXColumnName("slice")
-    mi_series.SetYColumnName("mi")
-    mi_series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-    mi_series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
-    mi_series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
-    mi_series.SetColor(0.85, 0.2, 0.15)
-
-    threshold_series = _add_node(scene, "vtkMRMLPlotSeriesNode", f"{base_name} flag threshold")
-    threshold_series.SetAndObserveTableNodeID(threshold_table.GetID())
-    threshold_series.SetXColumnName("slice")
-    threshold_series.SetYColumnName("threshold_mi")
-    threshold_series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-    threshold_series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-    threshold_series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
-    threshold_series.SetColor(0.2, 0.2, 0.2)
+    series = slicer.vtkMRMLPlotSeriesNode
+    mi_series = _plot_series(scene, f"{base_name} MI", table_node, "mi", series.MarkerStyleCircle, series.LineStyleSolid, (0.85, 0.2, 0.15))
+    threshold_series = _plot_series(scene, f"{base_name} flag threshold", threshold_table, "threshold_mi", series.MarkerStyleNone, series.LineStyleDash, (0.2, 0.2, 0.2))
 
     chart = _add_node(scene, "vtkMRMLPlotChartNode", f"{base_name} MI chart")
     chart.AddAndObservePlotSeriesNodeID(mi_series.GetID())
