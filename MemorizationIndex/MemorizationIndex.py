@@ -826,7 +826,7 @@ def makeSelfTestScenario(work: pathlib.Path):
         piece.SetOrigin(image.GetOrigin())
         sitk.WriteImage(piece, str(work / f"{name}.nrrd"))
     indexDir = work / "index"
-    build_index([work / "a.nrrd", work / "b.nrrd"], indexDir, flips=False, overwrite=True)
+    build_index([work / "a.nrrd", work / "b.nrrd"], indexDir, reference_copies=False, overwrite=True)
     query = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "a.nrrd")))
     queryNode = slicer.util.addVolumeFromArray(query[::8].copy(), name="query")
     queryNode.SetSpacing(source.GetSpacing()[0], source.GetSpacing()[1], source.GetSpacing()[2] * 8)

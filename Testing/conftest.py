@@ -10,6 +10,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "MemorizationIndex"))
 
+from MemorizationIndexLib.allocator import keep_freed_memory
+
+keep_freed_memory()  # the tests run the encoder in this process, as the CLI does
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 

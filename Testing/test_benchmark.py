@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from MemorizationIndexLib.augment import CONDITIONS, augment_slice, rotate
+from MemorizationIndexLib.augment import CONDITIONS, augment_slice
+from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.baselines import auprc, auroc, auth_pct, ct_score, fid, kid, max_pixel_correlation, vendi
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, split_subjects
 from MemorizationIndexLib.cli import main

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,8 @@ import SimpleITK as sitk
 
 from MemorizationIndexLib.calibration import split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
+from MemorizationIndexLib.preprocess import smoothing_matrix
+from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
 from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
 from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
@@ -82,6 +87,33 @@ def test_p_value_has_plus_one_correction_and_threshold_agrees() -> None:
     np.testing.assert_array_equal(flagged, probes > threshold.similarity)
     assert threshold.mi == pytest.approx(mi_from_z((threshold.similarity - null.mean) / null.std))
     assert null.threshold(1e-4).similarity == float("inf")  # 999 scores cannot support alpha 1e-4
+
+
+def test_smoothing_matrix_is_a_replicate_padded_gaussian_convolution() -> None:
+    sigma, size = 3.0, 40
+    radius = round(3 * sigma)
+    taps = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(taps**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    column = np.random.default_rng(0).random(size)
+    padded = np.concatenate([np.full(radius, column[0]), column, np.full(radius, column[-1])])
+    expected = np.convolve(padded, kernel, mode="valid")
+    matrix = smoothing_matrix(size, sigma).numpy()
+    np.testing.assert_allclose(matrix @ column, expected, atol=1e-6)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_reference_copies_are_the_slice_its_flips_and_small_rotations() -> None:
+    image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    assert REFERENCE_COPIES == ("none", "hflip", "vflip", "rot+4", "rot-4")
+    assert np.array_equal(reference_copy(image, "none"), image)
+    assert np.array_equal(reference_copy(image, "hflip"), image[:, ::-1])
+    assert np.array_equal(reference_copy(image, "vflip"), image[::-1])
+    np.testing.assert_allclose(reference_copy(image, "rot+4"), rotate(image, 4.0))
+    np.testing.assert_allclose(reference_copy(image, "rot-4"), rotate(image, -4.0))
+    assert not np.allclose(reference_copy(image, "rot+4"), reference_copy(image, "rot-4"))
+    with pytest.raises(ValueError, match="unknown reference copy"):
+        reference_copy(image, "rot+7")
 
 
 def test_split_groups_uses_subjects_or_slabs() -> None:
@@ -178,3 +210,31 @@ def test_axis_choice_on_sagittal_dicom_series(shared_data: Path) -> None:
     nifti = read_image(shared_data / "knee" / "pymskt-s02" / "MESE_echo1_TE6.3ms.nii.gz")
     assert axis_name(nifti, resolve_axis(nifti, "auto")) == "sagittal"
     assert axis_name(nifti, resolve_axis(nifti, "axial")) == "axial"
+
+
+
+FAULTS_SCRIPT = """
+import resource, sys
+import torch
+from MemorizationIndexLib.allocator import keep_freed_memory
+
+def faults_of_ten_64mb_blocks():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.ones(16 << 20).sum()  # 64 MB of float32, as a CNN activation
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults_of_ten_64mb_blocks()
+changed = keep_freed_memory()
+print(changed, plain, faults_of_ten_64mb_blocks())
+"""
+
+
+def test_keep_freed_memory_stops_page_faulting_large_blocks_again() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "MemorizationIndex")}
+    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, encoding="utf-8", env=env, check=True)
+    changed, plain, kept = out.stdout.split()
+    if changed != "True":
+        pytest.skip("not glibc: keep_freed_memory changes nothing here")
+    assert int(plain) > 100_000  # each fresh 64 MB block faults in its 16k pages
+    assert int(kept) < int(plain) / 4

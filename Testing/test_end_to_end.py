@@ -62,7 +62,7 @@ def test_planted_copies_are_flagged_with_their_true_source(brain_audit: dict) ->
         per_condition.setdefault(condition, []).append(hit)
     overall = np.mean([h for hits in per_condition.values() for h in hits])
     assert overall >= 0.9, per_condition
-    for condition in ("clean", "intensity", "hflip", "vflip", "rot3"):
+    for condition in ("clean", "intensity", "hflip", "vflip", "rot3", "rot5"):
         assert all(per_condition[condition]), (condition, per_condition[condition])
 
 

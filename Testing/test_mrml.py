@@ -30,6 +30,7 @@ sitk = pytest.importorskip("SimpleITK")
 
 from MemorizationIndexLib import mrml  # noqa: E402
 from MemorizationIndexLib.reference_index import ReferenceIndex, build_index  # noqa: E402
+from MemorizationIndexLib.transforms import reference_copy  # noqa: E402
 from MemorizationIndexLib.volumes import read_image  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -194,10 +195,7 @@ def test_neighbour_slices_are_the_provenance_slices(spine):
     for score in audit.scores:
         reference = index.reference_slice(score.nn_source, score.nn_slice)
         assert reference is not None
-        if score.nn_flip == "hflip":
-            reference = reference[:, ::-1]
-        elif score.nn_flip == "vflip":
-            reference = reference[::-1, :]
+        reference = reference_copy(np.asarray(reference, dtype=np.float32), score.nn_flip)  # as matched: flipped or rotated
         expected = reference if reference.shape == neighbours.shape[1:] else _torch_bilinear(reference, neighbours.shape[1:])
         np.testing.assert_allclose(neighbours[score.slice], expected, rtol=1e-5, atol=1e-4)
         if score.flagged and score.similarity > 0.999:

@@ -68,7 +68,7 @@ def small_dataset(folder: Path, shared_data: Path) -> dict[str, Path]:
 
 def build_small_index(data: dict[str, Path], out: Path, encoder=None, **options) -> ReferenceIndex:
     """The small test index (no flips, holdout null): fast to build."""
-    return build_index([data["train1"], data["train2"]], out, encoder=encoder, holdout_paths=[data["holdout"]], flips=False, **options)
+    return build_index([data["train1"], data["train2"]], out, encoder=encoder, holdout_paths=[data["holdout"]], reference_copies=False, **options)
 
 
 def rewrite_manifest(index_dir: Path) -> None:
@@ -402,7 +402,7 @@ def test_cli_works_with_sockets_disabled(tmp_path: Path, data: dict[str, Path]) 
         from MemorizationIndexLib.cli import main
         index, out = {str(tmp_path / 'index')!r}, {str(tmp_path / 'out')!r}
         for argv in (["build-index", {str(data['train1'])!r}, {str(data['train2'])!r}, "--holdout", {str(data['holdout'])!r},
-                      "--no-flips", "--out", index],
+                      "--no-copies", "--out", index],
                      ["audit", index, {str(data['query'])!r}, "--out", out],
                      ["report", out]):
             code = main(argv)

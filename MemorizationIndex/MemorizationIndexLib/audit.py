@@ -234,7 +234,7 @@ def check_output_dir(out_dir: str | Path) -> Path:
 
 
 def audit_paths(
-    index_dir: str | Path,
+    index_dir: str | Path | ReferenceIndex,
     paths: Sequence[str | Path],
     out_dir: str | Path,
     *,
@@ -256,11 +256,12 @@ def audit_paths(
     bounded by the largest single volume (not by the number of inputs). Outputs are written
     only when every volume has been audited.
 
+    index_dir: the index folder, or an index already loaded from it.
     engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
     """
     if engine not in ("local", "ray"):
         raise UserError(f"unknown engine {engine!r}; use local or ray")
-    index = ReferenceIndex.load(index_dir)
+    index = index_dir if isinstance(index_dir, ReferenceIndex) else ReferenceIndex.load(index_dir)
     inputs = validate_inputs(list(paths), series=series, volume_index=volume_index)
     check_output_dir(out_dir)
     encoder = index.load_encoder(checkpoint=checkpoint, device=device)

@@ -8,36 +8,13 @@ U[-5°, 5°] about the slice centre (bilinear interpolation, nearest-edge paddin
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-import torch.nn.functional as F
-
-from .embedding import flip_slice
+from .transforms import flip_slice, rotate
 
 CONDITIONS: tuple[str, ...] = ("clean", "noise01", "noise02", "intensity", "rot3", "rot5", "hflip", "vflip")
 NOISE_SIGMA = {"noise01": 0.01, "noise02": 0.02}
 ROTATION_DEGREES = {"rot3": 3.0, "rot5": 5.0}
 INTENSITY_RANGE = (0.9, 1.1)
-
-
-def rotate(slice2d: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate about the centre by ``degrees`` (counter-clockwise), bilinear, nearest-edge padding."""
-    h, w = slice2d.shape
-    theta = math.radians(degrees)
-    cos, sin = math.cos(theta), math.sin(theta)
-    # Output pixel (x, y) in pixel units about the centre samples the input at R(-θ)(x, y).
-    ys, xs = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
-    src_x = cos * xs + sin * ys
-    src_y = -sin * xs + cos * ys
-    grid = np.stack([src_x / ((w - 1) / 2.0 if w > 1 else 1.0), src_y / ((h - 1) / 2.0 if h > 1 else 1.0)], axis=-1)
-    out = F.grid_sample(
-        torch.from_numpy(np.ascontiguousarray(slice2d, dtype=np.float32))[None, None],
-        torch.from_numpy(grid.astype(np.float32))[None],
-        mode="bilinear", padding_mode="border", align_corners=True,
-    )
-    return out[0, 0].numpy()
 
 
 def augment_slice(slice01: np.ndarray, condition: str, rng: np.random.Generator) -> tuple[np.ndarray, float]:

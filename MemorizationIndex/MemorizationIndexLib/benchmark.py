@@ -29,7 +29,7 @@ from . import __version__
 from .audit import score_features
 from .augment import CONDITIONS, augment_slice
 from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, max_pixel_correlation, raw_cosine_similarity, vendi
-from .embedding import FLIPS, embed_slices, flip_slice
+from .embedding import embed_slices
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
@@ -37,6 +37,7 @@ from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_
 from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
+from .transforms import REFERENCE_COPIES, reference_copy
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
 from .whitening import ShrinkageWhitener
 
@@ -182,24 +183,24 @@ def prepare_dataset(
 class DatasetFeatures:
     """Raw per-block features of one prepared dataset."""
 
-    reference: dict[str, np.ndarray]  # rows: reference slices, then hflip copies, then vflip copies
+    reference: dict[str, np.ndarray]  # rows: reference slices, then each copy in REFERENCE_COPIES order
     queries: dict[str, dict[str, np.ndarray]]  # condition -> block -> rows as PreparedDataset.queries
 
 
-def reference_with_flips(prepared: PreparedDataset) -> tuple[list[np.ndarray], Provenance]:
-    """Reference slices plus their flipped copies, with provenance rows as ``build_index`` writes them."""
+def reference_with_copies(prepared: PreparedDataset) -> tuple[list[np.ndarray], Provenance]:
+    """Reference slices plus their flipped and rotated copies, with provenance rows as ``build_index`` writes them."""
     provenance, slices = Provenance(), []
     p = prepared.reference_provenance
-    for flip in FLIPS:
+    for copy in REFERENCE_COPIES:
         for row in range(len(p)):
-            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], flip, row, p.subject[row])
-            slices.append(flip_slice(prepared.reference_slices[row], flip))
+            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])
+            slices.append(reference_copy(prepared.reference_slices[row], copy))
     return slices, provenance
 
 
 def embed_dataset(prepared: PreparedDataset, encoder: Encoder, preprocessing: PreprocessSettings, *, batch_size: int = 32, log: Log = lambda m: None) -> DatasetFeatures:
-    """Embed the reference (with flips) and every condition's query slices once."""
-    ref_slices, _ = reference_with_flips(prepared)
+    """Embed the reference (with its copies) and every condition's query slices once."""
+    ref_slices, _ = reference_with_copies(prepared)
     start = time.perf_counter()
     reference = embed_slices(encoder, ref_slices, preprocessing, batch_size=batch_size)
     queries = {c: embed_slices(encoder, q, preprocessing, batch_size=batch_size) for c, q in prepared.queries.items()}
@@ -247,7 +248,7 @@ def evaluate_dataset(
 ) -> dict:
     """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores, provenance, false positives."""
     blocks = list(encoder_info.blocks)
-    _, provenance = reference_with_flips(prepared)
+    _, provenance = reference_with_copies(prepared)
     n, n_dup_max = prepared.n, len(prepared.duplicate_rows)
     originals = slice(0, n)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:

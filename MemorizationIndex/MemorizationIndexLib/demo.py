@@ -111,9 +111,9 @@ def run_demo(out: Path, device: str = "cpu") -> int:
     out.mkdir(parents=True, exist_ok=True)
     training, generated, truth = make_demo_data(out)
     print(f"training: {len(training)} real volumes from pip packages; generated: {len(generated)} volumes with planted copies")
-    build_index(training, out / "index", device=device, overwrite=True)
-    audits = audit_paths(out / "index", generated, out / "audit", device=device)
-    write_report(out / "audit")
+    index = build_index(training, out / "index", device=device, overwrite=True)
+    audits = audit_paths(index, generated, out / "audit", device=device)
+    write_report(out / "audit", index=index)
     scores = {(a.volume, s.slice): s for a in audits for s in a.scores}
     print(f"\n{'volume':<20} {'slice':>5} {'planted':<10} {'mi':>6} {'flagged':>7} {'nearest training slice':<32} {'right source':>12}")
     found = right = novel_flagged = novel_total = 0

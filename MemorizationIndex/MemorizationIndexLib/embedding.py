@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -12,20 +12,10 @@ from .encoders.base import Encoder
 from .preprocess import PreprocessSettings, prepare_batch
 
 ProgressCallback = Callable[[int, int], None]
-FLIPS = ("none", "hflip", "vflip")
 
 
 class Cancelled(Exception):
     """Raised when the caller's cancel event is set during long work."""
-
-
-def flip_slice(slice2d: np.ndarray, flip: str) -> np.ndarray:
-    """hflip reverses the last (column) axis of a 2D slice, vflip the first (row) axis."""
-    if flip == "hflip":
-        return slice2d[:, ::-1]
-    if flip == "vflip":
-        return slice2d[::-1, :]
-    return slice2d
 
 
 def embed_slices(
@@ -45,19 +35,28 @@ def embed_slices(
     def prepare(start: int) -> np.ndarray:
         return prepare_batch(slices[start : start + batch_size], encoder.input_size, settings)
 
-    # Preprocess the next batch in a worker thread while the encoder runs on this one.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, starts[0]) if starts else None
-        for i, start in enumerate(starts):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            batch = pending.result()
-            pending = pool.submit(prepare, starts[i + 1]) if i + 1 < len(starts) else None
-            for block, features in encoder.embed(batch).items():
-                features = np.asarray(features, dtype=np.float32)
-                if not np.isfinite(features).all():  # never let NaN reach the index or the scores
-                    raise RuntimeError(f"encoder {encoder.name} produced non-finite {block} features for slices {start}..{start + len(batch) - 1}")
-                chunks[block].append(features)
-            if progress is not None:
-                progress(min(start + batch_size, total), total)
+    # On a GPU, preprocess the next batch in a worker thread while the encoder runs on this one.
+    # On a CPU the forward pass already keeps every core busy, and a second thread of work only
+    # competes with it (measured: docs/performance.md), so batches are prepared in line.
+    batches = (prepare(start) for start in starts) if str(encoder.device) == "cpu" else _prefetched(prepare, starts)
+    for start, batch in zip(starts, batches):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        for block, features in encoder.embed(batch).items():
+            features = np.asarray(features, dtype=np.float32)
+            if not np.isfinite(features).all():  # never let NaN reach the index or the scores
+                raise RuntimeError(f"encoder {encoder.name} produced non-finite {block} features for slices {start}..{start + len(batch) - 1}")
+            chunks[block].append(features)
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
     return {block: (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)) for block, parts in chunks.items()}
+
+
+def _prefetched(fn: Callable[[int], np.ndarray], items: Sequence[int]) -> Iterator[np.ndarray]:
+    """fn(item) for each item, computing the next one in a worker thread while this one is used."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(fn, items[0]) if items else None
+        for i in range(len(items)):
+            result = pending.result()
+            pending = pool.submit(fn, items[i + 1]) if i + 1 < len(items) else None
+            yield result

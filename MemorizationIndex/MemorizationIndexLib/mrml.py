@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UserError
+from .transforms import ORIGINAL, reference_copy
 
 HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
 TABLE_COLUMNS = ("slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
@@ -179,23 +180,13 @@ def resample_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
 
 
-def apply_flip(image: np.ndarray, flip: str) -> np.ndarray:
-    """Flip a 2D reference slice the way the query matched it (none/hflip/vflip)."""
-    if flip in (None, "", "none"):
-        return image
-    if flip == "hflip":
-        return image[:, ::-1]
-    if flip == "vflip":
-        return image[::-1, :]
-    raise ValueError(f"unknown flip {flip!r}")
-
-
 def neighbor_slice(index, score, shape: tuple[int, int]) -> np.ndarray | None:
-    """The reference slice named by a score's provenance, flipped as matched, resampled to ``shape``."""
+    """The reference slice named by a score's provenance, flipped or rotated as matched, resampled to ``shape``."""
     reference = index.reference_slice(score.nn_source, int(score.nn_slice))
     if reference is None:
         return None
-    reference = apply_flip(np.asarray(reference, dtype=np.float32), getattr(score, "nn_flip", "none"))
+    copy = getattr(score, "nn_flip", ORIGINAL) or ORIGINAL
+    reference = reference_copy(np.asarray(reference, dtype=np.float32), copy)
     return resample_bilinear(reference, shape)
 
 

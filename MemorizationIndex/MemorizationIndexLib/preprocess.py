@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -84,18 +85,29 @@ def scale_unit(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
     return np.clip((slice2d - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
+@lru_cache(maxsize=8)
+def smoothing_matrix(size: int, sigma: float) -> torch.Tensor:
+    """[size, size] Gaussian smoothing along one axis, edges replicated, as a matrix.
+
+    ``M @ x`` equals a 1D convolution of each column of ``x`` with a normalised Gaussian of
+    radius round(3σ) after replicate-padding; one matrix product is much faster on CPU than a
+    single-channel ``conv2d``.
+    """
     radius = max(1, int(round(3 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return kernel / kernel.sum()
+    taps = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(taps.astype(np.float64) ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    rows = np.repeat(np.arange(size), len(taps))
+    cols = np.clip(rows + np.tile(taps, size), 0, size - 1)
+    matrix = np.zeros((size, size), dtype=np.float64)
+    np.add.at(matrix, (rows, cols), np.tile(kernel, size))
+    return torch.from_numpy(matrix.astype(np.float32))
 
 
 def _smooth(batch: torch.Tensor, sigma: float) -> torch.Tensor:
-    kernel = _gaussian_kernel(sigma)
-    pad = len(kernel) // 2
-    batch = F.conv2d(F.pad(batch, (pad, pad, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(batch, (0, 0, pad, pad), mode="replicate"), kernel.view(1, 1, -1, 1))
+    rows = smoothing_matrix(batch.shape[-2], sigma)
+    cols = smoothing_matrix(batch.shape[-1], sigma)
+    return rows @ batch @ cols.T
 
 
 def crop_foreground(unit: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:

@@ -4,7 +4,7 @@ Install with ``pip install 'memorization-index[ray]'``. Nothing here imports ``r
 import time; the default install never needs it.
 
 * :func:`build_index_ray` reads every volume in a Ray task (``flat_map``), embeds the slices and
-  their flipped copies with encoder actors (``map_batches``; one GPU per actor when the cluster
+  their flipped and rotated copies with encoder actors (``map_batches``; one GPU per actor when the cluster
   has GPUs and the device allows it), and each actor writes its batches to ``shard-*.npz``
   feature files. The driver then orders the rows exactly as the single-machine path does and
   calls :func:`~MemorizationIndexLib.reference_index.build_index_from_features`, so the index
@@ -66,10 +66,10 @@ def init_ray(num_cpus: int | None = None):
 # build-index --engine ray
 
 
-def _volume_rows(item: dict, *, axis: str, preprocessing: dict, slice_stride: int, series: str | None, volume_index: int | None, flips: Sequence[str], size: int) -> list[dict]:
-    """Ray Data flat_map: one volume -> one row per kept slice and flip, with preprocessed pixels."""
-    from .embedding import flip_slice
+def _volume_rows(item: dict, *, axis: str, preprocessing: dict, slice_stride: int, series: str | None, volume_index: int | None, copies: Sequence[str], size: int) -> list[dict]:
+    """Ray Data flat_map: one volume -> one row per kept slice and reference copy, with preprocessed pixels."""
     from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch
+    from .transforms import ORIGINAL, reference_copy
     from .volumes import axis_name, image_slices, read_image, resolve_axis
 
     settings = PreprocessSettings.from_dict(preprocessing)
@@ -78,12 +78,12 @@ def _volume_rows(item: dict, *, axis: str, preprocessing: dict, slice_stride: in
     stack = image_slices(image, array_axis)
     holdout = bool(item["holdout"])
     kept = np.flatnonzero(nonempty_mask(stack, settings))[:: 1 if holdout else slice_stride]
-    flips = ("none",) if holdout else flips
+    copies = (ORIGINAL,) if holdout else copies
     plane = axis_name(image, array_axis)
     rows = []
     for k in kept:
-        for flip_id, flip in enumerate(flips):
-            pixels = prepare_batch([flip_slice(stack[k], flip)], size, settings)[0, 0]
+        for flip_id, copy in enumerate(copies):
+            pixels = prepare_batch([reference_copy(stack[k], copy)], size, settings)[0, 0]
             rows.append({"volume": item["volume"], "holdout": holdout, "slice": int(k), "flip": flip_id, "array_axis": int(array_axis), "plane": plane, "pixels": pixels})
     return rows
 
@@ -94,10 +94,12 @@ class _EmbedActor:
     def __init__(self, encoder_name: str, checkpoint: str | None, blocks: Sequence[str], device: str, threads: int, out_dir: str):
         import torch
 
+        from .allocator import keep_freed_memory
         from .encoders import load_encoder
 
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
+            keep_freed_memory()  # this worker process only runs the encoder
         self.encoder = load_encoder(encoder_name, checkpoint=checkpoint, device=device, blocks=blocks)
         self.out_dir = Path(out_dir)
 
@@ -112,8 +114,8 @@ class _EmbedActor:
         return {"shard": np.array([str(path)]), "rows": np.array([len(pixels)])}
 
 
-def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, encoder_name: str, checkpoint, device: str, axis: str, preprocessing, slice_stride: int, flips: Sequence[str], series, volume_index, batch_size: int, out_dir: Path, threads: int) -> dict[str, np.ndarray]:
-    """Embed the kept slices (x flips) of ``paths`` and ``holdout`` with Ray Data; returns the merged shard columns."""
+def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, encoder_name: str, checkpoint, device: str, axis: str, preprocessing, slice_stride: int, copies: Sequence[str], series, volume_index, batch_size: int, out_dir: Path, threads: int) -> dict[str, np.ndarray]:
+    """Embed the kept slices (x reference copies) of ``paths`` and ``holdout`` with Ray Data; returns the merged shard columns."""
     import ray.data
 
     resources = ray.cluster_resources()
@@ -131,7 +133,7 @@ def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, enco
     items += [{"volume": i, "path": str(p), "holdout": True} for i, p in enumerate(holdout)]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(
         _volume_rows,
-        fn_kwargs={"axis": axis, "preprocessing": preprocessing.to_dict(), "slice_stride": slice_stride, "series": series, "volume_index": volume_index, "flips": tuple(flips), "size": encoder.input_size},
+        fn_kwargs={"axis": axis, "preprocessing": preprocessing.to_dict(), "slice_stride": slice_stride, "series": series, "volume_index": volume_index, "copies": tuple(copies), "size": encoder.input_size},
     )
     shards = dataset.map_batches(
         _EmbedActor,
@@ -156,7 +158,7 @@ def build_index_ray(
     device: str = "cpu",
     axis: str = "auto",
     holdout_paths: Sequence[str | Path] | None = None,
-    flips: bool = True,
+    reference_copies: bool = True,
     store_thumbnails: bool = False,
     null_splits: int | None = None,
     seed: int = 0,
@@ -181,7 +183,7 @@ def build_index_ray(
     be the single-machine ones bit for bit.
     """
     from .calibration import DEFAULT_NULL_SPLITS
-    from .embedding import FLIPS
+    from .transforms import ORIGINAL, REFERENCE_COPIES
     from .encoders import load_encoder
     from .preprocess import PreprocessSettings
     from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
@@ -196,7 +198,7 @@ def build_index_ray(
     encoder = load_encoder(encoder_name, checkpoint=checkpoint, device="cpu")
     train = expand_inputs(list(train_paths))
     holdout = expand_inputs(list(holdout_paths)) if holdout_paths else []
-    flip_modes = FLIPS if flips else ("none",)
+    copy_modes = REFERENCE_COPIES if reference_copies else (ORIGINAL,)
     if threads is None:
         import torch
 
@@ -210,7 +212,7 @@ def build_index_ray(
         work, shard_dir = None, Path(features_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
     try:
-        merged = _embed_volumes(ray, train, holdout, slice_stride=slice_stride, flips=flip_modes, out_dir=shard_dir, **common)
+        merged = _embed_volumes(ray, train, holdout, slice_stride=slice_stride, copies=copy_modes, out_dir=shard_dir, **common)
     finally:
         if work is not None:
             work.cleanup()
@@ -225,14 +227,14 @@ def build_index_ray(
     subjects = [subject_of(p, subject_pattern) for p in train]
     if not holdout and len(set(subjects[v] for v in np.unique(rows["volume"]))) < 2 and n < 20:
         raise UserError("a single training subject needs at least 20 non-empty slices to calibrate; add subjects or --holdout data")
-    # Single-machine order: flips outermost, then volumes in input order, then slices.
+    # Single-machine order: reference copies outermost, then volumes in input order, then slices.
     order = np.lexsort((rows["slice"], rows["volume"], rows["flip"]))
     first = order[: n]
     original_row = {(int(rows["volume"][r]), int(rows["slice"][r])): i for i, r in enumerate(first)}
     provenance = Provenance()
     for r in order:
         volume, slice_index = int(rows["volume"][r]), int(rows["slice"][r])
-        provenance.append(str(train[volume].resolve()), slice_index, str(rows["plane"][r]), int(rows["array_axis"][r]), flip_modes[int(rows["flip"][r])], original_row[(volume, slice_index)], subjects[volume])
+        provenance.append(str(train[volume].resolve()), slice_index, str(rows["plane"][r]), int(rows["array_axis"][r]), copy_modes[int(rows["flip"][r])], original_row[(volume, slice_index)], subjects[volume])
     features = {b: rows[f"feature/{b}"][order] for b in encoder.blocks}
     holdout_features = None
     if holdout:

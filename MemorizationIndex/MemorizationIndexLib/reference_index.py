@@ -3,8 +3,9 @@
 Layout (every file's sha256 is in ``manifest.json``, verified on load)::
 
     manifest.json       format name + version, sha256 of every other file
-    config.json         encoder, preprocessing, axis, flips, null settings and statistics
-    provenance.csv      one row per indexed vector: source file, slice, axis, flip, subject
+    config.json         encoder, preprocessing, axis, reference copies, null settings and statistics
+    provenance.csv      one row per indexed vector: source file, slice, axis, flip (which copy:
+                        none, hflip, vflip, rot+4, rot-4; see transforms.py), subject
     whitener.npz        per-block mean and whitening matrix
     index_<block>.faiss one inner-product index per block: exact (flat) or IVF with exact re-ranking
     calibration.npz     the pooled null similarities
@@ -32,13 +33,14 @@ import numpy as np
 
 from . import __version__
 from .calibration import DEFAULT_NULL_SPLITS, DEFAULT_QUERY_FRACTION, NULL_HOLDOUT, NULL_TRAIN_SPLIT, holdout_null, train_split_null
-from .embedding import FLIPS, ProgressCallback, embed_slices, flip_slice
+from .embedding import ProgressCallback, embed_slices
 from .encoders import load_encoder
 from .encoders.base import Encoder, file_sha256
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, Neighbours, build_block_index, describe_index, prepare_loaded, resolve_index_kind, search_blocks
+from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
 from .whitening import ShrinkageWhitener
 
@@ -132,6 +134,7 @@ class ReferenceIndex:
         self.index_id = index_id
         self._thumbnails: dict[str, np.ndarray] | None = None
         self._volume_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._unflipped_rows: dict[tuple[str, int], int] | None = None
         self._lock = threading.Lock()
         self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
 
@@ -148,7 +151,7 @@ class ReferenceIndex:
     @property
     def n_reference_slices(self) -> int:
         """Number of (unflipped) reference slices."""
-        return sum(1 for flip in self.provenance.flip if flip == "none")
+        return sum(1 for flip in self.provenance.flip if flip == ORIGINAL)
 
     @property
     def null_model(self) -> NullModel:
@@ -224,10 +227,16 @@ class ReferenceIndex:
 
     def reference_slice(self, source: str, slice_index: int) -> np.ndarray | None:
         """The 2D reference slice as cut (unflipped): thumbnail, else read from the source file, else None."""
-        rows = [r for r in range(len(self.provenance)) if self.provenance.source[r] == source and self.provenance.slice[r] == slice_index and self.provenance.flip[r] == "none"]
-        if not rows:
+        prov = self.provenance
+        with self._lock:
+            if self._unflipped_rows is None:
+                self._unflipped_rows = {}
+                for r in range(len(prov)):
+                    if prov.flip[r] == ORIGINAL:
+                        self._unflipped_rows.setdefault((prov.source[r], prov.slice[r]), r)
+        row = self._unflipped_rows.get((source, slice_index))
+        if row is None:
             return None
-        row = rows[0]
         if self.store_thumbnails:
             with self._lock:
                 if self._thumbnails is None:
@@ -357,7 +366,8 @@ def build_index_from_features(
     """Build and save an index from raw per-block features (e.g. computed elsewhere on a GPU).
 
     ``features[block]`` has one row per provenance row; rows with flip ``"none"`` are the
-    reference slices, other rows are flipped copies pointing at them via ``original_row``.
+    reference slices, other rows are their flipped or rotated copies (transforms.py) pointing at
+    them via ``original_row``.
     """
     n = len(provenance)
     if n < 2 or any(len(v) != n for v in features.values()):
@@ -368,7 +378,7 @@ def build_index_from_features(
     kind = resolve_index_kind(index_kind, n)
     indexes = {b: build_block_index(whiteners[b].transform(features[b]), kind, seed=seed) for b in encoder_info.blocks}
     flips = np.asarray(provenance.flip)
-    original_rows = np.flatnonzero(flips == "none")
+    original_rows = np.flatnonzero(flips == ORIGINAL)
     if holdout_features is not None:
         null = holdout_null(indexes, {b: whiteners[b].transform(holdout_features[b]) for b in encoder_info.blocks})
         null_info = {"type": NULL_HOLDOUT, "n_splits": 0}
@@ -385,7 +395,7 @@ def build_index_from_features(
         "encoder": {"name": encoder_info.name, "encoder_id": encoder_info.encoder_id, "weights_sha256": encoder_info.weights_sha256, "input_size": encoder_info.input_size, "blocks": list(encoder_info.blocks), "checkpoint": encoder_info.checkpoint},
         "preprocessing": preprocessing.to_dict(),
         "axis": axis,
-        "flips": sorted(set(provenance.flip)),
+        "reference_copies": sorted(set(provenance.flip)),
         "whitening": {"method": "zca", "shrinkage": shrinkage, "values": {b: whiteners[b].shrinkage_ for b in encoder_info.blocks}},
         "aggregation": "geometric mean over blocks of max(cos, 0)",
         "null": {**null_info, "seed": seed, "n": int(len(null)), "mean": model.mean, "std": model.std},
@@ -436,7 +446,7 @@ def collect_slices(paths: Sequence[str | Path], *, axis: str, preprocessing: Pre
         subject = subject_of(path, subject_pattern)
         plane = axis_name(image, array_axis)
         for k in np.flatnonzero(keep)[::slice_stride]:
-            result.provenance.append(str(path.resolve()), int(k), plane, array_axis, "none", len(result.provenance), subject)
+            result.provenance.append(str(path.resolve()), int(k), plane, array_axis, ORIGINAL, len(result.provenance), subject)
             result.slices.append(stack[k].copy())  # a copy: the volume itself is not kept alive
     return result
 
@@ -451,7 +461,7 @@ def build_index(
     device: str = "cpu",
     axis: str = "auto",
     holdout_paths: Sequence[str | Path] | None = None,
-    flips: bool = True,
+    reference_copies: bool = True,
     store_thumbnails: bool = False,
     null_splits: int = DEFAULT_NULL_SPLITS,
     seed: int = 0,
@@ -466,7 +476,8 @@ def build_index(
     series: str | None = None,
     volume_index: int | None = None,
 ) -> ReferenceIndex:
-    """Read training volumes, embed their slices (and flipped copies), and save a reference index.
+    """Read training volumes, embed their slices (and, with ``reference_copies``, their flipped and
+    rotated copies: transforms.REFERENCE_COPIES), and save a reference index.
 
     The output folder and every input's header are checked before any work; the index is
     written into a temporary sibling folder and renamed into place (see ``_write_atomically``).
@@ -487,15 +498,15 @@ def build_index(
         raise UserError("the --holdout inputs hold fewer than 2 non-empty slices")
     if holdout is None and len(set(train.provenance.subject)) < 2 and len(train.slices) < 20:
         raise UserError("a single training subject needs at least 20 non-empty slices to calibrate; add subjects or --holdout data")
-    flip_modes = FLIPS if flips else ("none",)
+    copies = REFERENCE_COPIES if reference_copies else (ORIGINAL,)
     n = len(train.slices)
     provenance = Provenance()
     all_slices: list[np.ndarray] = []
-    for flip in flip_modes:
+    for copy in copies:
         for row in range(n):
             p = train.provenance
-            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], flip, row, p.subject[row])
-            all_slices.append(flip_slice(train.slices[row], flip))
+            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])
+            all_slices.append(reference_copy(train.slices[row], copy))
     total = len(all_slices) + (len(holdout.slices) if holdout else 0)
     offset = len(all_slices)
     features = embed_slices(encoder, all_slices, preprocessing, batch_size=batch_size, progress=progress and (lambda d, t: progress(d, total)), cancel=cancel)

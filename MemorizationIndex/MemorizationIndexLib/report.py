@@ -51,6 +51,7 @@ import numpy as np
 
 from . import __version__
 from .errors import UserError
+from .transforms import REFERENCE_COPIES, reference_copy
 
 SLICES_COLUMNS = (
     "volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice",
@@ -396,20 +397,17 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / denom if denom > 0 else 0.0
 
 
-FLIPS = {"none": lambda a: a, "hflip": lambda a: a[:, ::-1], "vflip": lambda a: a[::-1, :]}
-
-
 def _match_orientation(query01: np.ndarray, train: np.ndarray, recorded: str | None = None
                        ) -> tuple[np.ndarray, str, float]:
-    """Resize the training slice to the query shape and orient it: the flip the audit recorded when
-    known, else the one of none/hflip/vflip with the best pixel correlation to the query."""
+    """Resize the training slice to the query shape and orient it: the copy (flip or rotation) the
+    audit recorded when known, else the one of REFERENCE_COPIES with the best pixel correlation."""
     resized = _display01(_resize(train, query01.shape))
-    if recorded in FLIPS:
-        cand = np.ascontiguousarray(FLIPS[recorded](resized))
+    if recorded in REFERENCE_COPIES:
+        cand = np.ascontiguousarray(reference_copy(resized, recorded))
         return cand, f"{recorded} (as matched by the audit)", _correlation(query01, cand)
     best = None
-    for name, flip in FLIPS.items():
-        cand = flip(resized)
+    for name in REFERENCE_COPIES:
+        cand = reference_copy(resized, name)
         r = _correlation(query01, cand)
         if best is None or r > best[2] + 1e-9:
             best = (np.ascontiguousarray(cand), name, r)
@@ -426,7 +424,7 @@ def _recorded_flips(out_dir: Path) -> dict[tuple[str, int, str, int], str]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             for rec in csv.DictReader(handle):
-                if str(rec.get("rank", "")).strip() == "1" and rec.get("flip") in FLIPS:
+                if str(rec.get("rank", "")).strip() == "1" and rec.get("flip") in REFERENCE_COPIES:
                     key = (rec["volume"], int(rec["slice"]), rec["source"], int(rec["source_slice"]))
                     flips[key] = rec["flip"]
     except (OSError, csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError):
@@ -656,11 +654,14 @@ def _ranked(rows: Sequence[_Row]) -> list[_Row]:
 
 
 def _build_evidence(shown: Sequence[_Row], out_dir: Path, summary: dict, *,
-                    no_training_images: bool) -> list[_Evidence]:
+                    no_training_images: bool, index=None) -> list[_Evidence]:
     queries = _query_slices(shown, out_dir, summary)
-    index, recorded = None, {}
-    if not no_training_images and shown:
-        index = _load_reference_index(str(summary["index"].get("path", "")))
+    recorded = {}
+    if no_training_images or not shown:
+        index = None
+    else:
+        if index is None:
+            index = _load_reference_index(str(summary["index"].get("path", "")))
         recorded = _recorded_flips(out_dir)
     items = []
     for r in shown:
@@ -762,7 +763,7 @@ def _top_pair_html(item: _Evidence | None) -> str:
 
 
 def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24,
-                  generated: str | None = None) -> str:
+                  generated: str | None = None, index=None) -> str:
     """The report HTML (a string) for an audit folder; see :func:`write_report`."""
     out_dir = Path(out_dir)
     rows, summary, null_sim = load_audit(out_dir)
@@ -771,7 +772,7 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
     th = summary["threshold"]
     null_mean, null_std = summary["null"]["mean"], summary["null"]["std"]
     items = _build_evidence(_ranked(rows)[:max(0, int(max_evidence))], out_dir, summary,
-                            no_training_images=no_training_images)
+                            no_training_images=no_training_images, index=index)
 
     cls, headline, sentences, warning = _verdict(rows, summary)
     verdict = (f'<section class="verdict {cls}" id="verdict"><div class="words">'
@@ -818,14 +819,18 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
     )
 
 
-def write_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24) -> Path:
+def write_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24,
+                 index=None) -> Path:
     """Write ``out_dir/report.html`` from the audit outputs in ``out_dir``; returns its path.
+
+    ``index``: the audit's already loaded :class:`ReferenceIndex` (saves loading it again for the
+    training images); by default the index recorded in summary.json is loaded.
 
     Raises :class:`UserError` (one line) when the audit outputs are missing or corrupt, or when the
     report cannot be written.
     """
     out_dir = Path(out_dir)
-    text = render_report(out_dir, no_training_images=no_training_images, max_evidence=max_evidence)
+    text = render_report(out_dir, no_training_images=no_training_images, max_evidence=max_evidence, index=index)
     target = out_dir / "report.html"
     tmp = out_dir / ".report.html.tmp"
     try:

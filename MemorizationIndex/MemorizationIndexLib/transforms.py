@@ -1,0 +1,56 @@
+"""Geometric copies of 2D slices: flips, small rotations, and the copies a reference index holds.
+
+A generator that memorised a training slice may hand it back flipped or slightly rotated; the
+features are not invariant to either. The reference index therefore holds, besides every
+training slice, copies of it flipped left-right and up-down and rotated by ±4°, all with
+provenance pointing at the original slice (measured in docs/method.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+REFERENCE_ROTATION_DEGREES = 4.0
+ORIGINAL = "none"
+# Every copy of a reference slice the index holds, in index order (originals first).
+REFERENCE_COPIES: tuple[str, ...] = (ORIGINAL, "hflip", "vflip", "rot+4", "rot-4")
+_ROTATIONS = {"rot+4": REFERENCE_ROTATION_DEGREES, "rot-4": -REFERENCE_ROTATION_DEGREES}
+
+
+def flip_slice(slice2d: np.ndarray, flip: str) -> np.ndarray:
+    """hflip reverses the last (column) axis of a 2D slice, vflip the first (row) axis."""
+    if flip == "hflip":
+        return slice2d[:, ::-1]
+    if flip == "vflip":
+        return slice2d[::-1, :]
+    return slice2d
+
+
+def rotate(slice2d: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotate about the centre by ``degrees`` (counter-clockwise), bilinear, nearest-edge padding."""
+    image = np.asarray(slice2d, dtype=np.float32)
+    h, w = image.shape
+    theta = math.radians(degrees)
+    cos, sin = math.cos(theta), math.sin(theta)
+    # Output pixel (x, y) about the centre samples the input at R(-θ)(x, y), clamped to the edge.
+    ys, xs = np.meshgrid(np.arange(h) - (h - 1) / 2.0, np.arange(w) - (w - 1) / 2.0, indexing="ij")
+    src_x = np.clip(cos * xs + sin * ys + (w - 1) / 2.0, 0, w - 1)
+    src_y = np.clip(-sin * xs + cos * ys + (h - 1) / 2.0, 0, h - 1)
+    x0 = np.minimum(np.floor(src_x).astype(np.intp), max(w - 2, 0))
+    y0 = np.minimum(np.floor(src_y).astype(np.intp), max(h - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (src_x - x0).astype(np.float32), (src_y - y0).astype(np.float32)
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def reference_copy(slice2d: np.ndarray, copy: str) -> np.ndarray:
+    """The slice transformed as one of :data:`REFERENCE_COPIES` names (``none`` returns it as is)."""
+    if copy in _ROTATIONS:
+        return rotate(slice2d, _ROTATIONS[copy])
+    if copy in (ORIGINAL, "hflip", "vflip"):
+        return flip_slice(slice2d, copy)
+    raise ValueError(f"unknown reference copy {copy!r}; expected one of {', '.join(REFERENCE_COPIES)}")
