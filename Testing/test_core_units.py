@@ -136,6 +136,16 @@ def test_null_queries_never_see_their_own_subject() -> None:
     assert np.max(null) < 0.99  # ...but a slice never matches itself
 
 
+def test_null_queries_include_the_copies_of_held_out_slices() -> None:
+    rng = np.random.default_rng(5)
+    originals = np.arange(60)
+    copies_of = np.r_[originals, originals]  # rows 60..119 are copies (e.g. flips) of rows 0..59
+    features = {"b": rng.normal(size=(120, 16)).astype(np.float32)}
+    subjects = np.repeat(np.arange(6), 10).astype(str)
+    null, splits = train_split_null(features, originals, copies_of, subjects, ShrinkageWhitener, n_splits=10, seed=0)
+    assert len(null) == splits * 20  # one held-out subject per split: its 10 slices and their 10 copies
+
+
 def _tiny_index(tmp_path: Path) -> Path:
     rng = np.random.default_rng(4)
     provenance = Provenance()
@@ -218,15 +228,15 @@ import resource, sys
 import torch
 from MemorizationIndexLib.allocator import keep_freed_memory
 
-def faults_of_ten_64mb_blocks():
+def faults_of_64mb_blocks():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
+    for _ in range(20):
         torch.ones(16 << 20).sum()  # 64 MB of float32, as a CNN activation
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-plain = faults_of_ten_64mb_blocks()
+plain = faults_of_64mb_blocks()
 changed = keep_freed_memory()
-print(changed, plain, faults_of_ten_64mb_blocks())
+print(changed, plain, faults_of_64mb_blocks())
 """
 
 
@@ -236,5 +246,5 @@ def test_keep_freed_memory_stops_page_faulting_large_blocks_again() -> None:
     changed, plain, kept = out.stdout.split()
     if changed != "True":
         pytest.skip("not glibc: keep_freed_memory changes nothing here")
-    assert int(plain) > 100_000  # each fresh 64 MB block faults in its 16k pages
-    assert int(kept) < int(plain) / 4
+    assert int(plain) > 200_000  # each fresh 64 MB block faults in its 16k pages
+    assert int(kept) < int(plain) / 2  # most blocks reuse kept heap memory (a few may still grow it)

@@ -40,16 +40,19 @@ def train_split_null(
     query_fraction: float = DEFAULT_QUERY_FRACTION,
     seed: int = 0,
 ) -> tuple[np.ndarray, int]:
-    """Pool similarities of held-out groups A to the remaining groups B (with B's flipped copies).
+    """Pool similarities of held-out groups A (and their copies) to the remaining groups B (with B's copies).
 
     Each split mimics an audit of slices the reference never saw: whiteners are refitted on B
     alone (whitening fitted on the queries themselves makes them look less similar to the
     reference than truly new slices are), and A is a ``query_fraction`` of the groups so that
     B is nearly as large as the full reference (a half-size B lowers nearest-neighbour scores).
-    At most ``MAX_QUERIES_PER_SPLIT`` held-out slices are scored per split (a seeded sample).
+    A's queries are its slices *and* their flipped and rotated copies, because an audited novel
+    slice may arrive in any orientation the index covers, and flipped queries can score higher
+    than upright ones (measured on the spine: docs/method.md §3). At most
+    ``MAX_QUERIES_PER_SPLIT`` held-out rows are scored per split (a seeded sample).
 
-    features: raw per-block features for every indexed row (originals and flips).
-    original_rows: row ids of the unflipped reference slices (the queries of the null).
+    features: raw per-block features for every indexed row (originals and their copies).
+    original_rows: row ids of the reference slices as cut.
     copies_of: for every indexed row, the row id of the original slice it was made from.
     groups: split group of every original row (same order as ``original_rows``).
     Returns the pooled null and the number of splits used (raised for small references so that
@@ -69,7 +72,7 @@ def train_split_null(
     while splits < n_splits or sum(len(p) for p in pooled) < MIN_NULL_SCORES:
         splits += 1
         half_a = rng.permutation(unique)[:held_out]
-        queries = original_rows[np.isin(codes, half_a)]
+        queries = np.flatnonzero(np.isin(row_groups, half_a))
         if len(queries) > MAX_QUERIES_PER_SPLIT:
             queries = np.sort(rng.choice(queries, MAX_QUERIES_PER_SPLIT, replace=False))
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
