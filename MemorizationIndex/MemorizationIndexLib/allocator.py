@@ -3,7 +3,7 @@
 By default glibc serves every block over a few MB with a fresh ``mmap`` and hands it back with
 ``munmap`` when it is freed. A CNN forward pass allocates and frees its activation tensors
 (tens of MB each) on every batch, so each batch page-faults all of them in again: measured
-here, a third of the CPU time of an EfficientNet-Lite0 forward pass went to the kernel and
+here, about half of the CPU time of an EfficientNet-Lite0 forward pass went to the kernel and
 the pass ran 2x slower (docs/performance.md). Serving large blocks from the heap and keeping
 some free memory at its top removes that cost.
 """

@@ -134,7 +134,7 @@ class ReferenceIndex:
         self.index_id = index_id
         self._thumbnails: dict[str, np.ndarray] | None = None
         self._volume_cache: dict[tuple[str, int], np.ndarray] = {}
-        self._unflipped_rows: dict[tuple[str, int], int] | None = None
+        self._original_rows: dict[tuple[str, int], int] | None = None
         self._lock = threading.Lock()
         self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
 
@@ -229,12 +229,12 @@ class ReferenceIndex:
         """The 2D reference slice as cut (unflipped): thumbnail, else read from the source file, else None."""
         prov = self.provenance
         with self._lock:
-            if self._unflipped_rows is None:
-                self._unflipped_rows = {}
+            if self._original_rows is None:
+                self._original_rows = {}
                 for r in range(len(prov)):
                     if prov.flip[r] == ORIGINAL:
-                        self._unflipped_rows.setdefault((prov.source[r], prov.slice[r]), r)
-        row = self._unflipped_rows.get((source, slice_index))
+                        self._original_rows.setdefault((prov.source[r], prov.slice[r]), r)
+        row = self._original_rows.get((source, slice_index))
         if row is None:
             return None
         if self.store_thumbnails:
