@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
 
 from MemorizationIndexLib.calibration import split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
-from MemorizationIndexLib.preprocess import smoothing_matrix
+from MemorizationIndexLib.order_statistics import percentiles
+from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
 from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
 from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
 from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
@@ -101,6 +104,43 @@ def test_smoothing_matrix_is_a_replicate_padded_gaussian_convolution() -> None:
     matrix = smoothing_matrix(size, sigma).numpy()
     np.testing.assert_allclose(matrix @ column, expected, atol=1e-6)
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 200, 5000, 37000, 300000])
+def test_percentiles_equal_numpy(n: int) -> None:
+    rng = np.random.default_rng(n)
+    arrays = [rng.normal(size=n).astype(np.float32), rng.integers(0, 3, n).astype(np.float32),
+              np.r_[np.zeros(n - n // 50), rng.exponential(size=n // 50)]]  # mostly background, ties
+    for values in arrays:
+        for ps in ([0.5, 99.5], [0.0, 100.0], [50.0], [0.01, 99.99]):
+            np.testing.assert_allclose(percentiles(values, ps), np.percentile(values, ps), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="empty"):
+        percentiles(np.zeros(0), [50.0])
+
+
+def _prepare_step_by_step(slice2d: np.ndarray, size: int, settings: PreprocessSettings) -> np.ndarray:
+    """The preprocessing written out one operation at a time (what prepare_batch folds into matrices)."""
+    low, high = np.percentile(slice2d, [settings.low_percentile, settings.high_percentile])
+    unit = np.clip((slice2d - low) / (high - low), 0, 1)
+    unit = np.clip((unit - settings.background_floor) / (1 - settings.background_floor), 0, 1).astype(np.float32)
+    square = torch.from_numpy(to_square(crop_foreground(unit)))[None, None]
+    resized = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    smooth = smoothing_matrix(size, settings.smoothing_sigma)
+    return (smooth @ resized @ smooth.T).clamp(0, 1).numpy()
+
+
+def test_prepare_batch_equals_the_step_by_step_preprocessing() -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:150, :90]
+    head = ((yy - 70) ** 2 / 60**2 + (xx - 45) ** 2 / 30**2 < 1) * (100 + 20 * np.sin(xx / 4.0))
+    slices = [head + rng.uniform(0, 5, head.shape), (head + rng.uniform(0, 5, head.shape)).T,  # tall, wide
+              rng.random((37, 37)) * 50, np.pad(rng.random((20, 60)), 40) * 9]  # no background, small
+    settings = PreprocessSettings()
+    for size in (224, 96):
+        batch = prepare_batch([s.astype(np.float32) for s in slices], size, settings)
+        assert batch.shape == (len(slices), 1, size, size) and batch.dtype == np.float32
+        for got, slice2d in zip(batch[:, 0], slices):
+            np.testing.assert_allclose(got, _prepare_step_by_step(slice2d.astype(np.float32), size, settings), atol=2e-5)
 
 
 def test_reference_copies_are_the_slice_its_flips_and_small_rotations() -> None:

@@ -13,7 +13,10 @@ from MemorizationIndexLib.encoders.efficientnet_lite import (
     ALL_BLOCKS,
     BLOCK_CHANNELS,
     DEFAULT_BLOCKS,
+    EfficientNetLite0,
     EfficientNetLite0Encoder,
+    load_lite0_state,
+    weights_path,
 )
 from MemorizationIndexLib.encoders.mri_core import (
     DEPTH,
@@ -29,7 +32,7 @@ CKPT_GRID = 16  # the checkpoints' pos_embed grid; 224/16 = 14, so interpolation
 
 
 def _batch(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 3, SIZE, SIZE), dtype=np.float32)
+    return np.random.default_rng(seed).random((n, 1, SIZE, SIZE), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- default encoder
@@ -64,6 +67,22 @@ def test_default_encoder_block_subset_matches_full(lite_all: EfficientNetLite0En
     for block in out:
         np.testing.assert_allclose(out[block], full[block], rtol=1e-5, atol=1e-5)
     assert subset.encoder_id == "default:224:stage2,stage5"
+
+
+def test_default_encoder_reads_grayscale_like_the_published_rgb_network(lite_all: EfficientNetLite0Encoder) -> None:
+    # The published network reads (255 x - 127) / 128 on 3 channels; ours folds that into its stem.
+    batch = _batch(2, seed=2)
+    batch[0, 0, :40] = 0.0  # a dark band at the border, where SAME padding meets the image
+    published = EfficientNetLite0()
+    published.load_state_dict(load_lite0_state(weights_path()))
+    with torch.inference_mode():
+        rgb = (torch.from_numpy(batch).expand(-1, 3, -1, -1) * 255.0 - 127.0) / 128.0
+        expected = published.eval()(rgb, ALL_BLOCKS)
+    out = lite_all.embed(batch)
+    for block in ALL_BLOCKS:
+        np.testing.assert_allclose(out[block], expected[block].numpy(), rtol=1e-5, atol=2e-5)
+    with pytest.raises(ValueError, match="grayscale batch"):
+        lite_all.embed(np.zeros((1, 3, SIZE, SIZE), np.float32))
 
 
 def test_default_encoder_identity(lite_all: EfficientNetLite0Encoder) -> None:
@@ -116,6 +135,8 @@ def _assert_loaded(enc: MriCoreEncoder, backbone: dict[str, torch.Tensor]) -> No
     assert set(params) == set(backbone) - {"mask_token"}
     for key, value in params.items():
         want = expected_pos if key == "pos_embed" else backbone[key]
+        if key == "patch_embed.proj.weight":  # the RGB projection folded to read one grayscale channel
+            want = want.sum(dim=1, keepdim=True)
         torch.testing.assert_close(value, want, rtol=0, atol=0, msg=key)
     assert params["pos_embed"].abs().sum() > 0
 
@@ -168,6 +189,21 @@ def test_mri_core_pools_patch_tokens(mri_core: MriCoreEncoder) -> None:
         assert feats.shape == (2, EMBED_DIM) and feats.dtype == np.float32
         np.testing.assert_allclose(feats, tokens[:, 1:].mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
         assert not np.allclose(feats, tokens.mean(dim=1).numpy(), atol=1e-7)
+
+
+def test_mri_core_reads_grayscale_like_the_rgb_network(
+    mri_core: MriCoreEncoder, teacher_ckpt: tuple[Path, dict[str, torch.Tensor]]
+) -> None:
+    backbone = dict(teacher_ckpt[1])
+    backbone["pos_embed"] = interpolate_pos_embed(backbone["pos_embed"], SIZE // 16)
+    rgb_model = VisionTransformer(SIZE // 16, layerscale=False)
+    rgb_model.load_state_dict({k: v for k, v in backbone.items() if k != "mask_token"})
+    batch = _batch(2, seed=3)
+    with torch.inference_mode():
+        expected = rgb_model.eval()(torch.from_numpy(batch).expand(-1, 3, -1, -1), mri_core.block_ids)
+    out = mri_core.embed(batch)
+    for block, i in zip(mri_core.blocks, mri_core.block_ids):
+        np.testing.assert_allclose(out[block], expected[i].numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_mri_core_wrong_keys_named(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .order_statistics import percentiles
+
 
 @dataclass(frozen=True)
 class PreprocessSettings:
@@ -49,10 +51,10 @@ class PreprocessSettings:
 
 def volume_reference_level(slices: np.ndarray, settings: PreprocessSettings) -> float:
     """Robust maximum of a whole volume (its high percentile), used to find empty slices."""
-    finite = slices[np.isfinite(slices)]
+    finite = slices if np.isfinite(slices).all() else slices[np.isfinite(slices)]
     if finite.size == 0:
         return 0.0
-    return float(np.percentile(finite, settings.high_percentile))
+    return percentiles(finite, [settings.high_percentile])[0]
 
 
 def nonempty_mask(slices: np.ndarray, settings: PreprocessSettings, reference_level: float | None = None) -> np.ndarray:
@@ -77,12 +79,30 @@ def suppress_background(unit: np.ndarray, floor: float) -> np.ndarray:
     return np.clip((unit - floor) / (1.0 - floor), 0.0, 1.0).astype(np.float32)
 
 
+def _robust_window(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple[float, float]:
+    """The slice's (low, high) percentiles."""
+    low, high = percentiles(slice2d, [settings.low_percentile, settings.high_percentile])
+    return low, high
+
+
 def scale_unit(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
     """Robust min-max scale one slice to [0, 1] (a constant slice becomes all zeros)."""
-    low, high = np.percentile(slice2d, [settings.low_percentile, settings.high_percentile])
+    low, high = _robust_window(slice2d, settings)
     if not high > low:
         return np.zeros_like(slice2d, dtype=np.float32)
     return np.clip((slice2d - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def scaled_foreground(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+    """:func:`scale_unit` then :func:`suppress_background`, in one pass over the slice."""
+    low, high = _robust_window(slice2d, settings)
+    if not high > low:
+        return np.zeros(slice2d.shape, dtype=np.float32)
+    floor = max(settings.background_floor, 0.0)
+    start, width = low + floor * (high - low), (1.0 - floor) * (high - low)
+    out = np.subtract(slice2d, np.float32(start), dtype=np.float32)
+    out *= np.float32(1.0 / width)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 @lru_cache(maxsize=8)
@@ -90,8 +110,7 @@ def smoothing_matrix(size: int, sigma: float) -> torch.Tensor:
     """[size, size] Gaussian smoothing along one axis, edges replicated, as a matrix.
 
     ``M @ x`` equals a 1D convolution of each column of ``x`` with a normalised Gaussian of
-    radius round(3σ) after replicate-padding; one matrix product is much faster on CPU than a
-    single-channel ``conv2d``.
+    radius round(3σ) after replicate-padding.
     """
     radius = max(1, int(round(3 * sigma)))
     taps = np.arange(-radius, radius + 1)
@@ -104,10 +123,19 @@ def smoothing_matrix(size: int, sigma: float) -> torch.Tensor:
     return torch.from_numpy(matrix.astype(np.float32))
 
 
-def _smooth(batch: torch.Tensor, sigma: float) -> torch.Tensor:
-    rows = smoothing_matrix(batch.shape[-2], sigma)
-    cols = smoothing_matrix(batch.shape[-1], sigma)
-    return rows @ batch @ cols.T
+@lru_cache(maxsize=512)
+def resampling_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
+    """[n_out, n_in] float32: along one axis, antialiased bilinear resizing (as ``F.interpolate``)
+    from n_in to n_out pixels, then Gaussian smoothing of width ``sigma`` (none if 0).
+
+    Both steps are linear and act on rows and columns separately, so a square slice ``x``
+    becomes ``M @ x @ M.T``: two small matrix products instead of a resize and a smoothing pass.
+    """
+    identity = torch.eye(n_in, dtype=torch.float64)[None, None]
+    resize = F.interpolate(identity, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    if sigma > 0:
+        resize = smoothing_matrix(n_out, sigma).double() @ resize
+    return resize.float()
 
 
 def crop_foreground(unit: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
@@ -130,15 +158,30 @@ def to_square(slice2d: np.ndarray) -> np.ndarray:
     return out
 
 
+def prepare_slice(slice2d: np.ndarray, size: int, settings: PreprocessSettings) -> np.ndarray:
+    """One raw 2D slice as encoder input: float32 [size, size] in [0, 1].
+
+    Robust scaling, background floor, crop to foreground, centring in a zero-padded square,
+    resizing to ``size`` and smoothing; the last three are one product ``A @ crop @ B.T`` with
+    the columns of the square's resampling matrix that the crop occupies.
+    """
+    unit = scaled_foreground(np.asarray(slice2d, dtype=np.float32), settings)
+    if settings.crop_to_foreground:
+        unit = crop_foreground(unit)
+    h, w = unit.shape
+    square = max(h, w)
+    matrix = resampling_matrix(square, size, float(settings.smoothing_sigma))
+    top, left = (square - h) // 2, (square - w) // 2
+    rows, cols, crop = matrix[:, top : top + h], matrix[:, left : left + w], torch.from_numpy(np.ascontiguousarray(unit))
+    # torch's matrix products run on the threads the encoder uses: numpy's BLAS would start a
+    # second thread pool that keeps spinning while the encoder runs.
+    out = rows @ (crop @ cols.T) if h <= w else (rows @ crop) @ cols.T
+    return out.clamp_(0.0, 1.0).numpy()
+
+
 def prepare_batch(slices: list[np.ndarray] | np.ndarray, size: int, settings: PreprocessSettings) -> np.ndarray:
-    """Turn raw 2D slices into encoder input: float32 [N, 3, size, size] in [0, 1]."""
-    resized = torch.empty((len(slices), 1, size, size), dtype=torch.float32)
+    """Turn raw 2D slices into encoder input: float32 [N, 1, size, size] in [0, 1] (grayscale)."""
+    out = np.empty((len(slices), 1, size, size), dtype=np.float32)
     for i, slice2d in enumerate(slices):
-        unit = suppress_background(scale_unit(np.asarray(slice2d, dtype=np.float32), settings), settings.background_floor)
-        if settings.crop_to_foreground:
-            unit = crop_foreground(unit)
-        square = torch.from_numpy(to_square(unit))[None, None]
-        resized[i] = F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    if settings.smoothing_sigma > 0 and len(slices):
-        resized = _smooth(resized, settings.smoothing_sigma)
-    return resized.clamp_(0.0, 1.0).expand(-1, 3, -1, -1).contiguous().numpy()
+        out[i, 0] = prepare_slice(slice2d, size, settings)
+    return out

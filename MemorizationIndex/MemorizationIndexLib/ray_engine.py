@@ -105,8 +105,7 @@ class _EmbedActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = np.asarray(batch["pixels"], dtype=np.float32)
-        inputs = np.ascontiguousarray(np.broadcast_to(pixels[:, None], (len(pixels), 3) + pixels.shape[1:]))
-        features = self.encoder.embed(inputs)
+        features = self.encoder.embed(pixels[:, None])
         path = self.out_dir / f"shard-{uuid.uuid4().hex}.npz"
         columns = {c: np.asarray(batch[c]) for c in ("volume", "holdout", "slice", "flip", "array_axis")}
         columns["plane"] = np.asarray(batch["plane"]).astype(str)

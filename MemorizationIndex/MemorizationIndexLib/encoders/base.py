@@ -22,8 +22,9 @@ def file_sha256(path: str | Path) -> str:
 class Encoder(abc.ABC):
     """Embeds batches of preprocessed slices into one feature vector per exposed block.
 
-    Input batches are float32 arrays [N, 3, S, S] with values in [0, 1], S = ``input_size``;
-    any model-specific normalisation happens inside :meth:`embed`.
+    Input batches are grayscale float32 arrays [N, 1, S, S] with values in [0, 1],
+    S = ``input_size``. Networks trained on RGB read them through :func:`grayscale_first_layer`,
+    so model-specific normalisation and the three equal channels cost nothing per batch.
     """
 
     name: str
@@ -39,11 +40,25 @@ class Encoder(abc.ABC):
 
     @abc.abstractmethod
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Return {block name: float32 [N, D_block]} for a batch [N, 3, S, S] in [0, 1]."""
+        """Return {block name: float32 [N, D_block]} for a batch [N, 1, S, S] in [0, 1]."""
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        """Check a batch is [N, 3, S, S] and move it to the encoder's device as float32."""
+        """Check a batch is [N, 1, S, S] and move it to the encoder's device as float32."""
         s = self.input_size
-        if batch.ndim != 4 or batch.shape[1:] != (3, s, s):
-            raise ValueError(f"expected a batch [N, 3, {s}, {s}], got {list(batch.shape)}")
+        if batch.ndim != 4 or batch.shape[1:] != (1, s, s):
+            raise ValueError(f"expected a grayscale batch [N, 1, {s}, {s}], got {list(batch.shape)}")
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+
+
+def grayscale_first_layer(weight: torch.Tensor, bias: torch.Tensor | None, scale: float = 1.0, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight [O, 1, kh, kw] and bias [O] of a network's first convolution, folded to read a
+    grayscale x directly: it gives what the RGB weight gives on the normalised input
+    ``scale * x + shift`` repeated over its channels.
+
+    Exact where the kernel lies inside the image; a convolution that pads must pad x with
+    ``-shift / scale`` (the value that normalises to the original zero padding).
+    """
+    folded_bias = shift * weight.sum(dim=(1, 2, 3))
+    if bias is not None:
+        folded_bias = folded_bias + bias
+    return scale * weight.sum(dim=1, keepdim=True), folded_bias

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import Encoder, file_sha256
+from .base import Encoder, file_sha256, grayscale_first_layer
 
 DEFAULT_BLOCKS: tuple[str, ...] = ("stage4", "stage5", "stage6")
 
@@ -35,6 +35,9 @@ _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
+# The wheel's ImageNet input normalisation, applied to pixels in [0, 255]: (p - 127) / 128.
+_INPUT_SCALE = 255.0 / 128.0
+_INPUT_SHIFT = -127.0 / 128.0
 
 # Index of the last MBConv block of each stage, and the exposed names.
 _STAGE_ENDS: tuple[int, ...] = tuple(n - 1 for n in accumulate(s[0] for s in _STAGES))
@@ -59,7 +62,9 @@ def weights_path() -> str:
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding computed from each input's size."""
+    """Conv2d with TensorFlow "SAME" padding computed from each input's size (padded with ``pad_value``)."""
+
+    pad_value: float = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
@@ -71,7 +76,7 @@ class SameConv2d(nn.Conv2d):
             total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
             pads += [total // 2, total - total // 2]
         if any(pads):
-            x = F.pad(x, pads)
+            x = F.pad(x, pads, value=self.pad_value)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -118,6 +123,17 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(in_ch, _HEAD_CHANNELS, 1, bias=False)
         self._bn1 = _bn(_HEAD_CHANNELS)
+
+    def read_grayscale(self, scale: float, shift: float) -> None:
+        """Make the stem read grayscale x with the RGB stem's output on ``scale * x + shift`` (exact)."""
+        rgb = self._conv_stem
+        weight, bias = grayscale_first_layer(rgb.weight.detach(), rgb.bias, scale, shift)
+        stem = SameConv2d(1, rgb.out_channels, rgb.kernel_size, stride=rgb.stride, bias=True)
+        stem.pad_value = -shift / scale
+        with torch.no_grad():
+            stem.weight.copy_(weight)
+            stem.bias.copy_(bias)
+        self._conv_stem = stem.to(rgb.weight.device)
 
     def forward(self, x: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
         """Return {block: [N, C] spatial mean} for ``blocks``, stopping after the deepest one."""
@@ -168,11 +184,12 @@ class EfficientNetLite0Encoder(Encoder):
         self.weights_sha256 = file_sha256(path)
         self.model = EfficientNetLite0()
         self.model.load_state_dict(load_lite0_state(path), strict=True)
+        self.model.read_grayscale(_INPUT_SCALE, _INPUT_SHIFT)
         self.model.eval().to(device)
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Return {block: float32 [N, C]} for a batch [N, 3, S, S] in [0, 1]."""
+        """Return {block: float32 [N, C]} for a grayscale batch [N, 1, S, S] in [0, 1]."""
         with torch.inference_mode():
             x = self.input_tensor(batch)
-            feats = self.model((x * 255.0 - 127.0) / 128.0, self.blocks)
+            feats = self.model(x, self.blocks)
             return {b: feats[b].float().cpu().numpy() for b in self.blocks}

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import Encoder, file_sha256
+from .base import Encoder, file_sha256, grayscale_first_layer
 
 EMBED_DIM = 768
 DEPTH = 12
@@ -105,6 +105,16 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def read_grayscale(self) -> None:
+        """Make the projection read one grayscale channel, with the RGB result on it repeated (exact)."""
+        rgb = self.proj
+        weight, bias = grayscale_first_layer(rgb.weight.detach(), rgb.bias)
+        proj = nn.Conv2d(1, rgb.out_channels, rgb.kernel_size, stride=rgb.stride)
+        with torch.no_grad():
+            proj.weight.copy_(weight)
+            proj.bias.copy_(bias)
+        self.proj = proj.to(rgb.weight.device)
 
 
 class VisionTransformer(nn.Module):
@@ -202,7 +212,8 @@ def _key_list(keys: Sequence[str], limit: int = 5) -> str:
 class MriCoreEncoder(Encoder):
     """MRI-CORE ViT-B/16 encoder; blocks ``block0``..``block11`` mean-pooled over patch tokens.
 
-    Inputs are used as given ([0, 1] min-max, 3 channels): no further normalisation.
+    Inputs are used as given ([0, 1] min-max, the grayscale slice on all 3 channels): no further
+    normalisation. The patch projection reads the grayscale channel directly.
     """
 
     name = "mri-core"
@@ -253,11 +264,12 @@ class MriCoreEncoder(Encoder):
                 f"{tuple(state[k].shape)} vs ViT-B/16 {tuple(expected[k].shape)}); use an MRI-CORE ViT-B/16 checkpoint"
             )
         model.load_state_dict(state, strict=True)
+        model.patch_embed.read_grayscale()
         self.model = model.eval().to(device)
         self.weights_sha256 = file_sha256(checkpoint)
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Return {block: float32 [N, 768]} for a batch [N, 3, S, S] in [0, 1]."""
+        """Return {block: float32 [N, 768]} for a grayscale batch [N, 1, S, S] in [0, 1]."""
         with torch.inference_mode():
             x = self.input_tensor(batch)
             feats = self.model(x, self.block_ids)
