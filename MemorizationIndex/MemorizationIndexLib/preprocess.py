@@ -1,4 +1,4 @@
-"""Slice preprocessing: robust min-max scaling, square padding, resizing, 3 channels."""
+"""Slice preprocessing: robust min-max scaling, background floor, crop, square padding, resizing and smoothing."""
 
 from __future__ import annotations
 

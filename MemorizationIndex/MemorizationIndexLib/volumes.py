@@ -17,6 +17,7 @@ import os
 import re
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,6 +175,20 @@ def _read_file(path: Path) -> sitk.Image:
         return reader.Execute()
     except RuntimeError as exc:
         raise UserError(f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?") from None
+
+
+def _read_complete_file(path: Path) -> sitk.Image:
+    """:func:`_read_file` with the NIfTI completeness check running beside it (ITK's reader
+    releases the GIL, so the two decompressions of a .nii.gz overlap)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        check = pool.submit(_check_nifti_complete, path)
+        try:
+            image = _read_file(path)
+        except UserError:
+            check.result()  # a truncated file is reported as such first
+            raise
+        check.result()
+    return image
 
 
 # --- NIfTI completeness (ITK pads a truncated NIfTI with zeros instead of failing) ---------------
@@ -348,8 +363,7 @@ def read_image(path: str | Path, *, series: str | None = None, volume_index: int
     if path.is_dir():
         image = _read_dicom_folder(path, series)
     else:
-        _check_nifti_complete(path)
-        image = _read_file(path)
+        image = _read_complete_file(path)
     if image.GetPixelID() in _COMPLEX_PIXEL_IDS:
         raise UserError(f"{path} has complex pixels ({image.GetPixelIDTypeAsString()}); save the magnitude image instead")
     if image.GetNumberOfComponentsPerPixel() not in (1, 3, 4):
