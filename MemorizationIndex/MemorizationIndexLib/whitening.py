@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -63,7 +64,10 @@ class ShrinkageWhitener:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Whiten and L2-normalise rows of ``x``."""
-        return l2_normalize((np.asarray(x, dtype=np.float32) - self.mean_) @ self.whitening_matrix_)
+        centered = torch.from_numpy(np.asarray(x, dtype=np.float32) - self.mean_)
+        # torch's product runs on the threads the encoder uses; numpy's BLAS threads would keep
+        # spinning afterwards and slow the next FAISS search or forward pass (docs/performance.md).
+        return l2_normalize((centered @ torch.from_numpy(self.whitening_matrix_)).numpy())
 
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
         """:meth:`fit` then :meth:`transform`."""
