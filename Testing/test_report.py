@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from MemorizationIndexLib import report
 from MemorizationIndexLib.errors import UserError
 
 EVIL_NAME = "evil<script>alert(1)<script>&\"'.nii.gz"
+SVG = "{http://www.w3.org/2000/svg}"
 COLUMNS = ["volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice"]
 
 
@@ -57,18 +60,39 @@ def imgs(dom: _Dom, cls: str | None = None) -> list[dict]:
     return out
 
 
+def plots(dom: _Dom, cls: str | None = None) -> list[dict]:
+    """The inline <svg> plots (with the given class)."""
+    out = [a for t, a in dom.tags if t == "svg"]
+    if cls is not None:
+        out = [a for a in out if cls in (a.get("class") or "").split()]
+    return out
+
+
+def svg_trees(text: str) -> dict[str, ET.Element]:
+    """{first class: parsed element} of each inline <svg> (ET raises on malformed XML)."""
+    trees = [ET.fromstring(m) for m in re.findall(r"<svg\b.*?</svg>", text, re.DOTALL)]
+    return {tree.get("class", "").split()[1]: tree for tree in trees}
+
+
+def svg_texts(tree: ET.Element) -> list[str]:
+    return ["".join(t.itertext()) for t in tree.iter(f"{SVG}text")]
+
+
 def assert_offline(text: str) -> None:
-    """No remote fetches: no http(s) or protocol-relative URL in any src/href/url(), no scripts."""
+    """No remote fetches: no http(s) or protocol-relative URL in any src/href/url(), no scripts,
+    and no SVG element that could fetch or embed anything."""
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", text, re.I)
     assert not re.search(r"url\(\s*['\"]?\s*(https?:|//)", text, re.I)
     assert "@import" not in text
     dom = parse(text)
-    assert not [t for t, _ in dom.tags if t in ("script", "iframe", "object", "embed", "link")]
+    forbidden = ("script", "iframe", "object", "embed", "link", "foreignobject", "image", "use", "a")
+    assert not [t for t, _ in dom.tags if t in forbidden]
     for tag, attrs in dom.tags:
         for name, value in attrs.items():
             assert not name.startswith("on"), (tag, name)
-            if name in ("src", "href") and value:
-                assert value.startswith("data:image/png;base64,") or value.startswith("#"), value
+            assert not name.endswith("href"), (tag, name)
+            if name == "src" and value:
+                assert value.startswith("data:image/png;base64,"), value
 
 
 def write_nifti(array_kji: np.ndarray, like: sitk.Image, path: Path) -> None:
@@ -182,7 +206,11 @@ def test_fixture_report_content_and_escaping(fixture_audit):
     assert EVIL_NAME in plain
     assert "idx-<b>fixture</b>" in plain and "<b>fixture</b>" not in text
     # plots + 6 flagged evidence trios first (most suspicious first), all images present
-    assert len(imgs(dom, "hist")) == 1 and len(imgs(dom, "strips")) == 1
+    assert len(plots(dom, "hist")) == 1 and len(plots(dom, "strips")) == 1 and len(plots(dom)) == 2
+    assert all(a.get("role") == "img" and a.get("aria-label") for a in plots(dom))
+    trees = svg_trees(text)
+    assert f"{EVIL_NAME}  (6 flagged of 20)" in svg_texts(trees["strips"])  # the evil name: text in the SVG too
+    assert "Audited mi over the null distribution" in svg_texts(trees["hist"])
     assert len(imgs(dom, "query")) == 20 and len(imgs(dom, "train")) == 20 and len(imgs(dom, "diff")) == 20
     flagged_tags = [a.get("class") for t, a in dom.tags if t == "div" and "evidence" in (a.get("class") or "")]
     assert flagged_tags[:6] == ["evidence flagged"] * 6 and "flagged" not in flagged_tags[6]
@@ -202,8 +230,8 @@ def test_fixture_no_training_images_leaves_no_training_pixels(fixture_audit):
     dom = parse(text)
     assert_offline(text)
     assert not imgs(dom, "train") and not imgs(dom, "diff")
-    # histogram + strips + the query slices + the strongest generated slice beside the verdict
-    assert len(imgs(dom)) == 2 + 20 + 1 and len(imgs(dom, "top-query")) == 1
+    # histogram + strips (SVG) + the query slices + the strongest generated slice beside the verdict
+    assert len(plots(dom)) == 2 and len(imgs(dom)) == 20 + 1 and len(imgs(dom, "top-query")) == 1
     # (a copied slice's training image equals the query image, which is the generator's own output)
     query_pngs = {a["src"] for a in imgs(parse(with_images), "query")}
     private = [src for src in train_pngs + diff_pngs if src not in query_pngs]
@@ -248,8 +276,10 @@ def test_caps_at_many_slices(tmp_path: Path):
     assert "10 more volumes are not listed here" in plain
     assert text.count("query image not available") == 10
     assert len(text) < 2_000_000
-    # most suspicious volume first in the table
+    # most suspicious volume first in the table and in the strips (capped at MAX_STRIPS)
     assert plain.index("gen_07.nii.gz") < plain.index("gen_00.nii.gz")
+    titles = [t for t in svg_texts(svg_trees(text)["strips"]) if "flagged of" in t]
+    assert len(titles) == report.MAX_STRIPS and titles[0] == "gen_07.nii.gz  (5 flagged of 20)"
 
 
 def test_missing_and_corrupt_outputs_raise_user_error(tmp_path: Path):
@@ -284,16 +314,99 @@ def test_missing_and_corrupt_outputs_raise_user_error(tmp_path: Path):
         report.write_report(out)
 
 
-def test_roc_figure_is_an_embeddable_image():
-    rng = np.random.default_rng(1)
-    labels = np.r_[np.ones(50), np.zeros(50)]
-    tag = report.roc_figure({"exact <copy>": (labels, np.r_[rng.normal(3, 1, 50), rng.normal(0, 1, 50)]),
-                             "noisy $copy$": (labels, rng.normal(0, 1, 100))})
-    assert tag.startswith("<img ") and 'src="data:image/png;base64,' in tag
-    assert "<copy>" not in tag
-    fpr, tpr, auc = report.roc_curve([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1])
-    assert auc == pytest.approx(1.0)
-    assert report.roc_curve([1, 0, 1, 0], [0.5, 0.5, 0.5, 0.5])[2] == pytest.approx(0.5)
+# ----------------------------------------------------------------------------------------------
+# the SVG plots
+
+
+def _rows(volume: str, mis, flagged=(), first_slice: int = 0) -> list:
+    out = []
+    for i, mi in enumerate(mis):
+        z = float(np.arctanh(np.clip(2 * mi - 1, -0.999999, 0.999999)))
+        out.append(report._Row(volume, first_slice + i, 0.5, z, float(mi), -float(np.tanh(z)), 0.5, i in flagged,
+                               "t.nii.gz", 0))
+    return out
+
+
+THRESHOLD = {"alpha": 0.001, "similarity": 0.65, "z": 3.09, "mi": (1 + np.tanh(3.09)) / 2, "oni": -np.tanh(3.09)}
+UNREACHABLE = {"alpha": 1e-6, "similarity": float("inf"), "z": float("inf"), "mi": 1.0, "oni": -1.0}
+_RNG = np.random.default_rng(3)
+SVG_CASES = {
+    "copies": (_rows(EVIL_NAME, [0.3, 0.5, 0.7, 1.0, 1.0], flagged={3, 4}), _RNG.normal(0.5, 0.05, 3000), THRESHOLD),
+    "no null": (_rows("a.nii.gz", [0.2, 0.6]), np.array([]), THRESHOLD),
+    "no rows": ([], _RNG.normal(0.5, 0.05, 300), THRESHOLD),
+    "nothing": ([], np.array([]), UNREACHABLE),
+    "unreachable threshold": (_rows("a.nii.gz", [0.2, 0.6, 0.9]), _RNG.normal(0.5, 0.05, 50), UNREACHABLE),
+    "single slice": (_rows("one.nii.gz", [0.7], first_slice=17), _RNG.normal(0.5, 0.05, 300), THRESHOLD),
+    "all equal": (_rows("eq.nii.gz", [0.5] * 20), np.full(200, 0.5), THRESHOLD),
+    "thousands of slices": (_rows("big.nii.gz", _RNG.uniform(0, 1, 5000), flagged=set(range(0, 5000, 50))),
+                            _RNG.normal(0.5, 0.05, 100_000), THRESHOLD),
+}
+
+
+def _numbers_are_finite(tree: ET.Element) -> None:
+    for element in tree.iter():
+        for name, value in element.attrib.items():
+            if name not in ("aria-label", "class", "role"):
+                assert "nan" not in value.lower() and "inf" not in value.lower(), (element.tag, name, value)
+
+
+@pytest.mark.parametrize("case", list(SVG_CASES))
+def test_svg_plots_are_well_formed_in_edge_cases(case):
+    rows, null, threshold = SVG_CASES[case]
+    reachable = np.isfinite(threshold["z"])
+    hist = ET.fromstring(report._histogram_svg(rows, null, 0.5, 0.05, threshold))
+    _numbers_are_finite(hist)
+    texts = svg_texts(hist)
+    assert hist.get("class") == "plot hist" and hist.get("aria-label") == hist.find(f"{SVG}title").text
+    assert {"Audited mi over the null distribution", "The same in z units",
+            "Memorization Index mi (0.5 = typical real slice, 1 = copy)", "density (square-root scale)",
+            f"null: real vs training (n={null.size})", f"audited slices (n={len(rows)})"} <= set(texts)
+    assert texts.count(f"null: real vs training (n={null.size})") == 2
+    dashed = hist.findall(f".//{SVG}line[@stroke-dasharray]")
+    if reachable:  # a line in each panel and in each legend
+        assert len(dashed) == 4 and f"threshold z = {threshold['z']:.4g}" in texts
+    else:
+        assert not dashed and sum("no threshold line" in t for t in texts) == 2
+    assert len(hist.findall(f".//{SVG}path[@fill='{report.NULL_COLOR}']")) == (1 if null.size else 0) * 2
+    if not rows:
+        return
+    strips = ET.fromstring(report._strips_svg(report._volume_order(rows), threshold["mi"] if reachable else None))
+    _numbers_are_finite(strips)
+    assert strips.get("class") == "plot strips" and strips.get("aria-label")
+    assert len(strips.findall(f".//{SVG}line[@stroke-dasharray]")) == (1 if reachable else 0)
+    flagged = sum(r.flagged for r in rows)
+    assert f"{report._short(rows[0].volume)}  ({flagged} flagged of {len(rows)})" in svg_texts(strips)
+    assert "slice index" in svg_texts(strips)
+    assert len(strips.findall(f".//{SVG}path[@stroke='{report.THRESHOLD_COLOR}']")) == (1 if flagged else 0)
+
+
+def test_svg_axes_ticks():
+    single = ET.fromstring(report._strips_svg([("one.nii.gz", _rows("one.nii.gz", [0.7], first_slice=17))], 0.99))
+    assert sorted(t for t in svg_texts(single) if t.isdigit()) == ["0", "1", "17"]  # x: slice 17 only; y: 0, 0.5, 1
+    assert "0.5" in svg_texts(single)
+    assert [label for _, label in report._linear_ticks(0.0, 1.0, target=8)] == \
+        ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert report._linear_ticks(-4.2, 7.9, target=8)[0][1] == "\u22124"
+    assert [v for v, _ in report._linear_ticks(-0.5, 4999.5, target=12, integer=True)][:3] == [0, 500, 1000]
+    big = report._strips_svg([("big", _rows("big", _RNG.uniform(0, 1, 5000)))], 0.99)
+    assert len(big) < 200_000  # dots share a path, one per pixel at most
+
+
+def test_report_path_does_not_import_matplotlib(tmp_path: Path):
+    out = tmp_path / "audit"
+    write_fixture_audit(out, _rows_as_dicts(), volumes=[])
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from MemorizationIndexLib import report; "
+            "report.write_report(sys.argv[2]); print(sorted(m for m in sys.modules if m.startswith('matplotlib')))")
+    result = subprocess.run([sys.executable, "-c", code, str(Path(report.__file__).parents[1]), str(out)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+    assert (out / "report.html").is_file()
+
+
+def _rows_as_dicts() -> list[dict]:
+    return [{"volume": "/gone/gen.nii.gz", "slice": k, "similarity": 0.45 + 0.01 * k, "nn_source": "/gone/t.nii.gz",
+             "nn_slice": k} for k in range(12)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,12 +473,12 @@ def real_audit(tmp_path_factory, spine):
     qpath = gen_dir / EVIL_NAME
     write_nifti(query, ref, qpath)
     out = root / "audit"
-    audit.audit_paths(index_dir, [qpath], out, device="cpu", alpha=0.05)
-    return out, qpath
+    audits = audit.audit_paths(index_dir, [qpath], out, device="cpu", alpha=0.05)
+    return out, qpath, audits, index_dir
 
 
 def test_real_audit_report_in_chromium(real_audit, chromium, tmp_path):
-    out, qpath = real_audit
+    out, qpath, _, _ = real_audit
     path = report.write_report(out)
     text = path.read_text(encoding="utf-8")
     assert_offline(text)
@@ -403,7 +516,7 @@ def test_real_audit_report_in_chromium(real_audit, chromium, tmp_path):
     first_img = dom_text.find("<img")
     assert dom_text.find("look like copies") < first_img
     # plots and evidence pairs, all embedded
-    assert len(imgs(dom, "hist")) == 1 and len(imgs(dom, "strips")) == 1
+    assert len(plots(dom, "hist")) == 1 and len(plots(dom, "strips")) == 1
     assert all(a["src"].startswith("data:image/png;base64,") for a in imgs(dom))
     n_ev = min(24, n)
     assert len(imgs(dom, "query")) == n_ev and len(imgs(dom, "train")) == n_ev and len(imgs(dom, "diff")) == n_ev
@@ -429,8 +542,45 @@ def test_real_audit_report_in_chromium(real_audit, chromium, tmp_path):
     assert_offline(private)
     pdom = parse(private)
     assert not imgs(pdom, "train") and not imgs(pdom, "diff")
-    assert len(imgs(pdom)) == 2 + n_ev + 1 and not imgs(pdom, "top-train")
+    assert len(plots(pdom)) == 2 and len(imgs(pdom)) == n_ev + 1 and not imgs(pdom, "top-train")
     for src in train_srcs + diff_srcs:
         assert src not in private
     result = _chromium(chromium, tmp_path, "--dump-dom", path.as_uri())
     assert "training image withheld" in result.stdout
+
+
+def _assert_same_report_from_kept_slices(out: Path, kept: dict, max_evidence: int, monkeypatch) -> None:
+    """The report from the audit's kept slices equals the one that reads the query volumes, and
+    reads none of them."""
+    from_disk = report.render_report(out, generated="fixed", max_evidence=max_evidence)
+    with monkeypatch.context() as patch:
+        patch.setattr(report, "_read_query_volume", lambda *args: pytest.fail("query volume read again"))
+        in_memory = report.render_report(out, generated="fixed", max_evidence=max_evidence, query_slices=kept)
+    assert [a["src"] for a in imgs(parse(in_memory), "query")] == [a["src"] for a in imgs(parse(from_disk), "query")]
+    assert in_memory == from_disk
+
+
+def test_report_from_the_audit_slices_equals_reading_them(real_audit, monkeypatch):
+    from MemorizationIndexLib.audit import query_slices
+
+    out, _, audits, _ = real_audit
+    kept = query_slices(audits)
+    rows = report.load_audit(out)[0]
+    assert set(kept) == {(r.volume, r.slice) for r in report._ranked(rows)[:24]}
+    assert all(img.base is None and img.flags.c_contiguous for img in kept.values())  # copies, not views of the volume
+    _assert_same_report_from_kept_slices(out, kept, 24, monkeypatch)
+
+
+def test_audit_keeps_only_the_best_evidence_over_all_volumes(real_audit, spine, tmp_path, monkeypatch):
+    """Two volumes, keep 3: the 3 slices the report ranks first (ties in mi and similarity, as
+    written, broken by volume then slice), none of the other volume's."""
+    from MemorizationIndexLib import audit
+
+    _, qpath, _, index_dir = real_audit
+    out = tmp_path / "audit"
+    audits = audit.audit_paths(index_dir, [spine["01"], qpath], out, device="cpu", alpha=0.05, keep_evidence=3)
+    kept = audit.query_slices(audits)
+    rows = report.load_audit(out)[0]
+    assert set(kept) == {(r.volume, r.slice) for r in report._ranked(rows)[:3]}
+    assert sum(len(a.evidence_slices) for a in audits) == 3
+    _assert_same_report_from_kept_slices(out, kept, 3, monkeypatch)

@@ -56,7 +56,12 @@ class Neighbour:
 
 @dataclass
 class VolumeAudit:
-    """Result of auditing one volume."""
+    """Result of auditing one volume.
+
+    ``evidence_slices``: {slice index: the 2D slice as stored in the image array (what the encoder
+    was given)} of the few highest-scoring slices, kept so that the report need not read the
+    volume again (see :func:`query_slices`).
+    """
 
     volume: str
     array_axis: int
@@ -66,6 +71,7 @@ class VolumeAudit:
     scores: list[SliceScore]
     threshold: Threshold
     neighbours: dict[int, list[Neighbour]] = field(default_factory=dict)
+    evidence_slices: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def flagged(self) -> int:
@@ -104,11 +110,13 @@ def audit_image(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     preprocessing: PreprocessSettings | None = None,
+    keep_evidence: int = 24,
 ) -> VolumeAudit:
     """Score every non-empty slice of ``image`` against ``index``.
 
     ``preprocessing``, when given, must equal the index's (scores across preprocessings are
-    meaningless); by default the index's settings are used.
+    meaningless); by default the index's settings are used. ``keep_evidence``: how many of the
+    highest-scoring slices to keep in ``evidence_slices`` for the report (its ``max_evidence``).
     """
     if preprocessing is not None and preprocessing != index.preprocessing:
         raise UserError(f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run ({preprocessing}); audit with the index's settings or rebuild the index")
@@ -135,7 +143,34 @@ def audit_image(
             Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
             for rank, r in enumerate(ids[i]) if r >= 0
         ]
+    best = sorted(audit.scores, key=lambda s: evidence_rank(volume, s))[:max(0, keep_evidence)]
+    audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     return audit
+
+
+def evidence_rank(volume: str, score: SliceScore) -> tuple[float, float, str, int]:
+    """Sort key of the report's evidence gallery: highest mi, then highest similarity (both as
+    written to slices.csv), then volume and slice."""
+    return -float(_fmt(score.mi)), -float(_fmt(score.similarity)), volume, score.slice
+
+
+def _keep_best_evidence(best: list[tuple[tuple, VolumeAudit, int]], audit: VolumeAudit,
+                        keep: int) -> list[tuple[tuple, VolumeAudit, int]]:
+    """Merge ``audit``'s evidence slices into ``best`` ((rank, audit, slice), best first) and drop
+    the slices beyond the ``keep`` best of all volumes from their audits, so that memory does not
+    grow with the number of volumes."""
+    scores = {s.slice: s for s in audit.scores}
+    merged = best + [(evidence_rank(audit.volume, scores[k]), audit, k) for k in audit.evidence_slices]
+    merged.sort(key=lambda entry: entry[0])
+    for _, owner, k in merged[keep:]:
+        del owner.evidence_slices[k]
+    return merged[:keep]
+
+
+def query_slices(audits: Sequence[VolumeAudit]) -> dict[tuple[str, int], np.ndarray]:
+    """{(volume as in slices.csv, slice index): 2D slice} of the slices the audits kept, for
+    ``report.write_report(..., query_slices=...)``."""
+    return {(a.volume, k): img for a in audits for k, img in a.evidence_slices.items()}
 
 
 def _fmt(value: float) -> str:
@@ -248,6 +283,7 @@ def audit_paths(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     engine: str = "local",
+    keep_evidence: int = 24,
 ) -> list[VolumeAudit]:
     """Audit volume files/folders against an index and write the outputs.
 
@@ -258,6 +294,8 @@ def audit_paths(
 
     index_dir: the index folder, or an index already loaded from it.
     engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
+    keep_evidence: the audits keep the query slices of this many highest-scoring slices over all
+    volumes (the report's evidence gallery; see :func:`query_slices`).
     """
     if engine not in ("local", "ray"):
         raise UserError(f"unknown engine {engine!r}; use local or ray")
@@ -269,10 +307,13 @@ def audit_paths(
         from .ray_engine import attach_ray_search
 
         attach_ray_search(index)
-    audits = []
+    audits: list[VolumeAudit] = []
+    best: list[tuple[tuple, VolumeAudit, int]] = []
     for path in inputs:
         image = read_image(path, series=series, volume_index=volume_index)
-        audits.append(audit_image(index, image, str(path), encoder=encoder, batch_size=batch_size, alpha=alpha, axis=axis, progress=progress, cancel=cancel))
+        audits.append(audit_image(index, image, str(path), encoder=encoder, batch_size=batch_size, alpha=alpha, axis=axis,
+                                  progress=progress, cancel=cancel, keep_evidence=keep_evidence))
+        best = _keep_best_evidence(best, audits[-1], keep_evidence)
         del image  # one volume in memory at a time
     write_outputs(audits, index, out_dir)
     return audits

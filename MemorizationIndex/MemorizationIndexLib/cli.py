@@ -96,7 +96,7 @@ def _build_index(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import audit_paths
+    from .audit import audit_paths, query_slices
     from .reference_index import ReferenceIndex
 
     index = ReferenceIndex.load(args.index)
@@ -108,7 +108,8 @@ def _audit(args: argparse.Namespace) -> int:
     if not args.no_report:
         from .report import write_report
 
-        write_report(Path(args.out), no_training_images=args.no_training_images, index=index)
+        write_report(Path(args.out), no_training_images=args.no_training_images, index=index,
+                     query_slices=query_slices(audits))
     threshold = audits[0].threshold
     print(f"{'volume':<40} {'scored':>6} {'skipped':>7} {'mean mi':>8} {'flagged':>8}")
     for audit in audits:

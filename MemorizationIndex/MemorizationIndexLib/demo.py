@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from .audit import audit_paths
+from .audit import audit_paths, query_slices
 from .augment import CONDITIONS, augment_slice
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit, to_square
@@ -113,7 +113,7 @@ def run_demo(out: Path, device: str = "cpu") -> int:
     print(f"training: {len(training)} real volumes from pip packages; generated: {len(generated)} volumes with planted copies")
     index = build_index(training, out / "index", device=device, overwrite=True)
     audits = audit_paths(index, generated, out / "audit", device=device)
-    write_report(out / "audit", index=index)
+    write_report(out / "audit", index=index, query_slices=query_slices(audits))
     scores = {(a.volume, s.slice): s for a in audits for s in a.scores}
     print(f"\n{'volume':<20} {'slice':>5} {'planted':<10} {'mi':>6} {'flagged':>7} {'nearest training slice':<32} {'right source':>12}")
     found = right = novel_flagged = novel_total = 0
