@@ -186,6 +186,10 @@ class EfficientNetLite0Encoder(Encoder):
         self.model.load_state_dict(load_lite0_state(path), strict=True)
         self.model.read_grayscale(_INPUT_SCALE, _INPUT_SHIFT)
         self.model.eval().to(device)
+        if str(device) == "cpu":
+            # oneDNN's preferred layout: the forward pass runs ~25% faster on CPU (docs/performance.md);
+            # activations follow the weights' layout, so callers pass ordinary [N, 1, S, S] batches.
+            self.model.to(memory_format=torch.channels_last)
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Return {block: float32 [N, C]} for a grayscale batch [N, 1, S, S] in [0, 1]."""
