@@ -498,7 +498,7 @@ def table(results: dict) -> str:
     if a:
         lines += ["", f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
                   f"  audit {a['audit_s']:.2f} s | bare forward + FAISS {a['bare_s']:.2f} s (forward {a['bare_forward_s']:.2f} s, FAISS {a['bare_faiss_s']:.3f} s)"
-                  f" | speed vs bare {a['audit_speed_vs_bare']:.2f} (>= 0.9 required; median of per-round ratios {a['audit_speed_vs_bare_median_round']:.2f})"
+                  f" | speed vs bare: median of per-round ratios {a['audit_speed_vs_bare_median_round']:.2f} (>= 0.9 required), best vs best {a['audit_speed_vs_bare']:.2f}"
                   f" | preprocessing {a['preprocess_s']:.2f} s",
                   f"  search: audit {a['audit_search_s'] * 1000:.1f} ms vs bare FAISS {a['bare_faiss_s'] * 1000:.1f} ms ({a['search_speed_vs_bare_faiss']:.2f}x speed)",
                   f"  whole CLI command: {a['end_to_end']['cli_audit_s']:.2f} s ({a['end_to_end']['cli_audit_no_report_s']:.2f} s with --no-report) vs the bare job"
