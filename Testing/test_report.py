@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MemorizationIndexLib import report
+from MemorizationIndexLib import report, report_plots
 from MemorizationIndexLib.errors import UserError
 
 EVIL_NAME = "evil<script>alert(1)<script>&\"'.nii.gz"
@@ -354,7 +354,7 @@ def _numbers_are_finite(tree: ET.Element) -> None:
 def test_svg_plots_are_well_formed_in_edge_cases(case):
     rows, null, threshold = SVG_CASES[case]
     reachable = np.isfinite(threshold["z"])
-    hist = ET.fromstring(report._histogram_svg(rows, null, 0.5, 0.05, threshold))
+    hist = ET.fromstring(report_plots.histogram_svg(rows, null, 0.5, 0.05, threshold))
     _numbers_are_finite(hist)
     texts = svg_texts(hist)
     assert hist.get("class") == "plot hist" and hist.get("aria-label") == hist.find(f"{SVG}title").text
@@ -367,28 +367,28 @@ def test_svg_plots_are_well_formed_in_edge_cases(case):
         assert len(dashed) == 4 and f"threshold z = {threshold['z']:.4g}" in texts
     else:
         assert not dashed and sum("no threshold line" in t for t in texts) == 2
-    assert len(hist.findall(f".//{SVG}path[@fill='{report.NULL_COLOR}']")) == (1 if null.size else 0) * 2
+    assert len(hist.findall(f".//{SVG}path[@fill='{report_plots.NULL_COLOR}']")) == (1 if null.size else 0) * 2
     if not rows:
         return
-    strips = ET.fromstring(report._strips_svg(report._volume_order(rows), threshold["mi"] if reachable else None))
+    strips = ET.fromstring(report_plots.strips_svg(report._volume_order(rows), threshold["mi"] if reachable else None))
     _numbers_are_finite(strips)
     assert strips.get("class") == "plot strips" and strips.get("aria-label")
     assert len(strips.findall(f".//{SVG}line[@stroke-dasharray]")) == (1 if reachable else 0)
     flagged = sum(r.flagged for r in rows)
-    assert f"{report._short(rows[0].volume)}  ({flagged} flagged of {len(rows)})" in svg_texts(strips)
+    assert f"{report_plots.short_name(rows[0].volume)}  ({flagged} flagged of {len(rows)})" in svg_texts(strips)
     assert "slice index" in svg_texts(strips)
-    assert len(strips.findall(f".//{SVG}path[@stroke='{report.THRESHOLD_COLOR}']")) == (1 if flagged else 0)
+    assert len(strips.findall(f".//{SVG}path[@stroke='{report_plots.THRESHOLD_COLOR}']")) == (1 if flagged else 0)
 
 
 def test_svg_axes_ticks():
-    single = ET.fromstring(report._strips_svg([("one.nii.gz", _rows("one.nii.gz", [0.7], first_slice=17))], 0.99))
+    single = ET.fromstring(report_plots.strips_svg([("one.nii.gz", _rows("one.nii.gz", [0.7], first_slice=17))], 0.99))
     assert sorted(t for t in svg_texts(single) if t.isdigit()) == ["0", "1", "17"]  # x: slice 17 only; y: 0, 0.5, 1
     assert "0.5" in svg_texts(single)
-    assert [label for _, label in report._linear_ticks(0.0, 1.0, target=8)] == \
+    assert [label for _, label in report_plots._linear_ticks(0.0, 1.0, target=8)] == \
         ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]
-    assert report._linear_ticks(-4.2, 7.9, target=8)[0][1] == "\u22124"
-    assert [v for v, _ in report._linear_ticks(-0.5, 4999.5, target=12, integer=True)][:3] == [0, 500, 1000]
-    big = report._strips_svg([("big", _rows("big", _RNG.uniform(0, 1, 5000)))], 0.99)
+    assert report_plots._linear_ticks(-4.2, 7.9, target=8)[0][1] == "\u22124"
+    assert [v for v, _ in report_plots._linear_ticks(-0.5, 4999.5, target=12, integer=True)][:3] == [0, 500, 1000]
+    big = report_plots.strips_svg([("big", _rows("big", _RNG.uniform(0, 1, 5000)))], 0.99)
     assert len(big) < 200_000  # dots share a path, one per pixel at most
 
 
