@@ -19,7 +19,7 @@ from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.order_statistics import percentiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
 from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
-from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
+from MemorizationIndexLib.reference_index import VOLUME_CACHE_SIZE, EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
 from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
 from MemorizationIndexLib.whitening import ShrinkageWhitener, ledoit_wolf_shrinkage, l2_normalize
@@ -201,6 +201,26 @@ def test_index_from_features_round_trips(tmp_path: Path) -> None:
     assert index.n_reference_slices == 40 and index.null_type == "train-split"
     assert len(index.null_similarity) >= 2000
     assert not list(tmp_path.glob(".index.tmp-*"))
+
+
+def test_reference_slices_keep_few_volumes_in_memory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    volumes = [rng.random((4, 12, 10)).astype(np.float32) for _ in range(VOLUME_CACHE_SIZE + 2)]
+    provenance = Provenance()
+    for v, array in enumerate(volumes):
+        path = tmp_path / f"v{v}.nii.gz"
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+        for k in range(len(array)):
+            provenance.append(str(path), k, "axial", 0, "none", len(provenance), f"s{v}")
+    info = EncoderInfo("default", "default:224:b", "0" * 64, 224, ("b",))
+    features = {"b": rng.normal(size=(len(provenance), 8)).astype(np.float32)}
+    index = ReferenceIndex.load(build_index_from_features(features, provenance, tmp_path / "index", encoder_info=info).path)
+    for v, array in enumerate(volumes):
+        got = index.reference_slice(str(tmp_path / f"v{v}.nii.gz"), 2)
+        np.testing.assert_array_equal(got, array[2])
+        assert got.base is None  # a copy: it does not keep the whole volume alive
+    assert len(index._volume_cache) == VOLUME_CACHE_SIZE
+    assert index.reference_slice(str(tmp_path / "v0.nii.gz"), 9) is None  # no such slice
 
 
 @pytest.mark.parametrize("damage", ["checksum", "version", "missing", "truncated-faiss"])

@@ -24,6 +24,7 @@ import sys
 import threading
 import uuid
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -51,6 +52,7 @@ PROVENANCE_COLUMNS = ("row", "source", "slice", "axis", "array_axis", "flip", "o
 _REQUIRED_FILES = ("config.json", "provenance.csv", "whitener.npz", "calibration.npz")
 _SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _SAFE_BLOCK_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+VOLUME_CACHE_SIZE = 4  # training volumes kept in memory for reference_slice (report galleries, Slicer)
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class ReferenceIndex:
         self.null_similarity = null_similarity
         self.index_id = index_id
         self._thumbnails: dict[str, np.ndarray] | None = None
-        self._volume_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._volume_cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()  # most recent last
         self._original_rows: dict[tuple[str, int], int] | None = None
         self._lock = threading.Lock()
         self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
@@ -245,13 +247,18 @@ class ReferenceIndex:
             return self._thumbnails[str(row)].astype(np.float32) / 255.0
         key = (source, self.provenance.array_axis[row])
         with self._lock:
-            if key not in self._volume_cache:
+            if key in self._volume_cache:
+                self._volume_cache.move_to_end(key)
+            else:
                 try:
                     self._volume_cache[key] = image_slices(read_image(source), key[1])
                 except UserError:
                     return None
+                while len(self._volume_cache) > VOLUME_CACHE_SIZE:
+                    self._volume_cache.popitem(last=False)
             stack = self._volume_cache[key]
-        return stack[slice_index] if 0 <= slice_index < len(stack) else None
+        # A copy, so that the slice does not keep its whole volume in memory after eviction.
+        return np.array(stack[slice_index], dtype=np.float32) if 0 <= slice_index < len(stack) else None
 
 
 def _read_manifest(path: Path) -> dict:
