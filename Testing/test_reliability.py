@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -291,6 +292,31 @@ def test_ctrl_c_during_build_leaves_no_index(tmp_path: Path, shared_data: Path) 
     assert code == 130, rest
     assert "error: interrupted" in rest and "Traceback" not in rest
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_next_build_removes_what_a_killed_build_left(tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    killed = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from MemorizationIndexLib.reference_index import _write_atomically
+        def write(folder):
+            (folder / "half-written").write_bytes(b"x")
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a power cut would
+        _write_atomically(Path({str(out)!r}), False, write)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "MemorizationIndex")}
+    assert subprocess.run([sys.executable, "-c", killed], env=env).returncode == -signal.SIGKILL
+    assert len(_leftovers(tmp_path)) == 1  # SIGKILL gives no chance to clean up
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a build still running (its process is alive) is left alone
+        running = tmp_path / f".index.tmp-{socket.gethostname()}-{sleeper.pid}-0123abcd"
+        running.mkdir()
+        _features_index(out)
+        assert _leftovers(tmp_path) == [running.name]
+    finally:
+        sleeper.kill()
+    assert ReferenceIndex.load(out).n_reference_slices == 12
 
 
 # --- 2. concurrent audits --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import threading
 import uuid
@@ -308,13 +309,15 @@ def _write_atomically(out_dir: Path, overwrite: bool, write) -> None:
     out_dir = Path(out_dir)
     check_index_output(out_dir, overwrite)
     created = [d for d in out_dir.parents if not d.exists()]
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    _remove_abandoned_builds(out_dir)
+    owner = f"{socket.gethostname()}-{os.getpid()}"  # in the temporary names: whose build it is
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{owner}-{uuid.uuid4().hex[:8]}"
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         write(tmp)
         if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            old = out_dir.parent / f".{out_dir.name}.old-{owner}-{uuid.uuid4().hex[:8]}"
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
@@ -332,6 +335,28 @@ def _write_atomically(out_dir: Path, overwrite: bool, write) -> None:
         if isinstance(exc, RuntimeError) and not isinstance(exc, NotImplementedError):  # faiss reports write failures so
             raise UserError(f"cannot write {out_dir}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else 'write failed'}") from None
         raise
+
+
+def _remove_abandoned_builds(out_dir: Path) -> None:
+    """Remove the temporary folders that builds of ``out_dir`` on this host left when they were
+    killed (SIGKILL, power loss): their process id no longer runs."""
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(tmp|old)-{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]{{8}}$")
+    if not out_dir.parent.is_dir():
+        return
+    for entry in out_dir.parent.iterdir():
+        match = pattern.match(entry.name)
+        if match and entry.is_dir() and not _process_runs(int(match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_index_output(out_dir: str | Path, overwrite: bool) -> None:
