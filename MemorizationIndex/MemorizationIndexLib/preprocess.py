@@ -72,13 +72,6 @@ def nonempty_mask(slices: np.ndarray, settings: PreprocessSettings, reference_le
     return (fraction >= settings.min_foreground_fraction) & varying & (not too_small)
 
 
-def suppress_background(unit: np.ndarray, floor: float) -> np.ndarray:
-    """Soft-threshold a [0, 1] slice: (x - floor) / (1 - floor), clipped at 0."""
-    if floor <= 0:
-        return unit
-    return np.clip((unit - floor) / (1.0 - floor), 0.0, 1.0).astype(np.float32)
-
-
 def _robust_window(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple[float, float]:
     """The slice's (low, high) percentiles."""
     low, high = percentiles(slice2d, [settings.low_percentile, settings.high_percentile])
@@ -94,7 +87,8 @@ def scale_unit(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
 
 
 def scaled_foreground(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
-    """:func:`scale_unit` then :func:`suppress_background`, in one pass over the slice."""
+    """:func:`scale_unit`, then the background floor (values below ``background_floor`` set to 0,
+    the rest rescaled to [0, 1]), in one pass over the slice."""
     low, high = _robust_window(slice2d, settings)
     if not high > low:
         return np.zeros(slice2d.shape, dtype=np.float32)
