@@ -19,6 +19,7 @@ from .encoders.base import Encoder
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask
 from .reference_index import ReferenceIndex
+from .report import evidence_order
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
@@ -149,9 +150,8 @@ def audit_image(
 
 
 def evidence_rank(volume: str, score: SliceScore) -> tuple[float, float, str, int]:
-    """Sort key of the report's evidence gallery: highest mi, then highest similarity (both as
-    written to slices.csv), then volume and slice."""
-    return -float(_fmt(score.mi)), -float(_fmt(score.similarity)), volume, score.slice
+    """The report's gallery order (:func:`report.evidence_order`) on the values as written to slices.csv."""
+    return evidence_order(float(_fmt(score.mi)), float(_fmt(score.similarity)), volume, score.slice)
 
 
 def _keep_best_evidence(best: list[tuple[tuple, VolumeAudit, int]], audit: VolumeAudit,

@@ -525,8 +525,13 @@ class _Evidence:
     correlation: float | None = None
 
 
+def evidence_order(mi: float, similarity: float, volume: str, slice_index: int) -> tuple[float, float, str, int]:
+    """Sort key of the evidence gallery: highest mi, then highest similarity, then volume and slice."""
+    return -mi, -similarity, volume, slice_index
+
+
 def _ranked(rows: Sequence[_Row]) -> list[_Row]:
-    return sorted(rows, key=lambda r: (-r.mi, -r.similarity, r.volume, r.slice))
+    return sorted(rows, key=lambda r: evidence_order(r.mi, r.similarity, r.volume, r.slice))
 
 
 def _build_evidence(shown: Sequence[_Row], out_dir: Path, summary: dict, *, no_training_images: bool, index=None,

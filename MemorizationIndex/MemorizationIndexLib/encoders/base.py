@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 
 def file_sha256(path: str | Path) -> str:
@@ -50,15 +51,17 @@ class Encoder(abc.ABC):
         return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
 
 
-def grayscale_first_layer(weight: torch.Tensor, bias: torch.Tensor | None, scale: float = 1.0, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight [O, 1, kh, kw] and bias [O] of a network's first convolution, folded to read a
-    grayscale x directly: it gives what the RGB weight gives on the normalised input
-    ``scale * x + shift`` repeated over its channels.
+def grayscale_first_layer(conv: nn.Conv2d, scale: float = 1.0, shift: float = 0.0) -> nn.Conv2d:
+    """A copy of a network's first convolution that reads a grayscale x directly: it gives what
+    ``conv`` gives on the normalised input ``scale * x + shift`` repeated over its channels.
 
     Exact where the kernel lies inside the image; a convolution that pads must pad x with
     ``-shift / scale`` (the value that normalises to the original zero padding).
     """
-    folded_bias = shift * weight.sum(dim=(1, 2, 3))
-    if bias is not None:
-        folded_bias = folded_bias + bias
-    return scale * weight.sum(dim=1, keepdim=True), folded_bias
+    folded = type(conv)(1, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                        dilation=conv.dilation, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_(scale * conv.weight.sum(dim=1, keepdim=True))
+        bias = shift * conv.weight.sum(dim=(1, 2, 3))
+        folded.bias.copy_(bias if conv.bias is None else bias + conv.bias)
+    return folded.to(conv.weight.device)

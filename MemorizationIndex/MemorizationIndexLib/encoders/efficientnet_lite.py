@@ -144,14 +144,9 @@ class EfficientNetLite0(nn.Module):
 
     def read_grayscale(self, scale: float, shift: float) -> None:
         """Make the stem read grayscale x with the RGB stem's output on ``scale * x + shift`` (exact)."""
-        rgb = self._conv_stem
-        weight, bias = grayscale_first_layer(rgb.weight.detach(), rgb.bias, scale, shift)
-        stem = SameConv2d(1, rgb.out_channels, rgb.kernel_size, stride=rgb.stride, bias=True)
+        stem = grayscale_first_layer(self._conv_stem, scale, shift)
         stem.pad_value = -shift / scale
-        with torch.no_grad():
-            stem.weight.copy_(weight)
-            stem.bias.copy_(bias)
-        self._conv_stem = stem.to(rgb.weight.device)
+        self._conv_stem = stem
 
     def fold_batch_norms(self) -> None:
         """Fold every BatchNorm into the convolution before it (inference only: ~20% faster on CPU)."""

@@ -108,13 +108,7 @@ class PatchEmbed(nn.Module):
 
     def read_grayscale(self) -> None:
         """Make the projection read one grayscale channel, with the RGB result on it repeated (exact)."""
-        rgb = self.proj
-        weight, bias = grayscale_first_layer(rgb.weight.detach(), rgb.bias)
-        proj = nn.Conv2d(1, rgb.out_channels, rgb.kernel_size, stride=rgb.stride)
-        with torch.no_grad():
-            proj.weight.copy_(weight)
-            proj.bias.copy_(bias)
-        self.proj = proj.to(rgb.weight.device)
+        self.proj = grayscale_first_layer(self.proj)
 
 
 class VisionTransformer(nn.Module):
