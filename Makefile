@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,slicer,demo,ray
 
-.PHONY: install demo test bench benchmark clean
+.PHONY: install test-tools demo test bench benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/memorization-index demo --out demo-output
 
-test: install
+# Tools the tests use beyond Python packages: headless Chromium for the report screenshots.
+# Installed only where we are root with apt-get; elsewhere those tests skip and say why.
+test-tools:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } \
+		|| echo "note: chromium is not installed; the report screenshot tests will skip"
+
+test: install test-tools
 	$(PY) -m pytest Testing -q
 
 bench: install

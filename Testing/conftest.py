@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,3 +30,13 @@ def shared_data() -> Path:
 def brain_subjects(shared_data: Path) -> list[Path]:
     """The 24 brain T1w volumes, sorted by subject."""
     return sorted((shared_data / "brain" / "ds002748").glob("sub-*_T1w.nii.gz"))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """A headless Chromium binary (`make test` installs Debian's chromium when it can); skips when absent."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.skip("chromium is not installed (make test installs Debian's chromium when run as root with apt-get)")

@@ -9,7 +9,7 @@ import pytest
 
 from MemorizationIndexLib.augment import CONDITIONS, augment_slice
 from MemorizationIndexLib.transforms import rotate
-from MemorizationIndexLib.baselines import auprc, auroc, auth_pct, ct_score, fid, kid, max_pixel_correlation, vendi
+from MemorizationIndexLib.baselines import auprc, auroc, auth_pct, ct_score, fid, kid, kmeans, max_pixel_correlation, vendi
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, split_subjects
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
@@ -89,6 +89,26 @@ def test_intensity_scaling(image):
         out, factor = augment_slice(image, "intensity", rng)
         assert 0.9 <= factor <= 1.1
         assert np.allclose(out, image * factor)
+
+
+def test_auroc_and_auprc_agree_with_scikit_learn_on_tied_scores():
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn (a test dependency) is not installed")
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        positive = rng.integers(0, 6, size=rng.integers(1, 40)).astype(float)  # few levels: many ties
+        negative = rng.integers(0, 6, size=rng.integers(1, 40)).astype(float)
+        labels = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+        scores = np.r_[positive, negative]
+        assert abs(auroc(positive, negative) - metrics.roc_auc_score(labels, scores)) < 1e-12
+        assert abs(auprc(positive, negative) - metrics.average_precision_score(labels, scores)) < 1e-12
+
+
+def test_faiss_kmeans_separates_clusters():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (100, 8)), rng.normal(10, 1, (100, 8))])
+    centroids, labels = kmeans(x, 2, seed=0)
+    assert centroids.shape == (2, 8) and sorted(np.bincount(labels)) == [100, 100]
+    assert len(set(labels[:100])) == 1 and len(set(labels[100:])) == 1
 
 
 # ---------------------------------------------------------------- set-level baselines

@@ -7,7 +7,6 @@ import base64
 import csv
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -411,35 +410,6 @@ def _rows_as_dicts() -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------
 # a real audit on shared data, rendered in headless Chromium
-
-
-def _chromium_binary() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium; installed with apt-get when missing and running as root."""
-    found = _chromium_binary()
-    if found:
-        return found
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and cannot be installed here (needs root and apt-get)")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=300, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, check=True, timeout=600,
-                       capture_output=True)
-    except (subprocess.SubprocessError, OSError) as exc:
-        pytest.skip(f"chromium could not be installed with apt-get: {type(exc).__name__}")
-    found = _chromium_binary()
-    if not found:
-        pytest.skip("apt-get install chromium did not provide a chromium binary")
-    return found
 
 
 def _chromium(binary: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:

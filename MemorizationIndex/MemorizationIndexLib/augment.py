@@ -1,4 +1,4 @@
-"""The 8 benchmark conditions (METHOD.md §6) applied to [0, 1]-scaled 2D slices.
+"""The 8 benchmark conditions (Deo et al., arXiv 2602.13066) applied to [0, 1]-scaled 2D slices.
 
 ``clean``; ``noise01`` / ``noise02``: additive Gaussian noise σ = 0.01 / 0.02, clipped to [0, 1];
 ``intensity``: multiplication by U[0.9, 1.1]; ``rot3`` / ``rot5``: rotation by U[-3°, 3°] /

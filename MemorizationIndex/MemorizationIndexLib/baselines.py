@@ -2,11 +2,12 @@
 
 Per-sample baselines: maximum pixel correlation and non-whitened feature cosine.
 Set-level baselines on feature vectors: FID, KID (cubic polynomial kernel), Vendi score,
-AuthPct (Alaa et al. 2022) and the CT-score (Meehan et al. 2020). All plain numpy.
+AuthPct (Alaa et al. 2022) and the CT-score (Meehan et al. 2020), in numpy (k-means by FAISS).
 """
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 
 from .scoring import aggregate
@@ -131,23 +132,19 @@ def auth_pct(reference: np.ndarray, query: np.ndarray) -> float:
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Plain Lloyd k-means with k-means++ seeding: (centroids [k, d], labels [n])."""
-    rng = np.random.default_rng(seed)
-    x = np.asarray(x, np.float64)
-    centroids = [x[rng.integers(len(x))]]
-    for _ in range(1, k):
-        d2 = np.min(_pairwise_distances(x, np.array(centroids)) ** 2, axis=1)
-        probs = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1.0 / len(x))
-        centroids.append(x[rng.choice(len(x), p=probs)])
-    centroids = np.array(centroids)
-    labels = np.zeros(len(x), dtype=np.int64)
-    for _ in range(iterations):
-        labels = _pairwise_distances(x, centroids).argmin(axis=1)
-        new = np.array([x[labels == j].mean(axis=0) if np.any(labels == j) else centroids[j] for j in range(k)])
-        if np.allclose(new, centroids):
-            break
-        centroids = new
-    return centroids, labels
+    """FAISS k-means of the rows of ``x`` [n, d]: (centroids [k, d], labels [n]).
+
+    The centroids are read back from the assignment index, not through ``faiss.Kmeans``: its
+    conversion of FAISS vectors fails when SimpleITK's SWIG types were loaded first.
+    """
+    data = np.ascontiguousarray(x, dtype=np.float32)
+    clustering = faiss.Clustering(data.shape[1], k)
+    clustering.niter, clustering.seed = iterations, seed
+    clustering.min_points_per_centroid, clustering.max_points_per_centroid = 1, max(256, len(data))
+    assign = faiss.IndexFlatL2(data.shape[1])
+    clustering.train(data, assign)
+    _, labels = assign.search(data, 1)
+    return assign.reconstruct_n(0, k).astype(np.float64), labels[:, 0].astype(np.int64)
 
 
 def ct_score(reference: np.ndarray, heldout: np.ndarray, query: np.ndarray, cells: int = 5, min_per_cell: int = 5, seed: int = 0) -> float:

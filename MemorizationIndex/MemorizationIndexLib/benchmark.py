@@ -1,4 +1,4 @@
-"""``memorization-index benchmark``: the paper's detection benchmark (METHOD.md §6), split by subject.
+"""``memorization-index benchmark``: the paper's detection benchmark (Deo et al., arXiv 2602.13066), split by subject.
 
 Per dataset: subjects are split (seeded) into reference and test subjects; ``n`` non-empty
 slices are sampled from each side; at each duplication level that share of the test slices is
@@ -47,7 +47,7 @@ PIXEL_SIZE = 64
 PAPER_NULL_SPLITS = 10
 METHODS = ("mi", "mi_paper", "cosine_raw", "pixel_corr")
 SET_METRICS = ("mean_mi", "mean_oni", "flagged_fraction", "mean_oni_paper", "ct_score", "auth_pct", "fid", "kid", "vendi")
-# METHOD.md §5: the paper's Table 4 (AUROC mean / min over its datasets and levels).
+# The paper's Table 4 (AUROC mean / min over its datasets and levels).
 PAPER_TABLE4 = {
     "clean": (1.000, 1.000), "noise01": (1.000, 1.000), "noise02": (1.000, 0.999), "intensity": (1.000, 1.000),
     "rot3": (0.871, 0.805), "rot5": (0.758, 0.711), "hflip": (0.733, 0.626), "vflip": (0.727, 0.635),
@@ -232,6 +232,88 @@ def _set_features(features: dict[str, np.ndarray], blocks: Sequence[str]) -> np.
     return np.concatenate([np.asarray(features[b], np.float64) for b in blocks], axis=1)
 
 
+@dataclass
+class _ConditionScores:
+    """Per-condition scores of every query row (novel rows first, then duplicates)."""
+
+    scores: dict[str, dict[str, np.ndarray]]  # method -> condition -> detection score per row
+    mi: dict[str, np.ndarray] = field(default_factory=dict)
+    oni: dict[str, np.ndarray] = field(default_factory=dict)
+    flagged: dict[str, np.ndarray] = field(default_factory=dict)
+    correct_source: dict[str, np.ndarray] = field(default_factory=dict)  # duplicates whose top-1 is the true source
+    paper_null: NullModel | None = None
+    paper_similarity: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _score_conditions(prepared: PreparedDataset, features: DatasetFeatures, index, blocks: list[str], *,
+                      alpha: float, preprocessing: PreprocessSettings, seed: int, baselines: bool) -> _ConditionScores:
+    """Score every condition's queries with the shipped path (``mi``) and, optionally, the baselines."""
+    reference_raw = {b: features.reference[b][: prepared.n] for b in blocks}
+    out = _ConditionScores({m: {} for m in METHODS})
+    if baselines:
+        queries = {c: {b: q[b] for b in blocks} for c, q in features.queries.items()}
+        out.paper_null, out.paper_similarity = _paper_scores(reference_raw, queries, seed)
+        ref_pixels = prepare_batch(prepared.reference_slices, PIXEL_SIZE, preprocessing)[:, 0]
+    prov = prepared.reference_provenance
+    true_source = [(prov.source[r], prov.slice[r]) for r in prepared.duplicate_rows]
+    for condition, raw in features.queries.items():
+        rows, _, _ = score_features(index, {b: raw[b] for b in blocks}, alpha, k=1)
+        out.scores["mi"][condition] = np.array([r["similarity"] for r in rows])
+        out.mi[condition] = np.array([r["mi"] for r in rows])
+        out.oni[condition] = np.array([r["oni"] for r in rows])
+        out.flagged[condition] = np.array([r["flagged"] for r in rows])
+        out.correct_source[condition] = np.array(
+            [(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[prepared.n:])], dtype=bool)
+        if baselines:
+            out.scores["mi_paper"][condition] = out.paper_similarity[condition]
+            out.scores["cosine_raw"][condition] = raw_cosine_similarity({b: raw[b] for b in blocks}, reference_raw)
+            query_pixels = prepare_batch(prepared.queries[condition], PIXEL_SIZE, preprocessing)[:, 0]
+            out.scores["pixel_corr"][condition] = max_pixel_correlation(query_pixels, ref_pixels)
+    return out
+
+
+def _detection_rows(prepared: PreparedDataset, scored: _ConditionScores, condition: str, level: float,
+                    novel: np.ndarray, dup: np.ndarray) -> tuple[list[dict], dict]:
+    """Per-sample AUROC/AUPRC rows of every method and the provenance row of one condition and level."""
+    rows = []
+    for method in (m for m in METHODS if scored.scores[m]):
+        s = scored.scores[method][condition]
+        rows.append({"dataset": prepared.name, "condition": condition, "level": level, "method": method,
+                     "auroc": auroc(s[dup], s[novel]), "auprc": auprc(s[dup], s[novel]),
+                     "n_dup": int(len(dup)), "n_novel": int(len(novel))})
+    provenance = {"dataset": prepared.name, "condition": condition, "level": level,
+                  "top1_accuracy": float(scored.correct_source[condition][: len(dup)].mean())}
+    return rows, provenance
+
+
+def _set_level_values(scored: _ConditionScores, condition: str, members: np.ndarray, *, query_set: np.ndarray | None,
+                      ref_set: np.ndarray, clean_test_set: np.ndarray | None, seed: int) -> dict[str, float]:
+    """Set-level scores of the query set ``members`` (row positions) of one condition."""
+    values = {
+        "mean_mi": float(scored.mi[condition][members].mean()),
+        "mean_oni": float(scored.oni[condition][members].mean()),
+        "flagged_fraction": float(scored.flagged[condition][members].mean()),
+    }
+    if query_set is not None and scored.paper_null is not None:
+        paper_z = scored.paper_null.z(scored.paper_similarity[condition][members])
+        values["mean_oni_paper"] = float(np.mean(oni_from_z(paper_z)))
+        values["ct_score"] = (ct_score(ref_set, clean_test_set, query_set, seed=seed)
+                              if clean_test_set is not None else float("nan"))
+        values["auth_pct"] = auth_pct(ref_set, query_set)
+        values["fid"] = fid(ref_set, query_set)
+        values["kid"] = kid(ref_set, query_set)
+        values["vendi"] = vendi(query_set)
+    return values
+
+
+def _false_positive_rate(prepared: PreparedDataset, scored: _ConditionScores) -> dict:
+    """Share of novel test slices flagged, pooled over conditions and per condition."""
+    n = prepared.n
+    novel_flags = np.concatenate([scored.flagged[c][:n] for c in scored.flagged])
+    return {"dataset": prepared.name, "value": float(novel_flags.mean()), "n_novel_scored": int(novel_flags.size),
+            "by_condition": {c: float(flags[:n].mean()) for c, flags in scored.flagged.items()}}
+
+
 def evaluate_dataset(
     prepared: PreparedDataset,
     features: DatasetFeatures,
@@ -249,78 +331,53 @@ def evaluate_dataset(
     """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores, provenance, false positives."""
     blocks = list(encoder_info.blocks)
     _, provenance = reference_with_copies(prepared)
-    n, n_dup_max = prepared.n, len(prepared.duplicate_rows)
-    originals = slice(0, n)
+    n = prepared.n
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         index = build_index_from_features({b: features.reference[b] for b in blocks}, provenance, Path(tmp) / "index",
                                           encoder_info=encoder_info, preprocessing=preprocessing, seed=seed)
-    null_info = index.config["null"]
-    threshold = index.null_model.threshold(alpha)
-    scores: dict[str, dict[str, np.ndarray]] = {m: {} for m in METHODS}
-    mi_values, oni_values, flagged, correct_source = {}, {}, {}, {}
-    reference_raw = {b: features.reference[b][originals] for b in blocks}
-    paper_null, paper_similarity = _paper_scores(reference_raw, {c: {b: q[b] for b in blocks} for c, q in features.queries.items()}, seed) if baselines else (None, {})
-    ref_pixels = prepare_batch(prepared.reference_slices, PIXEL_SIZE, preprocessing)[:, 0] if baselines else None
-    true_source = [(prepared.reference_provenance.source[r], prepared.reference_provenance.slice[r]) for r in prepared.duplicate_rows]
-    for condition, raw in features.queries.items():
-        rows, _, _ = score_features(index, {b: raw[b] for b in blocks}, alpha, k=1)
-        scores["mi"][condition] = np.array([r["similarity"] for r in rows])
-        mi_values[condition] = np.array([r["mi"] for r in rows])
-        oni_values[condition] = np.array([r["oni"] for r in rows])
-        flagged[condition] = np.array([r["flagged"] for r in rows])
-        correct_source[condition] = np.array([(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[n:])], dtype=bool)
-        if baselines:
-            scores["mi_paper"][condition] = paper_similarity[condition]
-            scores["cosine_raw"][condition] = raw_cosine_similarity({b: raw[b] for b in blocks}, reference_raw)
-            query_pixels = prepare_batch(prepared.queries[condition], PIXEL_SIZE, preprocessing)[:, 0]
-            scores["pixel_corr"][condition] = max_pixel_correlation(query_pixels, ref_pixels)
-    methods = [m for m in METHODS if scores[m]]
+    scored = _score_conditions(prepared, features, index, blocks, alpha=alpha, preprocessing=preprocessing,
+                               seed=seed, baselines=baselines)
     out: dict = {"per_sample": [], "set_level": [], "provenance": []}
-    ref_set = _set_features(reference_raw, blocks)
-    clean_test_set = _set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks) if "clean" in features.queries else None
+    ref_set = _set_features({b: features.reference[b][:n] for b in blocks}, blocks)
+    clean_test_set = (_set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks)
+                      if "clean" in features.queries else None)
     for condition in features.queries:
-        set_all = _set_features(features.queries[condition], blocks)
+        set_all = _set_features(features.queries[condition], blocks) if baselines else None
         for level in ([0.0] if set_level else []) + list(levels):
             k = prepared.n_duplicates(level)
-            novel = np.setdiff1d(np.arange(n), prepared.replaced_positions[:k])
-            dup = n + np.arange(k)
+            novel, dup = np.setdiff1d(np.arange(n), prepared.replaced_positions[:k]), n + np.arange(k)
             if k > 0:
-                for method in methods:
-                    s = scores[method][condition]
-                    out["per_sample"].append({"dataset": prepared.name, "condition": condition, "level": level, "method": method,
-                                              "auroc": auroc(s[dup], s[novel]), "auprc": auprc(s[dup], s[novel]), "n_dup": int(k), "n_novel": int(len(novel))})
-                out["provenance"].append({"dataset": prepared.name, "condition": condition, "level": level,
-                                          "top1_accuracy": float(correct_source[condition][:k].mean())})
-            if not set_level:
-                continue
-            members = np.concatenate([novel, dup])
-            values = {
-                "mean_mi": float(mi_values[condition][members].mean()),
-                "mean_oni": float(oni_values[condition][members].mean()),
-                "flagged_fraction": float(flagged[condition][members].mean()),
-            }
-            if baselines:
-                query_set = set_all[members]
-                values["mean_oni_paper"] = float(np.mean(oni_from_z(paper_null.z(paper_similarity[condition][members]))))
-                values["ct_score"] = ct_score(ref_set, clean_test_set, query_set, seed=seed) if clean_test_set is not None else float("nan")
-                values["auth_pct"] = auth_pct(ref_set, query_set)
-                values["fid"] = fid(ref_set, query_set)
-                values["kid"] = kid(ref_set, query_set)
-                values["vendi"] = vendi(query_set)
-            for metric, value in values.items():
-                out["set_level"].append({"dataset": prepared.name, "condition": condition, "level": level, "metric": metric, "value": value})
-    novel_flags = np.concatenate([flagged[c][:n] for c in features.queries])
-    out["false_positive_rate"] = {"dataset": prepared.name, "value": float(novel_flags.mean()), "n_novel_scored": int(novel_flags.size),
-                                  "by_condition": {c: float(flagged[c][:n].mean()) for c in features.queries}}
-    out["info"] = {
-        "dataset": prepared.name, "reference_subjects": prepared.reference_subjects, "test_subjects": prepared.test_subjects,
-        "slices_per_split": n, "max_duplicates": n_dup_max, "null": null_info,
-        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
-        "paper_null": {"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)} if paper_null else None,
+                rows, provenance_row = _detection_rows(prepared, scored, condition, level, novel, dup)
+                out["per_sample"] += rows
+                out["provenance"].append(provenance_row)
+            if set_level:
+                members = np.concatenate([novel, dup])
+                values = _set_level_values(scored, condition, members, seed=seed, ref_set=ref_set,
+                                           clean_test_set=clean_test_set,
+                                           query_set=set_all[members] if set_all is not None else None)
+                out["set_level"] += [{"dataset": prepared.name, "condition": condition, "level": level,
+                                      "metric": metric, "value": value} for metric, value in values.items()]
+    out["false_positive_rate"] = _false_positive_rate(prepared, scored)
+    out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
+    null_info = out["info"]["null"]
+    log(f"{prepared.name}: null mean {null_info['mean']:.4f} std {null_info['std']:.4f}; "
+        f"false-positive rate {out['false_positive_rate']['value']:.4f}")
+    return out
+
+
+def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: NullModel | None) -> dict:
+    """The dataset's description in results.json: subjects, sizes, null and threshold."""
+    threshold = index.null_model.threshold(alpha)
+    return {
+        "dataset": prepared.name, "reference_subjects": prepared.reference_subjects,
+        "test_subjects": prepared.test_subjects, "slices_per_split": prepared.n,
+        "max_duplicates": len(prepared.duplicate_rows), "null": index.config["null"],
+        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z,
+                      "mi": threshold.mi, "oni": threshold.oni},
+        "paper_null": ({"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)}
+                       if paper_null else None),
         "notes": prepared.notes,
     }
-    log(f"{prepared.name}: null mean {null_info['mean']:.4f} std {null_info['std']:.4f}; false-positive rate {out['false_positive_rate']['value']:.4f}")
-    return out
 
 
 def run_benchmark(
@@ -409,104 +466,125 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(results: dict) -> str:
-    """The results as tables laid out like the paper's Tables 1–4 (ours and the baselines side by side)."""
-    per = results["per_sample"]
-    conditions = results["settings"]["conditions"]
-    datasets = [d["dataset"] for d in results["datasets"]]
-    methods = [m for m in METHODS if any(r["method"] == m for r in per)]
-    enc = results["settings"]["encoder"]
+def _header_section(results: dict) -> str:
+    """Title, how to regenerate, the run's settings and the datasets table."""
+    settings, enc = results["settings"], results["settings"]["encoder"]
     parts = ["# Detection benchmark\n"]
     if results.get("command"):
         parts.append(f"Regenerate with:\n\n```\n{results['command']}\n```\n")
+    levels = ", ".join(str(level) for level in settings["levels"])
     parts.append(f"Tool {results['version']}, seed {results['seed']}, encoder `{enc['encoder_id']}`, "
-                 f"{results['settings']['slices_per_split']} slices per split (at most), levels {', '.join(str(l) for l in results['settings']['levels'])}, "
-                 f"alpha {results['settings']['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
+                 f"{settings['slices_per_split']} slices per split (at most), levels {levels}, "
+                 f"alpha {settings['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
                  "Subjects are split into reference and test subjects (never slices of one person on both sides); "
-                 "every query slice, duplicate or novel, gets the condition's augmentation; flip conditions flip every slice.\n")
-    ds_rows = [[d["dataset"], str(len(d["reference_subjects"])), str(len(d["test_subjects"])), str(d["slices_per_split"]), str(d["max_duplicates"]),
-                _f(d["null"]["mean"], 4), _f(d["null"]["std"], 4), _f(d["threshold"]["similarity"], 4)] for d in results["datasets"]]
-    parts.append("## Datasets\n\n" + _table(["dataset", "reference subjects", "test subjects", "slices per split", "max duplicates", "null mean", "null std", "flag threshold (s)"], ds_rows))
+                 "every query slice, duplicate or novel, gets the condition's augmentation; "
+                 "flip conditions flip every slice.\n")
+    rows = [[d["dataset"], str(len(d["reference_subjects"])), str(len(d["test_subjects"])), str(d["slices_per_split"]),
+             str(d["max_duplicates"]), _f(d["null"]["mean"], 4), _f(d["null"]["std"], 4),
+             _f(d["threshold"]["similarity"], 4)] for d in results["datasets"]]
+    parts.append("## Datasets\n\n" + _table(["dataset", "reference subjects", "test subjects", "slices per split",
+                                              "max duplicates", "null mean", "null std", "flag threshold (s)"], rows))
     notes = [n for d in results["datasets"] for n in d["notes"]]
     if notes:
         parts.append("\n".join(f"- **Note:** {n}" for n in notes) + "\n")
+    return "\n".join(parts)
 
-    def stats(method: str, condition: str, key: str) -> tuple[float, float]:
-        values = [r[key] for r in per if r["method"] == method and r["condition"] == condition]
-        return (float(np.mean(values)), float(np.min(values))) if values else (float("nan"), float("nan"))
 
-    for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC")):
-        rows = []
-        for condition in conditions + ["overall"]:
-            row = [condition]
-            for method in methods:
-                if condition == "overall":
-                    values = [r[key] for r in per if r["method"] == method]
-                    row.append(f"{np.mean(values):.3f} / {np.min(values):.3f}")
-                else:
-                    mean, low = stats(method, condition, key)
-                    row.append(f"{mean:.3f} / {low:.3f}")
-            if key == "auroc":
-                paper = PAPER_TABLE4.get(condition)
-                row.append(f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else ("0.886 / 0.626" if condition == "overall" else "–"))
-            rows.append(row)
-        header = ["condition"] + [f"{m} mean / min" for m in methods] + (["paper (reported) mean / min"] if key == "auroc" else [])
-        parts.append(f"## Sample-level detection, {title} (Table 4 layout)\n\nMean / min over datasets and levels. "
-                     "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe on the same features "
-                     "(raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the same features; `pixel_corr`: "
-                     f"max Pearson correlation of {PIXEL_SIZE}×{PIXEL_SIZE} slices.\n\n" + _table(header, rows))
+def _mean_min(values: Sequence[float]) -> str:
+    return f"{np.mean(values):.3f} / {np.min(values):.3f}" if len(values) else "nan / nan"
+
+
+def _detection_section(results: dict, methods: list[str], key: str, title: str) -> str:
+    """AUROC or AUPRC, mean / min over datasets and levels, per condition (the paper's Table 4 layout)."""
+    per = results["per_sample"]
     rows = []
+    for condition in results["settings"]["conditions"] + ["overall"]:
+        row = [condition]
+        for method in methods:
+            row.append(_mean_min([r[key] for r in per if r["method"] == method
+                                  and condition in ("overall", r["condition"])]))
+        if key == "auroc":
+            paper = PAPER_TABLE4.get(condition)
+            row.append(f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else ("0.886 / 0.626" if condition == "overall" else "–"))
+        rows.append(row)
+    header = ["condition"] + [f"{m} mean / min" for m in methods]
+    header += ["paper (reported) mean / min"] if key == "auroc" else []
+    return (f"## Sample-level detection, {title} (Table 4 layout)\n\nMean / min over datasets and levels. "
+            "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe "
+            "on the same features (raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the "
+            f"same features; `pixel_corr`: max Pearson correlation of {PIXEL_SIZE}×{PIXEL_SIZE} slices.\n\n"
+            + _table(header, rows))
+
+
+def _per_dataset_section(results: dict, methods: list[str], datasets: list[str]) -> str:
+    """Min over levels of AUROC / AUPRC per dataset, condition and method, with the provenance top-1."""
+    per, rows = results["per_sample"], []
     for dataset in datasets:
-        for condition in conditions:
+        for condition in results["settings"]["conditions"]:
             row = [dataset, condition]
             for method in methods:
                 sel = [r for r in per if r["method"] == method and r["condition"] == condition and r["dataset"] == dataset]
                 row.append(f"{min(r['auroc'] for r in sel):.3f} / {min(r['auprc'] for r in sel):.3f}" if sel else "–")
-            prov = [r["top1_accuracy"] for r in results["provenance"] if r["condition"] == condition and r["dataset"] == dataset]
+            prov = [r["top1_accuracy"] for r in results["provenance"]
+                    if r["condition"] == condition and r["dataset"] == dataset]
             row.append(_f(min(prov)) if prov else "–")
             rows.append(row)
-    parts.append("## Per dataset and condition (min over levels)\n\nAUROC / AUPRC of each method, and the provenance top-1 accuracy of `mi` "
-                 "(share of duplicates whose nearest reference is their true source slice).\n\n"
-                 + _table(["dataset", "condition"] + [f"{m} AUROC / AUPRC" for m in methods] + ["mi provenance top-1"], rows))
-    fpr_rows = [[f["dataset"], _f(f["value"], 4), str(f["n_novel_scored"])] +
-                [_f(next(x["value"] for x in results["false_positive_rate_by_condition"] if x["dataset"] == f["dataset"] and x["condition"] == c), 4) for c in conditions]
-                for f in results["false_positive_rate"]]
-    parts.append("## False-positive rate at the default threshold (novel test subjects)\n\nShare of novel test slices flagged "
-                 f"(p < {results['settings']['alpha']}), pooled over conditions, and per condition.\n\n"
-                 + _table(["dataset", "pooled", "slices scored"] + conditions, fpr_rows))
-    set_rows = results["set_level"]
-    metrics = [m for m in SET_METRICS if any(r["metric"] == m for r in set_rows)]
+    header = ["dataset", "condition"] + [f"{m} AUROC / AUPRC" for m in methods] + ["mi provenance top-1"]
+    return ("## Per dataset and condition (min over levels)\n\nAUROC / AUPRC of each method, and the provenance "
+            "top-1 accuracy of `mi` (share of duplicates whose nearest reference is their true source slice).\n\n"
+            + _table(header, rows))
 
-    def value(dataset, condition, level, metric):
-        return next((r["value"] for r in set_rows if r["dataset"] == dataset and r["condition"] == condition and r["level"] == level and r["metric"] == metric), None)
 
+def _false_positive_section(results: dict) -> str:
+    """Share of novel test slices flagged at the default threshold, pooled and per condition."""
+    conditions = results["settings"]["conditions"]
+    by_condition = {(x["dataset"], x["condition"]): x["value"] for x in results["false_positive_rate_by_condition"]}
+    rows = [[f["dataset"], _f(f["value"], 4), str(f["n_novel_scored"])]
+            + [_f(by_condition[(f["dataset"], c)], 4) for c in conditions] for f in results["false_positive_rate"]]
+    return ("## False-positive rate at the default threshold (novel test subjects)\n\nShare of novel test slices "
+            f"flagged (p < {results['settings']['alpha']}), pooled over conditions, and per condition.\n\n"
+            + _table(["dataset", "pooled", "slices scored"] + conditions, rows))
+
+
+def _set_level_sections(results: dict, datasets: list[str]) -> list[str]:
+    """The set-level scores in the paper's Table 1, 2 and 3 layouts."""
+    conditions = results["settings"]["conditions"]
+    values = {(r["dataset"], r["condition"], r["level"], r["metric"]): r["value"] for r in results["set_level"]}
+    metrics = [m for m in SET_METRICS if any(key[3] == m for key in values)]
     levels = [0.0] + list(results["settings"]["levels"])
-    rows = []
-    for dataset in datasets:
-        for level in levels:
-            row = [dataset, f"{level:.2f}"]
-            for metric in metrics:
-                vals = np.array([v for c in conditions if (v := value(dataset, c, level, metric)) is not None], dtype=float)
-                row.append(f"{np.nanmean(vals):.3g} ± {np.nanstd(vals):.3g}" if vals.size else "–")
-            rows.append(row)
-    parts.append("## Set-level scores across the 8 conditions (Table 1 layout)\n\nMean ± standard deviation over conditions; a score that measures "
-                 "copying should move with the duplication level and not with the augmentation. `ct_score`: Meehan et al. C_T "
-                 "(negative = copying), `auth_pct`: Alaa et al. percent authentic, on the raw features concatenated over blocks.\n\n"
-                 + _table(["dataset", "level"] + metrics, rows))
-    rows = []
+
+    def over(keys) -> np.ndarray:
+        return np.array([values[k] for k in keys if values.get(k) is not None], dtype=float)
+
+    table1 = [[d, f"{level:.2f}"] + [(f"{np.nanmean(v):.3g} ± {np.nanstd(v):.3g}" if (v := over(
+        (d, c, level, m) for c in conditions)).size else "–") for m in metrics] for d in datasets for level in levels]
+    table2 = []
     for metric in metrics:
-        cvs = []
-        for condition in conditions:
-            for level in levels:
-                vals = np.array([v for d in datasets if (v := value(d, condition, level, metric)) is not None], dtype=float)
-                if len(vals) >= 2 and np.nanmean(vals) != 0:
-                    cvs.append(abs(np.nanstd(vals) / np.nanmean(vals)))
-        rows.append([metric, _f(float(np.mean(cvs))) if cvs else "–"])
-    parts.append("## Consistency across datasets (Table 2 layout)\n\nCoefficient of variation (std / |mean|) across datasets of each set-level score, "
-                 "averaged over conditions and levels (lower = the score means the same on every anatomy).\n\n" + _table(["metric", "mean CV across datasets"], rows))
-    rows = [[d] + [_f(value(d, "clean", 0.0, m)) for m in metrics] for d in datasets]
-    parts.append("## Clean test sets without duplicates (Table 3 layout)\n\nSet-level scores of the clean, duplicate-free test set of novel subjects.\n\n"
-                 + _table(["dataset"] + metrics, rows))
+        spreads = [over((d, c, level, metric) for d in datasets) for c in conditions for level in levels]
+        cvs = [abs(np.nanstd(v) / np.nanmean(v)) for v in spreads if len(v) >= 2 and np.nanmean(v) != 0]
+        table2.append([metric, _f(float(np.mean(cvs))) if cvs else "–"])
+    table3 = [[d] + [_f(values.get((d, "clean", 0.0, m))) for m in metrics] for d in datasets]
+    return [
+        "## Set-level scores across the 8 conditions (Table 1 layout)\n\nMean ± standard deviation over conditions; "
+        "a score that measures copying should move with the duplication level and not with the augmentation. "
+        "`ct_score`: Meehan et al. C_T (negative = copying), `auth_pct`: Alaa et al. percent authentic, on the raw "
+        "features concatenated over blocks.\n\n" + _table(["dataset", "level"] + metrics, table1),
+        "## Consistency across datasets (Table 2 layout)\n\nCoefficient of variation (std / |mean|) across "
+        "datasets of each set-level score, averaged over conditions and levels (lower = the score means the same on "
+        "every anatomy).\n\n" + _table(["metric", "mean CV across datasets"], table2),
+        "## Clean test sets without duplicates (Table 3 layout)\n\nSet-level scores of the clean, duplicate-free "
+        "test set of novel subjects.\n\n" + _table(["dataset"] + metrics, table3),
+    ]
+
+
+def render_markdown(results: dict) -> str:
+    """The results as tables laid out like the paper's Tables 1–4 (ours and the baselines side by side)."""
+    datasets = [d["dataset"] for d in results["datasets"]]
+    methods = [m for m in METHODS if any(r["method"] == m for r in results["per_sample"])]
+    parts = [_header_section(results)]
+    parts += [_detection_section(results, methods, key, title) for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC"))]
+    parts += [_per_dataset_section(results, methods, datasets), _false_positive_section(results)]
+    parts += _set_level_sections(results, datasets)
     return "\n".join(parts)
 
 

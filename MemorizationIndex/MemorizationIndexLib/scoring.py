@@ -1,4 +1,4 @@
-"""Score definitions (METHOD.md §2–3): aggregation, z, mi, oni, p-value, flag threshold."""
+"""Score definitions (Deo et al., arXiv 2602.13066, with the changes in docs/method.md): aggregation, z, mi, oni, p-value, flag threshold."""
 
 from __future__ import annotations
 
@@ -50,10 +50,6 @@ class NullModel:
         n = len(self.values)
         at_least = n - np.searchsorted(self.values, np.asarray(similarity, dtype=np.float64), side="left")
         return (1.0 + at_least) / (1.0 + n)
-
-    def min_alpha(self) -> float:
-        """Smallest alpha at which anything can be flagged with this many null scores."""
-        return 1.0 / (1.0 + len(self.values))
 
     def threshold(self, alpha: float) -> Threshold:
         """Similarity above which p-value < alpha, in similarity, z, mi and oni units."""

@@ -45,7 +45,6 @@ _IMAGE_IO_BY_SUFFIX = {
     ".tif": "TIFFImageIO",
     ".tiff": "TIFFImageIO",
 }
-VOLUME_SUFFIXES = tuple(_IMAGE_IO_BY_SUFFIX)
 _COMPLEX_PIXEL_IDS = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 _GZIP_CHUNK = 1 << 20
 
