@@ -383,46 +383,37 @@ def bench_cli_audit(out: Path, index_path: Path, image) -> dict:
 # ------------------------------------------------------------------------------------ 1M reference
 
 
-def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, level: float) -> tuple[dict, dict]:
-    synth = Synthetic(seed=2)
-    rng = np.random.default_rng(3)
-    planted_rows = np.sort(rng.choice(n, n_planted, replace=False))
-    start = time.perf_counter()
+def _whitened_reference(synth: Synthetic, n: int, planted_rows: np.ndarray) -> tuple[dict, dict, dict]:
+    """(whiteners, whitened reference vectors [n, d] per block, raw features of the planted rows)."""
     first = synth.chunk_features(0)
     whiteners = {b: ShrinkageWhitener().fit(first[b]) for b in DIMS}
     vectors = {b: np.empty((n, d), np.float32) for b, d in DIMS.items()}
-    planted_raw = {b: np.empty((n_planted, d), np.float32) for b, d in DIMS.items()}
+    planted_raw = {b: np.empty((len(planted_rows), d), np.float32) for b, d in DIMS.items()}
     for begin, features in synth.rows(n):
         stop = begin + len(features["stage4"])
         inside = (planted_rows >= begin) & (planted_rows < stop)
         for b in DIMS:
             vectors[b][begin:stop] = whiteners[b].transform(features[b])
             planted_raw[b][inside] = features[b][planted_rows[inside] - begin]
-    log(f"{n:,} synthetic vectors generated and whitened in {time.perf_counter() - start:.1f} s")
-    queries_raw = near_copies(planted_raw, level, seed=4)
-    novel_raw = synth.fresh(n_novel, salt=2)
-    queries = {b: np.concatenate([whiteners[b].transform(queries_raw[b]), whiteners[b].transform(novel_raw[b])]) for b in DIMS}
-    raw_bytes = sum(v.nbytes for v in vectors.values())
+    return whiteners, vectors, planted_raw
 
+
+def _timed_build(build, vectors: dict) -> tuple[dict, float, float]:
+    """(indexes per block, build seconds, peak MB above the RSS before the build)."""
     base = rss_mb()
     reset_peak()
     start = time.perf_counter()
-    ivf = {b: search.build_ivf_index(vectors[b]) for b in DIMS}
-    ivf_build_s = time.perf_counter() - start
-    ivf_peak = peak_mb() - base
-    ivf_bytes = sum(search.vector_bytes(i) for i in ivf.values())
-    base = rss_mb()
-    reset_peak()
-    start = time.perf_counter()
-    flat = {b: search.build_flat_index(vectors[b]) for b in DIMS}
-    flat_build_s = time.perf_counter() - start
-    flat_peak = peak_mb() - base
-    log(f"IVF built in {ivf_build_s:.1f} s, flat in {flat_build_s:.1f} s")
+    indexes = {b: build(vectors[b]) for b in DIMS}
+    return indexes, time.perf_counter() - start, peak_mb() - base
 
-    planted_q = {b: q[:n_planted] for b, q in queries.items()}
+
+def _search_figures(flat: dict, ivf: dict, vectors: dict, queries: dict, planted_rows: np.ndarray,
+                    n_exact: int) -> dict:
+    """Exact against IVF search: time per query slice, recall of the planted rows, agreement of the scores."""
+    n_planted = len(planted_rows)
     novel_q = {b: q[n_planted:] for b, q in queries.items()}
     exact_q = {b: np.concatenate([q[:n_exact], novel_q[b][: max(1, n_exact // 5)]]) for b, q in queries.items()}
-    n_exact_total = len(exact_q["stage4"])
+    n_exact_total, n_queries = len(exact_q["stage4"]), len(queries["stage4"])
     t_exact = best_of(lambda: search.search_blocks(flat, exact_q, k=5), 1)
     exact = search.search_blocks(flat, exact_q, k=5)
     t_bare_flat = best_of(lambda: [flat[b].search(exact_q[b], 5) for b in DIMS], 1)
@@ -430,60 +421,93 @@ def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, l
     t_ivf = best_of(lambda: search.search_blocks(ivf, queries, k=5), 2)
     approx = search.search_blocks(ivf, queries, k=5)
     t_bare_ivf = best_of(lambda: [ivf[b].search(queries[b], 5) for b in DIMS], 2)
-    n_queries = len(queries["stage4"])
     null = NullModel(approx.similarity[n_planted:])
     mi_exact = mi_from_z(null.z(exact.similarity[:n_exact]))
     mi_ivf = mi_from_z(null.z(approx_sub.similarity[:n_exact]))
-    cosines = {b: float(np.mean(np.sum(planted_q[b] * vectors[b][planted_rows], axis=1))) for b in DIMS}
     novel_exact = slice(n_exact, n_exact_total)
-    result = {
-        "n_vectors": n, "dims": DIMS, "raw_vector_mb": raw_bytes / 2**20, "noise_level": level, "mean_planted_cosine": cosines,
-        "ivf": search.describe_index(ivf["stage4"]),
-        "ivf_build_s": ivf_build_s, "ivf_build_peak_mb": ivf_peak, "ivf_index_mb": ivf_bytes / 2**20, "ivf_index_over_raw": ivf_bytes / raw_bytes,
-        "flat_build_s": flat_build_s, "flat_build_peak_mb": flat_peak,
-        "exact_ms_per_query": 1000 * t_exact / n_exact_total, "bare_flat_faiss_ms_per_query": 1000 * t_bare_flat / n_exact_total,
+    return {
+        "mean_planted_cosine": {b: float(np.mean(np.sum(queries[b][:n_planted] * vectors[b][planted_rows], axis=1)))
+                                for b in DIMS},
+        "exact_ms_per_query": 1000 * t_exact / n_exact_total,
+        "bare_flat_faiss_ms_per_query": 1000 * t_bare_flat / n_exact_total,
         "ivf_ms_per_query": 1000 * t_ivf / n_queries, "bare_ivf_faiss_ms_per_query": 1000 * t_bare_ivf / n_queries,
         "speedup_ivf_vs_exact": (t_exact / n_exact_total) / (t_ivf / n_queries),
         "search_speed_vs_bare_faiss_ivf": t_bare_ivf / t_ivf,
         "n_planted": n_planted, "recall_at_1_planted_ivf": float(np.mean(approx.ids[:n_planted, 0] == planted_rows)),
-        "n_planted_exact_checked": n_exact, "recall_at_1_planted_exact": float(np.mean(exact.ids[:n_exact, 0] == planted_rows[:n_exact])),
+        "n_planted_exact_checked": n_exact,
+        "recall_at_1_planted_exact": float(np.mean(exact.ids[:n_exact, 0] == planted_rows[:n_exact])),
         "planted_same_top1_as_exact": float(np.mean(approx_sub.ids[:n_exact, 0] == exact.ids[:n_exact, 0])),
         "planted_identical_similarity": float(np.mean(approx_sub.similarity[:n_exact] == exact.similarity[:n_exact])),
         "planted_max_abs_mi_difference": float(np.max(np.abs(mi_exact - mi_ivf))),
         "novel_top1_agreement_with_exact": float(np.mean(approx_sub.ids[novel_exact, 0] == exact.ids[novel_exact, 0])),
-        "novel_mean_similarity_ratio_ivf_over_exact": float(np.mean(approx_sub.similarity[novel_exact] / exact.similarity[novel_exact])),
+        "novel_mean_similarity_ratio_ivf_over_exact": float(np.mean(approx_sub.similarity[novel_exact]
+                                                                     / exact.similarity[novel_exact])),
     }
-    log(f"1M: exact {result['exact_ms_per_query']:.1f} ms/query, IVF {result['ivf_ms_per_query']:.2f} ms/query, recall@1 {result['recall_at_1_planted_ivf']:.4f}")
-    flat = None
 
-    # Save / load of the IVF indexes (fresh process).
+
+def _ivf_load_figures(out: Path, ivf: dict, raw_bytes: int) -> dict:
+    """Save the IVF indexes and load them in a fresh process: seconds and resident memory."""
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         paths = []
         for b, index in ivf.items():
             paths.append(str(Path(tmp) / f"index_{b}.faiss"))
             faiss.write_index(index, paths[-1])
         loaded = load_in_subprocess(LOAD_FAISS.format(paths=paths))
-    result.update({"ivf_load_s": loaded["load_s"], "ivf_loaded_rss_mb": loaded["rss_delta_mb"], "ivf_loaded_over_raw": loaded["rss_delta_mb"] / (raw_bytes / 2**20)})
-    log(f"IVF indexes load in {loaded['load_s']:.1f} s, {loaded['rss_delta_mb']:.0f} MB ({result['ivf_loaded_over_raw']:.3f}x raw)")
-    ivf = None
+    figures = {"ivf_load_s": loaded["load_s"], "ivf_loaded_rss_mb": loaded["rss_delta_mb"],
+               "ivf_loaded_over_raw": loaded["rss_delta_mb"] / (raw_bytes / 2**20)}
+    log(f"IVF indexes load in {loaded['load_s']:.1f} s, {loaded['rss_delta_mb']:.0f} MB "
+        f"({figures['ivf_loaded_over_raw']:.3f}x raw)")
+    return figures
 
-    # Scaling: time per query slice at smaller reference sizes (prefixes of the same vectors).
+
+def _scaling(vectors: dict, queries: dict, n: int, ivf_ms_at_n: float) -> dict:
+    """Time per query slice at smaller reference sizes (prefixes of the same vectors)."""
     scaling = {"n_vectors": [], "exact_ms_per_query": [], "ivf_ms_per_query": []}
     probe = {b: q[:200] for b, q in queries.items()}
+    n_probe = len(probe["stage4"])
     for size in sorted({max(1000, n // 10), max(1000, (3 * n) // 10), n}):
         prefix = {b: v[:size] for b, v in vectors.items()}
         t_e = best_of(lambda: [faiss.knn(probe[b], prefix[b], 5, metric=faiss.METRIC_INNER_PRODUCT) for b in DIMS], 1)
         if size == n:
-            t_i = t_ivf / n_queries * len(probe["stage4"])
+            ivf_ms = ivf_ms_at_n
         else:
             small = {b: search.build_ivf_index(prefix[b]) for b in DIMS}
-            t_i = best_of(lambda: search.search_blocks(small, probe, k=5), 2)
+            ivf_ms = 1000 * best_of(lambda: search.search_blocks(small, probe, k=5), 2) / n_probe
             del small
         scaling["n_vectors"].append(size)
-        scaling["exact_ms_per_query"].append(1000 * t_e / len(probe["stage4"]))
-        scaling["ivf_ms_per_query"].append(1000 * t_i / len(probe["stage4"]))
-        log(f"scaling {size:,}: exact {scaling['exact_ms_per_query'][-1]:.2f} ms, IVF {scaling['ivf_ms_per_query'][-1]:.3f} ms per query slice")
-    return result, scaling
+        scaling["exact_ms_per_query"].append(1000 * t_e / n_probe)
+        scaling["ivf_ms_per_query"].append(ivf_ms)
+        log(f"scaling {size:,}: exact {scaling['exact_ms_per_query'][-1]:.2f} ms, IVF {ivf_ms:.3f} ms per query slice")
+    return scaling
+
+
+def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, level: float) -> tuple[dict, dict]:
+    synth = Synthetic(seed=2)
+    planted_rows = np.sort(np.random.default_rng(3).choice(n, n_planted, replace=False))
+    start = time.perf_counter()
+    whiteners, vectors, planted_raw = _whitened_reference(synth, n, planted_rows)
+    log(f"{n:,} synthetic vectors generated and whitened in {time.perf_counter() - start:.1f} s")
+    queries_raw, novel_raw = near_copies(planted_raw, level, seed=4), synth.fresh(n_novel, salt=2)
+    queries = {b: np.concatenate([whiteners[b].transform(queries_raw[b]), whiteners[b].transform(novel_raw[b])])
+               for b in DIMS}
+    raw_bytes = sum(v.nbytes for v in vectors.values())
+    ivf, ivf_build_s, ivf_peak = _timed_build(search.build_ivf_index, vectors)
+    ivf_bytes = sum(search.vector_bytes(i) for i in ivf.values())
+    flat, flat_build_s, flat_peak = _timed_build(search.build_flat_index, vectors)
+    log(f"IVF built in {ivf_build_s:.1f} s, flat in {flat_build_s:.1f} s")
+    result = {
+        "n_vectors": n, "dims": DIMS, "raw_vector_mb": raw_bytes / 2**20, "noise_level": level,
+        "ivf": search.describe_index(ivf["stage4"]), "ivf_build_s": ivf_build_s, "ivf_build_peak_mb": ivf_peak,
+        "ivf_index_mb": ivf_bytes / 2**20, "ivf_index_over_raw": ivf_bytes / raw_bytes,
+        "flat_build_s": flat_build_s, "flat_build_peak_mb": flat_peak,
+    }
+    result.update(_search_figures(flat, ivf, vectors, queries, planted_rows, n_exact))
+    log(f"1M: exact {result['exact_ms_per_query']:.1f} ms/query, IVF {result['ivf_ms_per_query']:.2f} ms/query, "
+        f"recall@1 {result['recall_at_1_planted_ivf']:.4f}")
+    del flat
+    result.update(_ivf_load_figures(out, ivf, raw_bytes))
+    del ivf
+    return result, _scaling(vectors, queries, n, result["ivf_ms_per_query"])
 
 
 # ------------------------------------------------------------------------------------------- main
