@@ -285,13 +285,13 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 finally:
                     self._setRunning(False, self.ui.applyButton)
                 return
-            self._setRunning(True, self.ui.applyButton)
-            self.ui.statusLabel.text = _("Auditing {count} volume(s) in the background...").format(count=len(volumes))
             self.logic.startAudit(
                 volumes, _pathOrNone(p.indexDirectory), options,
                 progressCallback=self._onProgress,
                 completedCallback=self._onAuditDone,
             )
+            self._setRunning(True, self.ui.applyButton)  # once started: a failed start leaves the panel idle
+            self.ui.statusLabel.text = _("Auditing {count} volume(s) in the background...").format(count=len(volumes))
 
     def _auditOptions(self) -> dict:
         p = self._parameterNode
@@ -338,8 +338,6 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay(_("Failed to build the reference index."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
-            self._setRunning(True, self.ui.buildButton)
-            self.ui.statusLabel.text = _("Building the reference index in the background...")
             self.logic.startBuildIndex(
                 [_pathOrNone(p.trainingPath)], _pathOrNone(p.buildIndexDirectory),
                 holdout=[_pathOrNone(p.holdoutPath)] if _pathOrNone(p.holdoutPath) else None,
@@ -347,6 +345,8 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 batchSize=int(p.batchSize), axis=p.buildAxis.value,
                 progressCallback=self._onProgress, completedCallback=self._onBuildDone,
             )
+            self._setRunning(True, self.ui.buildButton)
+            self.ui.statusLabel.text = _("Building the reference index in the background...")
 
     def _onBuildDone(self, message: str, error: Optional[str]) -> None:
         self._setRunning(False, self.ui.buildButton)
