@@ -11,17 +11,14 @@ Console one-liner (blocking)::
 
 
 import enum
-import importlib.util
 import logging
 import os
 import pathlib
-import queue
-import re
 import shutil
 import sys
 import tempfile
-import threading
-from typing import Annotated, Callable, Optional
+import time
+from typing import Annotated, Optional
 
 import qt
 import vtk
@@ -40,10 +37,19 @@ from slicer.util import VTKObservationMixin
 
 from slicer import vtkMRMLScalarVolumeNode
 
-PROGRESS_PATTERN = re.compile(r"progress:\s*(\d+)\s*/\s*(\d+)")
-LAYOUT_ID = 7301  # custom layout: query + heatmap | nearest neighbour, MI chart below
-PLOT_VIEW_TAG = "MemorizationIndexPlot"
-TORCH_REQUIREMENT = ">=2.2"
+from MemorizationIndexLib.commands import (
+    VolumeProgress,
+    audit_arguments,
+    build_index_arguments,
+    child_environment,
+    failure_message,
+    index_summary,
+)
+from MemorizationIndexLib.dependencies import ensure_dependencies, torch_installed
+from MemorizationIndexLib.layout import LAYOUT_ID, NEIGHBOR_VIEW, PLOT_VIEW_TAG, QUERY_VIEW, layout_xml
+from MemorizationIndexLib.process import BackgroundProcess
+from MemorizationIndexLib.protocol import INDEX_ATTRIBUTE, INPUT_ATTRIBUTE
+from MemorizationIndexLib.results_html import index_null, summary_html
 
 
 #
@@ -67,8 +73,8 @@ class MemorizationIndex(ScriptedLoadableModule):
             "resemble most. Console: <code>slicer.util.getModuleLogic('MemorizationIndex').process(volumeNode, indexDir)</code>."
         )
         self.parent.acknowledgementText = _(
-            "Scores follow the ONI idea of Dar et al. (memorization in generative MRI models), with a calibrated "
-            "null. Default encoder: EfficientNet-Lite0 with ImageNet weights; optional MRI-CORE checkpoints."
+            "Scores follow the calibrated Memorization Index of Deo et al. (arXiv 2602.13066, 2026), with its ONI. "
+            "Default encoder: EfficientNet-Lite0 with ImageNet weights; optional MRI-CORE checkpoints."
         )
 
 
@@ -260,7 +266,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return
         p = self._parameterNode
         volumes = self.logic.loadedVolumes() if p.auditAllVolumes else [p.inputVolume]
-        volumes = [v for v in volumes if v is not None and not v.GetAttribute("MemorizationIndex.Input")]
+        volumes = [v for v in volumes if v is not None and not v.GetAttribute(INPUT_ATTRIBUTE)]
         if not volumes:
             slicer.util.errorDisplay(_("No input volume to audit."))
             return
@@ -279,13 +285,13 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 finally:
                     self._setRunning(False, self.ui.applyButton)
                 return
-            self._setRunning(True, self.ui.applyButton)
-            self.ui.statusLabel.text = _("Auditing {count} volume(s) in the background...").format(count=len(volumes))
             self.logic.startAudit(
                 volumes, _pathOrNone(p.indexDirectory), options,
                 progressCallback=self._onProgress,
                 completedCallback=self._onAuditDone,
             )
+            self._setRunning(True, self.ui.applyButton)  # once started: a failed start leaves the panel idle
+            self.ui.statusLabel.text = _("Auditing {count} volume(s) in the background...").format(count=len(volumes))
 
     def _auditOptions(self) -> dict:
         p = self._parameterNode
@@ -332,8 +338,6 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         with slicer.util.tryWithErrorDisplay(_("Failed to build the reference index."), waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
-            self._setRunning(True, self.ui.buildButton)
-            self.ui.statusLabel.text = _("Building the reference index in the background...")
             self.logic.startBuildIndex(
                 [_pathOrNone(p.trainingPath)], _pathOrNone(p.buildIndexDirectory),
                 holdout=[_pathOrNone(p.holdoutPath)] if _pathOrNone(p.holdoutPath) else None,
@@ -341,6 +345,8 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 batchSize=int(p.batchSize), axis=p.buildAxis.value,
                 progressCallback=self._onProgress, completedCallback=self._onBuildDone,
             )
+            self._setRunning(True, self.ui.buildButton)
+            self.ui.statusLabel.text = _("Building the reference index in the background...")
 
     def _onBuildDone(self, message: str, error: Optional[str]) -> None:
         self._setRunning(False, self.ui.buildButton)
@@ -358,62 +364,18 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 #
 
 
-class BackgroundProcess:
-    """A child process whose output lines are read by a thread and handed to the GUI by a QTimer.
-
-    ``lineCallback(line)`` and ``completedCallback(returnCode)`` run on the main thread;
-    :meth:`kill` really stops the process (the audit leaves nothing half-written).
-    """
-
-    def __init__(self, args, env: dict, lineCallback: Callable[[str], None], completedCallback: Callable[[int], None]):
-        self._lines: queue.Queue = queue.Queue()
-        self._lineCallback = lineCallback
-        self._completedCallback = completedCallback
-        self.proc = slicer.util.launchConsoleProcess(args, updateEnvironment=env)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        self._timer = qt.QTimer()
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self._poll)
-        self._timer.start()
-
-    def _read(self) -> None:
-        for line in iter(self.proc.stdout.readline, ""):
-            self._lines.put(("line", line.rstrip()))
-        self.proc.wait()
-        self._lines.put(("done", self.proc.returncode))
-
-    def _poll(self) -> None:
-        while True:
-            try:
-                kind, value = self._lines.get_nowait()
-            except queue.Empty:
-                return
-            if kind == "line":
-                self._lineCallback(value)
-            else:
-                self._timer.stop()
-                self._completedCallback(value)
-                return
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-
 class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
-    """Audits and index builds; all MRML work goes through ``MemorizationIndexLib.mrml``."""
+    """Audits and index builds, blocking (console, tests) or in a background process (the panel).
+
+    All MRML work goes through ``MemorizationIndexLib.mrml``; the background process, its command
+    lines and its output format are in ``MemorizationIndexLib.process``, ``.commands`` and ``.protocol``.
+    """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._process: Optional[BackgroundProcess] = None
-        self._workDir: Optional[str] = None
+        self._timer = None
         self.cancelRequested = False
-        self.lastLog: list[str] = []
 
     def getParameterNode(self):
         return MemorizationIndexParameterNode(super().getParameterNode())
@@ -432,69 +394,14 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
     def requirementsPath(self) -> str:
         return os.path.join(self.moduleDirectory(), "Resources", "requirements.txt")
 
-    @staticmethod
-    def torchInstalled() -> bool:
-        return importlib.util.find_spec("torch") is not None
-
     def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install what the audit needs, asking first; False when the user declined.
-
-        PyTorch comes from the PyTorch extension (``PyTorchUtils``), the rest from
-        ``Resources/requirements.txt`` with ``slicer.packaging.pip_ensure`` (Slicer >= 5.12) or
-        ``slicer.util.pip_install`` after a confirmation (older Slicer).
-        """
-        if not self.torchInstalled():
-            try:
-                import PyTorchUtils  # noqa: PLC0415 - provided by the PyTorch extension
-            except ModuleNotFoundError:
-                raise RuntimeError(_("This module needs PyTorch: install the 'PyTorch' extension from the Extensions Manager and restart Slicer.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT)
-                if torch is None:
-                    return False
-        packaging = getattr(slicer, "packaging", None)
-        if packaging is None:
-            try:
-                import slicer.packaging as packaging  # noqa: PLC0415
-            except ImportError:
-                try:
-                    import slicer.pydeps as packaging  # noqa: PLC0415 - its name in Slicer 5.11
-                except ImportError:
-                    packaging = None
-        requirements = self.requirementsPath()
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(packaging.load_requirements(requirements), skip_packages=["torch", "torchvision", "SimpleITK"], requester="MemorizationIndex")
-            return self._missingRequirements(requirements) == []
-        missing = self._missingRequirements(requirements)
-        if missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                _("Memorization Index needs these Python packages, which will be downloaded and installed now:\n\n{packages}").format(packages="\n".join(missing))
-            ):
-                return False
-            slicer.util.pip_install(missing)
-        return True
+        """Install PyTorch (PyTorch extension) and the requirements, asking first; False when declined."""
+        return ensure_dependencies(self.requirementsPath(), ask_confirmation=askConfirmation)
 
     @staticmethod
-    def _missingRequirements(path: str) -> list[str]:
-        from importlib import metadata  # noqa: PLC0415
-
-        missing = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                requirement = line.split("#", 1)[0].strip()
-                if not requirement:
-                    continue
-                name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
-                try:
-                    metadata.version(name)
-                except metadata.PackageNotFoundError:
-                    missing.append(requirement)
-        return missing
-
-    def deviceDescription(self, choice: str) -> str:
+    def deviceDescription(choice: str) -> str:
         """What the device setting means on this computer (without installing anything)."""
-        if not self.torchInstalled():
+        if not torch_installed():
             return _("PyTorch not installed yet (installed on first use)")
         import torch  # noqa: PLC0415
 
@@ -509,7 +416,8 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
     # --- blocking path (console, tests) --------------------------------------------------------
 
     def process(self, volumeNode, indexDir, *, showResults: bool = True, opacity: float = 0.6, checkpoint=None,
-                device: str = "auto", batch_size: int = 32, alpha: Optional[float] = None, progress=None, cancel=None, **options):
+                device: str = "auto", batch_size: int = 32, alpha: Optional[float] = None, progress=None, cancel=None,
+                **options):
         """Audit ``volumeNode`` against the index in ``indexDir`` and show the result (blocking).
 
         Returns a ``MemorizationIndexLib.mrml.MrmlAuditResult`` (``heatmap_node``,
@@ -519,14 +427,12 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
             raise ValueError("volumeNode is required")
         if not indexDir:
             raise ValueError("indexDir (a reference index folder) is required")
-        from MemorizationIndexLib.mrml import audit_volume_node  # noqa: PLC0415
-
-        import time  # noqa: PLC0415
+        from MemorizationIndexLib.mrml import audit_volume_node  # noqa: PLC0415 - needs torch
 
         start = time.time()
         result = audit_volume_node(
-            slicer.mrmlScene, volumeNode, indexDir, checkpoint=checkpoint, device=device, batch_size=batch_size, alpha=alpha,
-            progress=progress, cancel=cancel, **options,
+            slicer.mrmlScene, volumeNode, indexDir, checkpoint=checkpoint, device=device, batch_size=batch_size,
+            alpha=alpha, progress=progress, cancel=cancel, **options,
         )
         logging.info(f"MemorizationIndex: audited {volumeNode.GetName()} in {time.time() - start:.1f} s: "
                      f"{result.audit.flagged} of {len(result.audit.scores)} slices flagged")
@@ -540,44 +446,32 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
     def pythonExecutable() -> str:
         return shutil.which("PythonSlicer") or sys.executable
 
-    def _environment(self) -> dict:
-        pythonPath = os.pathsep.join(p for p in [self.moduleDirectory(), os.environ.get("PYTHONPATH", "")] if p)
-        return {"PYTHONPATH": pythonPath, "MEMORIZATION_INDEX_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
-
-    def _start(self, args, progressCallback, onFinished, nItems: int = 1) -> None:
-        if self.isRunning:
-            raise RuntimeError(_("Another audit or index build is still running."))
+    def _start(self, args: list, progressCallback, onFinished, nVolumes: int = 1, workDir: Optional[str] = None) -> None:
+        """Run ``args`` in a BackgroundProcess polled by a QTimer; ``onFinished(returnCode, log)``."""
         self.cancelRequested = False
-        self.lastLog = []
-        state = {"item": 0, "lastDone": -1}
+        volumeProgress = VolumeProgress(nVolumes)
 
-        def onLine(line: str) -> None:
-            match = PROGRESS_PATTERN.search(line)
-            if not match:
-                self.lastLog.append(line)
-                logging.info(line)
-                return
-            done, total = int(match.group(1)), max(1, int(match.group(2)))
-            if done < state["lastDone"]:
-                state["item"] = min(nItems - 1, state["item"] + 1)  # the next volume started
-            state["lastDone"] = done
+        def onProgress(done: int, total: int) -> None:
             if progressCallback:
-                fraction = (state["item"] + done / total) / nItems
-                progressCallback(fraction, _("{done}/{total} slices").format(done=done, total=total))
+                progressCallback(volumeProgress.update(done, total),
+                                 _("{done}/{total} slices").format(done=done, total=total))
 
         def onCompleted(returnCode: int) -> None:
-            self._process = None
-            onFinished(returnCode)
+            process, self._process = self._process, None
+            self._timer.stop()
+            onFinished(returnCode, process.log)
 
         logging.info("MemorizationIndex: running " + " ".join(args))
-        self._process = BackgroundProcess(args, self._environment(), onLine, onCompleted)
+        environment = child_environment(self.moduleDirectory(), slicer.util.startupEnvironment())
+        self._process = BackgroundProcess(args, env=environment, on_line=logging.info, on_progress=onProgress,
+                                          on_finished=onCompleted, work_dir=workDir)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._process.poll)
+        self._timer.start()
 
-    def _errorText(self, returnCode: int) -> str:
-        if self.cancelRequested:
-            return _("Cancelled.")
-        errors = [line for line in self.lastLog if line.startswith("error:")]
-        return errors[-1] if errors else _("The background process failed (exit code {code}): {tail}").format(
-            code=returnCode, tail="\n".join(self.lastLog[-5:]))
+    def _errorText(self, returnCode: int, log: list) -> str:
+        return _("Cancelled.") if self.cancelRequested else failure_message(log, returnCode)
 
     def startAudit(self, volumeNodes, indexDir, options: dict, progressCallback=None, completedCallback=None) -> None:
         """Audit volumes in a background process running the library's command line.
@@ -585,45 +479,37 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         The volumes are written to a temporary folder (in their own voxel order, so slice
         numbers match the nodes), audited with ``python -m MemorizationIndexLib.cli audit``, and
         the results are turned into nodes when it finishes: ``completedCallback(results, error)``.
-        An out-of-memory failure is retried once with half the batch size.
+        The temporary folder is removed when the process has finished, failed or been cancelled.
         """
-        self._workDir = tempfile.mkdtemp(prefix="MemorizationIndex-")
-        paths = []
-        for i, node in enumerate(volumeNodes):
-            path = os.path.join(self._workDir, f"volume_{i}.nrrd")
-            exporter = getattr(slicer.util, "exportNode", None)
-            if exporter is not None:
-                exporter(node, path)
-            else:
-                slicer.util.saveNode(node, path)
-            paths.append(path)
-        outDir = os.path.join(self._workDir, "audit")
-        args = [self.pythonExecutable(), "-m", "MemorizationIndexLib.cli", "audit", str(indexDir), *paths, "--out", outDir, "--no-report",
-                "--device", options.get("device", "auto"), "--batch-size", str(options.get("batch_size", 32))]
-        if options.get("alpha"):
-            args += ["--alpha", str(options["alpha"])]
-        if options.get("checkpoint"):
-            args += ["--checkpoint", str(options["checkpoint"])]
+        if self.isRunning:
+            raise RuntimeError(_("Another audit or index build is still running."))
+        workDir = tempfile.mkdtemp(prefix="MemorizationIndex-")
+        try:
+            paths = []
+            for i, node in enumerate(volumeNodes):
+                paths.append(os.path.join(workDir, f"volume_{i}.nrrd"))
+                slicer.util.exportNode(node, paths[-1])
+            outDir = os.path.join(workDir, "audit")
+            args = audit_arguments(self.pythonExecutable(), indexDir, paths, outDir, device=options.get("device", "auto"),
+                                   batch_size=options.get("batch_size", 32), alpha=options.get("alpha"),
+                                   checkpoint=options.get("checkpoint"))
 
-        def onFinished(returnCode: int) -> None:
-            if returnCode != 0:
-                oom = any("out of memory" in line.lower() for line in self.lastLog)
-                if oom and not self.cancelRequested and options.get("batch_size", 32) > 1:
-                    retry = dict(options, batch_size=max(1, options.get("batch_size", 32) // 2))
-                    logging.warning(f"MemorizationIndex: out of memory, retrying with batch size {retry['batch_size']}")
-                    self.startAudit(volumeNodes, indexDir, retry, progressCallback, completedCallback)
+            def onFinished(returnCode: int, log: list) -> None:
+                if returnCode != 0:
+                    completedCallback([], self._errorText(returnCode, log))
                     return
-                completedCallback([], self._errorText(returnCode))
-                return
-            try:
-                results = self.loadAuditResults(volumeNodes, paths, outDir, indexDir)
-            except Exception as exc:  # noqa: BLE001 - shown to the user
-                logging.exception("MemorizationIndex: could not load the audit results")
-                completedCallback([], str(exc))
-                return
-            completedCallback(results, None)
+                try:
+                    results = self.loadAuditResults(volumeNodes, paths, outDir, indexDir)
+                except Exception as exc:  # noqa: BLE001 - shown to the user
+                    logging.exception("MemorizationIndex: could not load the audit results")
+                    completedCallback([], str(exc))
+                    return
+                completedCallback(results, None)
 
-        self._start(args, progressCallback, onFinished, nItems=len(paths))
+            self._start(args, progressCallback, onFinished, nVolumes=len(paths), workDir=workDir)
+        except BaseException:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
 
     def loadAuditResults(self, volumeNodes, paths, outDir, indexDir):
         """Turn a command-line audit's outputs into result nodes for the volumes it audited."""
@@ -644,33 +530,32 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
     def startBuildIndex(self, trainingPaths, outDir, *, holdout=None, encoder="default", checkpoint=None, device="auto",
                         batchSize=32, axis="auto", progressCallback=None, completedCallback=None) -> None:
         """Build a reference index in a background process (``python -m MemorizationIndexLib.cli build-index``)."""
-        args = [self.pythonExecutable(), "-m", "MemorizationIndexLib.cli", "build-index", *[str(p) for p in trainingPaths], "--out", str(outDir),
-                "--encoder", encoder, "--device", device, "--batch-size", str(batchSize), "--axis", axis]
-        if checkpoint and encoder == "mri-core":
-            args += ["--checkpoint", str(checkpoint)]
-        if holdout:
-            args += ["--holdout", *[str(p) for p in holdout]]
+        if self.isRunning:
+            raise RuntimeError(_("Another audit or index build is still running."))
+        args = build_index_arguments(self.pythonExecutable(), trainingPaths, outDir, holdout=holdout or (),
+                                     encoder=encoder, checkpoint=checkpoint, device=device, batch_size=batchSize,
+                                     axis=axis)
 
-        def onFinished(returnCode: int) -> None:
+        def onFinished(returnCode: int, log: list) -> None:
             if returnCode != 0:
-                completedCallback("", self._errorText(returnCode))
+                completedCallback("", self._errorText(returnCode, log))
             else:
-                summary = [line for line in self.lastLog if line.startswith("index ")]
-                completedCallback(summary[-1] if summary else _("Index written to {path}").format(path=outDir), None)
+                completedCallback(index_summary(log) or _("Index written to {path}").format(path=outDir), None)
 
         self._start(args, progressCallback, onFinished)
 
     def cancel(self) -> None:
-        """Stop the running background work (the process is killed)."""
+        """Stop the running background work (the process and its children are killed)."""
         if self._process is not None:
             self.cancelRequested = True
-            self._process.kill()
+            self._process.cancel()
 
     # --- showing results ----------------------------------------------------------------------
 
     @staticmethod
     def loadedVolumes() -> list:
-        return [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if n.GetImageData() is not None and n.GetAttribute("MemorizationIndex.Input") is None]
+        return [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                if n.GetImageData() is not None and n.GetAttribute(INPUT_ATTRIBUTE) is None]
 
     def showResults(self, result, opacity: float = 0.6) -> None:
         """Side-by-side layout (query + heatmap | nearest neighbour, chart below), linked views."""
@@ -681,13 +566,13 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:
             return
-        layoutLogic = layoutManager.layoutLogic()
-        layoutNode = layoutLogic.GetLayoutNode()
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
         if not layoutNode.IsLayoutDescription(LAYOUT_ID):
-            layoutNode.AddLayoutDescription(LAYOUT_ID, self._layoutXml())
+            layoutNode.AddLayoutDescription(LAYOUT_ID, layout_xml())
         layoutManager.setLayout(LAYOUT_ID)
-        show_result_in_slice_views(slicer.mrmlScene, result, opacity=opacity, query_view_names=("Red",), neighbor_view_names=("Yellow",))
-        for view in ("Red", "Yellow"):
+        show_result_in_slice_views(slicer.mrmlScene, result, opacity=opacity, query_view_names=(QUERY_VIEW,),
+                                   neighbor_view_names=(NEIGHBOR_VIEW,))
+        for view in (QUERY_VIEW, NEIGHBOR_VIEW):
             widget = layoutManager.sliceWidget(view)
             if widget is not None:
                 widget.sliceLogic().FitSliceToAll()
@@ -703,58 +588,15 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         if not result.audit.scores:
             return
         worst = max(result.audit.scores, key=lambda s: s.mi)
-        for view in ("Red", "Yellow"):
+        for view in (QUERY_VIEW, NEIGHBOR_VIEW):
             sliceNode = slicer.mrmlScene.GetSingletonNode(view, "vtkMRMLSliceNode")
             if sliceNode is not None:
                 jump_to_slice(sliceNode, result.input_node, result.audit.array_axis, worst.slice)
 
     @staticmethod
-    def _layoutXml() -> str:
-        return f"""
-<layout type="vertical" split="true">
-  <item splitSize="650">
-    <layout type="horizontal" split="true">
-      <item><view class="vtkMRMLSliceNode" singletontag="Red">
-        <property name="orientation" action="default">Axial</property>
-        <property name="viewlabel" action="default">R</property>
-        <property name="viewcolor" action="default">#F34A33</property>
-      </view></item>
-      <item><view class="vtkMRMLSliceNode" singletontag="Yellow">
-        <property name="orientation" action="default">Axial</property>
-        <property name="viewlabel" action="default">Y</property>
-        <property name="viewcolor" action="default">#EDD54C</property>
-      </view></item>
-    </layout>
-  </item>
-  <item splitSize="300">
-    <view class="vtkMRMLPlotViewNode" singletontag="{PLOT_VIEW_TAG}">
-      <property name="viewlabel" action="default">MI</property>
-    </view>
-  </item>
-</layout>"""
-
-    def summaryHtml(self, result) -> str:
+    def summaryHtml(result) -> str:
         """The results panel text for one audited volume."""
-        s = result.summary()
-        t = s["threshold"]
-        flagged = ", ".join(str(k) for k in s["flagged_slices"][:30]) + (" ..." if len(s["flagged_slices"]) > 30 else "")
-        nullText = ""
-        indexDir = result.heatmap_node.GetAttribute("MemorizationIndex.Index")
-        try:
-            import json  # noqa: PLC0415
-
-            null = json.loads((pathlib.Path(indexDir) / "config.json").read_text(encoding="utf-8"))["null"]
-            nullText = f"<br>null: {null.get('type')} (n={null.get('n')})"
-        except Exception:  # noqa: BLE001 - the summary works without it
-            nullText = ""
-        return (
-            f"<b>{s['volume']}</b> ({s['axis']}): {s['slices_scored']} of {s['slices_total']} slices scored, "
-            f"{s['slices_skipped_empty']} empty skipped<br>"
-            f"volume MI {s['mean_mi']:.3f}, ONI {s['mean_oni']:.3f}<br>"
-            f"<b>flagged: {s['flagged']} slices ({100 * s['flagged_fraction']:.1f}%)</b>{': ' + flagged if flagged else ''}<br>"
-            f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
-            f"{nullText}"
-        )
+        return summary_html(result.summary(), index_null(result.heatmap_node.GetAttribute(INDEX_ATTRIBUTE)))
 
 
 #

@@ -29,6 +29,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 sitk = pytest.importorskip("SimpleITK")
 
 from MemorizationIndexLib import mrml  # noqa: E402
+from MemorizationIndexLib.commands import audit_arguments, child_environment  # noqa: E402
 from MemorizationIndexLib.reference_index import ReferenceIndex, build_index  # noqa: E402
 from MemorizationIndexLib.transforms import reference_copy  # noqa: E402
 from MemorizationIndexLib.volumes import read_image  # noqa: E402
@@ -82,12 +83,10 @@ def spine(shared_data: Path, tmp_path_factory):
     sitk.WriteImage(query_image, str(query_path))
 
     out_dir = work / "cli"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "MemorizationIndex"), os.environ.get("PYTHONPATH", "")]),
-               MEMORIZATION_INDEX_PROGRESS="1")
-    completed = subprocess.run(
-        [sys.executable, "-m", "MemorizationIndexLib.cli", "audit", str(index_dir), str(query_path), "--out", str(out_dir), "--alpha", str(ALPHA), "--no-report"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    # The command line and environment the module's background path uses.
+    env = child_environment(REPO_ROOT / "MemorizationIndex", os.environ)
+    args = audit_arguments(sys.executable, index_dir, [query_path], out_dir, device="cpu", alpha=ALPHA)
+    completed = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
     with open(out_dir / "slices.csv", newline="") as handle:
         cli_rows = list(csv.DictReader(handle))
@@ -337,16 +336,8 @@ def test_cli_outputs_rebuild_the_audit(spine):
 
 def test_cli_progress_lines_match_the_module_parser(spine):
     """The Slicer module's progress bar parses these lines from the background CLI process."""
-    import ast
-    import re
+    from MemorizationIndexLib.protocol import parse_progress
 
-    source = (REPO_ROOT / "MemorizationIndex" / "MemorizationIndex.py").read_text()
-    pattern = None
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PROGRESS_PATTERN":
-            pattern = re.compile(node.value.args[0].value)
-    assert pattern is not None
-    matches = [pattern.search(line) for line in spine["cli_stderr"].splitlines()]
-    progress = [(int(m.group(1)), int(m.group(2))) for m in matches if m]
+    progress = [p for p in map(parse_progress, spine["cli_stderr"].splitlines()) if p]
     assert progress, spine["cli_stderr"][-500:]
     assert progress[-1][0] == progress[-1][1] == len(spine["cli_rows"])

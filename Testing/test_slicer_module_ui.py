@@ -166,8 +166,7 @@ def test_module_follows_the_scripted_module_template(module_tree):
 
 
 def test_dependencies_are_not_installed_at_import_time(module_tree):
-    """No pip/PyTorch installs in module-level code or constructors (only when first needed)."""
-    source = MODULE_FILE.read_text(encoding="utf-8")
+    """No pip/PyTorch installs in module-level code or constructors; the Apply button installs (after asking)."""
     for node in module_tree.body:
         if isinstance(node, (ast.Expr, ast.Assign)):
             assert "pip" not in ast.unparse(node)
@@ -176,9 +175,23 @@ def test_dependencies_are_not_installed_at_import_time(module_tree):
             if isinstance(f, ast.FunctionDef) and f.name in ("__init__", "setup"):
                 text = ast.unparse(f)
                 assert "pip_" not in text and "installTorch" not in text and "ensureDependencies" not in text
-    assert "PyTorchUtils" in source and "pip_ensure" in source and "pip_install" in source
+    widget = {f.name: ast.unparse(f) for f in _class(module_tree, "MemorizationIndexWidget").body
+              if isinstance(f, ast.FunctionDef)}
+    assert "ensureDependencies" in widget["onApplyButton"]
+    handler = (MODULE_DIR / "MemorizationIndexLib" / "dependencies.py").read_text(encoding="utf-8")
+    assert "PyTorchUtils" in handler and "pip_ensure" in handler and "prompt_install=" in handler
+    assert "skip_packages" not in handler and "pydeps" not in handler
     requirements = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8")
     assert not re.search(r"^\s*torch\b", requirements, re.M), "torch comes from the PyTorch extension, not requirements.txt"
+
+
+def test_module_file_keeps_the_template_order(module_tree):
+    """Module class, parameter node, widget, logic, test; the rest lives in MemorizationIndexLib."""
+    order = ["MemorizationIndex", PARAMETER_CLASS, "MemorizationIndexWidget", "MemorizationIndexLogic",
+             "MemorizationIndexTest"]
+    classes = [node.name for node in module_tree.body if isinstance(node, ast.ClassDef)]
+    assert [name for name in classes if name in order] == order
+    assert not set(classes) - set(order) - _enum_classes(module_tree), "helper classes belong in MemorizationIndexLib"
 
 
 def test_cmake_lists_reference_existing_files():

@@ -17,6 +17,7 @@ from . import __version__
 from .embedding import Cancelled, ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .errors import UserError
+from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import PreprocessSettings, nonempty_mask
 from .reference_index import ReferenceIndex
 from .report import evidence_order
@@ -118,6 +119,7 @@ def audit_image(
     ``preprocessing``, when given, must equal the index's (scores across preprocessings are
     meaningless); by default the index's settings are used. ``keep_evidence``: how many of the
     highest-scoring slices to keep in ``evidence_slices`` for the report (its ``max_evidence``).
+    An out-of-memory error while embedding is retried with half the batch size (down to 1).
     """
     if preprocessing is not None and preprocessing != index.preprocessing:
         raise UserError(f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run ({preprocessing}); audit with the index's settings or rebuild the index")
@@ -135,7 +137,10 @@ def audit_image(
     audit = VolumeAudit(volume, array_axis, axis_name(image, array_axis), len(stack), [int(k) for k in np.flatnonzero(~np.isin(np.arange(len(stack)), keep))], [], threshold)
     if len(keep) == 0:
         return audit
-    raw = embed_slices(encoder, [stack[k] for k in keep], index.preprocessing, batch_size=batch_size, progress=progress, cancel=cancel)
+    slices = [stack[k] for k in keep]
+    raw = halving_batch_on_out_of_memory(
+        lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, progress=progress, cancel=cancel),
+        batch_size)
     rows, ids, scores = score_features(index, raw, alpha, k=top_k)
     prov = index.provenance
     for i, k in enumerate(keep):

@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 from . import __version__
 from .allocator import keep_freed_memory
 from .errors import UserError
+from .protocol import PROGRESS_ENV, format_error, format_progress
 from .volumes import AXIS_CHOICES
 
-PROGRESS_ENV = "MEMORIZATION_INDEX_PROGRESS"
 FEW_SUBJECTS = 5  # below this, the train-split null is measured to run low (docs/method.md)
 DEBUG_ENV = "MEMORIZATION_INDEX_DEBUG"
 
@@ -22,7 +22,7 @@ def make_progress(label: str) -> Callable[[int, int], None]:
     """A progress callback: machine-readable lines when MEMORIZATION_INDEX_PROGRESS=1, else a tqdm bar."""
     if os.environ.get(PROGRESS_ENV) == "1":
         def report(done: int, total: int) -> None:
-            print(f"progress: {done}/{total} {label}", file=sys.stderr, flush=True)
+            print(format_progress(done, total, label), file=sys.stderr, flush=True)
         return report
     from tqdm import tqdm
 
@@ -200,22 +200,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(format_error(_one_line(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted; nothing half-written was kept", file=sys.stderr)
+        print(format_error("interrupted; nothing half-written was kept"), file=sys.stderr)
         return 130
     except MemoryError:
-        print("error: out of memory; lower --batch-size or audit fewer volumes at once", file=sys.stderr)
+        print(format_error("out of memory; lower --batch-size or audit fewer volumes at once"), file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permission denied, ... while reading or writing
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"error: {exc.strerror or _one_line(exc)}{where}", file=sys.stderr)
+        print(format_error(f"{exc.strerror or _one_line(exc)}{where}"), file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: one line by default, the traceback on request
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        print(f"error: internal error ({type(exc).__name__}: {_one_line(exc)}); please report it (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        print(format_error(f"internal error ({type(exc).__name__}: {_one_line(exc)}); please report it "
+                           f"(set {DEBUG_ENV}=1 for the traceback)"), file=sys.stderr)
         return 1
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UserError
+from .protocol import INDEX_ATTRIBUTE, INPUT_ATTRIBUTE
 from .transforms import ORIGINAL, reference_copy
 
 HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
@@ -432,9 +433,9 @@ def add_audit_nodes(scene, volume_node, audit, index=None, *, subject_hierarchy:
     chart, series, threshold_table = _make_plot(scene, base, table_node, audit.scores, audit.threshold.mi)
 
     for node in (heatmap_node, neighbor_node, table_node, chart):
-        node.SetAttribute("MemorizationIndex.Input", volume_node.GetID())
+        node.SetAttribute(INPUT_ATTRIBUTE, volume_node.GetID())
         if index is not None:
-            node.SetAttribute("MemorizationIndex.Index", str(index.path))
+            node.SetAttribute(INDEX_ATTRIBUTE, str(index.path))
     result = MrmlAuditResult(
         heatmap_node=heatmap_node,
         neighbor_node=neighbor_node,
@@ -450,12 +451,6 @@ def add_audit_nodes(scene, volume_node, audit, index=None, *, subject_hierarchy:
     if subject_hierarchy:
         result.folder_item_id = _parent_in_subject_hierarchy(scene, volume_node, result.nodes(), f"{base} memorization audit")
     return result
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for a (CUDA or CPU) out-of-memory error raised by torch."""
-    text = f"{type(exc).__name__}: {exc}".lower()
-    return "out of memory" in text or "outofmemory" in text
 
 
 def audit_volume_node(
@@ -480,8 +475,8 @@ def audit_volume_node(
     ``index_dir`` is an index folder or an already loaded ``ReferenceIndex``. ``checkpoint``
     overrides the encoder checkpoint recorded in the index (MRI-CORE). The other keyword
     options go to ``audit.audit_image`` (``encoder``, ``device``, ``batch_size``, ``alpha``,
-    ``axis``, ``progress(done, total)``, ``cancel`` a ``threading.Event``, ...). An
-    out-of-memory error is retried with half the batch size (down to 1).
+    ``axis``, ``progress(done, total)``, ``cancel`` a ``threading.Event``, ...); like every
+    audit, an out-of-memory error is retried with half the batch size (down to 1).
     """
     from .audit import audit_image  # noqa: PLC0415
     from .reference_index import ReferenceIndex  # noqa: PLC0415
@@ -493,30 +488,11 @@ def audit_volume_node(
     volume_name = name or volume_node.GetName() or "volume"
     if encoder is None:
         encoder = index.load_encoder(checkpoint=checkpoint, device=device)
-    batch = max(1, int(batch_size))
-    while True:
-        try:
-            audit = audit_image(
-                index, image, volume_name, encoder=encoder, device=device, batch_size=batch, alpha=alpha, axis=axis,
-                progress=progress, cancel=cancel, **options,
-            )
-            break
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc) or batch == 1:
-                raise
-            batch = max(1, batch // 2)
-            _empty_cuda_cache()
+    audit = audit_image(
+        index, image, volume_name, encoder=encoder, device=device, batch_size=batch_size, alpha=alpha, axis=axis,
+        progress=progress, cancel=cancel, **options,
+    )
     return add_audit_nodes(scene, volume_node, audit, index, subject_hierarchy=subject_hierarchy, name=name)
-
-
-def _empty_cuda_cache() -> None:
-    try:
-        import torch  # noqa: PLC0415
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001
-        pass
 
 
 def read_audit_outputs(out_dir: str | Path) -> dict:

@@ -16,6 +16,7 @@ import qt
 import slicer
 
 from MemorizationIndex import MemorizationIndexLogic, makeSelfTestScenario
+from MemorizationIndexLib.protocol import INPUT_ATTRIBUTE
 
 
 def waitUntil(condition, timeoutSeconds=600.0):
@@ -56,7 +57,7 @@ class MemorizationIndexModuleTest(unittest.TestCase):
 
     def test_cancel_stops_the_background_process(self):
         def resultVolumes():
-            return [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if n.GetAttribute("MemorizationIndex.Input")]
+            return [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if n.GetAttribute(INPUT_ATTRIBUTE)]
 
         before = len(resultVolumes())
         outcome = {}

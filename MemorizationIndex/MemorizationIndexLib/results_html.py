@@ -1,0 +1,36 @@
+"""The results panel's text for one audited volume (HTML for a Qt label)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+MAX_LISTED_SLICES = 30
+
+
+def index_null(index_dir: str | Path | None) -> dict | None:
+    """The null description (``type``, ``n``, ...) in an index's config.json; None when unreadable."""
+    if not index_dir:
+        return None
+    try:
+        return json.loads((Path(index_dir) / "config.json").read_text(encoding="utf-8"))["null"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def summary_html(summary: dict, null: dict | None = None) -> str:
+    """``summary`` as ``MrmlAuditResult.summary()`` returns it; ``null`` as :func:`index_null` does."""
+    t = summary["threshold"]
+    slices = summary["flagged_slices"]
+    listed = ", ".join(str(k) for k in slices[:MAX_LISTED_SLICES]) + (" ..." if len(slices) > MAX_LISTED_SLICES else "")
+    null_text = f"<br>null: {html.escape(str(null.get('type')))} (n={null.get('n')})" if null else ""
+    return (
+        f"<b>{html.escape(str(summary['volume']))}</b> ({summary['axis']}): {summary['slices_scored']} of "
+        f"{summary['slices_total']} slices scored, {summary['slices_skipped_empty']} empty skipped<br>"
+        f"volume MI {summary['mean_mi']:.3f}, ONI {summary['mean_oni']:.3f}<br>"
+        f"<b>flagged: {summary['flagged']} slices ({100 * summary['flagged_fraction']:.1f}%)</b>"
+        f"{': ' + listed if listed else ''}<br>"
+        f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
+        f"{null_text}"
+    )
