@@ -655,7 +655,7 @@ def makeSelfTestScenario(work: pathlib.Path):
     import SimpleITK as sitk  # noqa: PLC0415
     import sitkUtils  # noqa: PLC0415
 
-    from MemorizationIndexLib.reference_index import build_index  # noqa: PLC0415
+    from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: PLC0415
 
     source = SampleData.downloadSample("MRHead")
     image = sitkUtils.PullVolumeFromSlicer(source)
@@ -668,7 +668,7 @@ def makeSelfTestScenario(work: pathlib.Path):
         piece.SetOrigin(image.GetOrigin())
         sitk.WriteImage(piece, str(work / f"{name}.nrrd"))
     indexDir = work / "index"
-    build_index([work / "a.nrrd", work / "b.nrrd"], indexDir, reference_copies=False, overwrite=True)
+    build_index([work / "a.nrrd", work / "b.nrrd"], indexDir, BuildOptions(reference_copies=False, overwrite=True))
     query = sitk.GetArrayFromImage(sitk.ReadImage(str(work / "a.nrrd")))
     queryNode = slicer.util.addVolumeFromArray(query[::8].copy(), name="query")
     queryNode.SetSpacing(source.GetSpacing()[0], source.GetSpacing()[1], source.GetSpacing()[2] * 8)

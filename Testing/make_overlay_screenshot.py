@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from PIL import Image, ImageDraw
 
     from MemorizationIndexLib import mrml
-    from MemorizationIndexLib.reference_index import build_index
+    from MemorizationIndexLib.index_build import BuildOptions, build_index
 
     brain = sorted((args.data / "brain" / "ds002748").glob("sub-*_T1w.nii.gz"))
     if len(brain) < 5:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="mi-screenshot-"))
     train, holdout, host = brain[:2], brain[2], brain[4]
     index_dir = work / "index"
-    build_index(train, index_dir, holdout_paths=[holdout], reference_copies=False, overwrite=True)
+    build_index(train, index_dir, BuildOptions(holdout_paths=[holdout], reference_copies=False, overwrite=True))
 
     # The "generated" volume: another person's slices (resized to the training subject's slice
     # grid) with a run of the training subject's own slices planted in it.

@@ -19,7 +19,9 @@ from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.order_statistics import percentiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
 from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
-from MemorizationIndexLib.reference_index import VOLUME_CACHE_SIZE, EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
+from MemorizationIndexLib.index_build import build_index_from_features
+from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
+from MemorizationIndexLib.volume_cache import VOLUME_CACHE_SIZE
 from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
 from MemorizationIndexLib.whitening import ShrinkageWhitener, ledoit_wolf_shrinkage, l2_normalize

@@ -29,8 +29,13 @@ if not hasattr(slicer, "vtkMRMLScene"):
 sitk = pytest.importorskip("SimpleITK")
 
 from MemorizationIndexLib import mrml  # noqa: E402
+<<<<<<< HEAD
 from MemorizationIndexLib.commands import audit_arguments, child_environment  # noqa: E402
 from MemorizationIndexLib.reference_index import ReferenceIndex, build_index  # noqa: E402
+=======
+from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: E402
+from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: E402
+>>>>>>> index-split
 from MemorizationIndexLib.transforms import reference_copy  # noqa: E402
 from MemorizationIndexLib.volumes import read_image  # noqa: E402
 
@@ -70,7 +75,7 @@ def spine(shared_data: Path, tmp_path_factory):
     folder = shared_data / "spine" / "myosegmentum"
     work = tmp_path_factory.mktemp("mrml")
     index_dir = work / "index"
-    build_index([folder / "01.nii.gz", folder / "02.nii.gz"], index_dir, holdout_paths=[folder / "03.nii.gz"], overwrite=True)
+    build_index([folder / "01.nii.gz", folder / "02.nii.gz"], index_dir, BuildOptions(holdout_paths=[folder / "03.nii.gz"], overwrite=True))
 
     donor = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "01.nii.gz")))
     host_image = sitk.ReadImage(str(folder / "05.nii.gz"))

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from MemorizationIndexLib.audit import audit_image
 from MemorizationIndexLib.encoders import load_encoder
-from MemorizationIndexLib.reference_index import ReferenceIndex, build_index
+from MemorizationIndexLib.index_build import BuildOptions, build_index
+from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.volumes import axis_name, read_image
 from test_reliability import spine
 
@@ -52,7 +53,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict:
     holdout = sitk.GetImageFromArray(_crop(shared_data, 3, 9, 3, (80, 136), (70, 118)))
     holdout.SetSpacing((1.0, 1.0, 3.0))
     sitk.WriteImage(holdout, str(folder / "holdout.nii.gz"))
-    index = build_index(list(paths.values()), folder / "index", encoder=encoder, holdout_paths=[folder / "holdout.nii.gz"])
+    index = build_index(list(paths.values()), folder / "index", BuildOptions(holdout_paths=[folder / "holdout.nii.gz"]), encoder=encoder)
     assert index.n_reference_slices == sum(len(s) for s in stacks.values())
     return {"encoder": encoder, "index": ReferenceIndex.load(folder / "index"), "stacks": stacks, "paths": paths}
 

@@ -15,7 +15,8 @@ import SimpleITK as sitk  # noqa: E402
 from MemorizationIndexLib import search  # noqa: E402
 from MemorizationIndexLib.audit import audit_paths  # noqa: E402
 from MemorizationIndexLib.ray_engine import RaySearcher, build_index_ray, init_ray  # noqa: E402
-from MemorizationIndexLib.reference_index import ReferenceIndex, build_index  # noqa: E402
+from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: E402
+from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,8 @@ def test_ray_search_equals_local_search(local_ray):
 def test_ray_build_and_audit_identical_to_local(local_ray, volumes, tmp_path):
     train, holdout, query = volumes
     # A holdout null keeps the test fast (the train-split null of a tiny set needs many splits).
-    local = build_index(train, tmp_path / "local", holdout_paths=[holdout])
-    remote = build_index_ray(train, tmp_path / "ray", holdout_paths=[holdout], batch_size=7)
+    local = build_index(train, tmp_path / "local", BuildOptions(holdout_paths=[holdout]))
+    remote = build_index_ray(train, tmp_path / "ray", BuildOptions(holdout_paths=[holdout], batch_size=7))
     manifest = lambda p: json.loads((p / "manifest.json").read_text())["files"]  # noqa: E731
     # Bit-identical index files (features, whitening, FAISS index, calibration, provenance).
     assert manifest(local.path) == manifest(remote.path)

@@ -28,13 +28,14 @@ import SimpleITK as sitk
 import torch
 
 from MemorizationIndexLib import audit as audit_mod
-from MemorizationIndexLib import reference_index as ri
+from MemorizationIndexLib import index_build
 from MemorizationIndexLib.audit import audit_image, audit_paths
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.encoders import load_encoder
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.preprocess import PreprocessSettings
-from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index, build_index_from_features
+from MemorizationIndexLib.index_build import BuildOptions, build_index, build_index_from_features
+from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
 from MemorizationIndexLib.volumes import read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +70,8 @@ def small_dataset(folder: Path, shared_data: Path) -> dict[str, Path]:
 
 def build_small_index(data: dict[str, Path], out: Path, encoder=None, **options) -> ReferenceIndex:
     """The small test index (no flips, holdout null): fast to build."""
-    return build_index([data["train1"], data["train2"]], out, encoder=encoder, holdout_paths=[data["holdout"]], reference_copies=False, **options)
+    options = BuildOptions(holdout_paths=[data["holdout"]], reference_copies=False, **options)
+    return build_index([data["train1"], data["train2"]], out, options, encoder=encoder)
 
 
 def rewrite_manifest(index_dir: Path) -> None:
@@ -224,7 +226,7 @@ def _leftovers(parent: Path) -> list[str]:
 
 @pytest.mark.parametrize("failure", ["disk-full", "interrupt"])
 def test_failed_build_leaves_no_partial_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
-    original = ri.faiss.write_index
+    original = index_build.faiss.write_index
 
     def failing_write(index, path):
         original(index, path)
@@ -235,7 +237,7 @@ def test_failed_build_leaves_no_partial_index(tmp_path: Path, monkeypatch: pytes
         raise KeyboardInterrupt
 
     out = tmp_path / "nested" / "index"
-    monkeypatch.setattr(ri.faiss, "write_index", failing_write)
+    monkeypatch.setattr(index_build.faiss, "write_index", failing_write)
     if failure == "disk-full":
         with pytest.raises(UserError, match="No space left on device"):
             _features_index(out)
@@ -254,7 +256,7 @@ def test_failed_overwrite_keeps_the_old_index(tmp_path: Path, monkeypatch: pytes
     def full_disk(*_args, **_kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ri.np, "savez", full_disk)
+    monkeypatch.setattr(index_build.np, "savez", full_disk)
     with pytest.raises(UserError, match="No space left"):
         _features_index(out, overwrite=True, seed=1)
     monkeypatch.undo()
@@ -299,11 +301,11 @@ def test_next_build_removes_what_a_killed_build_left(tmp_path: Path) -> None:
     killed = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from MemorizationIndexLib.reference_index import _write_atomically
+        from MemorizationIndexLib.atomic_write import write_folder
         def write(folder):
             (folder / "half-written").write_bytes(b"x")
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a power cut would
-        _write_atomically(Path({str(out)!r}), False, write)
+        write_folder(Path({str(out)!r}), write)
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO / "MemorizationIndex")}
     assert subprocess.run([sys.executable, "-c", killed], env=env).returncode == -signal.SIGKILL

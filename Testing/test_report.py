@@ -426,12 +426,12 @@ def real_audit(tmp_path_factory, spine):
     """Index spine subjects 01-03 (train; 04 and 06 held out for the null), audit a generated volume
     mixing 5 slices copied from subjects 01/02 with subject 05's (novel) slices at alpha 0.05 (the
     40 held-out null slices cannot reach smaller p-values); its file name contains <script>."""
-    from MemorizationIndexLib import audit, reference_index
+    from MemorizationIndexLib import audit, index_build
 
     root = tmp_path_factory.mktemp("real")
     index_dir = root / "index"
-    reference_index.build_index([spine["01"], spine["02"], spine["03"]], index_dir, device="cpu",
-                                holdout_paths=[spine["04"], spine["06"]], reference_copies=False)  # copies: 5x slower
+    options = index_build.BuildOptions(device="cpu", holdout_paths=[spine["04"], spine["06"]], reference_copies=False)  # copies: 5x slower
+    index_build.build_index([spine["01"], spine["02"], spine["03"]], index_dir, options)
     ref = sitk.ReadImage(str(spine["01"]))
     t01 = sitk.GetArrayFromImage(ref)
     t02 = sitk.GetArrayFromImage(sitk.ReadImage(str(spine["02"])))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from MemorizationIndexLib import search
-from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
+from MemorizationIndexLib.index_build import build_index_from_features
+from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
 from MemorizationIndexLib.scoring import aggregate
 
 DIMS = {"stage4": 24, "stage5": 32, "stage6": 48}

@@ -258,7 +258,8 @@ print(json.dumps({{"load_s": dt, "rss_delta_mb": rss() - before}}))
 def bench_audit(out: Path, n_reference: int) -> dict:
     from MemorizationIndexLib.audit import audit_image
     from MemorizationIndexLib.preprocess import nonempty_mask, prepare_batch
-    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
+    from MemorizationIndexLib.index_build import build_index_from_features
+    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
     from MemorizationIndexLib.volumes import image_slices, resolve_axis
 
     encoder = load_encoder("default")

@@ -34,7 +34,8 @@ from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
-from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
+from .index_build import build_index_from_features, subject_of
+from .reference_index import EncoderInfo, Provenance
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
 from .transforms import REFERENCE_COPIES, reference_copy

@@ -64,25 +64,20 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_index(args: argparse.Namespace) -> int:
-    from .reference_index import build_index
+    from .index_build import BuildOptions, build_index
 
+    options = BuildOptions(
+        encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis, holdout_paths=args.holdout or (),
+        reference_copies=not args.no_copies, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits, seed=args.seed,
+        subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
+        overwrite=args.overwrite, index_kind=args.index_kind, series=args.series, volume_index=args.volume_index,
+    )
     if getattr(args, "engine", "local") == "ray":
         from .ray_engine import build_index_ray
 
-        index = build_index_ray(
-            args.train, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis,
-            holdout_paths=args.holdout, reference_copies=not args.no_copies, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits,
-            seed=args.seed, subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
-            overwrite=args.overwrite, index_kind=args.index_kind, series=args.series, volume_index=args.volume_index,
-        )
+        index = build_index_ray(args.train, args.out, options)
     else:
-        index = build_index(
-            args.train, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis,
-            holdout_paths=args.holdout, reference_copies=not args.no_copies, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits,
-            seed=args.seed, subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
-            overwrite=args.overwrite, progress=make_progress("embedding"), index_kind=args.index_kind,
-            series=args.series, volume_index=args.volume_index,
-        )
+        index = build_index(args.train, args.out, options, progress=make_progress("embedding"))
     null = index.config["null"]
     subjects = len(set(index.provenance.subject))
     if null["type"] != "holdout" and subjects < FEW_SUBJECTS:

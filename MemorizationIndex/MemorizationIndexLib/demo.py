@@ -22,7 +22,7 @@ from .audit import audit_paths, query_slices
 from .augment import CONDITIONS, augment_slice
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit, to_square
-from .reference_index import build_index
+from .index_build import BuildOptions, build_index
 from .report import write_report
 
 GENERATED_SIZE = 128
@@ -111,7 +111,7 @@ def run_demo(out: Path, device: str = "cpu") -> int:
     out.mkdir(parents=True, exist_ok=True)
     training, generated, truth = make_demo_data(out)
     print(f"training: {len(training)} real volumes from pip packages; generated: {len(generated)} volumes with planted copies")
-    index = build_index(training, out / "index", device=device, overwrite=True)
+    index = build_index(training, out / "index", BuildOptions(device=device, overwrite=True))
     audits = audit_paths(index, generated, out / "audit", device=device)
     write_report(out / "audit", index=index, query_slices=query_slices(audits))
     scores = {(a.volume, s.slice): s for a in audits for s in a.scores}

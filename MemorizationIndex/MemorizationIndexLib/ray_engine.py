@@ -7,7 +7,7 @@ import time; the default install never needs it.
   their flipped and rotated copies with encoder actors (``map_batches``; one GPU per actor when the cluster
   has GPUs and the device allows it), and each actor writes its batches to ``shard-*.npz``
   feature files. The driver then orders the rows exactly as the single-machine path does and
-  calls :func:`~MemorizationIndexLib.reference_index.build_index_from_features`, so the index
+  calls :func:`~MemorizationIndexLib.index_build.build_index_from_features`, so the index
   is the same (encoder outputs are per-slice: batching does not change them).
 * :class:`RaySearcher` splits the reference into row-range shards held in the Ray object store;
   each query batch is searched exhaustively in every shard by a Ray task, the per-block top-k are
@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
+from .index_build import BuildOptions, build_index_from_features, check_build_inputs, check_slice_counts, subject_of
+from .reference_index import EncoderInfo, Provenance, ReferenceIndex
 
 INSTALL_HINT = "pip install 'memorization-index[ray]'"
 
@@ -113,15 +115,16 @@ class _EmbedActor:
         return {"shard": np.array([str(path)]), "rows": np.array([len(pixels)])}
 
 
-def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, encoder_name: str, checkpoint, device: str, axis: str, preprocessing, slice_stride: int, copies: Sequence[str], series, volume_index, batch_size: int, out_dir: Path, threads: int) -> dict[str, np.ndarray]:
+def _embed_volumes(ray, paths: list[Path], holdout: list[Path], options: BuildOptions, *, blocks: Sequence[str], size: int,
+                   out_dir: Path, threads: int) -> dict[str, np.ndarray]:
     """Embed the kept slices (x reference copies) of ``paths`` and ``holdout`` with Ray Data; returns the merged shard columns."""
     import ray.data
 
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = max(1, int(resources.get("CPU", 1)))
-    use_gpu = gpus > 0 and device in ("cuda", "auto")
-    if device == "cuda" and not use_gpu:
+    use_gpu = gpus > 0 and options.device in ("cuda", "auto")
+    if options.device == "cuda" and not use_gpu:
         raise UserError("--device cuda was asked for but the Ray cluster has no GPU; use --device cpu or auto")
     if use_gpu:
         actor_cpus, actors, actor_device, extra = 1, gpus, "cuda", {"num_gpus": 1}
@@ -130,14 +133,15 @@ def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, enco
         actors, actor_device, extra = max(1, (cpus - 1) // actor_cpus), "cpu", {}
     items = [{"volume": i, "path": str(p), "holdout": False} for i, p in enumerate(paths)]
     items += [{"volume": i, "path": str(p), "holdout": True} for i, p in enumerate(holdout)]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(
-        _volume_rows,
-        fn_kwargs={"axis": axis, "preprocessing": preprocessing.to_dict(), "slice_stride": slice_stride, "series": series, "volume_index": volume_index, "copies": tuple(copies), "size": encoder.input_size},
-    )
+    reading = {"axis": options.axis, "preprocessing": options.preprocessing.to_dict(), "slice_stride": options.slice_stride,
+               "series": options.series, "volume_index": options.volume_index, "copies": options.copies, "size": size}
+    checkpoint = None if options.checkpoint is None else str(options.checkpoint)
+    actor = {"encoder_name": options.encoder_name, "checkpoint": checkpoint, "blocks": tuple(blocks), "device": actor_device,
+             "threads": threads, "out_dir": str(out_dir)}
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(_volume_rows, fn_kwargs=reading)
     shards = dataset.map_batches(
-        _EmbedActor,
-        fn_constructor_kwargs={"encoder_name": encoder_name, "checkpoint": None if checkpoint is None else str(checkpoint), "blocks": tuple(encoder.blocks), "device": actor_device, "threads": threads, "out_dir": str(out_dir)},
-        batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=actor_cpus, **extra,
+        _EmbedActor, fn_constructor_kwargs=actor, batch_size=options.batch_size, batch_format="numpy", concurrency=actors,
+        num_cpus=actor_cpus, **extra,
     ).take_all()
     parts = []
     for row in shards:
@@ -151,29 +155,13 @@ def _embed_volumes(ray, paths: list[Path], holdout: list[Path], *, encoder, enco
 def build_index_ray(
     train_paths: Sequence[str | Path],
     out_dir: str | Path,
+    options: BuildOptions = BuildOptions(),
     *,
-    encoder_name: str = "default",
-    checkpoint: str | Path | None = None,
-    device: str = "cpu",
-    axis: str = "auto",
-    holdout_paths: Sequence[str | Path] | None = None,
-    reference_copies: bool = True,
-    store_thumbnails: bool = False,
-    null_splits: int | None = None,
-    seed: int = 0,
-    subject_pattern: str | None = None,
-    slice_stride: int = 1,
-    batch_size: int = 32,
-    preprocessing=None,
-    overwrite: bool = False,
-    index_kind: str = "auto",
-    series: str | None = None,
-    volume_index: int | None = None,
     features_dir: str | Path | None = None,
     num_cpus: int | None = None,
     threads: int | None = None,
-):
-    """:func:`~MemorizationIndexLib.reference_index.build_index` with the embedding done by Ray Data.
+) -> ReferenceIndex:
+    """:func:`~MemorizationIndexLib.index_build.build_index` with the embedding done by Ray Data.
 
     features_dir: where the ``shard-*.npz`` feature files go (kept); default a temporary folder
     beside ``out_dir``, removed afterwards.
@@ -181,69 +169,54 @@ def build_index_ray(
     CPU convolutions round differently with other thread counts (~1e-6) and the features should
     be the single-machine ones bit for bit.
     """
-    from .calibration import DEFAULT_NULL_SPLITS
-    from .transforms import ORIGINAL, REFERENCE_COPIES
     from .encoders import load_encoder
-    from .preprocess import PreprocessSettings
-    from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
-    from .volumes import expand_inputs
 
-    if slice_stride < 1:
-        raise UserError("--slice-stride must be 1 or more")
-    if store_thumbnails:
+    if options.store_thumbnails:
         raise UserError("--store-thumbnails is not supported with --engine ray; build without it or use --engine local")
-    preprocessing = preprocessing or PreprocessSettings()
+    train, holdout = check_build_inputs(train_paths, out_dir, options)
+    subjects = [subject_of(p, options.subject_pattern) for p in train]
     ray = init_ray(num_cpus)
-    encoder = load_encoder(encoder_name, checkpoint=checkpoint, device="cpu")
-    train = expand_inputs(list(train_paths))
-    holdout = expand_inputs(list(holdout_paths)) if holdout_paths else []
-    copy_modes = REFERENCE_COPIES if reference_copies else (ORIGINAL,)
+    encoder = load_encoder(options.encoder_name, checkpoint=options.checkpoint, device="cpu")
     if threads is None:
         import torch
 
         threads = torch.get_num_threads()
-    common = dict(threads=threads, encoder=encoder, encoder_name=encoder_name, checkpoint=checkpoint, device=device, axis=axis, preprocessing=preprocessing, series=series, volume_index=volume_index, batch_size=batch_size)
+    embed = {"blocks": encoder.blocks, "size": encoder.input_size, "threads": threads}
     if features_dir is None:
         Path(out_dir).resolve().parent.mkdir(parents=True, exist_ok=True)
-        work = tempfile.TemporaryDirectory(prefix=".ray-features-", dir=Path(out_dir).resolve().parent)
-        shard_dir = Path(work.name)
+        with tempfile.TemporaryDirectory(prefix=".ray-features-", dir=Path(out_dir).resolve().parent) as work:
+            merged = _embed_volumes(ray, train, holdout, options, out_dir=Path(work), **embed)
     else:
-        work, shard_dir = None, Path(features_dir)
-        shard_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        merged = _embed_volumes(ray, train, holdout, slice_stride=slice_stride, copies=copy_modes, out_dir=shard_dir, **common)
-    finally:
-        if work is not None:
-            work.cleanup()
+        Path(features_dir).mkdir(parents=True, exist_ok=True)
+        merged = _embed_volumes(ray, train, holdout, options, out_dir=Path(features_dir), **embed)
     is_holdout = merged["holdout"].astype(bool) if merged else np.zeros(0, bool)
     rows = {k: v[~is_holdout] for k, v in merged.items()}
     held = {k: v[is_holdout] for k, v in merged.items()}
-    n = int(np.sum(rows["flip"] == 0)) if merged else 0
-    if n < 2:
-        raise UserError(f"the training inputs hold {n} non-empty slices; an index needs at least 2")
-    if holdout and (not merged or len(held["slice"]) < 2):
-        raise UserError("the --holdout inputs hold fewer than 2 non-empty slices")
-    subjects = [subject_of(p, subject_pattern) for p in train]
-    if not holdout and len(set(subjects[v] for v in np.unique(rows["volume"]))) < 2 and n < 20:
-        raise UserError("a single training subject needs at least 20 non-empty slices to calibrate; add subjects or --holdout data")
-    # Single-machine order: reference copies outermost, then volumes in input order, then slices.
-    order = np.lexsort((rows["slice"], rows["volume"], rows["flip"]))
-    first = order[: n]
-    original_row = {(int(rows["volume"][r]), int(rows["slice"][r])): i for i, r in enumerate(first)}
-    provenance = Provenance()
-    for r in order:
-        volume, slice_index = int(rows["volume"][r]), int(rows["slice"][r])
-        provenance.append(str(train[volume].resolve()), slice_index, str(rows["plane"][r]), int(rows["array_axis"][r]), copy_modes[int(rows["flip"][r])], original_row[(volume, slice_index)], subjects[volume])
-    features = {b: rows[f"feature/{b}"][order] for b in encoder.blocks}
+    n_train = int(np.sum(rows["flip"] == 0)) if merged else 0
+    n_subjects = len({subjects[v] for v in np.unique(rows["volume"])}) if merged else 0
+    check_slice_counts(n_train, n_subjects, (len(held["slice"]) if merged else 0) if holdout else None)
+    features, provenance = _training_rows(rows, train, subjects, options.copies, encoder.blocks)
     holdout_features = None
     if holdout:
         held_order = np.lexsort((held["slice"], held["volume"]))
         holdout_features = {b: held[f"feature/{b}"][held_order] for b in encoder.blocks}
-    return build_index_from_features(
-        features, provenance, out_dir, encoder_info=EncoderInfo.of(encoder, checkpoint), preprocessing=preprocessing, axis=axis,
-        holdout_features=holdout_features, null_splits=DEFAULT_NULL_SPLITS if null_splits is None else null_splits, seed=seed,
-        overwrite=overwrite, index_kind=index_kind,
-    )
+    return build_index_from_features(features, provenance, out_dir, encoder_info=EncoderInfo.of(encoder, options.checkpoint),
+                                     holdout_features=holdout_features, **options.index_keywords())
+
+
+def _training_rows(rows: dict[str, np.ndarray], train: list[Path], subjects: list[str], copies: Sequence[str],
+                   blocks: Sequence[str]) -> tuple[dict[str, np.ndarray], Provenance]:
+    """The training features and provenance in the single-machine order: reference copies outermost, then volumes
+    in input order, then slices."""
+    order = np.lexsort((rows["slice"], rows["volume"], rows["flip"]))
+    n = int(np.sum(rows["flip"] == 0))
+    original_row = {(int(rows["volume"][r]), int(rows["slice"][r])): i for i, r in enumerate(order[:n])}
+    provenance = Provenance()
+    for r in order:
+        volume, slice_index = int(rows["volume"][r]), int(rows["slice"][r])
+        provenance.append(str(train[volume].resolve()), slice_index, str(rows["plane"][r]), int(rows["array_axis"][r]),
+                          copies[int(rows["flip"][r])], original_row[(volume, slice_index)], subjects[volume])
+    return {b: rows[f"feature/{b}"][order] for b in blocks}, provenance
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,308 @@
+"""Building a reference index: options, input checks, slice collection, embedding, whitening, calibration, saving.
+
+:func:`build_index` is the single-machine build; ``ray_engine.build_index_ray`` takes the same
+:class:`BuildOptions`, runs the same checks and ends in the same :func:`build_index_from_features`.
+The folder layout is described in ``reference_index.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from . import __version__
+from .atomic_write import write_folder
+from .calibration import (DEFAULT_NULL_SPLITS, DEFAULT_QUERY_FRACTION, NULL_HOLDOUT, NULL_TRAIN_SPLIT, holdout_null,
+                          train_split_null)
+from .embedding import ProgressCallback, embed_slices
+from .encoders import load_encoder
+from .encoders.base import Encoder
+from .errors import UserError
+from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
+from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
+from .scoring import DEFAULT_ALPHA, NullModel
+from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
+from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
+from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
+from .whitening import ShrinkageWhitener
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build an index (the ``build-index`` options), shared by the local and the Ray build."""
+
+    encoder_name: str = "default"
+    checkpoint: str | Path | None = None
+    device: str = "cpu"
+    axis: str = "auto"
+    holdout_paths: Sequence[str | Path] = ()
+    reference_copies: bool = True  # also index the flipped and rotated copies (transforms.REFERENCE_COPIES)
+    store_thumbnails: bool = False
+    null_splits: int = DEFAULT_NULL_SPLITS
+    seed: int = 0
+    subject_pattern: str | None = None
+    slice_stride: int = 1
+    batch_size: int = 32
+    preprocessing: PreprocessSettings = field(default_factory=PreprocessSettings)
+    overwrite: bool = False
+    index_kind: str = AUTO
+    series: str | None = None
+    volume_index: int | None = None
+
+    @property
+    def copies(self) -> tuple[str, ...]:
+        """The reference copies indexed of every slice (the slice as cut first)."""
+        return tuple(REFERENCE_COPIES) if self.reference_copies else (ORIGINAL,)
+
+    def index_keywords(self) -> dict:
+        """The keywords of :func:`build_index_from_features` that these options set."""
+        return {"preprocessing": self.preprocessing, "axis": self.axis, "null_splits": self.null_splits,
+                "seed": self.seed, "overwrite": self.overwrite, "index_kind": self.index_kind}
+
+
+def check_index_output(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse an index output that exists (unless ``overwrite``) or that is not an index folder.
+
+    ``overwrite`` replaces only an empty folder or an existing index (a folder with a manifest),
+    never another folder or a file.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a folder; choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"output {out_dir} already exists; choose another --out or pass --overwrite")
+    if not (out_dir / MANIFEST).is_file():
+        raise UserError(f"output {out_dir} is a folder that is not a reference index; "
+                        "--overwrite only replaces an index, choose another --out")
+
+
+def check_build_inputs(train_paths: Sequence[str | Path], out_dir: str | Path,
+                       options: BuildOptions) -> tuple[list[Path], list[Path]]:
+    """Check the options, the output folder and every input's header before any work.
+
+    Returns the expanded training and holdout inputs (volume files or DICOM series folders).
+    """
+    if options.slice_stride < 1:
+        raise UserError("--slice-stride must be 1 or more")
+    check_index_output(out_dir, options.overwrite)
+    reading = {"series": options.series, "volume_index": options.volume_index}
+    train = validate_inputs(list(train_paths), **reading)
+    holdout = validate_inputs(list(options.holdout_paths), **reading) if options.holdout_paths else []
+    return train, holdout
+
+
+def check_slice_counts(n_train: int, n_subjects: int, n_holdout: int | None) -> None:
+    """Refuse too few non-empty slices to index and calibrate (``n_holdout`` None: no holdout inputs)."""
+    if n_train < 2:
+        raise UserError(f"the training inputs hold {n_train} non-empty slices; an index needs at least 2")
+    if n_holdout is not None and n_holdout < 2:
+        raise UserError("the --holdout inputs hold fewer than 2 non-empty slices")
+    if n_holdout is None and n_subjects < 2 and n_train < 20:
+        raise UserError("a single training subject needs at least 20 non-empty slices to calibrate; "
+                        "add subjects or --holdout data")
+
+
+def subject_of(path: Path, pattern: str | None) -> str:
+    """Subject id of a file: the first group (or whole match) of ``pattern`` in its path, else the path."""
+    if pattern is None:
+        return str(path)
+    match = re.search(pattern, str(path))
+    if match is None:
+        raise UserError(f"--subject-pattern {pattern!r} does not match {path}; fix the pattern")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+@dataclass
+class SliceSet:
+    """Slices cut from a list of volumes, with provenance of each (unflipped) slice."""
+
+    slices: list[np.ndarray] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+    skipped_empty: int = 0
+
+
+def collect_slices(paths: Sequence[str | Path], *, axis: str, preprocessing: PreprocessSettings,
+                   subject_pattern: str | None = None, slice_stride: int = 1, series: str | None = None,
+                   volume_index: int | None = None) -> SliceSet:
+    """Read volumes and keep their non-empty slices (every ``slice_stride``-th) with provenance."""
+    result = SliceSet()
+    for path in expand_inputs(list(paths)):
+        image = read_image(path, series=series, volume_index=volume_index)
+        array_axis = resolve_axis(image, axis)
+        stack = image_slices(image, array_axis)
+        keep = nonempty_mask(stack, preprocessing)
+        result.skipped_empty += int((~keep).sum())
+        subject = subject_of(path, subject_pattern)
+        plane = axis_name(image, array_axis)
+        for k in np.flatnonzero(keep)[::slice_stride]:
+            row = len(result.provenance)
+            result.provenance.append(str(path.resolve()), int(k), plane, array_axis, ORIGINAL, row, subject)
+            result.slices.append(stack[k].copy())  # a copy: the volume itself is not kept alive
+    return result
+
+
+def build_index(
+    train_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    options: BuildOptions = BuildOptions(),
+    *,
+    encoder: Encoder | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ReferenceIndex:
+    """Read training volumes, embed their slices (and their reference copies, ``options.copies``),
+    and save a reference index; ``encoder`` (already loaded) replaces ``options.encoder_name``.
+
+    The output folder and every input's header are checked before any work; the index is
+    written into a temporary sibling folder and renamed into place (``atomic_write.write_folder``).
+    """
+    check_build_inputs(train_paths, out_dir, options)
+    if encoder is None:
+        encoder = load_encoder(options.encoder_name, checkpoint=options.checkpoint, device=options.device)
+    settings = options.preprocessing
+    reading = {"axis": options.axis, "preprocessing": settings, "series": options.series,
+               "volume_index": options.volume_index}
+    train = collect_slices(train_paths, subject_pattern=options.subject_pattern, slice_stride=options.slice_stride,
+                           **reading)
+    holdout = collect_slices(options.holdout_paths, **reading) if options.holdout_paths else None
+    n_holdout = None if holdout is None else len(holdout.slices)
+    check_slice_counts(len(train.slices), len(set(train.provenance.subject)), n_holdout)
+    provenance, slices = _with_copies(train, options.copies)
+    total = len(slices) + (n_holdout or 0)
+    embed = {"batch_size": options.batch_size, "cancel": cancel}
+    features = embed_slices(encoder, slices, settings, progress=progress and (lambda d, t: progress(d, total)), **embed)
+    holdout_features = None
+    if holdout is not None:
+        holdout_features = embed_slices(encoder, holdout.slices, settings,
+                                        progress=progress and (lambda d, t: progress(len(slices) + d, total)), **embed)
+    thumbnails = None
+    if options.store_thumbnails:
+        thumbnails = {row: np.round(scale_unit(image, settings) * 255).astype(np.uint8)
+                      for row, image in enumerate(train.slices)}
+    encoder_info = EncoderInfo.of(encoder, options.checkpoint)
+    return build_index_from_features(features, provenance, out_dir, encoder_info=encoder_info, thumbnails=thumbnails,
+                                     holdout_features=holdout_features, **options.index_keywords())
+
+
+def _with_copies(train: SliceSet, copies: Sequence[str]) -> tuple[Provenance, list[np.ndarray]]:
+    """Provenance and pixels of every slice in every reference copy: copies outermost, then the slices in order."""
+    provenance = Provenance()
+    slices: list[np.ndarray] = []
+    p = train.provenance
+    for copy in copies:
+        for row, image in enumerate(train.slices):
+            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])
+            slices.append(reference_copy(image, copy))
+    return provenance, slices
+
+
+def build_index_from_features(
+    features: dict[str, np.ndarray],
+    provenance: Provenance,
+    out_dir: str | Path,
+    *,
+    encoder_info: EncoderInfo,
+    preprocessing: PreprocessSettings = PreprocessSettings(),
+    axis: str = "auto",
+    holdout_features: dict[str, np.ndarray] | None = None,
+    null_splits: int = DEFAULT_NULL_SPLITS,
+    null_query_fraction: float = DEFAULT_QUERY_FRACTION,
+    seed: int = 0,
+    thumbnails: dict[int, np.ndarray] | None = None,
+    overwrite: bool = False,
+    shrinkage: str | float = "ledoit-wolf",
+    index_kind: str = AUTO,
+) -> ReferenceIndex:
+    """Build and save an index from raw per-block features (e.g. computed elsewhere on a GPU).
+
+    ``features[block]`` has one row per provenance row; rows with flip ``"none"`` are the
+    reference slices, other rows are their flipped or rotated copies (transforms.py) pointing at
+    them via ``original_row``.
+    """
+    n, blocks = len(provenance), encoder_info.blocks
+    if n < 2 or any(len(v) != n for v in features.values()):
+        rows = [len(v) for v in features.values()]
+        raise UserError(f"need at least 2 reference slices with one feature row each "
+                        f"(got {n} provenance rows, {rows} feature rows)")
+    if set(features) != set(encoder_info.blocks):
+        raise UserError(f"feature blocks {sorted(features)} do not match the encoder's blocks {list(blocks)}")
+    whiteners = {b: ShrinkageWhitener(shrinkage=shrinkage, seed=seed).fit(features[b]) for b in blocks}
+    kind = resolve_index_kind(index_kind, n)
+    indexes = {b: build_block_index(whiteners[b].transform(features[b]), kind, seed=seed) for b in blocks}
+    original_rows = np.flatnonzero(np.asarray(provenance.flip) == ORIGINAL)
+    null, null_info = _calibration_null(features, provenance, original_rows, whiteners, indexes, holdout_features,
+                                        shrinkage=shrinkage, n_splits=null_splits, query_fraction=null_query_fraction,
+                                        seed=seed)
+    config = {
+        "tool_version": __version__,
+        "encoder": {"name": encoder_info.name, "encoder_id": encoder_info.encoder_id,
+                    "weights_sha256": encoder_info.weights_sha256, "input_size": encoder_info.input_size,
+                    "blocks": list(blocks), "checkpoint": encoder_info.checkpoint},
+        "preprocessing": preprocessing.to_dict(),
+        "axis": axis,
+        "reference_copies": sorted(set(provenance.flip)),
+        "whitening": {"method": "zca", "shrinkage": shrinkage, "values": {b: whiteners[b].shrinkage_ for b in blocks}},
+        "aggregation": "geometric mean over blocks of max(cos, 0)",
+        "null": null_info,
+        "default_alpha": DEFAULT_ALPHA,
+        "index_kind": CONFIG_KIND[kind],
+        **({"ivf": {k: v for k, v in describe_index(indexes[blocks[0]]).items() if k != "kind"}}
+           if kind != "flat" else {}),
+        "n_vectors": n,
+        "n_reference_slices": int(len(original_rows)),
+        "store_thumbnails": thumbnails is not None,
+    }
+    check_index_output(out_dir, overwrite)
+    write_folder(out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, null, thumbnails))
+    return ReferenceIndex.load(out_dir)
+
+
+
+def _calibration_null(features: dict[str, np.ndarray], provenance: Provenance, original_rows: np.ndarray,
+                      whiteners: dict[str, ShrinkageWhitener], indexes: dict[str, faiss.Index],
+                      holdout_features: dict[str, np.ndarray] | None, *, shrinkage: str | float, n_splits: int,
+                      query_fraction: float, seed: int) -> tuple[np.ndarray, dict]:
+    """The null similarities (holdout, else subject splits of the training slices) and their config entry."""
+    if holdout_features is not None:
+        null = holdout_null(indexes, {b: whiteners[b].transform(holdout_features[b]) for b in whiteners})
+        info = {"type": NULL_HOLDOUT, "n_splits": 0}
+    else:
+        subjects = np.asarray(provenance.subject)[original_rows]
+        null, used_splits = train_split_null(
+            features, original_rows, np.asarray(provenance.original_row), subjects,
+            lambda: ShrinkageWhitener(shrinkage=shrinkage, seed=seed), n_splits=n_splits,
+            query_fraction=query_fraction, seed=seed,
+        )
+        info = {"type": NULL_TRAIN_SPLIT, "n_splits": used_splits, "query_fraction": query_fraction,
+                "groups": "subjects" if len(set(subjects)) > 1 else "slabs"}
+    model = NullModel(null)
+    return null, {**info, "seed": seed, "n": int(len(null)), "mean": model.mean, "std": model.std}
+
+
+def _write_index(folder: Path, config: dict, provenance: Provenance, whiteners: dict[str, ShrinkageWhitener],
+                 indexes: dict[str, faiss.Index], null: np.ndarray, thumbnails: dict[int, np.ndarray] | None) -> None:
+    """Write every index file into ``folder``, the manifest last."""
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    provenance.write(folder / "provenance.csv")
+    states = {f"{b}/{k}": v for b, whitener in whiteners.items() for k, v in whitener.state().items()}
+    np.savez(folder / "whitener.npz", **states)
+    for block, index in indexes.items():
+        try:
+            faiss.write_index(index, str(folder / f"index_{block}.faiss"))
+        except RuntimeError as exc:  # how faiss reports a failed write (disk full, ...)
+            raise OSError(str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed") from None
+    np.savez(folder / "calibration.npz", null_similarity=null)
+    if thumbnails is not None:
+        np.savez_compressed(folder / "thumbnails.npz", **{str(row): image for row, image in thumbnails.items()})
+    write_manifest(folder)
