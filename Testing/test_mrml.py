@@ -29,13 +29,9 @@ if not hasattr(slicer, "vtkMRMLScene"):
 sitk = pytest.importorskip("SimpleITK")
 
 from MemorizationIndexLib import mrml  # noqa: E402
-<<<<<<< HEAD
 from MemorizationIndexLib.commands import audit_arguments, child_environment  # noqa: E402
-from MemorizationIndexLib.reference_index import ReferenceIndex, build_index  # noqa: E402
-=======
 from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: E402
 from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: E402
->>>>>>> index-split
 from MemorizationIndexLib.transforms import reference_copy  # noqa: E402
 from MemorizationIndexLib.volumes import read_image  # noqa: E402
 
