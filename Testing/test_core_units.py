@@ -20,7 +20,7 @@ from MemorizationIndexLib.order_statistics import percentiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
 from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
 from MemorizationIndexLib.reference_index import VOLUME_CACHE_SIZE, EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
-from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
+from MemorizationIndexLib.scoring import NullModel, Threshold, aggregate, mi_from_z, oni_from_z
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
 from MemorizationIndexLib.whitening import ShrinkageWhitener, ledoit_wolf_shrinkage, l2_normalize
 
@@ -90,6 +90,18 @@ def test_p_value_has_plus_one_correction_and_threshold_agrees() -> None:
     np.testing.assert_array_equal(flagged, probes > threshold.similarity)
     assert threshold.mi == pytest.approx(mi_from_z((threshold.similarity - null.mean) / null.std))
     assert null.threshold(1e-4).similarity == float("inf")  # 999 scores cannot support alpha 1e-4
+
+
+def test_threshold_dict_round_trip() -> None:
+    for threshold in (NullModel(np.linspace(0.0, 1.0, 999)).threshold(0.01), NullModel(np.arange(9.0)).threshold(1e-4)):
+        as_dict = threshold.to_dict()
+        assert list(as_dict) == ["alpha", "similarity", "z", "mi", "oni"]
+        assert Threshold.from_dict(json.loads(json.dumps(as_dict))) == threshold  # infinities too
+    assert Threshold.from_dict({"alpha": "0.5", "similarity": 1, "z": 0, "mi": 0.5, "oni": 0}).alpha == 0.5
+    with pytest.raises(KeyError):
+        Threshold.from_dict({"alpha": 0.1})
+    with pytest.raises(ValueError):
+        Threshold.from_dict({"alpha": "x", "similarity": 1, "z": 0, "mi": 0.5, "oni": 0})
 
 
 def test_smoothing_matrix_is_a_replicate_padded_gaussian_convolution() -> None:

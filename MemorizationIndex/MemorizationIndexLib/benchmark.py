@@ -315,7 +315,7 @@ def evaluate_dataset(
     out["info"] = {
         "dataset": prepared.name, "reference_subjects": prepared.reference_subjects, "test_subjects": prepared.test_subjects,
         "slices_per_split": n, "max_duplicates": n_dup_max, "null": null_info,
-        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+        "threshold": threshold.to_dict(),
         "paper_null": {"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)} if paper_null else None,
         "notes": prepared.notes,
     }
