@@ -29,11 +29,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .audit_output import SLICE_COLUMNS, read_audit
 from .errors import UserError
 from .transforms import ORIGINAL, reference_copy
 
 HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
-TABLE_COLUMNS = ("slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
+TABLE_COLUMNS = SLICE_COLUMNS[1:]  # one table per volume: slices.csv without its volume column
 # Anchor colours of the heat table (position in 0..1 of the MI range, r, g, b).
 _HEAT_ANCHORS = (
     (0.00, 0.05, 0.03, 0.30),
@@ -96,7 +97,7 @@ class MrmlAuditResult:
             "flagged": len(flagged),
             "flagged_slices": flagged,
             "flagged_fraction": len(flagged) / n if n else 0.0,
-            "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+            "threshold": threshold.to_dict(),
         }
 
 
@@ -520,44 +521,28 @@ def _empty_cuda_cache() -> None:
 
 
 def read_audit_outputs(out_dir: str | Path) -> dict:
-    """Rebuild ``VolumeAudit`` objects from a command-line audit's output folder.
+    """Rebuild ``VolumeAudit`` objects from a command-line audit's output folder (``audit_output.read_audit``).
 
     Returns {volume as written by the CLI: VolumeAudit}. ``nn_flip`` comes from the rank-1
     rows of ``neighbors.csv`` ("none" when that file is absent). Used by the Slicer module,
     which runs the CLI in a background process and then shows its results as nodes.
     """
-    import csv  # noqa: PLC0415
-    import json  # noqa: PLC0415
+    from .audit import VolumeAudit  # noqa: PLC0415
 
-    from .audit import SliceScore, VolumeAudit  # noqa: PLC0415
-    from .scoring import Threshold  # noqa: PLC0415
-
-    out = Path(out_dir)
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    t = summary["threshold"]
-    threshold = Threshold(alpha=float(t["alpha"]), similarity=float(t["similarity"]), z=float(t["z"]), mi=float(t["mi"]), oni=float(t["oni"]))
-    flips: dict[tuple[str, int], str] = {}
-    neighbors_path = out / "neighbors.csv"
-    if neighbors_path.is_file():
-        with open(neighbors_path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if int(row["rank"]) == 1:
-                    flips[(row["volume"], int(row["slice"]))] = row["flip"]
+    outputs = read_audit(out_dir)
     audits = {}
-    for entry in summary["volumes"]:
-        audits[entry["volume"]] = VolumeAudit(
-            volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"], n_slices=int(entry["slices_total"]),
-            skipped_empty=[], scores=[], threshold=threshold,
-        )
-    with open(out / "slices.csv", newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            audit = audits[row["volume"]]
-            k = int(row["slice"])
-            audit.scores.append(SliceScore(
-                slice=k, similarity=float(row["similarity"]), z=float(row["z"]), mi=float(row["mi"]), oni=float(row["oni"]),
-                p_value=float(row["p_value"]), flagged=row["flagged"] == "1", nn_source=row["nn_source"], nn_slice=int(row["nn_slice"]),
-                nn_flip=flips.get((row["volume"], k), "none"),
-            ))
+    try:
+        for entry in outputs.summary["volumes"]:
+            audits[entry["volume"]] = VolumeAudit(
+                volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"],
+                n_slices=int(entry["slices_total"]), skipped_empty=[], scores=[], threshold=outputs.threshold,
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{outputs.folder / 'summary.json'} has a corrupt volume entry ({exc!r})") from None
+    for row in outputs.rows:
+        if row.volume not in audits:
+            raise UserError(f"{outputs.folder / 'slices.csv'} names volume {row.volume}, not listed in summary.json")
+        audits[row.volume].scores.append(row)
     for audit in audits.values():
         scored = {s.slice for s in audit.scores}
         audit.skipped_empty = [k for k in range(audit.n_slices) if k not in scored]
