@@ -18,7 +18,7 @@ from MemorizationIndexLib.calibration import split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.order_statistics import percentiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
-from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
+from MemorizationIndexLib.transforms import REFERENCE_COPIES, bilinear_weights, reference_copy, resize_bilinear, rotate
 from MemorizationIndexLib.reference_index import VOLUME_CACHE_SIZE, EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
 from MemorizationIndexLib.scoring import NullModel, Threshold, aggregate, mi_from_z, oni_from_z
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
@@ -102,6 +102,29 @@ def test_threshold_dict_round_trip() -> None:
         Threshold.from_dict({"alpha": 0.1})
     with pytest.raises(ValueError):
         Threshold.from_dict({"alpha": "x", "similarity": 1, "z": 0, "mi": 0.5, "oni": 0})
+
+
+def _torch_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
+def test_bilinear_weights_are_torchs_antialiased_bilinear_exactly() -> None:
+    for n_in, n_out in ((1, 5), (7, 3), (37, 224), (224, 224), (225, 224), (512, 224), (300, 96), (53, 20)):
+        identity = torch.eye(n_in, dtype=torch.float64)
+        assert np.array_equal(bilinear_weights(n_in, n_out), _torch_resize(identity, (n_out, n_in)))
+
+
+def test_resize_bilinear_matches_torch_up_and_down() -> None:
+    image = np.random.default_rng(1).random((37, 53)).astype(np.float32)
+    for shape in ((64, 64), (20, 90), (5, 7), (37, 200)):
+        resized = resize_bilinear(image, shape)
+        assert resized.shape == shape and resized.dtype == np.float32
+        np.testing.assert_allclose(resized, _torch_resize(image, shape), atol=1e-5)
+    assert np.array_equal(resize_bilinear(image, image.shape), image)
+    np.testing.assert_allclose(resize_bilinear(np.full((30, 40), 3.0), (7, 90)), 3.0, rtol=1e-6)  # no ringing
+    with pytest.raises(ValueError, match="2D"):
+        resize_bilinear(np.zeros((2, 3, 4)), (5, 5))
 
 
 def test_smoothing_matrix_is_a_replicate_padded_gaussian_convolution() -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,7 @@ SLICE_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
 OUTPUT_FILES = ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy")
 _SUMMARY_KEYS = ("index", "null", "threshold", "volumes")
+_Parsed = TypeVar("_Parsed")
 
 
 @dataclass
@@ -181,7 +182,8 @@ def write_audit(audits: Sequence[AuditedVolume], summary: Mapping[str, Any], nul
 # reading
 
 
-def _read_csv(path: Path, columns: Sequence[str], what: str, parse) -> list:
+def _read_csv(path: Path, columns: Sequence[str], what: str,
+              parse: Callable[[dict[str, str]], _Parsed]) -> list[_Parsed]:
     """``parse(record)`` of every record of a CSV file that has ``columns``; UserError on problems."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:

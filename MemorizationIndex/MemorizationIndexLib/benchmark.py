@@ -28,11 +28,12 @@ import numpy as np
 from . import __version__
 from .audit import score_features
 from .augment import CONDITIONS, augment_slice
-from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, max_pixel_correlation, raw_cosine_similarity, vendi
+from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
 from .embedding import embed_slices
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
+from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
 from .reference_index import EncoderInfo, Provenance, build_index_from_features, subject_of
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z

@@ -31,7 +31,7 @@ import numpy as np
 
 from .audit_output import SLICE_COLUMNS, read_audit
 from .errors import UserError
-from .transforms import ORIGINAL, reference_copy
+from .transforms import ORIGINAL, reference_copy, resize_bilinear
 
 HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
 TABLE_COLUMNS = SLICE_COLUMNS[1:]  # one table per volume: slices.csv without its volume column
@@ -154,41 +154,14 @@ def slice_view(array: np.ndarray, array_axis: int) -> np.ndarray:
     return np.moveaxis(array, array_axis, 0)
 
 
-def resample_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2D array to ``shape``, pixel centres aligned (no corner alignment).
-
-    Same sampling as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``:
-    output pixel i samples input coordinate (i + 0.5) * in / out - 0.5, clamped to the image.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2D slice, got shape {image.shape}")
-    height, width = int(shape[0]), int(shape[1])
-    if image.shape == (height, width):
-        return image.copy()
-
-    def weights(n_in: int, n_out: int):
-        coords = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        coords = np.clip(coords, 0.0, n_in - 1)
-        low = np.floor(coords).astype(np.int64)
-        high = np.minimum(low + 1, n_in - 1)
-        return low, high, (coords - low).astype(np.float32)
-
-    y0, y1, wy = weights(image.shape[0], height)
-    x0, x1, wx = weights(image.shape[1], width)
-    top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
-    bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
-    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
-
-
 def neighbor_slice(index, score, shape: tuple[int, int]) -> np.ndarray | None:
-    """The reference slice named by a score's provenance, flipped or rotated as matched, resampled to ``shape``."""
+    """The reference slice named by a score's provenance, flipped or rotated as matched, resized to ``shape``."""
     reference = index.reference_slice(score.nn_source, int(score.nn_slice))
     if reference is None:
         return None
     copy = getattr(score, "nn_flip", ORIGINAL) or ORIGINAL
     reference = reference_copy(np.asarray(reference, dtype=np.float32), copy)
-    return resample_bilinear(reference, shape)
+    return resize_bilinear(reference, shape)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,8 +55,9 @@ import numpy as np
 from . import __version__
 from .audit_output import AuditOutputs, SliceRow, evidence_order, read_audit
 from .errors import UserError
+from .pearson import pixel_correlation
 from .report_plots import histogram_svg, short_name, strips_svg
-from .transforms import REFERENCE_COPIES, reference_copy
+from .transforms import REFERENCE_COPIES, reference_copy, resize_bilinear
 
 MAX_STRIPS = 12  # per-volume mi strips drawn; the rest are listed as left out
 MAX_VOLUME_ROWS = 50  # rows of the per-volume table
@@ -134,15 +135,6 @@ def _display01(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if img.shape == tuple(shape):
-        return np.asarray(img, dtype=np.float32)
-    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((int(shape[1]), int(shape[0])), Image.BILINEAR), dtype=np.float32)
-
-
 def _gray_png(img01: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -156,25 +148,18 @@ def _gray_png(img01: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.ravel() - a.mean()
-    b = b.ravel() - b.mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denom if denom > 0 else 0.0
-
-
 def _match_orientation(query01: np.ndarray, train: np.ndarray, recorded: str | None = None
                        ) -> tuple[np.ndarray, str, float]:
     """Resize the training slice to the query shape and orient it: the copy (flip or rotation) the
     audit recorded when known, else the one of REFERENCE_COPIES with the best pixel correlation."""
-    resized = _display01(_resize(train, query01.shape))
+    resized = _display01(resize_bilinear(train, query01.shape))
     if recorded in REFERENCE_COPIES:
         cand = np.ascontiguousarray(reference_copy(resized, recorded))
-        return cand, f"{recorded} (as matched by the audit)", _correlation(query01, cand)
+        return cand, f"{recorded} (as matched by the audit)", pixel_correlation(query01, cand)
     best = None
     for name in REFERENCE_COPIES:
         cand = reference_copy(resized, name)
-        r = _correlation(query01, cand)
+        r = pixel_correlation(query01, cand)
         if best is None or r > best[2] + 1e-9:
             best = (np.ascontiguousarray(cand), name, r)
     return best[0], f"{best[1]} (best pixel correlation)", best[2]
