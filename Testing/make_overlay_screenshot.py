@@ -34,6 +34,7 @@ def main(argv=None) -> int:
 
     from MemorizationIndexLib import mrml
     from MemorizationIndexLib.index_build import BuildOptions, build_index
+    from MemorizationIndexLib.transforms import resize_bilinear
 
     brain = sorted((args.data / "brain" / "ds002748").glob("sub-*_T1w.nii.gz"))
     if len(brain) < 5:
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     host = sitk.GetArrayFromImage(sitk.ReadImage(str(host)))
     query = np.zeros_like(donor)
     for k in range(min(len(host), len(donor))):
-        query[k] = mrml.resample_bilinear(host[k], donor.shape[1:]).astype(donor.dtype)
+        query[k] = resize_bilinear(host[k], donor.shape[1:]).astype(donor.dtype)
     for k in range(60, 80):
         query[k] = donor[k]
     query_image = sitk.GetImageFromArray(query)

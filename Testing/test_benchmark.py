@@ -9,10 +9,11 @@ import pytest
 
 from MemorizationIndexLib.augment import CONDITIONS, augment_slice
 from MemorizationIndexLib.transforms import rotate
-from MemorizationIndexLib.baselines import auprc, auroc, auth_pct, ct_score, fid, kid, kmeans, max_pixel_correlation, vendi
+from MemorizationIndexLib.baselines import auprc, auroc, auth_pct, ct_score, fid, kid, kmeans, vendi
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, split_subjects
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
+from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
 
 
 # ---------------------------------------------------------------- metrics on hand-checkable inputs
@@ -209,3 +210,11 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     assert results["false_positive_rate"][0]["dataset"] == "spine" and 0.0 <= results["false_positive_rate"][0]["value"] <= 1.0
     markdown = (out / "results.md").read_text()
     assert "memorization-index benchmark --dataset" in markdown and "Table 4" in markdown
+
+
+def test_pixel_correlation_of_two_images():
+    rng = np.random.default_rng(4)
+    a, b = rng.random((12, 9)), rng.random((12, 9))
+    assert pixel_correlation(a, b) == pytest.approx(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    assert pixel_correlation(a, 3.0 * a - 1.0) == pytest.approx(1.0)
+    assert pixel_correlation(a, np.full_like(a, 2.0)) == 0.0  # a constant image correlates with nothing

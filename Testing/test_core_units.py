@@ -18,11 +18,11 @@ from MemorizationIndexLib.calibration import split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.order_statistics import percentiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
-from MemorizationIndexLib.transforms import REFERENCE_COPIES, reference_copy, rotate
+from MemorizationIndexLib.transforms import REFERENCE_COPIES, bilinear_weights, reference_copy, resize_bilinear, rotate
 from MemorizationIndexLib.index_build import build_index_from_features
 from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
 from MemorizationIndexLib.volume_cache import VOLUME_CACHE_SIZE
-from MemorizationIndexLib.scoring import NullModel, aggregate, mi_from_z, oni_from_z
+from MemorizationIndexLib.scoring import NullModel, Threshold, aggregate, mi_from_z, oni_from_z
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
 from MemorizationIndexLib.whitening import ShrinkageWhitener, ledoit_wolf_shrinkage, l2_normalize
 
@@ -92,6 +92,41 @@ def test_p_value_has_plus_one_correction_and_threshold_agrees() -> None:
     np.testing.assert_array_equal(flagged, probes > threshold.similarity)
     assert threshold.mi == pytest.approx(mi_from_z((threshold.similarity - null.mean) / null.std))
     assert null.threshold(1e-4).similarity == float("inf")  # 999 scores cannot support alpha 1e-4
+
+
+def test_threshold_dict_round_trip() -> None:
+    for threshold in (NullModel(np.linspace(0.0, 1.0, 999)).threshold(0.01), NullModel(np.arange(9.0)).threshold(1e-4)):
+        as_dict = threshold.to_dict()
+        assert list(as_dict) == ["alpha", "similarity", "z", "mi", "oni"]
+        assert Threshold.from_dict(json.loads(json.dumps(as_dict))) == threshold  # infinities too
+    assert Threshold.from_dict({"alpha": "0.5", "similarity": 1, "z": 0, "mi": 0.5, "oni": 0}).alpha == 0.5
+    with pytest.raises(KeyError):
+        Threshold.from_dict({"alpha": 0.1})
+    with pytest.raises(ValueError):
+        Threshold.from_dict({"alpha": "x", "similarity": 1, "z": 0, "mi": 0.5, "oni": 0})
+
+
+def _torch_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    return F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
+def test_bilinear_weights_are_torchs_antialiased_bilinear_exactly() -> None:
+    for n_in, n_out in ((1, 5), (7, 3), (37, 224), (224, 224), (225, 224), (512, 224), (300, 96), (53, 20)):
+        identity = torch.eye(n_in, dtype=torch.float64)
+        assert np.array_equal(bilinear_weights(n_in, n_out), _torch_resize(identity, (n_out, n_in)))
+
+
+def test_resize_bilinear_matches_torch_up_and_down() -> None:
+    image = np.random.default_rng(1).random((37, 53)).astype(np.float32)
+    for shape in ((64, 64), (20, 90), (5, 7), (37, 200)):
+        resized = resize_bilinear(image, shape)
+        assert resized.shape == shape and resized.dtype == np.float32
+        np.testing.assert_allclose(resized, _torch_resize(image, shape), atol=1e-5)
+    assert np.array_equal(resize_bilinear(image, image.shape), image)
+    np.testing.assert_allclose(resize_bilinear(np.full((30, 40), 3.0), (7, 90)), 3.0, rtol=1e-6)  # no ringing
+    with pytest.raises(ValueError, match="2D"):
+        resize_bilinear(np.zeros((2, 3, 4)), (5, 5))
 
 
 def test_smoothing_matrix_is_a_replicate_padded_gaussian_convolution() -> None:

@@ -20,6 +20,7 @@ import pytest
 import SimpleITK as sitk
 
 from MemorizationIndexLib import report, report_plots
+from MemorizationIndexLib.audit_output import SliceRow, read_audit
 from MemorizationIndexLib.errors import UserError
 
 EVIL_NAME = "evil<script>alert(1)<script>&\"'.nii.gz"
@@ -321,8 +322,9 @@ def _rows(volume: str, mis, flagged=(), first_slice: int = 0) -> list:
     out = []
     for i, mi in enumerate(mis):
         z = float(np.arctanh(np.clip(2 * mi - 1, -0.999999, 0.999999)))
-        out.append(report._Row(volume, first_slice + i, 0.5, z, float(mi), -float(np.tanh(z)), 0.5, i in flagged,
-                               "t.nii.gz", 0))
+        out.append(SliceRow(volume=volume, slice=first_slice + i, similarity=0.5, z=z, mi=float(mi),
+                            oni=-float(np.tanh(z)), p_value=0.5, flagged=i in flagged, nn_source="t.nii.gz",
+                            nn_slice=0, nn_flip="none"))
     return out
 
 
@@ -535,7 +537,7 @@ def test_report_from_the_audit_slices_equals_reading_them(real_audit, monkeypatc
 
     out, _, audits, _ = real_audit
     kept = query_slices(audits)
-    rows = report.load_audit(out)[0]
+    rows = read_audit(out).rows
     assert set(kept) == {(r.volume, r.slice) for r in report._ranked(rows)[:24]}
     assert all(img.base is None and img.flags.c_contiguous for img in kept.values())  # copies, not views of the volume
     _assert_same_report_from_kept_slices(out, kept, 24, monkeypatch)
@@ -550,7 +552,7 @@ def test_audit_keeps_only_the_best_evidence_over_all_volumes(real_audit, spine, 
     out = tmp_path / "audit"
     audits = audit.audit_paths(index_dir, [spine["01"], qpath], out, device="cpu", alpha=0.05, keep_evidence=3)
     kept = audit.query_slices(audits)
-    rows = report.load_audit(out)[0]
+    rows = read_audit(out).rows
     assert set(kept) == {(r.volume, r.slice) for r in report._ranked(rows)[:3]}
     assert sum(len(a.evidence_slices) for a in audits) == 3
     _assert_same_report_from_kept_slices(out, kept, 3, monkeypatch)

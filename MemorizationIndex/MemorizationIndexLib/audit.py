@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,46 +11,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .embedding import Cancelled, ProgressCallback, embed_slices
+from .audit_output import Neighbour, SliceScore, check_output_dir, evidence_order, write_audit
+from .embedding import ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .errors import UserError
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import PreprocessSettings, nonempty_mask
 from .reference_index import ReferenceIndex
-from .report import evidence_order
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
-
-SLICE_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
-NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
-AuditCancelled = Cancelled
-
-
-@dataclass
-class SliceScore:
-    """Scores of one audited slice and its nearest reference slice."""
-
-    slice: int
-    similarity: float
-    z: float
-    mi: float
-    oni: float
-    p_value: float
-    flagged: bool
-    nn_source: str
-    nn_slice: int
-    nn_flip: str
-
-
-@dataclass
-class Neighbour:
-    """One of the top-k reference slices of an audited slice."""
-
-    rank: int
-    source: str
-    slice: int
-    flip: str
-    similarity: float
 
 
 @dataclass
@@ -149,14 +115,9 @@ def audit_image(
             Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
             for rank, r in enumerate(ids[i]) if r >= 0
         ]
-    best = sorted(audit.scores, key=lambda s: evidence_rank(volume, s))[:max(0, keep_evidence)]
+    best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[:max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     return audit
-
-
-def evidence_rank(volume: str, score: SliceScore) -> tuple[float, float, str, int]:
-    """The report's gallery order (:func:`report.evidence_order`) on the values as written to slices.csv."""
-    return evidence_order(float(_fmt(score.mi)), float(_fmt(score.similarity)), volume, score.slice)
 
 
 def _keep_best_evidence(best: list[tuple[tuple, VolumeAudit, int]], audit: VolumeAudit,
@@ -165,7 +126,7 @@ def _keep_best_evidence(best: list[tuple[tuple, VolumeAudit, int]], audit: Volum
     the slices beyond the ``keep`` best of all volumes from their audits, so that memory does not
     grow with the number of volumes."""
     scores = {s.slice: s for s in audit.scores}
-    merged = best + [(evidence_rank(audit.volume, scores[k]), audit, k) for k in audit.evidence_slices]
+    merged = best + [(evidence_order(audit.volume, scores[k]), audit, k) for k in audit.evidence_slices]
     merged.sort(key=lambda entry: entry[0])
     for _, owner, k in merged[keep:]:
         del owner.evidence_slices[k]
@@ -176,10 +137,6 @@ def query_slices(audits: Sequence[VolumeAudit]) -> dict[tuple[str, int], np.ndar
     """{(volume as in slices.csv, slice index): 2D slice} of the slices the audits kept, for
     ``report.write_report(..., query_slices=...)``."""
     return {(a.volume, k): img for a in audits for k, img in a.evidence_slices.items()}
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
 
 
 def _summary_block(scores: list[SliceScore]) -> dict:
@@ -209,68 +166,13 @@ def summarize(audits: list[VolumeAudit], index: ReferenceIndex) -> dict:
             "weights_sha256": index.weights_sha256, "axis": index.axis, "null_type": index.null_type, "n_reference_slices": index.n_reference_slices,
         },
         "null": {"mean": null.mean, "std": null.std, "n": len(null.values)},
-        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+        "threshold": threshold.to_dict(),
         "volumes": [
             {"volume": a.volume, "axis": a.axis_name, "array_axis": a.array_axis, "slices_total": a.n_slices, "slices_skipped_empty": len(a.skipped_empty), **_summary_block(a.scores)}
             for a in audits
         ],
         "overall": overall,
     }
-
-
-def write_outputs(audits: list[VolumeAudit], index: ReferenceIndex, out_dir: str | Path) -> Path:
-    """Write slices.csv, neighbors.csv, summary.json and null_similarity.npy into ``out_dir``."""
-    out = check_output_dir(out_dir)
-    created = [] if out.is_dir() else [d for d in (out, *out.parents) if not d.exists()]
-    tmp_files = []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        slices_tmp = out / ".slices.csv.tmp"
-        tmp_files.append(slices_tmp)
-        with open(slices_tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(SLICE_COLUMNS)
-            for audit in audits:
-                for s in audit.scores:
-                    writer.writerow([audit.volume, s.slice, _fmt(s.similarity), _fmt(s.z), _fmt(s.mi), _fmt(s.oni), _fmt(s.p_value), int(s.flagged), s.nn_source, s.nn_slice])
-        neighbours_tmp = out / ".neighbors.csv.tmp"
-        tmp_files.append(neighbours_tmp)
-        with open(neighbours_tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(NEIGHBOUR_COLUMNS)
-            for audit in audits:
-                for k, items in audit.neighbours.items():
-                    for nb in items:
-                        writer.writerow([audit.volume, k, nb.rank, nb.source, nb.slice, nb.flip, _fmt(nb.similarity)])
-        summary_tmp = out / ".summary.json.tmp"
-        tmp_files.append(summary_tmp)
-        summary_tmp.write_text(json.dumps(summarize(audits, index), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        null_tmp = out / ".null_similarity.npy.tmp"
-        tmp_files.append(null_tmp)
-        with open(null_tmp, "wb") as handle:
-            np.save(handle, index.null_similarity)
-        for tmp, name in zip(tmp_files, ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy")):
-            os.replace(tmp, out / name)
-    except BaseException as exc:
-        for tmp in tmp_files:
-            tmp.unlink(missing_ok=True)
-        for folder in created:  # folders this call made, deepest first: leave nothing behind
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write the audit outputs to {out}: {exc.strerror or exc}") from None
-        raise
-    return out
-
-
-def check_output_dir(out_dir: str | Path) -> Path:
-    """The audit output folder as a Path; UserError when it exists but is not a folder."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder; choose another --out")
-    return out
 
 
 def audit_paths(
@@ -320,5 +222,5 @@ def audit_paths(
                                   progress=progress, cancel=cancel, keep_evidence=keep_evidence))
         best = _keep_best_evidence(best, audits[-1], keep_evidence)
         del image  # one volume in memory at a time
-    write_outputs(audits, index, out_dir)
+    write_audit(audits, summarize(audits, index), index.null_similarity, out_dir)
     return audits

@@ -1,6 +1,6 @@
 """Detection metrics (AUROC, AUPRC) and the baselines the benchmark compares against.
 
-Per-sample baselines: maximum pixel correlation and non-whitened feature cosine.
+Per-sample baseline: non-whitened feature cosine (the pixel-correlation baseline is in pearson.py).
 Set-level baselines on feature vectors: FID, KID (cubic polynomial kernel), Vendi score,
 AuthPct (Alaa et al. 2022) and the CT-score (Meehan et al. 2020), in numpy (k-means by FAISS).
 """
@@ -56,18 +56,6 @@ def auprc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- per-sample baselines
-
-def pixel_vectors(images: np.ndarray) -> np.ndarray:
-    """Centred, unit-norm flattened images [n, h*w] (for Pearson correlation by dot product)."""
-    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-
-
-def max_pixel_correlation(query_images: np.ndarray, reference_images: np.ndarray) -> np.ndarray:
-    """Per query: the largest Pearson correlation with any reference image (same size)."""
-    return (pixel_vectors(query_images) @ pixel_vectors(reference_images).T).max(axis=1)
-
 
 def raw_cosine_similarity(query: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:
     """Geometric mean over blocks of the maximum non-whitened cosine to the reference."""

@@ -28,11 +28,12 @@ import numpy as np
 from . import __version__
 from .audit import score_features
 from .augment import CONDITIONS, augment_slice
-from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, max_pixel_correlation, raw_cosine_similarity, vendi
+from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
 from .embedding import embed_slices
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
+from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
 from .index_build import build_index_from_features, subject_of
 from .reference_index import EncoderInfo, Provenance
@@ -373,8 +374,7 @@ def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: Nu
         "dataset": prepared.name, "reference_subjects": prepared.reference_subjects,
         "test_subjects": prepared.test_subjects, "slices_per_split": prepared.n,
         "max_duplicates": len(prepared.duplicate_rows), "null": index.config["null"],
-        "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z,
-                      "mi": threshold.mi, "oni": threshold.oni},
+        "threshold": threshold.to_dict(),
         "paper_null": ({"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)}
                        if paper_null else None),
         "notes": prepared.notes,

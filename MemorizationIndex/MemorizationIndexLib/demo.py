@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-import torch.nn.functional as F
 
 from .audit import audit_paths, query_slices
 from .augment import CONDITIONS, augment_slice
@@ -24,6 +22,7 @@ from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit, to_square
 from .index_build import BuildOptions, build_index
 from .report import write_report
+from .transforms import resize_bilinear
 
 GENERATED_SIZE = 128
 TRAINING = (("dipy", "data/files/S0_10slices.nii.gz"), ("dipy", "data/files/aniso_vox.nii.gz"), ("nibabel", "tests/data/example4d.nii.gz"))
@@ -49,11 +48,6 @@ def load_packaged_volume(package: str, relative: str) -> np.ndarray:
     while data.ndim > 3:
         data = data[..., 0]
     return np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
-
-
-def _resize(slice2d: np.ndarray, size: int) -> np.ndarray:
-    square = torch.from_numpy(to_square(slice2d))[None, None]
-    return F.interpolate(square, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
 
 
 def _write_volume(slices: np.ndarray, path: Path, spacing: tuple[float, float, float] = (2.0, 2.0, 2.0)) -> None:
@@ -82,17 +76,18 @@ def make_demo_data(out: Path, seed: int = 0) -> tuple[list[Path], list[Path], li
     truth: list[dict] = []
     generated = []
     conditions = list(CONDITIONS)
+    square = (GENERATED_SIZE, GENERATED_SIZE)
     for g, novel_volume in enumerate(novel):
         slices, rows = [], []
         for k in _nonempty(novel_volume):
-            slices.append(_resize(scale_unit(novel_volume[k], PreprocessSettings()), GENERATED_SIZE))
+            slices.append(resize_bilinear(to_square(scale_unit(novel_volume[k], PreprocessSettings())), square))
             rows.append({"kind": "novel", "condition": "", "source": NOVEL[g][1], "source_slice": k})
         for condition in conditions:
             path, volume = training[int(rng.integers(len(training)))]
             k = int(rng.choice(_nonempty(volume)))
             copy, _ = augment_slice(scale_unit(volume[k], PreprocessSettings()), condition, rng)
             position = int(rng.integers(len(slices) + 1))
-            slices.insert(position, _resize(copy, GENERATED_SIZE))
+            slices.insert(position, resize_bilinear(to_square(copy), square))
             rows.insert(position, {"kind": "copy", "condition": condition, "source": str(path.resolve()), "source_slice": k})
         gen_path = generated_dir / f"generated-{g + 1}.nii.gz"
         _write_volume(np.stack(slices), gen_path)

@@ -29,12 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .audit_output import SLICE_COLUMNS, read_audit
 from .errors import UserError
 from .protocol import INDEX_ATTRIBUTE, INPUT_ATTRIBUTE
-from .transforms import ORIGINAL, reference_copy
+from .transforms import ORIGINAL, reference_copy, resize_bilinear
 
 HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
-TABLE_COLUMNS = ("slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
+TABLE_COLUMNS = SLICE_COLUMNS[1:]  # one table per volume: slices.csv without its volume column
 # Anchor colours of the heat table (position in 0..1 of the MI range, r, g, b).
 _HEAT_ANCHORS = (
     (0.00, 0.05, 0.03, 0.30),
@@ -97,7 +98,7 @@ class MrmlAuditResult:
             "flagged": len(flagged),
             "flagged_slices": flagged,
             "flagged_fraction": len(flagged) / n if n else 0.0,
-            "threshold": {"alpha": threshold.alpha, "similarity": threshold.similarity, "z": threshold.z, "mi": threshold.mi, "oni": threshold.oni},
+            "threshold": threshold.to_dict(),
         }
 
 
@@ -154,41 +155,14 @@ def slice_view(array: np.ndarray, array_axis: int) -> np.ndarray:
     return np.moveaxis(array, array_axis, 0)
 
 
-def resample_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a 2D array to ``shape``, pixel centres aligned (no corner alignment).
-
-    Same sampling as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``:
-    output pixel i samples input coordinate (i + 0.5) * in / out - 0.5, clamped to the image.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2D slice, got shape {image.shape}")
-    height, width = int(shape[0]), int(shape[1])
-    if image.shape == (height, width):
-        return image.copy()
-
-    def weights(n_in: int, n_out: int):
-        coords = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-        coords = np.clip(coords, 0.0, n_in - 1)
-        low = np.floor(coords).astype(np.int64)
-        high = np.minimum(low + 1, n_in - 1)
-        return low, high, (coords - low).astype(np.float32)
-
-    y0, y1, wy = weights(image.shape[0], height)
-    x0, x1, wx = weights(image.shape[1], width)
-    top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
-    bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
-    return (top * (1 - wy)[:, None] + bottom * wy[:, None]).astype(np.float32)
-
-
 def neighbor_slice(index, score, shape: tuple[int, int]) -> np.ndarray | None:
-    """The reference slice named by a score's provenance, flipped or rotated as matched, resampled to ``shape``."""
+    """The reference slice named by a score's provenance, flipped or rotated as matched, resized to ``shape``."""
     reference = index.reference_slice(score.nn_source, int(score.nn_slice))
     if reference is None:
         return None
     copy = getattr(score, "nn_flip", ORIGINAL) or ORIGINAL
     reference = reference_copy(np.asarray(reference, dtype=np.float32), copy)
-    return resample_bilinear(reference, shape)
+    return resize_bilinear(reference, shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,44 +470,28 @@ def audit_volume_node(
 
 
 def read_audit_outputs(out_dir: str | Path) -> dict:
-    """Rebuild ``VolumeAudit`` objects from a command-line audit's output folder.
+    """Rebuild ``VolumeAudit`` objects from a command-line audit's output folder (``audit_output.read_audit``).
 
     Returns {volume as written by the CLI: VolumeAudit}. ``nn_flip`` comes from the rank-1
     rows of ``neighbors.csv`` ("none" when that file is absent). Used by the Slicer module,
     which runs the CLI in a background process and then shows its results as nodes.
     """
-    import csv  # noqa: PLC0415
-    import json  # noqa: PLC0415
+    from .audit import VolumeAudit  # noqa: PLC0415
 
-    from .audit import SliceScore, VolumeAudit  # noqa: PLC0415
-    from .scoring import Threshold  # noqa: PLC0415
-
-    out = Path(out_dir)
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    t = summary["threshold"]
-    threshold = Threshold(alpha=float(t["alpha"]), similarity=float(t["similarity"]), z=float(t["z"]), mi=float(t["mi"]), oni=float(t["oni"]))
-    flips: dict[tuple[str, int], str] = {}
-    neighbors_path = out / "neighbors.csv"
-    if neighbors_path.is_file():
-        with open(neighbors_path, newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if int(row["rank"]) == 1:
-                    flips[(row["volume"], int(row["slice"]))] = row["flip"]
+    outputs = read_audit(out_dir)
     audits = {}
-    for entry in summary["volumes"]:
-        audits[entry["volume"]] = VolumeAudit(
-            volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"], n_slices=int(entry["slices_total"]),
-            skipped_empty=[], scores=[], threshold=threshold,
-        )
-    with open(out / "slices.csv", newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            audit = audits[row["volume"]]
-            k = int(row["slice"])
-            audit.scores.append(SliceScore(
-                slice=k, similarity=float(row["similarity"]), z=float(row["z"]), mi=float(row["mi"]), oni=float(row["oni"]),
-                p_value=float(row["p_value"]), flagged=row["flagged"] == "1", nn_source=row["nn_source"], nn_slice=int(row["nn_slice"]),
-                nn_flip=flips.get((row["volume"], k), "none"),
-            ))
+    try:
+        for entry in outputs.summary["volumes"]:
+            audits[entry["volume"]] = VolumeAudit(
+                volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"],
+                n_slices=int(entry["slices_total"]), skipped_empty=[], scores=[], threshold=outputs.threshold,
+            )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{outputs.folder / 'summary.json'} has a corrupt volume entry ({exc!r})") from None
+    for row in outputs.rows:
+        if row.volume not in audits:
+            raise UserError(f"{outputs.folder / 'slices.csv'} names volume {row.volume}, not listed in summary.json")
+        audits[row.volume].scores.append(row)
     for audit in audits.values():
         scored = {s.slice for s in audit.scores}
         audit.skipped_empty = [k for k in range(audit.n_slices) if k not in scored]

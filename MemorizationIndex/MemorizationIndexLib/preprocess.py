@@ -7,9 +7,9 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .order_statistics import percentiles
+from .transforms import bilinear_weights
 
 
 @dataclass(frozen=True)
@@ -119,14 +119,14 @@ def smoothing_matrix(size: int, sigma: float) -> torch.Tensor:
 
 @lru_cache(maxsize=512)
 def resampling_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
-    """[n_out, n_in] float32: along one axis, antialiased bilinear resizing (as ``F.interpolate``)
-    from n_in to n_out pixels, then Gaussian smoothing of width ``sigma`` (none if 0).
+    """[n_out, n_in] float32: along one axis, antialiased bilinear resizing
+    (``transforms.bilinear_weights``) from n_in to n_out pixels, then Gaussian smoothing of width
+    ``sigma`` (none if 0).
 
     Both steps are linear and act on rows and columns separately, so a square slice ``x``
     becomes ``M @ x @ M.T``: two small matrix products instead of a resize and a smoothing pass.
     """
-    identity = torch.eye(n_in, dtype=torch.float64)[None, None]
-    resize = F.interpolate(identity, size=(n_out, n_in), mode="bilinear", align_corners=False, antialias=True)[0, 0]
+    resize = torch.from_numpy(bilinear_weights(n_in, n_out))
     if sigma > 0:
         resize = smoothing_matrix(n_out, sigma).double() @ resize
     return resize.float()

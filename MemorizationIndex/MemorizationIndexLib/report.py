@@ -1,7 +1,8 @@
 """A self-contained HTML report of an audit, for reviewers who will not run Python.
 
 ``write_report(out_dir)`` reads the audit outputs (``slices.csv``, ``summary.json``,
-``null_similarity.npy``; formats in docs/api-contract.md) and writes ``out_dir/report.html``:
+``null_similarity.npy``, ``neighbors.csv``; read by ``audit_output.read_audit``) and writes
+``out_dir/report.html``:
 
 1. the verdict in plain words at the top, with the threshold in ``mi``/``oni``/``z`` units, the
    null used, the index, the encoder, the date and the tool version;
@@ -39,11 +40,9 @@ drawn; only the provenance (file name and slice number) is listed.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as _dt
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -54,13 +53,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import UserError
+from .atomic_write import write_files
+from .audit_output import AuditOutputs, SliceRow, evidence_order, read_audit
+from .pearson import pixel_correlation
 from .report_plots import histogram_svg, short_name, strips_svg
-from .transforms import REFERENCE_COPIES, reference_copy
+from .transforms import REFERENCE_COPIES, reference_copy, resize_bilinear
 
-SLICES_COLUMNS = (
-    "volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice",
-)
+REPORT_FILE = "report.html"
 MAX_STRIPS = 12  # per-volume mi strips drawn; the rest are listed as left out
 MAX_VOLUME_ROWS = 50  # rows of the per-volume table
 MAX_THUMB = 256  # evidence images larger than this (in either dimension) are downsampled
@@ -77,107 +76,6 @@ NULL_DESCRIPTIONS = {
         "(the null for \u201ccloser to the training set than fresh real data is\u201d)"
     ),
 }
-
-
-@dataclass
-class _Row:
-    volume: str
-    slice: int
-    similarity: float
-    z: float
-    mi: float
-    oni: float
-    p_value: float
-    flagged: bool
-    nn_source: str
-    nn_slice: int
-
-
-# --------------------------------------------------------------------------------------------
-# reading the audit outputs
-
-
-def _read_rows(path: Path) -> list[_Row]:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run `memorization-index audit` into this folder first")
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = tuple(reader.fieldnames or ())
-            missing = [c for c in SLICES_COLUMNS if c not in header]
-            if missing:
-                raise UserError(f"{path} is not an audit slices.csv (missing columns: {', '.join(missing)})")
-            rows = []
-            for line_no, rec in enumerate(reader, start=2):
-                try:
-                    rows.append(
-                        _Row(
-                            volume=rec["volume"],
-                            slice=int(rec["slice"]),
-                            similarity=float(rec["similarity"]),
-                            z=float(rec["z"]),
-                            mi=float(rec["mi"]),
-                            oni=float(rec["oni"]),
-                            p_value=float(rec["p_value"]),
-                            flagged=str(rec["flagged"]).strip().lower() in ("1", "true", "yes"),
-                            nn_source=rec["nn_source"] or "",
-                            nn_slice=int(rec["nn_slice"]),
-                        )
-                    )
-                except (TypeError, ValueError) as exc:
-                    raise UserError(f"{path} line {line_no} is corrupt: {exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text CSV file") from None
-    except csv.Error as exc:
-        raise UserError(f"{path} is corrupt: {exc}") from None
-    return rows
-
-
-def _read_summary(path: Path) -> dict:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run `memorization-index audit` into this folder first")
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(summary, dict):
-        raise UserError(f"{path} is not an audit summary (expected a JSON object)")
-    for key in ("index", "null", "threshold", "volumes"):
-        if key not in summary:
-            raise UserError(f"{path} is not an audit summary (no \"{key}\" entry)")
-    try:
-        for key in ("mean", "std"):
-            summary["null"][key] = float(summary["null"][key])
-        for key in ("alpha", "similarity", "z", "mi", "oni"):
-            summary["threshold"][key] = float(summary["threshold"][key])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path} has a corrupt null/threshold entry ({exc!r})") from None
-    if not isinstance(summary["volumes"], list) or not isinstance(summary["index"], dict):
-        raise UserError(f"{path} is not an audit summary (bad \"volumes\" or \"index\" entry)")
-    return summary
-
-
-def _read_null(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise UserError(f"{path} is missing: run `memorization-index audit` into this folder first")
-    try:
-        null = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - numpy raises many types for corrupt files
-        raise UserError(f"{path} is not a readable .npy array ({type(exc).__name__})") from None
-    null = np.asarray(null, dtype=np.float64).ravel()
-    return null[np.isfinite(null)]
-
-
-def load_audit(out_dir: str | os.PathLike) -> tuple[list[_Row], dict, np.ndarray]:
-    """Read (rows of slices.csv, summary.json, null similarity) from an audit folder; UserError on problems."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise UserError(f"audit folder {out_dir} does not exist")
-    return (
-        _read_rows(out_dir / "slices.csv"),
-        _read_summary(out_dir / "summary.json"),
-        _read_null(out_dir / "null_similarity.npy"),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,15 +136,6 @@ def _display01(img: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0)
 
 
-def _resize(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    if img.shape == tuple(shape):
-        return np.asarray(img, dtype=np.float32)
-    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((int(shape[1]), int(shape[0])), Image.BILINEAR), dtype=np.float32)
-
-
 def _gray_png(img01: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -260,46 +149,21 @@ def _gray_png(img01: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.ravel() - a.mean()
-    b = b.ravel() - b.mean()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denom if denom > 0 else 0.0
-
-
 def _match_orientation(query01: np.ndarray, train: np.ndarray, recorded: str | None = None
                        ) -> tuple[np.ndarray, str, float]:
     """Resize the training slice to the query shape and orient it: the copy (flip or rotation) the
     audit recorded when known, else the one of REFERENCE_COPIES with the best pixel correlation."""
-    resized = _display01(_resize(train, query01.shape))
+    resized = _display01(resize_bilinear(train, query01.shape))
     if recorded in REFERENCE_COPIES:
         cand = np.ascontiguousarray(reference_copy(resized, recorded))
-        return cand, f"{recorded} (as matched by the audit)", _correlation(query01, cand)
+        return cand, f"{recorded} (as matched by the audit)", pixel_correlation(query01, cand)
     best = None
     for name in REFERENCE_COPIES:
         cand = reference_copy(resized, name)
-        r = _correlation(query01, cand)
+        r = pixel_correlation(query01, cand)
         if best is None or r > best[2] + 1e-9:
             best = (np.ascontiguousarray(cand), name, r)
     return best[0], f"{best[1]} (best pixel correlation)", best[2]
-
-
-def _recorded_flips(out_dir: Path) -> dict[tuple[str, int, str, int], str]:
-    """{(volume, slice, source, source_slice): flip} of the rank-1 neighbours in the optional
-    neighbors.csv; empty when that file is absent or unreadable (the report then guesses)."""
-    path = out_dir / "neighbors.csv"
-    flips: dict[tuple[str, int, str, int], str] = {}
-    if not path.is_file():
-        return flips
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            for rec in csv.DictReader(handle):
-                if str(rec.get("rank", "")).strip() == "1" and rec.get("flip") in REFERENCE_COPIES:
-                    key = (rec["volume"], int(rec["slice"]), rec["source"], int(rec["source_slice"]))
-                    flips[key] = rec["flip"]
-    except (OSError, csv.Error, KeyError, TypeError, ValueError, UnicodeDecodeError):
-        return {}
-    return flips
 
 
 def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarray | str:
@@ -321,7 +185,7 @@ def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarra
         return f"query file could not be read ({type(exc).__name__})"
 
 
-def _query_slices(rows: Sequence[_Row], out_dir: Path, summary: dict,
+def _query_slices(rows: Sequence[SliceRow], out_dir: Path, summary: dict,
                   given: Mapping[tuple[str, int], np.ndarray]) -> dict[tuple[str, int], np.ndarray | str]:
     """{(volume, slice): 2D slice or reason}: from ``given`` (slices the audit kept) where it has
     them, else read from the volume files, each volume once, keeping only the slices needed."""
@@ -405,7 +269,7 @@ table.vols td,table.vols th{border-bottom:1px solid #eceff3;padding-right:14px}
 """
 
 
-def _verdict(rows: Sequence[_Row], summary: dict) -> tuple[str, str, list[str], str]:
+def _verdict(rows: Sequence[SliceRow], summary: dict) -> tuple[str, str, list[str], str]:
     """(css class, headline, sentences, warning) in plain words."""
     th = summary["threshold"]
     alpha = th["alpha"]
@@ -479,15 +343,15 @@ def _meta_table(summary: dict, generated: str) -> str:
     return f'<table class="meta" id="meta">{body}</table>'
 
 
-def _volume_order(rows: Sequence[_Row]) -> list[tuple[str, list[_Row]]]:
-    by_volume: dict[str, list[_Row]] = {}
+def _volume_order(rows: Sequence[SliceRow]) -> list[tuple[str, list[SliceRow]]]:
+    by_volume: dict[str, list[SliceRow]] = {}
     for r in rows:
         by_volume.setdefault(r.volume, []).append(r)
     return sorted(by_volume.items(),
                   key=lambda kv: (-sum(r.flagged for r in kv[1]), -max(r.mi for r in kv[1]), kv[0]))
 
 
-def _volumes_table(ordered: list[tuple[str, list[_Row]]], summary: dict) -> str:
+def _volumes_table(ordered: list[tuple[str, list[SliceRow]]], summary: dict) -> str:
     info = {str(v.get("volume")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
     head = ("<tr><th>volume</th><th>axis</th><th>slices scored</th><th>skipped (empty)</th>"
             "<th>flagged</th><th>mean mi</th><th>max mi</th></tr>")
@@ -514,7 +378,7 @@ def _na(text: str) -> str:
 
 @dataclass
 class _Evidence:
-    row: _Row
+    row: SliceRow
     query_png: bytes | None
     query_reason: str
     train_png: bytes | None
@@ -525,25 +389,18 @@ class _Evidence:
     correlation: float | None = None
 
 
-def evidence_order(mi: float, similarity: float, volume: str, slice_index: int) -> tuple[float, float, str, int]:
-    """Sort key of the evidence gallery: highest mi, then highest similarity, then volume and slice."""
-    return -mi, -similarity, volume, slice_index
+def _ranked(rows: Sequence[SliceRow]) -> list[SliceRow]:
+    return sorted(rows, key=lambda r: evidence_order(r.volume, r))
 
 
-def _ranked(rows: Sequence[_Row]) -> list[_Row]:
-    return sorted(rows, key=lambda r: evidence_order(r.mi, r.similarity, r.volume, r.slice))
-
-
-def _build_evidence(shown: Sequence[_Row], out_dir: Path, summary: dict, *, no_training_images: bool, index=None,
+def _build_evidence(shown: Sequence[SliceRow], audit: AuditOutputs, *, no_training_images: bool, index=None,
                     query_slices: Mapping[tuple[str, int], np.ndarray] | None = None) -> list[_Evidence]:
-    queries = _query_slices(shown, out_dir, summary, query_slices or {})
-    recorded = {}
+    queries = _query_slices(shown, audit.folder, audit.summary, query_slices or {})
+    flips_known = audit.neighbours is not None
     if no_training_images or not shown:
         index = None
-    else:
-        if index is None:
-            index = _load_reference_index(str(summary["index"].get("path", "")))
-        recorded = _recorded_flips(out_dir)
+    elif index is None:
+        index = _load_reference_index(str(audit.summary["index"].get("path", "")))
     items = []
     for r in shown:
         q = queries[(r.volume, r.slice)]
@@ -571,7 +428,7 @@ def _build_evidence(shown: Sequence[_Row], out_dir: Path, summary: dict, *, no_t
             item.diff_reason = "no difference image (no query image)"
         else:
             t01, item.orientation, item.correlation = _match_orientation(
-                q01, np.asarray(train, dtype=np.float32), recorded.get((r.volume, r.slice, r.nn_source, r.nn_slice)))
+                q01, np.asarray(train, dtype=np.float32), r.nn_flip if flips_known else None)
             item.train_png = _gray_png(t01)
             item.diff_png = _gray_png(np.abs(q01 - t01))
         items.append(item)
@@ -582,7 +439,7 @@ def _cell(png: bytes | None, reason: str, alt: str, cls: str) -> str:
     return _img_tag(png, alt=alt, cls=cls) if png is not None else _na(reason)
 
 
-def _evidence_html(rows: Sequence[_Row], items: Sequence[_Evidence], *, no_training_images: bool) -> str:
+def _evidence_html(rows: Sequence[SliceRow], items: Sequence[_Evidence], *, no_training_images: bool) -> str:
     n_flagged = sum(r.flagged for r in rows)
     shown_flagged = sum(it.row.flagged for it in items)
     parts = [
@@ -647,13 +504,13 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
                   generated: str | None = None, index=None,
                   query_slices: Mapping[tuple[str, int], np.ndarray] | None = None) -> str:
     """The report HTML (a string) for an audit folder; see :func:`write_report`."""
-    out_dir = Path(out_dir)
-    rows, summary, null_sim = load_audit(out_dir)
+    audit = read_audit(out_dir)
+    rows, summary, null_sim = audit.rows, audit.summary, audit.null_similarity
     if generated is None:
         generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
     th = summary["threshold"]
     null_mean, null_std = summary["null"]["mean"], summary["null"]["std"]
-    items = _build_evidence(_ranked(rows)[:max(0, int(max_evidence))], out_dir, summary,
+    items = _build_evidence(_ranked(rows)[:max(0, int(max_evidence))], audit,
                             no_training_images=no_training_images, index=index, query_slices=query_slices)
 
     cls, headline, sentences, warning = _verdict(rows, summary)
@@ -718,11 +575,5 @@ def write_report(out_dir: str | os.PathLike, *, no_training_images: bool = False
     out_dir = Path(out_dir)
     text = render_report(out_dir, no_training_images=no_training_images, max_evidence=max_evidence, index=index,
                          query_slices=query_slices)
-    target = out_dir / "report.html"
-    tmp = out_dir / ".report.html.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise UserError(f"cannot write {target}: {exc.strerror or exc}") from None
-    return target
+    write_files(out_dir, {REPORT_FILE: lambda path: path.write_text(text, encoding="utf-8")})
+    return out_dir / REPORT_FILE

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -28,6 +29,15 @@ class Threshold:
     z: float
     mi: float
     oni: float
+
+    def to_dict(self) -> dict[str, float]:
+        """{alpha, similarity, z, mi, oni} as written to summary.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> Threshold:
+        """The threshold from its :meth:`to_dict` form; KeyError, TypeError or ValueError when malformed."""
+        return cls(**{f.name: float(values[f.name]) for f in fields(cls)})
 
 
 class NullModel:

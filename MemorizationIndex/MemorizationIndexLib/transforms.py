@@ -1,4 +1,4 @@
-"""Geometric copies of 2D slices: flips, small rotations, and the copies a reference index holds.
+"""Geometry of 2D slices: flips, small rotations, bilinear resizing, and the copies a reference index holds.
 
 A generator that memorised a training slice may hand it back flipped or slightly rotated; the
 features are not invariant to either. The reference index therefore holds, besides every
@@ -54,3 +54,36 @@ def reference_copy(slice2d: np.ndarray, copy: str) -> np.ndarray:
     if copy in (ORIGINAL, "hflip", "vflip"):
         return flip_slice(slice2d, copy)
     raise ValueError(f"unknown reference copy {copy!r}; expected one of {', '.join(REFERENCE_COPIES)}")
+
+
+def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] float64: antialiased bilinear resampling of one axis from n_in to n_out pixels.
+
+    Pixel centres are aligned (no corner alignment); when shrinking, the triangle filter is
+    widened by n_in / n_out so that every input pixel contributes (no aliasing). The weights are
+    those of ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)``.
+    """
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    inverse = 1.0 / support
+    matrix = np.zeros((n_out, n_in), dtype=np.float64)
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        low = max(int(centre - support + 0.5), 0)
+        high = min(int(centre + support + 0.5), n_in)
+        taps = np.maximum(0.0, 1.0 - np.abs((np.arange(low, high) - centre + 0.5) * inverse))
+        total = 0.0
+        for tap in taps:  # summed in order, as torch does, so that the weights match it exactly
+            total += tap
+        matrix[i, low:high] = taps / total
+    return matrix
+
+
+def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 2D image [h, w] resized to ``shape`` [rows, cols] by :func:`bilinear_weights` along each axis; float32."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D slice, got shape {image.shape}")
+    rows = bilinear_weights(image.shape[0], int(shape[0])).astype(np.float32)
+    cols = bilinear_weights(image.shape[1], int(shape[1])).astype(np.float32)
+    return rows @ image @ cols.T
