@@ -1,0 +1,100 @@
+"""Scoring in-memory batches against an index: the API for notebooks and training loops.
+
+Load the index and its encoder once, then score NumPy arrays or torch tensors of generated
+slices, N×H×W or N×1×H×W (rows along axis -2, columns along axis -1; see :mod:`arrays`), with
+nothing read from or written to disk::
+
+    from MemorizationIndexLib.batch_scoring import BatchScorer
+    scorer = BatchScorer("ref-index")              # once
+    scores = scorer.score(samples)                 # samples: [N, H, W] or [N, 1, H, W]
+    scores.flagged_fraction, scores.mi, scores.nn_source
+
+Slices with too little foreground (blank samples) are not embedded, as in ``audit``: their
+``scored`` is False, their scores NaN and ``flagged`` False.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .arrays import as_stack
+from .embedding import embed_slices
+from .errors import UserError
+from .preprocess import nonempty_mask
+from .reference_index import ReferenceIndex
+from .scoring import Threshold, mi_from_z, oni_from_z
+
+TOP_K = 5  # candidates re-ranked per sample, as in audit (the nearest source is then the same)
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """Per-sample scores of one batch of N samples (arrays of length N, in batch order)."""
+
+    similarity: np.ndarray  # float64 [N]
+    z: np.ndarray  # float64 [N]
+    mi: np.ndarray  # float64 [N]
+    oni: np.ndarray  # float64 [N]
+    p_value: np.ndarray  # float64 [N]
+    flagged: np.ndarray  # bool [N]
+    scored: np.ndarray  # bool [N]: False for blank samples (too little foreground), which get NaN scores
+    nn_source: list[str]  # the nearest training slice's source file ("" when not scored)
+    nn_slice: np.ndarray  # int64 [N], -1 when not scored
+    nn_flip: list[str]  # which copy of it matched: none, hflip, vflip, rot+4, rot-4
+    threshold: Threshold
+
+    @property
+    def flagged_fraction(self) -> float:
+        """Flagged samples over scored samples (0.0 when none was scored)."""
+        n = int(self.scored.sum())
+        return float(self.flagged.sum()) / n if n else 0.0
+
+
+def _to_numpy(batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(batch, torch.Tensor):
+        return batch.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(batch)
+
+
+class BatchScorer:
+    """An index and its encoder, loaded once, that score in-memory batches of 2D slices."""
+
+    def __init__(self, index: str | Path | ReferenceIndex, *, device: str = "cpu", checkpoint: str | Path | None = None,
+                 alpha: float | None = None, batch_size: int = 32):
+        self.index = index if isinstance(index, ReferenceIndex) else ReferenceIndex.load(index)
+        self.encoder = self.index.load_encoder(checkpoint=checkpoint, device=device)
+        self.alpha = self.index.default_alpha if alpha is None else float(alpha)
+        if not 0 < self.alpha < 1:
+            raise UserError(f"alpha must be between 0 and 1 (got {self.alpha})")
+        self.batch_size = batch_size
+        self.null = self.index.null_model
+        self.threshold = self.null.threshold(self.alpha)
+
+    def score(self, batch: np.ndarray | torch.Tensor) -> BatchScores:
+        """Scores of a batch [N, H, W] or [N, 1, H, W] (NumPy array or torch tensor, any real dtype)."""
+        stack = as_stack(_to_numpy(batch), f"batch of shape {tuple(batch.shape)}", allow_2d=False)
+        settings = self.index.preprocessing
+        scored = np.array([bool(nonempty_mask(s[None], settings)[0]) for s in stack], dtype=bool)
+        n = len(stack)
+        similarity = np.full(n, np.nan)
+        nn_rows = np.full(n, -1, dtype=np.int64)
+        keep = np.flatnonzero(scored)
+        if keep.size:
+            raw = embed_slices(self.encoder, stack[keep], settings, batch_size=self.batch_size)
+            found = self.index.search(self.index.whiten(raw), k=TOP_K)
+            similarity[keep] = found.similarity
+            nn_rows[keep] = found.ids[:, 0]
+        z = self.null.z(similarity)
+        p_value = np.where(scored, self.null.p_value(np.nan_to_num(similarity, nan=-np.inf)), np.nan)
+        prov = self.index.provenance
+        return BatchScores(
+            similarity=similarity, z=z, mi=mi_from_z(z), oni=oni_from_z(z), p_value=p_value,
+            flagged=scored & (np.nan_to_num(p_value, nan=1.0) < self.alpha), scored=scored,
+            nn_source=[prov.source[r] if r >= 0 else "" for r in nn_rows],
+            nn_slice=np.array([prov.slice[r] if r >= 0 else -1 for r in nn_rows], dtype=np.int64),
+            nn_flip=[prov.flip[r] if r >= 0 else "" for r in nn_rows], threshold=self.threshold,
+        )
