@@ -21,7 +21,8 @@ from MemorizationIndexLib.errors import UserError
 def spine_volumes(shared_data: Path) -> dict[str, np.ndarray]:
     """Spine subjects 01-06 as arrays [20 sagittal slices, 224, 224] (uint8 as stored)."""
     folder = shared_data / "spine" / "myosegmentum"
-    return {n: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{n}.nii.gz"))) for n in ("01", "02", "03", "04", "05", "06")}
+    names = ("01", "02", "03", "04", "05", "06")
+    return {n: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{n}.nii.gz"))) for n in names}
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +212,35 @@ def test_training_loop_example(spine_index: Path, spine_volumes) -> None:
             history.append((step, scores.flagged_fraction, float(np.nanmean(scores.mi))))
     assert [h[0] for h in history] == [0, 100, 200, 300]
     assert history[0][1] <= 0.25 and history[2][1] >= 0.5 and history[2][2] > history[0][2]
+
+
+# ------------------------------------------------------------------------------------ set audit
+
+
+def test_set_audit_equals_the_volume_audit_of_the_same_slices(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
+    from MemorizationIndexLib.audit import audit_image
+    from MemorizationIndexLib.reference_index import ReferenceIndex
+    from MemorizationIndexLib.set_audit import audit_set
+
+    index = ReferenceIndex.load(spine_index)
+    slices = spine_volumes["05"].copy()
+    slices[4], slices[13] = spine_volumes["01"][4], spine_volumes["02"][13]
+    _write_pngs(tmp_path / "set", slices[:12])
+    np.save(tmp_path / "set" / "rest.npy", slices[12:])
+    progress = []
+    result = audit_set(index, image_sets.open_set(tmp_path / "set"), encoder=index.load_encoder(), alpha=0.05,
+                       batch_size=4, progress=lambda done, total: progress.append((done, total)), keep_evidence=3)
+    volume = audit_image(index, sitk.GetImageFromArray(slices.astype(np.float32)), "v", alpha=0.05, batch_size=4)
+    assert [Path(m.volume).name for m in result.members] == [f"g{i:04d}.png" for i in range(12)] + ["rest.npy"]
+    assert [(Path(m.volume).name, s.slice) for m in result.members for s in m.scores][-3:] == [
+        ("rest.npy", 5), ("rest.npy", 6), ("rest.npy", 7)]
+    by_volume = {s.slice: s for s in volume.scores}
+    positions = [i for i in range(12) if result.members[i].scores] + [12 + s.slice for s in result.members[-1].scores]
+    assert set(positions) == set(by_volume)  # the same slices are empty one at a time as in the volume
+    for position, score in zip(positions, result.scores):
+        assert score.similarity == pytest.approx(by_volume[position].similarity, rel=1e-6)
+        assert (score.nn_source, score.nn_slice) == (by_volume[position].nn_source, by_volume[position].nn_slice)
+    assert result.members[4].flagged == 1 and result.members[-1].scores[1].flagged
+    assert progress[-1] == (20, 20) and len(progress) == 2  # 16-slice chunks
+    evidence = {(Path(m.volume).name, k) for m in result.members for k in m.evidence_slices}
+    assert len(evidence) == 3 and {("g0004.png", 0), ("rest.npy", 1)} <= evidence

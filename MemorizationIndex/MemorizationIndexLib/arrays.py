@@ -66,6 +66,10 @@ def as_stack(array: np.ndarray, what: str, *, allow_2d: bool = True) -> np.ndarr
     return stack
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _npy_header(handle, what: str) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) from the header of an open .npy stream."""
     try:
@@ -73,7 +77,7 @@ def _npy_header(handle, what: str) -> tuple[tuple[int, ...], np.dtype]:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(handle)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise UserError(f"{what} is not a readable .npy array ({' '.join(str(exc).split()) or type(exc).__name__})") from None
+        raise UserError(f"{what} is not a readable .npy array ({_one_line(exc)})") from None
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
@@ -109,5 +113,5 @@ def read_array_file(path: Path) -> np.ndarray:
         else:
             array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read {path} as a NumPy array ({' '.join(str(exc).split()) or type(exc).__name__})") from None
+        raise UserError(f"cannot read {path} as a NumPy array ({_one_line(exc)})") from None
     return as_stack(array, str(path))

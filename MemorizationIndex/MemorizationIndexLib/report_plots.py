@@ -320,3 +320,94 @@ def strips_svg(volumes: Sequence[tuple[str, Sequence[ScoredSlice]]], threshold_m
     label = (f"mi against slice index, one strip for each of {len(volumes)} volumes; "
              f"{n_flagged} flagged slices shown in red")
     return _svg(STRIP_WIDTH, 4 + len(volumes) * STRIP_HEIGHT + 26, "plot strips", label, body)
+
+
+# --- sets (folders of 2D samples, e.g. one per training checkpoint) ------------------------------
+
+TREND_SIZE = (1100, 270)  # the per-set trend figure (two panels side by side), SVG pixels
+SET_PANEL_SIZE, SET_PANELS_PER_ROW = (270, 190), 4  # the per-set histograms (small multiples)
+
+
+@dataclass(frozen=True)
+class SetPoint:
+    """One audited set as the trend plot shows it."""
+
+    name: str
+    scored: int
+    flagged: int
+    mean_mi: float
+
+
+def _set_ticks(names: Sequence[str], max_labels: int = 12) -> list[tuple[float, str]]:
+    step = max(1, math.ceil(len(names) / max_labels))
+    keep = max(6, 80 // max(1, min(len(names), max_labels)))
+    return [(float(i), short_name(names[i], keep)) for i in range(0, len(names), step)]
+
+
+def _trend_panel(frame: _Frame, values: np.ndarray, reference: float, reference_label: str, title: str,
+                 ylabel: str, names: Sequence[str], yticks: Sequence[tuple[float, str]]) -> str:
+    xs = np.arange(len(values), dtype=np.float64)
+    ok = np.isfinite(values)
+    parts = [_line(frame.left, frame.y(reference), frame.left + frame.width, frame.y(reference), NULL_COLOR, 1.5,
+                   dashed=True),
+             _text(frame.left + 6, frame.y(reference) - 5, reference_label, size=10)]
+    if ok.sum() > 1:
+        points = " ".join(f"{_n(x)},{_n(y)}" for x, y in zip(frame.x(xs[ok]), frame.y(values[ok])))
+        parts.append(f'<polyline points="{points}" fill="none" stroke="{AUDITED_COLOR}" stroke-width="2"/>')
+    parts.append(_dots(frame, xs[ok], values[ok], AUDITED_COLOR, 8))
+    parts.append(_axes(frame, _set_ticks(names), yticks, "set (in the order given)", ylabel))
+    parts.append(_text(frame.left + frame.width / 2, frame.top - 10, title, size=13, anchor="middle"))
+    return "".join(parts)
+
+
+def sets_trend_svg(sets: Sequence[SetPoint], alpha: float) -> str:
+    """Flagged fraction (left) and mean mi (right) of each set, in the order given: where
+    memorisation starts across checkpoints. Reference lines: the fraction expected by chance
+    (alpha) and mi = 0.5 (a typical real slice)."""
+    names = [s.name for s in sets]
+    fraction = np.array([100.0 * s.flagged / s.scored if s.scored else np.nan for s in sets])
+    mean_mi = np.array([s.mean_mi if s.scored else np.nan for s in sets], dtype=np.float64)
+    width, height = TREND_SIZE
+    half, left_margin, right_margin, top = width / 2, 64, 18, 34
+    x_range = (-0.5, len(sets) - 0.5)
+    top_pct = max(5.0, float(np.nanmax(fraction)) * 1.1 if np.isfinite(fraction).any() else 5.0, 100.0 * alpha * 2)
+    frames = [_Frame(i * half + left_margin, top, half - left_margin - right_margin, height - top - 46, x_range, y)
+              for i, y in enumerate(((0.0, top_pct), (0.0, 1.0)))]
+    body = [
+        _trend_panel(frames[0], fraction, 100.0 * alpha, f"expected by chance ({100 * alpha:.2g}%)",
+                     "Flagged slices per set", "flagged (% of scored)", names, _linear_ticks(0.0, top_pct, 5)),
+        _trend_panel(frames[1], mean_mi, 0.5, "typical real slice (0.5)", "Mean mi per set", "mean mi", names,
+                     _linear_ticks(0.0, 1.0, 5)),
+    ]
+    label = "Flagged fraction and mean mi per set, in the order given: " + "; ".join(
+        f"{s.name}: {s.flagged} of {s.scored} flagged, mean mi {s.mean_mi:.3f}" for s in sets[:20])
+    return _svg(width, height, "plot trend", label, body)
+
+
+def set_histograms_svg(sets: Sequence[tuple[str, np.ndarray, int]], null_mi: np.ndarray,
+                       threshold_mi: float | None) -> str:
+    """One small histogram per set, (name, mi values, flagged count) in the order given: the set's
+    mi (outline) over the null's (grey bars), square-root y scale, the threshold dashed."""
+    cell_w, cell_h = SET_PANEL_SIZE
+    rows = math.ceil(len(sets) / SET_PANELS_PER_ROW) if sets else 1
+    null = _finite(null_mi)
+    body = []
+    for i, (name, mi, flagged) in enumerate(sets):
+        left, top = (i % SET_PANELS_PER_ROW) * cell_w + 52, (i // SET_PANELS_PER_ROW) * cell_h + 26
+        values = _finite(mi)
+        null_d, set_d = _density(null, MI_BINS), _density(values, MI_BINS)
+        peak = float(max(null_d.max(initial=0.0), set_d.max(initial=0.0))) or 1.0
+        frame = _Frame(left, top, cell_w - 64, cell_h - 62, (0.0, 1.0), (0.0, 1.08 ** 2 * peak), sqrt=True)
+        if null.size:
+            body.append(f'<path d="{_step_path(frame, MI_BINS, null_d)}Z" fill="{NULL_COLOR}" fill-opacity="0.8"/>')
+        if values.size:
+            body.append(f'<path d="{_step_path(frame, MI_BINS, set_d)}" fill="none" stroke="{AUDITED_COLOR}" '
+                        'stroke-width="1.6"/>')
+        if threshold_mi is not None:
+            x = frame.x(threshold_mi)
+            body.append(_line(x, frame.top, x, frame.bottom, THRESHOLD_COLOR, 1.4, dashed=True))
+        body.append(_axes(frame, [(0.0, "0"), (0.5, "0.5"), (1.0, "1")], [], "mi", ""))
+        body.append(_text(left, top - 8, f"{short_name(name, 26)} ({flagged} of {values.size} flagged)", size=11))
+    label = (f"mi of each of {len(sets)} sets over the null (grey), square-root density scale"
+             + ("" if threshold_mi is None else f"; threshold mi = {threshold_mi:.4g}"))
+    return _svg(SET_PANELS_PER_ROW * cell_w, rows * cell_h + 8, "plot sethist", label, body)

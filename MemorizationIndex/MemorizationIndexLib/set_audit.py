@@ -1,0 +1,114 @@
+"""Auditing a set of 2D images (:mod:`image_sets`): slices embedded in batches across files.
+
+Files are read one at a time and their slices queued; every ``CHUNK_BATCHES`` encoder batches the
+queue is embedded, searched and scored, so memory holds one chunk of slices whatever the set's
+size. Each file becomes one :class:`audit.VolumeAudit` (its slices.csv rows: the file as ``volume``,
+the slice index inside the file); the :class:`SetAudit` groups them for the per-set summary.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .audit import Neighbour, SliceScore, VolumeAudit, evidence_rank, score_features
+from .embedding import ProgressCallback, embed_slices
+from .encoders.base import Encoder
+from .image_sets import ImageSet, iter_set_slices
+from .preprocess import nonempty_mask
+from .reference_index import ReferenceIndex
+from .scoring import Threshold
+
+CHUNK_BATCHES = 4  # encoder batches embedded and scored together
+SET_AXIS = "2d"  # what summary.json and the report call the axis of a set's slices
+
+
+@dataclass
+class SetAudit:
+    """Result of auditing one set: one member audit per file, in the set's order."""
+
+    name: str
+    members: list[VolumeAudit]
+    threshold: Threshold
+
+    @property
+    def scores(self) -> list[SliceScore]:
+        """Every scored slice of the set, in file order."""
+        return [s for m in self.members for s in m.scores]
+
+    @property
+    def n_slices(self) -> int:
+        """Slices read, scored or skipped as empty."""
+        return sum(m.n_slices for m in self.members)
+
+    @property
+    def flagged(self) -> int:
+        """Number of flagged slices."""
+        return sum(m.flagged for m in self.members)
+
+
+def _score_chunk(index: ReferenceIndex, encoder: Encoder, chunk: list[tuple[VolumeAudit, int, np.ndarray]],
+                 alpha: float, batch_size: int, top_k: int, cancel: threading.Event | None) -> list[SliceScore]:
+    """Embed, search and score queued (member, slice index, slice) entries into their members;
+    returns their scores in queue order."""
+    raw = embed_slices(encoder, [s for _, _, s in chunk], index.preprocessing, batch_size=batch_size, cancel=cancel)
+    rows, ids, scores = score_features(index, raw, alpha, k=top_k)
+    prov = index.provenance
+    result = []
+    for i, (member, k, _) in enumerate(chunk):
+        result.append(SliceScore(slice=k, **rows[i]))
+        member.scores.append(result[-1])
+        member.neighbours[k] = [Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
+                                for rank, r in enumerate(ids[i]) if r >= 0]
+    return result
+
+
+def audit_set(
+    index: ReferenceIndex,
+    image_set: ImageSet,
+    *,
+    encoder: Encoder,
+    alpha: float,
+    batch_size: int = 32,
+    top_k: int = 5,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    keep_evidence: int = 24,
+) -> SetAudit:
+    """Score every non-empty slice of every file of ``image_set`` against ``index``.
+
+    ``keep_evidence``: the members keep the query slices of this many highest-scoring slices of
+    the set in their ``evidence_slices`` (for the report's gallery).
+    """
+    threshold = index.null_model.threshold(alpha)
+    members = {path: VolumeAudit(str(path), 0, SET_AXIS, n, [], [], threshold)
+               for path, n in zip(image_set.files, image_set.counts)}
+    settings, chunk_size, total = index.preprocessing, batch_size * CHUNK_BATCHES, image_set.n_slices
+    chunk: list[tuple[VolumeAudit, int, np.ndarray]] = []
+    best: list[tuple[tuple, VolumeAudit, int, np.ndarray]] = []  # (evidence rank, member, slice index, slice)
+    done = 0
+
+    def flush() -> None:
+        if chunk:
+            scored = _score_chunk(index, encoder, chunk, alpha, batch_size, top_k, cancel)
+            best.extend((evidence_rank(m.volume, score), m, k, s) for (m, k, s), score in zip(chunk, scored))
+            best.sort(key=lambda entry: entry[0])
+            del best[max(0, keep_evidence):]
+            chunk.clear()
+        if progress is not None:
+            progress(done, total)
+
+    for path, k, slice2d in iter_set_slices(image_set):
+        if nonempty_mask(slice2d[None], settings)[0]:
+            chunk.append((members[path], k, slice2d))
+        else:
+            members[path].skipped_empty.append(k)
+        done += 1
+        if len(chunk) >= chunk_size:
+            flush()
+    flush()
+    for _, member, k, slice2d in best:
+        member.evidence_slices[k] = np.array(slice2d, dtype=np.float32, order="C")
+    return SetAudit(image_set.name, list(members.values()), threshold)
