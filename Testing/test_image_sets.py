@@ -133,12 +133,30 @@ def test_folder_glob_and_array_inputs_are_sets(tmp_path: Path, spine_volumes) ->
     assert [p.name for p in glob_set.files] == ["g0000.png", "g0001.png", "g0002.png"]
 
 
+def test_colour_and_multipage_files_in_a_set(tmp_path: Path, spine_volumes) -> None:
+    slices = spine_volumes["05"][4:7]
+    (tmp_path / "set").mkdir()
+    rgb = np.stack([slices[0], slices[0] // 2, slices[0] // 4], axis=-1)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "set" / "a.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(slices), str(tmp_path / "set" / "b.tif"))
+    image_set = image_sets.open_set(tmp_path / "set")
+    assert image_set.counts == (1, 3)
+    read = list(image_sets.iter_set_slices(image_set))
+    np.testing.assert_allclose(read[0][2], rgb.mean(axis=-1), rtol=1e-6)
+    assert [k for _, k, _ in read] == [0, 0, 1, 2]
+    np.testing.assert_array_equal(read[3][2], slices[2])
+
+
 def test_bad_set_members_are_refused(tmp_path: Path, spine_volumes) -> None:
     with pytest.raises(UserError, match="no PNG/JPEG/TIFF/NPY/NPZ files match"):
         image_sets.open_set(str(tmp_path / "nothing" / "*.png"))
     _write_pngs(tmp_path / "ckpt", spine_volumes["05"][4:6])
     np.save(tmp_path / "ckpt" / "bad.npy", np.array([1, None], dtype=object), allow_pickle=True)
     with pytest.raises(UserError, match="bad.npy holds Python objects"):
+        image_sets.open_set(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "bad.npy").unlink()
+    (tmp_path / "ckpt" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    with pytest.raises(UserError, match="broken.png"):
         image_sets.open_set(tmp_path / "ckpt")
 
 
