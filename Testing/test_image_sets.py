@@ -28,12 +28,12 @@ def spine_volumes(shared_data: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def spine_index(tmp_path_factory, shared_data: Path) -> Path:
     """An index of spine subjects 01-03 (no flipped copies) with subjects 04 and 06 as the holdout null."""
-    from MemorizationIndexLib.reference_index import build_index
+    from MemorizationIndexLib.index_build import BuildOptions, build_index
 
     folder = shared_data / "spine" / "myosegmentum"
     out = tmp_path_factory.mktemp("sets") / "index"
-    build_index([folder / f"{n}.nii.gz" for n in ("01", "02", "03")], out, device="cpu", reference_copies=False,
-                holdout_paths=[folder / f"{n}.nii.gz" for n in ("04", "06")])
+    options = BuildOptions(reference_copies=False, holdout_paths=[folder / f"{n}.nii.gz" for n in ("04", "06")])
+    build_index([folder / f"{n}.nii.gz" for n in ("01", "02", "03")], out, options)
     return out
 
 
@@ -211,25 +211,32 @@ def test_batch_scores_equal_the_audit_of_the_same_slices(spine_index: Path, spin
         assert (scores.nn_source[i], int(scores.nn_slice[i])) == (audited.nn_source, audited.nn_slice)
 
 
-def test_training_loop_example(spine_index: Path, spine_volumes) -> None:
-    """The ten-line example of docs/python-api.md: the flagged fraction every N steps."""
-    from MemorizationIndexLib.batch_scoring import BatchScorer
+def test_training_loop_example_of_the_docs(spine_index: Path, spine_volumes, capsys) -> None:
+    """Runs the training-loop example of docs/sets.md, with a stand-in model that starts to copy
+    training slices at step 2000."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "sets.md").read_text(encoding="utf-8")
+    block = text.split("<!-- training-loop-example -->\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) <= 12
 
-    def generator_step(step: int) -> torch.Tensor:  # stands in for a model that starts to copy
-        real = spine_volumes["05"][4:12].astype(np.float32)
-        if step >= 200:
-            real[:4] = spine_volumes["01"][4:8]
-        return torch.from_numpy(real)[:, None]
+    class Model:
+        step = 0
 
-    scorer = BatchScorer(spine_index, alpha=0.05)
-    history = []
-    for step in range(0, 301):
-        samples = generator_step(step)
-        if step % 100 == 0:
-            scores = scorer.score(samples)
-            history.append((step, scores.flagged_fraction, float(np.nanmean(scores.mi))))
-    assert [h[0] for h in history] == [0, 100, 200, 300]
-    assert history[0][1] <= 0.25 and history[2][1] >= 0.5 and history[2][2] > history[0][2]
+        def sample(self, n: int) -> torch.Tensor:
+            real = np.concatenate([spine_volumes["05"][3:11], spine_volumes["06"][3:11]])[:n].astype(np.float32)
+            if self.step >= 2000:
+                real[:8] = spine_volumes["01"][4:12]
+            return torch.from_numpy(real)[:, None]
+
+    def train_step(model: Model, step: int) -> None:
+        model.step = step
+
+    namespace = {"n_steps": 3001, "train_step": train_step, "model": Model()}
+    # the test index's null has 40 scores, so p cannot go below 1/41: audit at alpha 0.05
+    exec(block.replace('"ref-index", device="cpu"', f'{str(spine_index)!r}, device="cpu", alpha=0.05'), namespace)
+    history = namespace["history"]
+    assert [h[0] for h in history] == [0, 1000, 2000, 3000]
+    assert history[0][1] <= 2 / 16 and history[2][1] >= 8 / 16 and history[3][2] > history[0][2]
+    assert "step 2000: " in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------ set audit
@@ -262,3 +269,131 @@ def test_set_audit_equals_the_volume_audit_of_the_same_slices(spine_index: Path,
     assert progress[-1] == (20, 20) and len(progress) == 2  # 16-slice chunks
     evidence = {(Path(m.volume).name, k) for m in result.members for k in m.evidence_slices}
     assert len(evidence) == 3 and {("g0004.png", 0), ("rest.npy", 1)} <= evidence
+
+
+# -------------------------------------------------------------------------- command line, report
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    import contextlib
+
+    from MemorizationIndexLib import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, spine_volumes) -> tuple[Path, list[Path]]:
+    """Three checkpoint folders of 12 PNG samples (subjects 05/06 slices, novel) with 0, 3 and 8 of
+    them copied from training subjects 01 and 02."""
+    root = tmp_path_factory.mktemp("ckpts")
+    folders = []
+    novel = np.concatenate([spine_volumes["05"][3:15], spine_volumes["06"][3:15]])
+    for j, (name, copies) in enumerate((("ckpt-010k", 0), ("ckpt-020k", 3), ("ckpt-040k", 8))):
+        samples = novel[j * 4: j * 4 + 12].copy()
+        for c in range(copies):
+            samples[c] = spine_volumes["01" if c % 2 else "02"][4 + c]
+        folders.append(root / name)
+        _write_pngs(folders[-1], samples)
+    return root, folders
+
+
+def test_cli_compares_checkpoints(spine_index: Path, checkpoints, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from MemorizationIndexLib import report
+
+    _, folders = checkpoints
+    out = tmp_path / "audit"
+    code, stdout, stderr = _cli("audit", str(spine_index), *map(str, folders), "--out", str(out), "--alpha", "0.05")
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [s["set"] for s in summary["sets"]] == [str(f) for f in folders]
+    assert summary["volumes"] == []
+    fractions = [s["flagged_fraction"] for s in summary["sets"]]
+    assert fractions[0] <= 1 / 12 and fractions[1] >= 3 / 12 and fractions[2] >= 8 / 12
+    assert [s["mean_mi"] for s in summary["sets"]] == sorted(s["mean_mi"] for s in summary["sets"])
+    assert [s["rows"] for s in summary["sets"]] == [[0, 12], [12, 24], [24, 36]]
+    assert all(s["files"] == 12 and s["expected_false_alarms"] == pytest.approx(0.6) for s in summary["sets"])
+    with open(out / "slices.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["volume"], r["slice"]) for r in rows[:2]] == [(str(folders[0] / "g0000.png"), "0"),
+                                                            (str(folders[0] / "g0001.png"), "0")]
+    assert len(rows) == 36
+    for line in ("ckpt-010k", "ckpt-020k", "ckpt-040k"):
+        assert line in stdout
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert 'class="plot trend"' in text and 'class="plot sethist"' in text
+    assert 'class="plot strips"' not in text  # no per-file strips for single-slice files
+    assert text.index('id="sets"') < text.index('id="meta"')  # right below the verdict
+    # the report command rebuilds it reading the evidence slices from the PNG files
+    (out / "report.html").unlink()
+    code, _, stderr = _cli("report", str(out))
+    assert code == 0, stderr
+    rebuilt = (out / "report.html").read_text(encoding="utf-8")
+    assert "query image not available" not in rebuilt
+    assert rebuilt.count('class="query"') == 24
+
+
+def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    _write_pngs(good, spine_volumes["05"][4:6])
+    cases = {
+        "object.npy": np.array([spine_volumes["05"][4], None], dtype=object),
+        "colour.npy": np.stack([spine_volumes["05"][4:6]] * 3, axis=-1),
+        "nan.npy": np.full((2, 64, 64), np.nan, dtype=np.float32),
+    }
+    for name, array in cases.items():
+        path = tmp_path / name
+        np.save(path, array, allow_pickle=True)
+        out = tmp_path / f"out-{name}"
+        code, stdout, stderr = _cli("audit", str(spine_index), str(good), str(path), "--out", str(out))
+        assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), (name, stderr)
+        assert name in stderr
+        assert not out.exists()
+
+
+def test_progress_bar_only_in_a_terminal(monkeypatch) -> None:
+    from MemorizationIndexLib import cli
+    from MemorizationIndexLib.progress import OverallProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv(cli.PROGRESS_ENV, raising=False)
+    for stream, drawn in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr("sys.stderr", stream)
+        overall = OverallProgress(cli.make_progress("auditing"), [None, 40])
+        part = overall.part(0)
+        for done in range(0, 21, 5):
+            part(done, 20)
+        overall.finish(0, 20)
+        second = overall.part(1)
+        for done in range(0, 41, 10):
+            second(done, 40)
+        text = stream.getvalue()
+        if drawn:
+            assert "auditing" in text and "slice/s" in text and "60/60" in text
+            assert "<" in text  # elapsed<remaining
+        else:
+            assert text == ""
+
+
+def test_overall_progress_counts_over_inputs() -> None:
+    from MemorizationIndexLib.progress import OverallProgress
+
+    seen = []
+    overall = OverallProgress(lambda d, t: seen.append((d, t)), [None, 30, None])
+    overall.part(0)(5, 10)
+    overall.part(0)(10, 10)
+    overall.finish(0, 10)
+    overall.part(1)(30, 30)
+    overall.finish(1, 30)
+    overall.part(2)(4, 8)
+    assert seen == [(5, 60), (10, 60), (40, 60), (44, 48)]
+    assert OverallProgress(None, [3]).part(0) is None

@@ -16,6 +16,9 @@ Sections
             vs IVF + exact re-ranking: time per query slice, recall@1, identical similarity/mi,
             build time and peak memory, load time and memory of the saved IVF indexes.
   scaling   time per query slice of exact and IVF search at several reference sizes.
+  sets      a folder of 240 single-slice PNG files audited as a set vs the same slices as one NIfTI
+            (throughput ratio, >= 0.9 required), and the in-memory batch API vs the bare job
+            (preprocessing, forward pass, search).
 
 The 1M reference is built at the search layer because the train-split calibration null of
 build_index_from_features searches ~10% of the reference against the rest ten times (quadratic):
@@ -381,6 +384,82 @@ def bench_cli_audit(out: Path, index_path: Path, image) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------------------ sets of 2D files
+
+
+def set_bench_slices(n: int) -> tuple[np.ndarray, str]:
+    """n real MRI slices [n, 224, 224] uint8 (spine subjects of ../shared/data), or synthetic ones
+    when that folder is absent; and where they came from."""
+    import SimpleITK as sitk
+
+    spine = sorted((ROOT.parent / "shared" / "data" / "spine" / "myosegmentum").glob("*.nii.gz"))
+    if spine:
+        stacks, total = [], 0
+        for path in spine:
+            stacks.append(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+            total += len(stacks[-1])
+            if total >= n:
+                break
+        return np.concatenate(stacks)[:n].astype(np.uint8), f"real spine slices ({len(stacks)} subjects)"
+    array = sitk.GetArrayFromImage(synthetic_volume(n, 224))
+    return np.clip(array / array.max() * 255, 0, 255).astype(np.uint8), "synthetic slices (../shared/data absent)"
+
+
+def bench_sets(out: Path, n_slices: int = 240) -> dict:
+    """A folder of n single-slice PNG files audited as a set vs the same slices as one NIfTI volume
+    (audit_paths, outputs written, no report; 4 interleaved rounds); and the in-memory batch
+    API (BatchScorer.score) on the same slices vs the bare job: preprocessing, forward pass, search."""
+    import SimpleITK as sitk
+
+    from MemorizationIndexLib.audit import audit_paths
+    from MemorizationIndexLib.batch_scoring import BatchScorer
+    from MemorizationIndexLib.preprocess import prepare_batch
+    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, build_index_from_features
+
+    slices, origin = set_bench_slices(n_slices)
+    folder, volume = out / "set-pngs", out / "set-volume.nii.gz"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(slices):
+        sitk.WriteImage(sitk.GetImageFromArray(s), str(folder / f"g{i:04d}.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(slices), str(volume))
+    encoder = load_encoder("default")
+    synth = Synthetic(seed=2)
+    features = next(f for _, f in synth.rows(20_000))
+    provenance = Provenance()
+    for row in range(20_000):
+        provenance.append(f"/reference/sub-{row // 200:05d}.nii.gz", row % 200, "axial", 0, "none", row, f"sub-{row // 200:05d}")
+    index = build_index_from_features(features, provenance, out / "index-sets", encoder_info=EncoderInfo.of(encoder),
+                                      holdout_features=synth.fresh(2000, salt=3), overwrite=True)
+    scorer = BatchScorer(index)
+
+    def bare():  # the least any caller does: prepare the slices, forward pass, whiten, search
+        tensor = torch.from_numpy(prepare_batch(list(slices), encoder.input_size, index.preprocessing))
+        with torch.inference_mode():
+            parts = [encoder.model(tensor[s : s + 32], encoder.blocks) for s in range(0, len(tensor), 32)]
+        raw = {b: torch.cat([p[b] for p in parts]).numpy() for b in encoder.blocks}
+        index.search(index.whiten(raw), k=5)
+
+    audit_paths(index, [folder], out / "set-audit")  # warm-up
+    runs = interleaved_runs({
+        "set": lambda: audit_paths(index, [folder], out / "set-audit"),
+        "volume": lambda: audit_paths(index, [volume], out / "volume-audit"),
+        "batch_api": lambda: scorer.score(slices),
+        "bare": bare,
+    }, repeat=4)
+    best = {name: min(values) for name, values in runs.items()}
+    per_round = [v / t for v, t in zip(runs["volume"], runs["set"])]
+    api_rounds = [b / t for b, t in zip(runs["bare"], runs["batch_api"])]
+    result = {"n_slices": n_slices, "slices": origin, "set_s": best["set"], "volume_s": best["volume"],
+              "set_vs_volume_throughput": best["volume"] / best["set"], "set_vs_volume_per_round": per_round,
+              "set_vs_volume_median_round": float(np.median(per_round)), "batch_api_s": best["batch_api"],
+              "bare_s": best["bare"], "batch_api_vs_bare": best["bare"] / best["batch_api"],
+              "batch_api_vs_bare_median_round": float(np.median(api_rounds))}
+    log(f"{n_slices} PNG files as a set {best['set']:.2f} s vs one NIfTI {best['volume']:.2f} s "
+        f"(throughput ratio: best vs best {result['set_vs_volume_throughput']:.2f}, median of rounds "
+        f"{result['set_vs_volume_median_round']:.2f})")
+    return result
+
+
 # ------------------------------------------------------------------------------------ 1M reference
 
 
@@ -540,6 +619,15 @@ def table(results: dict) -> str:
                   f" of {g['n_planted_exact_checked']}; max |mi diff| {g['planted_max_abs_mi_difference']:.2g}",
                   f"  IVF build {g['ivf_build_s']:.1f} s (peak +{g['ivf_build_peak_mb']:.0f} MB); load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
                   f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)"]
+    t = results.get("sets")
+    if t:
+        lines += ["", f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices as one NIfTI:",
+                  f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
+                  f"per-round ratios {t['set_vs_volume_median_round']:.2f} (>= 0.9 required), best vs best "
+                  f"{t['set_vs_volume_throughput']:.2f}",
+                  f"  in-memory batch API {t['batch_api_s']:.2f} s vs bare preprocessing + forward + FAISS "
+                  f"{t['bare_s']:.2f} s | speed vs bare: median of rounds {t['batch_api_vs_bare_median_round']:.2f}, "
+                  f"best vs best {t['batch_api_vs_bare']:.2f}"]
     s = results.get("scaling")
     if s:
         lines += ["", f"{'vectors':>10} {'exact ms/q':>11} {'IVF ms/q':>9}"]
@@ -554,7 +642,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes): 20k audit reference, 200k large reference")
     parser.add_argument("--large", type=int, default=1_000_000, help="vectors of the large reference (default: 1,000,000)")
     parser.add_argument("--audit-reference", type=int, default=100_000, help="slices of the audit reference (default: 100,000)")
-    parser.add_argument("--sections", default="encoders,audit,large", help="comma list of encoders,audit,large")
+    parser.add_argument("--sections", default="encoders,audit,large,sets", help="comma list of encoders,audit,large,sets")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as the CLI does; the plain-process comparison in the audit section does not
     out = Path(args.out)
@@ -571,6 +659,8 @@ def main(argv=None) -> int:
         results["audit"] = bench_audit(out, audit_n)
     if "large" in sections:
         results["large"], results["scaling"] = bench_large(out, large_n, n_planted=2000, n_exact=250 if not args.quick else 200, n_novel=1000, level=0.3)
+    if "sets" in sections:
+        results["sets"] = bench_sets(out)
     results["total_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(table(results))

@@ -15,8 +15,10 @@ from .audit_output import Neighbour, SliceScore, check_output_dir, evidence_orde
 from .embedding import ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .errors import UserError
+from .image_sets import ImageSet, is_set_input, open_set
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import PreprocessSettings, nonempty_mask
+from .progress import OverallProgress
 from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
@@ -45,6 +47,39 @@ class VolumeAudit:
     def flagged(self) -> int:
         """Number of flagged slices."""
         return sum(score.flagged for score in self.scores)
+
+
+@dataclass
+class SetAudit:
+    """Result of auditing one set of 2D images (:mod:`image_sets`): one member audit per file, in
+    the set's order (each member's ``volume`` is the file, its slices the indices inside it)."""
+
+    name: str
+    members: list[VolumeAudit]
+    threshold: Threshold
+
+    @property
+    def scores(self) -> list[SliceScore]:
+        """Every scored slice of the set, in file order."""
+        return [s for m in self.members for s in m.scores]
+
+    @property
+    def n_slices(self) -> int:
+        """Slices read, scored or skipped as empty."""
+        return sum(m.n_slices for m in self.members)
+
+    @property
+    def flagged(self) -> int:
+        """Number of flagged slices."""
+        return sum(m.flagged for m in self.members)
+
+
+Audit = VolumeAudit | SetAudit
+
+
+def file_audits(audits: Sequence[Audit]) -> list[VolumeAudit]:
+    """The per-file audits in slices.csv order: volumes as they are, sets as their members."""
+    return [m for a in audits for m in (a.members if isinstance(a, SetAudit) else [a])]
 
 
 def score_features(index: ReferenceIndex, raw: dict[str, np.ndarray], alpha: float, k: int = 5) -> tuple[list[dict], np.ndarray, np.ndarray]:
@@ -133,10 +168,10 @@ def _keep_best_evidence(best: list[tuple[tuple, VolumeAudit, int]], audit: Volum
     return merged[:keep]
 
 
-def query_slices(audits: Sequence[VolumeAudit]) -> dict[tuple[str, int], np.ndarray]:
+def query_slices(audits: Sequence[Audit]) -> dict[tuple[str, int], np.ndarray]:
     """{(volume as in slices.csv, slice index): 2D slice} of the slices the audits kept, for
     ``report.write_report(..., query_slices=...)``."""
-    return {(a.volume, k): img for a in audits for k, img in a.evidence_slices.items()}
+    return {(a.volume, k): img for a in file_audits(audits) for k, img in a.evidence_slices.items()}
 
 
 def _summary_block(scores: list[SliceScore]) -> dict:
@@ -151,11 +186,27 @@ def _summary_block(scores: list[SliceScore]) -> dict:
     }
 
 
-def summarize(audits: list[VolumeAudit], index: ReferenceIndex) -> dict:
-    """The summary.json content for a set of audited volumes."""
+def _set_entries(audits: Sequence[Audit]) -> list[dict]:
+    """summary.json's ``sets``: one entry per set, with its rows [first, stop) of slices.csv."""
+    entries, row = [], 0
+    for audit in audits:
+        n = len(audit.scores)
+        if isinstance(audit, SetAudit):
+            block = _summary_block(audit.scores)
+            entries.append({"set": audit.name, "files": len(audit.members), "rows": [row, row + n],
+                            "slices_total": audit.n_slices,
+                            "slices_skipped_empty": sum(len(m.skipped_empty) for m in audit.members),
+                            **block, "expected_false_alarms": audit.threshold.alpha * block["slices_scored"]})
+        row += n
+    return entries
+
+
+def summarize(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
+    """The summary.json content for audited volumes and sets (``sets`` only when there are sets)."""
     threshold = audits[0].threshold if audits else index.null_model.threshold(index.default_alpha)
     null = index.null_model
     all_scores = [s for a in audits for s in a.scores]
+    sets = _set_entries(audits)
     overall = _summary_block(all_scores)
     overall["expected_false_alarms"] = threshold.alpha * overall["slices_scored"]
     return {
@@ -169,10 +220,23 @@ def summarize(audits: list[VolumeAudit], index: ReferenceIndex) -> dict:
         "threshold": threshold.to_dict(),
         "volumes": [
             {"volume": a.volume, "axis": a.axis_name, "array_axis": a.array_axis, "slices_total": a.n_slices, "slices_skipped_empty": len(a.skipped_empty), **_summary_block(a.scores)}
-            for a in audits
+            for a in audits if isinstance(a, VolumeAudit)
         ],
+        **({"sets": sets} if sets else {}),
         "overall": overall,
     }
+
+
+def _open_inputs(paths: Sequence[str | Path], series: str | None, volume_index: int | None) -> list[Path | ImageSet]:
+    """Each query argument as one set (folder of 2D images, glob, array file) or its volume paths,
+    in the order given; every header is checked (cheap) before any work."""
+    inputs: list[Path | ImageSet] = []
+    for raw in paths:
+        if is_set_input(raw):
+            inputs.append(open_set(raw))
+        else:
+            inputs.extend(validate_inputs([raw], series=series, volume_index=volume_index))
+    return inputs
 
 
 def audit_paths(
@@ -191,36 +255,52 @@ def audit_paths(
     cancel: threading.Event | None = None,
     engine: str = "local",
     keep_evidence: int = 24,
-) -> list[VolumeAudit]:
-    """Audit volume files/folders against an index and write the outputs.
+) -> list[Audit]:
+    """Audit volume files/folders and sets of 2D images against an index and write the outputs.
 
-    Every input is first checked from its header (cheap), so a bad input fails before any work
-    and nothing is written; then the volumes are read and audited one at a time, so memory is
-    bounded by the largest single volume (not by the number of inputs). Outputs are written
-    only when every volume has been audited.
+    A folder of PNG/JPEG/TIFF/NPY/NPZ files, a glob pattern or one .npy/.npz file is a set
+    (:mod:`image_sets`) and gives one :class:`SetAudit`; other inputs give one
+    :class:`VolumeAudit` per volume, as before. Every input is first checked from its header
+    (cheap), so a bad input fails before any work and nothing is written; then volumes are read
+    and audited one at a time and sets in chunks, so memory is bounded by the largest single
+    volume or chunk (not by the number of inputs). Outputs are written only when every input has
+    been audited. ``progress`` gets one (done, total) over all inputs (:class:`progress.OverallProgress`).
 
     index_dir: the index folder, or an index already loaded from it.
     engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
     keep_evidence: the audits keep the query slices of this many highest-scoring slices over all
-    volumes (the report's evidence gallery; see :func:`query_slices`).
+    inputs (the report's evidence gallery; see :func:`query_slices`).
     """
+    from .set_audit import audit_set
+
     if engine not in ("local", "ray"):
         raise UserError(f"unknown engine {engine!r}; use local or ray")
     index = index_dir if isinstance(index_dir, ReferenceIndex) else ReferenceIndex.load(index_dir)
-    inputs = validate_inputs(list(paths), series=series, volume_index=volume_index)
+    inputs = _open_inputs(paths, series, volume_index)
     check_output_dir(out_dir)
     encoder = index.load_encoder(checkpoint=checkpoint, device=device)
+    alpha = index.default_alpha if alpha is None else alpha
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be between 0 and 1 (got {alpha})")
     if engine == "ray":
         from .ray_engine import attach_ray_search
 
         attach_ray_search(index)
-    audits: list[VolumeAudit] = []
+    overall = OverallProgress(progress, [i.n_slices if isinstance(i, ImageSet) else None for i in inputs])
+    audits: list[Audit] = []
     best: list[tuple[tuple, VolumeAudit, int]] = []
-    for path in inputs:
-        image = read_image(path, series=series, volume_index=volume_index)
-        audits.append(audit_image(index, image, str(path), encoder=encoder, batch_size=batch_size, alpha=alpha, axis=axis,
-                                  progress=progress, cancel=cancel, keep_evidence=keep_evidence))
-        best = _keep_best_evidence(best, audits[-1], keep_evidence)
-        del image  # one volume in memory at a time
-    write_audit(audits, summarize(audits, index), index.null_similarity, out_dir)
+    for i, item in enumerate(inputs):
+        if isinstance(item, ImageSet):
+            audits.append(audit_set(index, item, encoder=encoder, alpha=alpha, batch_size=batch_size,
+                                    progress=overall.part(i), cancel=cancel, keep_evidence=keep_evidence))
+            overall.finish(i, item.n_slices)
+        else:
+            image = read_image(item, series=series, volume_index=volume_index)
+            audits.append(audit_image(index, image, str(item), encoder=encoder, batch_size=batch_size, alpha=alpha,
+                                      axis=axis, progress=overall.part(i), cancel=cancel, keep_evidence=keep_evidence))
+            overall.finish(i, len(audits[-1].scores))
+            del image  # one volume in memory at a time
+        for member in file_audits(audits[-1:]):
+            best = _keep_best_evidence(best, member, keep_evidence)
+    write_audit(file_audits(audits), summarize(audits, index), index.null_similarity, out_dir)
     return audits

@@ -7,7 +7,9 @@ nothing read from or written to disk::
     from MemorizationIndexLib.batch_scoring import BatchScorer
     scorer = BatchScorer("ref-index")              # once
     scores = scorer.score(samples)                 # samples: [N, H, W] or [N, 1, H, W]
-    scores.flagged_fraction, scores.mi, scores.nn_source
+    scores.flagged_fraction, scores.mean_mi, scores.mi, scores.nn_source
+
+A training loop that tracks the flagged fraction every N steps: docs/sets.md.
 
 Slices with too little foreground (blank samples) are not embedded, as in ``audit``: their
 ``scored`` is False, their scores NaN and ``flagged`` False.
@@ -24,6 +26,7 @@ import torch
 from .arrays import as_stack
 from .embedding import embed_slices
 from .errors import UserError
+from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
@@ -53,6 +56,11 @@ class BatchScores:
         n = int(self.scored.sum())
         return float(self.flagged.sum()) / n if n else 0.0
 
+    @property
+    def mean_mi(self) -> float:
+        """Mean mi of the scored samples (NaN when none was scored)."""
+        return float(self.mi[self.scored].mean()) if self.scored.any() else float("nan")
+
 
 def _to_numpy(batch: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(batch, torch.Tensor):
@@ -76,7 +84,8 @@ class BatchScorer:
 
     def score(self, batch: np.ndarray | torch.Tensor) -> BatchScores:
         """Scores of a batch [N, H, W] or [N, 1, H, W] (NumPy array or torch tensor, any real dtype)."""
-        stack = as_stack(_to_numpy(batch), f"batch of shape {tuple(batch.shape)}", allow_2d=False)
+        array = _to_numpy(batch)
+        stack = as_stack(array, f"batch of shape {tuple(array.shape)}", allow_2d=False)
         settings = self.index.preprocessing
         scored = np.array([bool(nonempty_mask(s[None], settings)[0]) for s in stack], dtype=bool)
         n = len(stack)
@@ -84,7 +93,8 @@ class BatchScorer:
         nn_rows = np.full(n, -1, dtype=np.int64)
         keep = np.flatnonzero(scored)
         if keep.size:
-            raw = embed_slices(self.encoder, stack[keep], settings, batch_size=self.batch_size)
+            raw = halving_batch_on_out_of_memory(
+                lambda batch: embed_slices(self.encoder, stack[keep], settings, batch_size=batch), self.batch_size)
             found = self.index.search(self.index.whiten(raw), k=TOP_K)
             similarity[keep] = found.similarity
             nn_rows[keep] = found.ids[:, 0]

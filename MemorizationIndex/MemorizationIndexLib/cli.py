@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .allocator import keep_freed_memory
@@ -14,12 +14,16 @@ from .errors import UserError
 from .protocol import PROGRESS_ENV, format_error, format_progress
 from .volumes import AXIS_CHOICES
 
+if TYPE_CHECKING:
+    from .audit import SetAudit, VolumeAudit
+
 FEW_SUBJECTS = 5  # below this, the train-split null is measured to run low (docs/method.md)
 DEBUG_ENV = "MEMORIZATION_INDEX_DEBUG"
 
 
 def make_progress(label: str) -> Callable[[int, int], None]:
-    """A progress callback: machine-readable lines when MEMORIZATION_INDEX_PROGRESS=1, else a tqdm bar."""
+    """A progress callback: machine-readable lines when MEMORIZATION_INDEX_PROGRESS=1, else a tqdm bar
+    with rate and time left, drawn only when stderr is a terminal (``disable=None``)."""
     if os.environ.get(PROGRESS_ENV) == "1":
         def report(done: int, total: int) -> None:
             print(format_progress(done, total, label), file=sys.stderr, flush=True)
@@ -29,10 +33,12 @@ def make_progress(label: str) -> Callable[[int, int], None]:
     bar: dict = {}
 
     def update(done: int, total: int) -> None:
-        if "bar" not in bar or bar["bar"].total != total:
-            if "bar" in bar:
-                bar["bar"].close()
+        if "bar" in bar and done < bar["bar"].n:  # a new count starts (another phase of the work)
+            bar["bar"].close()
+            del bar["bar"]
+        if "bar" not in bar:
             bar["bar"] = tqdm(total=total, desc=label, unit="slice", file=sys.stderr, disable=None)
+        bar["bar"].total = total  # audits of several inputs firm up their total as volumes are read
         bar["bar"].n = done
         bar["bar"].refresh()
         if done >= total:
@@ -91,7 +97,7 @@ def _build_index(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import audit_paths, query_slices
+    from .audit import SetAudit, VolumeAudit, audit_paths, query_slices
     from .reference_index import ReferenceIndex
 
     index = ReferenceIndex.load(args.index)
@@ -106,15 +112,33 @@ def _audit(args: argparse.Namespace) -> int:
         write_report(Path(args.out), no_training_images=args.no_training_images, index=index,
                      query_slices=query_slices(audits))
     threshold = audits[0].threshold
+    volumes = [a for a in audits if isinstance(a, VolumeAudit)]
+    if volumes:
+        _print_volumes(volumes)
+    sets = [a for a in audits if isinstance(a, SetAudit)]
+    if sets:
+        _print_sets(sets)
+    print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f}); outputs in {args.out}")
+    return 0
+
+
+def _print_sets(sets: list[SetAudit]) -> None:
+    print(f"{'set':<40} {'files':>6} {'scored':>6} {'flagged':>8} {'expected':>8} {'mean mi':>8}")
+    for s in sets:
+        scores = s.scores
+        mean_mi = sum(x.mi for x in scores) / len(scores) if scores else float("nan")
+        print(f"{s.name[-40:]:<40} {len(s.members):>6} {len(scores):>6} {s.flagged:>8} "
+              f"{s.threshold.alpha * len(scores):>8.2f} {mean_mi:>8.3f}")
+
+
+def _print_volumes(volumes: list[VolumeAudit]) -> None:
     print(f"{'volume':<40} {'scored':>6} {'skipped':>7} {'mean mi':>8} {'flagged':>8}")
-    for audit in audits:
+    for audit in volumes:
         if not audit.scores:
             print(f"warning: {audit.volume}: no slice could be scored ({audit.n_slices} slices, all empty, constant or under "
                   "16 px); it is listed with 0 scored slices", file=sys.stderr)
         mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
         print(f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} {mean_mi:>8.3f} {audit.flagged:>8}")
-    print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f}); outputs in {args.out}")
-    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -159,7 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="score query volumes slice by slice against an index", description="Writes OUT_DIR/slices.csv, summary.json, neighbors.csv and report.html.")
     audit.add_argument("index", metavar="INDEX_DIR")
-    audit.add_argument("query", nargs="+", metavar="QUERY_PATH", help="generated volume files or folders")
+    audit.add_argument("query", nargs="+", metavar="QUERY_PATH",
+                       help="generated volume files or folders; a folder of 2D images (PNG/JPEG/TIFF/NPY/NPZ), a "
+                            "quoted glob ('gen/*.png') or one .npy/.npz file is a set, summarised as one row "
+                            "(give one folder per checkpoint to compare checkpoints)")
     audit.add_argument("--out", required=True, help="output folder")
     audit.add_argument("--checkpoint", help="MRI-CORE checkpoint (if not at the path recorded in the index)")
     audit.add_argument("--alpha", type=_alpha, help="significance level for flagging (default: the index's, 0.001)")

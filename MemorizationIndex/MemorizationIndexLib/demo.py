@@ -3,7 +3,8 @@
 Training subjects: dipy's ``S0_10slices`` and ``aniso_vox`` and nibabel's ``example4d`` (first
 volume). Novel subjects: dipy's ``test_piesno`` and nibabel's ``anatomical``. Two "generated"
 volumes mix novel slices with augmented copies of training slices; the audit must find the
-copies and their sources and leave the novel slices alone.
+copies and their sources and leave the novel slices alone. Then three "checkpoint" folders of PNG
+samples with an increasing share of copies are audited as sets and compared.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .transforms import resize_bilinear
 GENERATED_SIZE = 128
 TRAINING = (("dipy", "data/files/S0_10slices.nii.gz"), ("dipy", "data/files/aniso_vox.nii.gz"), ("nibabel", "tests/data/example4d.nii.gz"))
 NOVEL = (("dipy", "data/files/test_piesno.nii.gz"), ("nibabel", "tests/data/anatomical.nii"))
+CHECKPOINTS = (("ckpt-010k", 0), ("ckpt-020k", 4), ("ckpt-040k", 10))  # (folder, planted copies among the samples)
+SAMPLES_PER_CHECKPOINT = 20
 
 
 def packaged_file(package: str, relative: str) -> Path:
@@ -100,6 +103,50 @@ def make_demo_data(out: Path, seed: int = 0) -> tuple[list[Path], list[Path], li
     return [p for p, _ in training], generated, truth
 
 
+def _write_png(slice01: np.ndarray, path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(np.round(np.clip(slice01, 0.0, 1.0) * 255).astype(np.uint8)), str(path))
+
+
+def make_checkpoint_sets(out: Path, seed: int = 1) -> tuple[list[Path], list[int]]:
+    """Write one folder of PNG samples per "training checkpoint" (CHECKPOINTS), novel slices with an
+    increasing number of augmented copies of training slices; return the folders and the copies."""
+    rng = np.random.default_rng(seed)
+    training = [load_packaged_volume(p, r) for p, r in TRAINING]
+    novel = [(v, k) for v in (load_packaged_volume(p, r) for p, r in NOVEL) for k in _nonempty(v)]
+    folders, planted = [], []
+    for name, copies in CHECKPOINTS:
+        folder = out / "checkpoints" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.png"):
+            old.unlink()
+        for i in range(SAMPLES_PER_CHECKPOINT):
+            if i < copies:
+                volume = training[int(rng.integers(len(training)))]
+                sample, _ = augment_slice(scale_unit(volume[int(rng.choice(_nonempty(volume)))], PreprocessSettings()),
+                                          str(rng.choice(CONDITIONS)), rng)
+            else:
+                volume, k = novel[int(rng.integers(len(novel)))]
+                sample = scale_unit(volume[k], PreprocessSettings())
+            _write_png(_resize(sample, GENERATED_SIZE), folder / f"sample-{int(rng.integers(10**6)):06d}.png")
+        folders.append(folder)
+        planted.append(copies)
+    return folders, planted
+
+
+def _compare_checkpoints(index, out: Path, device: str) -> None:
+    """Audit the checkpoint folders as sets and print flagged fraction and mean mi per checkpoint."""
+    folders, planted = make_checkpoint_sets(out)
+    audits = audit_paths(index, folders, out / "checkpoints-audit", device=device)
+    write_report(out / "checkpoints-audit", index=index, query_slices=query_slices(audits))
+    print(f"\ncheckpoints compared (each folder of {SAMPLES_PER_CHECKPOINT} PNG samples is one set):")
+    print(f"{'checkpoint':<12} {'planted copies':>14} {'flagged':>8} {'flagged %':>9} {'mean mi':>8}")
+    for audit, copies in zip(audits, planted):
+        scores = audit.scores
+        print(f"{Path(audit.name).name:<12} {copies:>14} {audit.flagged:>8} {100 * audit.flagged / len(scores):>8.0f}% "
+              f"{np.mean([s.mi for s in scores]):>8.3f}")
+    print(f"report with the per-checkpoint plot: {out / 'checkpoints-audit' / 'report.html'}")
+
+
 def run_demo(out: Path, device: str = "cpu") -> int:
     """Build, plant, audit and print what was found against the truth; returns 0 on success."""
     start = time.time()
@@ -128,5 +175,7 @@ def run_demo(out: Path, device: str = "cpu") -> int:
     print(f"novel slices flagged: {novel_flagged}/{novel_total} (expected by chance: {audits[0].threshold.alpha * novel_total:.2f}; "
           f"with only {len(training)} training subjects the train-split null runs low, see docs/method.md; real audits with "
           f"few subjects should pass --holdout)")
-    print(f"outputs: {out / 'audit'} (slices.csv, summary.json, report.html); {time.time() - start:.0f} s")
+    print(f"outputs: {out / 'audit'} (slices.csv, summary.json, report.html)")
+    _compare_checkpoints(index, out, device)
+    print(f"{time.time() - start:.0f} s")
     return 0

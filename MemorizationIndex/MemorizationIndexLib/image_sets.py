@@ -28,6 +28,7 @@ from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, read_array_file
 from .errors import UserError
 from .volumes import inspect_input, is_volume_file
 
+SET_AXIS = "2d"  # the array_axis/axis of a set's files in the outputs (2D images or stacks of them)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SET_SUFFIXES = PICTURE_SUFFIXES + ARRAY_SUFFIXES
 _GLOB_CHARACTERS = "*?["
@@ -81,7 +82,8 @@ def _open_picture(path: Path) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"cannot read {path} as an image ({' '.join(str(exc).split())}); is the file complete?") from None
+        reason = " ".join(str(exc).split())
+        raise UserError(f"cannot read {path} as an image ({reason}); is the file complete?") from None
 
 
 def _slices_in(path: Path) -> int:

@@ -3,57 +3,34 @@
 Files are read one at a time and their slices queued; every ``CHUNK_BATCHES`` encoder batches the
 queue is embedded, searched and scored, so memory holds one chunk of slices whatever the set's
 size. Each file becomes one :class:`audit.VolumeAudit` (its slices.csv rows: the file as ``volume``,
-the slice index inside the file); the :class:`SetAudit` groups them for the per-set summary.
+the slice index inside the file); the :class:`audit.SetAudit` groups them for the per-set summary.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 
-from .audit import Neighbour, SliceScore, VolumeAudit, evidence_rank, score_features
+from .audit import SetAudit, VolumeAudit, score_features
+from .audit_output import Neighbour, SliceScore, evidence_order
 from .embedding import ProgressCallback, embed_slices
 from .encoders.base import Encoder
-from .image_sets import ImageSet, iter_set_slices
+from .image_sets import SET_AXIS, ImageSet, iter_set_slices
+from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
-from .scoring import Threshold
 
 CHUNK_BATCHES = 4  # encoder batches embedded and scored together
-SET_AXIS = "2d"  # what summary.json and the report call the axis of a set's slices
-
-
-@dataclass
-class SetAudit:
-    """Result of auditing one set: one member audit per file, in the set's order."""
-
-    name: str
-    members: list[VolumeAudit]
-    threshold: Threshold
-
-    @property
-    def scores(self) -> list[SliceScore]:
-        """Every scored slice of the set, in file order."""
-        return [s for m in self.members for s in m.scores]
-
-    @property
-    def n_slices(self) -> int:
-        """Slices read, scored or skipped as empty."""
-        return sum(m.n_slices for m in self.members)
-
-    @property
-    def flagged(self) -> int:
-        """Number of flagged slices."""
-        return sum(m.flagged for m in self.members)
 
 
 def _score_chunk(index: ReferenceIndex, encoder: Encoder, chunk: list[tuple[VolumeAudit, int, np.ndarray]],
                  alpha: float, batch_size: int, top_k: int, cancel: threading.Event | None) -> list[SliceScore]:
     """Embed, search and score queued (member, slice index, slice) entries into their members;
     returns their scores in queue order."""
-    raw = embed_slices(encoder, [s for _, _, s in chunk], index.preprocessing, batch_size=batch_size, cancel=cancel)
+    slices = [s for _, _, s in chunk]
+    raw = halving_batch_on_out_of_memory(
+        lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size)
     rows, ids, scores = score_features(index, raw, alpha, k=top_k)
     prov = index.provenance
     result = []
@@ -93,7 +70,7 @@ def audit_set(
     def flush() -> None:
         if chunk:
             scored = _score_chunk(index, encoder, chunk, alpha, batch_size, top_k, cancel)
-            best.extend((evidence_rank(m.volume, score), m, k, s) for (m, k, s), score in zip(chunk, scored))
+            best.extend((evidence_order(m.volume, score), m, k, s) for (m, k, s), score in zip(chunk, scored))
             best.sort(key=lambda entry: entry[0])
             del best[max(0, keep_evidence):]
             chunk.clear()
