@@ -21,8 +21,9 @@ from PIL import Image
 
 from MemorizationIndexLib.encoders.base import Encoder
 from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask, prepare_batch
-from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex, build_index_from_features
-from test_report import _chromium, chromium  # noqa: F401 - chromium is a fixture
+from MemorizationIndexLib.index_build import build_index_from_features
+from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
+from test_report import _chromium
 
 N_FILES = 10_000
 N_COPIES = 300
@@ -36,7 +37,7 @@ class PoolEncoder(Encoder):
 
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         x = self.input_tensor(batch)
-        return {"p8": F.adaptive_avg_pool2d(x, 8).flatten(1).numpy(), "p4": F.adaptive_avg_pool2d(x, 4).flatten(1).numpy()}
+        return {block: F.adaptive_avg_pool2d(x, size).flatten(1).numpy() for block, size in (("p8", 8), ("p4", 4))}
 
 
 def _small(volume: np.ndarray) -> np.ndarray:
@@ -79,7 +80,7 @@ def large_set(tmp_path_factory, shared_data: Path):
     return index, gen, set(int(i) for i in planted)
 
 
-def test_ten_thousand_file_set_audit_and_report(large_set, monkeypatch, chromium, tmp_path: Path) -> None:  # noqa: F811
+def test_ten_thousand_file_set_audit_and_report(large_set, monkeypatch, chromium, tmp_path: Path) -> None:
     from MemorizationIndexLib.audit import audit_paths, query_slices
     from MemorizationIndexLib.report import write_report
 

@@ -5,11 +5,13 @@
 ``out_dir/report.html``:
 
 1. the verdict in plain words at the top, with the threshold in ``mi``/``oni``/``z`` units, the
-   null used, the index, the encoder, the date and the tool version;
+   null used, the index, the encoder, the date and the tool version; right under it, when the
+   audit has sets of 2D images, the sets section (:mod:`report_sets`: flagged fraction and mean
+   ``mi`` per set in the order given, one row per set, each set's ``mi`` over the null);
 2. plots, written directly as inline SVG (no plotting library, so the report costs little after
    an audit): audited ``mi`` over the null distribution's ``mi`` (and the same in ``z`` units)
    with the threshold marked, and ``mi`` against slice for each volume (capped at MAX_STRIPS,
-   most suspicious volumes first);
+   most suspicious volumes first; none for the files of sets);
 3. the evidence: for the most suspicious slices, query | nearest training slice | absolute
    difference, with scores and provenance.
 
@@ -55,8 +57,10 @@ import numpy as np
 from . import __version__
 from .atomic_write import write_files
 from .audit_output import AuditOutputs, SliceRow, evidence_order, read_audit
+from .image_sets import SET_AXIS
 from .pearson import pixel_correlation
 from .report_plots import histogram_svg, short_name, strips_svg
+from .report_sets import set_groups, set_row_mask, sets_section_html
 from .transforms import REFERENCE_COPIES, reference_copy, resize_bilinear
 
 REPORT_FILE = "report.html"
@@ -167,7 +171,8 @@ def _match_orientation(query01: np.ndarray, train: np.ndarray, recorded: str | N
 
 
 def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarray | str:
-    """All slices of a query volume as audited, or the reason they are not available."""
+    """All slices of a query volume (or of a set's file: ``array_axis`` SET_AXIS) as audited, or the
+    reason they are not available."""
     if array_axis is None:
         return "volume not listed in summary.json"
     candidates = [Path(volume)]
@@ -179,6 +184,10 @@ def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarra
     try:
         from . import volumes as volumes_mod
 
+        if array_axis == SET_AXIS:
+            from .image_sets import read_slices
+
+            return read_slices(path)
         image = volumes_mod.read_image(str(path))
         return np.asarray(volumes_mod.image_slices(image, int(array_axis)), dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - any failure just means "not available"
@@ -186,11 +195,14 @@ def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarra
 
 
 def _query_slices(rows: Sequence[SliceRow], out_dir: Path, summary: dict,
-                  given: Mapping[tuple[str, int], np.ndarray]) -> dict[tuple[str, int], np.ndarray | str]:
+                  given: Mapping[tuple[str, int], np.ndarray],
+                  set_files: frozenset[str] = frozenset()) -> dict[tuple[str, int], np.ndarray | str]:
     """{(volume, slice): 2D slice or reason}: from ``given`` (slices the audit kept) where it has
-    them, else read from the volume files, each volume once, keeping only the slices needed."""
+    them, else read from the volume files (and ``set_files``, files of sets), each file once,
+    keeping only the slices needed."""
     axes = {str(v["volume"]): v.get("array_axis") for v in summary.get("volumes", [])
             if isinstance(v, dict) and "volume" in v}
+    axes.update(dict.fromkeys(set_files, SET_AXIS))
     needed: dict[str, set[int]] = {}
     out: dict[tuple[str, int], np.ndarray | str] = {}
     for r in rows:
@@ -394,8 +406,9 @@ def _ranked(rows: Sequence[SliceRow]) -> list[SliceRow]:
 
 
 def _build_evidence(shown: Sequence[SliceRow], audit: AuditOutputs, *, no_training_images: bool, index=None,
-                    query_slices: Mapping[tuple[str, int], np.ndarray] | None = None) -> list[_Evidence]:
-    queries = _query_slices(shown, audit.folder, audit.summary, query_slices or {})
+                    query_slices: Mapping[tuple[str, int], np.ndarray] | None = None,
+                    set_files: frozenset[str] = frozenset()) -> list[_Evidence]:
+    queries = _query_slices(shown, audit.folder, audit.summary, query_slices or {}, set_files)
     flips_known = audit.neighbours is not None
     if no_training_images or not shown:
         index = None
@@ -510,8 +523,11 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
         generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
     th = summary["threshold"]
     null_mean, null_std = summary["null"]["mean"], summary["null"]["std"]
+    groups = set_groups(summary, rows)
+    in_set = set_row_mask(summary, len(rows))
     items = _build_evidence(_ranked(rows)[:max(0, int(max_evidence))], audit,
-                            no_training_images=no_training_images, index=index, query_slices=query_slices)
+                            no_training_images=no_training_images, index=index, query_slices=query_slices,
+                            set_files=frozenset(r.volume for r, member in zip(rows, in_set) if member))
 
     cls, headline, sentences, warning = _verdict(rows, summary)
     verdict = (f'<section class="verdict {cls}" id="verdict"><div class="words">'
@@ -521,7 +537,11 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
                + (f'<p class="warn">{_e(warning)}</p>' if warning else "")
                + "</div>" + _top_pair_html(items[0] if items else None) + "</section>")
 
-    ordered = _volume_order(rows)
+    sets = ""
+    if groups:
+        null_z = (null_sim - null_mean) / (null_std if null_std > 0 else 1.0)
+        sets = sets_section_html(groups, (1.0 + np.tanh(null_z)) / 2.0, th)
+    ordered = _volume_order([r for r, member in zip(rows, in_set) if not member])  # no strips for set files
     plots = ['<section class="plots" id="plots"><h2>Scores</h2>']
     plots.append(histogram_svg(rows, null_sim, null_mean, null_std, th))
     plots.append('<p class="note">Grey: real slices scored against the training set (the null). '
@@ -537,7 +557,8 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
         if len(ordered) > len(strips):
             note += f" Showing {len(strips)} of {len(ordered)} volumes; {len(ordered) - len(strips)} are left out."
         plots.append(f'<p class="note">{_e(note)}</p>')
-    plots.append("<h3>Volumes</h3>" + _volumes_table(ordered, summary))
+    if ordered or not groups:
+        plots.append("<h3>Volumes</h3>" + _volumes_table(ordered, summary))
     plots.append("</section>")
 
     evidence = ('<section id="evidence"><h2>Evidence</h2>'
@@ -550,7 +571,7 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
         "<title>Memorization audit report</title>"
         f"<style>{CSS}</style></head><body><main>"
         "<h1>Memorization audit report</h1>"
-        f"{verdict}{_meta_table(summary, generated)}"
+        f"{verdict}{sets}{_meta_table(summary, generated)}"
         f"{''.join(plots)}{evidence}"
         '<p class="note">Scores: z = (similarity \u2212 null mean) / null std; mi = (1 + tanh z) / 2 '
         "(0.5 at the null mean, 1 for copies); oni = \u2212tanh z; p = fraction of null scores \u2265 "

@@ -16,7 +16,6 @@ import numpy as np
 from .errors import UserError
 from .report_plots import SetPoint, set_histograms_svg, sets_trend_svg
 
-SET_AXIS = "2d"  # the array_axis/axis of a set's files (they are read as 2D images or stacks of them)
 MAX_SET_ROWS = 50  # rows of the sets table
 MAX_SET_HISTOGRAMS = 12  # small histograms drawn; the rest are said to be left out
 
