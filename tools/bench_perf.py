@@ -414,7 +414,8 @@ def bench_sets(out: Path, n_slices: int = 240) -> dict:
     from MemorizationIndexLib.audit import audit_paths
     from MemorizationIndexLib.batch_scoring import BatchScorer
     from MemorizationIndexLib.preprocess import prepare_batch
-    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, build_index_from_features
+    from MemorizationIndexLib.index_build import build_index_from_features
+    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance
 
     slices, origin = set_bench_slices(n_slices)
     folder, volume = out / "set-pngs", out / "set-volume.nii.gz"
@@ -427,7 +428,8 @@ def bench_sets(out: Path, n_slices: int = 240) -> dict:
     features = next(f for _, f in synth.rows(20_000))
     provenance = Provenance()
     for row in range(20_000):
-        provenance.append(f"/reference/sub-{row // 200:05d}.nii.gz", row % 200, "axial", 0, "none", row, f"sub-{row // 200:05d}")
+        subject = f"sub-{row // 200:05d}"
+        provenance.append(f"/reference/{subject}.nii.gz", row % 200, "axial", 0, "none", row, subject)
     index = build_index_from_features(features, provenance, out / "index-sets", encoder_info=EncoderInfo.of(encoder),
                                       holdout_features=synth.fresh(2000, salt=3), overwrite=True)
     scorer = BatchScorer(index)
@@ -621,7 +623,8 @@ def table(results: dict) -> str:
                   f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)"]
     t = results.get("sets")
     if t:
-        lines += ["", f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices as one NIfTI:",
+        lines += ["", f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices "
+                      "as one NIfTI:",
                   f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
                   f"per-round ratios {t['set_vs_volume_median_round']:.2f} (>= 0.9 required), best vs best "
                   f"{t['set_vs_volume_throughput']:.2f}",
@@ -642,7 +645,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes): 20k audit reference, 200k large reference")
     parser.add_argument("--large", type=int, default=1_000_000, help="vectors of the large reference (default: 1,000,000)")
     parser.add_argument("--audit-reference", type=int, default=100_000, help="slices of the audit reference (default: 100,000)")
-    parser.add_argument("--sections", default="encoders,audit,large,sets", help="comma list of encoders,audit,large,sets")
+    parser.add_argument("--sections", default="encoders,audit,large,sets",
+                        help="comma list of encoders,audit,large,sets")
     args = parser.parse_args(argv)
     keep_freed_memory()  # as the CLI does; the plain-process comparison in the audit section does not
     out = Path(args.out)

@@ -127,7 +127,8 @@ def make_checkpoint_sets(out: Path, seed: int = 1) -> tuple[list[Path], list[int
             else:
                 volume, k = novel[int(rng.integers(len(novel)))]
                 sample = scale_unit(volume[k], PreprocessSettings())
-            _write_png(_resize(sample, GENERATED_SIZE), folder / f"sample-{int(rng.integers(10**6)):06d}.png")
+            name = f"sample-{int(rng.integers(10**6)):06d}.png"
+            _write_png(resize_bilinear(to_square(sample), (GENERATED_SIZE, GENERATED_SIZE)), folder / name)
         folders.append(folder)
         planted.append(copies)
     return folders, planted
