@@ -397,3 +397,18 @@ def test_overall_progress_counts_over_inputs() -> None:
     overall.part(2)(4, 8)
     assert seen == [(5, 60), (10, 60), (40, 60), (44, 48)]
     assert OverallProgress(None, [3]).part(0) is None
+
+
+def test_demo_compares_checkpoints(tmp_path: Path, capsys) -> None:
+    import json
+
+    pytest.importorskip("dipy", reason="the demo's real MRI ships in the dipy package (make install has it)")
+    from MemorizationIndexLib.demo import CHECKPOINTS, run_demo
+
+    assert run_demo(tmp_path, device="cpu") == 0
+    summary = json.loads((tmp_path / "checkpoints-audit" / "summary.json").read_text(encoding="utf-8"))
+    assert [Path(s["set"]).name for s in summary["sets"]] == [name for name, _ in CHECKPOINTS]
+    fractions = [s["flagged_fraction"] for s in summary["sets"]]
+    assert fractions == sorted(fractions) and fractions[0] < fractions[-1]
+    assert 'class="plot trend"' in (tmp_path / "checkpoints-audit" / "report.html").read_text(encoding="utf-8")
+    assert "checkpoints compared" in capsys.readouterr().out
