@@ -6,15 +6,36 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from MemorizationIndexLib.augment import CONDITIONS, augment_slice
-from MemorizationIndexLib.transforms import rotate
-from MemorizationIndexLib.baselines import auprc, auroc, auth_pct, ct_score, fid, kid, kmeans, vendi
+from MemorizationIndexLib import augment_geometry as geometry
+from MemorizationIndexLib import augment_intensity as intensity
+from MemorizationIndexLib import augment_partial as partial
+from MemorizationIndexLib.augment import (
+    ALL_CONDITIONS,
+    CHAIN_FAMILIES,
+    CONDITIONS,
+    GENERATOR_CONDITIONS,
+    augment_condition,
+    augment_slice,
+)
+from MemorizationIndexLib.baselines import (
+    auprc,
+    auroc,
+    auth_pct,
+    ct_score,
+    fid,
+    kid,
+    kmeans,
+    vendi,
+)
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, split_subjects
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
-
+from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
+from MemorizationIndexLib.transforms import rotate
+from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 # ---------------------------------------------------------------- metrics on hand-checkable inputs
 
@@ -182,7 +203,10 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["benchmark", "--dataset", "nopath", "--out", str(tmp_path / "o")]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
     assert main(["benchmark", "--dataset", "a=/does/not/exist", "--levels", "0.5,2", "--out", str(tmp_path / "o")]) == 2
-    assert main(["benchmark", "--dataset", "a=x", "--conditions", "clean,blur", "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    assert main(["benchmark", "--dataset", "a=x", "--conditions", "clean,blur,sharpen", "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "unknown condition(s) sharpen;" in error and "half" in error
     assert main(["benchmark", "--dataset", "a=x", "--subject-pattern", "b=(.*)", "--out", str(tmp_path / "o")]) == 2
 
 
@@ -192,11 +216,11 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     out = tmp_path / "bench"
     spine = ",".join(str(p) for p in sorted((shared_data / "spine" / "myosegmentum").glob("*.nii.gz"))[:8])
     code = main(["benchmark", "--dataset", f"spine={spine}", "--out", str(out), "--slices-per-split", "40",
-                 "--conditions", "clean,hflip", "--levels", "0.3", "--seed", "1"])
+                 "--conditions", "clean,hflip,half", "--levels", "0.3", "--seed", "1"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["seed"] == 1 and results["settings"]["conditions"] == ["clean", "hflip"]
-    per = results["per_sample"]
+    assert results["seed"] == 1 and results["settings"]["conditions"] == ["clean", "hflip", "half"]
+    per = [r for r in results["per_sample"] if r["condition"] != "half"]
     assert {r["method"] for r in per} == {"mi", "mi_paper", "cosine_raw", "pixel_corr"}
     for row in per:
         assert set(row) == {"dataset", "condition", "level", "method", "auroc", "auprc", "n_dup", "n_novel"}
@@ -205,11 +229,235 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     assert mi["clean"]["auroc"] >= 0.99 and mi["clean"]["auprc"] >= 0.95
     assert mi["hflip"]["auroc"] >= 0.99  # flipped references are indexed
     assert {r["metric"] for r in results["set_level"]} >= {"mean_mi", "mean_oni", "flagged_fraction", "ct_score", "auth_pct", "fid", "kid", "vendi"}
-    assert {(r["condition"], r["level"]) for r in results["provenance"]} == {("clean", 0.3), ("hflip", 0.3)}
-    assert all(r["top1_accuracy"] >= 0.99 for r in results["provenance"])
-    assert results["false_positive_rate"][0]["dataset"] == "spine" and 0.0 <= results["false_positive_rate"][0]["value"] <= 1.0
+    assert {(r["condition"], r["level"]) for r in results["provenance"]} == {("clean", 0.3), ("hflip", 0.3),
+                                                                            ("half", 0.3)}
+    assert all(r["top1_accuracy"] >= 0.99 for r in results["provenance"] if r["condition"] != "half")
+    assert {r["condition"] for r in results["set_level"]} == {"clean", "hflip"}  # Table 1-3 layouts: the paper's only
+    assert [r["method"] for r in results["per_sample"] if r["condition"] == "half"] == ["mi"]
+    pooled = [(r["group"], r["n_novel_scored"]) for r in results["false_positive_rate"]]
+    assert pooled == [("paper", 80), ("generator", 40)]
+    half = [r for r in results["copies"] if r["condition"] == "half"][0]
+    assert half["n_duplicates"] == 12 and 0.0 <= half["flagged"] <= 1.0
     markdown = (out / "results.md").read_text()
     assert "memorization-index benchmark --dataset" in markdown and "Table 4" in markdown
+    table4 = markdown.split("## Sample-level detection, AUROC")[1].split("##")[0]
+    assert "| hflip |" in table4 and "half" not in table4
+    generator = markdown.split("## Generator-like conditions")[1]
+    assert "| spine | half |" in generator and "U[0.3, 0.6]" in generator
+
+
+# ---------------------------------------------------------------- generator-like conditions (second group)
+
+@pytest.fixture(scope="module")
+def brain_pair(shared_data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A real axial brain slice, its neighbour slice and another person's slice, all [0, 1]."""
+    stacks = []
+    for subject in ("sub-01", "sub-02"):
+        image = read_image(shared_data / "brain" / "ds002748" / f"{subject}_T1w.nii.gz")
+        stacks.append(image_slices(image, resolve_axis(image, "auto")))
+    k = len(stacks[0]) // 2
+    settings = PreprocessSettings()
+    return (scale_unit(stacks[0][k], settings), scale_unit(stacks[0][k + 1], settings),
+            scale_unit(stacks[1][len(stacks[1]) // 2], settings))
+
+
+def _draws(condition: str, x: np.ndarray, n: int, seed: int = 0, **kwargs) -> list:
+    rng = np.random.default_rng(seed)
+    return [augment_condition(x, condition, rng, **kwargs) for _ in range(n)]
+
+
+def test_generator_condition_names():
+    assert GENERATOR_CONDITIONS == ("shift_fill", "shift_crop", "zoom_in", "zoom_out", "rot_large", "rot90",
+                                    "transpose", "elastic", "rician", "bias", "gamma", "blur", "lowres", "interp",
+                                    "half", "quarter", "paste", "chain")
+    assert ALL_CONDITIONS == CONDITIONS + GENERATOR_CONDITIONS and len(set(ALL_CONDITIONS)) == len(ALL_CONDITIONS)
+
+
+def test_every_generator_condition_is_seeded_in_range_and_unit_valued(brain_pair):
+    x, neighbour, other = brain_pair
+    for condition in GENERATOR_CONDITIONS:
+        first = _draws(condition, x, 3, seed=11, other=other, neighbour=neighbour)
+        again = _draws(condition, x, 3, seed=11, other=other, neighbour=neighbour)
+        for a, b in zip(first, again, strict=True):
+            assert np.array_equal(a.image, b.image) and a.parameters == b.parameters, condition
+            assert a.image.dtype == np.float32 and a.image.min() >= 0.0 and a.image.max() <= 1.0, condition
+            assert (a.copy_mask is not None) == (condition in ("half", "quarter", "paste")), condition
+        other_seed = _draws(condition, x, 3, seed=12, other=other, neighbour=neighbour)
+        assert any(a.parameters != b.parameters for a, b in zip(first, other_seed, strict=True)), condition
+
+
+def test_parameters_stay_in_their_ranges():
+    x = np.random.default_rng(0).uniform(size=(24, 20)).astype(np.float32)
+    ranges = {"shift_fill": ("fraction", geometry.SHIFT_FRACTION), "zoom_in": ("factor", geometry.ZOOM_IN),
+              "zoom_out": ("factor", geometry.ZOOM_OUT), "elastic": ("max_displacement", geometry.ELASTIC_DISPLACEMENT),
+              "rician": ("sigma", intensity.RICIAN_SIGMA), "bias": ("amplitude", intensity.BIAS_AMPLITUDE),
+              "gamma": ("gamma", intensity.GAMMA), "blur": ("sigma", intensity.BLUR_SIGMA),
+              "lowres": ("factor", intensity.RESOLUTION_FACTOR), "interp": ("weight", partial.NEIGHBOUR_WEIGHT)}
+    for condition, (key, (low, high)) in ranges.items():
+        values = np.array([a.parameters[key] for a in _draws(condition, x, 200, neighbour=x)])
+        assert values.min() >= low and values.max() <= high, condition
+        assert values.min() < low + 0.15 * (high - low) and values.max() > high - 0.15 * (high - low), condition
+    angles = np.array([a.parameters["degrees"] for a in _draws("rot_large", x, 200)])
+    assert np.all((np.abs(angles) >= 10) & (np.abs(angles) <= 30)) and (angles < 0).any() and (angles > 0).any()
+    for a in _draws("shift_crop", x, 100):
+        assert 0.75 <= a.parameters["keep_h"] <= 0.95 and 0.75 <= a.parameters["keep_w"] <= 0.95
+    for a in _draws("paste", x, 100, other=x):
+        assert 0.3 <= a.parameters["side_h"] <= 0.6 and 0.3 <= a.parameters["side_w"] <= 0.6
+
+
+def test_translation_shifts_content_and_zero_fills(brain_pair):
+    x = brain_pair[0]
+    h, w = x.shape
+    for a in _draws("shift_fill", x, 20):
+        dy, dx = int(a.parameters["dy"]), int(a.parameters["dx"])
+        assert 0.05 * min(h, w) - 1 <= np.hypot(dy, dx) <= 0.20 * max(h, w) + 1
+        moved = a.image[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)]
+        assert np.array_equal(moved, x[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)])
+        band = np.ones_like(x, dtype=bool)
+        band[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = False
+        assert band.any() and np.all(a.image[band] == 0.0)
+
+
+def test_crop_is_a_window_of_the_slice(brain_pair):
+    x = brain_pair[0]
+    for a in _draws("shift_crop", x, 10):
+        top, left = int(a.parameters["top"]), int(a.parameters["left"])
+        ch, cw = a.image.shape
+        assert ch < x.shape[0] and cw < x.shape[1]
+        assert np.array_equal(a.image, x[top: top + ch, left: left + cw])
+
+
+def test_zoom_scales_about_the_centre(brain_pair):
+    point = np.zeros((41, 41), np.float32)
+    point[10, 20] = 1.0  # 10 rows above the centre (20, 20)
+    for factor, row in ((1.5, 5), (0.5, 15)):
+        assert np.unravel_index(np.argmax(geometry.zoom(point, factor)), point.shape) == (row, 20)
+    x = brain_pair[0]
+    for a in _draws("zoom_out", x, 5):
+        border = int(np.floor(x.shape[0] * (1 - a.parameters["factor"]) / 2)) - 1
+        assert border > 0 and np.all(a.image[:border] == 0) and np.all(a.image[-border:] == 0)
+    assert np.allclose(geometry.zoom(x, 1.0), x, atol=1e-6)
+
+
+def test_quarter_turns_and_transposes_are_exact(brain_pair):
+    x = brain_pair[0]
+    turns = set()
+    for a in _draws("rot90", x, 30):
+        k = int(a.parameters["quarter_turns"])
+        turns.add(k)
+        assert np.array_equal(a.image, np.rot90(x, k))
+    assert turns == {1, 2, 3}
+    kinds = set()
+    for a in _draws("transpose", x, 20):
+        anti = bool(a.parameters["anti_diagonal"])
+        kinds.add(anti)
+        assert a.image.shape == x.shape[::-1]
+        assert np.array_equal(a.image, x[::-1, ::-1].T if anti else x.T)
+    assert kinds == {False, True}
+
+
+def test_large_rotation_is_undone_by_the_opposite_rotation(brain_pair):
+    x = brain_pair[0]
+    for a in _draws("rot_large", x, 3):
+        back = rotate(a.image, -a.parameters["degrees"])
+        inner = (slice(x.shape[0] // 4, 3 * x.shape[0] // 4), slice(x.shape[1] // 4, 3 * x.shape[1] // 4))
+        assert np.corrcoef(back[inner].ravel(), x[inner].ravel())[0, 1] > 0.95
+        assert np.corrcoef(a.image[inner].ravel(), x[inner].ravel())[0, 1] < 0.9
+
+
+def test_elastic_warp_is_a_small_smooth_deformation(brain_pair):
+    x = brain_pair[0]
+    for a in _draws("elastic", x, 3):
+        assert not np.allclose(a.image, x)
+        assert np.corrcoef(a.image.ravel(), x.ravel())[0, 1] > 0.6
+        assert abs(a.image.mean() - x.mean()) < 0.05  # moves pixels, keeps the intensities
+
+
+def test_rician_noise_statistics():
+    rng = np.random.default_rng(5)
+    flat = np.full((300, 300), 0.5, np.float32)
+    for _ in range(3):
+        out, params = intensity.rician(flat, rng)
+        sigma = params["sigma"]
+        assert np.mean(out.astype(np.float64) ** 2) == pytest.approx(0.25 + 2 * sigma**2, rel=0.02)  # E[M²] = A² + 2σ²
+        dark, params = intensity.rician(np.zeros((300, 300), np.float32), rng)
+        rayleigh_mean = params["sigma"] * np.sqrt(np.pi / 2)
+        assert dark.min() >= 0 and dark.mean() == pytest.approx(rayleigh_mean, rel=0.03)
+
+
+def test_photometric_edits(brain_pair):
+    x = brain_pair[0]
+    for a in _draws("gamma", x, 5):
+        assert np.allclose(a.image, x ** a.parameters["gamma"], atol=1e-6)
+    for a in _draws("blur", x, 3):
+        assert np.allclose(a.image, ndimage.gaussian_filter(x, a.parameters["sigma"]), atol=1e-6)
+    for a in _draws("bias", x, 5):
+        inside = x > 0.2
+        ratio = a.image[inside] / x[inside]
+        spread = np.exp(2 * a.parameters["amplitude"])  # the field spans at most exp(±a)
+        assert ratio.max() / ratio.min() <= spread * 1.001 and ratio.max() / ratio.min() > 1.2
+    detail = lambda image: np.abs(np.diff(image, axis=1)).mean()  # noqa: E731
+    for a in _draws("lowres", x, 3):
+        assert a.image.shape == x.shape and detail(a.image) < 0.8 * detail(x)
+
+
+def test_interpolation_blends_with_the_neighbour(brain_pair):
+    x, neighbour, _ = brain_pair
+    for a in _draws("interp", x, 5, neighbour=neighbour):
+        t = a.parameters["weight"]
+        assert np.allclose(a.image, (1 - t) * x + t * neighbour, atol=1e-6)
+    with pytest.raises(ValueError, match="neighbour"):
+        augment_condition(x, "interp", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="shape"):
+        augment_condition(x, "interp", np.random.default_rng(0), neighbour=x[:-1])
+
+
+def test_partial_copy_masks_mark_exactly_the_copied_pixels(brain_pair):
+    x, _, other = brain_pair
+    host = geometry.resample_to(other, x.shape)
+    for condition, share in (("half", 0.5), ("quarter", 0.25)):
+        for a in _draws(condition, x, 8, other=other):
+            mask = a.copy_mask
+            assert mask.shape == x.shape and abs(mask.mean() - share) < 0.01
+            assert np.array_equal(a.image[mask], x[mask]) and np.array_equal(a.image[~mask], host[~mask])
+    for a in _draws("paste", x, 8, other=other):
+        p = a.parameters
+        rows, cols = np.flatnonzero(a.copy_mask.any(axis=1)), np.flatnonzero(a.copy_mask.any(axis=0))
+        assert rows[0] == p["dst_top"] and cols[0] == p["dst_left"]
+        assert a.copy_mask.sum() == len(rows) * len(cols)  # one rectangle
+        source = x[int(p["src_top"]): int(p["src_top"]) + len(rows), int(p["src_left"]): int(p["src_left"]) + len(cols)]
+        assert np.array_equal(a.image[a.copy_mask].reshape(source.shape), source)
+        assert np.array_equal(a.image[~a.copy_mask], host[~a.copy_mask])
+    with pytest.raises(ValueError, match="another person"):
+        augment_condition(x, "half", np.random.default_rng(0))
+
+
+def test_chain_applies_three_distinct_families(brain_pair):
+    x = brain_pair[0]
+    for a in _draws("chain", x, 10):
+        families = a.parameters["families"].split("+")
+        assert len(families) == 3 == len(set(families)) and set(families) <= set(CHAIN_FAMILIES)
+        assert all(any(key.startswith(f"{f}.") for key in a.parameters) for f in families)
+    with pytest.raises(ValueError, match="unknown condition"):
+        augment_condition(x, "sharpen", np.random.default_rng(0))
+
+
+def test_prepared_partial_copies_keep_truth_masks_and_paper_queries_do_not_change(shared_data):
+    spine = [str(p) for p in sorted((shared_data / "spine" / "myosegmentum").glob("*.nii.gz"))[:6]]
+    kwargs = {"slices_per_split": 12, "levels": (0.5,), "seed": 2}
+    paper_only = prepare_dataset(DatasetSpec("spine", spine), conditions=("rot5", "noise02"), **kwargs)
+    both = prepare_dataset(DatasetSpec("spine", spine), conditions=("rot5", "half", "interp", "noise02"), **kwargs)
+    for condition in ("rot5", "noise02"):  # adding generator conditions leaves the paper's queries as they were
+        pairs = zip(paper_only.queries[condition], both.queries[condition], strict=True)
+        assert all(np.array_equal(a, b) for a, b in pairs)
+    n, masks = both.n, both.copy_masks["half"]
+    assert set(both.copy_masks) == {"half"} and len(masks) == n + len(both.duplicate_rows)
+    assert not any(m.any() for m in masks[:n])  # novel rows copy nothing of the reference
+    for row, mask in enumerate(masks[n:]):
+        source = scale_unit(both.reference_slices[both.duplicate_rows[row]], PreprocessSettings())
+        assert mask.shape == both.queries["half"][n + row].shape and mask.mean() == pytest.approx(0.5, abs=0.01)
+        assert np.array_equal(both.queries["half"][n + row][mask], source[mask])
+    assert all(0.2 <= p["weight"] <= 0.5 for p in both.parameters["interp"])
 
 
 def test_pixel_correlation_of_two_images():

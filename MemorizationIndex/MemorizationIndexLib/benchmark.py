@@ -19,16 +19,25 @@ import shlex
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
 from .audit import score_features
-from .augment import CONDITIONS, augment_slice
+from .augment import (
+    ALL_CONDITIONS,
+    CONDITIONS,
+    GENERATOR_CONDITIONS,
+    PARTIAL_COPIES,
+    Augmented,
+    augment_condition,
+)
+from .augment_geometry import Params
 from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
+from .benchmark_report import render_markdown
 from .embedding import embed_slices
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
@@ -48,12 +57,6 @@ DEFAULT_SLICES_PER_SPLIT = 250
 PIXEL_SIZE = 64
 PAPER_NULL_SPLITS = 10
 METHODS = ("mi", "mi_paper", "cosine_raw", "pixel_corr")
-SET_METRICS = ("mean_mi", "mean_oni", "flagged_fraction", "mean_oni_paper", "ct_score", "auth_pct", "fid", "kid", "vendi")
-# The paper's Table 4 (AUROC mean / min over its datasets and levels).
-PAPER_TABLE4 = {
-    "clean": (1.000, 1.000), "noise01": (1.000, 1.000), "noise02": (1.000, 0.999), "intensity": (1.000, 1.000),
-    "rot3": (0.871, 0.805), "rot5": (0.758, 0.711), "hflip": (0.733, 0.626), "vflip": (0.727, 0.635),
-}
 
 Log = Callable[[str], None]
 
@@ -81,7 +84,10 @@ class PreparedDataset:
     duplicate_rows: np.ndarray  # [n_dup_max] reference rows, in order of use
     replaced_positions: np.ndarray  # [n_dup_max] test positions they replace, same order
     queries: dict[str, list[np.ndarray]] = field(default_factory=dict)  # condition -> test then duplicates, [0,1]
-    parameters: dict[str, np.ndarray] = field(default_factory=dict)
+    parameters: dict[str, list[Params]] = field(default_factory=dict)  # condition -> per query row
+    # partial copies: condition -> per query row, bool [h, w] in query pixels, True where the pixel was copied
+    # from a reference slice (all False for novel rows)
+    copy_masks: dict[str, list[np.ndarray]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -109,12 +115,55 @@ def split_subjects(subjects: Sequence[str], seed: int, name: str = "") -> tuple[
     return sorted(unique[i] for i in order[:n_ref]), sorted(unique[i] for i in order[n_ref:])
 
 
+Neighbours = tuple[np.ndarray | None, np.ndarray | None]  # the previous and next slice of the volume
+
+
+def _nonempty_candidates(files: Sequence[Path], sides: Sequence[str], axis: str,
+                         preprocessing: PreprocessSettings) -> dict[str, list[tuple[int, int]]]:
+    """(file, slice) of every non-empty slice, per side (volumes are not kept in memory)."""
+    candidates: dict[str, list[tuple[int, int]]] = {"reference": [], "test": []}
+    for i, path in enumerate(files):
+        image = read_image(path)
+        stack = image_slices(image, resolve_axis(image, axis))
+        candidates[sides[i]] += [(i, int(k)) for k in np.flatnonzero(nonempty_mask(stack, preprocessing))]
+    return candidates
+
+
+def _cut_slices(files: Sequence[Path], file_subjects: Sequence[str], chosen: dict[str, list[tuple[int, int]]],
+                axis: str) -> tuple[dict[str, list[np.ndarray]], dict[str, list[Neighbours]], Provenance]:
+    """The chosen slices per side, their neighbouring slices and the reference provenance (one row per slice)."""
+    n = len(chosen["reference"])
+    wanted: dict[int, list[tuple[str, int]]] = {}
+    for side, items in chosen.items():
+        for position, (i, _) in enumerate(items):
+            wanted.setdefault(i, []).append((side, position))
+    slices: dict[str, list] = {"reference": [None] * n, "test": [None] * n}
+    neighbours: dict[str, list] = {"reference": [None] * n, "test": [None] * n}
+    provenance_rows: list[tuple] = [None] * n  # type: ignore[list-item]
+    for i in sorted(wanted):
+        image = read_image(files[i])
+        array_axis = resolve_axis(image, axis)
+        stack = image_slices(image, array_axis)
+        for side, position in wanted[i]:
+            k = chosen[side][position][1]
+            slices[side][position] = stack[k].copy()
+            neighbours[side][position] = (stack[k - 1].copy() if k > 0 else None,
+                                          stack[k + 1].copy() if k + 1 < len(stack) else None)
+            if side == "reference":
+                provenance_rows[position] = (str(files[i].resolve()), k, axis_name(image, array_axis), array_axis,
+                                             file_subjects[i])
+    provenance = Provenance()
+    for row, (source, k, plane, array_axis, subject) in enumerate(provenance_rows):
+        provenance.append(source, k, plane, array_axis, "none", row, subject)
+    return slices, neighbours, provenance
+
+
 def prepare_dataset(
     spec: DatasetSpec,
     *,
     slices_per_split: int = DEFAULT_SLICES_PER_SPLIT,
     levels: Sequence[float] = DEFAULT_LEVELS,
-    conditions: Sequence[str] = CONDITIONS,
+    conditions: Sequence[str] = ALL_CONDITIONS,
     seed: int = 0,
     preprocessing: PreprocessSettings = PreprocessSettings(),
     axis: str = "auto",
@@ -124,37 +173,15 @@ def prepare_dataset(
     files = expand_inputs(spec.paths)
     file_subjects = [subject_of(f, spec.subject_pattern) for f in files]
     reference_subjects, test_subjects = split_subjects(file_subjects, seed, spec.name)
-    # Pass 1: non-empty slices of every file (volumes are not kept in memory).
-    candidates: dict[str, list[tuple[int, int]]] = {"reference": [], "test": []}
-    for i, path in enumerate(files):
-        image = read_image(path)
-        stack = image_slices(image, resolve_axis(image, axis))
-        side = "reference" if file_subjects[i] in reference_subjects else "test"
-        candidates[side] += [(i, int(k)) for k in np.flatnonzero(nonempty_mask(stack, preprocessing))]
+    sides = ["reference" if subject in reference_subjects else "test" for subject in file_subjects]
+    candidates = _nonempty_candidates(files, sides, axis, preprocessing)
     n = min(slices_per_split, len(candidates["reference"]), len(candidates["test"]))
     if n < 4:
         raise UserError(f"dataset {spec.name!r}: only {n} non-empty slices per split; need at least 4")
     rng = _rng(seed, spec.name, "slices")
-    chosen = {side: sorted(candidates[side][j] for j in rng.choice(len(candidates[side]), n, replace=False)) for side in candidates}
-    # Pass 2: cut the chosen slices.
-    wanted: dict[int, list[tuple[str, int]]] = {}
-    for side, items in chosen.items():
-        for position, (i, k) in enumerate(items):
-            wanted.setdefault(i, []).append((side, position))
-    slices: dict[str, list] = {"reference": [None] * n, "test": [None] * n}
-    provenance_rows: list[tuple] = [None] * n  # type: ignore[list-item]
-    for i in sorted(wanted):
-        image = read_image(files[i])
-        array_axis = resolve_axis(image, axis)
-        stack = image_slices(image, array_axis)
-        for side, position in wanted[i]:
-            k = chosen[side][position][1]
-            slices[side][position] = stack[k].copy()
-            if side == "reference":
-                provenance_rows[position] = (str(files[i].resolve()), k, axis_name(image, array_axis), array_axis, file_subjects[i])
-    provenance = Provenance()
-    for row, (source, k, plane, array_axis, subject) in enumerate(provenance_rows):
-        provenance.append(source, k, plane, array_axis, "none", row, subject)
+    chosen = {side: sorted(candidates[side][j] for j in rng.choice(len(candidates[side]), n, replace=False))
+              for side in candidates}
+    slices, neighbours, provenance = _cut_slices(files, file_subjects, chosen, axis)
     n_dup_max = max(int(round(max(levels) * n)), 1) if levels else 0
     duplicate_rows = rng.choice(n, n_dup_max, replace=False)
     replaced_positions = rng.permutation(n)[:n_dup_max]
@@ -164,21 +191,59 @@ def prepare_dataset(
     )
     if len(reference_subjects) == 1 or len(test_subjects) == 1:
         prepared.notes.append(
-            f"{spec.name}: the split is {len(reference_subjects)} reference subject(s) vs {len(test_subjects)} test subject(s) "
-            f"({', '.join(reference_subjects)} vs {', '.join(test_subjects)}); a benchmark this small is weak evidence, "
-            "and novel slices differ from the reference in person and acquisition protocol at once."
+            f"{spec.name}: the split is {len(reference_subjects)} reference subject(s) vs {len(test_subjects)} "
+            f"test subject(s) ({', '.join(reference_subjects)} vs {', '.join(test_subjects)}); a benchmark this small "
+            "is weak evidence, and novel slices differ from the reference in person and acquisition protocol at once."
         )
     if n < slices_per_split:
         prepared.notes.append(f"{spec.name}: only {n} slices per split were available (asked for {slices_per_split}).")
-    base = [scale_unit(s, preprocessing) for s in prepared.test_slices] + [scale_unit(prepared.reference_slices[r], preprocessing) for r in duplicate_rows]
+    query_neighbours = neighbours["test"] + [neighbours["reference"][r] for r in duplicate_rows]
     for condition in conditions:
-        crng = _rng(seed, spec.name, "augment", condition)
-        augmented = [augment_slice(s, condition, crng) for s in base]
-        prepared.queries[condition] = [a for a, _ in augmented]
-        prepared.parameters[condition] = np.array([p for _, p in augmented])
+        _augment_queries(prepared, condition, _rng(seed, spec.name, "augment", condition), query_neighbours,
+                         preprocessing)
     log(f"{spec.name}: {len(reference_subjects)} reference / {len(test_subjects)} test subjects, {n} slices per split, "
         f"up to {n_dup_max} duplicates")
     return prepared
+
+
+def _hosts(prepared: PreparedDataset, rng: np.random.Generator) -> list[int]:
+    """Per query row, the test position whose slice fills what a partial copy does not copy: another person's
+    slice (for a novel row another test subject's, or another slice of the same one when the test side has one)."""
+    subjects = np.array(prepared.test_slice_subjects)
+    hosts = []
+    for row in range(prepared.n + len(prepared.duplicate_rows)):
+        allowed = np.arange(prepared.n)
+        if row < prepared.n:
+            others = np.flatnonzero(subjects != subjects[row])
+            allowed = others if others.size else np.delete(allowed, row)
+        hosts.append(int(rng.choice(allowed)))
+    return hosts
+
+
+def _neighbour(pair: Neighbours, rng: np.random.Generator) -> np.ndarray:
+    """The previous or the next slice (equal odds when the volume has both)."""
+    present = [s for s in pair if s is not None]
+    return present[int(rng.integers(len(present)))]
+
+
+def _augment_queries(prepared: PreparedDataset, condition: str, rng: np.random.Generator,
+                     neighbours: Sequence[Neighbours], preprocessing: PreprocessSettings) -> None:
+    """Fill ``queries``, ``parameters`` (and ``copy_masks`` for partial copies) of one condition: novel test
+    slices first, then the duplicates."""
+    base = [prepared.test_slices[p] for p in range(prepared.n)] + [prepared.reference_slices[r]
+                                                                   for r in prepared.duplicate_rows]
+    hosts = _hosts(prepared, rng) if condition in PARTIAL_COPIES else None
+    augmented: list[Augmented] = []
+    for row, raw in enumerate(base):
+        other = scale_unit(prepared.test_slices[hosts[row]], preprocessing) if hosts else None
+        neighbour = scale_unit(_neighbour(neighbours[row], rng), preprocessing) if condition == "interp" else None
+        augmented.append(augment_condition(scale_unit(raw, preprocessing), condition, rng, other=other,
+                                           neighbour=neighbour))
+    prepared.queries[condition] = [a.image for a in augmented]
+    prepared.parameters[condition] = [a.parameters for a in augmented]
+    if condition in PARTIAL_COPIES:  # novel rows copy nothing of a reference slice
+        prepared.copy_masks[condition] = [a.copy_mask if row >= prepared.n else np.zeros_like(a.copy_mask)
+                                          for row, a in enumerate(augmented)]
 
 
 @dataclass
@@ -253,7 +318,7 @@ def _score_conditions(prepared: PreparedDataset, features: DatasetFeatures, inde
     reference_raw = {b: features.reference[b][: prepared.n] for b in blocks}
     out = _ConditionScores({m: {} for m in METHODS})
     if baselines:
-        queries = {c: {b: q[b] for b in blocks} for c, q in features.queries.items()}
+        queries = {c: {b: q[b] for b in blocks} for c, q in features.queries.items() if c in CONDITIONS}
         out.paper_null, out.paper_similarity = _paper_scores(reference_raw, queries, seed)
         ref_pixels = prepare_batch(prepared.reference_slices, PIXEL_SIZE, preprocessing)[:, 0]
     prov = prepared.reference_provenance
@@ -266,7 +331,7 @@ def _score_conditions(prepared: PreparedDataset, features: DatasetFeatures, inde
         out.flagged[condition] = np.array([r["flagged"] for r in rows])
         out.correct_source[condition] = np.array(
             [(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[prepared.n:])], dtype=bool)
-        if baselines:
+        if baselines and condition in CONDITIONS:
             out.scores["mi_paper"][condition] = out.paper_similarity[condition]
             out.scores["cosine_raw"][condition] = raw_cosine_similarity({b: raw[b] for b in blocks}, reference_raw)
             query_pixels = prepare_batch(prepared.queries[condition], PIXEL_SIZE, preprocessing)[:, 0]
@@ -278,7 +343,7 @@ def _detection_rows(prepared: PreparedDataset, scored: _ConditionScores, conditi
                     novel: np.ndarray, dup: np.ndarray) -> tuple[list[dict], dict]:
     """Per-sample AUROC/AUPRC rows of every method and the provenance row of one condition and level."""
     rows = []
-    for method in (m for m in METHODS if scored.scores[m]):
+    for method in (m for m in METHODS if condition in scored.scores[m]):
         s = scored.scores[method][condition]
         rows.append({"dataset": prepared.name, "condition": condition, "level": level, "method": method,
                      "auroc": auroc(s[dup], s[novel]), "auprc": auprc(s[dup], s[novel]),
@@ -308,12 +373,26 @@ def _set_level_values(scored: _ConditionScores, condition: str, members: np.ndar
     return values
 
 
-def _false_positive_rate(prepared: PreparedDataset, scored: _ConditionScores) -> dict:
-    """Share of novel test slices flagged, pooled over conditions and per condition."""
-    n = prepared.n
-    novel_flags = np.concatenate([scored.flagged[c][:n] for c in scored.flagged])
-    return {"dataset": prepared.name, "value": float(novel_flags.mean()), "n_novel_scored": int(novel_flags.size),
-            "by_condition": {c: float(flags[:n].mean()) for c, flags in scored.flagged.items()}}
+def _false_positive_rate(prepared: PreparedDataset, scored: _ConditionScores) -> tuple[list[dict], list[dict]]:
+    """Share of novel test slices flagged: pooled over the conditions of each group run, and per condition."""
+    n, pooled = prepared.n, []
+    for group, members in (("paper", CONDITIONS), ("generator", GENERATOR_CONDITIONS)):
+        flags = [scored.flagged[c][:n] for c in scored.flagged if c in members]
+        if flags:
+            novel_flags = np.concatenate(flags)
+            pooled.append({"dataset": prepared.name, "group": group, "value": float(novel_flags.mean()),
+                           "n_novel_scored": int(novel_flags.size)})
+    by_condition = [{"dataset": prepared.name, "condition": c, "value": float(flags[:n].mean())}
+                    for c, flags in scored.flagged.items()]
+    return pooled, by_condition
+
+
+def _copies_found(prepared: PreparedDataset, scored: _ConditionScores) -> list[dict]:
+    """Per condition, over all duplicates (the largest level's): share flagged and provenance top-1."""
+    n, n_dup = prepared.n, len(prepared.duplicate_rows)
+    return [{"dataset": prepared.name, "condition": c, "n_duplicates": n_dup,
+             "flagged": float(scored.flagged[c][n:].mean()), "top1_accuracy": float(scored.correct_source[c].mean())}
+            for c in scored.flagged]
 
 
 def evaluate_dataset(
@@ -330,7 +409,8 @@ def evaluate_dataset(
     work_dir: str | Path | None = None,
     log: Log = lambda m: None,
 ) -> dict:
-    """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores, provenance, false positives."""
+    """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores (paper conditions), provenance,
+    copies flagged and false positives."""
     blocks = list(encoder_info.blocks)
     _, provenance = reference_with_copies(prepared)
     n = prepared.n
@@ -344,26 +424,28 @@ def evaluate_dataset(
     clean_test_set = (_set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks)
                       if "clean" in features.queries else None)
     for condition in features.queries:
-        set_all = _set_features(features.queries[condition], blocks) if baselines else None
-        for level in ([0.0] if set_level else []) + list(levels):
+        paper_set_level = set_level and condition in CONDITIONS  # the Table 1-3 layouts hold the paper's 8 only
+        set_all = _set_features(features.queries[condition], blocks) if baselines and paper_set_level else None
+        for level in ([0.0] if paper_set_level else []) + list(levels):
             k = prepared.n_duplicates(level)
             novel, dup = np.setdiff1d(np.arange(n), prepared.replaced_positions[:k]), n + np.arange(k)
             if k > 0:
                 rows, provenance_row = _detection_rows(prepared, scored, condition, level, novel, dup)
                 out["per_sample"] += rows
                 out["provenance"].append(provenance_row)
-            if set_level:
+            if paper_set_level:
                 members = np.concatenate([novel, dup])
                 values = _set_level_values(scored, condition, members, seed=seed, ref_set=ref_set,
                                            clean_test_set=clean_test_set,
                                            query_set=set_all[members] if set_all is not None else None)
                 out["set_level"] += [{"dataset": prepared.name, "condition": condition, "level": level,
                                       "metric": metric, "value": value} for metric, value in values.items()]
-    out["false_positive_rate"] = _false_positive_rate(prepared, scored)
+    out["false_positive_rate"], out["false_positive_rate_by_condition"] = _false_positive_rate(prepared, scored)
+    out["copies"] = _copies_found(prepared, scored)
     out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
     null_info = out["info"]["null"]
-    log(f"{prepared.name}: null mean {null_info['mean']:.4f} std {null_info['std']:.4f}; "
-        f"false-positive rate {out['false_positive_rate']['value']:.4f}")
+    rates = ", ".join(f"{r['group']} {r['value']:.4f}" for r in out["false_positive_rate"])
+    log(f"{prepared.name}: null mean {null_info['mean']:.4f} std {null_info['std']:.4f}; false-positive rate {rates}")
     return out
 
 
@@ -390,7 +472,7 @@ def run_benchmark(
     checkpoint: str | None = None,
     device: str = "cpu",
     levels: Sequence[float] = DEFAULT_LEVELS,
-    conditions: Sequence[str] = CONDITIONS,
+    conditions: Sequence[str] = ALL_CONDITIONS,
     slices_per_split: int = DEFAULT_SLICES_PER_SPLIT,
     seed: int = 0,
     alpha: float = DEFAULT_ALPHA,
@@ -406,17 +488,16 @@ def run_benchmark(
     info = EncoderInfo.of(encoder, checkpoint)
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
-    results: dict = {"per_sample": [], "set_level": [], "provenance": [], "false_positive_rate": [], "false_positive_rate_by_condition": [], "datasets": []}
+    results: dict = {"per_sample": [], "set_level": [], "provenance": [], "copies": [], "false_positive_rate": [],
+                     "false_positive_rate_by_condition": [], "datasets": []}
     for spec in specs:
         t0 = time.perf_counter()
         prepared = prepare_dataset(spec, slices_per_split=slices_per_split, levels=levels, conditions=conditions, seed=seed, preprocessing=preprocessing, log=log)
         features = embed_dataset(prepared, encoder, preprocessing, batch_size=batch_size, log=log)
         part = evaluate_dataset(prepared, features, info, levels=levels, preprocessing=preprocessing, alpha=alpha, seed=seed, work_dir=out_path, log=log)
-        for key in ("per_sample", "set_level", "provenance"):
+        for key in ("per_sample", "set_level", "provenance", "copies", "false_positive_rate",
+                    "false_positive_rate_by_condition"):
             results[key] += part[key]
-        fpr = part["false_positive_rate"]
-        results["false_positive_rate"].append({"dataset": fpr["dataset"], "value": fpr["value"], "n_novel_scored": fpr["n_novel_scored"]})
-        results["false_positive_rate_by_condition"] += [{"dataset": fpr["dataset"], "condition": c, "value": v} for c, v in fpr["by_condition"].items()]
         results["datasets"].append({**part["info"], "paths": spec.paths, "subject_pattern": spec.subject_pattern, "seconds": time.perf_counter() - t0})
         _write_results(results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started)
     return results
@@ -455,140 +536,6 @@ def _jsonable(value):
     return value
 
 
-# ---------------------------------------------------------------- markdown
-
-def _f(value, digits: int = 3) -> str:
-    return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _header_section(results: dict) -> str:
-    """Title, how to regenerate, the run's settings and the datasets table."""
-    settings, enc = results["settings"], results["settings"]["encoder"]
-    parts = ["# Detection benchmark\n"]
-    if results.get("command"):
-        parts.append(f"Regenerate with:\n\n```\n{results['command']}\n```\n")
-    levels = ", ".join(str(level) for level in settings["levels"])
-    parts.append(f"Tool {results['version']}, seed {results['seed']}, encoder `{enc['encoder_id']}`, "
-                 f"{settings['slices_per_split']} slices per split (at most), levels {levels}, "
-                 f"alpha {settings['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
-                 "Subjects are split into reference and test subjects (never slices of one person on both sides); "
-                 "every query slice, duplicate or novel, gets the condition's augmentation; "
-                 "flip conditions flip every slice.\n")
-    rows = [[d["dataset"], str(len(d["reference_subjects"])), str(len(d["test_subjects"])), str(d["slices_per_split"]),
-             str(d["max_duplicates"]), _f(d["null"]["mean"], 4), _f(d["null"]["std"], 4),
-             _f(d["threshold"]["similarity"], 4)] for d in results["datasets"]]
-    parts.append("## Datasets\n\n" + _table(["dataset", "reference subjects", "test subjects", "slices per split",
-                                              "max duplicates", "null mean", "null std", "flag threshold (s)"], rows))
-    notes = [n for d in results["datasets"] for n in d["notes"]]
-    if notes:
-        parts.append("\n".join(f"- **Note:** {n}" for n in notes) + "\n")
-    return "\n".join(parts)
-
-
-def _mean_min(values: Sequence[float]) -> str:
-    return f"{np.mean(values):.3f} / {np.min(values):.3f}" if len(values) else "nan / nan"
-
-
-def _detection_section(results: dict, methods: list[str], key: str, title: str) -> str:
-    """AUROC or AUPRC, mean / min over datasets and levels, per condition (the paper's Table 4 layout)."""
-    per = results["per_sample"]
-    rows = []
-    for condition in results["settings"]["conditions"] + ["overall"]:
-        row = [condition]
-        for method in methods:
-            row.append(_mean_min([r[key] for r in per if r["method"] == method
-                                  and condition in ("overall", r["condition"])]))
-        if key == "auroc":
-            paper = PAPER_TABLE4.get(condition)
-            row.append(f"{paper[0]:.3f} / {paper[1]:.3f}" if paper else ("0.886 / 0.626" if condition == "overall" else "–"))
-        rows.append(row)
-    header = ["condition"] + [f"{m} mean / min" for m in methods]
-    header += ["paper (reported) mean / min"] if key == "auroc" else []
-    return (f"## Sample-level detection, {title} (Table 4 layout)\n\nMean / min over datasets and levels. "
-            "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe "
-            "on the same features (raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the "
-            f"same features; `pixel_corr`: max Pearson correlation of {PIXEL_SIZE}×{PIXEL_SIZE} slices.\n\n"
-            + _table(header, rows))
-
-
-def _per_dataset_section(results: dict, methods: list[str], datasets: list[str]) -> str:
-    """Min over levels of AUROC / AUPRC per dataset, condition and method, with the provenance top-1."""
-    per, rows = results["per_sample"], []
-    for dataset in datasets:
-        for condition in results["settings"]["conditions"]:
-            row = [dataset, condition]
-            for method in methods:
-                sel = [r for r in per if r["method"] == method and r["condition"] == condition and r["dataset"] == dataset]
-                row.append(f"{min(r['auroc'] for r in sel):.3f} / {min(r['auprc'] for r in sel):.3f}" if sel else "–")
-            prov = [r["top1_accuracy"] for r in results["provenance"]
-                    if r["condition"] == condition and r["dataset"] == dataset]
-            row.append(_f(min(prov)) if prov else "–")
-            rows.append(row)
-    header = ["dataset", "condition"] + [f"{m} AUROC / AUPRC" for m in methods] + ["mi provenance top-1"]
-    return ("## Per dataset and condition (min over levels)\n\nAUROC / AUPRC of each method, and the provenance "
-            "top-1 accuracy of `mi` (share of duplicates whose nearest reference is their true source slice).\n\n"
-            + _table(header, rows))
-
-
-def _false_positive_section(results: dict) -> str:
-    """Share of novel test slices flagged at the default threshold, pooled and per condition."""
-    conditions = results["settings"]["conditions"]
-    by_condition = {(x["dataset"], x["condition"]): x["value"] for x in results["false_positive_rate_by_condition"]}
-    rows = [[f["dataset"], _f(f["value"], 4), str(f["n_novel_scored"])]
-            + [_f(by_condition[(f["dataset"], c)], 4) for c in conditions] for f in results["false_positive_rate"]]
-    return ("## False-positive rate at the default threshold (novel test subjects)\n\nShare of novel test slices "
-            f"flagged (p < {results['settings']['alpha']}), pooled over conditions, and per condition.\n\n"
-            + _table(["dataset", "pooled", "slices scored"] + conditions, rows))
-
-
-def _set_level_sections(results: dict, datasets: list[str]) -> list[str]:
-    """The set-level scores in the paper's Table 1, 2 and 3 layouts."""
-    conditions = results["settings"]["conditions"]
-    values = {(r["dataset"], r["condition"], r["level"], r["metric"]): r["value"] for r in results["set_level"]}
-    metrics = [m for m in SET_METRICS if any(key[3] == m for key in values)]
-    levels = [0.0] + list(results["settings"]["levels"])
-
-    def over(keys) -> np.ndarray:
-        return np.array([values[k] for k in keys if values.get(k) is not None], dtype=float)
-
-    table1 = [[d, f"{level:.2f}"] + [(f"{np.nanmean(v):.3g} ± {np.nanstd(v):.3g}" if (v := over(
-        (d, c, level, m) for c in conditions)).size else "–") for m in metrics] for d in datasets for level in levels]
-    table2 = []
-    for metric in metrics:
-        spreads = [over((d, c, level, metric) for d in datasets) for c in conditions for level in levels]
-        cvs = [abs(np.nanstd(v) / np.nanmean(v)) for v in spreads if len(v) >= 2 and np.nanmean(v) != 0]
-        table2.append([metric, _f(float(np.mean(cvs))) if cvs else "–"])
-    table3 = [[d] + [_f(values.get((d, "clean", 0.0, m))) for m in metrics] for d in datasets]
-    return [
-        "## Set-level scores across the 8 conditions (Table 1 layout)\n\nMean ± standard deviation over conditions; "
-        "a score that measures copying should move with the duplication level and not with the augmentation. "
-        "`ct_score`: Meehan et al. C_T (negative = copying), `auth_pct`: Alaa et al. percent authentic, on the raw "
-        "features concatenated over blocks.\n\n" + _table(["dataset", "level"] + metrics, table1),
-        "## Consistency across datasets (Table 2 layout)\n\nCoefficient of variation (std / |mean|) across "
-        "datasets of each set-level score, averaged over conditions and levels (lower = the score means the same on "
-        "every anatomy).\n\n" + _table(["metric", "mean CV across datasets"], table2),
-        "## Clean test sets without duplicates (Table 3 layout)\n\nSet-level scores of the clean, duplicate-free "
-        "test set of novel subjects.\n\n" + _table(["dataset"] + metrics, table3),
-    ]
-
-
-def render_markdown(results: dict) -> str:
-    """The results as tables laid out like the paper's Tables 1–4 (ours and the baselines side by side)."""
-    datasets = [d["dataset"] for d in results["datasets"]]
-    methods = [m for m in METHODS if any(r["method"] == m for r in results["per_sample"])]
-    parts = [_header_section(results)]
-    parts += [_detection_section(results, methods, key, title) for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC"))]
-    parts += [_per_dataset_section(results, methods, datasets), _false_positive_section(results)]
-    parts += _set_level_sections(results, datasets)
-    return "\n".join(parts)
-
-
 # ---------------------------------------------------------------- CLI
 
 def _parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:
@@ -615,9 +562,10 @@ def _parse_levels(text: str) -> list[float]:
 
 def _parse_conditions(text: str) -> list[str]:
     conditions = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in conditions if c not in CONDITIONS]
+    unknown = [c for c in conditions if c not in ALL_CONDITIONS]
     if unknown or not conditions:
-        raise UserError(f"unknown condition(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(CONDITIONS)}")
+        raise UserError(f"unknown condition(s) {', '.join(unknown) or '(none)'}; choose from the paper's "
+                        f"{', '.join(CONDITIONS)} or the generator-like {', '.join(GENERATOR_CONDITIONS)}")
     return list(dict.fromkeys(conditions))
 
 
@@ -629,7 +577,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--subject-pattern", item]
     if args.encoder != "default":
         parts += ["--encoder", args.encoder, "--checkpoint", str(args.checkpoint)]
-    defaults = {"levels": ",".join(str(x) for x in DEFAULT_LEVELS), "conditions": ",".join(CONDITIONS), "slices_per_split": DEFAULT_SLICES_PER_SPLIT, "seed": 0}
+    defaults = {"levels": ",".join(str(x) for x in DEFAULT_LEVELS), "conditions": ",".join(ALL_CONDITIONS),
+                "slices_per_split": DEFAULT_SLICES_PER_SPLIT, "seed": 0}
     for key, default in defaults.items():
         if str(getattr(args, key)) != str(default):
             parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -667,16 +616,24 @@ def _run(args: argparse.Namespace) -> int:
         specs, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, levels=levels, conditions=conditions,
         slices_per_split=args.slices_per_split, seed=args.seed, batch_size=args.batch_size, command=_command_line(args), log=log,
     )
-    low = {}
-    for row in results["per_sample"]:
-        if row["method"] == "mi":
-            low["auroc"] = min(low.get("auroc", 1.0), row["auroc"])
-            low["auprc"] = min(low.get("auprc", 1.0), row["auprc"])
-    prov = min((r["top1_accuracy"] for r in results["provenance"]), default=float("nan"))
-    fpr = max((r["value"] for r in results["false_positive_rate"]), default=float("nan"))
-    print(f"benchmark written to {args.out}: mi min AUROC {low.get('auroc', float('nan')):.3f}, min AUPRC {low.get('auprc', float('nan')):.3f}, "
-          f"min provenance top-1 {prov:.3f}, max false-positive rate {fpr:.4f} ({results['runtime_seconds'] / 60:.1f} min)")
+    headlines = [_headline(results, group, members) for group, members in
+                 (("paper", CONDITIONS), ("generator-like", GENERATOR_CONDITIONS))]
+    print(f"benchmark written to {args.out} ({results['runtime_seconds'] / 60:.1f} min): "
+          + "; ".join(h for h in headlines if h))
     return 0
+
+
+def _headline(results: dict, group: str, members: Sequence[str]) -> str:
+    """One line of a group's worst figures: mi AUROC / AUPRC, provenance, copies flagged, false-positive rate."""
+    mi = [r for r in results["per_sample"] if r["method"] == "mi" and r["condition"] in members]
+    if not mi:
+        return ""
+    prov = min(r["top1_accuracy"] for r in results["provenance"] if r["condition"] in members)
+    flagged = min(r["flagged"] for r in results["copies"] if r["condition"] in members)
+    fpr = max(r["value"] for r in results["false_positive_rate_by_condition"] if r["condition"] in members)
+    return (f"{group}: mi min AUROC {min(r['auroc'] for r in mi):.3f}, min AUPRC {min(r['auprc'] for r in mi):.3f}, "
+            f"min provenance top-1 {prov:.3f}, min copies flagged {flagged:.3f}, "
+            f"max false-positive rate of a condition {fpr:.4f}")
 
 
 def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
@@ -692,7 +649,9 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--encoder", default="default", choices=ENCODER_NAMES, help="slice encoder (default: the embedded EfficientNet-Lite0)")
     parser.add_argument("--checkpoint", help="MRI-CORE checkpoint (for --encoder mri-core)")
     parser.add_argument("--levels", default=",".join(str(x) for x in DEFAULT_LEVELS), help="duplication levels (default: 0.05,0.15,0.3,0.45)")
-    parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"conditions (default: all of {','.join(CONDITIONS)})")
+    parser.add_argument("--conditions", default=",".join(ALL_CONDITIONS),
+                        help=f"conditions (default: all): the paper's {','.join(CONDITIONS)} and the generator-like "
+                             f"{','.join(GENERATOR_CONDITIONS)}")
     parser.add_argument("--slices-per-split", type=int, default=DEFAULT_SLICES_PER_SPLIT, help=f"slices sampled per split (default: {DEFAULT_SLICES_PER_SPLIT})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subject split, sampling and augmentation (default: 0)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))

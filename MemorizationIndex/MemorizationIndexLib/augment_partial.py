@@ -1,0 +1,83 @@
+"""Generator-like edits that mix a slice with a second one: partial copies (a half, a quarter, a pasted region of
+the slice over someone else's slice) and between-slice interpolation with the slice's neighbour (ranges in
+:mod:`augment`).
+
+Partial copies are ``family(slice01, rng, other) -> (image, parameters, mask)``: the output has the shape of
+``slice01`` [h, w]; ``other`` (any shape) is resampled to it and fills everything outside the copied region;
+``mask`` [h, w] bool is True exactly on the output pixels taken from ``slice01`` (query pixel coordinates).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .augment_geometry import Params, resample_to
+
+HALVES = ("top", "bottom", "left", "right")
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+PASTE_SIDE = (0.3, 0.6)  # side of the pasted rectangle, as a fraction of each side of the slice
+NEIGHBOUR_WEIGHT = (0.2, 0.5)  # weight t of the neighbour slice in (1 - t) · slice + t · neighbour
+
+
+def _host(slice01: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``other`` resampled to the shape of ``slice01`` (float32 [h, w])."""
+    other = np.asarray(other, np.float32)
+    return other.copy() if other.shape == slice01.shape else resample_to(other, slice01.shape)
+
+
+def _copy_region(slice01: np.ndarray, other: np.ndarray, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+    """The host with ``slice01[rows, cols]`` put back in place, and the mask of that region."""
+    x = np.asarray(slice01, np.float32)
+    out, mask = _host(x, other), np.zeros(x.shape, dtype=bool)
+    out[rows, cols] = x[rows, cols]
+    mask[rows, cols] = True
+    return out, mask
+
+
+def half(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, Params, np.ndarray]:
+    """One half of the slice (top, bottom, left or right, at random), the other half from ``other``."""
+    h, w = np.shape(slice01)
+    side = HALVES[int(rng.integers(len(HALVES)))]
+    rows = {"top": slice(0, h // 2), "bottom": slice(h // 2, h)}.get(side, slice(0, h))
+    cols = {"left": slice(0, w // 2), "right": slice(w // 2, w)}.get(side, slice(0, w))
+    out, mask = _copy_region(slice01, other, rows, cols)
+    return out, {"half": side}, mask
+
+
+def quarter(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, Params, np.ndarray]:
+    """One quadrant of the slice (at random), the other three from ``other``."""
+    h, w = np.shape(slice01)
+    quadrant = QUADRANTS[int(rng.integers(len(QUADRANTS)))]
+    vertical, horizontal = quadrant.split("-")
+    rows = slice(0, h // 2) if vertical == "top" else slice(h // 2, h)
+    cols = slice(0, w // 2) if horizontal == "left" else slice(w // 2, w)
+    out, mask = _copy_region(slice01, other, rows, cols)
+    return out, {"quadrant": quadrant}, mask
+
+
+def paste(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, Params, np.ndarray]:
+    """A rectangle of the slice (sides U[PASTE_SIDE] of the slice's, at a random place) pasted at another random
+    place of ``other``."""
+    x = np.asarray(slice01, np.float32)
+    h, w = x.shape
+    fractions = rng.uniform(*PASTE_SIDE, size=2)
+    ph, pw = max(1, int(round(fractions[0] * h))), max(1, int(round(fractions[1] * w)))
+    src_top, src_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    dst_top, dst_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    out, mask = _host(x, other), np.zeros(x.shape, dtype=bool)
+    out[dst_top: dst_top + ph, dst_left: dst_left + pw] = x[src_top: src_top + ph, src_left: src_left + pw]
+    mask[dst_top: dst_top + ph, dst_left: dst_left + pw] = True
+    params: Params = {"side_h": float(fractions[0]), "side_w": float(fractions[1]), "src_top": float(src_top),
+                      "src_left": float(src_left), "dst_top": float(dst_top), "dst_left": float(dst_left)}
+    return out, params, mask
+
+
+def interpolate_neighbour(slice01: np.ndarray, rng: np.random.Generator,
+                          neighbour: np.ndarray) -> tuple[np.ndarray, Params]:
+    """(1 − t) · slice + t · neighbour, t ~ U[NEIGHBOUR_WEIGHT]: a slice between the slice and the next one of its
+    volume (``neighbour`` has the slice's shape [h, w])."""
+    weight = float(rng.uniform(*NEIGHBOUR_WEIGHT))
+    x, n = np.asarray(slice01, np.float32), np.asarray(neighbour, np.float32)
+    if n.shape != x.shape:
+        raise ValueError(f"the neighbour slice has shape {n.shape}, the slice {x.shape}")
+    return ((1 - weight) * x + weight * n).astype(np.float32), {"weight": weight}
