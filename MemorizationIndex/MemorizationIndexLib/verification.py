@@ -3,10 +3,9 @@
 The global search proposes candidates; each is aligned to the query on a coarse square grid and
 the aligned overlap is scored. The alignment covers an optional transpose followed by a rotation of
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
-come from the log-polar magnitude spectra (Fourier–Mellin, scikit-image ``warp_polar`` and
-``phase_cross_correlation``), besides the eight 90°/flip orientations at scale 1; translation from
-phase correlation. The score is the share of the overlap in which the local correlation of
-rank-equalised intensities (Gaussian windows) is high: local windows tolerate bias fields and
+come from the log-polar magnitude spectra (Fourier–Mellin: scikit-image's ``phase_cross_correlation``
+of log-polar maps), translation from phase correlation. The score is the share of the overlap in
+which the local correlation of rank-equalised intensities (Gaussian windows) is high: local windows tolerate bias fields and
 monotone intensity changes, and pixels that are background in either slice (zero-filled bands,
 empty margins) never count as agreement. The largest agreeing region is the copy mask.
 """
@@ -147,15 +146,15 @@ def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.
     return SimilarityTransform((to_origin + turn + back).params)
 
 
-def _warped(grid: Grid, transposed: bool, angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate's image and mask carried onto the query grid (quarter turns at scale 1 exactly)."""
+def _warped(grid: Grid, transposed: bool, angle: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate's image and mask turned and scaled about the grid centre (quarter turns at
+    scale 1 exactly)."""
     image = grid.image.T if transposed else grid.image
     mask = grid.mask.T if transposed else grid.mask
     if scale == 1.0 and angle % 90 == 0:
         turns = int(-angle // 90) % 4
-        image, mask = np.rot90(image, turns), np.rot90(mask, turns)
-        return ndimage.shift(image, shift, order=0), ndimage.shift(mask, shift, order=0)
-    inverse = _transform(angle, scale, shift).inverse
+        return np.rot90(image, turns), np.rot90(mask, turns)
+    inverse = _transform(angle, scale).inverse
     moved = warp(image, inverse, order=1, cval=0.0, preserve_range=True).astype(np.float32)
     return moved, warp(mask.astype(np.float32), inverse, order=1, cval=0.0, preserve_range=True) > 0.5
 
@@ -201,16 +200,14 @@ def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[
 
 
 def _hypotheses(query: Grid, candidate: Grid) -> list[tuple[bool, float, float]]:
-    """(transposed, angle, scale) to try: the eight 90°/flip orientations, and per transpose the two
-    log-polar rotation estimates (the spectrum leaves a 180° ambiguity) at their estimated scale."""
-    found = [(t, float(a), 1.0) for t in (False, True) for a in (0, 90, 180, 270)]
+    """(transposed, angle, scale) to try: per transpose, the log-polar rotation estimate and its
+    180° twin (the magnitude spectrum cannot tell them apart) at the estimated scale (1 outside
+    SCALE_RANGE)."""
+    found = []
     for transposed in (False, True):
         angle, scale = _rotation_scale(query.polar[0], candidate.polar[int(transposed)])
         scale = scale if SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] else 1.0
-        for turn in (angle, angle + 180.0):
-            turn = turn % 360.0
-            if all(t != transposed or abs((turn - a + 180) % 360 - 180) > 2 or abs(s - scale) > 0.02 for t, a, s in found):
-                found.append((transposed, turn, scale))
+        found += [(transposed, angle % 360.0, scale), (transposed, (angle + 180.0) % 360.0, scale)]
     return found
 
 
@@ -221,7 +218,7 @@ def verify(query: Grid, candidate: Grid) -> Verification:
     for transposed, angle, scale in _hypotheses(query, candidate):
         moved, moved_mask = _warped(candidate, transposed, angle, scale)
         shift = tuple(float(s) for s in phase_cross_correlation(query.image, moved, normalization="phase")[0])
-        moved, moved_mask = _warped(candidate, transposed, angle, scale, shift)
+        moved, moved_mask = ndimage.shift(moved, shift, order=0), ndimage.shift(moved_mask, shift, order=0)
         aligned.append((_global_correlation(query, moved, moved_mask), (transposed, angle, scale, shift), moved, moved_mask))
     aligned.sort(key=lambda item: -item[0])
     best: tuple[float, Alignment, np.ndarray] | None = None
