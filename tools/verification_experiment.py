@@ -32,7 +32,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # anatomy: (files, training subjects, copied among them, novel subjects, null subjects, slice stride of the
 # index, slice stride of the novel and null people: the null needs > 1 / ALPHA edited slices)
 SETUPS = {
-    "brain": (DATA / "brain" / "ds002748", 10, 2, 4, 4, 6, 6),
+    "brain": (DATA / "brain" / "ds002748", 10, 2, 4, 4, 6, 4),
     "spine": (DATA / "spine" / "myosegmentum", 11, 5, 6, 6, 2, 1),
 }
 ALPHA = 0.001
@@ -170,6 +170,9 @@ def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
         print(f"  {role}: {len(queries.images)} queries, search {searched:.0f} s, verification {took:.0f} s "
               f"({1000 * took / len(queries.images):.0f} ms per query, k={k})")
         results[role] = (cands, plain, sim, v, v_best)
+    np.savez(out / anatomy / "scores.npz", **{f"{role}_{name}": np.asarray(value) for role, r in results.items()
+                                              for name, value in zip(("candidates", "global", "verified"), (r[0], r[2], r[3]))},
+             **{f"{role}_edits": np.asarray(q.edits) for role, q in sets.items()}, copy_sources=np.asarray(sets["copy"].sources))
     subjects = np.asarray(prov.subject + [""])  # row -1 (no candidate) reads the last entry
     for kk in sorted(ks):
         report(sets, results, subjects, index.null_model, kk, n_null)

@@ -73,7 +73,7 @@ class Alignment:
 class Verification:
     """One candidate verified against the query.
 
-    score: share of the overlap (foreground in both) where the aligned slices agree, in [0, 1].
+    score: share of the smaller foreground of the two aligned slices in which they agree, in [0, 1].
     mask: bool [rows, cols] of the query: the copied region (empty when none).
     box: (row0, col0, row1, col1) of the mask in query pixels (ends exclusive), None when empty.
     """
@@ -182,12 +182,15 @@ def _global_correlation(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) 
     overlap = query.mask & moved_mask
     if overlap.sum() < 3:
         return -1.0
-    r = np.corrcoef(query.image[overlap], moved[overlap])[0, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant overlap has no correlation (nan -> 0)
+        r = np.corrcoef(query.image[overlap], moved[overlap])[0, 1]
     return float(np.nan_to_num(r) * overlap.sum() / max(query.mask.sum(), 1))
 
 
 def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[float, np.ndarray]:
-    """Score and copy mask (grid pixels) of an aligned candidate."""
+    """Score and copy mask (grid pixels) of an aligned candidate. The score divides the largest
+    agreeing region by the smaller of the two foregrounds (the most two slices can share), so that
+    an alignment that overlaps the slices only in a corner cannot score high."""
     overlap = query.mask & moved_mask
     if overlap.sum() < GRID * GRID // 50:
         return 0.0, np.zeros_like(overlap)
@@ -196,7 +199,7 @@ def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[
     if count == 0:
         return 0.0, agree
     largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    return float(largest.sum() / overlap.sum()), largest
+    return float(largest.sum() / min(query.mask.sum(), moved_mask.sum())), largest
 
 
 def _hypotheses(query: Grid, candidate: Grid) -> list[tuple[bool, float, float]]:
