@@ -24,7 +24,8 @@ PAIRS = {  # anatomy: (file of the copied person, file of another person, slice 
 def pair(request, shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
     """A real slice in [0, 1] and the same slice position of another person."""
     first, second, k = PAIRS[request.param]
-    return tuple(scale_unit(image_slices(read_image(shared_data / name), 0)[k], PreprocessSettings()) for name in (first, second))
+    settings = PreprocessSettings()
+    return tuple(scale_unit(image_slices(read_image(shared_data / name), 0)[k], settings) for name in (first, second))
 
 
 def _angle_error(found: float, expected: float) -> float:

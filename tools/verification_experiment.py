@@ -1,6 +1,7 @@
 """Issue 12 experiment: global search, then pairwise verification of each query against its candidates.
 
     python tools/verification_experiment.py [--anatomy brain spine] [--k 5 10] [--seed 0] [--out /tmp/verification]
+    OMP_NUM_THREADS=1 python tools/verification_experiment.py --cost
 
 Per anatomy, subjects are split (seeded) into an indexed training set (some of whose slices are
 copied), novel people (test) and other held-out people (the null). Every query slice, copy,
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from MemorizationIndexLib.baselines import auroc
 from MemorizationIndexLib.copy_edits import EDITS, edit_slice
@@ -36,6 +38,7 @@ SETUPS = {
     "spine": (DATA / "spine" / "myosegmentum", 11, 5, 6, 6, 2, 1),
 }
 ALPHA = 0.001
+DENOISE_SIGMA = 2.0  # pixels of the query as given
 
 
 @dataclass
@@ -48,7 +51,8 @@ class Queries:
     halves: list[np.ndarray | None] = field(default_factory=list)  # for half copies: bool mask of the copied half
 
 
-def _edited(slices: SliceSet, fill: SliceSet, rows: list[int], rng: np.random.Generator, queries: Queries, sources: list[int]) -> None:
+def _edited(slices: SliceSet, fill: SliceSet, rows: list[int], rng: np.random.Generator, queries: Queries,
+            sources: list[int]) -> None:
     """Every slice of ``rows`` under every edit; ``fill`` provides the other half of half copies."""
     settings = PreprocessSettings()
     for edit in EDITS:
@@ -70,14 +74,16 @@ def _half_mask(unit: np.ndarray, edit: str, state: dict) -> np.ndarray:
     return marker > 0.5
 
 
-def search(index: ReferenceIndex, images: list[np.ndarray], k: int) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """Global similarity [n] of the queries as cut (the audit's), and per view (as cut, transposed)
-    the original rows [n, k] of the top references (flipped and rotated copies in the index point
-    at their originals; -1 = none) with their aggregated similarities [n, k]."""
+def search(index: ReferenceIndex, images: list[np.ndarray], k: int) -> tuple[np.ndarray, list[tuple[np.ndarray, ...]]]:
+    """Global similarity [n] of the queries as cut (the audit's), and per view (as cut, transposed,
+    smoothed with a Gaussian of DENOISE_SIGMA pixels) the original rows [n, k] of the top references
+    (flipped and rotated copies in the index point at their originals; -1 = none) with their
+    aggregated similarities [n, k]."""
     settings = PreprocessSettings.from_dict(index.config["preprocessing"])
     encoder = index.load_encoder()
     originals = np.append(np.asarray(index.provenance.original_row), -1)
-    found = [index.search(index.whiten(embed_slices(encoder, view, settings)), k=k) for view in (images, [x.T for x in images])]
+    views = (images, [x.T for x in images], [ndimage.gaussian_filter(x, DENOISE_SIGMA) for x in images])
+    found = [index.search(index.whiten(embed_slices(encoder, view, settings)), k=k) for view in views]
     return found[0].similarity, [(originals[f.ids], np.nan_to_num(f.scores, nan=-np.inf)) for f in found]
 
 
@@ -93,7 +99,8 @@ def shortlist(views: list[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
     return out
 
 
-def verified(index: ReferenceIndex, images: list[np.ndarray], cands: np.ndarray, grids: dict[int, Grid]) -> tuple[np.ndarray, list]:
+def verified(index: ReferenceIndex, images: list[np.ndarray], cands: np.ndarray,
+             grids: dict[int, Grid]) -> tuple[np.ndarray, list]:
     """Verification scores [n, k] of every query against its candidates (0 where none), and per
     query the Verification of its best candidate (None without candidates)."""
     prov = index.provenance
@@ -113,7 +120,7 @@ def verified(index: ReferenceIndex, images: list[np.ndarray], cands: np.ndarray,
     return scores, best
 
 
-def best_of(scores: np.ndarray, cands: np.ndarray, subjects: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def best_of(scores: np.ndarray, cands: np.ndarray, subjects: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
     """Among the first k candidates: the best score [n], its margin over the best candidate of
     another subject (0 for none) [n], and the best candidate's row [n]."""
     top = np.argmax(scores[:, :k], axis=1)
@@ -129,7 +136,8 @@ def _box_iou(box: tuple[int, int, int, int] | None, mask: np.ndarray) -> float:
     if box is None or rows.size == 0:
         return 0.0
     truth = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
-    inter = max(0, min(box[2], truth[2]) - max(box[0], truth[0])) * max(0, min(box[3], truth[3]) - max(box[1], truth[1]))
+    inter = (max(0, min(box[2], truth[2]) - max(box[0], truth[0]))
+             * max(0, min(box[3], truth[3]) - max(box[1], truth[1])))
     area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
     return inter / (area(box) + area(truth) - inter)
 
@@ -144,11 +152,13 @@ def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
     settings = PreprocessSettings()
     start = time.perf_counter()
     index = build_index(train, out / anatomy / "index", slice_stride=stride, overwrite=True, seed=seed)
-    print(f"{anatomy}: index of {index.n_reference_slices} slices of {n_train} subjects built in {time.perf_counter() - start:.0f} s")
+    print(f"{anatomy}: index of {index.n_reference_slices} slices of {n_train} subjects built in "
+          f"{time.perf_counter() - start:.0f} s")
     prov = index.provenance
     indexed = SliceSet()
     copied_sources = set(train[:n_copied])
-    rows = [r for r in range(len(prov)) if prov.flip[r] == ORIGINAL and prov.source[r] in {str(Path(f).resolve()) for f in copied_sources}]
+    copied_paths = {str(Path(f).resolve()) for f in copied_sources}
+    rows = [r for r in range(len(prov)) if prov.flip[r] == ORIGINAL and prov.source[r] in copied_paths]
     indexed.slices = [index.reference_slice(prov.source[r], prov.slice[r]) for r in rows]
     novel = collect_slices(novel_files, axis="auto", preprocessing=settings, slice_stride=query_stride)
     null = collect_slices(null_files, axis="auto", preprocessing=settings, slice_stride=query_stride)
@@ -162,36 +172,38 @@ def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
     for role, queries in sets.items():
         start = time.perf_counter()
         sim, views = search(index, queries.images, 8 * k)
-        cands, plain = shortlist(views, k), shortlist(views[:1], 4 * k)
+        cands, plain, two = shortlist(views, k), shortlist(views[:1], 4 * k), shortlist(views[:2], k)
         searched = time.perf_counter() - start
         start = time.perf_counter()
         v, v_best = verified(index, queries.images, cands, grids)
         took = time.perf_counter() - start
         print(f"  {role}: {len(queries.images)} queries, search {searched:.0f} s, verification {took:.0f} s "
               f"({1000 * took / len(queries.images):.0f} ms per query, k={k})")
-        results[role] = (cands, plain, sim, v, v_best)
-    np.savez(out / anatomy / "scores.npz", **{f"{role}_{name}": np.asarray(value) for role, r in results.items()
-                                              for name, value in zip(("candidates", "global", "verified"), (r[0], r[2], r[3]))},
-             **{f"{role}_edits": np.asarray(q.edits) for role, q in sets.items()}, copy_sources=np.asarray(sets["copy"].sources))
+        results[role] = (cands, plain, sim, v, v_best, two)
+    saved = {f"{role}_{name}": np.asarray(r[j]) for role, r in results.items()
+             for name, j in (("candidates", 0), ("global", 2), ("verified", 3))}
+    saved.update({f"{role}_edits": np.asarray(q.edits) for role, q in sets.items()})
+    np.savez(out / anatomy / "scores.npz", copy_sources=np.asarray(sets["copy"].sources), **saved)
     subjects = np.asarray(prov.subject + [""])  # row -1 (no candidate) reads the last entry
     for kk in sorted(ks):
         report(sets, results, subjects, index.null_model, kk, n_null)
 
 
-def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global_null: NullModel, k: int, n_null: int) -> None:
+def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global_null: NullModel, k: int,
+           n_null: int) -> None:
     """Print the per-edit table of the first k candidates."""
     best = {role: best_of(r[3], r[0], subjects, k) for role, r in results.items()}
     verified_null, margin_null = NullModel(best["null"][0]), NullModel(best["null"][1])
     print(f"  k={k}: verified-score threshold at α={ALPHA}: {verified_null.threshold(ALPHA).similarity:.3f} "
           f"(null of {len(best['null'][0])} edited slices of {n_null} other people)")
-    print("  edit       | recall@1 @k (as cut, +transposed) @4k | AUROC global / verified / margin"
+    print("  edit       | recall@1 @k (as cut, +transposed, +smoothed) @4k | AUROC global / verified / margin"
           " | copies flagged global / verified / margin | novel flagged global / verified / margin"
           " | top-1 after verification | half box IoU≥0.5")
     nulls = (global_null, verified_null, margin_null)
     for edit in EDITS:
         c = [i for i, e in enumerate(sets["copy"].edits) if e == edit]
         n = [i for i, e in enumerate(sets["novel"].edits) if e == edit]
-        cands, plain, sim, _, v_best = results["copy"]
+        cands, plain, sim, _, v_best, two = results["copy"]
         truth = np.asarray(sets["copy"].sources)[c]
         recall = lambda table, m: np.mean([t in table[i, :m] for i, t in zip(c, truth)])  # noqa: E731
         copies = (sim[c], best["copy"][0][c], best["copy"][1][c])
@@ -201,18 +213,41 @@ def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global
         fps = [np.mean(m.p_value(x) < ALPHA) for m, x in zip(nulls, novel)]
         top1 = np.mean(best["copy"][2][c] == truth)
         boxes = [v_best[i].box if v_best[i] else None for i in c]
-        iou = f"{np.mean([_box_iou(b, sets['copy'].halves[i]) >= 0.5 for b, i in zip(boxes, c)]):.2f}" if edit == "half" else ""
-        print(f"  {edit:10s} | {recall(plain, 1):.2f} {recall(plain, k):.2f} {recall(cands, k):.2f} {recall(plain, 4 * k):.2f}"
+        located = [_box_iou(b, sets["copy"].halves[i]) >= 0.5 for b, i in zip(boxes, c)]
+        iou = f"{np.mean(located):.2f}" if edit == "half" else ""
+        print(f"  {edit:10s} | {recall(plain, 1):.2f} {recall(plain, k):.2f} {recall(two, k):.2f}"
+              f" {recall(cands, k):.2f}"
+              f" {recall(plain, 4 * k):.2f}"
               f" | {' / '.join(f'{a:.3f}' for a in au)} | {' / '.join(f'{a:.2f}' for a in flags)}"
               f" | {' / '.join(f'{a:.3f}' for a in fps)} | {top1:.2f} | {iou}")
+
+
+def cost(pairs: int = 40) -> None:
+    """Print the CPU time of putting a slice on the grid and of verifying one pair (brain slices of two people)."""
+    folder = SETUPS["brain"][0]
+    settings = PreprocessSettings()
+    first, second = (collect_slices([folder / f"sub-0{i}_T1w.nii.gz"], axis="auto", preprocessing=settings).slices
+                     for i in (1, 2))
+    start = time.process_time()
+    grids = [(to_grid(a), to_grid(b)) for a, b in zip(first[:pairs], second[:pairs])]
+    gridded = time.process_time()
+    for a, b in grids:
+        verify(a, b)
+    done = time.process_time()
+    print(f"CPU per slice put on the grid {1000 * (gridded - start) / (2 * len(grids)):.1f} ms, "
+          f"per verified pair {1000 * (done - gridded) / len(grids):.1f} ms")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anatomy", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--k", type=int, nargs="+", default=[5, 10], help="candidates verified per query (tables for each)")
+    parser.add_argument("--k", type=int, nargs="+", default=[5, 10], help="candidates per query (a table each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/verification"))
+    parser.add_argument("--cost", action="store_true", help="only print the CPU cost per slice and per pair")
     args = parser.parse_args()
+    if args.cost:
+        cost()
+        raise SystemExit(0)
     for name in args.anatomy:
         run(name, args.k, args.seed, args.out)

@@ -74,8 +74,8 @@ def edit_slice(x: np.ndarray, edit: str, rng: np.random.Generator, other: np.nda
         out = rotate(x, float(rng.choice([-25.0, 25.0])), order=1, cval=0.0)
     elif edit == "translate":
         sign = float(rng.choice([-1.0, 1.0]))
-        shift = (round(sign * TRANSLATE_FRACTION * h), 0) if rng.random() < 0.5 else (0, round(sign * TRANSLATE_FRACTION * w))
-        out = _translate(x, shift)
+        rows, cols = round(sign * TRANSLATE_FRACTION * h), round(sign * TRANSLATE_FRACTION * w)
+        out = _translate(x, (rows, 0) if rng.random() < 0.5 else (0, cols))
     elif edit == "zoom_in":
         out = _zoom(x, ZOOM_IN)
     elif edit == "zoom_out":

@@ -4,10 +4,11 @@ The global search proposes candidates; each is aligned to the query on a coarse 
 the aligned overlap is scored. The alignment covers an optional transpose followed by a rotation of
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
 come from the log-polar magnitude spectra (Fourier–Mellin: scikit-image's ``phase_cross_correlation``
-of log-polar maps), translation from phase correlation. The score is the share of the overlap in
-which the local correlation of rank-equalised intensities (Gaussian windows) is high: local windows tolerate bias fields and
-monotone intensity changes, and pixels that are background in either slice (zero-filled bands,
-empty margins) never count as agreement. The largest agreeing region is the copy mask.
+of log-polar maps), translation from phase correlation. The score is the share of the smaller
+foreground in which the local correlation of rank-equalised intensities (Gaussian windows) is high:
+rank equalisation removes monotone intensity changes, local windows tolerate bias fields, and pixels
+that are background in either slice (zero-filled bands, empty margins) never count as agreement.
+The largest agreeing region is the copy mask.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def verify(query: Grid, candidate: Grid) -> Verification:
         moved, moved_mask = _warped(candidate, transposed, angle, scale)
         shift = tuple(float(s) for s in phase_cross_correlation(query.image, moved, normalization="phase")[0])
         moved, moved_mask = ndimage.shift(moved, shift, order=0), ndimage.shift(moved_mask, shift, order=0)
-        aligned.append((_global_correlation(query, moved, moved_mask), (transposed, angle, scale, shift), moved, moved_mask))
+        rank = _global_correlation(query, moved, moved_mask)
+        aligned.append((rank, (transposed, angle, scale, shift), moved, moved_mask))
     aligned.sort(key=lambda item: -item[0])
     best: tuple[float, Alignment, np.ndarray] | None = None
     for _, (transposed, angle, scale, shift), moved, moved_mask in aligned[:SHORTLIST]:
