@@ -116,5 +116,5 @@ def test_edits_keep_range_and_shape(pair, edit):
     source, other = pair
     out = edit_slice(source, edit, np.random.default_rng(2), other)
     assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
-    assert out.shape == (source.shape[::-1] if edit in ("transpose",) else out.shape)
+    assert out.shape == (source.shape[::-1] if edit in ("transpose", "rot90") else source.shape)
     assert not np.array_equal(out, source) or edit == "clean"
