@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from skimage.transform import resize
-
 from MemorizationIndexLib.copy_edits import EDITS, edit_slice
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.verification import GRID, to_grid, verify, verify_candidates
 from MemorizationIndexLib.volumes import image_slices, read_image
+from skimage.transform import resize
 
 PAIRS = {  # anatomy: (file of the copied person, file of another person, slice index)
     "brain": ("brain/ds002748/sub-01_T1w.nii.gz", "brain/ds002748/sub-02_T1w.nii.gz", 75),
@@ -80,7 +79,7 @@ def test_intensity_and_noise_edits_still_verify(pair, edit):
 def test_half_copy_is_located(pair):
     source, other = pair
     query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
-    h, w = source.shape
+    w = source.shape[1]
     query[:, : w // 2] = source[:, : w // 2]
     result = verify_candidates(query, [source])[0]
     assert result.score >= 0.35

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-
 from MemorizationIndexLib.baselines import auroc
 from MemorizationIndexLib.copy_edits import EDITS, edit_slice
 from MemorizationIndexLib.embedding import embed_slices
@@ -29,6 +27,7 @@ from MemorizationIndexLib.reference_index import ReferenceIndex, SliceSet, build
 from MemorizationIndexLib.scoring import NullModel
 from MemorizationIndexLib.transforms import ORIGINAL
 from MemorizationIndexLib.verification import Grid, to_grid, verify
+from scipy import ndimage
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # anatomy: (files, training subjects, copied among them, novel subjects, null subjects, slice stride of the
@@ -138,8 +137,8 @@ def _box_iou(box: tuple[int, int, int, int] | None, mask: np.ndarray) -> float:
     truth = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
     inter = (max(0, min(box[2], truth[2]) - max(box[0], truth[0]))
              * max(0, min(box[3], truth[3]) - max(box[1], truth[1])))
-    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])  # noqa: E731
-    return inter / (area(box) + area(truth) - inter)
+    union = (box[2] - box[0]) * (box[3] - box[1]) + (truth[2] - truth[0]) * (truth[3] - truth[1]) - inter
+    return inter / union
 
 
 def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
@@ -189,6 +188,11 @@ def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
         report(sets, results, subjects, index.null_model, kk, n_null)
 
 
+def _recall(table: np.ndarray, queries: list[int], truth: np.ndarray, k: int) -> float:
+    """Share of the queries whose true source is among their first k candidates in ``table``."""
+    return float(np.mean([t in table[i, :k] for i, t in zip(queries, truth)]))
+
+
 def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global_null: NullModel, k: int,
            n_null: int) -> None:
     """Print the per-edit table of the first k candidates."""
@@ -205,19 +209,19 @@ def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global
         n = [i for i, e in enumerate(sets["novel"].edits) if e == edit]
         cands, plain, sim, _, v_best, two = results["copy"]
         truth = np.asarray(sets["copy"].sources)[c]
-        recall = lambda table, m: np.mean([t in table[i, :m] for i, t in zip(c, truth)])  # noqa: E731
         copies = (sim[c], best["copy"][0][c], best["copy"][1][c])
         novel = (results["novel"][2][n], best["novel"][0][n], best["novel"][1][n])
         au = [auroc(a, b) for a, b in zip(copies, novel)]
         flags = [np.mean(m.p_value(x) < ALPHA) for m, x in zip(nulls, copies)]
         fps = [np.mean(m.p_value(x) < ALPHA) for m, x in zip(nulls, novel)]
         top1 = np.mean(best["copy"][2][c] == truth)
-        boxes = [v_best[i].box if v_best[i] else None for i in c]
-        located = [_box_iou(b, sets["copy"].halves[i]) >= 0.5 for b, i in zip(boxes, c)]
-        iou = f"{np.mean(located):.2f}" if edit == "half" else ""
-        print(f"  {edit:10s} | {recall(plain, 1):.2f} {recall(plain, k):.2f} {recall(two, k):.2f}"
-              f" {recall(cands, k):.2f}"
-              f" {recall(plain, 4 * k):.2f}"
+        iou = ""
+        if edit == "half":
+            located = [_box_iou(v_best[i].box if v_best[i] else None, sets["copy"].halves[i]) >= 0.5 for i in c]
+            iou = f"{np.mean(located):.2f}"
+        tables = ((plain, 1), (plain, k), (two, k), (cands, k), (plain, 4 * k))
+        recalls = [_recall(table, c, truth, m) for table, m in tables]
+        print(f"  {edit:10s} | {' '.join(f'{r:.2f}' for r in recalls)}"
               f" | {' / '.join(f'{a:.3f}' for a in au)} | {' / '.join(f'{a:.2f}' for a in flags)}"
               f" | {' / '.join(f'{a:.3f}' for a in fps)} | {top1:.2f} | {iou}")
 
