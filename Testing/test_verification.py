@@ -117,3 +117,19 @@ def test_edits_keep_range_and_shape(pair, edit):
     assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
     assert out.shape == (source.shape[::-1] if edit in ("transpose", "rot90") else source.shape)
     assert not np.array_equal(out, source) or edit == "clean"
+
+
+def test_matrix_maps_candidate_pixels_onto_the_query(pair):
+    source, _ = pair
+    h, w = source.shape
+    point = np.array([0.4 * w, 0.6 * h, 1.0])  # (column, row, 1)
+    theta = np.deg2rad(30.0)
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    turned = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ (point[:2] - centre) + centre
+    for query, expected in [
+        (np.rot90(source), (point[1], w - 1 - point[0])),  # np.rot90 turns the other way from transforms.rotate
+        (source[:, ::-1], (w - 1 - point[0], point[1])),
+        (rotate(source, 30.0), tuple(turned)),
+    ]:
+        mapped = verify_candidates(np.ascontiguousarray(query), [source])[0].alignment.matrix @ point
+        assert np.hypot(mapped[0] - expected[0], mapped[1] - expected[1]) <= max(h, w) / GRID
