@@ -1,0 +1,126 @@
+"""Pairwise verification (verification.py) on real MRI slices edited as the benchmark edits them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from MemorizationIndexLib.augment import augment_condition
+from MemorizationIndexLib.augment_geometry import zoom
+from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
+from MemorizationIndexLib.transforms import rotate
+from MemorizationIndexLib.verification import GRID, to_grid, verify, verify_candidates
+from MemorizationIndexLib.volumes import image_slices, read_image
+from skimage.transform import resize
+
+PAIRS = {  # anatomy: (file of the copied person, file of another person, slice index)
+    "brain": ("brain/ds002748/sub-01_T1w.nii.gz", "brain/ds002748/sub-02_T1w.nii.gz", 75),
+    "spine": ("spine/myosegmentum/01.nii.gz", "spine/myosegmentum/02.nii.gz", 10),
+}
+
+
+@pytest.fixture(scope="module", params=list(PAIRS))
+def pair(request, shared_data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A real slice in [0, 1] and the same slice position of another person."""
+    first, second, k = PAIRS[request.param]
+    settings = PreprocessSettings()
+    return tuple(scale_unit(image_slices(read_image(shared_data / name), 0)[k], settings) for name in (first, second))
+
+
+def _angle_error(found: float, expected: float) -> float:
+    return abs((found - expected + 180.0) % 360.0 - 180.0)
+
+
+@pytest.mark.parametrize("make, transposed, angle", [
+    (lambda x: x, False, 0.0),
+    (lambda x: rotate(x, 30.0), False, 30.0),
+    (lambda x: rotate(x, -70.0), False, -70.0),
+    (lambda x: x.T, True, 0.0),
+    (lambda x: x[:, ::-1], True, 90.0),
+    (lambda x: np.rot90(x), False, 270.0),
+])
+def test_turned_copies_verify_with_their_transform(pair, make, transposed, angle):
+    source, _ = pair
+    result = verify_candidates(np.ascontiguousarray(make(source)), [source])[0]
+    assert result.score >= 0.9
+    assert result.alignment.transposed == transposed
+    assert _angle_error(result.alignment.angle, angle) <= 2.0
+
+
+def test_translated_copy_with_zero_fill_finds_the_shift_and_box(pair):
+    source, _ = pair
+    h, w = source.shape
+    band = h // 8
+    query = np.zeros_like(source)
+    query[band:] = source[: h - band]
+    result = verify_candidates(query, [source])[0]
+    assert result.score >= 0.9
+    pixel = max(h, w) / GRID
+    centre = result.alignment.matrix @ np.array([w / 2, h / 2, 1.0])
+    assert abs(centre[0] - w / 2) <= pixel and abs(centre[1] - (h / 2 + band)) <= pixel
+    assert result.box is not None and result.box[0] >= band  # nothing copied in the zero band
+
+
+def test_zoomed_copy_finds_the_scale(pair):
+    source, _ = pair
+    result = verify_candidates(zoom(source, 1.2), [source])[0]
+    assert result.score >= 0.8
+    assert abs(np.sqrt(np.linalg.det(result.alignment.matrix[:2, :2])) - 1.2) <= 0.03
+
+
+@pytest.mark.parametrize("edit", ["rician", "bias", "chain"])
+def test_intensity_and_noise_edits_still_verify(pair, edit):
+    source, _ = pair
+    result = verify_candidates(augment_condition(source, edit, np.random.default_rng(1)).image, [source])[0]
+    assert result.score >= 0.75
+
+
+def test_half_copy_is_located(pair):
+    source, other = pair
+    query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    w = source.shape[1]
+    query[:, : w // 2] = source[:, : w // 2]
+    result = verify_candidates(query, [source])[0]
+    assert result.score >= 0.35
+    assert result.mask[:, : w // 2].sum() >= 0.8 * result.mask.sum()  # the copy map lies in the copied half
+    assert result.mask[:, : w // 2][source[:, : w // 2] > 0.1].mean() >= 0.5  # and covers most of it
+
+
+def test_other_person_verifies_low(pair):
+    source, other = pair
+    assert verify_candidates(other, [source])[0].score <= 0.3
+
+
+def test_empty_regions_do_not_count_as_agreement(pair):
+    source, other = pair
+    padded = np.zeros((3 * other.shape[0], 3 * other.shape[1]), dtype=np.float32)
+    padded[other.shape[0] : 2 * other.shape[0], other.shape[1] : 2 * other.shape[1]] = other
+    small = np.zeros_like(padded)
+    small[source.shape[0] : 2 * source.shape[0], source.shape[1] : 2 * source.shape[1]] = source
+    result = verify(to_grid(padded), to_grid(small))
+    assert result.score <= 0.3
+    assert not (result.mask & (padded == 0)).any()
+
+
+def test_mask_stays_on_the_query_foreground(pair):
+    source, _ = pair
+    result = verify_candidates(source, [source])[0]
+    assert result.mask.shape == source.shape
+    assert result.mask[source <= 0.05].mean() < 0.05
+
+
+def test_matrix_maps_candidate_pixels_onto_the_query(pair):
+    source, _ = pair
+    h, w = source.shape
+    point = np.array([0.4 * w, 0.6 * h, 1.0])  # (column, row, 1)
+    theta = np.deg2rad(30.0)
+    centre = np.array([(w - 1) / 2, (h - 1) / 2])
+    turned = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) @ (point[:2] - centre) + centre
+    for query, expected in [
+        (np.rot90(source), (point[1], w - 1 - point[0])),  # np.rot90 turns the other way from transforms.rotate
+        (source[:, ::-1], (w - 1 - point[0], point[1])),
+        (rotate(source, 30.0), tuple(turned)),
+    ]:
+        mapped = verify_candidates(np.ascontiguousarray(query), [source])[0].alignment.matrix @ point
+        assert np.hypot(mapped[0] - expected[0], mapped[1] - expected[1]) <= max(h, w) / GRID
