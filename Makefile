@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= test,slicer,demo,ray
 
-.PHONY: install test-tools demo test bench benchmark clean
+.PHONY: install test-tools lint demo test bench benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ test-tools:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } \
 		|| echo "note: chromium is not installed; the report screenshot tests will skip"
 
-test: install test-tools
+# The linter: rules and line length in pyproject.toml ([tool.ruff]).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install test-tools lint
 	$(PY) -m pytest Testing -q
 
 bench: install

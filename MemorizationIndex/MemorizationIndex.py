@@ -9,7 +9,6 @@ Console one-liner (blocking)::
     result = slicer.util.getModuleLogic("MemorizationIndex").process(volumeNode, "/path/to/index")
 """
 
-
 import enum
 import logging
 import os
@@ -18,24 +17,22 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import qt
-import vtk
-
 import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Decimals, SingleStep, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
-from slicer.parameterNodeWrapper import Decimals, SingleStep, WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
-
-from slicer import vtkMRMLScalarVolumeNode
 
 from MemorizationIndexLib.commands import (
     VolumeProgress,
@@ -50,7 +47,6 @@ from MemorizationIndexLib.layout import LAYOUT_ID, NEIGHBOR_VIEW, PLOT_VIEW_TAG,
 from MemorizationIndexLib.process import BackgroundProcess
 from MemorizationIndexLib.protocol import INDEX_ATTRIBUTE, INPUT_ATTRIBUTE
 from MemorizationIndexLib.results_html import index_null, summary_html
-
 
 #
 # MemorizationIndex
@@ -70,7 +66,8 @@ class MemorizationIndex(ScriptedLoadableModule):
             "Audit generated MRI volumes for memorized training data. Each slice of the input volume gets a "
             "calibrated Memorization Index (MI, 0 = novel, 1 = copy), ONI and p-value against a reference index "
             "of the training set; flagged slices are shown as a colour overlay, next to the training slice they "
-            "resemble most. Console: <code>slicer.util.getModuleLogic('MemorizationIndex').process(volumeNode, indexDir)</code>."
+            "resemble most. Console: <code>slicer.util.getModuleLogic('MemorizationIndex').process(volumeNode, "
+            "indexDir)</code>."
         )
         self.parent.acknowledgementText = _(
             "Scores follow the calibrated Memorization Index of Deo et al. (arXiv 2602.13066, 2026), with its ONI. "
@@ -89,7 +86,9 @@ class EncoderChoice(enum.Enum):
 
     @staticmethod
     def label(value) -> str:
-        return {"default": _("Default (EfficientNet-Lite0, offline)"), "mri-core": _("MRI-CORE (checkpoint file)")}[value.value]
+        return {"default": _("Default (EfficientNet-Lite0, offline)"), "mri-core": _("MRI-CORE (checkpoint file)")}[
+            value.value
+        ]
 
 
 class DeviceChoice(enum.Enum):
@@ -133,7 +132,7 @@ class MemorizationIndexParameterNode:
     buildIndexDirectory: pathlib.Path
 
 
-def _pathOrNone(value) -> Optional[str]:
+def _pathOrNone(value) -> str | None:
     """An unset ctkPathLineEdit reads as Path('') == Path('.'): treat both as 'not given'."""
     if value is None:
         return None
@@ -208,7 +207,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 
-    def setParameterNode(self, inputParameterNode: Optional[MemorizationIndexParameterNode]) -> None:
+    def setParameterNode(self, inputParameterNode: MemorizationIndexParameterNode | None) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
@@ -226,11 +225,16 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         hasInput = bool(p and (p.inputVolume or p.auditAllVolumes))
         hasIndex = bool(p and _pathOrNone(p.indexDirectory))
         self.ui.applyButton.enabled = hasInput and hasIndex
-        self.ui.applyButton.toolTip = _("Audit the input volume against the reference index") if hasInput and hasIndex else _(
-            "Select an input volume and a reference index folder")
+        self.ui.applyButton.toolTip = (
+            _("Audit the input volume against the reference index")
+            if hasInput and hasIndex
+            else _("Select an input volume and a reference index folder")
+        )
         hasTraining = bool(p and _pathOrNone(p.trainingPath) and _pathOrNone(p.buildIndexDirectory))
         self.ui.buildButton.enabled = hasTraining
-        self.ui.checkpointPathLineEdit.enabled = bool(p and p.encoder == EncoderChoice.MRI_CORE) or bool(p and _pathOrNone(p.checkpointPath))
+        self.ui.checkpointPathLineEdit.enabled = bool(p and p.encoder == EncoderChoice.MRI_CORE) or bool(
+            p and _pathOrNone(p.checkpointPath)
+        )
 
     def updateDeviceLabel(self, *args) -> None:
         choice = self._parameterNode.device.value if self._parameterNode else "auto"
@@ -279,14 +283,26 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 try:
                     results = []
                     for node in volumes:
-                        results.append(self.logic.process(node, _pathOrNone(p.indexDirectory), opacity=p.overlayOpacity, **options,
-                                                          progress=lambda done, total: (self._onProgress(done / max(total, 1), ""), slicer.app.processEvents())))
+                        results.append(
+                            self.logic.process(
+                                node,
+                                _pathOrNone(p.indexDirectory),
+                                opacity=p.overlayOpacity,
+                                **options,
+                                progress=lambda done, total: (
+                                    self._onProgress(done / max(total, 1), ""),
+                                    slicer.app.processEvents(),
+                                ),
+                            )
+                        )
                     self._showSummary(results)
                 finally:
                     self._setRunning(False, self.ui.applyButton)
                 return
             self.logic.startAudit(
-                volumes, _pathOrNone(p.indexDirectory), options,
+                volumes,
+                _pathOrNone(p.indexDirectory),
+                options,
                 progressCallback=self._onProgress,
                 completedCallback=self._onAuditDone,
             )
@@ -302,7 +318,7 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             "alpha": float(p.alpha),
         }
 
-    def _onAuditDone(self, results, error: Optional[str]) -> None:
+    def _onAuditDone(self, results, error: str | None) -> None:
         self._setRunning(False, self.ui.applyButton)
         if error:
             self.ui.statusLabel.text = error
@@ -339,16 +355,21 @@ class MemorizationIndexWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if not self.logic.ensureDependencies():
                 return
             self.logic.startBuildIndex(
-                [_pathOrNone(p.trainingPath)], _pathOrNone(p.buildIndexDirectory),
+                [_pathOrNone(p.trainingPath)],
+                _pathOrNone(p.buildIndexDirectory),
                 holdout=[_pathOrNone(p.holdoutPath)] if _pathOrNone(p.holdoutPath) else None,
-                encoder=p.encoder.value, checkpoint=_pathOrNone(p.checkpointPath), device=p.device.value,
-                batchSize=int(p.batchSize), axis=p.buildAxis.value,
-                progressCallback=self._onProgress, completedCallback=self._onBuildDone,
+                encoder=p.encoder.value,
+                checkpoint=_pathOrNone(p.checkpointPath),
+                device=p.device.value,
+                batchSize=int(p.batchSize),
+                axis=p.buildAxis.value,
+                progressCallback=self._onProgress,
+                completedCallback=self._onBuildDone,
             )
             self._setRunning(True, self.ui.buildButton)
             self.ui.statusLabel.text = _("Building the reference index in the background...")
 
-    def _onBuildDone(self, message: str, error: Optional[str]) -> None:
+    def _onBuildDone(self, message: str, error: str | None) -> None:
         self._setRunning(False, self.ui.buildButton)
         if error:
             self.ui.statusLabel.text = error
@@ -373,7 +394,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process: Optional[BackgroundProcess] = None
+        self._process: BackgroundProcess | None = None
         self._timer = None
         self.cancelRequested = False
 
@@ -403,7 +424,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         """What the device setting means on this computer (without installing anything)."""
         if not torch_installed():
             return _("PyTorch not installed yet (installed on first use)")
-        import torch  # noqa: PLC0415
+        import torch
 
         hasGpu = torch.cuda.is_available()
         gpuName = torch.cuda.get_device_name(0) if hasGpu else ""
@@ -415,9 +436,21 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     # --- blocking path (console, tests) --------------------------------------------------------
 
-    def process(self, volumeNode, indexDir, *, showResults: bool = True, opacity: float = 0.6, checkpoint=None,
-                device: str = "auto", batch_size: int = 32, alpha: Optional[float] = None, progress=None, cancel=None,
-                **options):
+    def process(
+        self,
+        volumeNode,
+        indexDir,
+        *,
+        showResults: bool = True,
+        opacity: float = 0.6,
+        checkpoint=None,
+        device: str = "auto",
+        batch_size: int = 32,
+        alpha: float | None = None,
+        progress=None,
+        cancel=None,
+        **options,
+    ):
         """Audit ``volumeNode`` against the index in ``indexDir`` and show the result (blocking).
 
         Returns a ``MemorizationIndexLib.mrml.MrmlAuditResult`` (``heatmap_node``,
@@ -427,15 +460,25 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
             raise ValueError("volumeNode is required")
         if not indexDir:
             raise ValueError("indexDir (a reference index folder) is required")
-        from MemorizationIndexLib.mrml import audit_volume_node  # noqa: PLC0415 - needs torch
+        from MemorizationIndexLib.mrml import audit_volume_node
 
         start = time.time()
         result = audit_volume_node(
-            slicer.mrmlScene, volumeNode, indexDir, checkpoint=checkpoint, device=device, batch_size=batch_size,
-            alpha=alpha, progress=progress, cancel=cancel, **options,
+            slicer.mrmlScene,
+            volumeNode,
+            indexDir,
+            checkpoint=checkpoint,
+            device=device,
+            batch_size=batch_size,
+            alpha=alpha,
+            progress=progress,
+            cancel=cancel,
+            **options,
         )
-        logging.info(f"MemorizationIndex: audited {volumeNode.GetName()} in {time.time() - start:.1f} s: "
-                     f"{result.audit.flagged} of {len(result.audit.scores)} slices flagged")
+        logging.info(
+            f"MemorizationIndex: audited {volumeNode.GetName()} in {time.time() - start:.1f} s: "
+            f"{result.audit.flagged} of {len(result.audit.scores)} slices flagged"
+        )
         if showResults:
             self.showResults(result, opacity=opacity)
         return result
@@ -446,15 +489,16 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
     def pythonExecutable() -> str:
         return shutil.which("PythonSlicer") or sys.executable
 
-    def _start(self, args: list, progressCallback, onFinished, nVolumes: int = 1, workDir: Optional[str] = None) -> None:
+    def _start(self, args: list, progressCallback, onFinished, nVolumes: int = 1, workDir: str | None = None) -> None:
         """Run ``args`` in a BackgroundProcess polled by a QTimer; ``onFinished(returnCode, log)``."""
         self.cancelRequested = False
         volumeProgress = VolumeProgress(nVolumes)
 
         def onProgress(done: int, total: int) -> None:
             if progressCallback:
-                progressCallback(volumeProgress.update(done, total),
-                                 _("{done}/{total} slices").format(done=done, total=total))
+                progressCallback(
+                    volumeProgress.update(done, total), _("{done}/{total} slices").format(done=done, total=total)
+                )
 
         def onCompleted(returnCode: int) -> None:
             process, self._process = self._process, None
@@ -463,8 +507,14 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
         logging.info("MemorizationIndex: running " + " ".join(args))
         environment = child_environment(self.moduleDirectory(), slicer.util.startupEnvironment())
-        self._process = BackgroundProcess(args, env=environment, on_line=logging.info, on_progress=onProgress,
-                                          on_finished=onCompleted, work_dir=workDir)
+        self._process = BackgroundProcess(
+            args,
+            env=environment,
+            on_line=logging.info,
+            on_progress=onProgress,
+            on_finished=onCompleted,
+            work_dir=workDir,
+        )
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.timeout.connect(self._process.poll)
@@ -490,9 +540,16 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
                 paths.append(os.path.join(workDir, f"volume_{i}.nrrd"))
                 slicer.util.exportNode(node, paths[-1])
             outDir = os.path.join(workDir, "audit")
-            args = audit_arguments(self.pythonExecutable(), indexDir, paths, outDir, device=options.get("device", "auto"),
-                                   batch_size=options.get("batch_size", 32), alpha=options.get("alpha"),
-                                   checkpoint=options.get("checkpoint"))
+            args = audit_arguments(
+                self.pythonExecutable(),
+                indexDir,
+                paths,
+                outDir,
+                device=options.get("device", "auto"),
+                batch_size=options.get("batch_size", 32),
+                alpha=options.get("alpha"),
+                checkpoint=options.get("checkpoint"),
+            )
 
             def onFinished(returnCode: int, log: list) -> None:
                 if returnCode != 0:
@@ -500,7 +557,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
                     return
                 try:
                     results = self.loadAuditResults(volumeNodes, paths, outDir, indexDir)
-                except Exception as exc:  # noqa: BLE001 - shown to the user
+                except Exception as exc:
                     logging.exception("MemorizationIndex: could not load the audit results")
                     completedCallback([], str(exc))
                     return
@@ -513,8 +570,8 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     def loadAuditResults(self, volumeNodes, paths, outDir, indexDir):
         """Turn a command-line audit's outputs into result nodes for the volumes it audited."""
-        from MemorizationIndexLib.mrml import add_audit_nodes, read_audit_outputs  # noqa: PLC0415
-        from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: PLC0415
+        from MemorizationIndexLib.mrml import add_audit_nodes, read_audit_outputs
+        from MemorizationIndexLib.reference_index import ReferenceIndex
 
         audits = read_audit_outputs(outDir)
         index = ReferenceIndex.load(indexDir)
@@ -527,14 +584,34 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
             results.append(add_audit_nodes(slicer.mrmlScene, node, audit, index))
         return results
 
-    def startBuildIndex(self, trainingPaths, outDir, *, holdout=None, encoder="default", checkpoint=None, device="auto",
-                        batchSize=32, axis="auto", progressCallback=None, completedCallback=None) -> None:
+    def startBuildIndex(
+        self,
+        trainingPaths,
+        outDir,
+        *,
+        holdout=None,
+        encoder="default",
+        checkpoint=None,
+        device="auto",
+        batchSize=32,
+        axis="auto",
+        progressCallback=None,
+        completedCallback=None,
+    ) -> None:
         """Build a reference index in a background process (``python -m MemorizationIndexLib.cli build-index``)."""
         if self.isRunning:
             raise RuntimeError(_("Another audit or index build is still running."))
-        args = build_index_arguments(self.pythonExecutable(), trainingPaths, outDir, holdout=holdout or (),
-                                     encoder=encoder, checkpoint=checkpoint, device=device, batch_size=batchSize,
-                                     axis=axis)
+        args = build_index_arguments(
+            self.pythonExecutable(),
+            trainingPaths,
+            outDir,
+            holdout=holdout or (),
+            encoder=encoder,
+            checkpoint=checkpoint,
+            device=device,
+            batch_size=batchSize,
+            axis=axis,
+        )
 
         def onFinished(returnCode: int, log: list) -> None:
             if returnCode != 0:
@@ -554,12 +631,15 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def loadedVolumes() -> list:
-        return [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
-                if n.GetImageData() is not None and n.GetAttribute(INPUT_ATTRIBUTE) is None]
+        return [
+            n
+            for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if n.GetImageData() is not None and n.GetAttribute(INPUT_ATTRIBUTE) is None
+        ]
 
     def showResults(self, result, opacity: float = 0.6) -> None:
         """Side-by-side layout (query + heatmap | nearest neighbour, chart below), linked views."""
-        from MemorizationIndexLib.mrml import show_result_in_slice_views  # noqa: PLC0415
+        from MemorizationIndexLib.mrml import show_result_in_slice_views
 
         if not hasattr(slicer, "app") or slicer.app is None:
             return
@@ -570,8 +650,13 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         if not layoutNode.IsLayoutDescription(LAYOUT_ID):
             layoutNode.AddLayoutDescription(LAYOUT_ID, layout_xml())
         layoutManager.setLayout(LAYOUT_ID)
-        show_result_in_slice_views(slicer.mrmlScene, result, opacity=opacity, query_view_names=(QUERY_VIEW,),
-                                   neighbor_view_names=(NEIGHBOR_VIEW,))
+        show_result_in_slice_views(
+            slicer.mrmlScene,
+            result,
+            opacity=opacity,
+            query_view_names=(QUERY_VIEW,),
+            neighbor_view_names=(NEIGHBOR_VIEW,),
+        )
         for view in (QUERY_VIEW, NEIGHBOR_VIEW):
             widget = layoutManager.sliceWidget(view)
             if widget is not None:
@@ -583,7 +668,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def jumpToMostSuspicious(result) -> None:
-        from MemorizationIndexLib.mrml import jump_to_slice  # noqa: PLC0415
+        from MemorizationIndexLib.mrml import jump_to_slice
 
         if not result.audit.scores:
             return
@@ -615,13 +700,13 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         self.test_MemorizationIndex1()
 
     def test_MemorizationIndex1(self):
-        import numpy as np  # noqa: PLC0415
+        import numpy as np
 
         self.delayDisplay("Starting the Memorization Index self-test")
         logic = MemorizationIndexLogic()
         if not logic.ensureDependencies(askConfirmation=False):
             self.skipTest("dependencies are not installed")
-        from MemorizationIndexLib import mrml  # noqa: PLC0415
+        from MemorizationIndexLib import mrml
 
         self.delayDisplay("Building a small reference index")
         queryNode, indexDir = makeSelfTestScenario(pathlib.Path(tempfile.mkdtemp(prefix="MemorizationIndexTest-")))
@@ -639,8 +724,14 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         flagged = [s for s in result.audit.scores if s.flagged]
         self.assertTrue(flagged, "copied slices must be flagged")
         self.assertEqual(result.missing_neighbors, [])
-        rgba = mrml.composite_slice_rgba(slicer.mrmlScene, queryNode, result.heatmap_node, axis_name=result.audit.axis_name,
-                                         array_axis=result.audit.array_axis, slice_index=flagged[0].slice)
+        rgba = mrml.composite_slice_rgba(
+            slicer.mrmlScene,
+            queryNode,
+            result.heatmap_node,
+            axis_name=result.audit.axis_name,
+            array_axis=result.audit.array_axis,
+            slice_index=flagged[0].slice,
+        )
         self.assertTrue(mrml.overlay_mask(rgba).any(), "the flagged slice must show the colour overlay")
         self.delayDisplay("Test passed")
 
@@ -651,11 +742,11 @@ def makeSelfTestScenario(work: pathlib.Path):
     The head is split into two "subjects" (the two halves along the slowest axis) that form the
     index; the query holds every 8th slice of the first half, i.e. copies of training slices.
     """
-    import SampleData  # noqa: PLC0415
-    import SimpleITK as sitk  # noqa: PLC0415
-    import sitkUtils  # noqa: PLC0415
+    import SampleData
+    import SimpleITK as sitk
+    import sitkUtils
 
-    from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: PLC0415
+    from MemorizationIndexLib.index_build import BuildOptions, build_index
 
     source = SampleData.downloadSample("MRHead")
     image = sitkUtils.PullVolumeFromSlicer(source)

@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "MemorizationIndex"))
 
 from MemorizationIndexLib.allocator import keep_freed_memory
+from MemorizationIndexLib.encoders import load_encoder
 
 keep_freed_memory()  # the tests run the encoder in this process, as the CLI does
 
@@ -40,3 +41,36 @@ def chromium() -> str:
         if found:
             return found
     pytest.skip("chromium is not installed (make test installs Debian's chromium when run as root with apt-get)")
+
+
+@pytest.fixture(scope="module")
+def spine(shared_data: Path) -> dict[str, Path]:
+    folder = shared_data / "spine" / "myosegmentum"
+    paths = {n: folder / f"{n}.nii.gz" for n in ("01", "02", "03", "04", "05", "06")}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    assert not missing, f"shared spine data incomplete: {missing}"
+    return paths
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The default encoder, loaded once per module."""
+    return load_encoder("default")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
+    """Small real data (spine crops: two training files, a holdout, a query) for one test module."""
+    from reliability_helpers import small_dataset
+
+    return small_dataset(tmp_path_factory.mktemp("data"), shared_data)
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Path], encoder) -> Path:
+    """An index of ``data`` (no copies, holdout null) for one test module."""
+    from reliability_helpers import build_small_index
+
+    out = tmp_path_factory.mktemp("index") / "index"
+    build_small_index(data, out, encoder=encoder)
+    return out

@@ -80,13 +80,24 @@ def main(argv=None) -> int:
     cold = min(novel, key=lambda s: abs(s.slice - hot.slice - 25))
 
     def render(background, foreground, score):
-        rgba = mrml.composite_slice_rgba(scene, background, foreground, axis_name=audit.axis_name, array_axis=audit.array_axis,
-                                         slice_index=score.slice, opacity=0.55, size=(320, 320))
+        rgba = mrml.composite_slice_rgba(
+            scene,
+            background,
+            foreground,
+            axis_name=audit.axis_name,
+            array_axis=audit.array_axis,
+            slice_index=score.slice,
+            opacity=0.55,
+            size=(320, 320),
+        )
         return Image.fromarray(rgba[..., :3])
 
     panels = [
         (render(node, result.heatmap_node, hot), f"slice {hot.slice}: MI {hot.mi:.3f}, flagged"),
-        (render(result.neighbor_node, None, hot), f"nearest training slice ({Path(hot.nn_source).name.split('_')[0]}, {hot.nn_slice})"),
+        (
+            render(result.neighbor_node, None, hot),
+            f"nearest training slice ({Path(hot.nn_source).name.split('_')[0]}, {hot.nn_slice})",
+        ),
         (render(node, result.heatmap_node, cold), f"slice {cold.slice}: MI {cold.mi:.3f}, novel"),
     ]
     width = sum(p.width for p, _ in panels) + 4 * (len(panels) - 1)
@@ -99,7 +110,9 @@ def main(argv=None) -> int:
         x += picture.width + 4
     args.out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(args.out, optimize=True)
-    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB): {len(flagged)} of {len(audit.scores)} slices flagged")
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size // 1024} KB): {len(flagged)} of {len(audit.scores)} slices flagged"
+    )
     return 0
 
 

@@ -28,8 +28,21 @@ def test_architecture_page_lists_every_module():
     listed = set(re.findall(r"`([a-z_]+)\.py`", page))
     modules = {p.stem for p in LIB.glob("*.py") if p.stem != "__init__"}
     assert modules <= listed, f"modules missing from docs/architecture.md: {sorted(modules - listed)}"
-    assert listed - {"MemorizationIndex", "bench_perf", "heldout_check", "api_contract", "base",
-                     "efficientnet_lite", "mri_core", "conftest", "__init__"} <= modules, "docs/architecture.md names a module that is gone"
+    assert (
+        listed
+        - {
+            "MemorizationIndex",
+            "bench_perf",
+            "heldout_check",
+            "api_contract",
+            "base",
+            "efficientnet_lite",
+            "mri_core",
+            "conftest",
+            "__init__",
+        }
+        <= modules
+    ), "docs/architecture.md names a module that is gone"
 
 
 def test_audit_imports_nothing_from_presentation():

@@ -109,8 +109,9 @@ def test_failed_write_folder_removes_the_parents_it_created(tmp_path: Path) -> N
 
 
 def test_write_folder_removes_only_abandoned_temporary_folders(tmp_path: Path) -> None:
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                              check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     host = socket.gethostname()
     dead = tmp_path / f".index.tmp-{host}-{int(finished.stdout)}-0123abcd"  # its process has ended
     live = tmp_path / f".index.old-{host}-{os.getpid()}-0123abcd"  # this process runs

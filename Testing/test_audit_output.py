@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from MemorizationIndexLib.audit_output import (
-    NEIGHBOUR_COLUMNS, SLICE_COLUMNS, Neighbour, SliceScore, evidence_order, read_audit, write_audit,
+    NEIGHBOUR_COLUMNS,
+    SLICE_COLUMNS,
+    Neighbour,
+    SliceScore,
+    evidence_order,
+    read_audit,
+    write_audit,
 )
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.scoring import NullModel
@@ -25,24 +31,40 @@ class _Volume:
 
 def _score(k: int, mi: float, flip: str = "none", source: str = "t,1.nii.gz") -> SliceScore:
     z = float(np.arctanh(2 * mi - 1))
-    return SliceScore(slice=k, similarity=0.5 + 0.123456789 * mi, z=z, mi=mi, oni=-float(np.tanh(z)),
-                      p_value=1 / 3, flagged=mi > 0.9, nn_source=source, nn_slice=2 * k, nn_flip=flip)
+    return SliceScore(
+        slice=k,
+        similarity=0.5 + 0.123456789 * mi,
+        z=z,
+        mi=mi,
+        oni=-float(np.tanh(z)),
+        p_value=1 / 3,
+        flagged=mi > 0.9,
+        nn_source=source,
+        nn_slice=2 * k,
+        nn_flip=flip,
+    )
 
 
 def _volumes() -> list[_Volume]:
     a = _Volume("gen/a.nii.gz", [_score(0, 0.3), _score(3, 0.95, "hflip"), _score(4, 0.6, "rot-4")])
-    b = _Volume("b \"quoted\".nrrd", [_score(1, 0.999999, "vflip", source="")])
+    b = _Volume('b "quoted".nrrd', [_score(1, 0.999999, "vflip", source="")])
     for v in (a, b):
         for s in v.scores:
-            v.neighbours[s.slice] = [Neighbour(1, s.nn_source, s.nn_slice, s.nn_flip, s.similarity),
-                                     Neighbour(2, "other.nii.gz", 7, "none", s.similarity / 2)]
+            v.neighbours[s.slice] = [
+                Neighbour(1, s.nn_source, s.nn_slice, s.nn_flip, s.similarity),
+                Neighbour(2, "other.nii.gz", 7, "none", s.similarity / 2),
+            ]
     return [a, b]
 
 
 def _write(out: Path, volumes: list[_Volume] | None = None) -> dict:
     threshold = NullModel(np.linspace(0.0, 1.0, 99)).threshold(0.05)
-    summary = {"index": {"path": "/idx"}, "null": {"mean": 0.5, "std": 0.25, "n": 99},
-               "threshold": threshold.to_dict(), "volumes": [{"volume": "gen/a.nii.gz"}]}
+    summary = {
+        "index": {"path": "/idx"},
+        "null": {"mean": 0.5, "std": 0.25, "n": 99},
+        "threshold": threshold.to_dict(),
+        "volumes": [{"volume": "gen/a.nii.gz"}],
+    }
     write_audit(_volumes() if volumes is None else volumes, summary, np.linspace(0.0, 1.0, 99), out)
     return summary
 
@@ -51,21 +73,27 @@ def test_scores_round_trip_through_the_files(tmp_path: Path) -> None:
     summary = _write(tmp_path / "new" / "audit")
     read = read_audit(tmp_path / "new" / "audit")
     written = [(v.volume, s) for v in _volumes() for s in v.scores]
-    assert [(r.volume, r.slice, r.nn_source, r.nn_slice, r.nn_flip, r.flagged) for r in read.rows] == \
-        [(volume, s.slice, s.nn_source, s.nn_slice, s.nn_flip, s.flagged) for volume, s in written]
+    assert [(r.volume, r.slice, r.nn_source, r.nn_slice, r.nn_flip, r.flagged) for r in read.rows] == [
+        (volume, s.slice, s.nn_source, s.nn_slice, s.nn_flip, s.flagged) for volume, s in written
+    ]
     for row, (_, score) in zip(read.rows, written):
         for name in ("similarity", "z", "mi", "oni", "p_value"):
             assert getattr(row, name) == pytest.approx(getattr(score, name), rel=1e-5)  # 6 significant digits
             assert getattr(row, name) == float(f"{getattr(score, name):.6g}")
-    assert read.neighbours[("gen/a.nii.gz", 3)] == [Neighbour(1, "t,1.nii.gz", 6, "hflip", pytest.approx(0.6172839)),
-                                                   Neighbour(2, "other.nii.gz", 7, "none", pytest.approx(0.3086419))]
+    assert read.neighbours[("gen/a.nii.gz", 3)] == [
+        Neighbour(1, "t,1.nii.gz", 6, "hflip", pytest.approx(0.6172839)),
+        Neighbour(2, "other.nii.gz", 7, "none", pytest.approx(0.3086419)),
+    ]
     assert read.summary == summary and asdict(read.threshold) == summary["threshold"]
     np.testing.assert_array_equal(read.null_similarity, np.linspace(0.0, 1.0, 99))
     lines = (tmp_path / "new" / "audit" / "slices.csv").read_text(encoding="utf-8").split("\n")
     assert lines[0] == ",".join(SLICE_COLUMNS) and lines[-1] == ""
-    assert lines[2] == "gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,\"t,1.nii.gz\",6"
-    assert (tmp_path / "new" / "audit" / "neighbors.csv").read_text(encoding="utf-8").startswith(
-        ",".join(NEIGHBOUR_COLUMNS) + "\n")
+    assert lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6'
+    assert (
+        (tmp_path / "new" / "audit" / "neighbors.csv")
+        .read_text(encoding="utf-8")
+        .startswith(",".join(NEIGHBOUR_COLUMNS) + "\n")
+    )
     assert json.loads((tmp_path / "new" / "audit" / "summary.json").read_text(encoding="utf-8")) == summary
 
 
@@ -89,22 +117,34 @@ def _replace_line(path: Path, line: int, text: str) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-@pytest.mark.parametrize(("damage", "message"), [
-    (lambda out: _replace_line(out / "slices.csv", 2, "gen/a.nii.gz,3,0.6,1.8,high,-0.9,0.3,1,t,6"),
-     r"slices.csv line 3 is corrupt"),
-    (lambda out: _replace_line(out / "slices.csv", 0, "volume,slice,similarity"), r"missing columns: z, mi"),
-    (lambda out: (out / "slices.csv").write_bytes(b"\xff\xfe\x00garbage"), r"slices.csv is not a text CSV file"),
-    (lambda out: _replace_line(out / "neighbors.csv", 1, "gen/a.nii.gz,0,1,t,0,rot+9,0.5"),
-     r"neighbors.csv line 2 is corrupt: unknown flip 'rot\+9'"),
-    (lambda out: _replace_line(out / "neighbors.csv", 1, "gen/a.nii.gz,0,1,elsewhere.nii.gz,0,none,0.5"),
-     r"neighbors.csv does not match slices.csv \(slice 0 of gen/a.nii.gz"),
-    (lambda out: (out / "summary.json").write_text(json.dumps({"index": {}, "null": {"mean": 0, "std": 1},
-                                                               "threshold": {"alpha": 0.1}, "volumes": []})),
-     r"summary.json has a corrupt null/threshold entry"),
-    (lambda out: (out / "summary.json").write_text("[1, 2]"), r"summary.json is not an audit summary"),
-    (lambda out: (out / "null_similarity.npy").write_bytes(b"garbage"), r"null_similarity.npy is not a readable"),
-    (lambda out: (out / "summary.json").unlink(), r"summary.json is missing"),
-])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda out: _replace_line(out / "slices.csv", 2, "gen/a.nii.gz,3,0.6,1.8,high,-0.9,0.3,1,t,6"),
+            r"slices.csv line 3 is corrupt",
+        ),
+        (lambda out: _replace_line(out / "slices.csv", 0, "volume,slice,similarity"), r"missing columns: z, mi"),
+        (lambda out: (out / "slices.csv").write_bytes(b"\xff\xfe\x00garbage"), r"slices.csv is not a text CSV file"),
+        (
+            lambda out: _replace_line(out / "neighbors.csv", 1, "gen/a.nii.gz,0,1,t,0,rot+9,0.5"),
+            r"neighbors.csv line 2 is corrupt: unknown flip 'rot\+9'",
+        ),
+        (
+            lambda out: _replace_line(out / "neighbors.csv", 1, "gen/a.nii.gz,0,1,elsewhere.nii.gz,0,none,0.5"),
+            r"neighbors.csv does not match slices.csv \(slice 0 of gen/a.nii.gz",
+        ),
+        (
+            lambda out: (out / "summary.json").write_text(
+                json.dumps({"index": {}, "null": {"mean": 0, "std": 1}, "threshold": {"alpha": 0.1}, "volumes": []})
+            ),
+            r"summary.json has a corrupt null/threshold entry",
+        ),
+        (lambda out: (out / "summary.json").write_text("[1, 2]"), r"summary.json is not an audit summary"),
+        (lambda out: (out / "null_similarity.npy").write_bytes(b"garbage"), r"null_similarity.npy is not a readable"),
+        (lambda out: (out / "summary.json").unlink(), r"summary.json is missing"),
+    ],
+)
 def test_a_malformed_folder_is_a_one_line_user_error(tmp_path: Path, damage, message: str) -> None:
     _write(tmp_path)
     damage(tmp_path)

@@ -39,6 +39,7 @@ from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 # ---------------------------------------------------------------- metrics on hand-checkable inputs
 
+
 def test_auroc_hand_computed():
     # pairs (pos > neg): 0.9>0.7, 0.9>0.85, 0.8>0.7, 0.8<0.85 -> 3/4
     assert auroc([0.9, 0.8], [0.7, 0.85]) == pytest.approx(0.75)
@@ -57,6 +58,7 @@ def test_auprc_hand_computed():
 
 
 # ---------------------------------------------------------------- augmentations
+
 
 @pytest.fixture()
 def image() -> np.ndarray:
@@ -91,9 +93,13 @@ def test_rotation_geometry(image):
     square = np.zeros((21, 21), np.float32)
     square[2:8, 10] = 1.0  # a vertical bar above the centre
     turned = rotate(square, 90.0)
-    assert np.allclose(turned, np.rot90(square, k=1), atol=1e-5) or np.allclose(turned, np.rot90(square, k=-1), atol=1e-5)
+    assert np.allclose(turned, np.rot90(square, k=1), atol=1e-5) or np.allclose(
+        turned, np.rot90(square, k=-1), atol=1e-5
+    )
     small = rotate(image, 4.0)
-    assert small.shape == image.shape and small.min() >= 0.0 and small.max() <= image.max() + 1e-6  # bilinear: no overshoot
+    assert (
+        small.shape == image.shape and small.min() >= 0.0 and small.max() <= image.max() + 1e-6
+    )  # bilinear: no overshoot
 
 
 def test_noise_is_clipped_and_has_the_right_sigma(image):
@@ -135,6 +141,7 @@ def test_faiss_kmeans_separates_clusters():
 
 # ---------------------------------------------------------------- set-level baselines
 
+
 def test_set_level_baselines_behave():
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(120, 6))
@@ -163,6 +170,7 @@ def test_pixel_correlation_is_pearson():
 
 # ---------------------------------------------------------------- protocol
 
+
 def test_split_subjects_is_disjoint_and_seeded():
     subjects = [f"s{i:02d}" for i in range(11)]
     ref, test = split_subjects(subjects, seed=5, name="x")
@@ -178,12 +186,20 @@ def test_split_subjects_is_disjoint_and_seeded():
 def test_prepare_dataset_splits_by_subject_with_exact_duplicate_counts(shared_data):
     spine = sorted((shared_data / "spine" / "myosegmentum").glob("*.nii.gz"))[:8]
     levels = (0.1, 0.25, 0.5)
-    prepared = prepare_dataset(DatasetSpec("spine", [str(p) for p in spine]), slices_per_split=20, levels=levels, conditions=("clean", "vflip"), seed=3)
+    prepared = prepare_dataset(
+        DatasetSpec("spine", [str(p) for p in spine]),
+        slices_per_split=20,
+        levels=levels,
+        conditions=("clean", "vflip"),
+        seed=3,
+    )
     assert not set(prepared.reference_provenance.subject) & set(prepared.test_slice_subjects)
     assert set(prepared.reference_subjects).isdisjoint(prepared.test_subjects)
     assert prepared.n == 20 and len(prepared.reference_slices) == 20
     assert [prepared.n_duplicates(level) for level in levels] == [2, 5, 10]
-    assert len(prepared.duplicate_rows) == 10 and len(set(prepared.duplicate_rows.tolist())) == 10  # without replacement
+    assert (
+        len(prepared.duplicate_rows) == 10 and len(set(prepared.duplicate_rows.tolist())) == 10
+    )  # without replacement
     assert len(set(prepared.replaced_positions.tolist())) == 10
     for condition in ("clean", "vflip"):
         assert len(prepared.queries[condition]) == 20 + 10
@@ -193,7 +209,11 @@ def test_prepare_dataset_splits_by_subject_with_exact_duplicate_counts(shared_da
 
 def test_knee_pattern_groups_echoes_into_two_subjects(shared_data):
     prepared = prepare_dataset(
-        DatasetSpec("knee", [str(shared_data / "knee")], r"(pykneer-s01|pymskt-s02)"), slices_per_split=10, levels=(0.3,), conditions=("clean",), seed=0,
+        DatasetSpec("knee", [str(shared_data / "knee")], r"(pykneer-s01|pymskt-s02)"),
+        slices_per_split=10,
+        levels=(0.3,),
+        conditions=("clean",),
+        seed=0,
     )
     assert sorted(prepared.reference_subjects + prepared.test_subjects) == ["pykneer-s01", "pymskt-s02"]
     assert any("1 reference subject(s) vs 1 test subject(s)" in note for note in prepared.notes)
@@ -204,7 +224,9 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert "NAME=VALUE" in capsys.readouterr().err
     assert main(["benchmark", "--dataset", "a=/does/not/exist", "--levels", "0.5,2", "--out", str(tmp_path / "o")]) == 2
     capsys.readouterr()
-    assert main(["benchmark", "--dataset", "a=x", "--conditions", "clean,blur,sharpen", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["benchmark", "--dataset", "a=x", "--conditions", "clean,blur,sharpen", "--out", str(tmp_path / "o")]) == 2
+    )
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "unknown condition(s) sharpen;" in error and "half" in error
     assert main(["benchmark", "--dataset", "a=x", "--subject-pattern", "b=(.*)", "--out", str(tmp_path / "o")]) == 2
@@ -212,11 +234,27 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
 
 # ---------------------------------------------------------------- a small real run
 
+
 def test_small_real_benchmark_run(shared_data, tmp_path):
     out = tmp_path / "bench"
     spine = ",".join(str(p) for p in sorted((shared_data / "spine" / "myosegmentum").glob("*.nii.gz"))[:8])
-    code = main(["benchmark", "--dataset", f"spine={spine}", "--out", str(out), "--slices-per-split", "40",
-                 "--conditions", "clean,hflip,half", "--levels", "0.3", "--seed", "1"])
+    code = main(
+        [
+            "benchmark",
+            "--dataset",
+            f"spine={spine}",
+            "--out",
+            str(out),
+            "--slices-per-split",
+            "40",
+            "--conditions",
+            "clean,hflip,half",
+            "--levels",
+            "0.3",
+            "--seed",
+            "1",
+        ]
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seed"] == 1 and results["settings"]["conditions"] == ["clean", "hflip", "half"]
@@ -228,9 +266,21 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     mi = {r["condition"]: r for r in per if r["method"] == "mi"}
     assert mi["clean"]["auroc"] >= 0.99 and mi["clean"]["auprc"] >= 0.95
     assert mi["hflip"]["auroc"] >= 0.99  # flipped references are indexed
-    assert {r["metric"] for r in results["set_level"]} >= {"mean_mi", "mean_oni", "flagged_fraction", "ct_score", "auth_pct", "fid", "kid", "vendi"}
-    assert {(r["condition"], r["level"]) for r in results["provenance"]} == {("clean", 0.3), ("hflip", 0.3),
-                                                                            ("half", 0.3)}
+    assert {r["metric"] for r in results["set_level"]} >= {
+        "mean_mi",
+        "mean_oni",
+        "flagged_fraction",
+        "ct_score",
+        "auth_pct",
+        "fid",
+        "kid",
+        "vendi",
+    }
+    assert {(r["condition"], r["level"]) for r in results["provenance"]} == {
+        ("clean", 0.3),
+        ("hflip", 0.3),
+        ("half", 0.3),
+    }
     assert all(r["top1_accuracy"] >= 0.99 for r in results["provenance"] if r["condition"] != "half")
     assert {r["condition"] for r in results["set_level"]} == {"clean", "hflip"}  # Table 1-3 layouts: the paper's only
     assert [r["method"] for r in results["per_sample"] if r["condition"] == "half"] == ["mi"]
@@ -248,6 +298,7 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
 
 # ---------------------------------------------------------------- generator-like conditions (second group)
 
+
 @pytest.fixture(scope="module")
 def brain_pair(shared_data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A real axial brain slice, its neighbour slice and another person's slice, all [0, 1]."""
@@ -257,8 +308,11 @@ def brain_pair(shared_data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stacks.append(image_slices(image, resolve_axis(image, "auto")))
     k = len(stacks[0]) // 2
     settings = PreprocessSettings()
-    return (scale_unit(stacks[0][k], settings), scale_unit(stacks[0][k + 1], settings),
-            scale_unit(stacks[1][len(stacks[1]) // 2], settings))
+    return (
+        scale_unit(stacks[0][k], settings),
+        scale_unit(stacks[0][k + 1], settings),
+        scale_unit(stacks[1][len(stacks[1]) // 2], settings),
+    )
 
 
 def _draws(condition: str, x: np.ndarray, n: int, seed: int = 0, **kwargs) -> list:
@@ -267,9 +321,26 @@ def _draws(condition: str, x: np.ndarray, n: int, seed: int = 0, **kwargs) -> li
 
 
 def test_generator_condition_names():
-    assert GENERATOR_CONDITIONS == ("shift_fill", "shift_crop", "zoom_in", "zoom_out", "rot_large", "rot90",
-                                    "transpose", "elastic", "rician", "bias", "gamma", "blur", "lowres", "interp",
-                                    "half", "quarter", "paste", "chain")
+    assert GENERATOR_CONDITIONS == (
+        "shift_fill",
+        "shift_crop",
+        "zoom_in",
+        "zoom_out",
+        "rot_large",
+        "rot90",
+        "transpose",
+        "elastic",
+        "rician",
+        "bias",
+        "gamma",
+        "blur",
+        "lowres",
+        "interp",
+        "half",
+        "quarter",
+        "paste",
+        "chain",
+    )
     assert ALL_CONDITIONS == CONDITIONS + GENERATOR_CONDITIONS and len(set(ALL_CONDITIONS)) == len(ALL_CONDITIONS)
 
 
@@ -288,11 +359,18 @@ def test_every_generator_condition_is_seeded_in_range_and_unit_valued(brain_pair
 
 def test_parameters_stay_in_their_ranges():
     x = np.random.default_rng(0).uniform(size=(24, 20)).astype(np.float32)
-    ranges = {"shift_fill": ("fraction", geometry.SHIFT_FRACTION), "zoom_in": ("factor", geometry.ZOOM_IN),
-              "zoom_out": ("factor", geometry.ZOOM_OUT), "elastic": ("max_displacement", geometry.ELASTIC_DISPLACEMENT),
-              "rician": ("sigma", intensity.RICIAN_SIGMA), "bias": ("amplitude", intensity.BIAS_AMPLITUDE),
-              "gamma": ("gamma", intensity.GAMMA), "blur": ("sigma", intensity.BLUR_SIGMA),
-              "lowres": ("factor", intensity.RESOLUTION_FACTOR), "interp": ("weight", partial.NEIGHBOUR_WEIGHT)}
+    ranges = {
+        "shift_fill": ("fraction", geometry.SHIFT_FRACTION),
+        "zoom_in": ("factor", geometry.ZOOM_IN),
+        "zoom_out": ("factor", geometry.ZOOM_OUT),
+        "elastic": ("max_displacement", geometry.ELASTIC_DISPLACEMENT),
+        "rician": ("sigma", intensity.RICIAN_SIGMA),
+        "bias": ("amplitude", intensity.BIAS_AMPLITUDE),
+        "gamma": ("gamma", intensity.GAMMA),
+        "blur": ("sigma", intensity.BLUR_SIGMA),
+        "lowres": ("factor", intensity.RESOLUTION_FACTOR),
+        "interp": ("weight", partial.NEIGHBOUR_WEIGHT),
+    }
     for condition, (key, (low, high)) in ranges.items():
         values = np.array([a.parameters[key] for a in _draws(condition, x, 200, neighbour=x)])
         assert values.min() >= low and values.max() <= high, condition
@@ -311,10 +389,10 @@ def test_translation_shifts_content_and_zero_fills(brain_pair):
     for a in _draws("shift_fill", x, 20):
         dy, dx = int(a.parameters["dy"]), int(a.parameters["dx"])
         assert 0.05 * min(h, w) - 1 <= np.hypot(dy, dx) <= 0.20 * max(h, w) + 1
-        moved = a.image[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)]
-        assert np.array_equal(moved, x[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)])
+        moved = a.image[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)]
+        assert np.array_equal(moved, x[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)])
         band = np.ones_like(x, dtype=bool)
-        band[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = False
+        band[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = False
         assert band.any() and np.all(a.image[band] == 0.0)
 
 
@@ -324,7 +402,7 @@ def test_crop_is_a_window_of_the_slice(brain_pair):
         top, left = int(a.parameters["top"]), int(a.parameters["left"])
         ch, cw = a.image.shape
         assert ch < x.shape[0] and cw < x.shape[1]
-        assert np.array_equal(a.image, x[top: top + ch, left: left + cw])
+        assert np.array_equal(a.image, x[top : top + ch, left : left + cw])
 
 
 def test_zoom_scales_about_the_centre(brain_pair):
@@ -396,7 +474,10 @@ def test_photometric_edits(brain_pair):
         ratio = a.image[inside] / x[inside]
         spread = np.exp(2 * a.parameters["amplitude"])  # the field spans at most exp(±a)
         assert ratio.max() / ratio.min() <= spread * 1.001 and ratio.max() / ratio.min() > 1.2
-    detail = lambda image: np.abs(np.diff(image, axis=1)).mean()  # noqa: E731
+
+    def detail(image):
+        return np.abs(np.diff(image, axis=1)).mean()
+
     for a in _draws("lowres", x, 3):
         assert a.image.shape == x.shape and detail(a.image) < 0.8 * detail(x)
 
@@ -425,7 +506,9 @@ def test_partial_copy_masks_mark_exactly_the_copied_pixels(brain_pair):
         rows, cols = np.flatnonzero(a.copy_mask.any(axis=1)), np.flatnonzero(a.copy_mask.any(axis=0))
         assert rows[0] == p["dst_top"] and cols[0] == p["dst_left"]
         assert a.copy_mask.sum() == len(rows) * len(cols)  # one rectangle
-        source = x[int(p["src_top"]): int(p["src_top"]) + len(rows), int(p["src_left"]): int(p["src_left"]) + len(cols)]
+        source = x[
+            int(p["src_top"]) : int(p["src_top"]) + len(rows), int(p["src_left"]) : int(p["src_left"]) + len(cols)
+        ]
         assert np.array_equal(a.image[a.copy_mask].reshape(source.shape), source)
         assert np.array_equal(a.image[~a.copy_mask], host[~a.copy_mask])
     with pytest.raises(ValueError, match="another person"):

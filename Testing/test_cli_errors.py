@@ -8,43 +8,26 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from reliability_helpers import REPO, assert_clean_error, run_cli
 
 from MemorizationIndexLib import volumes
 from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
 from MemorizationIndexLib.reference_index import ReferenceIndex
-from test_reliability import REPO, assert_clean_error, build_small_index, run_cli, small_dataset
-from MemorizationIndexLib.encoders import load_encoder
 
 DICOM_SERIES = ("knee", "pymskt-s02", "dicom_MESE_echo1")
 SECOND_SERIES_UID = "1.2.826.0.1.3680043.8.498.20261128.7"
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    return load_encoder("default")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict[str, Path]:
-    return small_dataset(tmp_path_factory.mktemp("cli-data"), shared_data)
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Path], encoder) -> Path:
-    out = tmp_path_factory.mktemp("cli-index") / "index"
-    build_small_index(data, out, encoder=encoder)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _reuse_encoder(monkeypatch: pytest.MonkeyPatch, encoder) -> None:
     """Audits reuse the module's encoder (the index still checks it is the right one)."""
+
     def load(self, **_options):
         self.check_encoder(encoder)
         return encoder
@@ -87,6 +70,7 @@ def two_series(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> P
 
 
 # --- inputs refused: one line, exit 2, nothing written ------------------------------------------------
+
 
 def _truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
@@ -173,7 +157,11 @@ BAD_INPUTS: dict[str, tuple[Callable, list[str], tuple[str, ...]]] = {
     "good input then a truncated one": (_bad_good_then_truncated, [], ("truncated",)),
     "4D without --volume-index": (_bad_4d, [], ("4d image with 2 volumes", "--volume-index 0..1")),
     "4D with an out-of-range --volume-index": (_bad_4d, ["--volume-index", "7"], ("out of range",)),
-    "--volume-index on a 3D image": (lambda t, d, a, l: [str(d["query"])], ["--volume-index", "2"], ("single volume",)),
+    "--volume-index on a 3D image": (
+        lambda t, d, a, log: [str(d["query"])],
+        ["--volume-index", "2"],
+        ("single volume",),
+    ),
     "complex pixels": (_bad_complex, [], ("complex pixels",)),
     "two-channel pixels": (_bad_two_channels, [], ("2 components",)),
     "folder without images": (_bad_empty_folder, [], ("no readable volumes",)),
@@ -218,7 +206,9 @@ def test_dicom_folder_with_two_series(tmp_path: Path, index_dir: Path, two_serie
     code, _, err = run_cli(capsys, "audit", index_dir, two_series, "--series", "1.2.3", "--out", tmp_path / "out")
     assert_clean_error(code, err, "not in", SECOND_SERIES_UID)
     assert not (tmp_path / "out").exists()
-    code, _, err = run_cli(capsys, "audit", index_dir, two_series, "--series", SECOND_SERIES_UID, "--out", tmp_path / "out", "--no-report")
+    code, _, err = run_cli(
+        capsys, "audit", index_dir, two_series, "--series", SECOND_SERIES_UID, "--out", tmp_path / "out", "--no-report"
+    )
     assert code == 0, err
     assert set(_scored(tmp_path / "out")) == {0, 1, 2}
 
@@ -231,7 +221,16 @@ def test_build_index_bad_inputs_write_nothing(tmp_path: Path, data, capsys) -> N
     four_d = _save(np.stack([array, array]), None, tmp_path / "four_d.nii.gz")
     code, _, err = run_cli(capsys, "build-index", data["train1"], four_d, "--out", out)
     assert_clean_error(code, err, "--volume-index")
-    code, _, err = run_cli(capsys, "build-index", data["train1"], data["train2"], "--holdout", _truncate(_save(array, like, tmp_path / "cut.nii")), "--out", out)
+    code, _, err = run_cli(
+        capsys,
+        "build-index",
+        data["train1"],
+        data["train2"],
+        "--holdout",
+        _truncate(_save(array, like, tmp_path / "cut.nii")),
+        "--out",
+        out,
+    )
     assert_clean_error(code, err, "truncated")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.nii", "four_d.nii.gz"]
 
@@ -239,14 +238,31 @@ def test_build_index_bad_inputs_write_nothing(tmp_path: Path, data, capsys) -> N
 def test_cli_error_in_a_real_process(tmp_path: Path, index_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO / "MemorizationIndex")}
     (tmp_path / "x.nii.gz").write_bytes(b"\x1f\x8b broken gzip")
-    done = subprocess.run([sys.executable, "-m", "MemorizationIndexLib.cli", "audit", str(index_dir), str(tmp_path / "x.nii.gz"), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "MemorizationIndexLib.cli",
+            "audit",
+            str(index_dir),
+            str(tmp_path / "x.nii.gz"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
 
 # --- documented behaviours (exit 0) ----------------------------------------------------------------------
+
 
 def _scored(out: Path) -> dict[int, float]:
     with open(out / "slices.csv", newline="") as handle:
@@ -276,7 +292,9 @@ def reference_scores(tmp_path_factory: pytest.TempPathFactory, index_dir: Path, 
 def test_2d_images_are_one_slice(tmp_path: Path, index_dir: Path, data, capsys, reference_scores) -> None:
     array, _ = _query_array(data)
     for name in ("slice.png", "slice.nii.gz", "slice.tif"):
-        scores, _ = _audit_ok(capsys, index_dir, _save(array[1], None, tmp_path / name), tmp_path / f"out-{name}", "--axis", "sagittal")
+        scores, _ = _audit_ok(
+            capsys, index_dir, _save(array[1], None, tmp_path / name), tmp_path / f"out-{name}", "--axis", "sagittal"
+        )
         assert list(scores) == [0]
         assert scores[0] == pytest.approx(reference_scores[1], abs=1e-4)
 
@@ -314,7 +332,9 @@ def test_constant_slices_are_skipped(tmp_path: Path, index_dir: Path, data, caps
     mixed[3] = 200  # a constant bright slice would otherwise be embedded as an all-black image
     scores, _ = _audit_ok(capsys, index_dir, _save(mixed, like, tmp_path / "mixed.nii.gz"), tmp_path / "out-mixed")
     assert sorted(scores) == [1, 2]
-    scores, err = _audit_ok(capsys, index_dir, _save(np.full_like(array, 7), like, tmp_path / "flat.nii.gz"), tmp_path / "out-flat")
+    scores, err = _audit_ok(
+        capsys, index_dir, _save(np.full_like(array, 7), like, tmp_path / "flat.nii.gz"), tmp_path / "out-flat"
+    )
     assert scores == {} and "warning:" in err and "no slice could be scored" in err
 
 
@@ -331,8 +351,19 @@ def test_slices_under_16_pixels_are_skipped(tmp_path: Path, index_dir: Path, dat
     assert scores == {} and "no slice could be scored" in err
 
 
-@pytest.mark.parametrize(("dtype", "scale", "offset"), [(np.uint16, 250, 0), (np.int16, 100, -1000), (np.int32, 100000, -5), (np.float64, 1e-3, 0.0), (np.float64, 1e30, 0.0)])
-def test_pixel_types_read_as_float32_without_overflow(tmp_path: Path, index_dir: Path, data, capsys, reference_scores, dtype, scale, offset) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "scale", "offset"),
+    [
+        (np.uint16, 250, 0),
+        (np.int16, 100, -1000),
+        (np.int32, 100000, -5),
+        (np.float64, 1e-3, 0.0),
+        (np.float64, 1e30, 0.0),
+    ],
+)
+def test_pixel_types_read_as_float32_without_overflow(
+    tmp_path: Path, index_dir: Path, data, capsys, reference_scores, dtype, scale, offset
+) -> None:
     array, like = _query_array(data)
     typed = (array.astype(np.float64) * scale + offset).astype(dtype)
     path = _save(typed, like, tmp_path / "typed.nrrd")

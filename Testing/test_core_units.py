@@ -16,15 +16,21 @@ import torch.nn.functional as F
 
 from MemorizationIndexLib.calibration import split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
-from MemorizationIndexLib.order_statistics import percentiles
-from MemorizationIndexLib.preprocess import PreprocessSettings, crop_foreground, prepare_batch, smoothing_matrix, to_square
-from MemorizationIndexLib.transforms import REFERENCE_COPIES, bilinear_weights, reference_copy, resize_bilinear, rotate
 from MemorizationIndexLib.index_build import build_index_from_features
+from MemorizationIndexLib.order_statistics import percentiles
+from MemorizationIndexLib.preprocess import (
+    PreprocessSettings,
+    crop_foreground,
+    prepare_batch,
+    smoothing_matrix,
+    to_square,
+)
 from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
-from MemorizationIndexLib.volume_cache import VOLUME_CACHE_SIZE
 from MemorizationIndexLib.scoring import NullModel, Threshold, aggregate, mi_from_z, oni_from_z
+from MemorizationIndexLib.transforms import REFERENCE_COPIES, bilinear_weights, reference_copy, resize_bilinear, rotate
+from MemorizationIndexLib.volume_cache import VOLUME_CACHE_SIZE
 from MemorizationIndexLib.volumes import axis_name, read_image, resolve_axis
-from MemorizationIndexLib.whitening import ShrinkageWhitener, ledoit_wolf_shrinkage, l2_normalize
+from MemorizationIndexLib.whitening import ShrinkageWhitener, l2_normalize, ledoit_wolf_shrinkage
 
 
 def test_whitener_whitens_well_sampled_data() -> None:
@@ -146,8 +152,11 @@ def test_smoothing_matrix_is_a_replicate_padded_gaussian_convolution() -> None:
 @pytest.mark.parametrize("n", [1, 2, 7, 200, 5000, 37000, 300000])
 def test_percentiles_equal_numpy(n: int) -> None:
     rng = np.random.default_rng(n)
-    arrays = [rng.normal(size=n).astype(np.float32), rng.integers(0, 3, n).astype(np.float32),
-              np.r_[np.zeros(n - n // 50), rng.exponential(size=n // 50)]]  # mostly background, ties
+    arrays = [
+        rng.normal(size=n).astype(np.float32),
+        rng.integers(0, 3, n).astype(np.float32),
+        np.r_[np.zeros(n - n // 50), rng.exponential(size=n // 50)],
+    ]  # mostly background, ties
     for values in arrays:
         for ps in ([0.5, 99.5], [0.0, 100.0], [50.0], [0.01, 99.99]):
             np.testing.assert_allclose(percentiles(values, ps), np.percentile(values, ps), rtol=1e-6, atol=1e-6)
@@ -170,14 +179,20 @@ def test_prepare_batch_equals_the_step_by_step_preprocessing() -> None:
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:150, :90]
     head = ((yy - 70) ** 2 / 60**2 + (xx - 45) ** 2 / 30**2 < 1) * (100 + 20 * np.sin(xx / 4.0))
-    slices = [head + rng.uniform(0, 5, head.shape), (head + rng.uniform(0, 5, head.shape)).T,  # tall, wide
-              rng.random((37, 37)) * 50, np.pad(rng.random((20, 60)), 40) * 9]  # no background, small
+    slices = [
+        head + rng.uniform(0, 5, head.shape),
+        (head + rng.uniform(0, 5, head.shape)).T,  # tall, wide
+        rng.random((37, 37)) * 50,
+        np.pad(rng.random((20, 60)), 40) * 9,
+    ]  # no background, small
     settings = PreprocessSettings()
     for size in (224, 96):
         batch = prepare_batch([s.astype(np.float32) for s in slices], size, settings)
         assert batch.shape == (len(slices), 1, size, size) and batch.dtype == np.float32
         for got, slice2d in zip(batch[:, 0], slices):
-            np.testing.assert_allclose(got, _prepare_step_by_step(slice2d.astype(np.float32), size, settings), atol=2e-5)
+            np.testing.assert_allclose(
+                got, _prepare_step_by_step(slice2d.astype(np.float32), size, settings), atol=2e-5
+            )
 
 
 def test_reference_copies_are_the_slice_its_flips_and_small_rotations() -> None:
@@ -229,7 +244,9 @@ def _tiny_index(tmp_path: Path) -> Path:
     for row in range(40):
         provenance.append(f"/data/s{row // 10}.nii.gz", row % 10, "axial", 0, "none", row, f"s{row // 10}")
     info = EncoderInfo("default", "default:224:b", "0" * 64, 224, ("b",))
-    build_index_from_features({"b": rng.normal(size=(40, 8)).astype(np.float32)}, provenance, tmp_path / "index", encoder_info=info)
+    build_index_from_features(
+        {"b": rng.normal(size=(40, 8)).astype(np.float32)}, provenance, tmp_path / "index", encoder_info=info
+    )
     return tmp_path / "index"
 
 
@@ -251,7 +268,9 @@ def test_reference_slices_keep_few_volumes_in_memory(tmp_path: Path) -> None:
             provenance.append(str(path), k, "axial", 0, "none", len(provenance), f"s{v}")
     info = EncoderInfo("default", "default:224:b", "0" * 64, 224, ("b",))
     features = {"b": rng.normal(size=(len(provenance), 8)).astype(np.float32)}
-    index = ReferenceIndex.load(build_index_from_features(features, provenance, tmp_path / "index", encoder_info=info).path)
+    index = ReferenceIndex.load(
+        build_index_from_features(features, provenance, tmp_path / "index", encoder_info=info).path
+    )
     for v, array in enumerate(volumes):
         got = index.reference_slice(str(tmp_path / f"v{v}.nii.gz"), 2)
         np.testing.assert_array_equal(got, array[2])
@@ -319,7 +338,6 @@ def test_axis_choice_on_sagittal_dicom_series(shared_data: Path) -> None:
     assert axis_name(nifti, resolve_axis(nifti, "axial")) == "axial"
 
 
-
 FAULTS_SCRIPT = """
 import resource, sys
 import torch
@@ -339,7 +357,9 @@ print(changed, plain, faults_of_64mb_blocks())
 
 def test_keep_freed_memory_stops_page_faulting_large_blocks_again() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "MemorizationIndex")}
-    out = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, encoding="utf-8", env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, encoding="utf-8", env=env, check=True
+    )
     changed, plain, kept = out.stdout.split()
     if changed != "True":
         pytest.skip("not glibc: keep_freed_memory changes nothing here")

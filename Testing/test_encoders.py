@@ -174,9 +174,7 @@ def test_mri_core_chunked_bare_state_dict_with_layerscale(tmp_path: Path) -> Non
 def test_mri_core_pools_patch_tokens(mri_core: MriCoreEncoder) -> None:
     captured: dict[int, torch.Tensor] = {}
     hooks = [
-        mri_core.model.blocks[i].register_forward_hook(
-            lambda _m, _inp, out, i=i: captured.__setitem__(i, out.clone())
-        )
+        mri_core.model.blocks[i].register_forward_hook(lambda _m, _inp, out, i=i: captured.__setitem__(i, out.clone()))
         for i in (3, 7, 11)
     ]
     try:

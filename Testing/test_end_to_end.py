@@ -28,7 +28,13 @@ def brain_audit(tmp_path_factory: pytest.TempPathFactory, brain_subjects: list[P
     assert main(["build-index", *map(str, train), "--out", str(work / "index"), "--slice-stride", "3"]) == 0
     index = ReferenceIndex.load(work / "index")
     source = str(train[1].resolve())
-    indexed = sorted({s for src, s, f in zip(index.provenance.source, index.provenance.slice, index.provenance.flip) if src == source and f == "none"})
+    indexed = sorted(
+        {
+            s
+            for src, s, f in zip(index.provenance.source, index.provenance.slice, index.provenance.flip)
+            if src == source and f == "none"
+        }
+    )
     rng = np.random.default_rng(7)
     stack = image_slices(read_image(train[1]), 0)
     slices, truth = [], []
@@ -39,11 +45,30 @@ def brain_audit(tmp_path_factory: pytest.TempPathFactory, brain_subjects: list[P
     copies = sitk.GetImageFromArray(np.stack(slices).astype(np.float32))
     copies.SetSpacing((0.87, 0.87, 1.0))
     sitk.WriteImage(copies, str(work / "copies.nii.gz"))
-    assert main(["audit", str(work / "index"), str(work / "copies.nii.gz"), *map(str, others), "--out", str(work / "audit"), "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "audit",
+                str(work / "index"),
+                str(work / "copies.nii.gz"),
+                *map(str, others),
+                "--out",
+                str(work / "audit"),
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     with open(work / "audit" / "slices.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {"rows": rows, "truth": truth, "source": source, "copies": str(work / "copies.nii.gz"), "work": work,
-            "summary": json.loads((work / "audit" / "summary.json").read_text())}
+    return {
+        "rows": rows,
+        "truth": truth,
+        "source": source,
+        "copies": str(work / "copies.nii.gz"),
+        "work": work,
+        "summary": json.loads((work / "audit" / "summary.json").read_text()),
+    }
 
 
 def test_slices_csv_has_exactly_the_documented_columns(brain_audit: dict) -> None:

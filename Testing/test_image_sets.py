@@ -51,7 +51,7 @@ def test_array_layouts_read_as_stacks(tmp_path: Path, spine_volumes, shape, dtyp
     assert arrays.array_file_slices(path) == n
     stack = arrays.read_array_file(path)
     assert stack.shape == (n, 224, 224) and stack.dtype == np.float32
-    np.testing.assert_array_equal(stack, spine_volumes["05"][5:5 + n].astype(np.float32))
+    np.testing.assert_array_equal(stack, spine_volumes["05"][5 : 5 + n].astype(np.float32))
     np.savez_compressed(tmp_path / "x.npz", images=array)
     np.testing.assert_array_equal(arrays.read_array_file(tmp_path / "x.npz"), stack)
 
@@ -63,15 +63,18 @@ def test_nan_values_become_background(tmp_path: Path, spine_volumes) -> None:
     assert np.isfinite(stack).all() and stack[0, 0, 0] == array[np.isfinite(array)].min()
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda s: np.array([s, None], dtype=object), "Python objects"),
-    (lambda s: np.stack([s, s, s], axis=-1)[None], "colour images are not read"),
-    (lambda s: np.full((2, 32, 32), np.nan, dtype=np.float32), "no finite value"),
-    (lambda s: s.astype(np.complex64)[None], "complex"),
-    (lambda s: s[None, None, None], "expected HxW, NxHxW"),
-    (lambda s: np.zeros((0, 32, 32), np.float32), "empty"),
-    (lambda s: np.array(["a", "b"]), "expected a real numeric array"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda s: np.array([s, None], dtype=object), "Python objects"),
+        (lambda s: np.stack([s, s, s], axis=-1)[None], "colour images are not read"),
+        (lambda s: np.full((2, 32, 32), np.nan, dtype=np.float32), "no finite value"),
+        (lambda s: s.astype(np.complex64)[None], "complex"),
+        (lambda s: s[None, None, None], "expected HxW, NxHxW"),
+        (lambda s: np.zeros((0, 32, 32), np.float32), "empty"),
+        (lambda s: np.array(["a", "b"]), "expected a real numeric array"),
+    ],
+)
 def test_bad_arrays_are_refused_in_one_line(tmp_path: Path, spine_volumes, make, message) -> None:
     array = make(spine_volumes["05"][5])
     path = tmp_path / "bad.npy"
@@ -163,14 +166,16 @@ def test_bad_set_members_are_refused(tmp_path: Path, spine_volumes) -> None:
 # ------------------------------------------------------------------------------- batch scoring
 
 
-def test_batch_scorer_scores_numpy_and_torch_batches_in_memory(spine_index: Path, spine_volumes, tmp_path: Path,
-                                                               monkeypatch) -> None:
+def test_batch_scorer_scores_numpy_and_torch_batches_in_memory(
+    spine_index: Path, spine_volumes, tmp_path: Path, monkeypatch
+) -> None:
     from MemorizationIndexLib.batch_scoring import BatchScorer
 
     scorer = BatchScorer(spine_index, alpha=0.05)
     batch = spine_volumes["05"][4:12].copy()
     batch[1], batch[5] = spine_volumes["01"][7], spine_volumes["02"][12]  # two training slices copied
     batch[3] = 0  # a blank sample
+
     def no_disk(*args, **kwargs):
         raise AssertionError(f"the batch API opened a file: {args[:1]}")
 
@@ -253,12 +258,22 @@ def test_set_audit_equals_the_volume_audit_of_the_same_slices(spine_index: Path,
     _write_pngs(tmp_path / "set", slices[:12])
     np.save(tmp_path / "set" / "rest.npy", slices[12:])
     progress = []
-    result = audit_set(index, image_sets.open_set(tmp_path / "set"), encoder=index.load_encoder(), alpha=0.05,
-                       batch_size=4, progress=lambda done, total: progress.append((done, total)), keep_evidence=3)
+    result = audit_set(
+        index,
+        image_sets.open_set(tmp_path / "set"),
+        encoder=index.load_encoder(),
+        alpha=0.05,
+        batch_size=4,
+        progress=lambda done, total: progress.append((done, total)),
+        keep_evidence=3,
+    )
     volume = audit_image(index, sitk.GetImageFromArray(slices.astype(np.float32)), "v", alpha=0.05, batch_size=4)
     assert [Path(m.volume).name for m in result.members] == [f"g{i:04d}.png" for i in range(12)] + ["rest.npy"]
     assert [(Path(m.volume).name, s.slice) for m in result.members for s in m.scores][-3:] == [
-        ("rest.npy", 5), ("rest.npy", 6), ("rest.npy", 7)]
+        ("rest.npy", 5),
+        ("rest.npy", 6),
+        ("rest.npy", 7),
+    ]
     by_volume = {s.slice: s for s in volume.scores}
     positions = [i for i in range(12) if result.members[i].scores] + [12 + s.slice for s in result.members[-1].scores]
     assert set(positions) == set(by_volume)  # the same slices are empty one at a time as in the volume
@@ -293,7 +308,7 @@ def checkpoints(tmp_path_factory, spine_volumes) -> tuple[Path, list[Path]]:
     folders = []
     novel = np.concatenate([spine_volumes["05"][3:15], spine_volumes["06"][3:15]])
     for j, (name, copies) in enumerate((("ckpt-010k", 0), ("ckpt-020k", 3), ("ckpt-040k", 8))):
-        samples = novel[j * 4: j * 4 + 12].copy()
+        samples = novel[j * 4 : j * 4 + 12].copy()
         for c in range(copies):
             samples[c] = spine_volumes["01" if c % 2 else "02"][4 + c]
         folders.append(root / name)
@@ -304,8 +319,6 @@ def checkpoints(tmp_path_factory, spine_volumes) -> tuple[Path, list[Path]]:
 def test_cli_compares_checkpoints(spine_index: Path, checkpoints, tmp_path: Path) -> None:
     import csv
     import json
-
-    from MemorizationIndexLib import report
 
     _, folders = checkpoints
     out = tmp_path / "audit"
@@ -321,8 +334,10 @@ def test_cli_compares_checkpoints(spine_index: Path, checkpoints, tmp_path: Path
     assert all(s["files"] == 12 and s["expected_false_alarms"] == pytest.approx(0.6) for s in summary["sets"])
     with open(out / "slices.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["volume"], r["slice"]) for r in rows[:2]] == [(str(folders[0] / "g0000.png"), "0"),
-                                                            (str(folders[0] / "g0001.png"), "0")]
+    assert [(r["volume"], r["slice"]) for r in rows[:2]] == [
+        (str(folders[0] / "g0000.png"), "0"),
+        (str(folders[0] / "g0001.png"), "0"),
+    ]
     assert len(rows) == 36
     for line in ("ckpt-010k", "ckpt-020k", "ckpt-040k"):
         assert line in stdout

@@ -18,12 +18,12 @@ import pytest
 import SimpleITK as sitk
 import torch.nn.functional as F
 from PIL import Image
+from report_helpers import _chromium
 
 from MemorizationIndexLib.encoders.base import Encoder
-from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask, prepare_batch
 from MemorizationIndexLib.index_build import build_index_from_features
+from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask, prepare_batch
 from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
-from test_report import _chromium
 
 N_FILES = 10_000
 N_COPIES = 300
@@ -49,8 +49,10 @@ def large_set(tmp_path_factory, shared_data: Path):
     """An index of spine subjects 01-03 (holdout null: 04 and 06-13) and a folder of 10,000 PNG
     files: slices of the other 18 subjects, with N_COPIES training slices planted among them."""
     folder = shared_data / "spine" / "myosegmentum"
-    volumes = {p.name.split(".")[0]: _small(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))
-               for p in sorted(folder.glob("*.nii.gz"))}
+    volumes = {
+        p.name.split(".")[0]: _small(sitk.GetArrayFromImage(sitk.ReadImage(str(p))))
+        for p in sorted(folder.glob("*.nii.gz"))
+    }
     root = tmp_path_factory.mktemp("large")
     encoder, settings = PoolEncoder(), PreprocessSettings()
 
@@ -65,8 +67,9 @@ def large_set(tmp_path_factory, shared_data: Path):
         provenance.append(str(folder / f"{n}.nii.gz"), int(k), "sagittal", 0, "none", i, n)
     held_out = ("04",) + tuple(f"{i:02d}" for i in range(6, 14))  # 9 subjects: 180 null scores
     holdout, _ = features(held_out)
-    index = build_index_from_features(train, provenance, root / "index", encoder_info=EncoderInfo.of(encoder),
-                                      holdout_features=holdout)
+    index = build_index_from_features(
+        train, provenance, root / "index", encoder_info=EncoderInfo.of(encoder), holdout_features=holdout
+    )
     novel = np.concatenate([v for n, v in volumes.items() if n not in ("01", "02", "03") + held_out])
     rng = np.random.default_rng(0)
     samples = novel[rng.integers(len(novel), size=N_FILES)]
@@ -107,14 +110,15 @@ def test_ten_thousand_file_set_audit_and_report(large_set, monkeypatch, chromium
     assert "10000 slices" in text or "of 10000" in text
 
     shot = tmp_path / "first_screen.png"
-    result = _chromium(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars",
-                       path.as_uri())
+    result = _chromium(
+        chromium, tmp_path, f"--screenshot={shot}", "--window-size=1280,900", "--hide-scrollbars", path.as_uri()
+    )
     assert shot.is_file(), result.stderr[-2000:]
     rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))[..., :3].astype(int)
     assert rgb.shape[:2] == (900, 1280) and rgb.std() > 10
     red_band = (rgb[..., 0] > 180) & (rgb[..., 1] < 90) & (rgb[..., 2] < 80)
     assert red_band[:300].sum() > 500, "the red verdict is not in the first screen"
-    dots = (abs(rgb[..., 0] - 0x1f) < 20) & (abs(rgb[..., 1] - 0x4e) < 20) & (abs(rgb[..., 2] - 0x8c) < 20)
+    dots = (abs(rgb[..., 0] - 0x1F) < 20) & (abs(rgb[..., 1] - 0x4E) < 20) & (abs(rgb[..., 2] - 0x8C) < 20)
     assert dots[300:].sum() > 50, "the per-set plot (blue marks) is not in the first screen"
     dom = _chromium(chromium, tmp_path, "--dump-dom", path.as_uri()).stdout
     first_plot = dom.index('class="plot trend"')

@@ -48,11 +48,29 @@ def test_cli_writes_the_protocol(monkeypatch, capsys, tmp_path):
 
 
 def test_audit_arguments():
-    args = commands.audit_arguments("py", "idx", ["a.nrrd", Path("b.nrrd")], "out", device="cpu", batch_size=8,
-                                    alpha=0.01, checkpoint="/w/core.pth")
-    assert args == ["py", "-m", "MemorizationIndexLib.cli", "audit", "idx", "a.nrrd", "b.nrrd", "--out", "out",
-                    "--no-report", "--device", "cpu", "--batch-size", "8", "--alpha", "0.01",
-                    "--checkpoint", "/w/core.pth"]
+    args = commands.audit_arguments(
+        "py", "idx", ["a.nrrd", Path("b.nrrd")], "out", device="cpu", batch_size=8, alpha=0.01, checkpoint="/w/core.pth"
+    )
+    assert args == [
+        "py",
+        "-m",
+        "MemorizationIndexLib.cli",
+        "audit",
+        "idx",
+        "a.nrrd",
+        "b.nrrd",
+        "--out",
+        "out",
+        "--no-report",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--alpha",
+        "0.01",
+        "--checkpoint",
+        "/w/core.pth",
+    ]
     plain = commands.audit_arguments("py", "idx", ["a.nrrd"], "out")
     assert "--alpha" not in plain and "--checkpoint" not in plain
     parsed = cli.build_parser().parse_args(args[3:])
@@ -60,12 +78,26 @@ def test_audit_arguments():
 
 
 def test_build_index_arguments():
-    args = commands.build_index_arguments("py", ["train"], "out", holdout=["held"], encoder="mri-core",
-                                          checkpoint="c.pth", device="cuda", batch_size=4, axis="axial")
+    args = commands.build_index_arguments(
+        "py",
+        ["train"],
+        "out",
+        holdout=["held"],
+        encoder="mri-core",
+        checkpoint="c.pth",
+        device="cuda",
+        batch_size=4,
+        axis="axial",
+    )
     parsed = cli.build_parser().parse_args(args[3:])
     assert args[:4] == ["py", "-m", "MemorizationIndexLib.cli", "build-index"]
     assert (parsed.encoder, parsed.checkpoint, parsed.device, parsed.batch_size, parsed.axis) == (
-        "mri-core", "c.pth", "cuda", 4, "axial")
+        "mri-core",
+        "c.pth",
+        "cuda",
+        4,
+        "axial",
+    )
     assert [str(p) for p in parsed.holdout] == ["held"]
     default = commands.build_index_arguments("py", ["train"], "out", checkpoint="c.pth")
     assert "--checkpoint" not in default and "--holdout" not in default, "the checkpoint is for MRI-CORE only"
@@ -122,9 +154,14 @@ def test_background_process_parses_progress_and_removes_the_work_dir():
         assert work.is_dir(), "the results are read before the folder goes"
         finished.append(code)
 
-    process = BackgroundProcess(_child(script), env=_env(), on_line=lines.append,
-                                on_progress=lambda d, t: progress.append((d, t)), on_finished=on_finished,
-                                work_dir=work)
+    process = BackgroundProcess(
+        _child(script),
+        env=_env(),
+        on_line=lines.append,
+        on_progress=lambda d, t: progress.append((d, t)),
+        on_finished=on_finished,
+        work_dir=work,
+    )
     assert process.wait(timeout=60) == 0
     assert progress == [(0, 3), (1, 3), (2, 3), (3, 3)]
     assert lines == ["volume scored"] == process.log
@@ -259,8 +296,11 @@ def fake_slicer(monkeypatch):
         if state["declined"]:
             raise RuntimeError("User declined package installation")
 
-    packaging = types.SimpleNamespace(load_requirements=lambda path: ["faiss-cpu>=1.8"], pip_ensure=pip_ensure,
-                                      pip_check=lambda requirements: state["satisfied"])
+    packaging = types.SimpleNamespace(
+        load_requirements=lambda path: ["faiss-cpu>=1.8"],
+        pip_ensure=pip_ensure,
+        pip_check=lambda requirements: state["satisfied"],
+    )
     slicer_module = types.ModuleType("slicer")
     slicer_module.packaging = packaging
     monkeypatch.setitem(sys.modules, "slicer", slicer_module)
@@ -272,7 +312,7 @@ def fake_slicer(monkeypatch):
 def test_dependencies_use_pip_ensure_with_the_prompt(fake_slicer):
     calls, state = fake_slicer
     assert dependencies.ensure_dependencies("requirements.txt", ask_confirmation=False)
-    (requirements, kwargs), = calls["pip_ensure"]
+    ((requirements, kwargs),) = calls["pip_ensure"]
     assert requirements == ["faiss-cpu>=1.8"]
     assert kwargs == {"prompt_install": False, "requester": "MemorizationIndex"}
     state["declined"] = True
@@ -308,16 +348,28 @@ def test_too_old_or_missing_torch_is_one_line_error(fake_slicer, monkeypatch):
 def test_layout_xml_has_the_two_slice_views_and_the_plot_view():
     root = ET.fromstring(layout.layout_xml())
     views = {v.get("singletontag"): v.get("class") for v in root.iter("view")}
-    assert views == {layout.QUERY_VIEW: "vtkMRMLSliceNode", layout.NEIGHBOR_VIEW: "vtkMRMLSliceNode",
-                     layout.PLOT_VIEW_TAG: "vtkMRMLPlotViewNode"}
+    assert views == {
+        layout.QUERY_VIEW: "vtkMRMLSliceNode",
+        layout.NEIGHBOR_VIEW: "vtkMRMLSliceNode",
+        layout.PLOT_VIEW_TAG: "vtkMRMLPlotViewNode",
+    }
     assert layout.LAYOUT_ID >= 100
 
 
 def _summary(**changes) -> dict:
-    summary = {"volume": "gen <1>", "axis": "axial", "slices_total": 40, "slices_scored": 35, "slices_skipped_empty": 5,
-               "mean_mi": 0.51234, "mean_oni": -0.02, "flagged": 2, "flagged_slices": [3, 9],
-               "flagged_fraction": 2 / 35,
-               "threshold": {"alpha": 0.001, "mi": 0.97, "z": 2.9, "oni": -0.94, "similarity": 0.8}}
+    summary = {
+        "volume": "gen <1>",
+        "axis": "axial",
+        "slices_total": 40,
+        "slices_scored": 35,
+        "slices_skipped_empty": 5,
+        "mean_mi": 0.51234,
+        "mean_oni": -0.02,
+        "flagged": 2,
+        "flagged_slices": [3, 9],
+        "flagged_fraction": 2 / 35,
+        "threshold": {"alpha": 0.001, "mi": 0.97, "z": 2.9, "oni": -0.94, "similarity": 0.8},
+    }
     return {**summary, **changes}
 
 

@@ -28,16 +28,23 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not Slicer's (pip install slicer-core)", allow_module_level=True)
 sitk = pytest.importorskip("SimpleITK")
 
-from MemorizationIndexLib import mrml  # noqa: E402
-from MemorizationIndexLib.commands import audit_arguments, child_environment  # noqa: E402
-from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: E402
-from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: E402
-from MemorizationIndexLib.transforms import reference_copy  # noqa: E402
-from MemorizationIndexLib.volumes import read_image  # noqa: E402
+from MemorizationIndexLib import mrml
+from MemorizationIndexLib.commands import audit_arguments, child_environment
+from MemorizationIndexLib.index_build import BuildOptions, build_index
+from MemorizationIndexLib.reference_index import ReferenceIndex
+from MemorizationIndexLib.transforms import reference_copy
+from MemorizationIndexLib.volumes import read_image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALPHA = 0.05  # a 20-slice held-out null cannot reach smaller p-values
-PLANTED = {2: "none", 3: "hflip", 4: "none", 5: "none", 6: "none", 7: "none"}  # file slice -> how 01's slice was planted
+PLANTED = {
+    2: "none",
+    3: "hflip",
+    4: "none",
+    5: "none",
+    6: "none",
+    7: "none",
+}  # file slice -> how 01's slice was planted
 
 
 def load_volume(scene, path: Path, name: str):
@@ -71,7 +78,11 @@ def spine(shared_data: Path, tmp_path_factory):
     folder = shared_data / "spine" / "myosegmentum"
     work = tmp_path_factory.mktemp("mrml")
     index_dir = work / "index"
-    build_index([folder / "01.nii.gz", folder / "02.nii.gz"], index_dir, BuildOptions(holdout_paths=[folder / "03.nii.gz"], overwrite=True))
+    build_index(
+        [folder / "01.nii.gz", folder / "02.nii.gz"],
+        index_dir,
+        BuildOptions(holdout_paths=[folder / "03.nii.gz"], overwrite=True),
+    )
 
     donor = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "01.nii.gz")))
     host_image = sitk.ReadImage(str(folder / "05.nii.gz"))
@@ -98,9 +109,18 @@ def spine(shared_data: Path, tmp_path_factory):
     index = ReferenceIndex.load(index_dir)
     result = mrml.audit_volume_node(scene, node, index, alpha=ALPHA)
     return {
-        "scene": scene, "node": node, "result": result, "index": index, "index_dir": index_dir, "query_path": query_path,
-        "file_image": read_image(query_path), "cli_rows": cli_rows, "summary": summary, "donor_path": folder / "01.nii.gz",
-        "cli_out": out_dir, "cli_stderr": completed.stderr,
+        "scene": scene,
+        "node": node,
+        "result": result,
+        "index": index,
+        "index_dir": index_dir,
+        "query_path": query_path,
+        "file_image": read_image(query_path),
+        "cli_rows": cli_rows,
+        "summary": summary,
+        "donor_path": folder / "01.nii.gz",
+        "cli_out": out_dir,
+        "cli_stderr": completed.stderr,
     }
 
 
@@ -162,7 +182,11 @@ def test_heatmap_equals_cli_slices_csv(spine):
     for k in set(range(audit.n_slices)) - scored:
         assert not heat[k].any(), "unscored slices hold 0"
     # Same decisions as the command line.
-    flagged_cli = {node_slice_of_file_slice(node, file_image, cli_volume["array_axis"], int(r["slice"]), audit.array_axis) for r in cli_rows if r["flagged"] == "1"}
+    flagged_cli = {
+        node_slice_of_file_slice(node, file_image, cli_volume["array_axis"], int(r["slice"]), audit.array_axis)
+        for r in cli_rows
+        if r["flagged"] == "1"
+    }
     assert flagged_cli == {s.slice for s in audit.scores if s.flagged}
 
 
@@ -183,8 +207,9 @@ def test_planted_copies_are_flagged_with_their_source(spine):
 def _torch_bilinear(image: np.ndarray, shape) -> np.ndarray:
     torch = pytest.importorskip("torch")
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return torch.nn.functional.interpolate(tensor, size=tuple(shape), mode="bilinear", align_corners=False,
-                                           antialias=True)[0, 0].numpy()
+    return torch.nn.functional.interpolate(
+        tensor, size=tuple(shape), mode="bilinear", align_corners=False, antialias=True
+    )[0, 0].numpy()
 
 
 def test_neighbour_slices_are_the_provenance_slices(spine):
@@ -196,8 +221,12 @@ def test_neighbour_slices_are_the_provenance_slices(spine):
     for score in audit.scores:
         reference = index.reference_slice(score.nn_source, score.nn_slice)
         assert reference is not None
-        reference = reference_copy(np.asarray(reference, dtype=np.float32), score.nn_flip)  # as matched: flipped or rotated
-        expected = reference if reference.shape == neighbours.shape[1:] else _torch_bilinear(reference, neighbours.shape[1:])
+        reference = reference_copy(
+            np.asarray(reference, dtype=np.float32), score.nn_flip
+        )  # as matched: flipped or rotated
+        expected = (
+            reference if reference.shape == neighbours.shape[1:] else _torch_bilinear(reference, neighbours.shape[1:])
+        )
         np.testing.assert_allclose(neighbours[score.slice], expected, rtol=1e-5, atol=1e-4)
         if score.flagged and score.similarity > 0.999:
             # A planted copy: its nearest neighbour is pixel for pixel the query slice.
@@ -263,7 +292,13 @@ def test_slice_view_shows_overlay_on_flagged_slice_only(spine):
 
     def view(score, foreground):
         return mrml.composite_slice_rgba(
-            scene, node, foreground, axis_name=audit.axis_name, array_axis=audit.array_axis, slice_index=score.slice, opacity=0.6,
+            scene,
+            node,
+            foreground,
+            axis_name=audit.axis_name,
+            array_axis=audit.array_axis,
+            slice_index=score.slice,
+            opacity=0.6,
         )
 
     on_flagged = view(flagged, result.heatmap_node)
@@ -277,7 +312,10 @@ def test_slice_view_shows_overlay_on_flagged_slice_only(spine):
     assert plain[..., :3].std() > 5
     # The private view was cleaned up.
     composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
-    assert all(composites.GetItemAsObject(i).GetLayoutName() != "MemorizationIndexOffscreen" for i in range(composites.GetNumberOfItems()))
+    assert all(
+        composites.GetItemAsObject(i).GetLayoutName() != "MemorizationIndexOffscreen"
+        for i in range(composites.GetNumberOfItems())
+    )
 
 
 def test_show_result_in_slice_views_configures_layers(spine):

@@ -16,25 +16,33 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from reliability_helpers import spine
 
 from MemorizationIndexLib.audit import audit_image
 from MemorizationIndexLib.encoders import load_encoder
 from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.volumes import axis_name, read_image
-from test_reliability import spine
 
 # (subject, first slice, count, row window, column window): crops with anatomy in every slice.
 REFERENCE_SETS = {
     "A": (1, 8, 4, (80, 136), (70, 118)),  # 56 x 48 slices
     "B": (2, 9, 3, (96, 128), (60, 124)),  # 32 x 64 slices
 }
-DTYPES = {"uint8": (np.uint8, 1.0, 0.0), "uint16": (np.uint16, 200.0, 0.0), "int16": (np.int16, 50.0, -3000.0),
-          "int32": (np.int32, 1000.0, -7.0), "float32": (np.float32, 0.01, -0.5), "float64": (np.float64, 1e6, 1e3)}
+DTYPES = {
+    "uint8": (np.uint8, 1.0, 0.0),
+    "uint16": (np.uint16, 200.0, 0.0),
+    "int16": (np.int16, 50.0, -3000.0),
+    "int32": (np.int32, 1000.0, -7.0),
+    "float32": (np.float32, 0.01, -0.5),
+    "float64": (np.float64, 1e6, 1e3),
+}
 FORMATS = (".nii.gz", ".nrrd", ".mha")
 
 
-def _crop(shared_data: Path, subject: int, first: int, count: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+def _crop(
+    shared_data: Path, subject: int, first: int, count: int, rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray:
     array = sitk.GetArrayFromImage(sitk.ReadImage(str(spine(shared_data, subject))))  # [20, 224, 224]
     return np.ascontiguousarray(array[first : first + count, rows[0] : rows[1], cols[0] : cols[1]]).astype(np.float32)
 
@@ -53,7 +61,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dict:
     holdout = sitk.GetImageFromArray(_crop(shared_data, 3, 9, 3, (80, 136), (70, 118)))
     holdout.SetSpacing((1.0, 1.0, 3.0))
     sitk.WriteImage(holdout, str(folder / "holdout.nii.gz"))
-    index = build_index(list(paths.values()), folder / "index", BuildOptions(holdout_paths=[folder / "holdout.nii.gz"]), encoder=encoder)
+    index = build_index(
+        list(paths.values()), folder / "index", BuildOptions(holdout_paths=[folder / "holdout.nii.gz"]), encoder=encoder
+    )
     assert index.n_reference_slices == sum(len(s) for s in stacks.values())
     return {"encoder": encoder, "index": ReferenceIndex.load(folder / "index"), "stacks": stacks, "paths": paths}
 
@@ -71,27 +81,34 @@ def _rotation(angles: tuple[float, float, float], reflect: bool, permutation: tu
 
 angles = st.one_of(st.sampled_from([0.0, 90.0, 180.0, -90.0]), st.floats(-180, 180, allow_nan=False))
 
-volume_cases = st.fixed_dictionaries({
-    "set": st.sampled_from(sorted(REFERENCE_SETS)),
-    "picks": st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
-    "axis": st.integers(0, 2),
-    "empty_slices": st.integers(0, 1),
-    "dtype": st.sampled_from(sorted(DTYPES)),
-    "spacing": st.tuples(*[st.floats(0.3, 5.0, allow_nan=False)] * 3),
-    "angles": st.tuples(angles, angles, angles),
-    "reflect": st.booleans(),
-    "permutation": st.permutations([0, 1, 2]).map(tuple),
-    "origin": st.tuples(*[st.floats(-500, 500, allow_nan=False)] * 3),
-    "format": st.sampled_from(FORMATS),
-    "nan": st.booleans(),
-    "auto_axis": st.booleans(),
-})
+volume_cases = st.fixed_dictionaries(
+    {
+        "set": st.sampled_from(sorted(REFERENCE_SETS)),
+        "picks": st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
+        "axis": st.integers(0, 2),
+        "empty_slices": st.integers(0, 1),
+        "dtype": st.sampled_from(sorted(DTYPES)),
+        "spacing": st.tuples(*[st.floats(0.3, 5.0, allow_nan=False)] * 3),
+        "angles": st.tuples(angles, angles, angles),
+        "reflect": st.booleans(),
+        "permutation": st.permutations([0, 1, 2]).map(tuple),
+        "origin": st.tuples(*[st.floats(-500, 500, allow_nan=False)] * 3),
+        "format": st.sampled_from(FORMATS),
+        "nan": st.booleans(),
+        "auto_axis": st.booleans(),
+    }
+)
 
 
 # derandomize: the same 20 examples in every run (CI stays reproducible); no shrinking phase, so a
 # failure is reported at once (shrinking would re-run the encoder for minutes).
-@settings(max_examples=20, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(case=volume_cases)
 def test_audit_finds_each_indexed_slice_itself(world: dict, case: dict) -> None:
     stack = world["stacks"][case["set"]]

@@ -10,13 +10,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'memorization-index[ray]'")
 pytest.importorskip("ray.data", reason="Ray Data is optional: pip install 'memorization-index[ray]'")
 
-import SimpleITK as sitk  # noqa: E402
+import SimpleITK as sitk
 
-from MemorizationIndexLib import search  # noqa: E402
-from MemorizationIndexLib.audit import audit_paths  # noqa: E402
-from MemorizationIndexLib.ray_engine import RaySearcher, build_index_ray, init_ray  # noqa: E402
-from MemorizationIndexLib.index_build import BuildOptions, build_index  # noqa: E402
-from MemorizationIndexLib.reference_index import ReferenceIndex  # noqa: E402
+from MemorizationIndexLib import search
+from MemorizationIndexLib.audit import audit_paths
+from MemorizationIndexLib.index_build import BuildOptions, build_index
+from MemorizationIndexLib.ray_engine import RaySearcher, build_index_ray, init_ray
+from MemorizationIndexLib.reference_index import ReferenceIndex
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,15 @@ def test_ray_search_equals_local_search(local_ray):
     rng = np.random.default_rng(0)
     reference = {b: rng.standard_normal((3000, d)).astype(np.float32) for b, d in (("a", 16), ("b", 24))}
     reference = {b: v / np.linalg.norm(v, axis=1, keepdims=True) for b, v in reference.items()}
-    queries = {b: np.concatenate([v[:40] + 0.05 * rng.standard_normal((40, v.shape[1])).astype(np.float32), rng.standard_normal((20, v.shape[1])).astype(np.float32)]) for b, v in reference.items()}
+    queries = {
+        b: np.concatenate(
+            [
+                v[:40] + 0.05 * rng.standard_normal((40, v.shape[1])).astype(np.float32),
+                rng.standard_normal((20, v.shape[1])).astype(np.float32),
+            ]
+        )
+        for b, v in reference.items()
+    }
     queries = {b: (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32) for b, q in queries.items()}
     for build in (search.build_flat_index, search.build_ivf_index):
         indexes = {b: build(v) for b, v in reference.items()}
@@ -76,7 +84,10 @@ def test_ray_build_and_audit_identical_to_local(local_ray, volumes, tmp_path):
     # A holdout null keeps the test fast (the train-split null of a tiny set needs many splits).
     local = build_index(train, tmp_path / "local", BuildOptions(holdout_paths=[holdout]))
     remote = build_index_ray(train, tmp_path / "ray", BuildOptions(holdout_paths=[holdout], batch_size=7))
-    manifest = lambda p: json.loads((p / "manifest.json").read_text())["files"]  # noqa: E731
+
+    def manifest(p):
+        return json.loads((p / "manifest.json").read_text())["files"]
+
     # Bit-identical index files (features, whitening, FAISS index, calibration, provenance).
     assert manifest(local.path) == manifest(remote.path)
     a = audit_paths(tmp_path / "local", [query], tmp_path / "audit-local")

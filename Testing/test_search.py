@@ -18,7 +18,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _low_rank(rng: np.random.Generator, n: int, d: int, rank: int = 8) -> np.ndarray:
-    return (rng.standard_normal((n, rank)) @ rng.standard_normal((rank, d)) + 0.5 * rng.standard_normal((n, d))).astype(np.float32)
+    return (rng.standard_normal((n, rank)) @ rng.standard_normal((rank, d)) + 0.5 * rng.standard_normal((n, d))).astype(
+        np.float32
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,10 @@ def test_flat_search_matches_brute_force(planted):
 def test_rerank_picks_best_of_union_and_breaks_ties_by_id():
     blocks = {"a": np.eye(4, dtype=np.float32), "b": np.eye(4, dtype=np.float32)}
     queries = {"a": np.array([[0.6, 0.8, 0, 0]], np.float32), "b": np.array([[0.8, 0.6, 0, 0]], np.float32)}
-    fetch = lambda block, ids: blocks[block][ids]  # noqa: E731
+
+    def fetch(block, ids):
+        return blocks[block][ids]
+
     found = search.rerank(np.array([[1, 0, 1, -1]]), queries, fetch, k=3)
     # rows 0 and 1 tie at sqrt(0.48); the smaller id comes first, then nothing (-1, nan).
     assert found.ids.tolist() == [[0, 1, -1]]
@@ -110,7 +115,9 @@ def _features_and_provenance(n: int, seed: int = 0):
 def test_save_load_keeps_kind_and_results(tmp_path, kind):
     features, provenance = _features_and_provenance(3000)
     info = EncoderInfo("default", "default:224:stage4,stage5,stage6", "0" * 64, 224, tuple(DIMS))
-    built = build_index_from_features(features, provenance, tmp_path / "index", encoder_info=info, null_splits=2, index_kind=kind)
+    built = build_index_from_features(
+        features, provenance, tmp_path / "index", encoder_info=info, null_splits=2, index_kind=kind
+    )
     loaded = ReferenceIndex.load(tmp_path / "index")
     assert loaded.index_kind == kind
     assert loaded.config["index_kind"] == search.CONFIG_KIND[kind]
@@ -125,7 +132,9 @@ def test_save_load_keeps_kind_and_results(tmp_path, kind):
     # Stored vectors are the whitened features, exactly (float32; no compression).
     rows = np.arange(0, 3000, 7)
     for block, index in loaded.indexes.items():
-        np.testing.assert_array_equal(index.reconstruct_batch(rows), loaded.whiten({k: v[rows] for k, v in features.items()})[block])
+        np.testing.assert_array_equal(
+            index.reconstruct_batch(rows), loaded.whiten({k: v[rows] for k, v in features.items()})[block]
+        )
 
 
 def test_auto_kind_in_build_uses_threshold(tmp_path, monkeypatch):

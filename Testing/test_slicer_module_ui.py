@@ -131,7 +131,8 @@ def test_every_parameter_name_is_a_field_with_a_connectable_widget(ui_widgets, m
     for parameter, widget_name in names.items():
         widget_class = ui_widgets[widget_name].get("class")
         assert widget_class in CONNECTABLE[fields[parameter]], (
-            f"{widget_name} ({widget_class}) cannot be bound to {parameter} ({fields[parameter]})")
+            f"{widget_name} ({widget_class}) cannot be bound to {parameter} ({fields[parameter]})"
+        )
     unbound = sorted(set(fields) - set(names))
     assert not unbound, f"parameter-node fields with no widget: {unbound}"
 
@@ -160,7 +161,9 @@ def test_module_follows_the_scripted_module_template(module_tree):
     assert "parameterNodeWrapper" in [ast.unparse(d) for d in parameter_class.decorator_list]
     logic = _class(module_tree, "MemorizationIndexLogic")
     methods = {f.name: f for f in logic.body if isinstance(f, ast.FunctionDef)}
-    assert {"process", "startAudit", "startBuildIndex", "cancel", "ensureDependencies", "getParameterNode"} <= set(methods)
+    assert {"process", "startAudit", "startBuildIndex", "cancel", "ensureDependencies", "getParameterNode"} <= set(
+        methods
+    )
     process_args = [a.arg for a in methods["process"].args.args]
     assert process_args[:3] == ["self", "volumeNode", "indexDir"]
 
@@ -175,20 +178,30 @@ def test_dependencies_are_not_installed_at_import_time(module_tree):
             if isinstance(f, ast.FunctionDef) and f.name in ("__init__", "setup"):
                 text = ast.unparse(f)
                 assert "pip_" not in text and "installTorch" not in text and "ensureDependencies" not in text
-    widget = {f.name: ast.unparse(f) for f in _class(module_tree, "MemorizationIndexWidget").body
-              if isinstance(f, ast.FunctionDef)}
+    widget = {
+        f.name: ast.unparse(f)
+        for f in _class(module_tree, "MemorizationIndexWidget").body
+        if isinstance(f, ast.FunctionDef)
+    }
     assert "ensureDependencies" in widget["onApplyButton"]
     handler = (MODULE_DIR / "MemorizationIndexLib" / "dependencies.py").read_text(encoding="utf-8")
     assert "PyTorchUtils" in handler and "pip_ensure" in handler and "prompt_install=" in handler
     assert "skip_packages" not in handler and "pydeps" not in handler
     requirements = (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8")
-    assert not re.search(r"^\s*torch\b", requirements, re.M), "torch comes from the PyTorch extension, not requirements.txt"
+    assert not re.search(r"^\s*torch\b", requirements, re.M), (
+        "torch comes from the PyTorch extension, not requirements.txt"
+    )
 
 
 def test_module_file_keeps_the_template_order(module_tree):
     """Module class, parameter node, widget, logic, test; the rest lives in MemorizationIndexLib."""
-    order = ["MemorizationIndex", PARAMETER_CLASS, "MemorizationIndexWidget", "MemorizationIndexLogic",
-             "MemorizationIndexTest"]
+    order = [
+        "MemorizationIndex",
+        PARAMETER_CLASS,
+        "MemorizationIndexWidget",
+        "MemorizationIndexLogic",
+        "MemorizationIndexTest",
+    ]
     classes = [node.name for node in module_tree.body if isinstance(node, ast.ClassDef)]
     assert [name for name in classes if name in order] == order
     assert not set(classes) - set(order) - _enum_classes(module_tree), "helper classes belong in MemorizationIndexLib"
@@ -201,11 +214,18 @@ def test_cmake_lists_reference_existing_files():
     assert "MemorizationIndex.py" in listed
     for relative in listed:
         assert (MODULE_DIR / relative).exists() or relative == "CMakeLists.txt", f"{relative} is listed but missing"
-    library_files = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "MemorizationIndexLib").rglob("*.py"))
+    library_files = sorted(
+        p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "MemorizationIndexLib").rglob("*.py")
+    )
     assert "MemorizationIndexLib/mrml.py" in listed
     assert all(f in listed for f in library_files if f.endswith(("mrml.py", "__init__.py"))), library_files
     top = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
-    for needle in ("project(MemorizationIndex)", "EXTENSION_DEPENDS", "find_package(Slicer REQUIRED)", "add_subdirectory(MemorizationIndex)"):
+    for needle in (
+        "project(MemorizationIndex)",
+        "EXTENSION_DEPENDS",
+        "find_package(Slicer REQUIRED)",
+        "add_subdirectory(MemorizationIndex)",
+    ):
         assert needle in top
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skimage.transform import resize
+
 from MemorizationIndexLib.augment import augment_condition
 from MemorizationIndexLib.augment_geometry import zoom
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.verification import GRID, to_grid, verify, verify_candidates
 from MemorizationIndexLib.volumes import image_slices, read_image
-from skimage.transform import resize
 
 PAIRS = {  # anatomy: (file of the copied person, file of another person, slice index)
     "brain": ("brain/ds002748/sub-01_T1w.nii.gz", "brain/ds002748/sub-02_T1w.nii.gz", 75),
@@ -32,14 +33,17 @@ def _angle_error(found: float, expected: float) -> float:
     return abs((found - expected + 180.0) % 360.0 - 180.0)
 
 
-@pytest.mark.parametrize("make, transposed, angle", [
-    (lambda x: x, False, 0.0),
-    (lambda x: rotate(x, 30.0), False, 30.0),
-    (lambda x: rotate(x, -70.0), False, -70.0),
-    (lambda x: x.T, True, 0.0),
-    (lambda x: x[:, ::-1], True, 90.0),
-    (lambda x: np.rot90(x), False, 270.0),
-])
+@pytest.mark.parametrize(
+    "make, transposed, angle",
+    [
+        (lambda x: x, False, 0.0),
+        (lambda x: rotate(x, 30.0), False, 30.0),
+        (lambda x: rotate(x, -70.0), False, -70.0),
+        (lambda x: x.T, True, 0.0),
+        (lambda x: x[:, ::-1], True, 90.0),
+        (lambda x: np.rot90(x), False, 270.0),
+    ],
+)
 def test_turned_copies_verify_with_their_transform(pair, make, transposed, angle):
     source, _ = pair
     result = verify_candidates(np.ascontiguousarray(make(source)), [source])[0]

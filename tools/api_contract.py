@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "MemorizationIndex"))
 
-import MemorizationIndexLib  # noqa: E402 - found through the path inserted above
+import MemorizationIndexLib
 
 CONTRACT = REPO / "docs" / "api-contract.md"
 INTRO = """# Library API (generated)
@@ -46,9 +46,13 @@ def _signature(obj: object) -> str:
 
 def _own_public(module) -> list[tuple[str, object]]:
     """Public classes and functions defined in ``module`` itself, in source order."""
-    members = [(name, obj) for name, obj in vars(module).items()
-               if not name.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj))
-               and getattr(obj, "__module__", None) == module.__name__]
+    members = [
+        (name, obj)
+        for name, obj in vars(module).items()
+        if not name.startswith("_")
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+        and getattr(obj, "__module__", None) == module.__name__
+    ]
     return sorted(members, key=lambda item: inspect.getsourcelines(item[1])[1])
 
 

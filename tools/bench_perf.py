@@ -44,11 +44,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MemorizationIndex"))
 
-from MemorizationIndexLib import search  # noqa: E402
-from MemorizationIndexLib.allocator import keep_freed_memory  # noqa: E402
-from MemorizationIndexLib.encoders import load_encoder  # noqa: E402
-from MemorizationIndexLib.scoring import NullModel, mi_from_z  # noqa: E402
-from MemorizationIndexLib.whitening import ShrinkageWhitener  # noqa: E402
+from MemorizationIndexLib import search
+from MemorizationIndexLib.allocator import keep_freed_memory
+from MemorizationIndexLib.encoders import load_encoder
+from MemorizationIndexLib.scoring import NullModel, mi_from_z
+from MemorizationIndexLib.whitening import ShrinkageWhitener
 
 DIMS = {"stage4": 80, "stage5": 112, "stage6": 192}  # the default encoder's blocks
 
@@ -105,11 +105,34 @@ def interleaved_best(fns: dict, repeat: int = 4) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    mem = next((int(line.split()[1]) / 1024 / 1024 for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), float("nan"))
-    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "ram_gib": round(mem, 1), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "numpy": np.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            int(line.split()[1]) / 1024 / 1024
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        float("nan"),
+    )
+    info = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "ram_gib": round(mem, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "faiss": faiss.__version__,
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
     return info
 
 
@@ -156,17 +179,31 @@ def bench_encoders(devices: list[str], quick: bool) -> list[dict]:
             repeat = 2 if (quick or (name == "mri-core" and device == "cpu")) else 3
             forward(encoder.model, x)
             encoder.embed(batch)  # warm-up
-            best = interleaved_best({
-                "bare": lambda: forward(encoder.model, x),
-                "published": lambda: forward(published, x_rgb),
-                "embed": lambda: encoder.embed(batch),
-            }, repeat)
+            best = interleaved_best(
+                {
+                    "bare": lambda: forward(encoder.model, x),
+                    "published": lambda: forward(published, x_rgb),
+                    "embed": lambda: encoder.embed(batch),
+                },
+                repeat,
+            )
             t_bare, t_embed = best["bare"], best["embed"]
-            rows.append({"encoder": name, "device": device if device == "cpu" else torch.cuda.get_device_name(0), "batch": batch_size,
-                         "bare_slices_per_s": batch_size / t_bare, "embed_slices_per_s": batch_size / t_embed, "ratio": t_bare / t_embed,
-                         "published_rgb_slices_per_s": batch_size / best["published"]})
-            log(f"encoder {name} on {device}: embed {batch_size / t_embed:.1f} slices/s, bare {batch_size / t_bare:.1f} slices/s, "
-                f"published RGB network {batch_size / best['published']:.1f} slices/s")
+            rows.append(
+                {
+                    "encoder": name,
+                    "device": device if device == "cpu" else torch.cuda.get_device_name(0),
+                    "batch": batch_size,
+                    "bare_slices_per_s": batch_size / t_bare,
+                    "embed_slices_per_s": batch_size / t_embed,
+                    "ratio": t_bare / t_embed,
+                    "published_rgb_slices_per_s": batch_size / best["published"],
+                }
+            )
+            log(
+                f"encoder {name} on {device}: embed {batch_size / t_embed:.1f} slices/s, "
+                f"bare {batch_size / t_bare:.1f} slices/s, "
+                f"published RGB network {batch_size / best['published']:.1f} slices/s"
+            )
             encoder = published = None
     tmp.cleanup()
     return rows
@@ -187,7 +224,12 @@ class Synthetic:
     def chunk_features(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
         latent = rng.standard_normal((self.chunk, self.rank), dtype=np.float32)
-        return {b: np.maximum(latent @ self.mixing[b] + self.offset[b] + rng.standard_normal((self.chunk, d), dtype=np.float32), 0.0) for b, d in DIMS.items()}
+        return {
+            b: np.maximum(
+                latent @ self.mixing[b] + self.offset[b] + rng.standard_normal((self.chunk, d), dtype=np.float32), 0.0
+            )
+            for b, d in DIMS.items()
+        }
 
     def rows(self, n: int):
         """Yield (start, features) chunks covering rows [0, n)."""
@@ -199,13 +241,19 @@ class Synthetic:
         """n rows never in the reference (novel queries / holdout)."""
         rng = np.random.default_rng([self.seed, 10_000 + salt])
         latent = rng.standard_normal((n, self.rank), dtype=np.float32)
-        return {b: np.maximum(latent @ self.mixing[b] + self.offset[b] + rng.standard_normal((n, d), dtype=np.float32), 0.0) for b, d in DIMS.items()}
+        return {
+            b: np.maximum(latent @ self.mixing[b] + self.offset[b] + rng.standard_normal((n, d), dtype=np.float32), 0.0)
+            for b, d in DIMS.items()
+        }
 
 
 def near_copies(raw: dict[str, np.ndarray], level: float, seed: int) -> dict[str, np.ndarray]:
     """Planted near-duplicates: raw features plus Gaussian noise of ``level`` x each row's feature std."""
     rng = np.random.default_rng(seed)
-    return {b: v + level * v.std(axis=1, keepdims=True) * rng.standard_normal(v.shape, dtype=np.float32) for b, v in raw.items()}
+    return {
+        b: v + level * v.std(axis=1, keepdims=True) * rng.standard_normal(v.shape, dtype=np.float32)
+        for b, v in raw.items()
+    }
 
 
 # ------------------------------------------------------------------------------------ audit @ 100k
@@ -219,12 +267,20 @@ def synthetic_volume(n_slices: int = 180, size: int = 192, seed: int = 0):
     head = ((yy - size / 2) ** 2 / (0.42 * size) ** 2 + (xx - size / 2) ** 2 / (0.36 * size) ** 2) < 1
     array = np.zeros((n_slices, size, size), np.float32)
     for k in range(n_slices):
-        array[k] = head * (100 + 30 * np.sin(xx / (5 + k % 7)) * np.cos(yy / (6 + k % 5))) + rng.uniform(0, 8, (size, size))
+        array[k] = head * (100 + 30 * np.sin(xx / (5 + k % 7)) * np.cos(yy / (6 + k % 5))) + rng.uniform(
+            0, 8, (size, size)
+        )
     return sitk.GetImageFromArray(array)
 
 
 def load_in_subprocess(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "MemorizationIndex")})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "MemorizationIndex")},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -260,8 +316,8 @@ print(json.dumps({{"load_s": dt, "rss_delta_mb": rss() - before}}))
 
 def bench_audit(out: Path, n_reference: int) -> dict:
     from MemorizationIndexLib.audit import audit_image
-    from MemorizationIndexLib.preprocess import nonempty_mask, prepare_batch
     from MemorizationIndexLib.index_build import build_index_from_features
+    from MemorizationIndexLib.preprocess import nonempty_mask, prepare_batch
     from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
     from MemorizationIndexLib.volumes import image_slices, resolve_axis
 
@@ -270,13 +326,17 @@ def bench_audit(out: Path, n_reference: int) -> dict:
     features = {b: np.concatenate([f[b] for _, f in synth.rows(n_reference)]) for b in DIMS}
     provenance = Provenance()
     for row in range(n_reference):
-        provenance.append(f"/reference/sub-{row // 180:05d}.nii.gz", row % 180, "axial", 0, "none", row, f"sub-{row // 180:05d}")
+        provenance.append(
+            f"/reference/sub-{row // 180:05d}.nii.gz", row % 180, "axial", 0, "none", row, f"sub-{row // 180:05d}"
+        )
     holdout = synth.fresh(2000, salt=1)
     path = out / "index-100k"
     gc_before = rss_mb()
     reset_peak()
     start = time.perf_counter()
-    built = build_index_from_features(features, provenance, path, encoder_info=EncoderInfo.of(encoder), holdout_features=holdout, overwrite=True)
+    built = build_index_from_features(
+        features, provenance, path, encoder_info=EncoderInfo.of(encoder), holdout_features=holdout, overwrite=True
+    )
     build_s = time.perf_counter() - start
     build_peak = peak_mb() - gc_before
     raw_bytes = sum(v.nbytes for v in features.values())
@@ -307,28 +367,53 @@ def bench_audit(out: Path, n_reference: int) -> dict:
         bare_faiss()
 
     audit_image(index, image, "generated", encoder=encoder)  # warm-up
-    runs = interleaved_runs({
-        "audit": lambda: audit_image(index, image, "generated", encoder=encoder),
-        "bare": bare,
-        "bare_forward": bare_forward,
-        "bare_faiss": bare_faiss,
-        "preprocess": lambda: prepare_batch([stack[k] for k in keep], encoder.input_size, index.preprocessing),
-        "audit_search": lambda: index.search(index.whiten(raw), k=5),
-    }, repeat=8)
+    runs = interleaved_runs(
+        {
+            "audit": lambda: audit_image(index, image, "generated", encoder=encoder),
+            "bare": bare,
+            "bare_forward": bare_forward,
+            "bare_faiss": bare_faiss,
+            "preprocess": lambda: prepare_batch([stack[k] for k in keep], encoder.input_size, index.preprocessing),
+            "audit_search": lambda: index.search(index.whiten(raw), k=5),
+        },
+        repeat=8,
+    )
     best = {name: min(values) for name, values in runs.items()}
-    t_audit, t_bare, t_forward, t_faiss, t_search = best["audit"], best["bare"], best["bare_forward"], best["bare_faiss"], best["audit_search"]
+    t_audit, t_bare, t_forward, t_faiss, t_search = (
+        best["audit"],
+        best["bare"],
+        best["bare_forward"],
+        best["bare_faiss"],
+        best["audit_search"],
+    )
     paired = [b / a for a, b in zip(runs["audit"], runs["bare"])]
     end_to_end = bench_cli_audit(out, path, image)
     result = {
-        "n_reference": n_reference, "n_query_slices": int(len(keep)), "index_kind": index.index_kind,
-        "build_s": build_s, "build_peak_mb_over_start": build_peak, "raw_vector_mb": raw_bytes / 2**20,
-        "load_s": loaded["load_s"], "loaded_rss_mb": loaded["rss_delta_mb"], "loaded_index_structures_mb": loaded["index_structures_mb"],
-        "audit_s": t_audit, "bare_s": t_bare, "bare_forward_s": t_forward, "bare_faiss_s": t_faiss, "preprocess_s": best["preprocess"], "audit_search_s": t_search,
-        "audit_speed_vs_bare": t_bare / t_audit, "audit_speed_vs_bare_per_round": paired, "audit_speed_vs_bare_median_round": float(np.median(paired)),
+        "n_reference": n_reference,
+        "n_query_slices": int(len(keep)),
+        "index_kind": index.index_kind,
+        "build_s": build_s,
+        "build_peak_mb_over_start": build_peak,
+        "raw_vector_mb": raw_bytes / 2**20,
+        "load_s": loaded["load_s"],
+        "loaded_rss_mb": loaded["rss_delta_mb"],
+        "loaded_index_structures_mb": loaded["index_structures_mb"],
+        "audit_s": t_audit,
+        "bare_s": t_bare,
+        "bare_forward_s": t_forward,
+        "bare_faiss_s": t_faiss,
+        "preprocess_s": best["preprocess"],
+        "audit_search_s": t_search,
+        "audit_speed_vs_bare": t_bare / t_audit,
+        "audit_speed_vs_bare_per_round": paired,
+        "audit_speed_vs_bare_median_round": float(np.median(paired)),
         "search_speed_vs_bare_faiss": t_faiss / t_search,
         "end_to_end": end_to_end,
     }
-    log(f"audit of {len(keep)} slices vs {n_reference}: {t_audit:.2f} s; bare forward + FAISS {t_bare:.2f} s (forward {t_forward:.2f} s, FAISS {t_faiss:.3f} s)")
+    log(
+        f"audit of {len(keep)} slices vs {n_reference}: {t_audit:.2f} s; bare forward + FAISS {t_bare:.2f} s "
+        f"(forward {t_forward:.2f} s, FAISS {t_faiss:.3f} s)"
+    )
     return result
 
 
@@ -363,11 +448,34 @@ def bench_cli_audit(out: Path, index_path: Path, image) -> dict:
     sitk.WriteImage(image, str(volume))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "MemorizationIndex")}
     blocks = json.loads((index_path / "config.json").read_text())["encoder"]["blocks"]
-    bare = [sys.executable, "-c", BARE_PROCESS.format(index_files=[str(index_path / f"index_{b}.faiss") for b in blocks], volume=str(volume))]
+    bare = [
+        sys.executable,
+        "-c",
+        BARE_PROCESS.format(index_files=[str(index_path / f"index_{b}.faiss") for b in blocks], volume=str(volume)),
+    ]
     target = out / "cli-audit"
     commands = {
-        "cli_audit_s": [sys.executable, "-m", "MemorizationIndexLib.cli", "audit", str(index_path), str(volume), "--out", str(target)],
-        "cli_audit_no_report_s": [sys.executable, "-m", "MemorizationIndexLib.cli", "audit", str(index_path), str(volume), "--out", str(target), "--no-report"],
+        "cli_audit_s": [
+            sys.executable,
+            "-m",
+            "MemorizationIndexLib.cli",
+            "audit",
+            str(index_path),
+            str(volume),
+            "--out",
+            str(target),
+        ],
+        "cli_audit_no_report_s": [
+            sys.executable,
+            "-m",
+            "MemorizationIndexLib.cli",
+            "audit",
+            str(index_path),
+            str(volume),
+            "--out",
+            str(target),
+            "--no-report",
+        ],
         "bare_process_s": bare,
     }
     walls: dict[str, list[float]] = {key: [] for key in commands}
@@ -380,7 +488,10 @@ def bench_cli_audit(out: Path, index_path: Path, image) -> dict:
     result = {key: min(values) for key, values in walls.items()}
     result["cli_speed_vs_bare"] = result["bare_process_s"] / result["cli_audit_s"]
     result["cli_no_report_speed_vs_bare"] = result["bare_process_s"] / result["cli_audit_no_report_s"]
-    log(f"CLI audit {result['cli_audit_s']:.2f} s (without report {result['cli_audit_no_report_s']:.2f} s) vs the bare job in a plain process {result['bare_process_s']:.2f} s")
+    log(
+        f"CLI audit {result['cli_audit_s']:.2f} s (without report {result['cli_audit_no_report_s']:.2f} s) "
+        f"vs the bare job in a plain process {result['bare_process_s']:.2f} s"
+    )
     return result
 
 
@@ -413,8 +524,8 @@ def bench_sets(out: Path, n_slices: int = 240) -> dict:
 
     from MemorizationIndexLib.audit import audit_paths
     from MemorizationIndexLib.batch_scoring import BatchScorer
-    from MemorizationIndexLib.preprocess import prepare_batch
     from MemorizationIndexLib.index_build import build_index_from_features
+    from MemorizationIndexLib.preprocess import prepare_batch
     from MemorizationIndexLib.reference_index import EncoderInfo, Provenance
 
     slices, origin = set_bench_slices(n_slices)
@@ -430,8 +541,14 @@ def bench_sets(out: Path, n_slices: int = 240) -> dict:
     for row in range(20_000):
         subject = f"sub-{row // 200:05d}"
         provenance.append(f"/reference/{subject}.nii.gz", row % 200, "axial", 0, "none", row, subject)
-    index = build_index_from_features(features, provenance, out / "index-sets", encoder_info=EncoderInfo.of(encoder),
-                                      holdout_features=synth.fresh(2000, salt=3), overwrite=True)
+    index = build_index_from_features(
+        features,
+        provenance,
+        out / "index-sets",
+        encoder_info=EncoderInfo.of(encoder),
+        holdout_features=synth.fresh(2000, salt=3),
+        overwrite=True,
+    )
     scorer = BatchScorer(index)
 
     def bare():  # the least any caller does: prepare the slices, forward pass, whiten, search
@@ -442,23 +559,36 @@ def bench_sets(out: Path, n_slices: int = 240) -> dict:
         index.search(index.whiten(raw), k=5)
 
     audit_paths(index, [folder], out / "set-audit")  # warm-up
-    runs = interleaved_runs({
-        "set": lambda: audit_paths(index, [folder], out / "set-audit"),
-        "volume": lambda: audit_paths(index, [volume], out / "volume-audit"),
-        "batch_api": lambda: scorer.score(slices),
-        "bare": bare,
-    }, repeat=4)
+    runs = interleaved_runs(
+        {
+            "set": lambda: audit_paths(index, [folder], out / "set-audit"),
+            "volume": lambda: audit_paths(index, [volume], out / "volume-audit"),
+            "batch_api": lambda: scorer.score(slices),
+            "bare": bare,
+        },
+        repeat=4,
+    )
     best = {name: min(values) for name, values in runs.items()}
     per_round = [v / t for v, t in zip(runs["volume"], runs["set"])]
     api_rounds = [b / t for b, t in zip(runs["bare"], runs["batch_api"])]
-    result = {"n_slices": n_slices, "slices": origin, "set_s": best["set"], "volume_s": best["volume"],
-              "set_vs_volume_throughput": best["volume"] / best["set"], "set_vs_volume_per_round": per_round,
-              "set_vs_volume_median_round": float(np.median(per_round)), "batch_api_s": best["batch_api"],
-              "bare_s": best["bare"], "batch_api_vs_bare": best["bare"] / best["batch_api"],
-              "batch_api_vs_bare_median_round": float(np.median(api_rounds))}
-    log(f"{n_slices} PNG files as a set {best['set']:.2f} s vs one NIfTI {best['volume']:.2f} s "
+    result = {
+        "n_slices": n_slices,
+        "slices": origin,
+        "set_s": best["set"],
+        "volume_s": best["volume"],
+        "set_vs_volume_throughput": best["volume"] / best["set"],
+        "set_vs_volume_per_round": per_round,
+        "set_vs_volume_median_round": float(np.median(per_round)),
+        "batch_api_s": best["batch_api"],
+        "bare_s": best["bare"],
+        "batch_api_vs_bare": best["bare"] / best["batch_api"],
+        "batch_api_vs_bare_median_round": float(np.median(api_rounds)),
+    }
+    log(
+        f"{n_slices} PNG files as a set {best['set']:.2f} s vs one NIfTI {best['volume']:.2f} s "
         f"(throughput ratio: best vs best {result['set_vs_volume_throughput']:.2f}, median of rounds "
-        f"{result['set_vs_volume_median_round']:.2f})")
+        f"{result['set_vs_volume_median_round']:.2f})"
+    )
     return result
 
 
@@ -489,8 +619,9 @@ def _timed_build(build, vectors: dict) -> tuple[dict, float, float]:
     return indexes, time.perf_counter() - start, peak_mb() - base
 
 
-def _search_figures(flat: dict, ivf: dict, vectors: dict, queries: dict, planted_rows: np.ndarray,
-                    n_exact: int) -> dict:
+def _search_figures(
+    flat: dict, ivf: dict, vectors: dict, queries: dict, planted_rows: np.ndarray, n_exact: int
+) -> dict:
     """Exact against IVF search: time per query slice, recall of the planted rows, agreement of the scores."""
     n_planted = len(planted_rows)
     novel_q = {b: q[n_planted:] for b, q in queries.items()}
@@ -508,22 +639,26 @@ def _search_figures(flat: dict, ivf: dict, vectors: dict, queries: dict, planted
     mi_ivf = mi_from_z(null.z(approx_sub.similarity[:n_exact]))
     novel_exact = slice(n_exact, n_exact_total)
     return {
-        "mean_planted_cosine": {b: float(np.mean(np.sum(queries[b][:n_planted] * vectors[b][planted_rows], axis=1)))
-                                for b in DIMS},
+        "mean_planted_cosine": {
+            b: float(np.mean(np.sum(queries[b][:n_planted] * vectors[b][planted_rows], axis=1))) for b in DIMS
+        },
         "exact_ms_per_query": 1000 * t_exact / n_exact_total,
         "bare_flat_faiss_ms_per_query": 1000 * t_bare_flat / n_exact_total,
-        "ivf_ms_per_query": 1000 * t_ivf / n_queries, "bare_ivf_faiss_ms_per_query": 1000 * t_bare_ivf / n_queries,
+        "ivf_ms_per_query": 1000 * t_ivf / n_queries,
+        "bare_ivf_faiss_ms_per_query": 1000 * t_bare_ivf / n_queries,
         "speedup_ivf_vs_exact": (t_exact / n_exact_total) / (t_ivf / n_queries),
         "search_speed_vs_bare_faiss_ivf": t_bare_ivf / t_ivf,
-        "n_planted": n_planted, "recall_at_1_planted_ivf": float(np.mean(approx.ids[:n_planted, 0] == planted_rows)),
+        "n_planted": n_planted,
+        "recall_at_1_planted_ivf": float(np.mean(approx.ids[:n_planted, 0] == planted_rows)),
         "n_planted_exact_checked": n_exact,
         "recall_at_1_planted_exact": float(np.mean(exact.ids[:n_exact, 0] == planted_rows[:n_exact])),
         "planted_same_top1_as_exact": float(np.mean(approx_sub.ids[:n_exact, 0] == exact.ids[:n_exact, 0])),
         "planted_identical_similarity": float(np.mean(approx_sub.similarity[:n_exact] == exact.similarity[:n_exact])),
         "planted_max_abs_mi_difference": float(np.max(np.abs(mi_exact - mi_ivf))),
         "novel_top1_agreement_with_exact": float(np.mean(approx_sub.ids[novel_exact, 0] == exact.ids[novel_exact, 0])),
-        "novel_mean_similarity_ratio_ivf_over_exact": float(np.mean(approx_sub.similarity[novel_exact]
-                                                                     / exact.similarity[novel_exact])),
+        "novel_mean_similarity_ratio_ivf_over_exact": float(
+            np.mean(approx_sub.similarity[novel_exact] / exact.similarity[novel_exact])
+        ),
     }
 
 
@@ -535,10 +670,15 @@ def _ivf_load_figures(out: Path, ivf: dict, raw_bytes: int) -> dict:
             paths.append(str(Path(tmp) / f"index_{b}.faiss"))
             faiss.write_index(index, paths[-1])
         loaded = load_in_subprocess(LOAD_FAISS.format(paths=paths))
-    figures = {"ivf_load_s": loaded["load_s"], "ivf_loaded_rss_mb": loaded["rss_delta_mb"],
-               "ivf_loaded_over_raw": loaded["rss_delta_mb"] / (raw_bytes / 2**20)}
-    log(f"IVF indexes load in {loaded['load_s']:.1f} s, {loaded['rss_delta_mb']:.0f} MB "
-        f"({figures['ivf_loaded_over_raw']:.3f}x raw)")
+    figures = {
+        "ivf_load_s": loaded["load_s"],
+        "ivf_loaded_rss_mb": loaded["rss_delta_mb"],
+        "ivf_loaded_over_raw": loaded["rss_delta_mb"] / (raw_bytes / 2**20),
+    }
+    log(
+        f"IVF indexes load in {loaded['load_s']:.1f} s, {loaded['rss_delta_mb']:.0f} MB "
+        f"({figures['ivf_loaded_over_raw']:.3f}x raw)"
+    )
     return figures
 
 
@@ -570,22 +710,32 @@ def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, l
     whiteners, vectors, planted_raw = _whitened_reference(synth, n, planted_rows)
     log(f"{n:,} synthetic vectors generated and whitened in {time.perf_counter() - start:.1f} s")
     queries_raw, novel_raw = near_copies(planted_raw, level, seed=4), synth.fresh(n_novel, salt=2)
-    queries = {b: np.concatenate([whiteners[b].transform(queries_raw[b]), whiteners[b].transform(novel_raw[b])])
-               for b in DIMS}
+    queries = {
+        b: np.concatenate([whiteners[b].transform(queries_raw[b]), whiteners[b].transform(novel_raw[b])]) for b in DIMS
+    }
     raw_bytes = sum(v.nbytes for v in vectors.values())
     ivf, ivf_build_s, ivf_peak = _timed_build(search.build_ivf_index, vectors)
     ivf_bytes = sum(search.vector_bytes(i) for i in ivf.values())
     flat, flat_build_s, flat_peak = _timed_build(search.build_flat_index, vectors)
     log(f"IVF built in {ivf_build_s:.1f} s, flat in {flat_build_s:.1f} s")
     result = {
-        "n_vectors": n, "dims": DIMS, "raw_vector_mb": raw_bytes / 2**20, "noise_level": level,
-        "ivf": search.describe_index(ivf["stage4"]), "ivf_build_s": ivf_build_s, "ivf_build_peak_mb": ivf_peak,
-        "ivf_index_mb": ivf_bytes / 2**20, "ivf_index_over_raw": ivf_bytes / raw_bytes,
-        "flat_build_s": flat_build_s, "flat_build_peak_mb": flat_peak,
+        "n_vectors": n,
+        "dims": DIMS,
+        "raw_vector_mb": raw_bytes / 2**20,
+        "noise_level": level,
+        "ivf": search.describe_index(ivf["stage4"]),
+        "ivf_build_s": ivf_build_s,
+        "ivf_build_peak_mb": ivf_peak,
+        "ivf_index_mb": ivf_bytes / 2**20,
+        "ivf_index_over_raw": ivf_bytes / raw_bytes,
+        "flat_build_s": flat_build_s,
+        "flat_build_peak_mb": flat_peak,
     }
     result.update(_search_figures(flat, ivf, vectors, queries, planted_rows, n_exact))
-    log(f"1M: exact {result['exact_ms_per_query']:.1f} ms/query, IVF {result['ivf_ms_per_query']:.2f} ms/query, "
-        f"recall@1 {result['recall_at_1_planted_ivf']:.4f}")
+    log(
+        f"1M: exact {result['exact_ms_per_query']:.1f} ms/query, IVF {result['ivf_ms_per_query']:.2f} ms/query, "
+        f"recall@1 {result['recall_at_1_planted_ivf']:.4f}"
+    )
     del flat
     result.update(_ivf_load_figures(out, ivf, raw_bytes))
     del ivf
@@ -596,41 +746,71 @@ def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, l
 
 
 def table(results: dict) -> str:
-    lines = [f"machine: {results['machine']['cpu']} ({results['machine']['cpu_cores']} cores, {results['machine']['ram_gib']} GiB), GPU: {results['machine']['gpu'] or 'none'}", ""]
-    lines.append(f"{'encoder':<10} {'device':<10} {'embed slices/s':>15} {'bare slices/s':>14} {'ratio':>6} {'RGB net slices/s':>17}")
+    lines = [
+        f"machine: {results['machine']['cpu']} ({results['machine']['cpu_cores']} cores, "
+        f"{results['machine']['ram_gib']} GiB), GPU: {results['machine']['gpu'] or 'none'}",
+        "",
+    ]
+    lines.append(
+        f"{'encoder':<10} {'device':<10} {'embed slices/s':>15} {'bare slices/s':>14} {'ratio':>6} "
+        f"{'RGB net slices/s':>17}"
+    )
     for row in results["encoders"]:
-        lines.append(f"{row['encoder']:<10} {row['device'][:10]:<10} {row['embed_slices_per_s']:>15.1f} {row['bare_slices_per_s']:>14.1f} {row['ratio']:>6.2f} {row['published_rgb_slices_per_s']:>17.1f}")
+        lines.append(
+            f"{row['encoder']:<10} {row['device'][:10]:<10} {row['embed_slices_per_s']:>15.1f} "
+            f"{row['bare_slices_per_s']:>14.1f} {row['ratio']:>6.2f} {row['published_rgb_slices_per_s']:>17.1f}"
+        )
     a = results.get("audit")
     if a:
-        lines += ["", f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
-                  f"  audit {a['audit_s']:.2f} s | bare forward + FAISS {a['bare_s']:.2f} s (forward {a['bare_forward_s']:.2f} s, FAISS {a['bare_faiss_s']:.3f} s)"
-                  f" | speed vs bare: median of per-round ratios {a['audit_speed_vs_bare_median_round']:.2f} (>= 0.9 required), best vs best {a['audit_speed_vs_bare']:.2f}"
-                  f" | preprocessing {a['preprocess_s']:.2f} s",
-                  f"  search: audit {a['audit_search_s'] * 1000:.1f} ms vs bare FAISS {a['bare_faiss_s'] * 1000:.1f} ms ({a['search_speed_vs_bare_faiss']:.2f}x speed)",
-                  f"  whole CLI command: {a['end_to_end']['cli_audit_s']:.2f} s ({a['end_to_end']['cli_audit_no_report_s']:.2f} s with --no-report) vs the bare job"
-                  f" (read, prepare, forward, FAISS) as a plain process {a['end_to_end']['bare_process_s']:.2f} s | speed vs bare"
-                  f" {a['end_to_end']['cli_speed_vs_bare']:.2f} ({a['end_to_end']['cli_no_report_speed_vs_bare']:.2f} without report)",
-                  f"  build {a['build_s']:.1f} s (peak +{a['build_peak_mb_over_start']:.0f} MB) | load {a['load_s']:.2f} s, {a['loaded_rss_mb']:.0f} MB RSS"
-                  f" (FAISS {a['loaded_index_structures_mb']:.0f} MB) vs raw vectors {a['raw_vector_mb']:.0f} MB"]
+        lines += [
+            "",
+            f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
+            f"  audit {a['audit_s']:.2f} s | bare forward + FAISS {a['bare_s']:.2f} s "
+            f"(forward {a['bare_forward_s']:.2f} s, FAISS {a['bare_faiss_s']:.3f} s)"
+            f" | speed vs bare: median of per-round ratios {a['audit_speed_vs_bare_median_round']:.2f} "
+            f"(>= 0.9 required), best vs best {a['audit_speed_vs_bare']:.2f}"
+            f" | preprocessing {a['preprocess_s']:.2f} s",
+            f"  search: audit {a['audit_search_s'] * 1000:.1f} ms vs bare FAISS {a['bare_faiss_s'] * 1000:.1f} ms "
+            f"({a['search_speed_vs_bare_faiss']:.2f}x speed)",
+            f"  whole CLI command: {a['end_to_end']['cli_audit_s']:.2f} s "
+            f"({a['end_to_end']['cli_audit_no_report_s']:.2f} s with --no-report) vs the bare job"
+            f" (read, prepare, forward, FAISS) as a plain process {a['end_to_end']['bare_process_s']:.2f} s "
+            f"| speed vs bare"
+            f" {a['end_to_end']['cli_speed_vs_bare']:.2f} "
+            f"({a['end_to_end']['cli_no_report_speed_vs_bare']:.2f} without report)",
+            f"  build {a['build_s']:.1f} s (peak +{a['build_peak_mb_over_start']:.0f} MB) | load {a['load_s']:.2f} s, "
+            f"{a['loaded_rss_mb']:.0f} MB RSS"
+            f" (FAISS {a['loaded_index_structures_mb']:.0f} MB) vs raw vectors {a['raw_vector_mb']:.0f} MB",
+        ]
     g = results.get("large")
     if g:
-        lines += ["", f"{g['n_vectors']:,}-vector reference (search layer), IVF nlist={g['ivf']['nlist']} nprobe={g['ivf']['nprobe']}:",
-                  f"  exact {g['exact_ms_per_query']:.2f} ms/query (bare FAISS {g['bare_flat_faiss_ms_per_query']:.2f}) | IVF+rerank {g['ivf_ms_per_query']:.3f} ms/query"
-                  f" (bare FAISS {g['bare_ivf_faiss_ms_per_query']:.3f}) | speedup {g['speedup_ivf_vs_exact']:.1f}x (>= 10 required)",
-                  f"  planted recall@1 {g['recall_at_1_planted_ivf']:.4f} of {g['n_planted']} (>= 0.999 required); identical similarity to exact {g['planted_identical_similarity']:.4f}"
-                  f" of {g['n_planted_exact_checked']}; max |mi diff| {g['planted_max_abs_mi_difference']:.2g}",
-                  f"  IVF build {g['ivf_build_s']:.1f} s (peak +{g['ivf_build_peak_mb']:.0f} MB); load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
-                  f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)"]
+        lines += [
+            "",
+            f"{g['n_vectors']:,}-vector reference (search layer), "
+            f"IVF nlist={g['ivf']['nlist']} nprobe={g['ivf']['nprobe']}:",
+            f"  exact {g['exact_ms_per_query']:.2f} ms/query (bare FAISS {g['bare_flat_faiss_ms_per_query']:.2f}) "
+            f"| IVF+rerank {g['ivf_ms_per_query']:.3f} ms/query"
+            f" (bare FAISS {g['bare_ivf_faiss_ms_per_query']:.3f}) "
+            f"| speedup {g['speedup_ivf_vs_exact']:.1f}x (>= 10 required)",
+            f"  planted recall@1 {g['recall_at_1_planted_ivf']:.4f} of {g['n_planted']} (>= 0.999 required); "
+            f"identical similarity to exact {g['planted_identical_similarity']:.4f}"
+            f" of {g['n_planted_exact_checked']}; max |mi diff| {g['planted_max_abs_mi_difference']:.2g}",
+            f"  IVF build {g['ivf_build_s']:.1f} s (peak +{g['ivf_build_peak_mb']:.0f} MB); "
+            f"load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
+            f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)",
+        ]
     t = results.get("sets")
     if t:
-        lines += ["", f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices "
-                      "as one NIfTI:",
-                  f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
-                  f"per-round ratios {t['set_vs_volume_median_round']:.2f} (>= 0.9 required), best vs best "
-                  f"{t['set_vs_volume_throughput']:.2f}",
-                  f"  in-memory batch API {t['batch_api_s']:.2f} s vs bare preprocessing + forward + FAISS "
-                  f"{t['bare_s']:.2f} s | speed vs bare: median of rounds {t['batch_api_vs_bare_median_round']:.2f}, "
-                  f"best vs best {t['batch_api_vs_bare']:.2f}"]
+        lines += [
+            "",
+            f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices as one NIfTI:",
+            f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
+            f"per-round ratios {t['set_vs_volume_median_round']:.2f} (>= 0.9 required), best vs best "
+            f"{t['set_vs_volume_throughput']:.2f}",
+            f"  in-memory batch API {t['batch_api_s']:.2f} s vs bare preprocessing + forward + FAISS "
+            f"{t['bare_s']:.2f} s | speed vs bare: median of rounds {t['batch_api_vs_bare_median_round']:.2f}, "
+            f"best vs best {t['batch_api_vs_bare']:.2f}",
+        ]
     s = results.get("scaling")
     if s:
         lines += ["", f"{'vectors':>10} {'exact ms/q':>11} {'IVF ms/q':>9}"]
@@ -642,11 +822,18 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench", help="results folder (default: bench)")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes): 20k audit reference, 200k large reference")
-    parser.add_argument("--large", type=int, default=1_000_000, help="vectors of the large reference (default: 1,000,000)")
-    parser.add_argument("--audit-reference", type=int, default=100_000, help="slices of the audit reference (default: 100,000)")
-    parser.add_argument("--sections", default="encoders,audit,large,sets",
-                        help="comma list of encoders,audit,large,sets")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes (a few minutes): 20k audit reference, 200k large reference"
+    )
+    parser.add_argument(
+        "--large", type=int, default=1_000_000, help="vectors of the large reference (default: 1,000,000)"
+    )
+    parser.add_argument(
+        "--audit-reference", type=int, default=100_000, help="slices of the audit reference (default: 100,000)"
+    )
+    parser.add_argument(
+        "--sections", default="encoders,audit,large,sets", help="comma list of encoders,audit,large,sets"
+    )
     args = parser.parse_args(argv)
     keep_freed_memory()  # as the CLI does; the plain-process comparison in the audit section does not
     out = Path(args.out)
@@ -655,14 +842,20 @@ def main(argv=None) -> int:
     large_n = 200_000 if args.quick else args.large
     audit_n = 20_000 if args.quick else args.audit_reference
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    results = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])), "encoders": []}
+    results = {
+        "machine": machine(),
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "encoders": [],
+    }
     started = time.perf_counter()
     if "encoders" in sections:
         results["encoders"] = bench_encoders(devices, args.quick)
     if "audit" in sections:
         results["audit"] = bench_audit(out, audit_n)
     if "large" in sections:
-        results["large"], results["scaling"] = bench_large(out, large_n, n_planted=2000, n_exact=250 if not args.quick else 200, n_novel=1000, level=0.3)
+        results["large"], results["scaling"] = bench_large(
+            out, large_n, n_planted=2000, n_exact=250 if not args.quick else 200, n_novel=1000, level=0.3
+        )
     if "sets" in sections:
         results["sets"] = bench_sets(out)
     results["total_s"] = time.perf_counter() - started

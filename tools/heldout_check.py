@@ -40,25 +40,37 @@ def run(data: Path, n_train: int, out: Path, copied: int = 2, seed: int = 11) ->
     image.SetSpacing((0.87, 0.87, 1.0))
     copies_path = str(out / "copies.nii.gz")
     sitk.WriteImage(image, copies_path)
-    assert cli(["audit", str(out / "index"), copies_path, *map(str, others), "--out", str(out / "audit"), "--no-report"]) == 0
+    assert (
+        cli(["audit", str(out / "index"), copies_path, *map(str, others), "--out", str(out / "audit"), "--no-report"])
+        == 0
+    )
     with open(out / "audit" / "slices.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     scored = {int(r["slice"]): r for r in rows if r["volume"] == copies_path}
     hits: dict[str, list[bool]] = {}
     for i, (condition, k) in enumerate(truth):
         r = scored.get(i)
-        hits.setdefault(condition, []).append(r is not None and r["flagged"] == "1" and r["nn_source"] == source and int(r["nn_slice"]) == k)
+        hits.setdefault(condition, []).append(
+            r is not None and r["flagged"] == "1" and r["nn_source"] == source and int(r["nn_slice"]) == k
+        )
     found = sum(sum(h) for h in hits.values())
-    print(f"copies flagged with their true source: {found}/{len(truth)} ({found / len(truth):.1%}); per condition: "
-          + ", ".join(f"{c} {np.mean(h):.3f}" for c, h in hits.items()))
+    print(
+        f"copies flagged with their true source: {found}/{len(truth)} ({found / len(truth):.1%}); per condition: "
+        + ", ".join(f"{c} {np.mean(h):.3f}" for c, h in hits.items())
+    )
     other_rows = [r for r in rows if r["volume"] != copies_path]
     flagged = sum(r["flagged"] == "1" for r in other_rows)
-    print(f"slices of {len(others)} other people flagged: {flagged}/{len(other_rows)} ({flagged / max(len(other_rows), 1):.2%})")
+    print(
+        f"slices of {len(others)} other people flagged: {flagged}/{len(other_rows)} "
+        f"({flagged / max(len(other_rows), 1):.2%})"
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "brain" / "ds002748")
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "brain" / "ds002748"
+    )
     parser.add_argument("--train", type=int, default=12)
     parser.add_argument("--out", type=Path, default=Path("/tmp/heldout"))
     args = parser.parse_args()

@@ -5,7 +5,8 @@
 
 Per anatomy, subjects are split (seeded) into an indexed training set (some of whose slices are
 copied), novel people (test) and other held-out people (the null). Every query slice, copy,
-novel and null alike, gets each edit of ``EDITS`` (benchmark conditions of ``augment.py``). Prints per edit: recall of the
+novel and null alike, gets each edit of ``EDITS`` (benchmark conditions of ``augment.py``).
+Prints per edit: recall of the
 true source among the candidates, AUROC copy vs novel and flag rates at α for the global
 similarity (index null, as the audit flags) and for the verified score (threshold from the
 held-out null pooled over all edits, i.e. the null goes through the same pipeline).
@@ -19,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from MemorizationIndexLib.baselines import auroc
+from scipy import ndimage
+
 from MemorizationIndexLib.augment import augment_condition
+from MemorizationIndexLib.baselines import auroc
 from MemorizationIndexLib.embedding import embed_slices
+from MemorizationIndexLib.index_build import BuildOptions, SliceSet, build_index, collect_slices
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
-from MemorizationIndexLib.index_build import SliceSet, build_index, collect_slices
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.scoring import NullModel
 from MemorizationIndexLib.transforms import ORIGINAL
 from MemorizationIndexLib.verification import Grid, to_grid, verify
-from scipy import ndimage
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # anatomy: (files, training subjects, copied among them, novel subjects, null subjects, slice stride of the
@@ -52,14 +54,25 @@ class Queries:
 
 
 # The edits of this experiment, as the benchmark's generator-like conditions (augment.py) name them.
-EDIT_CONDITIONS = {"clean": "clean", "rician": "rician", "half": "half", "chain": "chain", "transpose": "transpose",
-                   "rot90": "rot90", "rot_large": "rot_large", "translate": "shift_fill", "zoom_in": "zoom_in",
-                   "zoom_out": "zoom_out", "bias": "bias"}
+EDIT_CONDITIONS = {
+    "clean": "clean",
+    "rician": "rician",
+    "half": "half",
+    "chain": "chain",
+    "transpose": "transpose",
+    "rot90": "rot90",
+    "rot_large": "rot_large",
+    "translate": "shift_fill",
+    "zoom_in": "zoom_in",
+    "zoom_out": "zoom_out",
+    "bias": "bias",
+}
 EDITS = tuple(EDIT_CONDITIONS)
 
 
-def _edited(slices: SliceSet, fill: SliceSet, rows: list[int], rng: np.random.Generator, queries: Queries,
-            sources: list[int]) -> None:
+def _edited(
+    slices: SliceSet, fill: SliceSet, rows: list[int], rng: np.random.Generator, queries: Queries, sources: list[int]
+) -> None:
     """Every slice of ``rows`` under every edit; ``fill`` provides the other half of half copies."""
     settings = PreprocessSettings()
     for edit in EDITS:
@@ -98,8 +111,9 @@ def shortlist(views: list[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
     return out
 
 
-def verified(index: ReferenceIndex, images: list[np.ndarray], cands: np.ndarray,
-             grids: dict[int, Grid]) -> tuple[np.ndarray, list]:
+def verified(
+    index: ReferenceIndex, images: list[np.ndarray], cands: np.ndarray, grids: dict[int, Grid]
+) -> tuple[np.ndarray, list]:
     """Verification scores [n, k] of every query against its candidates (0 where none), and per
     query the Verification of its best candidate (None without candidates)."""
     prov = index.provenance
@@ -135,8 +149,9 @@ def _box_iou(box: tuple[int, int, int, int] | None, mask: np.ndarray) -> float:
     if box is None or rows.size == 0:
         return 0.0
     truth = (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
-    inter = (max(0, min(box[2], truth[2]) - max(box[0], truth[0]))
-             * max(0, min(box[3], truth[3]) - max(box[1], truth[1])))
+    inter = max(0, min(box[2], truth[2]) - max(box[0], truth[0])) * max(
+        0, min(box[3], truth[3]) - max(box[1], truth[1])
+    )
     union = (box[2] - box[0]) * (box[3] - box[1]) + (truth[2] - truth[0]) * (truth[3] - truth[1]) - inter
     return inter / union
 
@@ -150,9 +165,11 @@ def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
     null_files = files[n_train + n_novel : n_train + n_novel + n_null]
     settings = PreprocessSettings()
     start = time.perf_counter()
-    index = build_index(train, out / anatomy / "index", slice_stride=stride, overwrite=True, seed=seed)
-    print(f"{anatomy}: index of {index.n_reference_slices} slices of {n_train} subjects built in "
-          f"{time.perf_counter() - start:.0f} s")
+    index = build_index(train, out / anatomy / "index", BuildOptions(slice_stride=stride, overwrite=True, seed=seed))
+    print(
+        f"{anatomy}: index of {index.n_reference_slices} slices of {n_train} subjects built in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     prov = index.provenance
     indexed = SliceSet()
     copied_sources = set(train[:n_copied])
@@ -176,11 +193,16 @@ def run(anatomy: str, ks: list[int], seed: int, out: Path) -> None:
         start = time.perf_counter()
         v, v_best = verified(index, queries.images, cands, grids)
         took = time.perf_counter() - start
-        print(f"  {role}: {len(queries.images)} queries, search {searched:.0f} s, verification {took:.0f} s "
-              f"({1000 * took / len(queries.images):.0f} ms per query, k={k})")
+        print(
+            f"  {role}: {len(queries.images)} queries, search {searched:.0f} s, verification {took:.0f} s "
+            f"({1000 * took / len(queries.images):.0f} ms per query, k={k})"
+        )
         results[role] = (cands, plain, sim, v, v_best, two)
-    saved = {f"{role}_{name}": np.asarray(r[j]) for role, r in results.items()
-             for name, j in (("candidates", 0), ("global", 2), ("verified", 3))}
+    saved = {
+        f"{role}_{name}": np.asarray(r[j])
+        for role, r in results.items()
+        for name, j in (("candidates", 0), ("global", 2), ("verified", 3))
+    }
     saved.update({f"{role}_edits": np.asarray(q.edits) for role, q in sets.items()})
     np.savez(out / anatomy / "scores.npz", copy_sources=np.asarray(sets["copy"].sources), **saved)
     subjects = np.asarray(prov.subject + [""])  # row -1 (no candidate) reads the last entry
@@ -193,16 +215,21 @@ def _recall(table: np.ndarray, queries: list[int], truth: np.ndarray, k: int) ->
     return float(np.mean([t in table[i, :k] for i, t in zip(queries, truth)]))
 
 
-def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global_null: NullModel, k: int,
-           n_null: int) -> None:
+def report(
+    sets: dict[str, Queries], results: dict, subjects: np.ndarray, global_null: NullModel, k: int, n_null: int
+) -> None:
     """Print the per-edit table of the first k candidates."""
     best = {role: best_of(r[3], r[0], subjects, k) for role, r in results.items()}
     verified_null, margin_null = NullModel(best["null"][0]), NullModel(best["null"][1])
-    print(f"  k={k}: verified-score threshold at α={ALPHA}: {verified_null.threshold(ALPHA).similarity:.3f} "
-          f"(null of {len(best['null'][0])} edited slices of {n_null} other people)")
-    print("  edit       | recall@1 @k (as cut, +transposed, +smoothed) @4k | AUROC global / verified / margin"
-          " | copies flagged global / verified / margin | novel flagged global / verified / margin"
-          " | top-1 after verification | half box IoU≥0.5")
+    print(
+        f"  k={k}: verified-score threshold at α={ALPHA}: {verified_null.threshold(ALPHA).similarity:.3f} "
+        f"(null of {len(best['null'][0])} edited slices of {n_null} other people)"
+    )
+    print(
+        "  edit       | recall@1 @k (as cut, +transposed, +smoothed) @4k | AUROC global / verified / margin"
+        " | copies flagged global / verified / margin | novel flagged global / verified / margin"
+        " | top-1 after verification | half box IoU≥0.5"
+    )
     nulls = (global_null, verified_null, margin_null)
     for edit in EDITS:
         c = [i for i, e in enumerate(sets["copy"].edits) if e == edit]
@@ -221,25 +248,30 @@ def report(sets: dict[str, Queries], results: dict, subjects: np.ndarray, global
             iou = f"{np.mean(located):.2f}"
         tables = ((plain, 1), (plain, k), (two, k), (cands, k), (plain, 4 * k))
         recalls = [_recall(table, c, truth, m) for table, m in tables]
-        print(f"  {edit:10s} | {' '.join(f'{r:.2f}' for r in recalls)}"
-              f" | {' / '.join(f'{a:.3f}' for a in au)} | {' / '.join(f'{a:.2f}' for a in flags)}"
-              f" | {' / '.join(f'{a:.3f}' for a in fps)} | {top1:.2f} | {iou}")
+        print(
+            f"  {edit:10s} | {' '.join(f'{r:.2f}' for r in recalls)}"
+            f" | {' / '.join(f'{a:.3f}' for a in au)} | {' / '.join(f'{a:.2f}' for a in flags)}"
+            f" | {' / '.join(f'{a:.3f}' for a in fps)} | {top1:.2f} | {iou}"
+        )
 
 
 def cost(pairs: int = 40) -> None:
     """Print the CPU time of putting a slice on the grid and of verifying one pair (brain slices of two people)."""
     folder = SETUPS["brain"][0]
     settings = PreprocessSettings()
-    first, second = (collect_slices([folder / f"sub-0{i}_T1w.nii.gz"], axis="auto", preprocessing=settings).slices
-                     for i in (1, 2))
+    first, second = (
+        collect_slices([folder / f"sub-0{i}_T1w.nii.gz"], axis="auto", preprocessing=settings).slices for i in (1, 2)
+    )
     start = time.process_time()
     grids = [(to_grid(a), to_grid(b)) for a, b in zip(first[:pairs], second[:pairs])]
     gridded = time.process_time()
     for a, b in grids:
         verify(a, b)
     done = time.process_time()
-    print(f"CPU per slice put on the grid {1000 * (gridded - start) / (2 * len(grids)):.1f} ms, "
-          f"per verified pair {1000 * (done - gridded) / len(grids):.1f} ms")
+    print(
+        f"CPU per slice put on the grid {1000 * (gridded - start) / (2 * len(grids)):.1f} ms, "
+        f"per verified pair {1000 * (done - gridded) / len(grids):.1f} ms"
+    )
 
 
 if __name__ == "__main__":

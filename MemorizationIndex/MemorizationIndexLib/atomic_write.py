@@ -17,8 +17,8 @@ import re
 import shutil
 import socket
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from .errors import UserError
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -82,7 +82,9 @@ def file_audits(audits: Sequence[Audit]) -> list[VolumeAudit]:
     return [m for a in audits for m in (a.members if isinstance(a, SetAudit) else [a])]
 
 
-def score_features(index: ReferenceIndex, raw: dict[str, np.ndarray], alpha: float, k: int = 5) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def score_features(
+    index: ReferenceIndex, raw: dict[str, np.ndarray], alpha: float, k: int = 5
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Whiten, search and calibrate raw query features: per-row score dicts, top-k ids and scores."""
     found = index.search(index.whiten(raw), k=k)
     null = index.null_model
@@ -91,11 +93,19 @@ def score_features(index: ReferenceIndex, raw: dict[str, np.ndarray], alpha: flo
     rows = []
     for i in range(len(z)):
         nn = int(found.ids[i, 0])
-        rows.append({
-            "similarity": float(found.similarity[i]), "z": float(z[i]), "mi": float(mi_from_z(z[i])), "oni": float(oni_from_z(z[i])),
-            "p_value": float(p[i]), "flagged": bool(p[i] < alpha),
-            "nn_source": index.provenance.source[nn], "nn_slice": index.provenance.slice[nn], "nn_flip": index.provenance.flip[nn],
-        })
+        rows.append(
+            {
+                "similarity": float(found.similarity[i]),
+                "z": float(z[i]),
+                "mi": float(mi_from_z(z[i])),
+                "oni": float(oni_from_z(z[i])),
+                "p_value": float(p[i]),
+                "flagged": bool(p[i] < alpha),
+                "nn_source": index.provenance.source[nn],
+                "nn_slice": index.provenance.slice[nn],
+                "nn_flip": index.provenance.flip[nn],
+            }
+        )
     return rows, found.ids, found.scores
 
 
@@ -123,7 +133,10 @@ def audit_image(
     An out-of-memory error while embedding is retried with half the batch size (down to 1).
     """
     if preprocessing is not None and preprocessing != index.preprocessing:
-        raise UserError(f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run ({preprocessing}); audit with the index's settings or rebuild the index")
+        raise UserError(
+            f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run "
+            f"({preprocessing}); audit with the index's settings or rebuild the index"
+        )
     if encoder is None:
         encoder = index.load_encoder(device=device)
     else:
@@ -135,28 +148,41 @@ def audit_image(
     stack = image_slices(image, array_axis)
     keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
     threshold = index.null_model.threshold(alpha)
-    audit = VolumeAudit(volume, array_axis, axis_name(image, array_axis), len(stack), [int(k) for k in np.flatnonzero(~np.isin(np.arange(len(stack)), keep))], [], threshold)
+    audit = VolumeAudit(
+        volume,
+        array_axis,
+        axis_name(image, array_axis),
+        len(stack),
+        [int(k) for k in np.flatnonzero(~np.isin(np.arange(len(stack)), keep))],
+        [],
+        threshold,
+    )
     if len(keep) == 0:
         return audit
     slices = [stack[k] for k in keep]
     raw = halving_batch_on_out_of_memory(
-        lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, progress=progress, cancel=cancel),
-        batch_size)
+        lambda batch: embed_slices(
+            encoder, slices, index.preprocessing, batch_size=batch, progress=progress, cancel=cancel
+        ),
+        batch_size,
+    )
     rows, ids, scores = score_features(index, raw, alpha, k=top_k)
     prov = index.provenance
     for i, k in enumerate(keep):
         audit.scores.append(SliceScore(slice=int(k), **rows[i]))
         audit.neighbours[int(k)] = [
             Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
-            for rank, r in enumerate(ids[i]) if r >= 0
+            for rank, r in enumerate(ids[i])
+            if r >= 0
         ]
-    best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[:max(0, keep_evidence)]
+    best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[: max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     return audit
 
 
-def _keep_best_evidence(best: list[tuple[tuple, VolumeAudit, int]], audit: VolumeAudit,
-                        keep: int) -> list[tuple[tuple, VolumeAudit, int]]:
+def _keep_best_evidence(
+    best: list[tuple[tuple, VolumeAudit, int]], audit: VolumeAudit, keep: int
+) -> list[tuple[tuple, VolumeAudit, int]]:
     """Merge ``audit``'s evidence slices into ``best`` ((rank, audit, slice), best first) and drop
     the slices beyond the ``keep`` best of all volumes from their audits, so that memory does not
     grow with the number of volumes."""
@@ -193,10 +219,17 @@ def _set_entries(audits: Sequence[Audit]) -> list[dict]:
         n = len(audit.scores)
         if isinstance(audit, SetAudit):
             block = _summary_block(audit.scores)
-            entries.append({"set": audit.name, "files": len(audit.members), "rows": [row, row + n],
-                            "slices_total": audit.n_slices,
-                            "slices_skipped_empty": sum(len(m.skipped_empty) for m in audit.members),
-                            **block, "expected_false_alarms": audit.threshold.alpha * block["slices_scored"]})
+            entries.append(
+                {
+                    "set": audit.name,
+                    "files": len(audit.members),
+                    "rows": [row, row + n],
+                    "slices_total": audit.n_slices,
+                    "slices_skipped_empty": sum(len(m.skipped_empty) for m in audit.members),
+                    **block,
+                    "expected_false_alarms": audit.threshold.alpha * block["slices_scored"],
+                }
+            )
         row += n
     return entries
 
@@ -213,14 +246,28 @@ def summarize(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
         "tool": "MemorizationIndex",
         "version": __version__,
         "index": {
-            "path": str(index.path.resolve()), "index_id": index.index_id, "encoder_id": index.encoder_id, "encoder_name": index.encoder_name,
-            "weights_sha256": index.weights_sha256, "axis": index.axis, "null_type": index.null_type, "n_reference_slices": index.n_reference_slices,
+            "path": str(index.path.resolve()),
+            "index_id": index.index_id,
+            "encoder_id": index.encoder_id,
+            "encoder_name": index.encoder_name,
+            "weights_sha256": index.weights_sha256,
+            "axis": index.axis,
+            "null_type": index.null_type,
+            "n_reference_slices": index.n_reference_slices,
         },
         "null": {"mean": null.mean, "std": null.std, "n": len(null.values)},
         "threshold": threshold.to_dict(),
         "volumes": [
-            {"volume": a.volume, "axis": a.axis_name, "array_axis": a.array_axis, "slices_total": a.n_slices, "slices_skipped_empty": len(a.skipped_empty), **_summary_block(a.scores)}
-            for a in audits if isinstance(a, VolumeAudit)
+            {
+                "volume": a.volume,
+                "axis": a.axis_name,
+                "array_axis": a.array_axis,
+                "slices_total": a.n_slices,
+                "slices_skipped_empty": len(a.skipped_empty),
+                **_summary_block(a.scores),
+            }
+            for a in audits
+            if isinstance(a, VolumeAudit)
         ],
         **({"sets": sets} if sets else {}),
         "overall": overall,
@@ -291,13 +338,35 @@ def audit_paths(
     best: list[tuple[tuple, VolumeAudit, int]] = []
     for i, item in enumerate(inputs):
         if isinstance(item, ImageSet):
-            audits.append(audit_set(index, item, encoder=encoder, alpha=alpha, batch_size=batch_size,
-                                    progress=overall.part(i), cancel=cancel, keep_evidence=keep_evidence))
+            audits.append(
+                audit_set(
+                    index,
+                    item,
+                    encoder=encoder,
+                    alpha=alpha,
+                    batch_size=batch_size,
+                    progress=overall.part(i),
+                    cancel=cancel,
+                    keep_evidence=keep_evidence,
+                )
+            )
             overall.finish(i, item.n_slices)
         else:
             image = read_image(item, series=series, volume_index=volume_index)
-            audits.append(audit_image(index, image, str(item), encoder=encoder, batch_size=batch_size, alpha=alpha,
-                                      axis=axis, progress=overall.part(i), cancel=cancel, keep_evidence=keep_evidence))
+            audits.append(
+                audit_image(
+                    index,
+                    image,
+                    str(item),
+                    encoder=encoder,
+                    batch_size=batch_size,
+                    alpha=alpha,
+                    axis=axis,
+                    progress=overall.part(i),
+                    cancel=cancel,
+                    keep_evidence=keep_evidence,
+                )
+            )
             overall.finish(i, len(audits[-1].scores))
             del image  # one volume in memory at a time
         for member in file_audits(audits[-1:]):

@@ -106,8 +106,15 @@ def slice_row(volume: str, score: SliceScore) -> list[str | int]:
 
 def neighbour_row(volume: str, slice_index: int, neighbour: Neighbour) -> list[str | int]:
     """The neighbors.csv row (:data:`NEIGHBOUR_COLUMNS`) of one neighbour of a scored slice."""
-    return [volume, slice_index, neighbour.rank, neighbour.source, neighbour.slice, neighbour.flip,
-            format_value(neighbour.similarity)]
+    return [
+        volume,
+        slice_index,
+        neighbour.rank,
+        neighbour.source,
+        neighbour.slice,
+        neighbour.flip,
+        format_value(neighbour.similarity),
+    ]
 
 
 def evidence_order(volume: str, score: SliceScore) -> tuple[float, float, str, int]:
@@ -135,8 +142,9 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[list]) -> None:
         writer.writerows(rows)
 
 
-def write_audit(audits: Sequence[AuditedVolume], summary: Mapping[str, Any], null_similarity: np.ndarray,
-                out_dir: str | Path) -> Path:
+def write_audit(
+    audits: Sequence[AuditedVolume], summary: Mapping[str, Any], null_similarity: np.ndarray, out_dir: str | Path
+) -> Path:
     """Write slices.csv, neighbors.csv, summary.json and null_similarity.npy into ``out_dir``.
 
     All or nothing (:func:`atomic_write.write_files`): UserError for an OSError, and nothing left behind.
@@ -152,12 +160,17 @@ def write_audit(audits: Sequence[AuditedVolume], summary: Mapping[str, Any], nul
 
     slices = (slice_row(a.volume, s) for a in audits for s in a.scores)
     neighbours = (neighbour_row(a.volume, k, nb) for a in audits for k, items in a.neighbours.items() for nb in items)
-    writers = dict(zip(OUTPUT_FILES, (
-        lambda path: _write_csv(path, SLICE_COLUMNS, slices),
-        lambda path: _write_csv(path, NEIGHBOUR_COLUMNS, neighbours),
-        write_json,
-        write_null,
-    )))
+    writers = dict(
+        zip(
+            OUTPUT_FILES,
+            (
+                lambda path: _write_csv(path, SLICE_COLUMNS, slices),
+                lambda path: _write_csv(path, NEIGHBOUR_COLUMNS, neighbours),
+                write_json,
+                write_null,
+            ),
+        )
+    )
     return write_files(out, writers, what=f"the audit outputs to {out}")
 
 
@@ -165,8 +178,9 @@ def write_audit(audits: Sequence[AuditedVolume], summary: Mapping[str, Any], nul
 # reading
 
 
-def _read_csv(path: Path, columns: Sequence[str], what: str,
-              parse: Callable[[dict[str, str]], _Parsed]) -> list[_Parsed]:
+def _read_csv(
+    path: Path, columns: Sequence[str], what: str, parse: Callable[[dict[str, str]], _Parsed]
+) -> list[_Parsed]:
     """``parse(record)`` of every record of a CSV file that has ``columns``; UserError on problems."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -189,10 +203,17 @@ def _read_csv(path: Path, columns: Sequence[str], what: str,
 
 def _slice_row(record: dict[str, str]) -> SliceRow:
     return SliceRow(
-        volume=record["volume"], slice=int(record["slice"]), similarity=float(record["similarity"]),
-        z=float(record["z"]), mi=float(record["mi"]), oni=float(record["oni"]), p_value=float(record["p_value"]),
-        flagged=str(record["flagged"]).strip().lower() in ("1", "true", "yes"), nn_source=record["nn_source"] or "",
-        nn_slice=int(record["nn_slice"]), nn_flip=ORIGINAL,
+        volume=record["volume"],
+        slice=int(record["slice"]),
+        similarity=float(record["similarity"]),
+        z=float(record["z"]),
+        mi=float(record["mi"]),
+        oni=float(record["oni"]),
+        p_value=float(record["p_value"]),
+        flagged=str(record["flagged"]).strip().lower() in ("1", "true", "yes"),
+        nn_source=record["nn_source"] or "",
+        nn_slice=int(record["nn_slice"]),
+        nn_flip=ORIGINAL,
     )
 
 
@@ -200,8 +221,13 @@ def _neighbour_row(record: dict[str, str]) -> tuple[str, int, Neighbour]:
     flip = record["flip"]
     if flip not in REFERENCE_COPIES:
         raise ValueError(f"unknown flip {flip!r}")
-    neighbour = Neighbour(rank=int(record["rank"]), source=record["source"] or "",
-                          slice=int(record["source_slice"]), flip=flip, similarity=float(record["similarity"]))
+    neighbour = Neighbour(
+        rank=int(record["rank"]),
+        source=record["source"] or "",
+        slice=int(record["source_slice"]),
+        flip=flip,
+        similarity=float(record["similarity"]),
+    )
     return record["volume"], int(record["slice"]), neighbour
 
 
@@ -217,8 +243,10 @@ def _read_neighbours(path: Path, rows: list[SliceRow]) -> dict[tuple[str, int], 
         if items and items[0].rank == 1:
             nearest = items[0]
             if (nearest.source, nearest.slice) != (row.nn_source, row.nn_slice):
-                raise UserError(f"{path} does not match slices.csv (slice {row.slice} of {row.volume} has another "
-                                "nearest reference slice); audit again into an empty folder")
+                raise UserError(
+                    f"{path} does not match slices.csv (slice {row.slice} of {row.volume} has another "
+                    "nearest reference slice); audit again into an empty folder"
+                )
             row.nn_flip = nearest.flip
     return neighbours
 
@@ -232,7 +260,7 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], Threshold]:
         raise UserError(f"{path} is not an audit summary (expected a JSON object)")
     for key in _SUMMARY_KEYS:
         if key not in summary:
-            raise UserError(f"{path} is not an audit summary (no \"{key}\" entry)")
+            raise UserError(f'{path} is not an audit summary (no "{key}" entry)')
     try:
         for key in ("mean", "std"):
             summary["null"][key] = float(summary["null"][key])
@@ -240,7 +268,7 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], Threshold]:
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} has a corrupt null/threshold entry ({exc!r})") from None
     if not isinstance(summary["volumes"], list) or not isinstance(summary["index"], dict):
-        raise UserError(f"{path} is not an audit summary (bad \"volumes\" or \"index\" entry)")
+        raise UserError(f'{path} is not an audit summary (bad "volumes" or "index" entry)')
     summary["threshold"] = threshold.to_dict()
     return summary, threshold
 

@@ -52,14 +52,33 @@ INTENSITY_RANGE = (0.9, 1.1)
 
 SingleFamily = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, Params]]
 SINGLE_SLICE_FAMILIES: dict[str, SingleFamily] = {
-    "shift_fill": geometry.shift_fill, "shift_crop": geometry.shift_crop, "zoom_in": geometry.zoom_in,
-    "zoom_out": geometry.zoom_out, "rot_large": geometry.rotate_large, "rot90": geometry.rotate90,
-    "transpose": geometry.transpose, "elastic": geometry.elastic, "rician": intensity.rician,
-    "bias": intensity.bias_field, "gamma": intensity.gamma, "blur": intensity.blur, "lowres": intensity.resolution_loss,
+    "shift_fill": geometry.shift_fill,
+    "shift_crop": geometry.shift_crop,
+    "zoom_in": geometry.zoom_in,
+    "zoom_out": geometry.zoom_out,
+    "rot_large": geometry.rotate_large,
+    "rot90": geometry.rotate90,
+    "transpose": geometry.transpose,
+    "elastic": geometry.elastic,
+    "rician": intensity.rician,
+    "bias": intensity.bias_field,
+    "gamma": intensity.gamma,
+    "blur": intensity.blur,
+    "lowres": intensity.resolution_loss,
 }
 PARTIAL_COPIES = {"half": half, "quarter": quarter, "paste": paste}
-CHAIN_FAMILIES: tuple[str, ...] = ("shift_fill", "zoom_in", "zoom_out", "rot_large", "elastic", "rician", "bias",
-                                   "gamma", "blur", "lowres")
+CHAIN_FAMILIES: tuple[str, ...] = (
+    "shift_fill",
+    "zoom_in",
+    "zoom_out",
+    "rot_large",
+    "elastic",
+    "rician",
+    "bias",
+    "gamma",
+    "blur",
+    "lowres",
+)
 CHAIN_LENGTH = 3
 GENERATOR_CONDITIONS: tuple[str, ...] = (*SINGLE_SLICE_FAMILIES, "interp", *PARTIAL_COPIES, "chain")
 ALL_CONDITIONS: tuple[str, ...] = CONDITIONS + GENERATOR_CONDITIONS
@@ -111,8 +130,14 @@ def chain(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Pa
     return out, params
 
 
-def augment_condition(slice01: np.ndarray, condition: str, rng: np.random.Generator, *,
-                      other: np.ndarray | None = None, neighbour: np.ndarray | None = None) -> Augmented:
+def augment_condition(
+    slice01: np.ndarray,
+    condition: str,
+    rng: np.random.Generator,
+    *,
+    other: np.ndarray | None = None,
+    neighbour: np.ndarray | None = None,
+) -> Augmented:
     """Apply any condition of either group to one [0, 1] slice [h, w].
 
     ``other`` (another person's slice, any shape) is needed by ``half``, ``quarter`` and ``paste``;

@@ -47,7 +47,7 @@ def shift_fill(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     dy, dx = int(round(fraction * h * np.sin(angle))), int(round(fraction * w * np.cos(angle)))
     out = np.zeros_like(x)
     target = (slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0)))
-    out[target] = x[max(-dy, 0): h - max(dy, 0), max(-dx, 0): w - max(dx, 0)]
+    out[target] = x[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
     return out, {"fraction": fraction, "dy": float(dy), "dx": float(dx)}
 
 
@@ -58,8 +58,12 @@ def shift_crop(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     keep_h, keep_w = (float(v) for v in rng.uniform(*CROP_KEEP, size=2))
     ch, cw = max(1, int(round(keep_h * h))), max(1, int(round(keep_w * w)))
     top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    return x[top: top + ch, left: left + cw].copy(), {"keep_h": keep_h, "keep_w": keep_w, "top": float(top),
-                                                       "left": float(left)}
+    return x[top : top + ch, left : left + cw].copy(), {
+        "keep_h": keep_h,
+        "keep_w": keep_w,
+        "top": float(top),
+        "left": float(left),
+    }
 
 
 def zoom(slice01: np.ndarray, factor: float) -> np.ndarray:

@@ -65,15 +65,22 @@ def paste(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> t
     src_top, src_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     dst_top, dst_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     out, mask = _host(x, other), np.zeros(x.shape, dtype=bool)
-    out[dst_top: dst_top + ph, dst_left: dst_left + pw] = x[src_top: src_top + ph, src_left: src_left + pw]
-    mask[dst_top: dst_top + ph, dst_left: dst_left + pw] = True
-    params: Params = {"side_h": float(fractions[0]), "side_w": float(fractions[1]), "src_top": float(src_top),
-                      "src_left": float(src_left), "dst_top": float(dst_top), "dst_left": float(dst_left)}
+    out[dst_top : dst_top + ph, dst_left : dst_left + pw] = x[src_top : src_top + ph, src_left : src_left + pw]
+    mask[dst_top : dst_top + ph, dst_left : dst_left + pw] = True
+    params: Params = {
+        "side_h": float(fractions[0]),
+        "side_w": float(fractions[1]),
+        "src_top": float(src_top),
+        "src_left": float(src_left),
+        "dst_top": float(dst_top),
+        "dst_left": float(dst_left),
+    }
     return out, params, mask
 
 
-def interpolate_neighbour(slice01: np.ndarray, rng: np.random.Generator,
-                          neighbour: np.ndarray) -> tuple[np.ndarray, Params]:
+def interpolate_neighbour(
+    slice01: np.ndarray, rng: np.random.Generator, neighbour: np.ndarray
+) -> tuple[np.ndarray, Params]:
     """(1 − t) · slice + t · neighbour, t ~ U[NEIGHBOUR_WEIGHT]: a slice between the slice and the next one of its
     volume (``neighbour`` has the slice's shape [h, w])."""
     weight = float(rng.uniform(*NEIGHBOUR_WEIGHT))

@@ -13,8 +13,8 @@ import numpy as np
 from .scoring import aggregate
 from .whitening import l2_normalize
 
-
 # ---------------------------------------------------------------- detection metrics
+
 
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties count 1/2."""
@@ -57,6 +57,7 @@ def auprc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- per-sample baselines
 
+
 def raw_cosine_similarity(query: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:
     """Geometric mean over blocks of the maximum non-whitened cosine to the reference."""
     per_block = [(l2_normalize(query[b]) @ l2_normalize(reference[b]).T).max(axis=1) for b in reference]
@@ -64,6 +65,7 @@ def raw_cosine_similarity(query: dict[str, np.ndarray], reference: dict[str, np.
 
 
 # ---------------------------------------------------------------- set-level baselines
+
 
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
@@ -108,7 +110,8 @@ def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def auth_pct(reference: np.ndarray, query: np.ndarray) -> float:
-    """AuthPct: percent of queries farther from their nearest reference t than t is from its own nearest other reference."""
+    """AuthPct: percent of queries farther from their nearest reference t than t is from its own
+    nearest other reference."""
     a, b = np.asarray(reference, np.float64), np.asarray(query, np.float64)
     ref_ref = _pairwise_distances(a, a)
     np.fill_diagonal(ref_ref, np.inf)
@@ -135,7 +138,9 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iterations: int = 50) -> tuple[
     return assign.reconstruct_n(0, k).astype(np.float64), labels[:, 0].astype(np.int64)
 
 
-def ct_score(reference: np.ndarray, heldout: np.ndarray, query: np.ndarray, cells: int = 5, min_per_cell: int = 5, seed: int = 0) -> float:
+def ct_score(
+    reference: np.ndarray, heldout: np.ndarray, query: np.ndarray, cells: int = 5, min_per_cell: int = 5, seed: int = 0
+) -> float:
     """Meehan et al. (2020) C_T: cell-weighted Mann-Whitney Z of query vs held-out distances to the reference.
 
     The reference is partitioned into ``cells`` k-means cells; in each cell, the distance of every

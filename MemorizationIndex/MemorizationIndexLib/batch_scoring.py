@@ -71,8 +71,15 @@ def _to_numpy(batch: np.ndarray | torch.Tensor) -> np.ndarray:
 class BatchScorer:
     """An index and its encoder, loaded once, that score in-memory batches of 2D slices."""
 
-    def __init__(self, index: str | Path | ReferenceIndex, *, device: str = "cpu", checkpoint: str | Path | None = None,
-                 alpha: float | None = None, batch_size: int = 32):
+    def __init__(
+        self,
+        index: str | Path | ReferenceIndex,
+        *,
+        device: str = "cpu",
+        checkpoint: str | Path | None = None,
+        alpha: float | None = None,
+        batch_size: int = 32,
+    ):
         self.index = index if isinstance(index, ReferenceIndex) else ReferenceIndex.load(index)
         self.encoder = self.index.load_encoder(checkpoint=checkpoint, device=device)
         self.alpha = self.index.default_alpha if alpha is None else float(alpha)
@@ -94,7 +101,8 @@ class BatchScorer:
         keep = np.flatnonzero(scored)
         if keep.size:
             raw = halving_batch_on_out_of_memory(
-                lambda batch: embed_slices(self.encoder, stack[keep], settings, batch_size=batch), self.batch_size)
+                lambda batch: embed_slices(self.encoder, stack[keep], settings, batch_size=batch), self.batch_size
+            )
             found = self.index.search(self.index.whiten(raw), k=TOP_K)
             similarity[keep] = found.similarity
             nn_rows[keep] = found.ids[:, 0]
@@ -102,9 +110,15 @@ class BatchScorer:
         p_value = np.where(scored, self.null.p_value(np.nan_to_num(similarity, nan=-np.inf)), np.nan)
         prov = self.index.provenance
         return BatchScores(
-            similarity=similarity, z=z, mi=mi_from_z(z), oni=oni_from_z(z), p_value=p_value,
-            flagged=scored & (np.nan_to_num(p_value, nan=1.0) < self.alpha), scored=scored,
+            similarity=similarity,
+            z=z,
+            mi=mi_from_z(z),
+            oni=oni_from_z(z),
+            p_value=p_value,
+            flagged=scored & (np.nan_to_num(p_value, nan=1.0) < self.alpha),
+            scored=scored,
             nn_source=[prov.source[r] if r >= 0 else "" for r in nn_rows],
             nn_slice=np.array([prov.slice[r] if r >= 0 else -1 for r in nn_rows], dtype=np.int64),
-            nn_flip=[prov.flip[r] if r >= 0 else "" for r in nn_rows], threshold=self.threshold,
+            nn_flip=[prov.flip[r] if r >= 0 else "" for r in nn_rows],
+            threshold=self.threshold,
         )

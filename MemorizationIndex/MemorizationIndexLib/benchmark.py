@@ -42,9 +42,9 @@ from .embedding import embed_slices
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
+from .index_build import build_index_from_features, subject_of
 from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
-from .index_build import build_index_from_features, subject_of
 from .reference_index import EncoderInfo, Provenance
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
@@ -108,8 +108,10 @@ def split_subjects(subjects: Sequence[str], seed: int, name: str = "") -> tuple[
     """Seeded split of distinct subjects into reference (the larger half) and test subjects."""
     unique = sorted(set(subjects))
     if len(unique) < 2:
-        raise UserError(f"dataset {name!r} has {len(unique)} subject(s); a benchmark needs at least 2 (one per side). "
-                        "Give more files or fix --subject-pattern")
+        raise UserError(
+            f"dataset {name!r} has {len(unique)} subject(s); a benchmark needs at least 2 (one per side). "
+            "Give more files or fix --subject-pattern"
+        )
     order = _rng(seed, name, "subjects").permutation(len(unique))
     n_ref = (len(unique) + 1) // 2
     return sorted(unique[i] for i in order[:n_ref]), sorted(unique[i] for i in order[n_ref:])
@@ -118,8 +120,9 @@ def split_subjects(subjects: Sequence[str], seed: int, name: str = "") -> tuple[
 Neighbours = tuple[np.ndarray | None, np.ndarray | None]  # the previous and next slice of the volume
 
 
-def _nonempty_candidates(files: Sequence[Path], sides: Sequence[str], axis: str,
-                         preprocessing: PreprocessSettings) -> dict[str, list[tuple[int, int]]]:
+def _nonempty_candidates(
+    files: Sequence[Path], sides: Sequence[str], axis: str, preprocessing: PreprocessSettings
+) -> dict[str, list[tuple[int, int]]]:
     """(file, slice) of every non-empty slice, per side (volumes are not kept in memory)."""
     candidates: dict[str, list[tuple[int, int]]] = {"reference": [], "test": []}
     for i, path in enumerate(files):
@@ -129,8 +132,9 @@ def _nonempty_candidates(files: Sequence[Path], sides: Sequence[str], axis: str,
     return candidates
 
 
-def _cut_slices(files: Sequence[Path], file_subjects: Sequence[str], chosen: dict[str, list[tuple[int, int]]],
-                axis: str) -> tuple[dict[str, list[np.ndarray]], dict[str, list[Neighbours]], Provenance]:
+def _cut_slices(
+    files: Sequence[Path], file_subjects: Sequence[str], chosen: dict[str, list[tuple[int, int]]], axis: str
+) -> tuple[dict[str, list[np.ndarray]], dict[str, list[Neighbours]], Provenance]:
     """The chosen slices per side, their neighbouring slices and the reference provenance (one row per slice)."""
     n = len(chosen["reference"])
     wanted: dict[int, list[tuple[str, int]]] = {}
@@ -147,11 +151,18 @@ def _cut_slices(files: Sequence[Path], file_subjects: Sequence[str], chosen: dic
         for side, position in wanted[i]:
             k = chosen[side][position][1]
             slices[side][position] = stack[k].copy()
-            neighbours[side][position] = (stack[k - 1].copy() if k > 0 else None,
-                                          stack[k + 1].copy() if k + 1 < len(stack) else None)
+            neighbours[side][position] = (
+                stack[k - 1].copy() if k > 0 else None,
+                stack[k + 1].copy() if k + 1 < len(stack) else None,
+            )
             if side == "reference":
-                provenance_rows[position] = (str(files[i].resolve()), k, axis_name(image, array_axis), array_axis,
-                                             file_subjects[i])
+                provenance_rows[position] = (
+                    str(files[i].resolve()),
+                    k,
+                    axis_name(image, array_axis),
+                    array_axis,
+                    file_subjects[i],
+                )
     provenance = Provenance()
     for row, (source, k, plane, array_axis, subject) in enumerate(provenance_rows):
         provenance.append(source, k, plane, array_axis, "none", row, subject)
@@ -179,15 +190,24 @@ def prepare_dataset(
     if n < 4:
         raise UserError(f"dataset {spec.name!r}: only {n} non-empty slices per split; need at least 4")
     rng = _rng(seed, spec.name, "slices")
-    chosen = {side: sorted(candidates[side][j] for j in rng.choice(len(candidates[side]), n, replace=False))
-              for side in candidates}
+    chosen = {
+        side: sorted(candidates[side][j] for j in rng.choice(len(candidates[side]), n, replace=False))
+        for side in candidates
+    }
     slices, neighbours, provenance = _cut_slices(files, file_subjects, chosen, axis)
     n_dup_max = max(int(round(max(levels) * n)), 1) if levels else 0
     duplicate_rows = rng.choice(n, n_dup_max, replace=False)
     replaced_positions = rng.permutation(n)[:n_dup_max]
     prepared = PreparedDataset(
-        spec.name, reference_subjects, test_subjects, slices["reference"], provenance, slices["test"],
-        [file_subjects[i] for i, _ in chosen["test"]], duplicate_rows, replaced_positions,
+        spec.name,
+        reference_subjects,
+        test_subjects,
+        slices["reference"],
+        provenance,
+        slices["test"],
+        [file_subjects[i] for i, _ in chosen["test"]],
+        duplicate_rows,
+        replaced_positions,
     )
     if len(reference_subjects) == 1 or len(test_subjects) == 1:
         prepared.notes.append(
@@ -199,10 +219,13 @@ def prepare_dataset(
         prepared.notes.append(f"{spec.name}: only {n} slices per split were available (asked for {slices_per_split}).")
     query_neighbours = neighbours["test"] + [neighbours["reference"][r] for r in duplicate_rows]
     for condition in conditions:
-        _augment_queries(prepared, condition, _rng(seed, spec.name, "augment", condition), query_neighbours,
-                         preprocessing)
-    log(f"{spec.name}: {len(reference_subjects)} reference / {len(test_subjects)} test subjects, {n} slices per split, "
-        f"up to {n_dup_max} duplicates")
+        _augment_queries(
+            prepared, condition, _rng(seed, spec.name, "augment", condition), query_neighbours, preprocessing
+        )
+    log(
+        f"{spec.name}: {len(reference_subjects)} reference / {len(test_subjects)} test subjects, {n} slices per split, "
+        f"up to {n_dup_max} duplicates"
+    )
     return prepared
 
 
@@ -226,24 +249,32 @@ def _neighbour(pair: Neighbours, rng: np.random.Generator) -> np.ndarray:
     return present[int(rng.integers(len(present)))]
 
 
-def _augment_queries(prepared: PreparedDataset, condition: str, rng: np.random.Generator,
-                     neighbours: Sequence[Neighbours], preprocessing: PreprocessSettings) -> None:
+def _augment_queries(
+    prepared: PreparedDataset,
+    condition: str,
+    rng: np.random.Generator,
+    neighbours: Sequence[Neighbours],
+    preprocessing: PreprocessSettings,
+) -> None:
     """Fill ``queries``, ``parameters`` (and ``copy_masks`` for partial copies) of one condition: novel test
     slices first, then the duplicates."""
-    base = [prepared.test_slices[p] for p in range(prepared.n)] + [prepared.reference_slices[r]
-                                                                   for r in prepared.duplicate_rows]
+    base = [prepared.test_slices[p] for p in range(prepared.n)] + [
+        prepared.reference_slices[r] for r in prepared.duplicate_rows
+    ]
     hosts = _hosts(prepared, rng) if condition in PARTIAL_COPIES else None
     augmented: list[Augmented] = []
     for row, raw in enumerate(base):
         other = scale_unit(prepared.test_slices[hosts[row]], preprocessing) if hosts else None
         neighbour = scale_unit(_neighbour(neighbours[row], rng), preprocessing) if condition == "interp" else None
-        augmented.append(augment_condition(scale_unit(raw, preprocessing), condition, rng, other=other,
-                                           neighbour=neighbour))
+        augmented.append(
+            augment_condition(scale_unit(raw, preprocessing), condition, rng, other=other, neighbour=neighbour)
+        )
     prepared.queries[condition] = [a.image for a in augmented]
     prepared.parameters[condition] = [a.parameters for a in augmented]
     if condition in PARTIAL_COPIES:  # novel rows copy nothing of a reference slice
-        prepared.copy_masks[condition] = [a.copy_mask if row >= prepared.n else np.zeros_like(a.copy_mask)
-                                          for row, a in enumerate(augmented)]
+        prepared.copy_masks[condition] = [
+            a.copy_mask if row >= prepared.n else np.zeros_like(a.copy_mask) for row, a in enumerate(augmented)
+        ]
 
 
 @dataclass
@@ -265,7 +296,14 @@ def reference_with_copies(prepared: PreparedDataset) -> tuple[list[np.ndarray], 
     return slices, provenance
 
 
-def embed_dataset(prepared: PreparedDataset, encoder: Encoder, preprocessing: PreprocessSettings, *, batch_size: int = 32, log: Log = lambda m: None) -> DatasetFeatures:
+def embed_dataset(
+    prepared: PreparedDataset,
+    encoder: Encoder,
+    preprocessing: PreprocessSettings,
+    *,
+    batch_size: int = 32,
+    log: Log = lambda m: None,
+) -> DatasetFeatures:
     """Embed the reference (with its copies) and every condition's query slices once."""
     ref_slices, _ = reference_with_copies(prepared)
     start = time.perf_counter()
@@ -277,7 +315,9 @@ def embed_dataset(prepared: PreparedDataset, encoder: Encoder, preprocessing: Pr
     return DatasetFeatures(reference, queries)
 
 
-def _paper_scores(reference: dict[str, np.ndarray], queries: dict[str, dict[str, np.ndarray]], seed: int) -> tuple[NullModel, dict[str, np.ndarray]]:
+def _paper_scores(
+    reference: dict[str, np.ndarray], queries: dict[str, dict[str, np.ndarray]], seed: int
+) -> tuple[NullModel, dict[str, np.ndarray]]:
     """Paper-faithful MI: raw ZCA (ε = 1e-6) on the unflipped reference, half-vs-half null with the shared whitener."""
     whiteners = {b: ShrinkageWhitener(shrinkage=0.0, eps=1e-6).fit(reference[b]) for b in reference}
     vectors = {b: whiteners[b].transform(reference[b]) for b in reference}
@@ -290,7 +330,9 @@ def _paper_scores(reference: dict[str, np.ndarray], queries: dict[str, dict[str,
         indexes = {b: build_flat_index(vectors[b][half_b]) for b in reference}
         pooled.append(max_similarity(indexes, {b: vectors[b][half_a] for b in reference}))
     indexes = {b: build_flat_index(vectors[b]) for b in reference}
-    similarity = {c: max_similarity(indexes, {b: whiteners[b].transform(q[b]) for b in reference}) for c, q in queries.items()}
+    similarity = {
+        c: max_similarity(indexes, {b: whiteners[b].transform(q[b]) for b in reference}) for c, q in queries.items()
+    }
     return NullModel(np.concatenate(pooled)), similarity
 
 
@@ -312,8 +354,17 @@ class _ConditionScores:
     paper_similarity: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _score_conditions(prepared: PreparedDataset, features: DatasetFeatures, index, blocks: list[str], *,
-                      alpha: float, preprocessing: PreprocessSettings, seed: int, baselines: bool) -> _ConditionScores:
+def _score_conditions(
+    prepared: PreparedDataset,
+    features: DatasetFeatures,
+    index,
+    blocks: list[str],
+    *,
+    alpha: float,
+    preprocessing: PreprocessSettings,
+    seed: int,
+    baselines: bool,
+) -> _ConditionScores:
     """Score every condition's queries with the shipped path (``mi``) and, optionally, the baselines."""
     reference_raw = {b: features.reference[b][: prepared.n] for b in blocks}
     out = _ConditionScores({m: {} for m in METHODS})
@@ -330,7 +381,8 @@ def _score_conditions(prepared: PreparedDataset, features: DatasetFeatures, inde
         out.oni[condition] = np.array([r["oni"] for r in rows])
         out.flagged[condition] = np.array([r["flagged"] for r in rows])
         out.correct_source[condition] = np.array(
-            [(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[prepared.n:])], dtype=bool)
+            [(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[prepared.n :])], dtype=bool
+        )
         if baselines and condition in CONDITIONS:
             out.scores["mi_paper"][condition] = out.paper_similarity[condition]
             out.scores["cosine_raw"][condition] = raw_cosine_similarity({b: raw[b] for b in blocks}, reference_raw)
@@ -339,22 +391,49 @@ def _score_conditions(prepared: PreparedDataset, features: DatasetFeatures, inde
     return out
 
 
-def _detection_rows(prepared: PreparedDataset, scored: _ConditionScores, condition: str, level: float,
-                    novel: np.ndarray, dup: np.ndarray) -> tuple[list[dict], dict]:
+def _detection_rows(
+    prepared: PreparedDataset,
+    scored: _ConditionScores,
+    condition: str,
+    level: float,
+    novel: np.ndarray,
+    dup: np.ndarray,
+) -> tuple[list[dict], dict]:
     """Per-sample AUROC/AUPRC rows of every method and the provenance row of one condition and level."""
     rows = []
     for method in (m for m in METHODS if condition in scored.scores[m]):
         s = scored.scores[method][condition]
-        rows.append({"dataset": prepared.name, "condition": condition, "level": level, "method": method,
-                     "auroc": auroc(s[dup], s[novel]), "auprc": auprc(s[dup], s[novel]),
-                     "n_dup": int(len(dup)), "n_novel": int(len(novel))})
-    provenance = {"dataset": prepared.name, "condition": condition, "level": level,
-                  "top1_accuracy": float(scored.correct_source[condition][: len(dup)].mean())}
+        rows.append(
+            {
+                "dataset": prepared.name,
+                "condition": condition,
+                "level": level,
+                "method": method,
+                "auroc": auroc(s[dup], s[novel]),
+                "auprc": auprc(s[dup], s[novel]),
+                "n_dup": int(len(dup)),
+                "n_novel": int(len(novel)),
+            }
+        )
+    provenance = {
+        "dataset": prepared.name,
+        "condition": condition,
+        "level": level,
+        "top1_accuracy": float(scored.correct_source[condition][: len(dup)].mean()),
+    }
     return rows, provenance
 
 
-def _set_level_values(scored: _ConditionScores, condition: str, members: np.ndarray, *, query_set: np.ndarray | None,
-                      ref_set: np.ndarray, clean_test_set: np.ndarray | None, seed: int) -> dict[str, float]:
+def _set_level_values(
+    scored: _ConditionScores,
+    condition: str,
+    members: np.ndarray,
+    *,
+    query_set: np.ndarray | None,
+    ref_set: np.ndarray,
+    clean_test_set: np.ndarray | None,
+    seed: int,
+) -> dict[str, float]:
     """Set-level scores of the query set ``members`` (row positions) of one condition."""
     values = {
         "mean_mi": float(scored.mi[condition][members].mean()),
@@ -364,8 +443,9 @@ def _set_level_values(scored: _ConditionScores, condition: str, members: np.ndar
     if query_set is not None and scored.paper_null is not None:
         paper_z = scored.paper_null.z(scored.paper_similarity[condition][members])
         values["mean_oni_paper"] = float(np.mean(oni_from_z(paper_z)))
-        values["ct_score"] = (ct_score(ref_set, clean_test_set, query_set, seed=seed)
-                              if clean_test_set is not None else float("nan"))
+        values["ct_score"] = (
+            ct_score(ref_set, clean_test_set, query_set, seed=seed) if clean_test_set is not None else float("nan")
+        )
         values["auth_pct"] = auth_pct(ref_set, query_set)
         values["fid"] = fid(ref_set, query_set)
         values["kid"] = kid(ref_set, query_set)
@@ -380,19 +460,34 @@ def _false_positive_rate(prepared: PreparedDataset, scored: _ConditionScores) ->
         flags = [scored.flagged[c][:n] for c in scored.flagged if c in members]
         if flags:
             novel_flags = np.concatenate(flags)
-            pooled.append({"dataset": prepared.name, "group": group, "value": float(novel_flags.mean()),
-                           "n_novel_scored": int(novel_flags.size)})
-    by_condition = [{"dataset": prepared.name, "condition": c, "value": float(flags[:n].mean())}
-                    for c, flags in scored.flagged.items()]
+            pooled.append(
+                {
+                    "dataset": prepared.name,
+                    "group": group,
+                    "value": float(novel_flags.mean()),
+                    "n_novel_scored": int(novel_flags.size),
+                }
+            )
+    by_condition = [
+        {"dataset": prepared.name, "condition": c, "value": float(flags[:n].mean())}
+        for c, flags in scored.flagged.items()
+    ]
     return pooled, by_condition
 
 
 def _copies_found(prepared: PreparedDataset, scored: _ConditionScores) -> list[dict]:
     """Per condition, over all duplicates (the largest level's): share flagged and provenance top-1."""
     n, n_dup = prepared.n, len(prepared.duplicate_rows)
-    return [{"dataset": prepared.name, "condition": c, "n_duplicates": n_dup,
-             "flagged": float(scored.flagged[c][n:].mean()), "top1_accuracy": float(scored.correct_source[c].mean())}
-            for c in scored.flagged]
+    return [
+        {
+            "dataset": prepared.name,
+            "condition": c,
+            "n_duplicates": n_dup,
+            "flagged": float(scored.flagged[c][n:].mean()),
+            "top1_accuracy": float(scored.correct_source[c].mean()),
+        }
+        for c in scored.flagged
+    ]
 
 
 def evaluate_dataset(
@@ -415,14 +510,24 @@ def evaluate_dataset(
     _, provenance = reference_with_copies(prepared)
     n = prepared.n
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        index = build_index_from_features({b: features.reference[b] for b in blocks}, provenance, Path(tmp) / "index",
-                                          encoder_info=encoder_info, preprocessing=preprocessing, seed=seed)
-    scored = _score_conditions(prepared, features, index, blocks, alpha=alpha, preprocessing=preprocessing,
-                               seed=seed, baselines=baselines)
+        index = build_index_from_features(
+            {b: features.reference[b] for b in blocks},
+            provenance,
+            Path(tmp) / "index",
+            encoder_info=encoder_info,
+            preprocessing=preprocessing,
+            seed=seed,
+        )
+    scored = _score_conditions(
+        prepared, features, index, blocks, alpha=alpha, preprocessing=preprocessing, seed=seed, baselines=baselines
+    )
     out: dict = {"per_sample": [], "set_level": [], "provenance": []}
     ref_set = _set_features({b: features.reference[b][:n] for b in blocks}, blocks)
-    clean_test_set = (_set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks)
-                      if "clean" in features.queries else None)
+    clean_test_set = (
+        _set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks)
+        if "clean" in features.queries
+        else None
+    )
     for condition in features.queries:
         paper_set_level = set_level and condition in CONDITIONS  # the Table 1-3 layouts hold the paper's 8 only
         set_all = _set_features(features.queries[condition], blocks) if baselines and paper_set_level else None
@@ -435,11 +540,19 @@ def evaluate_dataset(
                 out["provenance"].append(provenance_row)
             if paper_set_level:
                 members = np.concatenate([novel, dup])
-                values = _set_level_values(scored, condition, members, seed=seed, ref_set=ref_set,
-                                           clean_test_set=clean_test_set,
-                                           query_set=set_all[members] if set_all is not None else None)
-                out["set_level"] += [{"dataset": prepared.name, "condition": condition, "level": level,
-                                      "metric": metric, "value": value} for metric, value in values.items()]
+                values = _set_level_values(
+                    scored,
+                    condition,
+                    members,
+                    seed=seed,
+                    ref_set=ref_set,
+                    clean_test_set=clean_test_set,
+                    query_set=set_all[members] if set_all is not None else None,
+                )
+                out["set_level"] += [
+                    {"dataset": prepared.name, "condition": condition, "level": level, "metric": metric, "value": value}
+                    for metric, value in values.items()
+                ]
     out["false_positive_rate"], out["false_positive_rate_by_condition"] = _false_positive_rate(prepared, scored)
     out["copies"] = _copies_found(prepared, scored)
     out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
@@ -453,12 +566,16 @@ def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: Nu
     """The dataset's description in results.json: subjects, sizes, null and threshold."""
     threshold = index.null_model.threshold(alpha)
     return {
-        "dataset": prepared.name, "reference_subjects": prepared.reference_subjects,
-        "test_subjects": prepared.test_subjects, "slices_per_split": prepared.n,
-        "max_duplicates": len(prepared.duplicate_rows), "null": index.config["null"],
+        "dataset": prepared.name,
+        "reference_subjects": prepared.reference_subjects,
+        "test_subjects": prepared.test_subjects,
+        "slices_per_split": prepared.n,
+        "max_duplicates": len(prepared.duplicate_rows),
+        "null": index.config["null"],
         "threshold": threshold.to_dict(),
-        "paper_null": ({"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)}
-                       if paper_null else None),
+        "paper_null": (
+            {"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)} if paper_null else None
+        ),
         "notes": prepared.notes,
     }
 
@@ -488,35 +605,98 @@ def run_benchmark(
     info = EncoderInfo.of(encoder, checkpoint)
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
-    results: dict = {"per_sample": [], "set_level": [], "provenance": [], "copies": [], "false_positive_rate": [],
-                     "false_positive_rate_by_condition": [], "datasets": []}
+    results: dict = {
+        "per_sample": [],
+        "set_level": [],
+        "provenance": [],
+        "copies": [],
+        "false_positive_rate": [],
+        "false_positive_rate_by_condition": [],
+        "datasets": [],
+    }
     for spec in specs:
         t0 = time.perf_counter()
-        prepared = prepare_dataset(spec, slices_per_split=slices_per_split, levels=levels, conditions=conditions, seed=seed, preprocessing=preprocessing, log=log)
+        prepared = prepare_dataset(
+            spec,
+            slices_per_split=slices_per_split,
+            levels=levels,
+            conditions=conditions,
+            seed=seed,
+            preprocessing=preprocessing,
+            log=log,
+        )
         features = embed_dataset(prepared, encoder, preprocessing, batch_size=batch_size, log=log)
-        part = evaluate_dataset(prepared, features, info, levels=levels, preprocessing=preprocessing, alpha=alpha, seed=seed, work_dir=out_path, log=log)
-        for key in ("per_sample", "set_level", "provenance", "copies", "false_positive_rate",
-                    "false_positive_rate_by_condition"):
+        part = evaluate_dataset(
+            prepared,
+            features,
+            info,
+            levels=levels,
+            preprocessing=preprocessing,
+            alpha=alpha,
+            seed=seed,
+            work_dir=out_path,
+            log=log,
+        )
+        for key in (
+            "per_sample",
+            "set_level",
+            "provenance",
+            "copies",
+            "false_positive_rate",
+            "false_positive_rate_by_condition",
+        ):
             results[key] += part[key]
-        results["datasets"].append({**part["info"], "paths": spec.paths, "subject_pattern": spec.subject_pattern, "seconds": time.perf_counter() - t0})
-        _write_results(results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started)
+        results["datasets"].append(
+            {
+                **part["info"],
+                "paths": spec.paths,
+                "subject_pattern": spec.subject_pattern,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        _write_results(
+            results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started
+        )
     return results
 
 
-def _write_results(results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started) -> None:
+def _write_results(
+    results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started
+) -> None:
     """(Re)write results.json and results.md with the datasets done so far."""
-    results.update({
-        "tool": "MemorizationIndex", "version": __version__, "command": command, "seed": seed,
-        "settings": {
-            "encoder": {"name": info.name, "encoder_id": info.encoder_id, "weights_sha256": info.weights_sha256, "blocks": list(info.blocks), "checkpoint": info.checkpoint},
-            "preprocessing": preprocessing.to_dict(), "levels": list(levels), "conditions": list(conditions), "slices_per_split": slices_per_split,
-            "alpha": alpha, "split": "by subject (seeded); reference = the larger half of the subjects", "pixel_corr_size": PIXEL_SIZE,
-            "score_used_for_ranking": "mi ranks by the similarity s (mi is a monotone function of s; s avoids ties where mi rounds to 1.0)",
-            "set_level_features": "raw block features concatenated; CT-score held-out set = the clean, unduplicated test slices",
-        },
-        "runtime_seconds": time.perf_counter() - started,
-    })
-    for name, text in (("results.json", json.dumps(_jsonable(results), indent=1, sort_keys=True) + "\n"), ("results.md", render_markdown(results))):
+    results.update(
+        {
+            "tool": "MemorizationIndex",
+            "version": __version__,
+            "command": command,
+            "seed": seed,
+            "settings": {
+                "encoder": {
+                    "name": info.name,
+                    "encoder_id": info.encoder_id,
+                    "weights_sha256": info.weights_sha256,
+                    "blocks": list(info.blocks),
+                    "checkpoint": info.checkpoint,
+                },
+                "preprocessing": preprocessing.to_dict(),
+                "levels": list(levels),
+                "conditions": list(conditions),
+                "slices_per_split": slices_per_split,
+                "alpha": alpha,
+                "split": "by subject (seeded); reference = the larger half of the subjects",
+                "pixel_corr_size": PIXEL_SIZE,
+                "score_used_for_ranking": "mi ranks by the similarity s (mi is a monotone function of s; "
+                "s avoids ties where mi rounds to 1.0)",
+                "set_level_features": "raw block features concatenated; "
+                "CT-score held-out set = the clean, unduplicated test slices",
+            },
+            "runtime_seconds": time.perf_counter() - started,
+        }
+    )
+    for name, text in (
+        ("results.json", json.dumps(_jsonable(results), indent=1, sort_keys=True) + "\n"),
+        ("results.md", render_markdown(results)),
+    ):
         tmp = out_path / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_path / name)
@@ -537,6 +717,7 @@ def _jsonable(value):
 
 
 # ---------------------------------------------------------------- CLI
+
 
 def _parse_named(values: Sequence[str] | None, option: str) -> dict[str, str]:
     parsed: dict[str, str] = {}
@@ -564,8 +745,10 @@ def _parse_conditions(text: str) -> list[str]:
     conditions = [c.strip() for c in text.split(",") if c.strip()]
     unknown = [c for c in conditions if c not in ALL_CONDITIONS]
     if unknown or not conditions:
-        raise UserError(f"unknown condition(s) {', '.join(unknown) or '(none)'}; choose from the paper's "
-                        f"{', '.join(CONDITIONS)} or the generator-like {', '.join(GENERATOR_CONDITIONS)}")
+        raise UserError(
+            f"unknown condition(s) {', '.join(unknown) or '(none)'}; choose from the paper's "
+            f"{', '.join(CONDITIONS)} or the generator-like {', '.join(GENERATOR_CONDITIONS)}"
+        )
     return list(dict.fromkeys(conditions))
 
 
@@ -577,8 +760,12 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--subject-pattern", item]
     if args.encoder != "default":
         parts += ["--encoder", args.encoder, "--checkpoint", str(args.checkpoint)]
-    defaults = {"levels": ",".join(str(x) for x in DEFAULT_LEVELS), "conditions": ",".join(ALL_CONDITIONS),
-                "slices_per_split": DEFAULT_SLICES_PER_SPLIT, "seed": 0}
+    defaults = {
+        "levels": ",".join(str(x) for x in DEFAULT_LEVELS),
+        "conditions": ",".join(ALL_CONDITIONS),
+        "slices_per_split": DEFAULT_SLICES_PER_SPLIT,
+        "seed": 0,
+    }
     for key, default in defaults.items():
         if str(getattr(args, key)) != str(default):
             parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
@@ -594,7 +781,9 @@ def _run(args: argparse.Namespace) -> int:
     unknown = sorted(set(patterns) - set(datasets))
     if unknown:
         raise UserError(f"--subject-pattern names dataset(s) {', '.join(unknown)} that no --dataset defines")
-    specs = [DatasetSpec(name, [p for p in paths.split(",") if p], patterns.get(name)) for name, paths in datasets.items()]
+    specs = [
+        DatasetSpec(name, [p for p in paths.split(",") if p], patterns.get(name)) for name, paths in datasets.items()
+    ]
     import re
 
     for spec in specs:
@@ -613,13 +802,27 @@ def _run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     results = run_benchmark(
-        specs, args.out, encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, levels=levels, conditions=conditions,
-        slices_per_split=args.slices_per_split, seed=args.seed, batch_size=args.batch_size, command=_command_line(args), log=log,
+        specs,
+        args.out,
+        encoder_name=args.encoder,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        levels=levels,
+        conditions=conditions,
+        slices_per_split=args.slices_per_split,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        command=_command_line(args),
+        log=log,
     )
-    headlines = [_headline(results, group, members) for group, members in
-                 (("paper", CONDITIONS), ("generator-like", GENERATOR_CONDITIONS))]
-    print(f"benchmark written to {args.out} ({results['runtime_seconds'] / 60:.1f} min): "
-          + "; ".join(h for h in headlines if h))
+    headlines = [
+        _headline(results, group, members)
+        for group, members in (("paper", CONDITIONS), ("generator-like", GENERATOR_CONDITIONS))
+    ]
+    print(
+        f"benchmark written to {args.out} ({results['runtime_seconds'] / 60:.1f} min): "
+        + "; ".join(h for h in headlines if h)
+    )
     return 0
 
 
@@ -631,29 +834,62 @@ def _headline(results: dict, group: str, members: Sequence[str]) -> str:
     prov = min(r["top1_accuracy"] for r in results["provenance"] if r["condition"] in members)
     flagged = min(r["flagged"] for r in results["copies"] if r["condition"] in members)
     fpr = max(r["value"] for r in results["false_positive_rate_by_condition"] if r["condition"] in members)
-    return (f"{group}: mi min AUROC {min(r['auroc'] for r in mi):.3f}, min AUPRC {min(r['auprc'] for r in mi):.3f}, "
-            f"min provenance top-1 {prov:.3f}, min copies flagged {flagged:.3f}, "
-            f"max false-positive rate of a condition {fpr:.4f}")
+    return (
+        f"{group}: mi min AUROC {min(r['auroc'] for r in mi):.3f}, min AUPRC {min(r['auprc'] for r in mi):.3f}, "
+        f"min provenance top-1 {prov:.3f}, min copies flagged {flagged:.3f}, "
+        f"max false-positive rate of a condition {fpr:.4f}"
+    )
 
 
 def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``benchmark`` subcommand to the CLI's subparsers."""
     parser = subparsers.add_parser(
-        "benchmark", help="measure detection of planted copies on real MRI (paper protocol, split by subject)",
-        description="Every file is one subject unless --subject-pattern NAME=REGEX groups files (the first group, or the whole match, "
-                    "of the regex in the file path is the subject id).",
+        "benchmark",
+        help="measure detection of planted copies on real MRI (paper protocol, split by subject)",
+        description="Every file is one subject unless --subject-pattern NAME=REGEX groups files "
+        "(the first group, or the whole match, of the regex in the file path is the subject id).",
     )
-    parser.add_argument("--dataset", action="append", required=True, metavar="NAME=PATH[,PATH...]", help="a dataset: volume files or folders (repeatable)")
-    parser.add_argument("--subject-pattern", action="append", metavar="NAME=REGEX", help="subject id of each file of dataset NAME: regex on its path")
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        metavar="NAME=PATH[,PATH...]",
+        help="a dataset: volume files or folders (repeatable)",
+    )
+    parser.add_argument(
+        "--subject-pattern",
+        action="append",
+        metavar="NAME=REGEX",
+        help="subject id of each file of dataset NAME: regex on its path",
+    )
     parser.add_argument("--out", required=True, help="output folder for results.json and results.md")
-    parser.add_argument("--encoder", default="default", choices=ENCODER_NAMES, help="slice encoder (default: the embedded EfficientNet-Lite0)")
+    parser.add_argument(
+        "--encoder",
+        default="default",
+        choices=ENCODER_NAMES,
+        help="slice encoder (default: the embedded EfficientNet-Lite0)",
+    )
     parser.add_argument("--checkpoint", help="MRI-CORE checkpoint (for --encoder mri-core)")
-    parser.add_argument("--levels", default=",".join(str(x) for x in DEFAULT_LEVELS), help="duplication levels (default: 0.05,0.15,0.3,0.45)")
-    parser.add_argument("--conditions", default=",".join(ALL_CONDITIONS),
-                        help=f"conditions (default: all): the paper's {','.join(CONDITIONS)} and the generator-like "
-                             f"{','.join(GENERATOR_CONDITIONS)}")
-    parser.add_argument("--slices-per-split", type=int, default=DEFAULT_SLICES_PER_SPLIT, help=f"slices sampled per split (default: {DEFAULT_SLICES_PER_SPLIT})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subject split, sampling and augmentation (default: 0)")
+    parser.add_argument(
+        "--levels",
+        default=",".join(str(x) for x in DEFAULT_LEVELS),
+        help="duplication levels (default: 0.05,0.15,0.3,0.45)",
+    )
+    parser.add_argument(
+        "--conditions",
+        default=",".join(ALL_CONDITIONS),
+        help=f"conditions (default: all): the paper's {','.join(CONDITIONS)} and the generator-like "
+        f"{','.join(GENERATOR_CONDITIONS)}",
+    )
+    parser.add_argument(
+        "--slices-per-split",
+        type=int,
+        default=DEFAULT_SLICES_PER_SPLIT,
+        help=f"slices sampled per split (default: {DEFAULT_SLICES_PER_SPLIT})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the subject split, sampling and augmentation (default: 0)"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.set_defaults(func=_run)

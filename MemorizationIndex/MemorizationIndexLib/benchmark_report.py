@@ -13,8 +13,14 @@ from .augment import CONDITIONS, GENERATOR_CONDITIONS
 
 # The paper's Table 4 (AUROC mean / min over its datasets and levels).
 PAPER_TABLE4 = {
-    "clean": (1.000, 1.000), "noise01": (1.000, 1.000), "noise02": (1.000, 0.999), "intensity": (1.000, 1.000),
-    "rot3": (0.871, 0.805), "rot5": (0.758, 0.711), "hflip": (0.733, 0.626), "vflip": (0.727, 0.635),
+    "clean": (1.000, 1.000),
+    "noise01": (1.000, 1.000),
+    "noise02": (1.000, 0.999),
+    "intensity": (1.000, 1.000),
+    "rot3": (0.871, 0.805),
+    "rot5": (0.758, 0.711),
+    "hflip": (0.733, 0.626),
+    "vflip": (0.727, 0.635),
 }
 
 
@@ -35,18 +41,44 @@ def _header_section(results: dict) -> str:
     if results.get("command"):
         parts.append(f"Regenerate with:\n\n```\n{results['command']}\n```\n")
     levels = ", ".join(str(level) for level in settings["levels"])
-    parts.append(f"Tool {results['version']}, seed {results['seed']}, encoder `{enc['encoder_id']}`, "
-                 f"{settings['slices_per_split']} slices per split (at most), levels {levels}, "
-                 f"alpha {settings['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
-                 "Subjects are split into reference and test subjects (never slices of one person on both sides); "
-                 "every query slice, duplicate or novel, gets the condition's augmentation; "
-                 "flip conditions flip every slice. The paper's 8 conditions come first (Tables 1–4 layouts); "
-                 "our generator-like conditions follow in their own sections.\n")
-    rows = [[d["dataset"], str(len(d["reference_subjects"])), str(len(d["test_subjects"])), str(d["slices_per_split"]),
-             str(d["max_duplicates"]), _f(d["null"]["mean"], 4), _f(d["null"]["std"], 4),
-             _f(d["threshold"]["similarity"], 4)] for d in results["datasets"]]
-    parts.append("## Datasets\n\n" + _table(["dataset", "reference subjects", "test subjects", "slices per split",
-                                              "max duplicates", "null mean", "null std", "flag threshold (s)"], rows))
+    parts.append(
+        f"Tool {results['version']}, seed {results['seed']}, encoder `{enc['encoder_id']}`, "
+        f"{settings['slices_per_split']} slices per split (at most), levels {levels}, "
+        f"alpha {settings['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
+        "Subjects are split into reference and test subjects (never slices of one person on both sides); "
+        "every query slice, duplicate or novel, gets the condition's augmentation; "
+        "flip conditions flip every slice. The paper's 8 conditions come first (Tables 1–4 layouts); "
+        "our generator-like conditions follow in their own sections.\n"
+    )
+    rows = [
+        [
+            d["dataset"],
+            str(len(d["reference_subjects"])),
+            str(len(d["test_subjects"])),
+            str(d["slices_per_split"]),
+            str(d["max_duplicates"]),
+            _f(d["null"]["mean"], 4),
+            _f(d["null"]["std"], 4),
+            _f(d["threshold"]["similarity"], 4),
+        ]
+        for d in results["datasets"]
+    ]
+    parts.append(
+        "## Datasets\n\n"
+        + _table(
+            [
+                "dataset",
+                "reference subjects",
+                "test subjects",
+                "slices per split",
+                "max duplicates",
+                "null mean",
+                "null std",
+                "flag threshold (s)",
+            ],
+            rows,
+        )
+    )
     notes = [n for d in results["datasets"] for n in d["notes"]]
     if notes:
         parts.append("\n".join(f"- **Note:** {n}" for n in notes) + "\n")
@@ -65,8 +97,9 @@ def _detection_section(results: dict, methods: list[str], key: str, title: str) 
     for condition in conditions + ["overall"]:
         row = [condition]
         for method in methods:
-            row.append(_mean_min([r[key] for r in per if r["method"] == method
-                                  and condition in ("overall", r["condition"])]))
+            row.append(
+                _mean_min([r[key] for r in per if r["method"] == method and condition in ("overall", r["condition"])])
+            )
         if key == "auroc":
             paper = PAPER_TABLE4.get(condition)
             overall = "0.886 / 0.626" if condition == "overall" else "–"
@@ -75,11 +108,12 @@ def _detection_section(results: dict, methods: list[str], key: str, title: str) 
     header = ["condition"] + [f"{m} mean / min" for m in methods]
     header += ["paper (reported) mean / min"] if key == "auroc" else []
     size = results["settings"]["pixel_corr_size"]
-    return (f"## Sample-level detection, {title} (Table 4 layout)\n\nMean / min over datasets and levels. "
-            "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe "
-            "on the same features (raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the "
-            f"same features; `pixel_corr`: max Pearson correlation of {size}×{size} slices.\n\n"
-            + _table(header, rows))
+    return (
+        f"## Sample-level detection, {title} (Table 4 layout)\n\nMean / min over datasets and levels. "
+        "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe "
+        "on the same features (raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the "
+        f"same features; `pixel_corr`: max Pearson correlation of {size}×{size} slices.\n\n" + _table(header, rows)
+    )
 
 
 def _per_dataset_section(results: dict, methods: list[str], datasets: list[str]) -> str:
@@ -89,29 +123,40 @@ def _per_dataset_section(results: dict, methods: list[str], datasets: list[str])
         for condition in _paper_conditions(results):
             row = [dataset, condition]
             for method in methods:
-                sel = [r for r in per
-                       if r["method"] == method and r["condition"] == condition and r["dataset"] == dataset]
+                sel = [
+                    r for r in per if r["method"] == method and r["condition"] == condition and r["dataset"] == dataset
+                ]
                 row.append(f"{min(r['auroc'] for r in sel):.3f} / {min(r['auprc'] for r in sel):.3f}" if sel else "–")
-            prov = [r["top1_accuracy"] for r in results["provenance"]
-                    if r["condition"] == condition and r["dataset"] == dataset]
+            prov = [
+                r["top1_accuracy"]
+                for r in results["provenance"]
+                if r["condition"] == condition and r["dataset"] == dataset
+            ]
             row.append(_f(min(prov)) if prov else "–")
             rows.append(row)
     header = ["dataset", "condition"] + [f"{m} AUROC / AUPRC" for m in methods] + ["mi provenance top-1"]
-    return ("## Per dataset and condition (min over levels)\n\nAUROC / AUPRC of each method, and the provenance "
-            "top-1 accuracy of `mi` (share of duplicates whose nearest reference is their true source slice).\n\n"
-            + _table(header, rows))
+    return (
+        "## Per dataset and condition (min over levels)\n\nAUROC / AUPRC of each method, and the provenance "
+        "top-1 accuracy of `mi` (share of duplicates whose nearest reference is their true source slice).\n\n"
+        + _table(header, rows)
+    )
 
 
 def _false_positive_section(results: dict) -> str:
     """Share of novel test slices flagged at the default threshold, pooled and per condition."""
     conditions = _paper_conditions(results)
     by_condition = {(x["dataset"], x["condition"]): x["value"] for x in results["false_positive_rate_by_condition"]}
-    rows = [[f["dataset"], _f(f["value"], 4), str(f["n_novel_scored"])]
-            + [_f(by_condition[(f["dataset"], c)], 4) for c in conditions]
-            for f in results["false_positive_rate"] if f["group"] == "paper"]
-    return ("## False-positive rate at the default threshold (novel test subjects)\n\nShare of novel test slices "
-            f"flagged (p < {results['settings']['alpha']}), pooled over conditions, and per condition.\n\n"
-            + _table(["dataset", "pooled", "slices scored"] + conditions, rows))
+    rows = [
+        [f["dataset"], _f(f["value"], 4), str(f["n_novel_scored"])]
+        + [_f(by_condition[(f["dataset"], c)], 4) for c in conditions]
+        for f in results["false_positive_rate"]
+        if f["group"] == "paper"
+    ]
+    return (
+        "## False-positive rate at the default threshold (novel test subjects)\n\nShare of novel test slices "
+        f"flagged (p < {results['settings']['alpha']}), pooled over conditions, and per condition.\n\n"
+        + _table(["dataset", "pooled", "slices scored"] + conditions, rows)
+    )
 
 
 def _set_level_sections(results: dict, datasets: list[str]) -> list[str]:
@@ -124,8 +169,19 @@ def _set_level_sections(results: dict, datasets: list[str]) -> list[str]:
     def over(keys) -> np.ndarray:
         return np.array([values[k] for k in keys if values.get(k) is not None], dtype=float)
 
-    table1 = [[d, f"{level:.2f}"] + [(f"{np.nanmean(v):.3g} ± {np.nanstd(v):.3g}" if (v := over(
-        (d, c, level, m) for c in conditions)).size else "–") for m in metrics] for d in datasets for level in levels]
+    table1 = [
+        [d, f"{level:.2f}"]
+        + [
+            (
+                f"{np.nanmean(v):.3g} ± {np.nanstd(v):.3g}"
+                if (v := over((d, c, level, m) for c in conditions)).size
+                else "–"
+            )
+            for m in metrics
+        ]
+        for d in datasets
+        for level in levels
+    ]
     table2 = []
     for metric in metrics:
         spreads = [over((d, c, level, metric) for d in datasets) for c in conditions for level in levels]
@@ -151,8 +207,9 @@ def render_markdown(results: dict) -> str:
     methods = list(dict.fromkeys(r["method"] for r in results["per_sample"]))
     parts = [_header_section(results)]
     if _paper_conditions(results):
-        parts += [_detection_section(results, methods, key, title)
-                  for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC"))]
+        parts += [
+            _detection_section(results, methods, key, title) for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC"))
+        ]
         parts += [_per_dataset_section(results, methods, datasets), _false_positive_section(results)]
         parts += _set_level_sections(results, datasets)
     if _generator_conditions(results):
@@ -180,9 +237,17 @@ def _generator_rows(results: dict, dataset: str) -> list[list[str]]:
     for condition in _generator_conditions(results):
         sel = [r for r in per if r["condition"] == condition]
         found = copies[condition]
-        rows.append([dataset, condition, _f(min(r["auroc"] for r in sel)), _f(min(r["auprc"] for r in sel)),
-                     f"{found['flagged']:.3f} ({found['n_duplicates']})", _f(found["top1_accuracy"]),
-                     _f(fpr[condition], 4)])
+        rows.append(
+            [
+                dataset,
+                condition,
+                _f(min(r["auroc"] for r in sel)),
+                _f(min(r["auprc"] for r in sel)),
+                f"{found['flagged']:.3f} ({found['n_duplicates']})",
+                _f(found["top1_accuracy"]),
+                _f(fpr[condition], 4),
+            ]
+        )
     pooled = [r for r in results["false_positive_rate"] if r["dataset"] == dataset and r["group"] == "generator"]
     if pooled:
         rows.append([dataset, "pooled", "", "", "", "", _f(pooled[0]["value"], 4)])
@@ -192,21 +257,29 @@ def _generator_rows(results: dict, dataset: str) -> list[list[str]]:
 def _generator_section(results: dict, datasets: list[str]) -> str:
     """Our generator-like conditions: detection, share of copies flagged, provenance and false alarms."""
     rows = [row for dataset in datasets for row in _generator_rows(results, dataset)]
-    header = ["dataset", "condition", "mi AUROC", "mi AUPRC", "copies flagged (n)", "provenance top-1",
-              "novel flagged (FPR)"]
-    return ("## Generator-like conditions (our second group)\n\nEdits a generator plausibly leaves on a memorised "
-            "slice, each with parameters drawn per slice (seeded) from fixed ranges, never tuned on these results "
-            "(from `augment.py`):\n\n" + _family_ranges()
-            + "\nNovel slices get the same edit, so the last column is the "
-            f"false-positive rate of that edit (p < {results['settings']['alpha']}). AUROC / AUPRC of `mi`: min over "
-            "levels; copies flagged and provenance top-1 (the nearest reference is the true source slice): over all "
-            "duplicates of the largest level. For `half`, `quarter` and `paste` the truth masks of the copied "
-            "pixels are kept (`PreparedDataset.copy_masks`); no stage locates copies yet, so no IoU is reported.\n\n"
-            + _table(header, rows))
+    header = [
+        "dataset",
+        "condition",
+        "mi AUROC",
+        "mi AUPRC",
+        "copies flagged (n)",
+        "provenance top-1",
+        "novel flagged (FPR)",
+    ]
+    return (
+        "## Generator-like conditions (our second group)\n\nEdits a generator plausibly leaves on a memorised "
+        "slice, each with parameters drawn per slice (seeded) from fixed ranges, never tuned on these results "
+        "(from `augment.py`):\n\n" + _family_ranges() + "\nNovel slices get the same edit, so the last column is the "
+        f"false-positive rate of that edit (p < {results['settings']['alpha']}). AUROC / AUPRC of `mi`: min over "
+        "levels; copies flagged and provenance top-1 (the nearest reference is the true source slice): over all "
+        "duplicates of the largest level. For `half`, `quarter` and `paste` the truth masks of the copied "
+        "pixels are kept (`PreparedDataset.copy_masks`); no stage locates copies yet, so no IoU is reported.\n\n"
+        + _table(header, rows)
+    )
 
 
 def _family_ranges() -> str:
     """The generator families and their ranges: the bullet list of :mod:`augment`'s docstring."""
     text = (augment.__doc__ or "").split("**Generator group**", 1)[-1]
-    bullets = text[text.index("\n- "):].strip().replace("\n  ", " ").replace("``", "`")
+    bullets = text[text.index("\n- ") :].strip().replace("\n  ", " ").replace("``", "`")
     return re.sub(r":(attr|data|func):", "", bullets) + "\n"

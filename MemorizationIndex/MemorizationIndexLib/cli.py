@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .allocator import keep_freed_memory
@@ -25,8 +26,10 @@ def make_progress(label: str) -> Callable[[int, int], None]:
     """A progress callback: machine-readable lines when MEMORIZATION_INDEX_PROGRESS=1, else a tqdm bar
     with rate and time left, drawn only when stderr is a terminal (``disable=None``)."""
     if os.environ.get(PROGRESS_ENV) == "1":
+
         def report(done: int, total: int) -> None:
             print(format_progress(done, total, label), file=sys.stderr, flush=True)
+
         return report
     from tqdm import tqdm
 
@@ -63,7 +66,9 @@ def _alpha(text: str) -> float:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the encoder runs (default: cpu)")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the encoder runs (default: cpu)"
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="slices per forward pass (default: 32)")
     parser.add_argument("--series", help="DICOM series UID to read when a folder holds several")
     parser.add_argument("--volume-index", type=int, help="which volume of a 4D image to read")
@@ -73,10 +78,22 @@ def _build_index(args: argparse.Namespace) -> int:
     from .index_build import BuildOptions, build_index
 
     options = BuildOptions(
-        encoder_name=args.encoder, checkpoint=args.checkpoint, device=args.device, axis=args.axis, holdout_paths=args.holdout or (),
-        reference_copies=not args.no_copies, store_thumbnails=args.store_thumbnails, null_splits=args.null_splits, seed=args.seed,
-        subject_pattern=args.subject_pattern, slice_stride=args.slice_stride, batch_size=args.batch_size,
-        overwrite=args.overwrite, index_kind=args.index_kind, series=args.series, volume_index=args.volume_index,
+        encoder_name=args.encoder,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        axis=args.axis,
+        holdout_paths=args.holdout or (),
+        reference_copies=not args.no_copies,
+        store_thumbnails=args.store_thumbnails,
+        null_splits=args.null_splits,
+        seed=args.seed,
+        subject_pattern=args.subject_pattern,
+        slice_stride=args.slice_stride,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        index_kind=args.index_kind,
+        series=args.series,
+        volume_index=args.volume_index,
     )
     if getattr(args, "engine", "local") == "ray":
         from .ray_engine import build_index_ray
@@ -87,12 +104,18 @@ def _build_index(args: argparse.Namespace) -> int:
     null = index.config["null"]
     subjects = len(set(index.provenance.subject))
     if null["type"] != "holdout" and subjects < FEW_SUBJECTS:
-        print(f"warning: only {subjects} training subject(s): each null split leaves a much smaller reference, so the "
-              f"null runs low and novel slices are flagged more often than alpha; pass --holdout with real scans never "
-              f"used in training", file=sys.stderr)
-    print(f"index {index.index_id} written to {index.path}: {index.n_reference_slices} reference slices "
-          f"({index.config['n_vectors']} vectors with their flipped and rotated copies), encoder {index.encoder_id}, null {null['type']} "
-          f"(n={null['n']}, mean={null['mean']:.4f}, std={null['std']:.4f})")
+        print(
+            f"warning: only {subjects} training subject(s): each null split leaves a much smaller reference, so the "
+            f"null runs low and novel slices are flagged more often than alpha; pass --holdout with real scans never "
+            f"used in training",
+            file=sys.stderr,
+        )
+    print(
+        f"index {index.index_id} written to {index.path}: {index.n_reference_slices} reference slices "
+        f"({index.config['n_vectors']} vectors with their flipped and rotated copies), encoder {index.encoder_id}, "
+        f"null {null['type']} "
+        f"(n={null['n']}, mean={null['mean']:.4f}, std={null['std']:.4f})"
+    )
     return 0
 
 
@@ -102,15 +125,25 @@ def _audit(args: argparse.Namespace) -> int:
 
     index = ReferenceIndex.load(args.index)
     audits = audit_paths(
-        index, args.query, args.out, checkpoint=args.checkpoint, device=args.device, batch_size=args.batch_size,
-        alpha=args.alpha, axis=args.axis, series=args.series, volume_index=args.volume_index, progress=make_progress("auditing"),
+        index,
+        args.query,
+        args.out,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        axis=args.axis,
+        series=args.series,
+        volume_index=args.volume_index,
+        progress=make_progress("auditing"),
         engine=args.engine,
     )
     if not args.no_report:
         from .report import write_report
 
-        write_report(Path(args.out), no_training_images=args.no_training_images, index=index,
-                     query_slices=query_slices(audits))
+        write_report(
+            Path(args.out), no_training_images=args.no_training_images, index=index, query_slices=query_slices(audits)
+        )
     threshold = audits[0].threshold
     volumes = [a for a in audits if isinstance(a, VolumeAudit)]
     if volumes:
@@ -127,18 +160,27 @@ def _print_sets(sets: list[SetAudit]) -> None:
     for s in sets:
         scores = s.scores
         mean_mi = sum(x.mi for x in scores) / len(scores) if scores else float("nan")
-        print(f"{s.name[-40:]:<40} {len(s.members):>6} {len(scores):>6} {s.flagged:>8} "
-              f"{s.threshold.alpha * len(scores):>8.2f} {mean_mi:>8.3f}")
+        print(
+            f"{s.name[-40:]:<40} {len(s.members):>6} {len(scores):>6} {s.flagged:>8} "
+            f"{s.threshold.alpha * len(scores):>8.2f} {mean_mi:>8.3f}"
+        )
 
 
 def _print_volumes(volumes: list[VolumeAudit]) -> None:
     print(f"{'volume':<40} {'scored':>6} {'skipped':>7} {'mean mi':>8} {'flagged':>8}")
     for audit in volumes:
         if not audit.scores:
-            print(f"warning: {audit.volume}: no slice could be scored ({audit.n_slices} slices, all empty, constant or under "
-                  "16 px); it is listed with 0 scored slices", file=sys.stderr)
+            print(
+                f"warning: {audit.volume}: no slice could be scored ({audit.n_slices} slices, all empty, constant or "
+                "under "
+                "16 px); it is listed with 0 scored slices",
+                file=sys.stderr,
+            )
         mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
-        print(f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} {mean_mi:>8.3f} {audit.flagged:>8}")
+        print(
+            f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} "
+            f"{mean_mi:>8.3f} {audit.flagged:>8}"
+        )
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -155,55 +197,133 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.out), device=args.device)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="memorization-index", description="Audit generative MRI models for training-data memorization.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    build = sub.add_parser("build-index", help="embed training volumes into a reference index folder", description="Embed every non-empty slice of the training volumes (and flipped copies), whiten, index with FAISS, and calibrate the null.")
-    build.add_argument("train", nargs="+", metavar="TRAIN_PATH", help="training volume files or folders (each file is one subject unless --subject-pattern)")
+def _add_build_parser(sub) -> None:
+    """The ``build-index`` command."""
+    build = sub.add_parser(
+        "build-index",
+        help="embed training volumes into a reference index folder",
+        description="Embed every non-empty slice of the training volumes (and flipped copies), whiten, "
+        "index with FAISS, and calibrate the null.",
+    )
+    build.add_argument(
+        "train",
+        nargs="+",
+        metavar="TRAIN_PATH",
+        help="training volume files or folders (each file is one subject unless --subject-pattern)",
+    )
     build.add_argument("--out", required=True, help="index folder to create")
-    build.add_argument("--encoder", default="default", choices=("default", "mri-core"), help="slice encoder (default: the embedded EfficientNet-Lite0)")
+    build.add_argument(
+        "--encoder",
+        default="default",
+        choices=("default", "mri-core"),
+        help="slice encoder (default: the embedded EfficientNet-Lite0)",
+    )
     build.add_argument("--checkpoint", help="local MRI-CORE checkpoint file (for --encoder mri-core)")
-    build.add_argument("--axis", default="auto", choices=AXIS_CHOICES, help="slicing axis in patient space (auto: the largest-spacing axis)")
-    build.add_argument("--holdout", nargs="+", metavar="PATH", help="held-out real volumes (never trained on) for the calibration null")
+    build.add_argument(
+        "--axis",
+        default="auto",
+        choices=AXIS_CHOICES,
+        help="slicing axis in patient space (auto: the largest-spacing axis)",
+    )
+    build.add_argument(
+        "--holdout", nargs="+", metavar="PATH", help="held-out real volumes (never trained on) for the calibration null"
+    )
     build.add_argument("--subject-pattern", help="regex whose first group (or match) in a file path names its subject")
-    build.add_argument("--slice-stride", type=_positive_int, default=1, help="index every N-th non-empty slice (default: 1)")
-    build.add_argument("--null-splits", type=_positive_int, default=10, help="random subject splits for the null (default: 10, raised for small sets)")
+    build.add_argument(
+        "--slice-stride", type=_positive_int, default=1, help="index every N-th non-empty slice (default: 1)"
+    )
+    build.add_argument(
+        "--null-splits",
+        type=_positive_int,
+        default=10,
+        help="random subject splits for the null (default: 10, raised for small sets)",
+    )
     build.add_argument("--seed", type=int, default=0, help="seed of the null splits (default: 0)")
-    build.add_argument("--no-copies", action="store_true", help="index only the slices as cut, not their flipped and +/-4 degree rotated copies "
-                       "(5x fewer vectors; flipped or rotated training slices are then missed)")
-    build.add_argument("--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)")
+    build.add_argument(
+        "--no-copies",
+        action="store_true",
+        help="index only the slices as cut, not their flipped and +/-4 degree rotated copies "
+        "(5x fewer vectors; flipped or rotated training slices are then missed)",
+    )
+    build.add_argument(
+        "--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)"
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
-    build.add_argument("--index-kind", default="auto", choices=("auto", "flat", "ivf"), help="flat: exact search; ivf: IVF candidates re-ranked exactly; auto (default): ivf above 200,000 vectors")
-    build.add_argument("--engine", default="local", choices=("local", "ray"), help="ray: embed with Ray Data (pip install 'memorization-index[ray]'; RAY_ADDRESS selects a cluster)")
+    build.add_argument(
+        "--index-kind",
+        default="auto",
+        choices=("auto", "flat", "ivf"),
+        help="flat: exact search; ivf: IVF candidates re-ranked exactly; auto (default): ivf above 200,000 vectors",
+    )
+    build.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="ray: embed with Ray Data (pip install 'memorization-index[ray]'; RAY_ADDRESS selects a cluster)",
+    )
     _add_common(build)
     build.set_defaults(func=_build_index)
 
-    audit = sub.add_parser("audit", help="score query volumes slice by slice against an index", description="Writes OUT_DIR/slices.csv, summary.json, neighbors.csv and report.html.")
+
+def _add_audit_parser(sub) -> None:
+    """The ``audit`` command."""
+    audit = sub.add_parser(
+        "audit",
+        help="score query volumes slice by slice against an index",
+        description="Writes OUT_DIR/slices.csv, summary.json, neighbors.csv and report.html.",
+    )
     audit.add_argument("index", metavar="INDEX_DIR")
-    audit.add_argument("query", nargs="+", metavar="QUERY_PATH",
-                       help="generated volume files or folders; a folder of 2D images (PNG/JPEG/TIFF/NPY/NPZ), a "
-                            "quoted glob ('gen/*.png') or one .npy/.npz file is a set, summarised as one row "
-                            "(give one folder per checkpoint to compare checkpoints)")
+    audit.add_argument(
+        "query",
+        nargs="+",
+        metavar="QUERY_PATH",
+        help="generated volume files or folders; a folder of 2D images (PNG/JPEG/TIFF/NPY/NPZ), a "
+        "quoted glob ('gen/*.png') or one .npy/.npz file is a set, summarised as one row "
+        "(give one folder per checkpoint to compare checkpoints)",
+    )
     audit.add_argument("--out", required=True, help="output folder")
     audit.add_argument("--checkpoint", help="MRI-CORE checkpoint (if not at the path recorded in the index)")
     audit.add_argument("--alpha", type=_alpha, help="significance level for flagging (default: the index's, 0.001)")
     audit.add_argument("--axis", choices=AXIS_CHOICES, help="override the index's slicing axis")
     audit.add_argument("--no-report", action="store_true", help="do not write report.html")
-    audit.add_argument("--no-training-images", action="store_true", help="report without training pixels (for sharing outside the hospital)")
-    audit.add_argument("--engine", default="local", choices=("local", "ray"), help="ray: search reference shards as Ray tasks (same results; pip install 'memorization-index[ray]')")
+    audit.add_argument(
+        "--no-training-images",
+        action="store_true",
+        help="report without training pixels (for sharing outside the hospital)",
+    )
+    audit.add_argument(
+        "--engine",
+        default="local",
+        choices=("local", "ray"),
+        help="ray: search reference shards as Ray tasks (same results; pip install 'memorization-index[ray]')",
+    )
     _add_common(audit)
     audit.set_defaults(func=_audit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="memorization-index", description="Audit generative MRI models for training-data memorization."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_build_parser(sub)
+
+    _add_audit_parser(sub)
 
     report = sub.add_parser("report", help="(re)build report.html from an audit's outputs")
     report.add_argument("out_dir", metavar="OUT_DIR")
     report.add_argument("--no-training-images", action="store_true", help="leave training pixels out")
-    report.add_argument("--max-evidence", type=_positive_int, default=24, help="most suspicious slices shown (default: 24)")
+    report.add_argument(
+        "--max-evidence", type=_positive_int, default=24, help="most suspicious slices shown (default: 24)"
+    )
     report.set_defaults(func=_report)
 
-    demo = sub.add_parser("demo", help="build an index from real MRI shipped in pip packages, audit planted copies, print the result")
+    demo = sub.add_parser(
+        "demo", help="build an index from real MRI shipped in pip packages, audit planted copies, print the result"
+    )
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     demo.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     demo.set_defaults(func=_demo)
@@ -237,8 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line by default, the traceback on request
         if os.environ.get(DEBUG_ENV) == "1":
             raise
-        print(format_error(f"internal error ({type(exc).__name__}: {_one_line(exc)}); please report it "
-                           f"(set {DEBUG_ENV}=1 for the traceback)"), file=sys.stderr)
+        print(
+            format_error(
+                f"internal error ({type(exc).__name__}: {_one_line(exc)}); please report it "
+                f"(set {DEBUG_ENV}=1 for the traceback)"
+            ),
+            file=sys.stderr,
+        )
         return 1
 
 

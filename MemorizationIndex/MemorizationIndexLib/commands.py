@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from .protocol import PROGRESS_ENV, parse_error
 
@@ -17,12 +17,28 @@ def _cli(python: str, command: str) -> list[str]:
 
 
 def audit_arguments(
-    python: str, index_dir: PathLike, volumes: Sequence[PathLike], out_dir: PathLike, *, device: str = "auto",
-    batch_size: int = 32, alpha: float | None = None, checkpoint: PathLike | None = None,
+    python: str,
+    index_dir: PathLike,
+    volumes: Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    device: str = "auto",
+    batch_size: int = 32,
+    alpha: float | None = None,
+    checkpoint: PathLike | None = None,
 ) -> list[str]:
     """``python -m MemorizationIndexLib.cli audit ...`` for the module (no HTML report)."""
-    args = _cli(python, "audit") + [str(index_dir), *map(str, volumes), "--out", str(out_dir), "--no-report",
-                                     "--device", device, "--batch-size", str(int(batch_size))]
+    args = _cli(python, "audit") + [
+        str(index_dir),
+        *map(str, volumes),
+        "--out",
+        str(out_dir),
+        "--no-report",
+        "--device",
+        device,
+        "--batch-size",
+        str(int(batch_size)),
+    ]
     if alpha is not None:
         args += ["--alpha", repr(float(alpha))]
     if checkpoint:
@@ -31,13 +47,31 @@ def audit_arguments(
 
 
 def build_index_arguments(
-    python: str, training: Sequence[PathLike], out_dir: PathLike, *, holdout: Sequence[PathLike] = (),
-    encoder: str = "default", checkpoint: PathLike | None = None, device: str = "auto", batch_size: int = 32,
+    python: str,
+    training: Sequence[PathLike],
+    out_dir: PathLike,
+    *,
+    holdout: Sequence[PathLike] = (),
+    encoder: str = "default",
+    checkpoint: PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
     axis: str = "auto",
 ) -> list[str]:
     """``python -m MemorizationIndexLib.cli build-index ...``; the checkpoint is passed for MRI-CORE only."""
-    args = _cli(python, "build-index") + [*map(str, training), "--out", str(out_dir), "--encoder", encoder,
-                                          "--device", device, "--batch-size", str(int(batch_size)), "--axis", axis]
+    args = _cli(python, "build-index") + [
+        *map(str, training),
+        "--out",
+        str(out_dir),
+        "--encoder",
+        encoder,
+        "--device",
+        device,
+        "--batch-size",
+        str(int(batch_size)),
+        "--axis",
+        axis,
+    ]
     if checkpoint and encoder == "mri-core":
         args += ["--checkpoint", str(checkpoint)]
     if holdout:

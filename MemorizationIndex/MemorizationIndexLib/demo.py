@@ -20,13 +20,17 @@ import SimpleITK as sitk
 from .audit import audit_paths, query_slices
 from .augment import CONDITIONS, augment_slice
 from .errors import UserError
-from .preprocess import PreprocessSettings, nonempty_mask, scale_unit, to_square
 from .index_build import BuildOptions, build_index
+from .preprocess import PreprocessSettings, nonempty_mask, scale_unit, to_square
 from .report import write_report
 from .transforms import resize_bilinear
 
 GENERATED_SIZE = 128
-TRAINING = (("dipy", "data/files/S0_10slices.nii.gz"), ("dipy", "data/files/aniso_vox.nii.gz"), ("nibabel", "tests/data/example4d.nii.gz"))
+TRAINING = (
+    ("dipy", "data/files/S0_10slices.nii.gz"),
+    ("dipy", "data/files/aniso_vox.nii.gz"),
+    ("nibabel", "tests/data/example4d.nii.gz"),
+)
 NOVEL = (("dipy", "data/files/test_piesno.nii.gz"), ("nibabel", "tests/data/anatomical.nii"))
 CHECKPOINTS = (("ckpt-010k", 0), ("ckpt-020k", 4), ("ckpt-040k", 10))  # (folder, planted copies among the samples)
 SAMPLES_PER_CHECKPOINT = 20
@@ -36,7 +40,9 @@ def packaged_file(package: str, relative: str) -> Path:
     """Path of a data file inside an installed package (no import of the package needed)."""
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise UserError(f"the demo needs the '{package}' package for its real MRI; run 'make demo' or 'pip install {package}'")
+        raise UserError(
+            f"the demo needs the '{package}' package for its real MRI; run 'make demo' or 'pip install {package}'"
+        )
     path = Path(spec.origin).parent / relative
     if not path.is_file():
         raise UserError(f"{path} is missing from the installed '{package}' package; reinstall it")
@@ -91,13 +97,17 @@ def make_demo_data(out: Path, seed: int = 0) -> tuple[list[Path], list[Path], li
             copy, _ = augment_slice(scale_unit(volume[k], PreprocessSettings()), condition, rng)
             position = int(rng.integers(len(slices) + 1))
             slices.insert(position, resize_bilinear(to_square(copy), square))
-            rows.insert(position, {"kind": "copy", "condition": condition, "source": str(path.resolve()), "source_slice": k})
+            rows.insert(
+                position, {"kind": "copy", "condition": condition, "source": str(path.resolve()), "source_slice": k}
+            )
         gen_path = generated_dir / f"generated-{g + 1}.nii.gz"
         _write_volume(np.stack(slices), gen_path)
         generated.append(gen_path)
         truth.extend({"volume": str(gen_path), "slice": i, **row} for i, row in enumerate(rows))
     with open(out / "truth.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["volume", "slice", "kind", "condition", "source", "source_slice"], lineterminator="\n")
+        writer = csv.DictWriter(
+            handle, fieldnames=["volume", "slice", "kind", "condition", "source", "source_slice"], lineterminator="\n"
+        )
         writer.writeheader()
         writer.writerows(truth)
     return [p for p, _ in training], generated, truth
@@ -122,8 +132,11 @@ def make_checkpoint_sets(out: Path, seed: int = 1) -> tuple[list[Path], list[int
         for i in range(SAMPLES_PER_CHECKPOINT):
             if i < copies:
                 volume = training[int(rng.integers(len(training)))]
-                sample, _ = augment_slice(scale_unit(volume[int(rng.choice(_nonempty(volume)))], PreprocessSettings()),
-                                          str(rng.choice(CONDITIONS)), rng)
+                sample, _ = augment_slice(
+                    scale_unit(volume[int(rng.choice(_nonempty(volume)))], PreprocessSettings()),
+                    str(rng.choice(CONDITIONS)),
+                    rng,
+                )
             else:
                 volume, k = novel[int(rng.integers(len(novel)))]
                 sample = scale_unit(volume[k], PreprocessSettings())
@@ -143,8 +156,10 @@ def _compare_checkpoints(index, out: Path, device: str) -> None:
     print(f"{'checkpoint':<12} {'planted copies':>14} {'flagged':>8} {'flagged %':>9} {'mean mi':>8}")
     for audit, copies in zip(audits, planted):
         scores = audit.scores
-        print(f"{Path(audit.name).name:<12} {copies:>14} {audit.flagged:>8} {100 * audit.flagged / len(scores):>8.0f}% "
-              f"{np.mean([s.mi for s in scores]):>8.3f}")
+        print(
+            f"{Path(audit.name).name:<12} {copies:>14} {audit.flagged:>8} {100 * audit.flagged / len(scores):>8.0f}% "
+            f"{np.mean([s.mi for s in scores]):>8.3f}"
+        )
     print(f"report with the per-checkpoint plot: {out / 'checkpoints-audit' / 'report.html'}")
 
 
@@ -153,12 +168,18 @@ def run_demo(out: Path, device: str = "cpu") -> int:
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
     training, generated, truth = make_demo_data(out)
-    print(f"training: {len(training)} real volumes from pip packages; generated: {len(generated)} volumes with planted copies")
+    print(
+        f"training: {len(training)} real volumes from pip packages; generated: {len(generated)} volumes with planted "
+        "copies"
+    )
     index = build_index(training, out / "index", BuildOptions(device=device, overwrite=True))
     audits = audit_paths(index, generated, out / "audit", device=device)
     write_report(out / "audit", index=index, query_slices=query_slices(audits))
     scores = {(a.volume, s.slice): s for a in audits for s in a.scores}
-    print(f"\n{'volume':<20} {'slice':>5} {'planted':<10} {'mi':>6} {'flagged':>7} {'nearest training slice':<32} {'right source':>12}")
+    print(
+        f"\n{'volume':<20} {'slice':>5} {'planted':<10} {'mi':>6} {'flagged':>7} {'nearest training slice':<32} "
+        f"{'right source':>12}"
+    )
     found = right = novel_flagged = novel_total = 0
     for row in truth:
         score = scores.get((row["volume"], row["slice"]))
@@ -170,12 +191,20 @@ def run_demo(out: Path, device: str = "cpu") -> int:
         found += bool(score and score.flagged)
         right += is_right
         nearest = f"{Path(score.nn_source).name}:{score.nn_slice}" if score else "(slice skipped as empty)"
-        print(f"{Path(row['volume']).name:<20} {row['slice']:>5} {row['condition']:<10} {score.mi if score else float('nan'):>6.3f} {'yes' if score and score.flagged else 'no':>7} {nearest:<32} {'yes' if is_right else 'no':>12}")
+        print(
+            f"{Path(row['volume']).name:<20} {row['slice']:>5} {row['condition']:<10} "
+            f"{score.mi if score else float('nan'):>6.3f} {'yes' if score and score.flagged else 'no':>7} "
+            f"{nearest:<32} {'yes' if is_right else 'no':>12}"
+        )
     copies = sum(row["kind"] == "copy" for row in truth)
     print(f"\nplanted copies flagged: {found}/{copies}; nearest training slice is the true source: {right}/{copies}")
-    print(f"novel slices flagged: {novel_flagged}/{novel_total} (expected by chance: {audits[0].threshold.alpha * novel_total:.2f}; "
-          f"with only {len(training)} training subjects the train-split null runs low, see docs/method.md; real audits with "
-          f"few subjects should pass --holdout)")
+    print(
+        f"novel slices flagged: {novel_flagged}/{novel_total} (expected by chance: "
+        f"{audits[0].threshold.alpha * novel_total:.2f}; "
+        f"with only {len(training)} training subjects the train-split null runs low, see docs/method.md; real audits "
+        "with "
+        f"few subjects should pass --holdout)"
+    )
     print(f"outputs: {out / 'audit'} (slices.csv, summary.json, report.html)")
     _compare_checkpoints(index, out, device)
     print(f"{time.time() - start:.0f} s")

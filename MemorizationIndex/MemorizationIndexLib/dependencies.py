@@ -24,8 +24,8 @@ def torch_installed() -> bool:
 
 def torch_version_ok(version: str, requirement: str = TORCH_REQUIREMENT) -> bool:
     """True when a torch version such as ``2.5.1+cu121`` meets ``requirement``."""
-    from packaging.specifiers import SpecifierSet  # noqa: PLC0415
-    from packaging.version import Version  # noqa: PLC0415
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
 
     return SpecifierSet(requirement).contains(Version(version).public, prereleases=True)
 
@@ -36,26 +36,31 @@ def ensure_torch(ask_confirmation: bool = True) -> bool:
     Raises a one-line ``RuntimeError`` when the PyTorch extension is absent or torch is too old.
     """
     try:
-        import PyTorchUtils  # noqa: PLC0415 - provided by the PyTorch extension
+        import PyTorchUtils
     except ModuleNotFoundError:
-        raise RuntimeError("This module needs PyTorch: install the 'PyTorch' extension from the Extensions Manager "
-                           "and restart Slicer.") from None
+        raise RuntimeError(
+            "This module needs PyTorch: install the 'PyTorch' extension from the Extensions Manager and restart Slicer."
+        ) from None
     torch_logic = PyTorchUtils.PyTorchUtilsLogic()
     if not torch_logic.torchInstalled():
         log.info("Installing PyTorch (this may take several minutes)")
-        return torch_logic.installTorch(askConfirmation=ask_confirmation,
-                                        torchVersionRequirement=TORCH_REQUIREMENT) is not None
+        return (
+            torch_logic.installTorch(askConfirmation=ask_confirmation, torchVersionRequirement=TORCH_REQUIREMENT)
+            is not None
+        )
     version = torch_logic.torch.__version__
     if not torch_version_ok(version):
-        raise RuntimeError(f"PyTorch {version} is too old for this module: use the PyTorch Utils module to install "
-                           f"torch{TORCH_REQUIREMENT}.")
+        raise RuntimeError(
+            f"PyTorch {version} is too old for this module: use the PyTorch Utils module to install "
+            f"torch{TORCH_REQUIREMENT}."
+        )
     return True
 
 
 def ensure_requirements(requirements_path: str | Path, ask_confirmation: bool = True) -> bool:
     """Install the missing packages of a requirements file (asking first); False when declined or not installed."""
     try:
-        from slicer import packaging  # noqa: PLC0415
+        from slicer import packaging
     except ImportError:
         raise RuntimeError("This module needs Slicer 5.12 or later (slicer.packaging).") from None
     requirements = packaging.load_requirements(requirements_path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -45,11 +45,16 @@ def embed_slices(
         for block, features in encoder.embed(batch).items():
             features = np.asarray(features, dtype=np.float32)
             if not np.isfinite(features).all():  # never let NaN reach the index or the scores
-                raise RuntimeError(f"encoder {encoder.name} produced non-finite {block} features for slices {start}..{start + len(batch) - 1}")
+                raise RuntimeError(
+                    f"encoder {encoder.name} produced non-finite {block} features for slices "
+                    f"{start}..{start + len(batch) - 1}"
+                )
             chunks[block].append(features)
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    return {block: (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)) for block, parts in chunks.items()}
+    return {
+        block: (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)) for block, parts in chunks.items()
+    }
 
 
 def _prefetched(fn: Callable[[int], np.ndarray], items: Sequence[int]) -> Iterator[np.ndarray]:

@@ -128,8 +128,9 @@ def _read_picture(path: Path) -> np.ndarray:
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")  # palette, CMYK, ...
             return np.asarray(image)
         except (OSError, ValueError) as exc:
-            raise UserError(f"cannot read {path} as an image ({' '.join(str(exc).split())}); "
-                            "is the file complete?") from None
+            raise UserError(
+                f"cannot read {path} as an image ({' '.join(str(exc).split())}); is the file complete?"
+            ) from None
 
 
 def read_slices(path: Path) -> np.ndarray:

@@ -10,17 +10,23 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import faiss
 import numpy as np
 
 from . import __version__
 from .atomic_write import write_folder
-from .calibration import (DEFAULT_NULL_SPLITS, DEFAULT_QUERY_FRACTION, NULL_HOLDOUT, NULL_TRAIN_SPLIT, holdout_null,
-                          train_split_null)
+from .calibration import (
+    DEFAULT_NULL_SPLITS,
+    DEFAULT_QUERY_FRACTION,
+    NULL_HOLDOUT,
+    NULL_TRAIN_SPLIT,
+    holdout_null,
+    train_split_null,
+)
 from .embedding import ProgressCallback, embed_slices
 from .encoders import load_encoder
 from .encoders.base import Encoder
@@ -63,8 +69,14 @@ class BuildOptions:
 
     def index_keywords(self) -> dict:
         """The keywords of :func:`build_index_from_features` that these options set."""
-        return {"preprocessing": self.preprocessing, "axis": self.axis, "null_splits": self.null_splits,
-                "seed": self.seed, "overwrite": self.overwrite, "index_kind": self.index_kind}
+        return {
+            "preprocessing": self.preprocessing,
+            "axis": self.axis,
+            "null_splits": self.null_splits,
+            "seed": self.seed,
+            "overwrite": self.overwrite,
+            "index_kind": self.index_kind,
+        }
 
 
 def check_index_output(out_dir: str | Path, overwrite: bool) -> None:
@@ -83,12 +95,15 @@ def check_index_output(out_dir: str | Path, overwrite: bool) -> None:
     if not overwrite:
         raise UserError(f"output {out_dir} already exists; choose another --out or pass --overwrite")
     if not (out_dir / MANIFEST).is_file():
-        raise UserError(f"output {out_dir} is a folder that is not a reference index; "
-                        "--overwrite only replaces an index, choose another --out")
+        raise UserError(
+            f"output {out_dir} is a folder that is not a reference index; "
+            "--overwrite only replaces an index, choose another --out"
+        )
 
 
-def check_build_inputs(train_paths: Sequence[str | Path], out_dir: str | Path,
-                       options: BuildOptions) -> tuple[list[Path], list[Path]]:
+def check_build_inputs(
+    train_paths: Sequence[str | Path], out_dir: str | Path, options: BuildOptions
+) -> tuple[list[Path], list[Path]]:
     """Check the options, the output folder and every input's header before any work.
 
     Returns the expanded training and holdout inputs (volume files or DICOM series folders).
@@ -109,8 +124,9 @@ def check_slice_counts(n_train: int, n_subjects: int, n_holdout: int | None) -> 
     if n_holdout is not None and n_holdout < 2:
         raise UserError("the --holdout inputs hold fewer than 2 non-empty slices")
     if n_holdout is None and n_subjects < 2 and n_train < 20:
-        raise UserError("a single training subject needs at least 20 non-empty slices to calibrate; "
-                        "add subjects or --holdout data")
+        raise UserError(
+            "a single training subject needs at least 20 non-empty slices to calibrate; add subjects or --holdout data"
+        )
 
 
 def subject_of(path: Path, pattern: str | None) -> str:
@@ -132,9 +148,16 @@ class SliceSet:
     skipped_empty: int = 0
 
 
-def collect_slices(paths: Sequence[str | Path], *, axis: str, preprocessing: PreprocessSettings,
-                   subject_pattern: str | None = None, slice_stride: int = 1, series: str | None = None,
-                   volume_index: int | None = None) -> SliceSet:
+def collect_slices(
+    paths: Sequence[str | Path],
+    *,
+    axis: str,
+    preprocessing: PreprocessSettings,
+    subject_pattern: str | None = None,
+    slice_stride: int = 1,
+    series: str | None = None,
+    volume_index: int | None = None,
+) -> SliceSet:
     """Read volumes and keep their non-empty slices (every ``slice_stride``-th) with provenance."""
     result = SliceSet()
     for path in expand_inputs(list(paths)):
@@ -171,10 +194,15 @@ def build_index(
     if encoder is None:
         encoder = load_encoder(options.encoder_name, checkpoint=options.checkpoint, device=options.device)
     settings = options.preprocessing
-    reading = {"axis": options.axis, "preprocessing": settings, "series": options.series,
-               "volume_index": options.volume_index}
-    train = collect_slices(train_paths, subject_pattern=options.subject_pattern, slice_stride=options.slice_stride,
-                           **reading)
+    reading = {
+        "axis": options.axis,
+        "preprocessing": settings,
+        "series": options.series,
+        "volume_index": options.volume_index,
+    }
+    train = collect_slices(
+        train_paths, subject_pattern=options.subject_pattern, slice_stride=options.slice_stride, **reading
+    )
     holdout = collect_slices(options.holdout_paths, **reading) if options.holdout_paths else None
     n_holdout = None if holdout is None else len(holdout.slices)
     check_slice_counts(len(train.slices), len(set(train.provenance.subject)), n_holdout)
@@ -184,15 +212,28 @@ def build_index(
     features = embed_slices(encoder, slices, settings, progress=progress and (lambda d, t: progress(d, total)), **embed)
     holdout_features = None
     if holdout is not None:
-        holdout_features = embed_slices(encoder, holdout.slices, settings,
-                                        progress=progress and (lambda d, t: progress(len(slices) + d, total)), **embed)
+        holdout_features = embed_slices(
+            encoder,
+            holdout.slices,
+            settings,
+            progress=progress and (lambda d, t: progress(len(slices) + d, total)),
+            **embed,
+        )
     thumbnails = None
     if options.store_thumbnails:
-        thumbnails = {row: np.round(scale_unit(image, settings) * 255).astype(np.uint8)
-                      for row, image in enumerate(train.slices)}
+        thumbnails = {
+            row: np.round(scale_unit(image, settings) * 255).astype(np.uint8) for row, image in enumerate(train.slices)
+        }
     encoder_info = EncoderInfo.of(encoder, options.checkpoint)
-    return build_index_from_features(features, provenance, out_dir, encoder_info=encoder_info, thumbnails=thumbnails,
-                                     holdout_features=holdout_features, **options.index_keywords())
+    return build_index_from_features(
+        features,
+        provenance,
+        out_dir,
+        encoder_info=encoder_info,
+        thumbnails=thumbnails,
+        holdout_features=holdout_features,
+        **options.index_keywords(),
+    )
 
 
 def _with_copies(train: SliceSet, copies: Sequence[str]) -> tuple[Provenance, list[np.ndarray]]:
@@ -233,22 +274,37 @@ def build_index_from_features(
     n, blocks = len(provenance), encoder_info.blocks
     if n < 2 or any(len(v) != n for v in features.values()):
         rows = [len(v) for v in features.values()]
-        raise UserError(f"need at least 2 reference slices with one feature row each "
-                        f"(got {n} provenance rows, {rows} feature rows)")
+        raise UserError(
+            f"need at least 2 reference slices with one feature row each (got {n} provenance rows, {rows} feature rows)"
+        )
     if set(features) != set(encoder_info.blocks):
         raise UserError(f"feature blocks {sorted(features)} do not match the encoder's blocks {list(blocks)}")
     whiteners = {b: ShrinkageWhitener(shrinkage=shrinkage, seed=seed).fit(features[b]) for b in blocks}
     kind = resolve_index_kind(index_kind, n)
     indexes = {b: build_block_index(whiteners[b].transform(features[b]), kind, seed=seed) for b in blocks}
     original_rows = np.flatnonzero(np.asarray(provenance.flip) == ORIGINAL)
-    null, null_info = _calibration_null(features, provenance, original_rows, whiteners, indexes, holdout_features,
-                                        shrinkage=shrinkage, n_splits=null_splits, query_fraction=null_query_fraction,
-                                        seed=seed)
+    null, null_info = _calibration_null(
+        features,
+        provenance,
+        original_rows,
+        whiteners,
+        indexes,
+        holdout_features,
+        shrinkage=shrinkage,
+        n_splits=null_splits,
+        query_fraction=null_query_fraction,
+        seed=seed,
+    )
     config = {
         "tool_version": __version__,
-        "encoder": {"name": encoder_info.name, "encoder_id": encoder_info.encoder_id,
-                    "weights_sha256": encoder_info.weights_sha256, "input_size": encoder_info.input_size,
-                    "blocks": list(blocks), "checkpoint": encoder_info.checkpoint},
+        "encoder": {
+            "name": encoder_info.name,
+            "encoder_id": encoder_info.encoder_id,
+            "weights_sha256": encoder_info.weights_sha256,
+            "input_size": encoder_info.input_size,
+            "blocks": list(blocks),
+            "checkpoint": encoder_info.checkpoint,
+        },
         "preprocessing": preprocessing.to_dict(),
         "axis": axis,
         "reference_copies": sorted(set(provenance.flip)),
@@ -257,8 +313,11 @@ def build_index_from_features(
         "null": null_info,
         "default_alpha": DEFAULT_ALPHA,
         "index_kind": CONFIG_KIND[kind],
-        **({"ivf": {k: v for k, v in describe_index(indexes[blocks[0]]).items() if k != "kind"}}
-           if kind != "flat" else {}),
+        **(
+            {"ivf": {k: v for k, v in describe_index(indexes[blocks[0]]).items() if k != "kind"}}
+            if kind != "flat"
+            else {}
+        ),
         "n_vectors": n,
         "n_reference_slices": int(len(original_rows)),
         "store_thumbnails": thumbnails is not None,
@@ -268,11 +327,19 @@ def build_index_from_features(
     return ReferenceIndex.load(out_dir)
 
 
-
-def _calibration_null(features: dict[str, np.ndarray], provenance: Provenance, original_rows: np.ndarray,
-                      whiteners: dict[str, ShrinkageWhitener], indexes: dict[str, faiss.Index],
-                      holdout_features: dict[str, np.ndarray] | None, *, shrinkage: str | float, n_splits: int,
-                      query_fraction: float, seed: int) -> tuple[np.ndarray, dict]:
+def _calibration_null(
+    features: dict[str, np.ndarray],
+    provenance: Provenance,
+    original_rows: np.ndarray,
+    whiteners: dict[str, ShrinkageWhitener],
+    indexes: dict[str, faiss.Index],
+    holdout_features: dict[str, np.ndarray] | None,
+    *,
+    shrinkage: str | float,
+    n_splits: int,
+    query_fraction: float,
+    seed: int,
+) -> tuple[np.ndarray, dict]:
     """The null similarities (holdout, else subject splits of the training slices) and their config entry."""
     if holdout_features is not None:
         null = holdout_null(indexes, {b: whiteners[b].transform(holdout_features[b]) for b in whiteners})
@@ -280,18 +347,34 @@ def _calibration_null(features: dict[str, np.ndarray], provenance: Provenance, o
     else:
         subjects = np.asarray(provenance.subject)[original_rows]
         null, used_splits = train_split_null(
-            features, original_rows, np.asarray(provenance.original_row), subjects,
-            lambda: ShrinkageWhitener(shrinkage=shrinkage, seed=seed), n_splits=n_splits,
-            query_fraction=query_fraction, seed=seed,
+            features,
+            original_rows,
+            np.asarray(provenance.original_row),
+            subjects,
+            lambda: ShrinkageWhitener(shrinkage=shrinkage, seed=seed),
+            n_splits=n_splits,
+            query_fraction=query_fraction,
+            seed=seed,
         )
-        info = {"type": NULL_TRAIN_SPLIT, "n_splits": used_splits, "query_fraction": query_fraction,
-                "groups": "subjects" if len(set(subjects)) > 1 else "slabs"}
+        info = {
+            "type": NULL_TRAIN_SPLIT,
+            "n_splits": used_splits,
+            "query_fraction": query_fraction,
+            "groups": "subjects" if len(set(subjects)) > 1 else "slabs",
+        }
     model = NullModel(null)
     return null, {**info, "seed": seed, "n": int(len(null)), "mean": model.mean, "std": model.std}
 
 
-def _write_index(folder: Path, config: dict, provenance: Provenance, whiteners: dict[str, ShrinkageWhitener],
-                 indexes: dict[str, faiss.Index], null: np.ndarray, thumbnails: dict[int, np.ndarray] | None) -> None:
+def _write_index(
+    folder: Path,
+    config: dict,
+    provenance: Provenance,
+    whiteners: dict[str, ShrinkageWhitener],
+    indexes: dict[str, faiss.Index],
+    null: np.ndarray,
+    thumbnails: dict[int, np.ndarray] | None,
+) -> None:
     """Write every index file into ``folder``, the manifest last."""
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
     provenance.write(folder / "provenance.csv")

@@ -23,9 +23,10 @@ same array axis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -49,13 +50,13 @@ _OFFSCREEN_LAYOUT_NAME = "MemorizationIndexOffscreen"
 
 
 def _slicer():
-    import slicer  # noqa: PLC0415 - imported lazily so the rest of the library works without Slicer
+    import slicer
 
     return slicer
 
 
 def _vtk():
-    import vtk  # noqa: PLC0415
+    import vtk
 
     return vtk
 
@@ -78,7 +79,13 @@ class MrmlAuditResult:
 
     def nodes(self) -> list:
         """Every MRML node this result created (for cleanup or saving)."""
-        found = [self.heatmap_node, self.neighbor_node, self.table_node, self.threshold_table_node, self.plot_chart_node]
+        found = [
+            self.heatmap_node,
+            self.neighbor_node,
+            self.table_node,
+            self.threshold_table_node,
+            self.plot_chart_node,
+        ]
         return [node for node in found + list(self.plot_series_nodes) if node is not None]
 
     def summary(self) -> dict:
@@ -122,7 +129,7 @@ def volume_node_to_image(volume_node):
     as the command line does for files. A parent transform is not applied (the outputs
     observe the same transform, so they stay aligned).
     """
-    import SimpleITK as sitk  # noqa: PLC0415
+    import SimpleITK as sitk
 
     if volume_node is None or volume_node.GetImageData() is None:
         raise UserError("the input volume node has no image data")
@@ -289,7 +296,9 @@ def table_rows(table_node) -> list[dict]:
     return rows
 
 
-def _plot_series(scene, name: str, table_node, y_column: str, marker: int, line: int, color: tuple[float, float, float]):
+def _plot_series(
+    scene, name: str, table_node, y_column: str, marker: int, line: int, color: tuple[float, float, float]
+):
     """A scatter plot series of ``y_column`` against the table's ``slice`` column."""
     node = _add_node(scene, "vtkMRMLPlotSeriesNode", name)
     node.SetAndObserveTableNodeID(table_node.GetID())
@@ -318,8 +327,18 @@ def _make_plot(scene, base_name: str, table_node, scores, threshold_mi: float):
     threshold_table.GetTable().AddColumn(y)
 
     series = slicer.vtkMRMLPlotSeriesNode
-    mi_series = _plot_series(scene, f"{base_name} MI", table_node, "mi", series.MarkerStyleCircle, series.LineStyleSolid, (0.85, 0.2, 0.15))
-    threshold_series = _plot_series(scene, f"{base_name} flag threshold", threshold_table, "threshold_mi", series.MarkerStyleNone, series.LineStyleDash, (0.2, 0.2, 0.2))
+    mi_series = _plot_series(
+        scene, f"{base_name} MI", table_node, "mi", series.MarkerStyleCircle, series.LineStyleSolid, (0.85, 0.2, 0.15)
+    )
+    threshold_series = _plot_series(
+        scene,
+        f"{base_name} flag threshold",
+        threshold_table,
+        "threshold_mi",
+        series.MarkerStyleNone,
+        series.LineStyleDash,
+        (0.2, 0.2, 0.2),
+    )
 
     chart = _add_node(scene, "vtkMRMLPlotChartNode", f"{base_name} MI chart")
     chart.AddAndObservePlotSeriesNodeID(mi_series.GetID())
@@ -337,7 +356,7 @@ def _parent_in_subject_hierarchy(scene, volume_node, nodes, folder_name: str) ->
     slicer = _slicer()
     try:
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a scene without subject hierarchy support keeps nodes at the top
         sh = None
     if sh is None:
         return 0
@@ -359,7 +378,9 @@ def _parent_in_subject_hierarchy(scene, volume_node, nodes, folder_name: str) ->
     return folder
 
 
-def add_audit_nodes(scene, volume_node, audit, index=None, *, subject_hierarchy: bool = True, name: str | None = None) -> MrmlAuditResult:
+def add_audit_nodes(
+    scene, volume_node, audit, index=None, *, subject_hierarchy: bool = True, name: str | None = None
+) -> MrmlAuditResult:
     """Create the heatmap, nearest-neighbour, table and chart nodes for an audit of ``volume_node``.
 
     ``index`` (a ``ReferenceIndex``) supplies the nearest reference slices; without it (or when
@@ -372,7 +393,9 @@ def add_audit_nodes(scene, volume_node, audit, index=None, *, subject_hierarchy:
     shape = source.shape[:3]
     axis = int(audit.array_axis)
     if not 0 <= axis <= 2 or shape[axis] != audit.n_slices:
-        raise UserError(f"audit of {audit.n_slices} slices along array axis {axis} does not fit volume {base} of shape {shape}")
+        raise UserError(
+            f"audit of {audit.n_slices} slices along array axis {axis} does not fit volume {base} of shape {shape}"
+        )
 
     heat = np.zeros(shape, dtype=np.float32)
     heat_slices = slice_view(heat, axis)
@@ -423,7 +446,9 @@ def add_audit_nodes(scene, volume_node, audit, index=None, *, subject_hierarchy:
         missing_neighbors=missing,
     )
     if subject_hierarchy:
-        result.folder_item_id = _parent_in_subject_hierarchy(scene, volume_node, result.nodes(), f"{base} memorization audit")
+        result.folder_item_id = _parent_in_subject_hierarchy(
+            scene, volume_node, result.nodes(), f"{base} memorization audit"
+        )
     return result
 
 
@@ -452,8 +477,8 @@ def audit_volume_node(
     ``axis``, ``progress(done, total)``, ``cancel`` a ``threading.Event``, ...); like every
     audit, an out-of-memory error is retried with half the batch size (down to 1).
     """
-    from .audit import audit_image  # noqa: PLC0415
-    from .reference_index import ReferenceIndex  # noqa: PLC0415
+    from .audit import audit_image
+    from .reference_index import ReferenceIndex
 
     if volume_node is None:
         raise UserError("no input volume given")
@@ -463,8 +488,17 @@ def audit_volume_node(
     if encoder is None:
         encoder = index.load_encoder(checkpoint=checkpoint, device=device)
     audit = audit_image(
-        index, image, volume_name, encoder=encoder, device=device, batch_size=batch_size, alpha=alpha, axis=axis,
-        progress=progress, cancel=cancel, **options,
+        index,
+        image,
+        volume_name,
+        encoder=encoder,
+        device=device,
+        batch_size=batch_size,
+        alpha=alpha,
+        axis=axis,
+        progress=progress,
+        cancel=cancel,
+        **options,
     )
     return add_audit_nodes(scene, volume_node, audit, index, subject_hierarchy=subject_hierarchy, name=name)
 
@@ -476,15 +510,20 @@ def read_audit_outputs(out_dir: str | Path) -> dict:
     rows of ``neighbors.csv`` ("none" when that file is absent). Used by the Slicer module,
     which runs the CLI in a background process and then shows its results as nodes.
     """
-    from .audit import VolumeAudit  # noqa: PLC0415
+    from .audit import VolumeAudit
 
     outputs = read_audit(out_dir)
     audits = {}
     try:
         for entry in outputs.summary["volumes"]:
             audits[entry["volume"]] = VolumeAudit(
-                volume=entry["volume"], array_axis=int(entry["array_axis"]), axis_name=entry["axis"],
-                n_slices=int(entry["slices_total"]), skipped_empty=[], scores=[], threshold=outputs.threshold,
+                volume=entry["volume"],
+                array_axis=int(entry["array_axis"]),
+                axis_name=entry["axis"],
+                n_slices=int(entry["slices_total"]),
+                skipped_empty=[],
+                scores=[],
+                threshold=outputs.threshold,
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{outputs.folder / 'summary.json'} has a corrupt volume entry ({exc!r})") from None
@@ -509,7 +548,15 @@ def setup_slice_composite(composite_node, background_node, foreground_node=None,
     composite_node.SetForegroundOpacity(float(opacity))
 
 
-def show_result_in_slice_views(scene, result: MrmlAuditResult, *, opacity: float = 0.6, query_view_names=None, neighbor_view_names=(), link: bool = True) -> None:
+def show_result_in_slice_views(
+    scene,
+    result: MrmlAuditResult,
+    *,
+    opacity: float = 0.6,
+    query_view_names=None,
+    neighbor_view_names=(),
+    link: bool = True,
+) -> None:
     """Query + heatmap in slice views, the nearest-neighbour volume in others, turned and linked.
 
     Views are named by layout name (``"Red"``, ``"Yellow"``, ...). Views in ``neighbor_view_names``
@@ -585,7 +632,7 @@ def composite_slice_rgba(
     ``vtkSlicerApplicationLogic``) on ``scene``, no window needed, and removes it afterwards.
     """
     slicer = _slicer()
-    from vtk.util import numpy_support  # noqa: PLC0415
+    from vtk.util import numpy_support
 
     _ensure_default_colors(scene)
     for node in (background_node, foreground_node):

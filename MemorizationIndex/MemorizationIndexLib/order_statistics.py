@@ -49,9 +49,11 @@ def _tail(flat: np.ndarray, ranks: list[int], largest: bool) -> dict[int, float]
     n = flat.size
     need = (n - min(ranks)) if largest else (max(ranks) + 1)  # values of this tail that are needed
     if n >= 8 * _SAMPLE_STEP and need * 8 < n:
-        sample = flat[:: _SAMPLE_STEP]
+        sample = flat[::_SAMPLE_STEP]
         keep = min(sample.size - 1, int(np.ceil(_TAIL_MARGIN * need / _SAMPLE_STEP)) + 8)
-        cut = np.partition(sample, sample.size - 1 - keep if largest else keep)[sample.size - 1 - keep if largest else keep]
+        cut = np.partition(sample, sample.size - 1 - keep if largest else keep)[
+            sample.size - 1 - keep if largest else keep
+        ]
         candidates = flat[flat >= cut] if largest else flat[flat <= cut]
         if candidates.size >= need:  # the cut keeps the whole tail: exact
             offset = n - candidates.size if largest else 0

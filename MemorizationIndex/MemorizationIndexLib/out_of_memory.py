@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ def halving_batch_on_out_of_memory(run: Callable[[int], T], batch_size: int) -> 
 
 def _empty_cuda_cache() -> None:
     try:
-        import torch  # noqa: PLC0415
+        import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -44,7 +44,7 @@ class PreprocessSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "PreprocessSettings":
+    def from_dict(cls, values: dict) -> PreprocessSettings:
         """Inverse of :meth:`to_dict`."""
         return cls(**values)
 
@@ -68,7 +68,9 @@ def nonempty_mask(slices: np.ndarray, settings: PreprocessSettings, reference_le
     fraction = (slices > threshold).reshape(len(slices), -1).mean(axis=1)
     too_small = min(slices.shape[1:]) < settings.min_slice_pixels if slices.ndim == 3 else True
     # A constant slice carries no image (it would be embedded as an all-black input): skip it.
-    varying = slices.max(axis=(1, 2)) > slices.min(axis=(1, 2)) if slices.ndim == 3 else np.zeros(len(slices), dtype=bool)
+    varying = (
+        slices.max(axis=(1, 2)) > slices.min(axis=(1, 2)) if slices.ndim == 3 else np.zeros(len(slices), dtype=bool)
+    )
     return (fraction >= settings.min_foreground_fraction) & varying & (not too_small)
 
 
@@ -166,7 +168,11 @@ def prepare_slice(slice2d: np.ndarray, size: int, settings: PreprocessSettings) 
     square = max(h, w)
     matrix = resampling_matrix(square, size, float(settings.smoothing_sigma))
     top, left = (square - h) // 2, (square - w) // 2
-    rows, cols, crop = matrix[:, top : top + h], matrix[:, left : left + w], torch.from_numpy(np.ascontiguousarray(unit))
+    rows, cols, crop = (
+        matrix[:, top : top + h],
+        matrix[:, left : left + w],
+        torch.from_numpy(np.ascontiguousarray(unit)),
+    )
     # torch's matrix products run on the threads the encoder uses: numpy's BLAS would start a
     # second thread pool that keeps spinning while the encoder runs.
     out = rows @ (crop @ cols.T) if h <= w else (rows @ crop) @ cols.T

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .protocol import parse_progress
 
@@ -44,8 +44,13 @@ class BackgroundProcess:
         self._events: queue.Queue = queue.Queue()
         try:
             self._proc = subprocess.Popen(
-                list(args), env=dict(env) if env is not None else None, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, errors="replace", **_own_process_group(),
+                list(args),
+                env=dict(env) if env is not None else None,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                **_own_process_group(),
             )
         except BaseException:
             self._remove_work_dir()

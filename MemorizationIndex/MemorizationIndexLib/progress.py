@@ -26,7 +26,7 @@ class OverallProgress:
         known = [c for i, c in enumerate(self.counts) if c is not None and i != current]
         seen = known + [total]
         estimate = round(sum(seen) / len(seen))
-        rest = sum(c if c is not None else estimate for c in self.counts[current + 1:])
+        rest = sum(c if c is not None else estimate for c in self.counts[current + 1 :])
         return self.finished + total + rest
 
     def part(self, current: int) -> ProgressCallback | None:

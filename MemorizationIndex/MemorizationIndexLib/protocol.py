@@ -40,4 +40,4 @@ def format_error(message: str) -> str:
 def parse_error(line: str) -> str | None:
     """The message of an error line, None for any other line."""
     text = line.strip()
-    return text[len(ERROR_PREFIX):].strip() if text.startswith(ERROR_PREFIX) else None
+    return text[len(ERROR_PREFIX) :].strip() if text.startswith(ERROR_PREFIX) else None

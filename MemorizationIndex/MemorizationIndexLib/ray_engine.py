@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -40,7 +40,7 @@ def require_ray():
     """Import and return ``ray``, or raise a UserError saying how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data
     except ImportError:
         raise UserError(f"--engine ray needs Ray; install it with: {INSTALL_HINT}") from None
     return ray
@@ -50,7 +50,12 @@ def init_ray(num_cpus: int | None = None):
     """Connect to ``RAY_ADDRESS`` or start a local Ray (quietly); returns the ``ray`` module."""
     ray = require_ray()
     if not ray.is_initialized():
-        kwargs = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        kwargs = {
+            "ignore_reinit_error": True,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
         if os.environ.get("RAY_ADDRESS"):
             ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
         else:
@@ -59,7 +64,7 @@ def init_ray(num_cpus: int | None = None):
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
-    except Exception:  # older/newer Ray without the switch: progress bars are only cosmetic
+    except (ImportError, AttributeError):  # a Ray without the switch: progress bars are only cosmetic
         pass
     return ray
 
@@ -68,7 +73,17 @@ def init_ray(num_cpus: int | None = None):
 # build-index --engine ray
 
 
-def _volume_rows(item: dict, *, axis: str, preprocessing: dict, slice_stride: int, series: str | None, volume_index: int | None, copies: Sequence[str], size: int) -> list[dict]:
+def _volume_rows(
+    item: dict,
+    *,
+    axis: str,
+    preprocessing: dict,
+    slice_stride: int,
+    series: str | None,
+    volume_index: int | None,
+    copies: Sequence[str],
+    size: int,
+) -> list[dict]:
     """Ray Data flat_map: one volume -> one row per kept slice and reference copy, with preprocessed pixels."""
     from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch
     from .transforms import ORIGINAL, reference_copy
@@ -86,14 +101,26 @@ def _volume_rows(item: dict, *, axis: str, preprocessing: dict, slice_stride: in
     for k in kept:
         for flip_id, copy in enumerate(copies):
             pixels = prepare_batch([reference_copy(stack[k], copy)], size, settings)[0, 0]
-            rows.append({"volume": item["volume"], "holdout": holdout, "slice": int(k), "flip": flip_id, "array_axis": int(array_axis), "plane": plane, "pixels": pixels})
+            rows.append(
+                {
+                    "volume": item["volume"],
+                    "holdout": holdout,
+                    "slice": int(k),
+                    "flip": flip_id,
+                    "array_axis": int(array_axis),
+                    "plane": plane,
+                    "pixels": pixels,
+                }
+            )
     return rows
 
 
 class _EmbedActor:
     """Ray Data actor: embeds batches of preprocessed slices and writes each batch to a feature shard."""
 
-    def __init__(self, encoder_name: str, checkpoint: str | None, blocks: Sequence[str], device: str, threads: int, out_dir: str):
+    def __init__(
+        self, encoder_name: str, checkpoint: str | None, blocks: Sequence[str], device: str, threads: int, out_dir: str
+    ):
         import torch
 
         from .allocator import keep_freed_memory
@@ -115,9 +142,19 @@ class _EmbedActor:
         return {"shard": np.array([str(path)]), "rows": np.array([len(pixels)])}
 
 
-def _embed_volumes(ray, paths: list[Path], holdout: list[Path], options: BuildOptions, *, blocks: Sequence[str], size: int,
-                   out_dir: Path, threads: int) -> dict[str, np.ndarray]:
-    """Embed the kept slices (x reference copies) of ``paths`` and ``holdout`` with Ray Data; returns the merged shard columns."""
+def _embed_volumes(
+    ray,
+    paths: list[Path],
+    holdout: list[Path],
+    options: BuildOptions,
+    *,
+    blocks: Sequence[str],
+    size: int,
+    out_dir: Path,
+    threads: int,
+) -> dict[str, np.ndarray]:
+    """Embed the kept slices (x reference copies) of ``paths`` and ``holdout`` with Ray Data;
+    returns the merged shard columns."""
     import ray.data
 
     resources = ray.cluster_resources()
@@ -133,15 +170,35 @@ def _embed_volumes(ray, paths: list[Path], holdout: list[Path], options: BuildOp
         actors, actor_device, extra = max(1, (cpus - 1) // actor_cpus), "cpu", {}
     items = [{"volume": i, "path": str(p), "holdout": False} for i, p in enumerate(paths)]
     items += [{"volume": i, "path": str(p), "holdout": True} for i, p in enumerate(holdout)]
-    reading = {"axis": options.axis, "preprocessing": options.preprocessing.to_dict(), "slice_stride": options.slice_stride,
-               "series": options.series, "volume_index": options.volume_index, "copies": options.copies, "size": size}
+    reading = {
+        "axis": options.axis,
+        "preprocessing": options.preprocessing.to_dict(),
+        "slice_stride": options.slice_stride,
+        "series": options.series,
+        "volume_index": options.volume_index,
+        "copies": options.copies,
+        "size": size,
+    }
     checkpoint = None if options.checkpoint is None else str(options.checkpoint)
-    actor = {"encoder_name": options.encoder_name, "checkpoint": checkpoint, "blocks": tuple(blocks), "device": actor_device,
-             "threads": threads, "out_dir": str(out_dir)}
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(_volume_rows, fn_kwargs=reading)
+    actor = {
+        "encoder_name": options.encoder_name,
+        "checkpoint": checkpoint,
+        "blocks": tuple(blocks),
+        "device": actor_device,
+        "threads": threads,
+        "out_dir": str(out_dir),
+    }
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(
+        _volume_rows, fn_kwargs=reading
+    )
     shards = dataset.map_batches(
-        _EmbedActor, fn_constructor_kwargs=actor, batch_size=options.batch_size, batch_format="numpy", concurrency=actors,
-        num_cpus=actor_cpus, **extra,
+        _EmbedActor,
+        fn_constructor_kwargs=actor,
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        concurrency=actors,
+        num_cpus=actor_cpus,
+        **extra,
     ).take_all()
     parts = []
     for row in shards:
@@ -200,12 +257,19 @@ def build_index_ray(
     if holdout:
         held_order = np.lexsort((held["slice"], held["volume"]))
         holdout_features = {b: held[f"feature/{b}"][held_order] for b in encoder.blocks}
-    return build_index_from_features(features, provenance, out_dir, encoder_info=EncoderInfo.of(encoder, options.checkpoint),
-                                     holdout_features=holdout_features, **options.index_keywords())
+    return build_index_from_features(
+        features,
+        provenance,
+        out_dir,
+        encoder_info=EncoderInfo.of(encoder, options.checkpoint),
+        holdout_features=holdout_features,
+        **options.index_keywords(),
+    )
 
 
-def _training_rows(rows: dict[str, np.ndarray], train: list[Path], subjects: list[str], copies: Sequence[str],
-                   blocks: Sequence[str]) -> tuple[dict[str, np.ndarray], Provenance]:
+def _training_rows(
+    rows: dict[str, np.ndarray], train: list[Path], subjects: list[str], copies: Sequence[str], blocks: Sequence[str]
+) -> tuple[dict[str, np.ndarray], Provenance]:
     """The training features and provenance in the single-machine order: reference copies outermost, then volumes
     in input order, then slices."""
     order = np.lexsort((rows["slice"], rows["volume"], rows["flip"]))
@@ -214,8 +278,15 @@ def _training_rows(rows: dict[str, np.ndarray], train: list[Path], subjects: lis
     provenance = Provenance()
     for r in order:
         volume, slice_index = int(rows["volume"][r]), int(rows["slice"][r])
-        provenance.append(str(train[volume].resolve()), slice_index, str(rows["plane"][r]), int(rows["array_axis"][r]),
-                          copies[int(rows["flip"][r])], original_row[(volume, slice_index)], subjects[volume])
+        provenance.append(
+            str(train[volume].resolve()),
+            slice_index,
+            str(rows["plane"][r]),
+            int(rows["array_axis"][r]),
+            copies[int(rows["flip"][r])],
+            original_row[(volume, slice_index)],
+            subjects[volume],
+        )
     return {b: rows[f"feature/{b}"][order] for b in blocks}, provenance
 
 
@@ -229,7 +300,12 @@ def _search_shard(shard: dict[str, np.ndarray], offset: int, queries: dict[str, 
 
     found, local = {}, []
     for block, vectors in shard.items():
-        sims, ids = faiss.knn(np.ascontiguousarray(queries[block], dtype=np.float32), vectors, min(k, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+        sims, ids = faiss.knn(
+            np.ascontiguousarray(queries[block], dtype=np.float32),
+            vectors,
+            min(k, len(vectors)),
+            metric=faiss.METRIC_INNER_PRODUCT,
+        )
         found[block] = (sims, np.where(ids >= 0, ids + offset, -1))
         local.append(ids)
     ids = np.concatenate(local, axis=1)
@@ -263,7 +339,9 @@ class RaySearcher:
         n_shards = max(1, min(n_shards, ntotal))
         bounds = np.linspace(0, ntotal, n_shards + 1).astype(np.int64)
         self.ntotal = ntotal
-        self.shards = [(int(a), self.ray.put(shard_vectors(indexes, int(a), int(b)))) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.shards = [
+            (int(a), self.ray.put(shard_vectors(indexes, int(a), int(b)))) for a, b in zip(bounds[:-1], bounds[1:])
+        ]
         self._task = self.ray.remote(_search_shard)
 
     def __call__(self, queries: dict[str, np.ndarray], k: int = 5):

@@ -58,9 +58,16 @@ class EncoderInfo:
     checkpoint: str | None = None
 
     @classmethod
-    def of(cls, encoder: Encoder, checkpoint: str | Path | None = None) -> "EncoderInfo":
+    def of(cls, encoder: Encoder, checkpoint: str | Path | None = None) -> EncoderInfo:
         """Describe a loaded encoder."""
-        return cls(encoder.name, encoder.encoder_id, encoder.weights_sha256, encoder.input_size, tuple(encoder.blocks), str(checkpoint) if checkpoint else None)
+        return cls(
+            encoder.name,
+            encoder.encoder_id,
+            encoder.weights_sha256,
+            encoder.input_size,
+            tuple(encoder.blocks),
+            str(checkpoint) if checkpoint else None,
+        )
 
 
 @dataclass
@@ -78,9 +85,13 @@ class Provenance:
     def __len__(self) -> int:
         return len(self.source)
 
-    def append(self, source: str, slice_index: int, axis: str, array_axis: int, flip: str, original_row: int, subject: str) -> None:
+    def append(
+        self, source: str, slice_index: int, axis: str, array_axis: int, flip: str, original_row: int, subject: str
+    ) -> None:
         """Add one row."""
-        for name, value in zip(PROVENANCE_COLUMNS[1:], (source, slice_index, axis, array_axis, flip, original_row, subject)):
+        for name, value in zip(
+            PROVENANCE_COLUMNS[1:], (source, slice_index, axis, array_axis, flip, original_row, subject)
+        ):
             getattr(self, name).append(value)
 
     def write(self, path: Path) -> None:
@@ -92,22 +103,41 @@ class Provenance:
                 writer.writerow([row] + [getattr(self, name)[row] for name in PROVENANCE_COLUMNS[1:]])
 
     @classmethod
-    def read(cls, path: Path) -> "Provenance":
+    def read(cls, path: Path) -> Provenance:
         """Read the CSV written by :meth:`write` (repeated strings are shared, keeping large tables small)."""
         table = cls()
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             if tuple(next(reader, ())) != PROVENANCE_COLUMNS:
-                raise UserError(f"{path} does not have the provenance columns {','.join(PROVENANCE_COLUMNS)}; rebuild the index")
+                raise UserError(
+                    f"{path} does not have the provenance columns {','.join(PROVENANCE_COLUMNS)}; rebuild the index"
+                )
             for _, source, slice_index, axis, array_axis, flip, original_row, subject in reader:
-                table.append(sys.intern(source), int(slice_index), sys.intern(axis), int(array_axis), sys.intern(flip), int(original_row), sys.intern(subject))
+                table.append(
+                    sys.intern(source),
+                    int(slice_index),
+                    sys.intern(axis),
+                    int(array_axis),
+                    sys.intern(flip),
+                    int(original_row),
+                    sys.intern(subject),
+                )
         return table
 
 
 class ReferenceIndex:
     """A loaded (verified) reference index, ready to whiten and search query features."""
 
-    def __init__(self, path: Path, config: dict, provenance: Provenance, whiteners: dict[str, ShrinkageWhitener], indexes: dict[str, faiss.Index], null_similarity: np.ndarray, index_id: str):
+    def __init__(
+        self,
+        path: Path,
+        config: dict,
+        provenance: Provenance,
+        whiteners: dict[str, ShrinkageWhitener],
+        indexes: dict[str, faiss.Index],
+        null_similarity: np.ndarray,
+        index_id: str,
+    ):
         self.path = path
         self.config = config
         self.provenance = provenance
@@ -142,7 +172,7 @@ class ReferenceIndex:
         return NullModel(self.null_similarity)
 
     @classmethod
-    def load(cls, index_dir: str | Path) -> "ReferenceIndex":
+    def load(cls, index_dir: str | Path) -> ReferenceIndex:
         """Load and verify an index directory; bad or foreign indexes raise UserError."""
         path = Path(index_dir)
         manifest = _read_manifest(path)
@@ -151,32 +181,59 @@ class ReferenceIndex:
             if not file_path.is_file():
                 raise UserError(f"index {path} is missing {name}; rebuild it with build-index")
             if file_sha256(file_path) != digest:
-                raise UserError(f"index {path}: checksum of {name} does not match the manifest (corrupted or edited); rebuild it")
+                raise UserError(
+                    f"index {path}: checksum of {name} does not match the manifest (corrupted or edited); rebuild it"
+                )
         try:
             return cls._load_verified(path, manifest)
         except UserError:
             raise
-        except (KeyError, IndexError, ValueError, TypeError, AttributeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise UserError(f"index {path} is damaged or was written by another version ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}); rebuild it") from None
+        except (
+            KeyError,
+            IndexError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            OSError,
+            EOFError,
+            zipfile.BadZipFile,
+        ) as exc:
+            raise UserError(
+                f"index {path} is damaged or was written by another version ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); rebuild it"
+            ) from None
 
     @classmethod
-    def _load_verified(cls, path: Path, manifest: dict) -> "ReferenceIndex":
+    def _load_verified(cls, path: Path, manifest: dict) -> ReferenceIndex:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         _check_config(path, config, manifest)
         provenance = Provenance.read(path / "provenance.csv")
         blocks = config["encoder"]["blocks"]
         with np.load(path / "whitener.npz") as data:
-            whiteners = {b: ShrinkageWhitener.from_state({k: data[f"{b}/{k}"] for k in ("mean", "whitening_matrix", "shrinkage", "eps")}) for b in blocks}
+            whiteners = {
+                b: ShrinkageWhitener.from_state(
+                    {k: data[f"{b}/{k}"] for k in ("mean", "whitening_matrix", "shrinkage", "eps")}
+                )
+                for b in blocks
+            }
         indexes = {}
         for block in blocks:
             try:
-                indexes[block] = prepare_loaded(faiss.read_index(str(path / f"index_{block}.faiss")), config.get("ivf", {}).get("nprobe"))
+                indexes[block] = prepare_loaded(
+                    faiss.read_index(str(path / f"index_{block}.faiss")), config.get("ivf", {}).get("nprobe")
+                )
             except RuntimeError:
                 raise UserError(f"index {path}: index_{block}.faiss cannot be read (truncated?); rebuild it") from None
             if indexes[block].ntotal != len(provenance):
-                raise UserError(f"index {path}: index_{block}.faiss holds {indexes[block].ntotal} vectors but provenance has {len(provenance)} rows; rebuild it")
+                raise UserError(
+                    f"index {path}: index_{block}.faiss holds {indexes[block].ntotal} vectors but provenance has "
+                    f"{len(provenance)} rows; rebuild it"
+                )
             if indexes[block].d != whiteners[block].whitening_matrix_.shape[0]:
-                raise UserError(f"index {path}: index_{block}.faiss has dimension {indexes[block].d} but its whitener {whiteners[block].whitening_matrix_.shape[0]}; rebuild it")
+                raise UserError(
+                    f"index {path}: index_{block}.faiss has dimension {indexes[block].d} but its whitener "
+                    f"{whiteners[block].whitening_matrix_.shape[0]}; rebuild it"
+                )
         with np.load(path / "calibration.npz") as data:
             null_similarity = np.asarray(data["null_similarity"], dtype=np.float64)
         if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
@@ -197,14 +254,22 @@ class ReferenceIndex:
         """Refuse an encoder other than the one the index was built with."""
         info = self.config["encoder"]
         if encoder.name != info["name"] or encoder.encoder_id != info["encoder_id"]:
-            raise UserError(f"index {self.path} was built with encoder {info['encoder_id']}, not {encoder.encoder_id}; use the same encoder or rebuild the index")
+            raise UserError(
+                f"index {self.path} was built with encoder {info['encoder_id']}, not {encoder.encoder_id}; use the "
+                "same encoder or rebuild the index"
+            )
         if encoder.weights_sha256 != info["weights_sha256"]:
-            raise UserError(f"index {self.path} was built with other {info['name']} weights (sha256 {info['weights_sha256'][:12]}…); use that checkpoint or rebuild the index")
+            raise UserError(
+                f"index {self.path} was built with other {info['name']} weights (sha256 "
+                f"{info['weights_sha256'][:12]}…); use that checkpoint or rebuild the index"
+            )
 
     def load_encoder(self, *, checkpoint: str | Path | None = None, device: str = "cpu") -> Encoder:
         """Load the encoder this index was built with (a checkpoint path overrides the recorded one)."""
         info = self.config["encoder"]
-        encoder = load_encoder(info["name"], checkpoint=checkpoint or info.get("checkpoint"), device=device, blocks=info["blocks"])
+        encoder = load_encoder(
+            info["name"], checkpoint=checkpoint or info.get("checkpoint"), device=device, blocks=info["blocks"]
+        )
         self.check_encoder(encoder)
         return encoder
 
@@ -249,7 +314,10 @@ def _read_manifest(path: Path) -> dict:
     if manifest.get("format") != FORMAT_NAME:
         raise UserError(f"{path} is not a {FORMAT_NAME} index")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"index {path} has format version {manifest.get('format_version')}, this tool reads version {FORMAT_VERSION}; rebuild the index with this version")
+        raise UserError(
+            f"index {path} has format version {manifest.get('format_version')}, this tool reads version "
+            f"{FORMAT_VERSION}; rebuild the index with this version"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict) or not isinstance(manifest.get("index_id"), str):
         raise UserError(f"{manifest_path} lacks its file list or index id; rebuild the index")
@@ -266,7 +334,11 @@ def _check_config(path: Path, config: dict, manifest: dict) -> None:
     """Refuse a config this version cannot use (checked after the checksums, before anything else)."""
     encoder = config["encoder"]
     blocks = encoder["blocks"]
-    if not isinstance(blocks, list) or not blocks or not all(isinstance(b, str) and _SAFE_BLOCK_NAME.match(b) for b in blocks):
+    if (
+        not isinstance(blocks, list)
+        or not blocks
+        or not all(isinstance(b, str) and _SAFE_BLOCK_NAME.match(b) for b in blocks)
+    ):
         raise UserError(f"index {path}: invalid encoder block list {blocks!r}; rebuild it")
     unverified = [f"index_{b}.faiss" for b in blocks if f"index_{b}.faiss" not in manifest["files"]]
     if unverified:
@@ -275,6 +347,10 @@ def _check_config(path: Path, config: dict, manifest: dict) -> None:
         PreprocessSettings.from_dict(config["preprocessing"])
     except TypeError:
         known = set(PreprocessSettings().to_dict())
-        raise UserError(f"index {path} uses preprocessing settings this version does not know ({', '.join(sorted(set(config['preprocessing']) - known)) or 'incomplete'}); use the version that built it or rebuild the index") from None
+        raise UserError(
+            f"index {path} uses preprocessing settings this version does not know "
+            f"({', '.join(sorted(set(config['preprocessing']) - known)) or 'incomplete'}); use the version that "
+            "built it or rebuild the index"
+        ) from None
     if config["axis"] not in ("auto", "axial", "coronal", "sagittal"):
         raise UserError(f"index {path} has an unknown slicing axis {config['axis']!r}; rebuild it")

@@ -153,8 +153,9 @@ def _gray_png(img01: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _match_orientation(query01: np.ndarray, train: np.ndarray, recorded: str | None = None
-                       ) -> tuple[np.ndarray, str, float]:
+def _match_orientation(
+    query01: np.ndarray, train: np.ndarray, recorded: str | None = None
+) -> tuple[np.ndarray, str, float]:
     """Resize the training slice to the query shape and orient it: the copy (flip or rotation) the
     audit recorded when known, else the one of REFERENCE_COPIES with the best pixel correlation."""
     resized = _display01(resize_bilinear(train, query01.shape))
@@ -194,14 +195,21 @@ def _read_query_volume(volume: str, array_axis: Any, out_dir: Path) -> np.ndarra
         return f"query file could not be read ({type(exc).__name__})"
 
 
-def _query_slices(rows: Sequence[SliceRow], out_dir: Path, summary: dict,
-                  given: Mapping[tuple[str, int], np.ndarray],
-                  set_files: frozenset[str] = frozenset()) -> dict[tuple[str, int], np.ndarray | str]:
+def _query_slices(
+    rows: Sequence[SliceRow],
+    out_dir: Path,
+    summary: dict,
+    given: Mapping[tuple[str, int], np.ndarray],
+    set_files: frozenset[str] = frozenset(),
+) -> dict[tuple[str, int], np.ndarray | str]:
     """{(volume, slice): 2D slice or reason}: from ``given`` (slices the audit kept) where it has
     them, else read from the volume files (and ``set_files``, files of sets), each file once,
     keeping only the slices needed."""
-    axes = {str(v["volume"]): v.get("array_axis") for v in summary.get("volumes", [])
-            if isinstance(v, dict) and "volume" in v}
+    axes = {
+        str(v["volume"]): v.get("array_axis")
+        for v in summary.get("volumes", [])
+        if isinstance(v, dict) and "volume" in v
+    }
     axes.update(dict.fromkeys(set_files, SET_AXIS))
     needed: dict[str, set[int]] = {}
     out: dict[tuple[str, int], np.ndarray | str] = {}
@@ -231,7 +239,7 @@ def _load_reference_index(index_path: str):
         from .reference_index import ReferenceIndex
 
         return ReferenceIndex.load(index_path)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the report is written without training images, saying why
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"index could not be opened ({msg})"
 
@@ -291,21 +299,31 @@ def _verdict(rows: Sequence[SliceRow], summary: dict) -> tuple[str, str, list[st
     n_null = int(summary["null"].get("n") or 0)
     warning = ""
     if n_null and 1.0 / (n_null + 1) >= alpha:
-        warning = (f"Warning: the null has only {n_null} scores, so the smallest p-value it can give is "
-                   f"{1.0 / (n_null + 1):.2g}, not below \u03b1 = {alpha:.2g}: no slice can be flagged at this "
-                   "threshold. Rebuild the index with more null data or audit with a larger \u03b1.")
+        warning = (
+            f"Warning: the null has only {n_null} scores, so the smallest p-value it can give is "
+            f"{1.0 / (n_null + 1):.2g}, not below \u03b1 = {alpha:.2g}: no slice can be flagged at this "
+            "threshold. Rebuild the index with more null data or audit with a larger \u03b1."
+        )
     if n == 0:
-        return "v-amber", "Nothing was scored", [
-            "No slice was scored (every slice was empty or no volume was given), so nothing can be said."
-        ], warning
+        return (
+            "v-amber",
+            "Nothing was scored",
+            ["No slice was scored (every slice was empty or no volume was given), so nothing can be said."],
+            warning,
+        )
     pct = 100.0 * k / n
-    main = (f"{k} of {n} slices ({pct:.1f}%) look like copies of training slices; "
-            f"expected by chance at this threshold: {_count(expected)}.")
+    main = (
+        f"{k} of {n} slices ({pct:.1f}%) look like copies of training slices; "
+        f"expected by chance at this threshold: {_count(expected)}."
+    )
     sentences = [main]
     best = max(rows, key=lambda r: (r.mi, r.similarity))
     if k == 0:
-        cls, headline = ("v-amber", "Inconclusive: the threshold cannot be reached") if warning else (
-            "v-green", "No copies of training slices found")
+        cls, headline = (
+            ("v-amber", "Inconclusive: the threshold cannot be reached")
+            if warning
+            else ("v-green", "No copies of training slices found")
+        )
         sentences.append(
             f"No slice passed the threshold (mi \u2265 {th['mi']:.4g}). The closest slice has "
             f"mi = {best.mi:.4g} (z = {best.z:.3g}, p = {best.p_value:.2g}): slice {best.slice} of "
@@ -335,22 +353,36 @@ def _meta_table(summary: dict, generated: str) -> str:
     th, idx, null = summary["threshold"], summary["index"], summary["null"]
     null_type = str(idx.get("null_type", "unknown"))
     rows = [
-        ("Threshold", f"mi \u2265 {th['mi']:.4g} \u00b7 oni \u2264 {th['oni']:.4g} \u00b7 z \u2265 {th['z']:.4g} "
-                      f"\u00b7 similarity \u2265 {th['similarity']:.4g} (\u03b1 = {th['alpha']:.2g} false alarms per slice)"),
-        ("Null", f"{NULL_DESCRIPTIONS.get(null_type, null_type)}; n = {null.get('n', '?')}, "
-                 f"mean similarity {null['mean']:.4g}, std {null['std']:.4g}"),
-        ("Index", f"{idx.get('index_id', '?')} ({idx.get('n_reference_slices', '?')} reference slices, "
-                  f"{idx.get('axis', '?')} axis)"),
+        (
+            "Threshold",
+            f"mi \u2265 {th['mi']:.4g} \u00b7 oni \u2264 {th['oni']:.4g} \u00b7 z \u2265 {th['z']:.4g} "
+            f"\u00b7 similarity \u2265 {th['similarity']:.4g} (\u03b1 = {th['alpha']:.2g} false alarms per slice)",
+        ),
+        (
+            "Null",
+            f"{NULL_DESCRIPTIONS.get(null_type, null_type)}; n = {null.get('n', '?')}, "
+            f"mean similarity {null['mean']:.4g}, std {null['std']:.4g}",
+        ),
+        (
+            "Index",
+            f"{idx.get('index_id', '?')} ({idx.get('n_reference_slices', '?')} reference slices, "
+            f"{idx.get('axis', '?')} axis)",
+        ),
         ("Index path", idx.get("path", "?")),
-        ("Encoder", f"{idx.get('encoder_name', '?')} \u00b7 {idx.get('encoder_id', '?')} \u00b7 weights sha256 "
-                    f"{str(idx.get('weights_sha256', '?'))[:16]}\u2026"),
+        (
+            "Encoder",
+            f"{idx.get('encoder_name', '?')} \u00b7 {idx.get('encoder_id', '?')} \u00b7 weights sha256 "
+            f"{str(idx.get('weights_sha256', '?'))[:16]}\u2026",
+        ),
         ("Report date", generated),
-        ("Tool version", f"MemorizationIndex {__version__} (report); audit written by "
-                         f"{summary.get('tool', 'MemorizationIndex')} {summary.get('version', '?')}"),
+        (
+            "Tool version",
+            f"MemorizationIndex {__version__} (report); audit written by "
+            f"{summary.get('tool', 'MemorizationIndex')} {summary.get('version', '?')}",
+        ),
     ]
     body = "".join(
-        f'<tr><th>{_e(k)}</th><td{PATH_CLASS if k == "Index path" else ""}>{_e(v)}</td></tr>'
-        for k, v in rows
+        f"<tr><th>{_e(k)}</th><td{PATH_CLASS if k == 'Index path' else ''}>{_e(v)}</td></tr>" for k, v in rows
     )
     return f'<table class="meta" id="meta">{body}</table>'
 
@@ -359,28 +391,31 @@ def _volume_order(rows: Sequence[SliceRow]) -> list[tuple[str, list[SliceRow]]]:
     by_volume: dict[str, list[SliceRow]] = {}
     for r in rows:
         by_volume.setdefault(r.volume, []).append(r)
-    return sorted(by_volume.items(),
-                  key=lambda kv: (-sum(r.flagged for r in kv[1]), -max(r.mi for r in kv[1]), kv[0]))
+    return sorted(by_volume.items(), key=lambda kv: (-sum(r.flagged for r in kv[1]), -max(r.mi for r in kv[1]), kv[0]))
 
 
 def _volumes_table(ordered: list[tuple[str, list[SliceRow]]], summary: dict) -> str:
     info = {str(v.get("volume")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
-    head = ("<tr><th>volume</th><th>axis</th><th>slices scored</th><th>skipped (empty)</th>"
-            "<th>flagged</th><th>mean mi</th><th>max mi</th></tr>")
+    head = (
+        "<tr><th>volume</th><th>axis</th><th>slices scored</th><th>skipped (empty)</th>"
+        "<th>flagged</th><th>mean mi</th><th>max mi</th></tr>"
+    )
     body = []
     for volume, vrows in ordered[:MAX_VOLUME_ROWS]:
         v = info.get(volume, {})
         body.append(
-            f"<tr><td class=\"path\">{_e(volume)}</td><td>{_e(v.get('axis', ''))}</td>"
-            f"<td class=\"num\">{len(vrows)}</td><td class=\"num\">{_e(v.get('slices_skipped_empty', ''))}</td>"
-            f"<td class=\"num\">{sum(r.flagged for r in vrows)}</td>"
-            f"<td class=\"num\">{np.mean([r.mi for r in vrows]):.4g}</td>"
-            f"<td class=\"num\">{max(r.mi for r in vrows):.4g}</td></tr>"
+            f'<tr><td class="path">{_e(volume)}</td><td>{_e(v.get("axis", ""))}</td>'
+            f'<td class="num">{len(vrows)}</td><td class="num">{_e(v.get("slices_skipped_empty", ""))}</td>'
+            f'<td class="num">{sum(r.flagged for r in vrows)}</td>'
+            f'<td class="num">{np.mean([r.mi for r in vrows]):.4g}</td>'
+            f'<td class="num">{max(r.mi for r in vrows):.4g}</td></tr>'
         )
     note = ""
     if len(ordered) > MAX_VOLUME_ROWS:
-        note = (f'<p class="note">{len(ordered) - MAX_VOLUME_ROWS} more volumes are not listed here; '
-                "summary.json and slices.csv have all of them.</p>")
+        note = (
+            f'<p class="note">{len(ordered) - MAX_VOLUME_ROWS} more volumes are not listed here; '
+            "summary.json and slices.csv have all of them.</p>"
+        )
     return f'<table class="vols">{head}{"".join(body)}</table>{note}'
 
 
@@ -405,9 +440,15 @@ def _ranked(rows: Sequence[SliceRow]) -> list[SliceRow]:
     return sorted(rows, key=lambda r: evidence_order(r.volume, r))
 
 
-def _build_evidence(shown: Sequence[SliceRow], audit: AuditOutputs, *, no_training_images: bool, index=None,
-                    query_slices: Mapping[tuple[str, int], np.ndarray] | None = None,
-                    set_files: frozenset[str] = frozenset()) -> list[_Evidence]:
+def _build_evidence(
+    shown: Sequence[SliceRow],
+    audit: AuditOutputs,
+    *,
+    no_training_images: bool,
+    index=None,
+    query_slices: Mapping[tuple[str, int], np.ndarray] | None = None,
+    set_files: frozenset[str] = frozenset(),
+) -> list[_Evidence]:
     queries = _query_slices(shown, audit.folder, audit.summary, query_slices or {}, set_files)
     flips_known = audit.neighbours is not None
     if no_training_images or not shown:
@@ -418,9 +459,15 @@ def _build_evidence(shown: Sequence[SliceRow], audit: AuditOutputs, *, no_traini
     for r in shown:
         q = queries[(r.volume, r.slice)]
         q01 = None if isinstance(q, str) else _display01(q)
-        item = _Evidence(row=r, query_png=None if q01 is None else _gray_png(q01),
-                         query_reason="" if q01 is not None else f"query image not available: {q}",
-                         train_png=None, diff_png=None, train_reason="", diff_reason="")
+        item = _Evidence(
+            row=r,
+            query_png=None if q01 is None else _gray_png(q01),
+            query_reason="" if q01 is not None else f"query image not available: {q}",
+            train_png=None,
+            diff_png=None,
+            train_reason="",
+            diff_reason="",
+        )
         if no_training_images:
             item.train_reason = "training image withheld (--no-training-images)"
             item.diff_reason = "difference withheld (it would reveal the training image)"
@@ -441,7 +488,8 @@ def _build_evidence(shown: Sequence[SliceRow], audit: AuditOutputs, *, no_traini
             item.diff_reason = "no difference image (no query image)"
         else:
             t01, item.orientation, item.correlation = _match_orientation(
-                q01, np.asarray(train, dtype=np.float32), r.nn_flip if flips_known else None)
+                q01, np.asarray(train, dtype=np.float32), r.nn_flip if flips_known else None
+            )
             item.train_png = _gray_png(t01)
             item.diff_png = _gray_png(np.abs(q01 - t01))
         items.append(item)
@@ -460,26 +508,33 @@ def _evidence_html(rows: Sequence[SliceRow], items: Sequence[_Evidence], *, no_t
         f"then similarity ({shown_flagged} of them flagged; {n_flagged} flagged in all)."
     ]
     if len(rows) > len(items):
-        parts.append(f" {len(rows) - len(items)} slices are left out of this gallery "
-                     f"({n_flagged - shown_flagged} of them flagged); slices.csv lists every slice.")
+        parts.append(
+            f" {len(rows) - len(items)} slices are left out of this gallery "
+            f"({n_flagged - shown_flagged} of them flagged); slices.csv lists every slice."
+        )
     if no_training_images:
-        parts.append(" Training images are left out of this report (--no-training-images): only "
-                     "the provenance of each nearest training slice is given.")
+        parts.append(
+            " Training images are left out of this report (--no-training-images): only "
+            "the provenance of each nearest training slice is given."
+        )
     else:
-        parts.append(" Slices are shown as stored in the image array (as the encoder sees them). The "
-                     "training slice is resized to the query's shape and shown flipped as the audit matched "
-                     "it (neighbors.csv), or else in the orientation (none / hflip / vflip) that "
-                     "correlates best with the query; the "
-                     "difference is |query \u2212 training| with each slice scaled to its own 1st\u201399.5th "
-                     "percentile, so a copy gives a black difference.")
+        parts.append(
+            " Slices are shown as stored in the image array (as the encoder sees them). The "
+            "training slice is resized to the query's shape and shown flipped as the audit matched "
+            "it (neighbors.csv), or else in the orientation (none / hflip / vflip) that "
+            "correlates best with the query; the "
+            "difference is |query \u2212 training| with each slice scaled to its own 1st\u201399.5th "
+            "percentile, so a copy gives a black difference."
+        )
     parts.append('</p><div class="gallery">')
     for rank, it in enumerate(items, start=1):
         r = it.row
         tag = '<span class="tag f">FLAGGED</span>' if r.flagged else '<span class="tag n">not flagged</span>'
         orient = ""
         if it.correlation is not None:
-            orient = (f" \u00b7 shown orientation: {_e(it.orientation)} \u00b7 pixel correlation "
-                      f"r = {it.correlation:.3f}")
+            orient = (
+                f" \u00b7 shown orientation: {_e(it.orientation)} \u00b7 pixel correlation r = {it.correlation:.3f}"
+            )
         parts.append(
             f'<div class="evidence{" flagged" if r.flagged else ""}" id="ev{rank}">'
             f"<p>#{rank} {tag}<b>mi = {r.mi:.4g}</b> \u00b7 oni = {r.oni:.4g} \u00b7 z = {r.z:.4g} "
@@ -503,19 +558,29 @@ def _top_pair_html(item: _Evidence | None) -> str:
     """The strongest flagged match's query and training slice, small, beside the verdict."""
     if item is None or not item.row.flagged or item.query_png is None:
         return ""
-    cells = [f"<figure>{_img_tag(item.query_png, alt='strongest match: query', cls='top-query')}"
-             "<figcaption>generated</figcaption></figure>"]
+    cells = [
+        f"<figure>{_img_tag(item.query_png, alt='strongest match: query', cls='top-query')}"
+        "<figcaption>generated</figcaption></figure>"
+    ]
     if item.train_png is not None:
-        cells.append(f"<figure>{_img_tag(item.train_png, alt='strongest match: training', cls='top-train')}"
-                     "<figcaption>training</figcaption></figure>")
+        cells.append(
+            f"<figure>{_img_tag(item.train_png, alt='strongest match: training', cls='top-train')}"
+            "<figcaption>training</figcaption></figure>"
+        )
     else:
         cells.append(f"<figure>{_na(item.train_reason)}<figcaption>training</figcaption></figure>")
     return f'<div class="top">{"".join(cells)}</div>'
 
 
-def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24,
-                  generated: str | None = None, index=None,
-                  query_slices: Mapping[tuple[str, int], np.ndarray] | None = None) -> str:
+def render_report(
+    out_dir: str | os.PathLike,
+    *,
+    no_training_images: bool = False,
+    max_evidence: int = 24,
+    generated: str | None = None,
+    index=None,
+    query_slices: Mapping[tuple[str, int], np.ndarray] | None = None,
+) -> str:
     """The report HTML (a string) for an audit folder; see :func:`write_report`."""
     audit = read_audit(out_dir)
     rows, summary, null_sim = audit.rows, audit.summary, audit.null_similarity
@@ -525,17 +590,26 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
     null_mean, null_std = summary["null"]["mean"], summary["null"]["std"]
     groups = set_groups(summary, rows)
     in_set = set_row_mask(summary, len(rows))
-    items = _build_evidence(_ranked(rows)[:max(0, int(max_evidence))], audit,
-                            no_training_images=no_training_images, index=index, query_slices=query_slices,
-                            set_files=frozenset(r.volume for r, member in zip(rows, in_set) if member))
+    items = _build_evidence(
+        _ranked(rows)[: max(0, int(max_evidence))],
+        audit,
+        no_training_images=no_training_images,
+        index=index,
+        query_slices=query_slices,
+        set_files=frozenset(r.volume for r, member in zip(rows, in_set) if member),
+    )
 
     cls, headline, sentences, warning = _verdict(rows, summary)
-    verdict = (f'<section class="verdict {cls}" id="verdict"><div class="words">'
-               f'<p class="headline">{_e(headline)}</p>'
-               f'<p class="main">{_e(sentences[0])}</p>'
-               + "".join(f"<p>{_e(s)}</p>" for s in sentences[1:])
-               + (f'<p class="warn">{_e(warning)}</p>' if warning else "")
-               + "</div>" + _top_pair_html(items[0] if items else None) + "</section>")
+    verdict = (
+        f'<section class="verdict {cls}" id="verdict"><div class="words">'
+        f'<p class="headline">{_e(headline)}</p>'
+        f'<p class="main">{_e(sentences[0])}</p>'
+        + "".join(f"<p>{_e(s)}</p>" for s in sentences[1:])
+        + (f'<p class="warn">{_e(warning)}</p>' if warning else "")
+        + "</div>"
+        + _top_pair_html(items[0] if items else None)
+        + "</section>"
+    )
 
     sets = ""
     if groups:
@@ -544,9 +618,11 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
     ordered = _volume_order([r for r, member in zip(rows, in_set) if not member])  # no strips for set files
     plots = ['<section class="plots" id="plots"><h2>Scores</h2>']
     plots.append(histogram_svg(rows, null_sim, null_mean, null_std, th))
-    plots.append('<p class="note">Grey: real slices scored against the training set (the null). '
-                 "Blue: the audited slices. Red line: the threshold; slices to its right are flagged. "
-                 "Left in mi units (copies pile up at 1), right the same scores in z units.</p>")
+    plots.append(
+        '<p class="note">Grey: real slices scored against the training set (the null). '
+        "Blue: the audited slices. Red line: the threshold; slices to its right are flagged. "
+        "Left in mi units (copies pile up at 1), right the same scores in z units.</p>"
+    )
     if ordered:
         strips = ordered[:MAX_STRIPS]
         reachable = math.isfinite(th["z"])
@@ -561,12 +637,14 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
         plots.append("<h3>Volumes</h3>" + _volumes_table(ordered, summary))
     plots.append("</section>")
 
-    evidence = ('<section id="evidence"><h2>Evidence</h2>'
-                + _evidence_html(rows, items, no_training_images=no_training_images)
-                + "</section>")
+    evidence = (
+        '<section id="evidence"><h2>Evidence</h2>'
+        + _evidence_html(rows, items, no_training_images=no_training_images)
+        + "</section>"
+    )
 
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         "<title>Memorization audit report</title>"
         f"<style>{CSS}</style></head><body><main>"
@@ -580,8 +658,14 @@ def render_report(out_dir: str | os.PathLike, *, no_training_images: bool = Fals
     )
 
 
-def write_report(out_dir: str | os.PathLike, *, no_training_images: bool = False, max_evidence: int = 24,
-                 index=None, query_slices: Mapping[tuple[str, int], np.ndarray] | None = None) -> Path:
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    no_training_images: bool = False,
+    max_evidence: int = 24,
+    index=None,
+    query_slices: Mapping[tuple[str, int], np.ndarray] | None = None,
+) -> Path:
     """Write ``out_dir/report.html`` from the audit outputs in ``out_dir``; returns its path.
 
     ``index``: the audit's already loaded :class:`ReferenceIndex` (saves loading it again for the
@@ -594,7 +678,12 @@ def write_report(out_dir: str | os.PathLike, *, no_training_images: bool = False
     report cannot be written.
     """
     out_dir = Path(out_dir)
-    text = render_report(out_dir, no_training_images=no_training_images, max_evidence=max_evidence, index=index,
-                         query_slices=query_slices)
+    text = render_report(
+        out_dir,
+        no_training_images=no_training_images,
+        max_evidence=max_evidence,
+        index=index,
+        query_slices=query_slices,
+    )
     write_files(out_dir, {REPORT_FILE: lambda path: path.write_text(text, encoding="utf-8")})
     return out_dir / REPORT_FILE

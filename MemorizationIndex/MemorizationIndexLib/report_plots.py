@@ -79,9 +79,11 @@ class _Frame:
 
 def _svg(width: float, height: float, cls: str, label: str, body: Sequence[str]) -> str:
     """An inline SVG element with a text alternative (aria-label and <title>)."""
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="{cls}" role="img" aria-label="{_e(label)}" '
-            f'width="{_n(width)}" height="{_n(height)}" viewBox="0 0 {_n(width)} {_n(height)}">'
-            f"<title>{_e(label)}</title>{''.join(body)}</svg>")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="{cls}" role="img" aria-label="{_e(label)}" '
+        f'width="{_n(width)}" height="{_n(height)}" viewBox="0 0 {_n(width)} {_n(height)}">'
+        f"<title>{_e(label)}</title>{''.join(body)}</svg>"
+    )
 
 
 def _text(x: float, y: float, text: str, *, size: float = 11, anchor: str = "start", rotate: bool = False) -> str:
@@ -92,8 +94,10 @@ def _text(x: float, y: float, text: str, *, size: float = 11, anchor: str = "sta
 
 def _line(x1: float, y1: float, x2: float, y2: float, color: str, width: float, dashed: bool = False) -> str:
     dash = ' stroke-dasharray="6 4"' if dashed else ""
-    return (f'<line x1="{_n(x1)}" y1="{_n(y1)}" x2="{_n(x2)}" y2="{_n(y2)}" stroke="{color}" '
-            f'stroke-width="{width:g}"{dash}/>')
+    return (
+        f'<line x1="{_n(x1)}" y1="{_n(y1)}" x2="{_n(x2)}" y2="{_n(y2)}" stroke="{color}" '
+        f'stroke-width="{width:g}"{dash}/>'
+    )
 
 
 def _tick_text(value: float, step: float) -> str:
@@ -119,7 +123,7 @@ def _linear_ticks(lo: float, hi: float, target: int = 6, integer: bool = False) 
 def _sqrt_ticks(frame: _Frame, min_gap: float = 18.0) -> list[tuple[float, str]]:
     """Ticks 0 and 1, 2, 5 x 10^k on a square-root y axis, at least ``min_gap`` px apart (the
     largest values are placed first)."""
-    candidates = sorted((m * 10.0 ** e for e in range(-4, 9) for m in (1, 2, 5)), reverse=True)
+    candidates = sorted((m * 10.0**e for e in range(-4, 9) for m in (1, 2, 5)), reverse=True)
     kept = [0.0]
     for value in (c for c in candidates if c <= frame.y_range[1]):
         if all(abs(frame.y(value) - frame.y(k)) >= min_gap for k in kept):
@@ -127,19 +131,30 @@ def _sqrt_ticks(frame: _Frame, min_gap: float = 18.0) -> list[tuple[float, str]]
     return [(v, f"{v:g}") for v in kept]
 
 
-def _axes(frame: _Frame, xticks: Sequence[tuple[float, str]], yticks: Sequence[tuple[float, str]],
-          xlabel: str, ylabel: str) -> str:
+def _axes(
+    frame: _Frame, xticks: Sequence[tuple[float, str]], yticks: Sequence[tuple[float, str]], xlabel: str, ylabel: str
+) -> str:
     """Frame, outward tick marks, tick labels and axis titles (the x title only when given)."""
     marks = "".join(f"M{_n(frame.x(v))} {_n(frame.bottom)}v4" for v, _ in xticks)
     marks += "".join(f"M{_n(frame.left)} {_n(frame.y(v))}h-4" for v, _ in yticks)
-    box = (f'<rect x="{_n(frame.left)}" y="{_n(frame.top)}" width="{_n(frame.width)}" '
-           f'height="{_n(frame.height)}" fill="none" stroke="{INK}" stroke-width="0.8"/>')
+    box = (
+        f'<rect x="{_n(frame.left)}" y="{_n(frame.top)}" width="{_n(frame.width)}" '
+        f'height="{_n(frame.height)}" fill="none" stroke="{INK}" stroke-width="0.8"/>'
+    )
     parts = [box, f'<path d="{marks}" stroke="{INK}" stroke-width="0.8"/>' if marks else ""]
     parts += [_text(frame.x(v), frame.bottom + 15, label, size=10, anchor="middle") for v, label in xticks]
     parts += [_text(frame.left - 6, frame.y(v) + 3.5, label, size=10, anchor="end") for v, label in yticks]
     widest = max((len(label) for _, label in yticks), default=1)
-    parts.append(_text(frame.left - 16 - CHAR_WIDTH * 10 * widest, frame.top + frame.height / 2, ylabel,
-                       size=11, anchor="middle", rotate=True))
+    parts.append(
+        _text(
+            frame.left - 16 - CHAR_WIDTH * 10 * widest,
+            frame.top + frame.height / 2,
+            ylabel,
+            size=11,
+            anchor="middle",
+            rotate=True,
+        )
+    )
     if xlabel:
         parts.append(_text(frame.left + frame.width / 2, frame.bottom + 33, xlabel, size=12, anchor="middle"))
     return "".join(parts)
@@ -207,15 +222,24 @@ def _density(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def _hist_panel_svg(panel: _HistPanel, left: float, top: float, width: float, bottom: float) -> str:
     null_d, audited_d = _density(panel.null, panel.edges), _density(panel.audited, panel.edges)
     peak = float(max(null_d.max(), audited_d.max())) or 1.0
-    headroom = 1.08 ** 2 if panel.sqrt else 1.08  # 8% of the plot height above the highest bar
-    frame = _Frame(left, top, width, bottom - top, (float(panel.edges[0]), float(panel.edges[-1])),
-                   (0.0, headroom * peak), sqrt=panel.sqrt)
+    headroom = 1.08**2 if panel.sqrt else 1.08  # 8% of the plot height above the highest bar
+    frame = _Frame(
+        left,
+        top,
+        width,
+        bottom - top,
+        (float(panel.edges[0]), float(panel.edges[-1])),
+        (0.0, headroom * peak),
+        sqrt=panel.sqrt,
+    )
     parts = []
     if panel.null.size:
         parts.append(f'<path d="{_step_path(frame, panel.edges, null_d)}Z" fill="{NULL_COLOR}" fill-opacity="0.8"/>')
     if panel.audited.size:
-        parts.append(f'<path d="{_step_path(frame, panel.edges, audited_d)}" fill="none" '
-                     f'stroke="{AUDITED_COLOR}" stroke-width="2" stroke-linejoin="miter"/>')
+        parts.append(
+            f'<path d="{_step_path(frame, panel.edges, audited_d)}" fill="none" '
+            f'stroke="{AUDITED_COLOR}" stroke-width="2" stroke-linejoin="miter"/>'
+        )
     if panel.threshold is not None:
         x = frame.x(panel.threshold)
         parts.append(_line(x, frame.top, x, frame.bottom, THRESHOLD_COLOR, 1.8, dashed=True))
@@ -237,8 +261,9 @@ def _threshold_entry(unit: str, value: float | None, alpha: float) -> tuple[str,
     return "dash", f"threshold {unit} = {value:.4g}"
 
 
-def histogram_svg(rows: Sequence[ScoredSlice], null_sim: np.ndarray, null_mean: float, null_std: float,
-                   threshold: Mapping[str, float]) -> str:
+def histogram_svg(
+    rows: Sequence[ScoredSlice], null_sim: np.ndarray, null_mean: float, null_std: float, threshold: Mapping[str, float]
+) -> str:
     """Audited scores over the null: left in mi units (square-root y scale, so that a pile of copies
     at mi = 1 does not flatten the rest), right in z units (where copies stand apart)."""
     std = null_std if null_std > 0 and math.isfinite(null_std) else 1.0
@@ -251,30 +276,56 @@ def histogram_svg(rows: Sequence[ScoredSlice], null_sim: np.ndarray, null_mean: 
         z_lo, z_hi = z_lo - 1.0, z_hi + 1.0
 
     def legend(unit: str, null: np.ndarray, audited: np.ndarray, value: float) -> list[tuple[str, str]]:
-        return [("bar", f"null: real vs training (n={null.size})"), ("step", f"audited slices (n={audited.size})"),
-                _threshold_entry(unit, value if reachable else None, threshold["alpha"])]
+        return [
+            ("bar", f"null: real vs training (n={null.size})"),
+            ("step", f"audited slices (n={audited.size})"),
+            _threshold_entry(unit, value if reachable else None, threshold["alpha"]),
+        ]
 
     null_mi = (1.0 + np.tanh(null_z)) / 2.0
     panels = [
-        _HistPanel(null_mi, audited_mi, MI_BINS, threshold["mi"] if reachable else None,
-                   legend("mi", null_mi, audited_mi, threshold["mi"]), "Audited mi over the null distribution",
-                   "Memorization Index mi (0.5 = typical real slice, 1 = copy)", "density (square-root scale)",
-                   sqrt=True),
-        _HistPanel(null_z, audited_z, np.linspace(z_lo, z_hi + 1e-9, Z_EDGES), threshold["z"] if reachable else None,
-                   legend("z", null_z, audited_z, threshold["z"]), "The same in z units",
-                   "z = (similarity \u2212 null mean) / null std", "density"),
+        _HistPanel(
+            null_mi,
+            audited_mi,
+            MI_BINS,
+            threshold["mi"] if reachable else None,
+            legend("mi", null_mi, audited_mi, threshold["mi"]),
+            "Audited mi over the null distribution",
+            "Memorization Index mi (0.5 = typical real slice, 1 = copy)",
+            "density (square-root scale)",
+            sqrt=True,
+        ),
+        _HistPanel(
+            null_z,
+            audited_z,
+            np.linspace(z_lo, z_hi + 1e-9, Z_EDGES),
+            threshold["z"] if reachable else None,
+            legend("z", null_z, audited_z, threshold["z"]),
+            "The same in z units",
+            "z = (similarity \u2212 null mean) / null std",
+            "density",
+        ),
     ]
     width, height = HIST_SIZE
     half, left_margin, right_margin = width / 2, 64, 18
-    legends = [_legend(p.legend, i * half + left_margin, 24, half - left_margin - right_margin)
-               for i, p in enumerate(panels)]
+    legends = [
+        _legend(p.legend, i * half + left_margin, 24, half - left_margin - right_margin) for i, p in enumerate(panels)
+    ]
     top = 24 + max(h for _, h in legends) + 6
     body = [svg for svg, _ in legends]
-    body += [_hist_panel_svg(p, i * half + left_margin, top, half - left_margin - right_margin, height - 44)
-             for i, p in enumerate(panels)]
-    label = (f"Histograms of the mi and z scores of {audited_mi.size} audited slices over {null_mi.size} "
-             "null scores; " + (f"threshold mi = {threshold['mi']:.4g}, z = {threshold['z']:.4g}" if reachable
-                                else "no threshold can be reached"))
+    body += [
+        _hist_panel_svg(p, i * half + left_margin, top, half - left_margin - right_margin, height - 44)
+        for i, p in enumerate(panels)
+    ]
+    label = (
+        f"Histograms of the mi and z scores of {audited_mi.size} audited slices over {null_mi.size} "
+        "null scores; "
+        + (
+            f"threshold mi = {threshold['mi']:.4g}, z = {threshold['z']:.4g}"
+            if reachable
+            else "no threshold can be reached"
+        )
+    )
     return _svg(width, height, "plot hist", label, body)
 
 
@@ -284,8 +335,7 @@ def _dots(frame: _Frame, xs: np.ndarray, ys: np.ndarray, color: str, diameter: f
         return ""
     pixels = dict.fromkeys(zip(np.round(frame.x(xs)).astype(int).tolist(), np.round(frame.y(ys)).astype(int).tolist()))
     d = "".join(f"M{x} {y}h0" for x, y in pixels)
-    return (f'<path d="{d}" fill="none" stroke="{color}" stroke-width="{diameter:g}" '
-            'stroke-linecap="round"/>')
+    return f'<path d="{d}" fill="none" stroke="{color}" stroke-width="{diameter:g}" stroke-linecap="round"/>'
 
 
 def _strip_svg(volume: str, vrows: Sequence[ScoredSlice], top: float, threshold_mi: float | None, last: bool) -> str:
@@ -306,19 +356,23 @@ def _strip_svg(volume: str, vrows: Sequence[ScoredSlice], top: float, threshold_
     yticks = [(0.0, "0"), (0.5, "0.5"), (1.0, "1")]
     xticks = _linear_ticks(*frame.x_range, target=12, integer=True)
     parts.append(_axes(frame, xticks, yticks, "slice index" if last else "", "mi"))
-    parts.append(_text(frame.left, top + 14, f"{short_name(volume)}  ({int(flagged.sum())} flagged of {len(vrows)})",
-                       size=12))
+    parts.append(
+        _text(frame.left, top + 14, f"{short_name(volume)}  ({int(flagged.sum())} flagged of {len(vrows)})", size=12)
+    )
     return "".join(parts)
 
 
 def strips_svg(volumes: Sequence[tuple[str, Sequence[ScoredSlice]]], threshold_mi: float | None) -> str:
     """mi against slice index, one strip per volume (in the order given); no threshold line when
     ``threshold_mi`` is None (no threshold can be reached)."""
-    body = [_strip_svg(volume, vrows, 4 + i * STRIP_HEIGHT, threshold_mi, last=i == len(volumes) - 1)
-            for i, (volume, vrows) in enumerate(volumes)]
+    body = [
+        _strip_svg(volume, vrows, 4 + i * STRIP_HEIGHT, threshold_mi, last=i == len(volumes) - 1)
+        for i, (volume, vrows) in enumerate(volumes)
+    ]
     n_flagged = sum(r.flagged for _, vrows in volumes for r in vrows)
-    label = (f"mi against slice index, one strip for each of {len(volumes)} volumes; "
-             f"{n_flagged} flagged slices shown in red")
+    label = (
+        f"mi against slice index, one strip for each of {len(volumes)} volumes; {n_flagged} flagged slices shown in red"
+    )
     return _svg(STRIP_WIDTH, 4 + len(volumes) * STRIP_HEIGHT + 26, "plot strips", label, body)
 
 
@@ -344,13 +398,24 @@ def _set_ticks(names: Sequence[str], max_labels: int = 12) -> list[tuple[float, 
     return [(float(i), short_name(names[i], keep)) for i in range(0, len(names), step)]
 
 
-def _trend_panel(frame: _Frame, values: np.ndarray, reference: float, reference_label: str, title: str,
-                 ylabel: str, names: Sequence[str], yticks: Sequence[tuple[float, str]]) -> str:
+def _trend_panel(
+    frame: _Frame,
+    values: np.ndarray,
+    reference: float,
+    reference_label: str,
+    title: str,
+    ylabel: str,
+    names: Sequence[str],
+    yticks: Sequence[tuple[float, str]],
+) -> str:
     xs = np.arange(len(values), dtype=np.float64)
     ok = np.isfinite(values)
-    parts = [_line(frame.left, frame.y(reference), frame.left + frame.width, frame.y(reference), NULL_COLOR, 1.5,
-                   dashed=True),
-             _text(frame.left + 6, frame.y(reference) - 5, reference_label, size=10)]
+    parts = [
+        _line(
+            frame.left, frame.y(reference), frame.left + frame.width, frame.y(reference), NULL_COLOR, 1.5, dashed=True
+        ),
+        _text(frame.left + 6, frame.y(reference) - 5, reference_label, size=10),
+    ]
     if ok.sum() > 1:
         points = " ".join(f"{_n(x)},{_n(y)}" for x, y in zip(frame.x(xs[ok]), frame.y(values[ok])))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{AUDITED_COLOR}" stroke-width="2"/>')
@@ -371,21 +436,41 @@ def sets_trend_svg(sets: Sequence[SetPoint], alpha: float) -> str:
     half, left_margin, right_margin, top = width / 2, 64, 18, 34
     x_range = (-0.5, len(sets) - 0.5)
     top_pct = max(5.0, float(np.nanmax(fraction)) * 1.1 if np.isfinite(fraction).any() else 5.0, 100.0 * alpha * 2)
-    frames = [_Frame(i * half + left_margin, top, half - left_margin - right_margin, height - top - 46, x_range, y)
-              for i, y in enumerate(((0.0, top_pct), (0.0, 1.0)))]
+    frames = [
+        _Frame(i * half + left_margin, top, half - left_margin - right_margin, height - top - 46, x_range, y)
+        for i, y in enumerate(((0.0, top_pct), (0.0, 1.0)))
+    ]
     body = [
-        _trend_panel(frames[0], fraction, 100.0 * alpha, f"expected by chance ({100 * alpha:.2g}%)",
-                     "Flagged slices per set", "flagged (% of scored)", names, _linear_ticks(0.0, top_pct, 5)),
-        _trend_panel(frames[1], mean_mi, 0.5, "typical real slice (0.5)", "Mean mi per set", "mean mi", names,
-                     _linear_ticks(0.0, 1.0, 5)),
+        _trend_panel(
+            frames[0],
+            fraction,
+            100.0 * alpha,
+            f"expected by chance ({100 * alpha:.2g}%)",
+            "Flagged slices per set",
+            "flagged (% of scored)",
+            names,
+            _linear_ticks(0.0, top_pct, 5),
+        ),
+        _trend_panel(
+            frames[1],
+            mean_mi,
+            0.5,
+            "typical real slice (0.5)",
+            "Mean mi per set",
+            "mean mi",
+            names,
+            _linear_ticks(0.0, 1.0, 5),
+        ),
     ]
     label = "Flagged fraction and mean mi per set, in the order given: " + "; ".join(
-        f"{s.name}: {s.flagged} of {s.scored} flagged, mean mi {s.mean_mi:.3f}" for s in sets[:20])
+        f"{s.name}: {s.flagged} of {s.scored} flagged, mean mi {s.mean_mi:.3f}" for s in sets[:20]
+    )
     return _svg(width, height, "plot trend", label, body)
 
 
-def set_histograms_svg(sets: Sequence[tuple[str, np.ndarray, int]], null_mi: np.ndarray,
-                       threshold_mi: float | None) -> str:
+def set_histograms_svg(
+    sets: Sequence[tuple[str, np.ndarray, int]], null_mi: np.ndarray, threshold_mi: float | None
+) -> str:
     """One small histogram per set, (name, mi values, flagged count) in the order given: the set's
     mi (outline) over the null's (grey bars), square-root y scale, the threshold dashed."""
     cell_w, cell_h = SET_PANEL_SIZE
@@ -397,17 +482,20 @@ def set_histograms_svg(sets: Sequence[tuple[str, np.ndarray, int]], null_mi: np.
         values = _finite(mi)
         null_d, set_d = _density(null, MI_BINS), _density(values, MI_BINS)
         peak = float(max(null_d.max(initial=0.0), set_d.max(initial=0.0))) or 1.0
-        frame = _Frame(left, top, cell_w - 64, cell_h - 62, (0.0, 1.0), (0.0, 1.08 ** 2 * peak), sqrt=True)
+        frame = _Frame(left, top, cell_w - 64, cell_h - 62, (0.0, 1.0), (0.0, 1.08**2 * peak), sqrt=True)
         if null.size:
             body.append(f'<path d="{_step_path(frame, MI_BINS, null_d)}Z" fill="{NULL_COLOR}" fill-opacity="0.8"/>')
         if values.size:
-            body.append(f'<path d="{_step_path(frame, MI_BINS, set_d)}" fill="none" stroke="{AUDITED_COLOR}" '
-                        'stroke-width="1.6"/>')
+            body.append(
+                f'<path d="{_step_path(frame, MI_BINS, set_d)}" fill="none" stroke="{AUDITED_COLOR}" '
+                'stroke-width="1.6"/>'
+            )
         if threshold_mi is not None:
             x = frame.x(threshold_mi)
             body.append(_line(x, frame.top, x, frame.bottom, THRESHOLD_COLOR, 1.4, dashed=True))
         body.append(_axes(frame, [(0.0, "0"), (0.5, "0.5"), (1.0, "1")], [], "mi", ""))
         body.append(_text(left, top - 8, f"{short_name(name, 26)} ({flagged} of {values.size} flagged)", size=11))
-    label = (f"mi of each of {len(sets)} sets over the null (grey), square-root density scale"
-             + ("" if threshold_mi is None else f"; threshold mi = {threshold_mi:.4g}"))
+    label = f"mi of each of {len(sets)} sets over the null (grey), square-root density scale" + (
+        "" if threshold_mi is None else f"; threshold mi = {threshold_mi:.4g}"
+    )
     return _svg(SET_PANELS_PER_ROW * cell_w, rows * cell_h + 8, "plot sethist", label, body)

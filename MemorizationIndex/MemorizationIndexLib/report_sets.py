@@ -39,11 +39,13 @@ def set_groups(summary: dict, rows: Sequence[SetRow]) -> list[tuple[dict, Sequen
             first, stop = (int(v) for v in entry["rows"])
             name = str(entry["set"])
         except (KeyError, TypeError, ValueError):
-            raise UserError("summary.json has a corrupt \"sets\" entry (it needs \"set\" and \"rows\": "
-                            "[first, stop])") from None
+            raise UserError(
+                'summary.json has a corrupt "sets" entry (it needs "set" and "rows": [first, stop])'
+            ) from None
         if not 0 <= first <= stop <= len(rows):
-            raise UserError(f"summary.json: set {name} claims rows {first}..{stop} of slices.csv, "
-                            f"which has {len(rows)} rows")
+            raise UserError(
+                f"summary.json: set {name} claims rows {first}..{stop} of slices.csv, which has {len(rows)} rows"
+            )
         groups.append((entry, rows[first:stop]))
     return groups
 
@@ -58,8 +60,10 @@ def set_row_mask(summary: dict, n_rows: int) -> np.ndarray:
 
 
 def _table(groups: list[tuple[dict, Sequence[SetRow]]], alpha: float) -> str:
-    head = ("<tr><th>set</th><th>files</th><th>slices scored</th><th>skipped (empty)</th><th>flagged</th>"
-            "<th>expected by chance</th><th>flagged %</th><th>mean mi</th><th>max mi</th></tr>")
+    head = (
+        "<tr><th>set</th><th>files</th><th>slices scored</th><th>skipped (empty)</th><th>flagged</th>"
+        "<th>expected by chance</th><th>flagged %</th><th>mean mi</th><th>max mi</th></tr>"
+    )
     body = []
     for entry, srows in groups[:MAX_SET_ROWS]:
         n, k = len(srows), sum(r.flagged for r in srows)
@@ -70,23 +74,35 @@ def _table(groups: list[tuple[dict, Sequence[SetRow]]], alpha: float) -> str:
             f'<td class="num">{n}</td><td class="num">{_e(entry.get("slices_skipped_empty", ""))}</td>'
             f'<td class="num">{k}</td><td class="num">{alpha * n:.3g}</td>'
             f'<td class="num">{100.0 * k / n if n else 0.0:.1f}</td><td class="num">{mean}</td>'
-            f'<td class="num">{top}</td></tr>')
+            f'<td class="num">{top}</td></tr>'
+        )
     note = ""
     if len(groups) > MAX_SET_ROWS:
-        note = (f'<p class="note">{len(groups) - MAX_SET_ROWS} more sets are not listed here; summary.json has '
-                "all of them.</p>")
+        note = (
+            f'<p class="note">{len(groups) - MAX_SET_ROWS} more sets are not listed here; summary.json has '
+            "all of them.</p>"
+        )
     return f'<table class="vols sets">{head}{"".join(body)}</table>{note}'
 
 
 def sets_section_html(groups: list[tuple[dict, Sequence[SetRow]]], null_mi: np.ndarray, threshold: dict) -> str:
     """The sets section: trend plot, table, per-set histograms (``threshold``: summary.json's)."""
     alpha, reachable = float(threshold["alpha"]), np.isfinite(float(threshold["z"]))
-    points = [SetPoint(str(entry["set"]), len(srows), sum(r.flagged for r in srows),
-                       float(np.mean([r.mi for r in srows])) if len(srows) else float("nan"))
-              for entry, srows in groups]
+    points = [
+        SetPoint(
+            str(entry["set"]),
+            len(srows),
+            sum(r.flagged for r in srows),
+            float(np.mean([r.mi for r in srows])) if len(srows) else float("nan"),
+        )
+        for entry, srows in groups
+    ]
     shown = groups[:MAX_SET_HISTOGRAMS]
-    histograms = set_histograms_svg([(str(e["set"]), np.array([r.mi for r in s]), sum(r.flagged for r in s))
-                                     for e, s in shown], null_mi, float(threshold["mi"]) if reachable else None)
+    histograms = set_histograms_svg(
+        [(str(e["set"]), np.array([r.mi for r in s]), sum(r.flagged for r in s)) for e, s in shown],
+        null_mi,
+        float(threshold["mi"]) if reachable else None,
+    )
     left_out = ""
     if len(groups) > len(shown):
         left_out = f" Showing {len(shown)} of {len(groups)} sets; the table and summary.json have all of them."
@@ -97,7 +113,8 @@ def sets_section_html(groups: list[tuple[dict, Sequence[SetRow]]], null_mi: np.n
         "in the order given: the share of its slices flagged as copies, and its mean mi. A rise from set to set "
         "is where memorisation starts.</p>"
         + _table(groups, alpha)
-        + "<h3>mi of each set over the null</h3>" + histograms
+        + "<h3>mi of each set over the null</h3>"
+        + histograms
         + f'<p class="note">Grey: real slices scored against the training set (the null); blue outline: the set; '
         f"red dashed line: the threshold.{_e(left_out)}</p></section>"
     )

@@ -1,4 +1,7 @@
-"""Score definitions (Deo et al., arXiv 2602.13066, with the changes in docs/method.md): aggregation, z, mi, oni, p-value, flag threshold."""
+"""Score definitions: aggregation, z, mi, oni, p-value, flag threshold.
+
+They follow Deo et al., arXiv 2602.13066, with the changes in docs/method.md.
+"""
 
 from __future__ import annotations
 
@@ -65,7 +68,9 @@ class NullModel:
         """Similarity above which p-value < alpha, in similarity, z, mi and oni units."""
         n = len(self.values)
         allowed = int(np.ceil(alpha * (1 + n) - 1)) - 1  # largest count of null >= s keeping p < alpha
-        similarity = float("inf") if allowed < 0 else float(self.values[n - 1 - allowed]) if allowed < n else float("-inf")
+        similarity = (
+            float("inf") if allowed < 0 else float(self.values[n - 1 - allowed]) if allowed < n else float("-inf")
+        )
         z = float(self.z(np.array([similarity]))[0]) if np.isfinite(similarity) else similarity
         return Threshold(alpha=alpha, similarity=similarity, z=z, mi=float(mi_from_z(z)), oni=float(oni_from_z(z)))
 

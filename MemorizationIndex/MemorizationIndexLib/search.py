@@ -64,7 +64,9 @@ def build_flat_index(vectors: np.ndarray) -> faiss.Index:
     return index
 
 
-def build_ivf_index(vectors: np.ndarray, *, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> faiss.Index:
+def build_ivf_index(
+    vectors: np.ndarray, *, nlist: int | None = None, nprobe: int = DEFAULT_NPROBE, seed: int = 0
+) -> faiss.Index:
     """IVF index with full float32 vectors in its lists and a direct map (for exact re-ranking).
 
     The coarse quantizer is trained by k-means on a seeded sample of 64 vectors per cell.

@@ -24,21 +24,32 @@ from .reference_index import ReferenceIndex
 CHUNK_BATCHES = 4  # encoder batches embedded and scored together
 
 
-def _score_chunk(index: ReferenceIndex, encoder: Encoder, chunk: list[tuple[VolumeAudit, int, np.ndarray]],
-                 alpha: float, batch_size: int, top_k: int, cancel: threading.Event | None) -> list[SliceScore]:
+def _score_chunk(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    chunk: list[tuple[VolumeAudit, int, np.ndarray]],
+    alpha: float,
+    batch_size: int,
+    top_k: int,
+    cancel: threading.Event | None,
+) -> list[SliceScore]:
     """Embed, search and score queued (member, slice index, slice) entries into their members;
     returns their scores in queue order."""
     slices = [s for _, _, s in chunk]
     raw = halving_batch_on_out_of_memory(
-        lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size)
+        lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size
+    )
     rows, ids, scores = score_features(index, raw, alpha, k=top_k)
     prov = index.provenance
     result = []
     for i, (member, k, _) in enumerate(chunk):
         result.append(SliceScore(slice=k, **rows[i]))
         member.scores.append(result[-1])
-        member.neighbours[k] = [Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
-                                for rank, r in enumerate(ids[i]) if r >= 0]
+        member.neighbours[k] = [
+            Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
+            for rank, r in enumerate(ids[i])
+            if r >= 0
+        ]
     return result
 
 
@@ -60,8 +71,10 @@ def audit_set(
     the set in their ``evidence_slices`` (for the report's gallery).
     """
     threshold = index.null_model.threshold(alpha)
-    members = {path: VolumeAudit(str(path), 0, SET_AXIS, n, [], [], threshold)
-               for path, n in zip(image_set.files, image_set.counts)}
+    members = {
+        path: VolumeAudit(str(path), 0, SET_AXIS, n, [], [], threshold)
+        for path, n in zip(image_set.files, image_set.counts)
+    }
     settings, chunk_size, total = index.preprocessing, batch_size * CHUNK_BATCHES, image_set.n_slices
     chunk: list[tuple[VolumeAudit, int, np.ndarray]] = []
     best: list[tuple[tuple, VolumeAudit, int, np.ndarray]] = []  # (evidence rank, member, slice index, slice)
@@ -72,7 +85,7 @@ def audit_set(
             scored = _score_chunk(index, encoder, chunk, alpha, batch_size, top_k, cancel)
             best.extend((evidence_order(m.volume, score), m, k, s) for (m, k, s), score in zip(chunk, scored))
             best.sort(key=lambda entry: entry[0])
-            del best[max(0, keep_evidence):]
+            del best[max(0, keep_evidence) :]
             chunk.clear()
         if progress is not None:
             progress(done, total)

@@ -130,7 +130,9 @@ def _choose_series(folder: Path, series: str | None) -> tuple[str, list[str]]:
     if not series_ids:
         raise UserError(f"no DICOM series found in folder {folder}")
     if series is None and len(series_ids) > 1:
-        raise UserError(f"folder {folder} holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); pick one with --series")
+        raise UserError(
+            f"folder {folder} holds {len(series_ids)} DICOM series ({', '.join(series_ids)}); pick one with --series"
+        )
     chosen = series if series is not None else series_ids[0]
     if chosen not in series_ids:
         raise UserError(f"DICOM series {chosen} is not in {folder}; available: {', '.join(series_ids)}")
@@ -161,7 +163,9 @@ def _first_line(exc: Exception) -> str:
 def _file_reader(path: Path) -> sitk.ImageFileReader:
     io_name = _IMAGE_IO_BY_SUFFIX.get(_suffix(path))
     if io_name is None:
-        raise UserError(f"{path} is not a supported image file (use NIfTI, NRRD, MHA/MHD, PNG/TIFF/JPEG or a DICOM folder)")
+        raise UserError(
+            f"{path} is not a supported image file (use NIfTI, NRRD, MHA/MHD, PNG/TIFF/JPEG or a DICOM folder)"
+        )
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.SetImageIO(io_name)
@@ -173,7 +177,9 @@ def _read_file(path: Path) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise UserError(f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?") from None
+        raise UserError(
+            f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?"
+        ) from None
 
 
 def _read_complete_file(path: Path) -> sitk.Image:
@@ -191,6 +197,7 @@ def _read_complete_file(path: Path) -> sitk.Image:
 
 
 # --- NIfTI completeness (ITK pads a truncated NIfTI with zeros instead of failing) ---------------
+
 
 def _nifti_header_bytes(head: bytes) -> tuple[int, int] | None:
     """(vox_offset, data bytes) from a NIfTI-1/-2 header, or None when it is not one."""
@@ -222,7 +229,10 @@ def _gzip_length(path: Path) -> int:
             while chunk := handle.read(_GZIP_CHUNK):
                 total += len(chunk)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise UserError(f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc) or 'compressed data ended early'}); copy the file again") from None
+        raise UserError(
+            f"{path} is truncated or corrupt ({type(exc).__name__}: {str(exc) or 'compressed data ended early'}); "
+            "copy the file again"
+        ) from None
     return total
 
 
@@ -236,7 +246,9 @@ def _check_nifti_complete(path: Path) -> None:
         with opener(header_path, "rb") as handle:
             head = handle.read(540)
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise UserError(f"cannot read the NIfTI header of {path} ({type(exc).__name__}); is the file complete and of that format?") from None
+        raise UserError(
+            f"cannot read the NIfTI header of {path} ({type(exc).__name__}); is the file complete and of that format?"
+        ) from None
     layout = _nifti_header_bytes(head)
     if layout is None:
         return  # not a NIfTI header: ITK reports the problem when reading
@@ -251,22 +263,32 @@ def _check_nifti_complete(path: Path) -> None:
         vox_offset = 0 if suffix in (".hdr", ".img") and vox_offset < 0 else vox_offset
     needed = (vox_offset if suffix in (".nii", ".nii.gz") else max(vox_offset, 0)) + data_bytes
     if available < needed:
-        raise UserError(f"{path} is truncated: its header needs {needed} bytes of image data but the file has {available}; copy the file again")
+        raise UserError(
+            f"{path} is truncated: its header needs {needed} bytes of image data but the file has {available}; copy "
+            "the file again"
+        )
 
 
 # --- header-level validation ------------------------------------------------------------------
 
+
 def _check_volume_index(path: Path, size: tuple[int, ...], volume_index: int | None) -> None:
     if len(size) == 4 and size[3] > 1:
         if volume_index is None:
-            raise UserError(f"{path} is a 4D image with {size[3]} volumes; choose one with --volume-index 0..{size[3] - 1}")
+            raise UserError(
+                f"{path} is a 4D image with {size[3]} volumes; choose one with --volume-index 0..{size[3] - 1}"
+            )
         if not 0 <= volume_index < size[3]:
             raise UserError(f"--volume-index {volume_index} is out of range for {path} (0..{size[3] - 1})")
     elif volume_index not in (None, 0):
-        raise UserError(f"--volume-index {volume_index} was given but {path} holds a single volume; drop --volume-index or use 0")
+        raise UserError(
+            f"--volume-index {volume_index} was given but {path} holds a single volume; drop --volume-index or use 0"
+        )
 
 
-def _check_header(path: Path, size: tuple[int, ...], components: int, pixel_id: int, pixel_type: str, volume_index: int | None) -> None:
+def _check_header(
+    path: Path, size: tuple[int, ...], components: int, pixel_id: int, pixel_type: str, volume_index: int | None
+) -> None:
     if len(size) not in (2, 3, 4):
         raise UserError(f"{path} has {len(size)} dimensions; expected a 2D, 3D or 4D image")
     if any(s < 1 for s in size):
@@ -274,7 +296,10 @@ def _check_header(path: Path, size: tuple[int, ...], components: int, pixel_id: 
     if pixel_id in _COMPLEX_PIXEL_IDS or "complex" in pixel_type.lower():
         raise UserError(f"{path} has complex pixels ({pixel_type}); save the magnitude image instead")
     if components not in (1, 3, 4):
-        raise UserError(f"{path} has {components} components per pixel; expected grey (1), RGB (3) or RGBA (4) (save one channel or the magnitude)")
+        raise UserError(
+            f"{path} has {components} components per pixel; expected grey (1), RGB (3) or RGBA (4) (save one channel "
+            "or the magnitude)"
+        )
     _check_volume_index(path, size, volume_index)
 
 
@@ -300,7 +325,9 @@ def inspect_input(path: str | Path, *, series: str | None = None, volume_index: 
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise UserError(f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?") from None
+        raise UserError(
+            f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?"
+        ) from None
     size = tuple(int(s) for s in reader.GetSize())
     pixel_id = reader.GetPixelID()
     pixel_type = sitk.GetPixelIDValueAsString(pixel_id)
@@ -308,7 +335,9 @@ def inspect_input(path: str | Path, *, series: str | None = None, volume_index: 
     return InputInfo(path, size, reader.GetNumberOfComponents(), pixel_type)
 
 
-def validate_inputs(paths: list[str] | list[Path], *, series: str | None = None, volume_index: int | None = None) -> list[Path]:
+def validate_inputs(
+    paths: list[str] | list[Path], *, series: str | None = None, volume_index: int | None = None
+) -> list[Path]:
     """Expand user paths and check every input's header before any work; returns the inputs."""
     inputs = expand_inputs(list(paths))
     for path in inputs:
@@ -318,10 +347,14 @@ def validate_inputs(paths: list[str] | list[Path], *, series: str | None = None,
 
 # --- reading pixels ---------------------------------------------------------------------------
 
+
 def _to_scalar_3d(image: sitk.Image, path: Path, volume_index: int | None) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() > 1:
         # RGB(A) or vector pixels: use the mean of the first three components as intensity.
-        channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(min(3, image.GetNumberOfComponentsPerPixel()))]
+        channels = [
+            sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32)
+            for c in range(min(3, image.GetNumberOfComponentsPerPixel()))
+        ]
         image = sum(channels[1:], channels[0]) / float(len(channels))
     dimension = image.GetDimension()
     if dimension == 4:
@@ -364,15 +397,22 @@ def read_image(path: str | Path, *, series: str | None = None, volume_index: int
     else:
         image = _read_complete_file(path)
     if image.GetPixelID() in _COMPLEX_PIXEL_IDS:
-        raise UserError(f"{path} has complex pixels ({image.GetPixelIDTypeAsString()}); save the magnitude image instead")
+        raise UserError(
+            f"{path} has complex pixels ({image.GetPixelIDTypeAsString()}); save the magnitude image instead"
+        )
     if image.GetNumberOfComponentsPerPixel() not in (1, 3, 4):
-        raise UserError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected grey (1), RGB (3) or RGBA (4) (save one channel or the magnitude)")
+        raise UserError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per pixel; expected grey (1), RGB (3) or "
+            "RGBA (4) (save one channel or the magnitude)"
+        )
     if any(s < 1 for s in image.GetSize()):
         raise UserError(f"{path} is empty (size {'x'.join(map(str, image.GetSize()))})")
     try:
         image = sitk.Cast(_to_scalar_3d(image, path, volume_index), sitk.sitkFloat32)
     except RuntimeError as exc:
-        raise UserError(f"cannot convert {path} ({image.GetPixelIDTypeAsString()}) to a float32 scalar volume: {_first_line(exc)}") from None
+        raise UserError(
+            f"cannot convert {path} ({image.GetPixelIDTypeAsString()}) to a float32 scalar volume: {_first_line(exc)}"
+        ) from None
     clean = _finite_array(sitk.GetArrayViewFromImage(image))
     if clean is not None:
         fixed = sitk.GetImageFromArray(clean)
@@ -382,6 +422,7 @@ def read_image(path: str | Path, *, series: str | None = None, volume_index: int
 
 
 # --- axes ---------------------------------------------------------------------------------------
+
 
 def _patient_axis_of_index_axes(image: sitk.Image) -> tuple[int, int, int]:
     """Patient axis (0=L-R, 1=A-P, 2=S-I) of each index axis (i, j, k): a one-to-one assignment.

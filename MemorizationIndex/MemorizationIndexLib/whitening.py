@@ -33,13 +33,15 @@ class ShrinkageWhitener:
     max_fit_samples: fit on a seeded random subset when there are more rows than this.
     """
 
-    def __init__(self, shrinkage: str | float = "ledoit-wolf", eps: float = 1e-6, max_fit_samples: int = 200_000, seed: int = 0):
+    def __init__(
+        self, shrinkage: str | float = "ledoit-wolf", eps: float = 1e-6, max_fit_samples: int = 200_000, seed: int = 0
+    ):
         self.shrinkage = shrinkage
         self.eps = eps
         self.max_fit_samples = max_fit_samples
         self.seed = seed
 
-    def fit(self, x: np.ndarray) -> "ShrinkageWhitener":
+    def fit(self, x: np.ndarray) -> ShrinkageWhitener:
         """Estimate mean and whitening matrix from rows of ``x`` [n, d]."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or len(x) < 2:
@@ -75,10 +77,15 @@ class ShrinkageWhitener:
 
     def state(self) -> dict[str, np.ndarray]:
         """Fitted parameters as arrays (for saving)."""
-        return {"mean": self.mean_, "whitening_matrix": self.whitening_matrix_, "shrinkage": np.float64(self.shrinkage_), "eps": np.float64(self.eps)}
+        return {
+            "mean": self.mean_,
+            "whitening_matrix": self.whitening_matrix_,
+            "shrinkage": np.float64(self.shrinkage_),
+            "eps": np.float64(self.eps),
+        }
 
     @classmethod
-    def from_state(cls, state: dict[str, np.ndarray]) -> "ShrinkageWhitener":
+    def from_state(cls, state: dict[str, np.ndarray]) -> ShrinkageWhitener:
         """Rebuild a fitted whitener from :meth:`state`."""
         whitener = cls(shrinkage=float(state["shrinkage"]), eps=float(state["eps"]))
         whitener.shrinkage_ = float(state["shrinkage"])

@@ -58,8 +58,15 @@ def grayscale_first_layer(conv: nn.Conv2d, scale: float = 1.0, shift: float = 0.
     Exact where the kernel lies inside the image; a convolution that pads must pad x with
     ``-shift / scale`` (the value that normalises to the original zero padding).
     """
-    folded = type(conv)(1, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                        dilation=conv.dilation, bias=True)
+    folded = type(conv)(
+        1,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=True,
+    )
     with torch.no_grad():
         folded.weight.copy_(scale * conv.weight.sum(dim=1, keepdim=True))
         bias = shift * conv.weight.sum(dim=(1, 2, 3))
