@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -49,6 +50,12 @@ from MemorizationIndexLib.allocator import keep_freed_memory
 from MemorizationIndexLib.encoders import load_encoder
 from MemorizationIndexLib.scoring import NullModel, mi_from_z
 from MemorizationIndexLib.whitening import ShrinkageWhitener
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
+
+    from MemorizationIndexLib.encoders.base import Encoder
+    from MemorizationIndexLib.reference_index import ReferenceIndex
 
 DIMS = {"stage4": 80, "stage5": 112, "stage6": 192}  # the default encoder's blocks
 
@@ -143,8 +150,27 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------- encoders
 
 
-def bench_encoders(devices: list[str], quick: bool) -> list[dict]:
+def _published_network(
+    name: str, encoder: Encoder, checkpoint: Path, x: torch.Tensor
+) -> tuple[torch.nn.Module, torch.Tensor, tuple]:
+    """The network as published (3 normalised channels), its RGB input and the block ids to read."""
     from MemorizationIndexLib.encoders.efficientnet_lite import EfficientNetLite0, load_lite0_state, weights_path
+    from MemorizationIndexLib.encoders.mri_core import VisionTransformer
+
+    if name == "default":
+        published = EfficientNetLite0()
+        published.load_state_dict(load_lite0_state(weights_path()))
+        x_rgb = (x.expand(-1, 3, -1, -1) * 255.0 - 127.0) / 128.0
+        ids = encoder.blocks
+    else:
+        published = VisionTransformer(14, layerscale=True)
+        published.load_state_dict(torch.load(checkpoint, weights_only=True))
+        x_rgb = x.expand(-1, 3, -1, -1).contiguous()
+        ids = encoder.block_ids
+    return published, x_rgb, ids
+
+
+def bench_encoders(devices: list[str], quick: bool) -> list[dict]:
     from MemorizationIndexLib.encoders.mri_core import VisionTransformer
 
     rows = []
@@ -158,16 +184,7 @@ def bench_encoders(devices: list[str], quick: bool) -> list[dict]:
             batch = np.random.default_rng(0).random((batch_size, 1, 224, 224), dtype=np.float32)
             x = torch.from_numpy(batch).to(device)
             # The network as published reads 3 normalised channels; ours folds that into its first layer.
-            if name == "default":
-                published = EfficientNetLite0()
-                published.load_state_dict(load_lite0_state(weights_path()))
-                x_rgb = (x.expand(-1, 3, -1, -1) * 255.0 - 127.0) / 128.0
-                ids = encoder.blocks
-            else:
-                published = VisionTransformer(14, layerscale=True)
-                published.load_state_dict(torch.load(checkpoint, weights_only=True))
-                x_rgb = x.expand(-1, 3, -1, -1).contiguous()
-                ids = encoder.block_ids
+            published, x_rgb, ids = _published_network(name, encoder, checkpoint, x)
             published.eval().to(device)
 
             def forward(model, inputs):
@@ -314,14 +331,11 @@ print(json.dumps({{"load_s": dt, "rss_delta_mb": rss() - before}}))
 """
 
 
-def bench_audit(out: Path, n_reference: int) -> dict:
-    from MemorizationIndexLib.audit import audit_image
+def _build_audit_index(out: Path, encoder: Encoder, n_reference: int) -> tuple[Path, float, float, int]:
+    """Build the synthetic n-row audit index; return its path, build seconds, peak MB and raw vector bytes."""
     from MemorizationIndexLib.index_build import build_index_from_features
-    from MemorizationIndexLib.preprocess import nonempty_mask, prepare_batch
-    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance, ReferenceIndex
-    from MemorizationIndexLib.volumes import image_slices, resolve_axis
+    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance
 
-    encoder = load_encoder("default")
     synth = Synthetic(seed=1)
     features = {b: np.concatenate([f[b] for _, f in synth.rows(n_reference)]) for b in DIMS}
     provenance = Provenance()
@@ -341,16 +355,22 @@ def bench_audit(out: Path, n_reference: int) -> dict:
     build_peak = peak_mb() - gc_before
     raw_bytes = sum(v.nbytes for v in features.values())
     del features, built
-    loaded = load_in_subprocess(LOAD_INDEX.format(path=str(path)))
-    index = ReferenceIndex.load(path)
-    log(f"100k index: built in {build_s:.1f} s, loads in {loaded['load_s']:.2f} s")
+    return path, build_s, build_peak, raw_bytes
 
-    image = synthetic_volume()
-    stack = image_slices(image, resolve_axis(image, index.axis))
-    keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
-    prepared = prepare_batch([stack[k] for k in keep], encoder.input_size, index.preprocessing)
-    tensor = torch.from_numpy(prepared)
-    raw = encoder.embed(prepared)
+
+def _audit_runs(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    image: sitk.Image,
+    stack: np.ndarray,
+    keep: np.ndarray,
+    tensor: torch.Tensor,
+    raw: dict,
+) -> dict[str, list[float]]:
+    """Interleaved timings of the audit, its parts and the bare forward pass + FAISS search (8 rounds)."""
+    from MemorizationIndexLib.audit import audit_image
+    from MemorizationIndexLib.preprocess import prepare_batch
+
     whitened = index.whiten(raw)
 
     def bare_forward():
@@ -367,7 +387,7 @@ def bench_audit(out: Path, n_reference: int) -> dict:
         bare_faiss()
 
     audit_image(index, image, "generated", encoder=encoder)  # warm-up
-    runs = interleaved_runs(
+    return interleaved_runs(
         {
             "audit": lambda: audit_image(index, image, "generated", encoder=encoder),
             "bare": bare,
@@ -378,6 +398,26 @@ def bench_audit(out: Path, n_reference: int) -> dict:
         },
         repeat=8,
     )
+
+
+def bench_audit(out: Path, n_reference: int) -> dict:
+    from MemorizationIndexLib.preprocess import nonempty_mask, prepare_batch
+    from MemorizationIndexLib.reference_index import ReferenceIndex
+    from MemorizationIndexLib.volumes import image_slices, resolve_axis
+
+    encoder = load_encoder("default")
+    path, build_s, build_peak, raw_bytes = _build_audit_index(out, encoder, n_reference)
+    loaded = load_in_subprocess(LOAD_INDEX.format(path=str(path)))
+    index = ReferenceIndex.load(path)
+    log(f"100k index: built in {build_s:.1f} s, loads in {loaded['load_s']:.2f} s")
+
+    image = synthetic_volume()
+    stack = image_slices(image, resolve_axis(image, index.axis))
+    keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
+    prepared = prepare_batch([stack[k] for k in keep], encoder.input_size, index.preprocessing)
+    tensor = torch.from_numpy(prepared)
+    raw = encoder.embed(prepared)
+    runs = _audit_runs(index, encoder, image, stack, keep, tensor, raw)
     best = {name: min(values) for name, values in runs.items()}
     t_audit, t_bare, t_forward, t_faiss, t_search = (
         best["audit"],
@@ -516,32 +556,30 @@ def set_bench_slices(n: int) -> tuple[np.ndarray, str]:
     return np.clip(array / array.max() * 255, 0, 255).astype(np.uint8), "synthetic slices (../shared/data absent)"
 
 
-def bench_sets(out: Path, n_slices: int = 240) -> dict:
-    """A folder of n single-slice PNG files audited as a set vs the same slices as one NIfTI volume
-    (audit_paths, outputs written, no report; 4 interleaved rounds); and the in-memory batch
-    API (BatchScorer.score) on the same slices vs the bare job: preprocessing, forward pass, search."""
+def _write_set_files(out: Path, slices: np.ndarray) -> tuple[Path, Path]:
+    """Write the slices as a folder of single-slice PNG files and as one NIfTI volume."""
     import SimpleITK as sitk
 
-    from MemorizationIndexLib.audit import audit_paths
-    from MemorizationIndexLib.batch_scoring import BatchScorer
-    from MemorizationIndexLib.index_build import build_index_from_features
-    from MemorizationIndexLib.preprocess import prepare_batch
-    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance
-
-    slices, origin = set_bench_slices(n_slices)
     folder, volume = out / "set-pngs", out / "set-volume.nii.gz"
     folder.mkdir(parents=True, exist_ok=True)
     for i, s in enumerate(slices):
         sitk.WriteImage(sitk.GetImageFromArray(s), str(folder / f"g{i:04d}.png"))
     sitk.WriteImage(sitk.GetImageFromArray(slices), str(volume))
-    encoder = load_encoder("default")
+    return folder, volume
+
+
+def _build_sets_index(out: Path, encoder: Encoder) -> ReferenceIndex:
+    """The synthetic 20k-row reference index the set benchmark audits against."""
+    from MemorizationIndexLib.index_build import build_index_from_features
+    from MemorizationIndexLib.reference_index import EncoderInfo, Provenance
+
     synth = Synthetic(seed=2)
     features = next(f for _, f in synth.rows(20_000))
     provenance = Provenance()
     for row in range(20_000):
         subject = f"sub-{row // 200:05d}"
         provenance.append(f"/reference/{subject}.nii.gz", row % 200, "axial", 0, "none", row, subject)
-    index = build_index_from_features(
+    return build_index_from_features(
         features,
         provenance,
         out / "index-sets",
@@ -549,6 +587,20 @@ def bench_sets(out: Path, n_slices: int = 240) -> dict:
         holdout_features=synth.fresh(2000, salt=3),
         overwrite=True,
     )
+
+
+def bench_sets(out: Path, n_slices: int = 240) -> dict:
+    """A folder of n single-slice PNG files audited as a set vs the same slices as one NIfTI volume
+    (audit_paths, outputs written, no report; 4 interleaved rounds); and the in-memory batch
+    API (BatchScorer.score) on the same slices vs the bare job: preprocessing, forward pass, search."""
+    from MemorizationIndexLib.audit import audit_paths
+    from MemorizationIndexLib.batch_scoring import BatchScorer
+    from MemorizationIndexLib.preprocess import prepare_batch
+
+    slices, origin = set_bench_slices(n_slices)
+    folder, volume = _write_set_files(out, slices)
+    encoder = load_encoder("default")
+    index = _build_sets_index(out, encoder)
     scorer = BatchScorer(index)
 
     def bare():  # the least any caller does: prepare the slices, forward pass, whiten, search
@@ -745,7 +797,80 @@ def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, l
 # ------------------------------------------------------------------------------------------- main
 
 
+def _audit_lines(a: dict) -> list[str]:
+    """The audit section of the printed table."""
+    lines: list[str] = []
+    lines += [
+        "",
+        f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
+        f"  audit {a['audit_s']:.2f} s | bare forward + FAISS {a['bare_s']:.2f} s "
+        f"(forward {a['bare_forward_s']:.2f} s, FAISS {a['bare_faiss_s']:.3f} s)"
+        f" | speed vs bare: median of per-round ratios {a['audit_speed_vs_bare_median_round']:.2f} "
+        f"(>= 0.9 required), best vs best {a['audit_speed_vs_bare']:.2f}"
+        f" | preprocessing {a['preprocess_s']:.2f} s",
+        f"  search: audit {a['audit_search_s'] * 1000:.1f} ms vs bare FAISS {a['bare_faiss_s'] * 1000:.1f} ms "
+        f"({a['search_speed_vs_bare_faiss']:.2f}x speed)",
+        f"  whole CLI command: {a['end_to_end']['cli_audit_s']:.2f} s "
+        f"({a['end_to_end']['cli_audit_no_report_s']:.2f} s with --no-report) vs the bare job"
+        f" (read, prepare, forward, FAISS) as a plain process {a['end_to_end']['bare_process_s']:.2f} s "
+        f"| speed vs bare"
+        f" {a['end_to_end']['cli_speed_vs_bare']:.2f} "
+        f"({a['end_to_end']['cli_no_report_speed_vs_bare']:.2f} without report)",
+        f"  build {a['build_s']:.1f} s (peak +{a['build_peak_mb_over_start']:.0f} MB) | load {a['load_s']:.2f} s, "
+        f"{a['loaded_rss_mb']:.0f} MB RSS"
+        f" (FAISS {a['loaded_index_structures_mb']:.0f} MB) vs raw vectors {a['raw_vector_mb']:.0f} MB",
+    ]
+    return lines
+
+
+def _large_lines(g: dict) -> list[str]:
+    """The large section of the printed table."""
+    lines: list[str] = []
+    lines += [
+        "",
+        f"{g['n_vectors']:,}-vector reference (search layer), "
+        f"IVF nlist={g['ivf']['nlist']} nprobe={g['ivf']['nprobe']}:",
+        f"  exact {g['exact_ms_per_query']:.2f} ms/query (bare FAISS {g['bare_flat_faiss_ms_per_query']:.2f}) "
+        f"| IVF+rerank {g['ivf_ms_per_query']:.3f} ms/query"
+        f" (bare FAISS {g['bare_ivf_faiss_ms_per_query']:.3f}) "
+        f"| speedup {g['speedup_ivf_vs_exact']:.1f}x (>= 10 required)",
+        f"  planted recall@1 {g['recall_at_1_planted_ivf']:.4f} of {g['n_planted']} (>= 0.999 required); "
+        f"identical similarity to exact {g['planted_identical_similarity']:.4f}"
+        f" of {g['n_planted_exact_checked']}; max |mi diff| {g['planted_max_abs_mi_difference']:.2g}",
+        f"  IVF build {g['ivf_build_s']:.1f} s (peak +{g['ivf_build_peak_mb']:.0f} MB); "
+        f"load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
+        f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)",
+    ]
+    return lines
+
+
+def _sets_lines(t: dict) -> list[str]:
+    """The sets section of the printed table."""
+    lines: list[str] = []
+    lines += [
+        "",
+        f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices as one NIfTI:",
+        f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
+        f"per-round ratios {t['set_vs_volume_median_round']:.2f} (>= 0.9 required), best vs best "
+        f"{t['set_vs_volume_throughput']:.2f}",
+        f"  in-memory batch API {t['batch_api_s']:.2f} s vs bare preprocessing + forward + FAISS "
+        f"{t['bare_s']:.2f} s | speed vs bare: median of rounds {t['batch_api_vs_bare_median_round']:.2f}, "
+        f"best vs best {t['batch_api_vs_bare']:.2f}",
+    ]
+    return lines
+
+
+def _scaling_lines(s: dict) -> list[str]:
+    """The scaling section of the printed table."""
+    lines: list[str] = []
+    lines += ["", f"{'vectors':>10} {'exact ms/q':>11} {'IVF ms/q':>9}"]
+    for n, e, i in zip(s["n_vectors"], s["exact_ms_per_query"], s["ivf_ms_per_query"]):
+        lines.append(f"{n:>10,} {e:>11.2f} {i:>9.3f}")
+    return lines
+
+
 def table(results: dict) -> str:
+    """The printed summary of all sections."""
     lines = [
         f"machine: {results['machine']['cpu']} ({results['machine']['cpu_cores']} cores, "
         f"{results['machine']['ram_gib']} GiB), GPU: {results['machine']['gpu'] or 'none'}",
@@ -760,62 +885,14 @@ def table(results: dict) -> str:
             f"{row['encoder']:<10} {row['device'][:10]:<10} {row['embed_slices_per_s']:>15.1f} "
             f"{row['bare_slices_per_s']:>14.1f} {row['ratio']:>6.2f} {row['published_rgb_slices_per_s']:>17.1f}"
         )
-    a = results.get("audit")
-    if a:
-        lines += [
-            "",
-            f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
-            f"  audit {a['audit_s']:.2f} s | bare forward + FAISS {a['bare_s']:.2f} s "
-            f"(forward {a['bare_forward_s']:.2f} s, FAISS {a['bare_faiss_s']:.3f} s)"
-            f" | speed vs bare: median of per-round ratios {a['audit_speed_vs_bare_median_round']:.2f} "
-            f"(>= 0.9 required), best vs best {a['audit_speed_vs_bare']:.2f}"
-            f" | preprocessing {a['preprocess_s']:.2f} s",
-            f"  search: audit {a['audit_search_s'] * 1000:.1f} ms vs bare FAISS {a['bare_faiss_s'] * 1000:.1f} ms "
-            f"({a['search_speed_vs_bare_faiss']:.2f}x speed)",
-            f"  whole CLI command: {a['end_to_end']['cli_audit_s']:.2f} s "
-            f"({a['end_to_end']['cli_audit_no_report_s']:.2f} s with --no-report) vs the bare job"
-            f" (read, prepare, forward, FAISS) as a plain process {a['end_to_end']['bare_process_s']:.2f} s "
-            f"| speed vs bare"
-            f" {a['end_to_end']['cli_speed_vs_bare']:.2f} "
-            f"({a['end_to_end']['cli_no_report_speed_vs_bare']:.2f} without report)",
-            f"  build {a['build_s']:.1f} s (peak +{a['build_peak_mb_over_start']:.0f} MB) | load {a['load_s']:.2f} s, "
-            f"{a['loaded_rss_mb']:.0f} MB RSS"
-            f" (FAISS {a['loaded_index_structures_mb']:.0f} MB) vs raw vectors {a['raw_vector_mb']:.0f} MB",
-        ]
-    g = results.get("large")
-    if g:
-        lines += [
-            "",
-            f"{g['n_vectors']:,}-vector reference (search layer), "
-            f"IVF nlist={g['ivf']['nlist']} nprobe={g['ivf']['nprobe']}:",
-            f"  exact {g['exact_ms_per_query']:.2f} ms/query (bare FAISS {g['bare_flat_faiss_ms_per_query']:.2f}) "
-            f"| IVF+rerank {g['ivf_ms_per_query']:.3f} ms/query"
-            f" (bare FAISS {g['bare_ivf_faiss_ms_per_query']:.3f}) "
-            f"| speedup {g['speedup_ivf_vs_exact']:.1f}x (>= 10 required)",
-            f"  planted recall@1 {g['recall_at_1_planted_ivf']:.4f} of {g['n_planted']} (>= 0.999 required); "
-            f"identical similarity to exact {g['planted_identical_similarity']:.4f}"
-            f" of {g['n_planted_exact_checked']}; max |mi diff| {g['planted_max_abs_mi_difference']:.2g}",
-            f"  IVF build {g['ivf_build_s']:.1f} s (peak +{g['ivf_build_peak_mb']:.0f} MB); "
-            f"load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
-            f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)",
-        ]
-    t = results.get("sets")
-    if t:
-        lines += [
-            "",
-            f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices as one NIfTI:",
-            f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
-            f"per-round ratios {t['set_vs_volume_median_round']:.2f} (>= 0.9 required), best vs best "
-            f"{t['set_vs_volume_throughput']:.2f}",
-            f"  in-memory batch API {t['batch_api_s']:.2f} s vs bare preprocessing + forward + FAISS "
-            f"{t['bare_s']:.2f} s | speed vs bare: median of rounds {t['batch_api_vs_bare_median_round']:.2f}, "
-            f"best vs best {t['batch_api_vs_bare']:.2f}",
-        ]
-    s = results.get("scaling")
-    if s:
-        lines += ["", f"{'vectors':>10} {'exact ms/q':>11} {'IVF ms/q':>9}"]
-        for n, e, i in zip(s["n_vectors"], s["exact_ms_per_query"], s["ivf_ms_per_query"]):
-            lines.append(f"{n:>10,} {e:>11.2f} {i:>9.3f}")
+    for key, section in (
+        ("audit", _audit_lines),
+        ("large", _large_lines),
+        ("sets", _sets_lines),
+        ("scaling", _scaling_lines),
+    ):
+        if results.get(key):
+            lines += section(results[key])
     return "\n".join(lines)
 
 

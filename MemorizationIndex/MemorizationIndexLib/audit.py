@@ -109,6 +109,48 @@ def score_features(
     return rows, found.ids, found.scores
 
 
+def _query_encoder(
+    index: ReferenceIndex, encoder: Encoder | None, device: str, preprocessing: PreprocessSettings | None
+) -> Encoder:
+    """Check the query preprocessing against the index's and return the (loaded or checked) encoder."""
+    if preprocessing is not None and preprocessing != index.preprocessing:
+        raise UserError(
+            f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run "
+            f"({preprocessing}); audit with the index's settings or rebuild the index"
+        )
+    if encoder is None:
+        return index.load_encoder(device=device)
+    index.check_encoder(encoder)
+    return encoder
+
+
+def _checked_alpha(index: ReferenceIndex, alpha: float | None) -> float:
+    """The significance level to use (the index's default when None), checked to lie in (0, 1)."""
+    alpha = index.default_alpha if alpha is None else alpha
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be between 0 and 1 (got {alpha})")
+    return alpha
+
+
+def _record_scores(
+    audit: VolumeAudit,
+    index: ReferenceIndex,
+    keep: np.ndarray,
+    rows: list[dict],
+    ids: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    """Append the kept slices' scores and their top-k reference neighbours to ``audit``."""
+    prov = index.provenance
+    for i, k in enumerate(keep):
+        audit.scores.append(SliceScore(slice=int(k), **rows[i]))
+        audit.neighbours[int(k)] = [
+            Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
+            for rank, r in enumerate(ids[i])
+            if r >= 0
+        ]
+
+
 def audit_image(
     index: ReferenceIndex,
     image: sitk.Image,
@@ -132,18 +174,8 @@ def audit_image(
     highest-scoring slices to keep in ``evidence_slices`` for the report (its ``max_evidence``).
     An out-of-memory error while embedding is retried with half the batch size (down to 1).
     """
-    if preprocessing is not None and preprocessing != index.preprocessing:
-        raise UserError(
-            f"index {index.path} was built with other preprocessing ({index.preprocessing}) than this query run "
-            f"({preprocessing}); audit with the index's settings or rebuild the index"
-        )
-    if encoder is None:
-        encoder = index.load_encoder(device=device)
-    else:
-        index.check_encoder(encoder)
-    alpha = index.default_alpha if alpha is None else alpha
-    if not 0 < alpha < 1:
-        raise UserError(f"alpha must be between 0 and 1 (got {alpha})")
+    encoder = _query_encoder(index, encoder, device, preprocessing)
+    alpha = _checked_alpha(index, alpha)
     array_axis = resolve_axis(image, axis or index.axis)
     stack = image_slices(image, array_axis)
     keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
@@ -166,15 +198,7 @@ def audit_image(
         ),
         batch_size,
     )
-    rows, ids, scores = score_features(index, raw, alpha, k=top_k)
-    prov = index.provenance
-    for i, k in enumerate(keep):
-        audit.scores.append(SliceScore(slice=int(k), **rows[i]))
-        audit.neighbours[int(k)] = [
-            Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
-            for rank, r in enumerate(ids[i])
-            if r >= 0
-        ]
+    _record_scores(audit, index, keep, *score_features(index, raw, alpha, k=top_k))
     best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[: max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     return audit
@@ -286,53 +310,40 @@ def _open_inputs(paths: Sequence[str | Path], series: str | None, volume_index: 
     return inputs
 
 
-def audit_paths(
+def _load_for_audit(
     index_dir: str | Path | ReferenceIndex,
     paths: Sequence[str | Path],
     out_dir: str | Path,
-    *,
-    checkpoint: str | Path | None = None,
-    device: str = "cpu",
-    batch_size: int = 32,
-    alpha: float | None = None,
-    axis: str | None = None,
-    series: str | None = None,
-    volume_index: int | None = None,
-    progress: ProgressCallback | None = None,
-    cancel: threading.Event | None = None,
-    engine: str = "local",
-    keep_evidence: int = 24,
-) -> list[Audit]:
-    """Audit volume files/folders and sets of 2D images against an index and write the outputs.
-
-    A folder of PNG/JPEG/TIFF/NPY/NPZ files, a glob pattern or one .npy/.npz file is a set
-    (:mod:`image_sets`) and gives one :class:`SetAudit`; other inputs give one
-    :class:`VolumeAudit` per volume, as before. Every input is first checked from its header
-    (cheap), so a bad input fails before any work and nothing is written; then volumes are read
-    and audited one at a time and sets in chunks, so memory is bounded by the largest single
-    volume or chunk (not by the number of inputs). Outputs are written only when every input has
-    been audited. ``progress`` gets one (done, total) over all inputs (:class:`progress.OverallProgress`).
-
-    index_dir: the index folder, or an index already loaded from it.
-    engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
-    keep_evidence: the audits keep the query slices of this many highest-scoring slices over all
-    inputs (the report's evidence gallery; see :func:`query_slices`).
-    """
-    from .set_audit import audit_set
-
-    if engine not in ("local", "ray"):
-        raise UserError(f"unknown engine {engine!r}; use local or ray")
+    checkpoint: str | Path | None,
+    device: str,
+    series: str | None,
+    volume_index: int | None,
+) -> tuple[ReferenceIndex, list[Path | ImageSet], Encoder]:
+    """Load the index, open and check every input and the output folder, then load the encoder."""
     index = index_dir if isinstance(index_dir, ReferenceIndex) else ReferenceIndex.load(index_dir)
     inputs = _open_inputs(paths, series, volume_index)
     check_output_dir(out_dir)
     encoder = index.load_encoder(checkpoint=checkpoint, device=device)
-    alpha = index.default_alpha if alpha is None else alpha
-    if not 0 < alpha < 1:
-        raise UserError(f"alpha must be between 0 and 1 (got {alpha})")
-    if engine == "ray":
-        from .ray_engine import attach_ray_search
+    return index, inputs, encoder
 
-        attach_ray_search(index)
+
+def _audit_inputs(
+    index: ReferenceIndex,
+    inputs: list[Path | ImageSet],
+    encoder: Encoder,
+    *,
+    alpha: float,
+    batch_size: int,
+    axis: str | None,
+    series: str | None,
+    volume_index: int | None,
+    progress: ProgressCallback | None,
+    cancel: threading.Event | None,
+    keep_evidence: int,
+) -> list[Audit]:
+    """Audit the opened inputs one at a time, keeping only the ``keep_evidence`` best evidence slices."""
+    from .set_audit import audit_set
+
     overall = OverallProgress(progress, [i.n_slices if isinstance(i, ImageSet) else None for i in inputs])
     audits: list[Audit] = []
     best: list[tuple[tuple, VolumeAudit, int]] = []
@@ -371,5 +382,61 @@ def audit_paths(
             del image  # one volume in memory at a time
         for member in file_audits(audits[-1:]):
             best = _keep_best_evidence(best, member, keep_evidence)
+    return audits
+
+
+def audit_paths(
+    index_dir: str | Path | ReferenceIndex,
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    alpha: float | None = None,
+    axis: str | None = None,
+    series: str | None = None,
+    volume_index: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    engine: str = "local",
+    keep_evidence: int = 24,
+) -> list[Audit]:
+    """Audit volume files/folders and sets of 2D images against an index and write the outputs.
+
+    A folder of PNG/JPEG/TIFF/NPY/NPZ files, a glob pattern or one .npy/.npz file is a set
+    (:mod:`image_sets`) and gives one :class:`SetAudit`; other inputs give one
+    :class:`VolumeAudit` per volume, as before. Every input is first checked from its header
+    (cheap), so a bad input fails before any work and nothing is written; then volumes are read
+    and audited one at a time and sets in chunks, so memory is bounded by the largest single
+    volume or chunk (not by the number of inputs). Outputs are written only when every input has
+    been audited. ``progress`` gets one (done, total) over all inputs (:class:`progress.OverallProgress`).
+
+    index_dir: the index folder, or an index already loaded from it.
+    engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
+    keep_evidence: the audits keep the query slices of this many highest-scoring slices over all
+    inputs (the report's evidence gallery; see :func:`query_slices`).
+    """
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown engine {engine!r}; use local or ray")
+    index, inputs, encoder = _load_for_audit(index_dir, paths, out_dir, checkpoint, device, series, volume_index)
+    alpha = _checked_alpha(index, alpha)
+    if engine == "ray":
+        from .ray_engine import attach_ray_search
+
+        attach_ray_search(index)
+    audits = _audit_inputs(
+        index,
+        inputs,
+        encoder,
+        alpha=alpha,
+        batch_size=batch_size,
+        axis=axis,
+        series=series,
+        volume_index=volume_index,
+        progress=progress,
+        cancel=cancel,
+        keep_evidence=keep_evidence,
+    )
     write_audit(file_audits(audits), summarize(audits, index), index.null_similarity, out_dir)
     return audits

@@ -490,38 +490,20 @@ def _copies_found(prepared: PreparedDataset, scored: _ConditionScores) -> list[d
     ]
 
 
-def evaluate_dataset(
+def _condition_rows(
+    out: dict,
     prepared: PreparedDataset,
     features: DatasetFeatures,
-    encoder_info: EncoderInfo,
+    scored: _ConditionScores,
+    blocks: Sequence[str],
+    levels: Sequence[float],
     *,
-    levels: Sequence[float] = DEFAULT_LEVELS,
-    preprocessing: PreprocessSettings = PreprocessSettings(),
-    alpha: float = DEFAULT_ALPHA,
-    seed: int = 0,
-    set_level: bool = True,
-    baselines: bool = True,
-    work_dir: str | Path | None = None,
-    log: Log = lambda m: None,
-) -> dict:
-    """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores (paper conditions), provenance,
-    copies flagged and false positives."""
-    blocks = list(encoder_info.blocks)
-    _, provenance = reference_with_copies(prepared)
+    seed: int,
+    set_level: bool,
+    baselines: bool,
+) -> None:
+    """Append each condition's and level's per-sample, provenance and set-level rows to ``out``."""
     n = prepared.n
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        index = build_index_from_features(
-            {b: features.reference[b] for b in blocks},
-            provenance,
-            Path(tmp) / "index",
-            encoder_info=encoder_info,
-            preprocessing=preprocessing,
-            seed=seed,
-        )
-    scored = _score_conditions(
-        prepared, features, index, blocks, alpha=alpha, preprocessing=preprocessing, seed=seed, baselines=baselines
-    )
-    out: dict = {"per_sample": [], "set_level": [], "provenance": []}
     ref_set = _set_features({b: features.reference[b][:n] for b in blocks}, blocks)
     clean_test_set = (
         _set_features({b: features.queries["clean"][b][:n] for b in blocks}, blocks)
@@ -553,6 +535,42 @@ def evaluate_dataset(
                     {"dataset": prepared.name, "condition": condition, "level": level, "metric": metric, "value": value}
                     for metric, value in values.items()
                 ]
+
+
+def evaluate_dataset(
+    prepared: PreparedDataset,
+    features: DatasetFeatures,
+    encoder_info: EncoderInfo,
+    *,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    preprocessing: PreprocessSettings = PreprocessSettings(),
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
+    set_level: bool = True,
+    baselines: bool = True,
+    work_dir: str | Path | None = None,
+    log: Log = lambda m: None,
+) -> dict:
+    """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores (paper conditions), provenance,
+    copies flagged and false positives."""
+    blocks = list(encoder_info.blocks)
+    _, provenance = reference_with_copies(prepared)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        index = build_index_from_features(
+            {b: features.reference[b] for b in blocks},
+            provenance,
+            Path(tmp) / "index",
+            encoder_info=encoder_info,
+            preprocessing=preprocessing,
+            seed=seed,
+        )
+    scored = _score_conditions(
+        prepared, features, index, blocks, alpha=alpha, preprocessing=preprocessing, seed=seed, baselines=baselines
+    )
+    out: dict = {"per_sample": [], "set_level": [], "provenance": []}
+    _condition_rows(
+        out, prepared, features, scored, blocks, levels, seed=seed, set_level=set_level, baselines=baselines
+    )
     out["false_positive_rate"], out["false_positive_rate_by_condition"] = _false_positive_rate(prepared, scored)
     out["copies"] = _copies_found(prepared, scored)
     out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
@@ -580,6 +598,40 @@ def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: Nu
     }
 
 
+def _empty_results() -> dict:
+    """The results dict before any dataset: every row list empty."""
+    return {
+        "per_sample": [],
+        "set_level": [],
+        "provenance": [],
+        "copies": [],
+        "false_positive_rate": [],
+        "false_positive_rate_by_condition": [],
+        "datasets": [],
+    }
+
+
+def _add_dataset(results: dict, part: dict, spec: DatasetSpec, t0: float) -> None:
+    """Append one dataset's rows and its description (with seconds since ``t0``) to ``results``."""
+    for key in (
+        "per_sample",
+        "set_level",
+        "provenance",
+        "copies",
+        "false_positive_rate",
+        "false_positive_rate_by_condition",
+    ):
+        results[key] += part[key]
+    results["datasets"].append(
+        {
+            **part["info"],
+            "paths": spec.paths,
+            "subject_pattern": spec.subject_pattern,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+
+
 def run_benchmark(
     specs: Sequence[DatasetSpec],
     out_dir: str | Path,
@@ -605,15 +657,7 @@ def run_benchmark(
     info = EncoderInfo.of(encoder, checkpoint)
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
-    results: dict = {
-        "per_sample": [],
-        "set_level": [],
-        "provenance": [],
-        "copies": [],
-        "false_positive_rate": [],
-        "false_positive_rate_by_condition": [],
-        "datasets": [],
-    }
+    results = _empty_results()
     for spec in specs:
         t0 = time.perf_counter()
         prepared = prepare_dataset(
@@ -637,23 +681,7 @@ def run_benchmark(
             work_dir=out_path,
             log=log,
         )
-        for key in (
-            "per_sample",
-            "set_level",
-            "provenance",
-            "copies",
-            "false_positive_rate",
-            "false_positive_rate_by_condition",
-        ):
-            results[key] += part[key]
-        results["datasets"].append(
-            {
-                **part["info"],
-                "paths": spec.paths,
-                "subject_pattern": spec.subject_pattern,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
+        _add_dataset(results, part, spec, t0)
         _write_results(
             results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started
         )

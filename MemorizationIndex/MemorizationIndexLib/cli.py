@@ -198,7 +198,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_build_parser(sub) -> None:
-    """The ``build-index`` command."""
+    """The ``build-index`` command: one declarative add_argument per option (long by nature)."""
     build = sub.add_parser(
         "build-index",
         help="embed training volumes into a reference index folder",

@@ -248,6 +248,62 @@ def _with_copies(train: SliceSet, copies: Sequence[str]) -> tuple[Provenance, li
     return provenance, slices
 
 
+def _check_features(features: dict[str, np.ndarray], n: int, blocks: Sequence[str]) -> None:
+    """Check there are at least 2 provenance rows, one feature row each, in exactly the encoder's blocks."""
+    if n < 2 or any(len(v) != n for v in features.values()):
+        rows = [len(v) for v in features.values()]
+        raise UserError(
+            f"need at least 2 reference slices with one feature row each (got {n} provenance rows, {rows} feature rows)"
+        )
+    if set(features) != set(blocks):
+        raise UserError(f"feature blocks {sorted(features)} do not match the encoder's blocks {list(blocks)}")
+
+
+def _index_config(
+    encoder_info: EncoderInfo,
+    preprocessing: PreprocessSettings,
+    axis: str,
+    provenance: Provenance,
+    *,
+    shrinkage: str | float,
+    whiteners: dict[str, ShrinkageWhitener],
+    null_info: dict,
+    kind: str,
+    indexes: dict[str, faiss.Index],
+    n_reference_slices: int,
+    store_thumbnails: bool,
+) -> dict:
+    """The index's config.json contents."""
+    blocks = encoder_info.blocks
+    return {
+        "tool_version": __version__,
+        "encoder": {
+            "name": encoder_info.name,
+            "encoder_id": encoder_info.encoder_id,
+            "weights_sha256": encoder_info.weights_sha256,
+            "input_size": encoder_info.input_size,
+            "blocks": list(blocks),
+            "checkpoint": encoder_info.checkpoint,
+        },
+        "preprocessing": preprocessing.to_dict(),
+        "axis": axis,
+        "reference_copies": sorted(set(provenance.flip)),
+        "whitening": {"method": "zca", "shrinkage": shrinkage, "values": {b: whiteners[b].shrinkage_ for b in blocks}},
+        "aggregation": "geometric mean over blocks of max(cos, 0)",
+        "null": null_info,
+        "default_alpha": DEFAULT_ALPHA,
+        "index_kind": CONFIG_KIND[kind],
+        **(
+            {"ivf": {k: v for k, v in describe_index(indexes[blocks[0]]).items() if k != "kind"}}
+            if kind != "flat"
+            else {}
+        ),
+        "n_vectors": len(provenance),
+        "n_reference_slices": n_reference_slices,
+        "store_thumbnails": store_thumbnails,
+    }
+
+
 def build_index_from_features(
     features: dict[str, np.ndarray],
     provenance: Provenance,
@@ -272,13 +328,7 @@ def build_index_from_features(
     them via ``original_row``.
     """
     n, blocks = len(provenance), encoder_info.blocks
-    if n < 2 or any(len(v) != n for v in features.values()):
-        rows = [len(v) for v in features.values()]
-        raise UserError(
-            f"need at least 2 reference slices with one feature row each (got {n} provenance rows, {rows} feature rows)"
-        )
-    if set(features) != set(encoder_info.blocks):
-        raise UserError(f"feature blocks {sorted(features)} do not match the encoder's blocks {list(blocks)}")
+    _check_features(features, n, blocks)
     whiteners = {b: ShrinkageWhitener(shrinkage=shrinkage, seed=seed).fit(features[b]) for b in blocks}
     kind = resolve_index_kind(index_kind, n)
     indexes = {b: build_block_index(whiteners[b].transform(features[b]), kind, seed=seed) for b in blocks}
@@ -295,33 +345,19 @@ def build_index_from_features(
         query_fraction=null_query_fraction,
         seed=seed,
     )
-    config = {
-        "tool_version": __version__,
-        "encoder": {
-            "name": encoder_info.name,
-            "encoder_id": encoder_info.encoder_id,
-            "weights_sha256": encoder_info.weights_sha256,
-            "input_size": encoder_info.input_size,
-            "blocks": list(blocks),
-            "checkpoint": encoder_info.checkpoint,
-        },
-        "preprocessing": preprocessing.to_dict(),
-        "axis": axis,
-        "reference_copies": sorted(set(provenance.flip)),
-        "whitening": {"method": "zca", "shrinkage": shrinkage, "values": {b: whiteners[b].shrinkage_ for b in blocks}},
-        "aggregation": "geometric mean over blocks of max(cos, 0)",
-        "null": null_info,
-        "default_alpha": DEFAULT_ALPHA,
-        "index_kind": CONFIG_KIND[kind],
-        **(
-            {"ivf": {k: v for k, v in describe_index(indexes[blocks[0]]).items() if k != "kind"}}
-            if kind != "flat"
-            else {}
-        ),
-        "n_vectors": n,
-        "n_reference_slices": int(len(original_rows)),
-        "store_thumbnails": thumbnails is not None,
-    }
+    config = _index_config(
+        encoder_info,
+        preprocessing,
+        axis,
+        provenance,
+        shrinkage=shrinkage,
+        whiteners=whiteners,
+        null_info=null_info,
+        kind=kind,
+        indexes=indexes,
+        n_reference_slices=int(len(original_rows)),
+        store_thumbnails=thumbnails is not None,
+    )
     check_index_output(out_dir, overwrite)
     write_folder(out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, null, thumbnails))
     return ReferenceIndex.load(out_dir)

@@ -378,6 +378,36 @@ def _parent_in_subject_hierarchy(scene, volume_node, nodes, folder_name: str) ->
     return folder
 
 
+def _audit_arrays(audit, index, shape: tuple[int, ...], axis: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The MI heatmap and nearest-neighbour arrays, and the slices whose neighbour is missing."""
+    heat = np.zeros(shape, dtype=np.float32)
+    heat_slices = slice_view(heat, axis)
+    neighbors = np.zeros(shape, dtype=np.float32)
+    neighbor_slices = slice_view(neighbors, axis)
+    missing: list[int] = []
+    for score in audit.scores:
+        heat_slices[int(score.slice)] = float(score.mi)
+        picture = neighbor_slice(index, score, neighbor_slices.shape[1:]) if index is not None else None
+        if picture is None:
+            missing.append(int(score.slice))
+        else:
+            neighbor_slices[int(score.slice)] = picture
+    return heat, neighbors, missing
+
+
+def _add_neighbor_node(scene, volume_node, neighbors: np.ndarray, name: str):
+    """A scalar volume of the nearest reference slices, shown with the input's colours."""
+    neighbor_node = _add_node(scene, "vtkMRMLScalarVolumeNode", name)
+    _copy_geometry(volume_node, neighbor_node)
+    _slicer().util.updateVolumeFromArray(neighbor_node, neighbors)
+    neighbor_display = _ensure_display_node(neighbor_node)
+    input_display = volume_node.GetDisplayNode()
+    if input_display is not None and input_display.GetColorNodeID():
+        neighbor_display.SetAndObserveColorNodeID(input_display.GetColorNodeID())
+    neighbor_display.AutoWindowLevelOn()
+    return neighbor_node
+
+
 def add_audit_nodes(
     scene, volume_node, audit, index=None, *, subject_hierarchy: bool = True, name: str | None = None
 ) -> MrmlAuditResult:
@@ -397,18 +427,7 @@ def add_audit_nodes(
             f"audit of {audit.n_slices} slices along array axis {axis} does not fit volume {base} of shape {shape}"
         )
 
-    heat = np.zeros(shape, dtype=np.float32)
-    heat_slices = slice_view(heat, axis)
-    neighbors = np.zeros(shape, dtype=np.float32)
-    neighbor_slices = slice_view(neighbors, axis)
-    missing: list[int] = []
-    for score in audit.scores:
-        heat_slices[int(score.slice)] = float(score.mi)
-        picture = neighbor_slice(index, score, neighbor_slices.shape[1:]) if index is not None else None
-        if picture is None:
-            missing.append(int(score.slice))
-        else:
-            neighbor_slices[int(score.slice)] = picture
+    heat, neighbors, missing = _audit_arrays(audit, index, shape, axis)
 
     color_node = heat_color_node(scene)
     heatmap_node = _add_node(scene, "vtkMRMLScalarVolumeNode", f"{base} MI heatmap")
@@ -416,14 +435,7 @@ def add_audit_nodes(
     slicer.util.updateVolumeFromArray(heatmap_node, heat)
     configure_heatmap_display(heatmap_node, color_node, audit.threshold.mi)
 
-    neighbor_node = _add_node(scene, "vtkMRMLScalarVolumeNode", f"{base} nearest reference")
-    _copy_geometry(volume_node, neighbor_node)
-    slicer.util.updateVolumeFromArray(neighbor_node, neighbors)
-    neighbor_display = _ensure_display_node(neighbor_node)
-    input_display = volume_node.GetDisplayNode()
-    if input_display is not None and input_display.GetColorNodeID():
-        neighbor_display.SetAndObserveColorNodeID(input_display.GetColorNodeID())
-    neighbor_display.AutoWindowLevelOn()
+    neighbor_node = _add_neighbor_node(scene, volume_node, neighbors, f"{base} nearest reference")
 
     table_node = _add_node(scene, "vtkMRMLTableNode", f"{base} MI slices")
     _fill_table(table_node, audit.scores)

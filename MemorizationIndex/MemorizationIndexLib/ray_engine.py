@@ -142,6 +142,31 @@ class _EmbedActor:
         return {"shard": np.array([str(path)]), "rows": np.array([len(pixels)])}
 
 
+def _actor_layout(ray, device: str) -> tuple[int, int, str, dict]:
+    """CPUs per encoder actor, number of actors, their device and extra Ray resources, from the cluster."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    use_gpu = gpus > 0 and device in ("cuda", "auto")
+    if device == "cuda" and not use_gpu:
+        raise UserError("--device cuda was asked for but the Ray cluster has no GPU; use --device cpu or auto")
+    if use_gpu:
+        return 1, gpus, "cuda", {"num_gpus": 1}
+    actor_cpus = min(4, max(1, cpus - 1))
+    return actor_cpus, max(1, (cpus - 1) // actor_cpus), "cpu", {}
+
+
+def _merge_shards(shards: list[dict]) -> dict[str, np.ndarray]:
+    """Read the feature shard files the actors wrote and concatenate their columns (empty when none)."""
+    parts = []
+    for row in shards:
+        with np.load(row["shard"]) as data:
+            parts.append({k: data[k] for k in data.files})
+    if not parts:
+        return {}
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
 def _embed_volumes(
     ray,
     paths: list[Path],
@@ -157,17 +182,7 @@ def _embed_volumes(
     returns the merged shard columns."""
     import ray.data
 
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    cpus = max(1, int(resources.get("CPU", 1)))
-    use_gpu = gpus > 0 and options.device in ("cuda", "auto")
-    if options.device == "cuda" and not use_gpu:
-        raise UserError("--device cuda was asked for but the Ray cluster has no GPU; use --device cpu or auto")
-    if use_gpu:
-        actor_cpus, actors, actor_device, extra = 1, gpus, "cuda", {"num_gpus": 1}
-    else:
-        actor_cpus = min(4, max(1, cpus - 1))
-        actors, actor_device, extra = max(1, (cpus - 1) // actor_cpus), "cpu", {}
+    actor_cpus, actors, actor_device, extra = _actor_layout(ray, options.device)
     items = [{"volume": i, "path": str(p), "holdout": False} for i, p in enumerate(paths)]
     items += [{"volume": i, "path": str(p), "holdout": True} for i, p in enumerate(holdout)]
     reading = {
@@ -200,13 +215,7 @@ def _embed_volumes(
         num_cpus=actor_cpus,
         **extra,
     ).take_all()
-    parts = []
-    for row in shards:
-        with np.load(row["shard"]) as data:
-            parts.append({k: data[k] for k in data.files})
-    if not parts:
-        return {}
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return _merge_shards(shards)
 
 
 def build_index_ray(

@@ -572,6 +572,59 @@ def _top_pair_html(item: _Evidence | None) -> str:
     return f'<div class="top">{"".join(cells)}</div>'
 
 
+def _verdict_section_html(rows: Sequence[SliceRow], summary: dict, items: Sequence[_Evidence]) -> str:
+    """The verdict section: headline, sentences, warning and the top pair."""
+    cls, headline, sentences, warning = _verdict(rows, summary)
+    return (
+        f'<section class="verdict {cls}" id="verdict"><div class="words">'
+        f'<p class="headline">{_e(headline)}</p>'
+        f'<p class="main">{_e(sentences[0])}</p>'
+        + "".join(f"<p>{_e(s)}</p>" for s in sentences[1:])
+        + (f'<p class="warn">{_e(warning)}</p>' if warning else "")
+        + "</div>"
+        + _top_pair_html(items[0] if items else None)
+        + "</section>"
+    )
+
+
+def _strips_html(ordered: list[tuple[str, list[SliceRow]]], th: Mapping[str, float]) -> list[str]:
+    """The per-volume strip plot and its note, for volumes in display order."""
+    strips = ordered[:MAX_STRIPS]
+    reachable = math.isfinite(th["z"])
+    note = "mi against slice index, one strip per volume, most suspicious volumes first; red dots are flagged."
+    if not reachable:
+        note += " No threshold line: no slice can reach the threshold with this null."
+    if len(ordered) > len(strips):
+        note += f" Showing {len(strips)} of {len(ordered)} volumes; {len(ordered) - len(strips)} are left out."
+    return [strips_svg(strips, th["mi"] if reachable else None), f'<p class="note">{_e(note)}</p>']
+
+
+def _plots_section_html(
+    rows: Sequence[SliceRow],
+    summary: dict,
+    null_sim: np.ndarray,
+    ordered: list[tuple[str, list[SliceRow]]],
+    *,
+    show_volumes: bool,
+) -> str:
+    """The scores section: histograms, per-volume strips and the volumes table."""
+    th = summary["threshold"]
+    null_mean, null_std = summary["null"]["mean"], summary["null"]["std"]
+    plots = ['<section class="plots" id="plots"><h2>Scores</h2>']
+    plots.append(histogram_svg(rows, null_sim, null_mean, null_std, th))
+    plots.append(
+        '<p class="note">Grey: real slices scored against the training set (the null). '
+        "Blue: the audited slices. Red line: the threshold; slices to its right are flagged. "
+        "Left in mi units (copies pile up at 1), right the same scores in z units.</p>"
+    )
+    if ordered:
+        plots += _strips_html(ordered, th)
+    if show_volumes:
+        plots.append("<h3>Volumes</h3>" + _volumes_table(ordered, summary))
+    plots.append("</section>")
+    return "".join(plots)
+
+
 def render_report(
     out_dir: str | os.PathLike,
     *,
@@ -599,43 +652,14 @@ def render_report(
         set_files=frozenset(r.volume for r, member in zip(rows, in_set) if member),
     )
 
-    cls, headline, sentences, warning = _verdict(rows, summary)
-    verdict = (
-        f'<section class="verdict {cls}" id="verdict"><div class="words">'
-        f'<p class="headline">{_e(headline)}</p>'
-        f'<p class="main">{_e(sentences[0])}</p>'
-        + "".join(f"<p>{_e(s)}</p>" for s in sentences[1:])
-        + (f'<p class="warn">{_e(warning)}</p>' if warning else "")
-        + "</div>"
-        + _top_pair_html(items[0] if items else None)
-        + "</section>"
-    )
+    verdict = _verdict_section_html(rows, summary, items)
 
     sets = ""
     if groups:
         null_z = (null_sim - null_mean) / (null_std if null_std > 0 else 1.0)
         sets = sets_section_html(groups, (1.0 + np.tanh(null_z)) / 2.0, th)
     ordered = _volume_order([r for r, member in zip(rows, in_set) if not member])  # no strips for set files
-    plots = ['<section class="plots" id="plots"><h2>Scores</h2>']
-    plots.append(histogram_svg(rows, null_sim, null_mean, null_std, th))
-    plots.append(
-        '<p class="note">Grey: real slices scored against the training set (the null). '
-        "Blue: the audited slices. Red line: the threshold; slices to its right are flagged. "
-        "Left in mi units (copies pile up at 1), right the same scores in z units.</p>"
-    )
-    if ordered:
-        strips = ordered[:MAX_STRIPS]
-        reachable = math.isfinite(th["z"])
-        plots.append(strips_svg(strips, th["mi"] if reachable else None))
-        note = "mi against slice index, one strip per volume, most suspicious volumes first; red dots are flagged."
-        if not reachable:
-            note += " No threshold line: no slice can reach the threshold with this null."
-        if len(ordered) > len(strips):
-            note += f" Showing {len(strips)} of {len(ordered)} volumes; {len(ordered) - len(strips)} are left out."
-        plots.append(f'<p class="note">{_e(note)}</p>')
-    if ordered or not groups:
-        plots.append("<h3>Volumes</h3>" + _volumes_table(ordered, summary))
-    plots.append("</section>")
+    plots = _plots_section_html(rows, summary, null_sim, ordered, show_volumes=bool(ordered or not groups))
 
     evidence = (
         '<section id="evidence"><h2>Evidence</h2>'
@@ -650,7 +674,7 @@ def render_report(
         f"<style>{CSS}</style></head><body><main>"
         "<h1>Memorization audit report</h1>"
         f"{verdict}{sets}{_meta_table(summary, generated)}"
-        f"{''.join(plots)}{evidence}"
+        f"{plots}{evidence}"
         '<p class="note">Scores: z = (similarity \u2212 null mean) / null std; mi = (1 + tanh z) / 2 '
         "(0.5 at the null mean, 1 for copies); oni = \u2212tanh z; p = fraction of null scores \u2265 "
         "the slice's similarity (+1 corrected); a slice is flagged when p &lt; \u03b1.</p>"

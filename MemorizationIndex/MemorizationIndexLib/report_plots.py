@@ -261,14 +261,10 @@ def _threshold_entry(unit: str, value: float | None, alpha: float) -> tuple[str,
     return "dash", f"threshold {unit} = {value:.4g}"
 
 
-def histogram_svg(
-    rows: Sequence[ScoredSlice], null_sim: np.ndarray, null_mean: float, null_std: float, threshold: Mapping[str, float]
-) -> str:
-    """Audited scores over the null: left in mi units (square-root y scale, so that a pile of copies
-    at mi = 1 does not flatten the rest), right in z units (where copies stand apart)."""
-    std = null_std if null_std > 0 and math.isfinite(null_std) else 1.0
-    null_z = _finite((np.asarray(null_sim, dtype=np.float64) - null_mean) / std)
-    audited_z, audited_mi = _finite([r.z for r in rows]), _finite([r.mi for r in rows])
+def _hist_panels(
+    null_z: np.ndarray, audited_z: np.ndarray, audited_mi: np.ndarray, threshold: Mapping[str, float]
+) -> list[_HistPanel]:
+    """The mi panel (square-root y scale) and the z panel of the score histograms."""
     reachable = math.isfinite(threshold["z"])
     z_all = np.r_[null_z, audited_z, threshold["z"] if reachable else []]
     z_lo, z_hi = (float(z_all.min()), float(z_all.max())) if z_all.size else (-1.0, 1.0)
@@ -283,7 +279,7 @@ def histogram_svg(
         ]
 
     null_mi = (1.0 + np.tanh(null_z)) / 2.0
-    panels = [
+    return [
         _HistPanel(
             null_mi,
             audited_mi,
@@ -306,6 +302,19 @@ def histogram_svg(
             "density",
         ),
     ]
+
+
+def histogram_svg(
+    rows: Sequence[ScoredSlice], null_sim: np.ndarray, null_mean: float, null_std: float, threshold: Mapping[str, float]
+) -> str:
+    """Audited scores over the null: left in mi units (square-root y scale, so that a pile of copies
+    at mi = 1 does not flatten the rest), right in z units (where copies stand apart)."""
+    std = null_std if null_std > 0 and math.isfinite(null_std) else 1.0
+    null_z = _finite((np.asarray(null_sim, dtype=np.float64) - null_mean) / std)
+    audited_z, audited_mi = _finite([r.z for r in rows]), _finite([r.mi for r in rows])
+    reachable = math.isfinite(threshold["z"])
+    panels = _hist_panels(null_z, audited_z, audited_mi, threshold)
+    null_mi = panels[0].null
     width, height = HIST_SIZE
     half, left_margin, right_margin = width / 2, 64, 18
     legends = [
