@@ -799,8 +799,7 @@ def bench_large(out: Path, n: int, n_planted: int, n_exact: int, n_novel: int, l
 
 def _audit_lines(a: dict) -> list[str]:
     """The audit section of the printed table."""
-    lines: list[str] = []
-    lines += [
+    return [
         "",
         f"audit of {a['n_query_slices']} slices vs {a['n_reference']:,} reference slices ({a['index_kind']}):",
         f"  audit {a['audit_s']:.2f} s | bare forward + FAISS {a['bare_s']:.2f} s "
@@ -820,13 +819,11 @@ def _audit_lines(a: dict) -> list[str]:
         f"{a['loaded_rss_mb']:.0f} MB RSS"
         f" (FAISS {a['loaded_index_structures_mb']:.0f} MB) vs raw vectors {a['raw_vector_mb']:.0f} MB",
     ]
-    return lines
 
 
 def _large_lines(g: dict) -> list[str]:
     """The large section of the printed table."""
-    lines: list[str] = []
-    lines += [
+    return [
         "",
         f"{g['n_vectors']:,}-vector reference (search layer), "
         f"IVF nlist={g['ivf']['nlist']} nprobe={g['ivf']['nprobe']}:",
@@ -841,13 +838,11 @@ def _large_lines(g: dict) -> list[str]:
         f"load {g['ivf_load_s']:.2f} s, {g['ivf_loaded_rss_mb']:.0f} MB"
         f" = {g['ivf_loaded_over_raw']:.3f}x raw {g['raw_vector_mb']:.0f} MB (<= 1.2 required)",
     ]
-    return lines
 
 
 def _sets_lines(t: dict) -> list[str]:
     """The sets section of the printed table."""
-    lines: list[str] = []
-    lines += [
+    return [
         "",
         f"a set of {t['n_slices']} single-slice PNG files ({t['slices']}) vs the same slices as one NIfTI:",
         f"  set {t['set_s']:.2f} s | volume {t['volume_s']:.2f} s | throughput ratio set/volume: median of "
@@ -857,7 +852,6 @@ def _sets_lines(t: dict) -> list[str]:
         f"{t['bare_s']:.2f} s | speed vs bare: median of rounds {t['batch_api_vs_bare_median_round']:.2f}, "
         f"best vs best {t['batch_api_vs_bare']:.2f}",
     ]
-    return lines
 
 
 def _scaling_lines(s: dict) -> list[str]:
