@@ -132,23 +132,20 @@ def _checked_alpha(index: ReferenceIndex, alpha: float | None) -> float:
     return alpha
 
 
-def _record_scores(
-    audit: VolumeAudit,
-    index: ReferenceIndex,
-    keep: np.ndarray,
-    rows: list[dict],
-    ids: np.ndarray,
-    scores: np.ndarray,
-) -> None:
-    """Append the kept slices' scores and their top-k reference neighbours to ``audit``."""
+def record_slice(
+    audit: VolumeAudit, index: ReferenceIndex, k: int, row: dict, ids: np.ndarray, scores: np.ndarray
+) -> SliceScore:
+    """Append slice ``k``'s score (a row of :func:`score_features`) and its top-k reference
+    neighbours (``ids`` [k], ``scores`` [k]; -1 = none) to ``audit``; returns the score."""
     prov = index.provenance
-    for i, k in enumerate(keep):
-        audit.scores.append(SliceScore(slice=int(k), **rows[i]))
-        audit.neighbours[int(k)] = [
-            Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
-            for rank, r in enumerate(ids[i])
-            if r >= 0
-        ]
+    score = SliceScore(slice=int(k), **row)
+    audit.scores.append(score)
+    audit.neighbours[int(k)] = [
+        Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[rank]))
+        for rank, r in enumerate(ids)
+        if r >= 0
+    ]
+    return score
 
 
 def audit_image(
@@ -198,7 +195,9 @@ def audit_image(
         ),
         batch_size,
     )
-    _record_scores(audit, index, keep, *score_features(index, raw, alpha, k=top_k))
+    rows, ids, scores = score_features(index, raw, alpha, k=top_k)
+    for i, k in enumerate(keep):
+        record_slice(audit, index, k, rows[i], ids[i], scores[i])
     best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[: max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     return audit

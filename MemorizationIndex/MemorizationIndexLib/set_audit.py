@@ -12,8 +12,8 @@ import threading
 
 import numpy as np
 
-from .audit import SetAudit, VolumeAudit, score_features
-from .audit_output import Neighbour, SliceScore, evidence_order
+from .audit import SetAudit, VolumeAudit, record_slice, score_features
+from .audit_output import SliceScore, evidence_order
 from .embedding import ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .image_sets import SET_AXIS, ImageSet, iter_set_slices
@@ -40,16 +40,9 @@ def _score_chunk(
         lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size
     )
     rows, ids, scores = score_features(index, raw, alpha, k=top_k)
-    prov = index.provenance
     result = []
     for i, (member, k, _) in enumerate(chunk):
-        result.append(SliceScore(slice=k, **rows[i]))
-        member.scores.append(result[-1])
-        member.neighbours[k] = [
-            Neighbour(rank + 1, prov.source[r], prov.slice[r], prov.flip[r], float(scores[i, rank]))
-            for rank, r in enumerate(ids[i])
-            if r >= 0
-        ]
+        result.append(record_slice(member, index, k, rows[i], ids[i], scores[i]))
     return result
 
 
