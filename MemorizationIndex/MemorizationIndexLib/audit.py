@@ -12,15 +12,19 @@ import SimpleITK as sitk
 
 from . import __version__
 from .audit_output import Neighbour, SliceScore, check_output_dir, evidence_order, write_audit
+from .calibration_check import CalibrationCheck, check_calibration
 from .embedding import ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .errors import UserError
 from .image_sets import ImageSet, is_set_input, open_set
+from .index_verification import SecondStage, verify_queries
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import PreprocessSettings, nonempty_mask
 from .progress import OverallProgress
 from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
+from .search import Neighbours
+from .second_stage import VIEWS, Verified, search_depth
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
 
@@ -42,6 +46,8 @@ class VolumeAudit:
     threshold: Threshold
     neighbours: dict[int, list[Neighbour]] = field(default_factory=dict)
     evidence_slices: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    copy_masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    calibration: CalibrationCheck | None = None
 
     @property
     def flagged(self) -> int:
@@ -57,6 +63,7 @@ class SetAudit:
     name: str
     members: list[VolumeAudit]
     threshold: Threshold
+    calibration: CalibrationCheck | None = None
 
     @property
     def scores(self) -> list[SliceScore]:
@@ -107,6 +114,67 @@ def score_features(
             }
         )
     return rows, found.ids, found.scores
+
+
+def score_slices(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    raw: dict[str, np.ndarray],
+    stage: SecondStage,
+    *,
+    alpha: float,
+    top_k: int,
+    batch_size: int,
+    cancel: threading.Event | None,
+) -> tuple[list[dict], np.ndarray, np.ndarray, list[Verified] | None]:
+    """Both stages for embedded slices: score rows, top-k ids and scores (:func:`score_features`)
+    and, when the second stage runs, every slice's best verified candidate."""
+    depth = max(top_k, search_depth(index.candidates)) if stage.used else top_k
+    rows, ids, scores = score_features(index, raw, alpha, k=depth)
+    if not stage.used:
+        return rows, ids, scores, None
+    as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
+    verified = verify_queries(index, encoder, slices, as_cut, stage.grids, batch_size=batch_size, cancel=cancel)
+    return rows, ids[:, :top_k], scores[:, :top_k], verified
+
+
+def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex) -> np.ndarray | None:
+    """Copy a slice's best verified candidate into its score; returns its copy mask (None if empty)."""
+    score.verified_score = verified.score
+    result = verified.result
+    if result is None:
+        return None
+    prov = index.provenance
+    score.copy_source, score.copy_slice = prov.source[verified.row], int(prov.slice[verified.row])
+    alignment = result.alignment
+    score.copy_transposed, score.copy_angle, score.copy_scale = alignment.transposed, alignment.angle, alignment.scale
+    score.copy_box = result.box
+    return result.mask if result.box is not None else None
+
+
+def finalize_flags(
+    scores: Sequence[SliceScore], index: ReferenceIndex, alpha: float, stage: SecondStage
+) -> CalibrationCheck:
+    """Flag the slices of one volume or set: the combined p-value of both stages when the global
+    calibration holds for them (:func:`calibration_check.check_calibration`), the verified p-value
+    alone when it does not, the global p-value when there is no second stage (nothing at all when
+    it does not hold either)."""
+    null = index.null_model
+    check = check_calibration(np.array([s.similarity for s in scores], dtype=np.float64), null)
+    if not scores:
+        return check
+    global_p = np.array([s.p_value for s in scores])
+    if stage.used:
+        verified_null = index.verified_null
+        verified_p = verified_null.verified_p(np.array([s.verified_score for s in scores]))
+        flag_p = verified_null.flag_p(global_p, verified_p, null) if check.holds else verified_p
+    else:
+        verified_p = np.full(len(scores), np.nan)
+        flag_p = global_p if check.holds else np.ones(len(scores))
+    for score, pv, pf in zip(scores, verified_p, flag_p):
+        score.verified_p, score.flag_p, score.flagged = float(pv), float(pf), bool(pf < alpha)
+    return check
 
 
 def _query_encoder(
@@ -163,8 +231,11 @@ def audit_image(
     cancel: threading.Event | None = None,
     preprocessing: PreprocessSettings | None = None,
     keep_evidence: int = 24,
+    stage: SecondStage | None = None,
 ) -> VolumeAudit:
     """Score every non-empty slice of ``image`` against ``index``.
+
+    ``stage``: the second stage shared by an audit run (made from the index when None).
 
     ``preprocessing``, when given, must equal the index's (scores across preprocessings are
     meaningless); by default the index's settings are used. ``keep_evidence``: how many of the
@@ -173,6 +244,7 @@ def audit_image(
     """
     encoder = _query_encoder(index, encoder, device, preprocessing)
     alpha = _checked_alpha(index, alpha)
+    stage = SecondStage(index) if stage is None else stage
     array_axis = resolve_axis(image, axis or index.axis)
     stack = image_slices(image, array_axis)
     keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
@@ -195,11 +267,19 @@ def audit_image(
         ),
         batch_size,
     )
-    rows, ids, scores = score_features(index, raw, alpha, k=top_k)
+    rows, ids, scores, verified = score_slices(
+        index, encoder, slices, raw, stage, alpha=alpha, top_k=top_k, batch_size=batch_size, cancel=cancel
+    )
+    masks = {}
     for i, k in enumerate(keep):
-        record_slice(audit, index, k, rows[i], ids[i], scores[i])
+        score = record_slice(audit, index, k, rows[i], ids[i], scores[i])
+        if verified is not None:
+            masks[int(k)] = apply_verified(score, verified[i], index)
+    audit.calibration = finalize_flags(audit.scores, index, alpha, stage)
     best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[: max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
+    shown = {s.slice for s in audit.scores if s.flagged} | set(audit.evidence_slices)
+    audit.copy_masks = {k: m for k, m in masks.items() if m is not None and k in shown}
     return audit
 
 
@@ -251,13 +331,49 @@ def _set_entries(audits: Sequence[Audit]) -> list[dict]:
                     "slices_skipped_empty": sum(len(m.skipped_empty) for m in audit.members),
                     **block,
                     "expected_false_alarms": audit.threshold.alpha * block["slices_scored"],
+                    "calibration_holds": _holds(audit),
                 }
             )
         row += n
     return entries
 
 
-def summarize(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
+def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha: float) -> dict:
+    """summary.json's ``verification``: whether the second stage ran, why not, and its threshold."""
+    null = index.verified_null
+    used = stage is not None and stage.used
+    reason = "" if used else (stage.reason if stage is not None else "the second stage was not run")
+    return {
+        "used": used,
+        "reason": reason,
+        "k": index.candidates,
+        "views": list(VIEWS),
+        "null_n": 0 if null is None else len(null.scores),
+        "threshold": float(null.model.threshold(alpha).similarity) if null is not None else None,
+    }
+
+
+def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
+    """summary.json's ``calibration``: does the global null describe the audited inputs? (every
+    volume or set checked on its own; the median z is over all slices)."""
+    failing = [a for a in audits if a.calibration is not None and not a.calibration.holds]
+    every = check_calibration(np.array([s.similarity for a in audits for s in a.scores]), index.null_model)
+    reasons = [
+        f"{Path(a.volume if isinstance(a, VolumeAudit) else a.name).name}: {a.calibration.reason}" for a in failing
+    ]
+    return {
+        "holds": not failing,
+        "reason": "; ".join(reasons),
+        "median_z": every.median_z,
+        "limit_z": every.limit_z,
+    }
+
+
+def _holds(audit: Audit) -> bool:
+    return audit.calibration is None or audit.calibration.holds
+
+
+def summarize(audits: Sequence[Audit], index: ReferenceIndex, stage: SecondStage | None = None) -> dict:
     """The summary.json content for audited volumes and sets (``sets`` only when there are sets)."""
     threshold = audits[0].threshold if audits else index.null_model.threshold(index.default_alpha)
     null = index.null_model
@@ -280,6 +396,8 @@ def summarize(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
         },
         "null": {"mean": null.mean, "std": null.std, "n": len(null.values)},
         "threshold": threshold.to_dict(),
+        "verification": _verification_block(index, stage, threshold.alpha),
+        "calibration": _calibration_block(audits, index),
         "volumes": [
             {
                 "volume": a.volume,
@@ -288,6 +406,7 @@ def summarize(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
                 "slices_total": a.n_slices,
                 "slices_skipped_empty": len(a.skipped_empty),
                 **_summary_block(a.scores),
+                "calibration_holds": _holds(a),
             }
             for a in audits
             if isinstance(a, VolumeAudit)
@@ -339,6 +458,7 @@ def _audit_inputs(
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
     keep_evidence: int,
+    stage: SecondStage,
 ) -> list[Audit]:
     """Audit the opened inputs one at a time, keeping only the ``keep_evidence`` best evidence slices."""
     from .set_audit import audit_set
@@ -358,6 +478,7 @@ def _audit_inputs(
                     progress=overall.part(i),
                     cancel=cancel,
                     keep_evidence=keep_evidence,
+                    stage=stage,
                 )
             )
             overall.finish(i, item.n_slices)
@@ -375,6 +496,7 @@ def _audit_inputs(
                     progress=overall.part(i),
                     cancel=cancel,
                     keep_evidence=keep_evidence,
+                    stage=stage,
                 )
             )
             overall.finish(i, len(audits[-1].scores))
@@ -400,6 +522,7 @@ def audit_paths(
     cancel: threading.Event | None = None,
     engine: str = "local",
     keep_evidence: int = 24,
+    verification: bool = True,
 ) -> list[Audit]:
     """Audit volume files/folders and sets of 2D images against an index and write the outputs.
 
@@ -415,11 +538,13 @@ def audit_paths(
     engine: ``local`` (this process) or ``ray`` (reference shards searched as Ray tasks; same results).
     keep_evidence: the audits keep the query slices of this many highest-scoring slices over all
     inputs (the report's evidence gallery; see :func:`query_slices`).
+    verification: run the second stage (pixel verification of candidates) when the index allows it.
     """
     if engine not in ("local", "ray"):
         raise UserError(f"unknown engine {engine!r}; use local or ray")
     index, inputs, encoder = _load_for_audit(index_dir, paths, out_dir, checkpoint, device, series, volume_index)
     alpha = _checked_alpha(index, alpha)
+    stage = SecondStage(index, enabled=verification)
     if engine == "ray":
         from .ray_engine import attach_ray_search
 
@@ -436,6 +561,7 @@ def audit_paths(
         progress=progress,
         cancel=cancel,
         keep_evidence=keep_evidence,
+        stage=stage,
     )
-    write_audit(file_audits(audits), summarize(audits, index), index.null_similarity, out_dir)
+    write_audit(file_audits(audits), summarize(audits, index, stage), index.null_similarity, out_dir)
     return audits

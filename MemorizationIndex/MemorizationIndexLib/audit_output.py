@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -46,13 +47,22 @@ class SliceScore:
     nn_source: str
     nn_slice: int
     nn_flip: str
+    verified_score: float = math.nan
+    verified_p: float = math.nan
+    flag_p: float = math.nan
+    copy_source: str = ""
+    copy_slice: int = -1
+    copy_transposed: bool = False
+    copy_angle: float = 0.0
+    copy_scale: float = 1.0
+    copy_box: tuple[int, int, int, int] | None = None
 
 
 @dataclass
 class SliceRow(SliceScore):
     """A row of slices.csv: a slice's scores and the volume it belongs to."""
 
-    volume: str
+    volume: str = field(kw_only=True)
 
 
 @dataclass

@@ -35,7 +35,9 @@ from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
+from .second_stage import DEFAULT_CANDIDATES, VIEWS, grids_of_slices
 from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
+from .verified_null import VERIFIED_NULL_QUERIES, NullQueries, VerifiedNull, split_verified_null, verify_against
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
 from .whitening import ShrinkageWhitener
 
@@ -61,6 +63,8 @@ class BuildOptions:
     index_kind: str = AUTO
     series: str | None = None
     volume_index: int | None = None
+    verification: bool = True  # verify held-out slices at build time (the verified null) so audits can verify
+    candidates: int = DEFAULT_CANDIDATES  # candidates verified per query slice (audits use the index's)
 
     @property
     def copies(self) -> tuple[str, ...]:
@@ -76,6 +80,7 @@ class BuildOptions:
             "seed": self.seed,
             "overwrite": self.overwrite,
             "index_kind": self.index_kind,
+            "candidates": self.candidates,
         }
 
 
@@ -224,6 +229,10 @@ def build_index(
         thumbnails = {
             row: np.round(scale_unit(image, settings) * 255).astype(np.uint8) for row, image in enumerate(train.slices)
         }
+    verified = None
+    if options.verification:
+        held_out = None if holdout is None else NullQueries(holdout.slices, holdout_features)
+        verified = _verified_null(train, features, provenance, held_out, encoder, options, cancel)
     encoder_info = EncoderInfo.of(encoder, options.checkpoint)
     return build_index_from_features(
         features,
@@ -232,8 +241,52 @@ def build_index(
         encoder_info=encoder_info,
         thumbnails=thumbnails,
         holdout_features=holdout_features,
+        verified_null=verified,
         **options.index_keywords(),
     )
+
+
+def _verified_null(
+    train: SliceSet,
+    features: dict[str, np.ndarray],
+    provenance: Provenance,
+    holdout: NullQueries | None,
+    encoder: Encoder,
+    options: BuildOptions,
+    cancel: threading.Event | None,
+) -> VerifiedNull:
+    """Held-out slices through the second stage (verified_null.py): the holdout slices against the
+    whole reference when given, else held-out subject splits of the training slices."""
+    settings = options.preprocessing
+    grids = grids_of_slices(train.slices, settings)
+    original_row = np.asarray(provenance.original_row)
+
+    def whitener() -> ShrinkageWhitener:
+        return ShrinkageWhitener(seed=options.seed)
+
+    common = {"k": options.candidates, "batch_size": options.batch_size, "cancel": cancel}
+    if holdout is None:
+        return split_verified_null(
+            train.slices,
+            features,
+            original_row,
+            np.asarray(train.provenance.subject),
+            grids,
+            encoder,
+            settings,
+            whitener,
+            query_fraction=DEFAULT_QUERY_FRACTION,
+            seed=options.seed,
+            **common,
+        )
+    rng = np.random.default_rng(options.seed + 1)
+    chosen = np.sort(rng.choice(len(holdout.slices), min(VERIFIED_NULL_QUERIES, len(holdout.slices)), replace=False))
+    queries = NullQueries([holdout.slices[i] for i in chosen], {b: raw[chosen] for b, raw in holdout.features.items()})
+    every_row = np.arange(len(provenance))
+    scores, similarity = verify_against(
+        queries, features, every_row, original_row, grids, encoder, settings, whitener, **common
+    )
+    return VerifiedNull(scores, similarity)
 
 
 def _with_copies(train: SliceSet, copies: Sequence[str]) -> tuple[Provenance, list[np.ndarray]]:
@@ -320,8 +373,13 @@ def build_index_from_features(
     overwrite: bool = False,
     shrinkage: str | float = "ledoit-wolf",
     index_kind: str = AUTO,
+    verified_null: VerifiedNull | None = None,
+    candidates: int = DEFAULT_CANDIDATES,
 ) -> ReferenceIndex:
     """Build and save an index from raw per-block features (e.g. computed elsewhere on a GPU).
+
+    ``verified_null`` (from the training pixels, :func:`build_index` computes it) lets audits run
+    the second stage; without it they score with the global similarity alone and say so.
 
     ``features[block]`` has one row per provenance row; rows with flip ``"none"`` are the
     reference slices, other rows are their flipped or rotated copies (transforms.py) pointing at
@@ -358,8 +416,18 @@ def build_index_from_features(
         n_reference_slices=int(len(original_rows)),
         store_thumbnails=thumbnails is not None,
     )
+    if verified_null is not None:
+        config["verification"] = {"k": candidates, "views": list(VIEWS), "n": int(len(verified_null.scores))}
     check_index_output(out_dir, overwrite)
-    write_folder(out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, null, thumbnails))
+    calibration = {"null_similarity": null}
+    if verified_null is not None:
+        calibration |= {
+            "verified_null_scores": verified_null.scores,
+            "verified_null_similarity": verified_null.global_similarity,
+        }
+    write_folder(
+        out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, calibration, thumbnails)
+    )
     return ReferenceIndex.load(out_dir)
 
 
@@ -408,7 +476,7 @@ def _write_index(
     provenance: Provenance,
     whiteners: dict[str, ShrinkageWhitener],
     indexes: dict[str, faiss.Index],
-    null: np.ndarray,
+    calibration: dict[str, np.ndarray],
     thumbnails: dict[int, np.ndarray] | None,
 ) -> None:
     """Write every index file into ``folder``, the manifest last."""
@@ -421,7 +489,7 @@ def _write_index(
             faiss.write_index(index, str(folder / f"index_{block}.faiss"))
         except RuntimeError as exc:  # how faiss reports a failed write (disk full, ...)
             raise OSError(str(exc).strip().splitlines()[-1] if str(exc).strip() else "write failed") from None
-    np.savez(folder / "calibration.npz", null_similarity=null)
+    np.savez(folder / "calibration.npz", **calibration)
     if thumbnails is not None:
         np.savez_compressed(folder / "thumbnails.npz", **{str(row): image for row, image in thumbnails.items()})
     write_manifest(folder)

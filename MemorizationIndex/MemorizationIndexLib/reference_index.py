@@ -34,6 +34,7 @@ from .preprocess import PreprocessSettings
 from .scoring import NullModel
 from .search import Neighbours, prepare_loaded, search_blocks
 from .transforms import ORIGINAL
+from .verified_null import VerifiedNull
 from .volume_cache import SliceStackCache
 from .whitening import ShrinkageWhitener
 
@@ -150,6 +151,7 @@ class ReferenceIndex:
         self._original_rows: dict[tuple[str, int], int] | None = None
         self._lock = threading.Lock()
         self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
+        self.verified_null: VerifiedNull | None = None  # the second stage's null (None: global score only)
 
     encoder_name = property(lambda self: self.config["encoder"]["name"])
     encoder_id = property(lambda self: self.config["encoder"]["encoder_id"])
@@ -160,6 +162,11 @@ class ReferenceIndex:
     preprocessing = property(lambda self: PreprocessSettings.from_dict(self.config["preprocessing"]))
     default_alpha = property(lambda self: float(self.config["default_alpha"]))
     index_kind = property(lambda self: "ivf" if self.config.get("index_kind") == "ivf-flat-ip" else "flat")
+
+    @property
+    def candidates(self) -> int:
+        """Candidates the second stage verifies per query slice (as when the verified null was made)."""
+        return int(self.config.get("verification", {}).get("k", 0))
 
     @property
     def n_reference_slices(self) -> int:
@@ -236,9 +243,19 @@ class ReferenceIndex:
                 )
         with np.load(path / "calibration.npz") as data:
             null_similarity = np.asarray(data["null_similarity"], dtype=np.float64)
+            verified = None
+            if "verification" in config:
+                verified = VerifiedNull(
+                    np.asarray(data["verified_null_scores"], dtype=np.float64),
+                    np.asarray(data["verified_null_similarity"], dtype=np.float64),
+                )
         if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
             raise UserError(f"index {path}: its calibration null is empty or not finite; rebuild it")
-        return cls(path, config, provenance, whiteners, indexes, null_similarity, manifest["index_id"])
+        if verified is not None and (len(verified.scores) < 2 or not np.isfinite(verified.scores).all()):
+            raise UserError(f"index {path}: its verified null is empty or not finite; rebuild it")
+        loaded = cls(path, config, provenance, whiteners, indexes, null_similarity, manifest["index_id"])
+        loaded.verified_null = verified
+        return loaded
 
     def whiten(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Whiten + L2-normalise raw per-block features with the index's whiteners."""

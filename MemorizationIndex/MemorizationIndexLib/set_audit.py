@@ -12,37 +12,49 @@ import threading
 
 import numpy as np
 
-from .audit import SetAudit, VolumeAudit, record_slice, score_features
+from .audit import SetAudit, VolumeAudit, apply_verified, finalize_flags, record_slice, score_slices
 from .audit_output import SliceScore, evidence_order
 from .embedding import ProgressCallback, embed_slices
 from .encoders.base import Encoder
 from .image_sets import SET_AXIS, ImageSet, iter_set_slices
+from .index_verification import SecondStage
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
 
 CHUNK_BATCHES = 4  # encoder batches embedded and scored together
+MASK_P = 0.05  # copy masks kept while scoring (verified p-value below this); flagged ones are written
 
 
 def _score_chunk(
     index: ReferenceIndex,
     encoder: Encoder,
     chunk: list[tuple[VolumeAudit, int, np.ndarray]],
+    stage: SecondStage,
+    *,
     alpha: float,
     batch_size: int,
     top_k: int,
     cancel: threading.Event | None,
 ) -> list[SliceScore]:
-    """Embed, search and score queued (member, slice index, slice) entries into their members;
-    returns their scores in queue order."""
+    """Embed, search, verify and score queued (member, slice index, slice) entries into their
+    members; returns their scores in queue order. Copy masks with a verified p-value below
+    ``MASK_P`` are kept in the members (pruned to flagged and evidence slices at the end)."""
     slices = [s for _, _, s in chunk]
     raw = halving_batch_on_out_of_memory(
         lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size
     )
-    rows, ids, scores = score_features(index, raw, alpha, k=top_k)
+    rows, ids, scores, verified = score_slices(
+        index, encoder, slices, raw, stage, alpha=alpha, top_k=top_k, batch_size=batch_size, cancel=cancel
+    )
     result = []
     for i, (member, k, _) in enumerate(chunk):
-        result.append(record_slice(member, index, k, rows[i], ids[i], scores[i]))
+        score = record_slice(member, index, k, rows[i], ids[i], scores[i])
+        if verified is not None:
+            mask = apply_verified(score, verified[i], index)
+            if mask is not None and index.verified_null.verified_p(np.array([score.verified_score]))[0] < MASK_P:
+                member.copy_masks[int(k)] = mask
+        result.append(score)
     return result
 
 
@@ -57,6 +69,7 @@ def audit_set(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     keep_evidence: int = 24,
+    stage: SecondStage | None = None,
 ) -> SetAudit:
     """Score every non-empty slice of every file of ``image_set`` against ``index``.
 
@@ -64,6 +77,7 @@ def audit_set(
     the set in their ``evidence_slices`` (for the report's gallery).
     """
     threshold = index.null_model.threshold(alpha)
+    stage = SecondStage(index) if stage is None else stage
     members = {
         path: VolumeAudit(str(path), 0, SET_AXIS, n, [], [], threshold)
         for path, n in zip(image_set.files, image_set.counts)
@@ -75,7 +89,9 @@ def audit_set(
 
     def flush() -> None:
         if chunk:
-            scored = _score_chunk(index, encoder, chunk, alpha, batch_size, top_k, cancel)
+            scored = _score_chunk(
+                index, encoder, chunk, stage, alpha=alpha, batch_size=batch_size, top_k=top_k, cancel=cancel
+            )
             best.extend((evidence_order(m.volume, score), m, k, s) for (m, k, s), score in zip(chunk, scored))
             best.sort(key=lambda entry: entry[0])
             del best[max(0, keep_evidence) :]
@@ -92,6 +108,13 @@ def audit_set(
         if len(chunk) >= chunk_size:
             flush()
     flush()
+    result = SetAudit(image_set.name, list(members.values()), threshold)
+    result.calibration = finalize_flags(result.scores, index, alpha, stage)
+    for member in result.members:
+        member.calibration = result.calibration
     for _, member, k, slice2d in best:
         member.evidence_slices[k] = np.array(slice2d, dtype=np.float32, order="C")
-    return SetAudit(image_set.name, list(members.values()), threshold)
+    for member in result.members:
+        shown = {s.slice for s in member.scores if s.flagged} | set(member.evidence_slices)
+        member.copy_masks = {k: m for k, m in member.copy_masks.items() if k in shown}
+    return result

@@ -1,0 +1,110 @@
+"""The second stage against a loaded index: reference grids read from the training volumes (or the
+index's thumbnails), candidates from the three views, verification of every query slice, and the
+flag that combines both stages with the verified null (docs/method.md §7)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .encoders.base import Encoder
+from .reference_index import ReferenceIndex
+from .search import Neighbours
+from .second_stage import Verified, candidates, verify_slices
+from .verification import Grid, to_grid
+
+GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
+
+
+def unavailable_reason(index: ReferenceIndex) -> str:
+    """Why the second stage cannot run on this index ("" when it can): no verified null, or no
+    reference pixels (neither thumbnails nor reachable training volumes)."""
+    if index.verified_null is None:
+        return (
+            "the index has no verified null (built without verification, from features alone, or by an older "
+            "version); rebuild it with build-index to verify copies"
+        )
+    if index.store_thumbnails:
+        return ""
+    sources = sorted(set(index.provenance.source))
+    missing = [s for s in sources if not Path(s).is_file() and not Path(s).is_dir()]
+    if missing:
+        return (
+            f"{len(missing)} of {len(sources)} training volumes recorded in the index are not reachable "
+            f"(first: {missing[0]}), and the index has no thumbnails (build-index --store-thumbnails)"
+        )
+    return ""
+
+
+class ReferenceGrids:
+    """Verification grids of an index's reference slices, made on first use and kept (LRU)."""
+
+    def __init__(self, index: ReferenceIndex, capacity: int = GRID_CACHE):
+        self.index = index
+        self.capacity = capacity
+        self._grids: OrderedDict[int, Grid] = OrderedDict()
+
+    def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
+        """{row: grid} of original reference rows; rows whose pixels cannot be read are left out.
+        Rows are read grouped by source so each training volume is read once per call."""
+        prov, settings = self.index.provenance, self.index.preprocessing
+        for row in sorted((r for r in rows if r not in self._grids), key=lambda r: (prov.source[r], r)):
+            pixels = self.index.reference_slice(prov.source[row], prov.slice[row])
+            if pixels is not None:
+                self._grids[row] = to_grid(pixels, settings)
+        out = {}
+        for row in rows:
+            if row in self._grids:
+                self._grids.move_to_end(row)
+                out[row] = self._grids[row]
+        while len(self._grids) > max(self.capacity, len(out)):
+            self._grids.popitem(last=False)
+        return out
+
+
+def verify_queries(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    as_cut: Neighbours,
+    grids: ReferenceGrids,
+    *,
+    batch_size: int = 32,
+    cancel: threading.Event | None = None,
+) -> list[Verified]:
+    """The best verified candidate of every query slice; ``as_cut`` is the audit's own search of
+    the slices (``second_stage.search_depth(index.candidates)`` deep)."""
+
+    def search(raw: dict[str, np.ndarray], depth: int) -> Neighbours:
+        return index.search(index.whiten(raw), k=depth)
+
+    shortlisted = candidates(
+        encoder,
+        slices,
+        as_cut,
+        search,
+        np.asarray(index.provenance.original_row),
+        index.preprocessing,
+        k=index.candidates,
+        batch_size=batch_size,
+        cancel=cancel,
+    )
+    return verify_slices(slices, shortlisted, grids, index.preprocessing, cancel)
+
+
+class SecondStage:
+    """The second stage for one audit run: whether it runs (``reason`` says why not) and the
+    reference grids it shares across inputs."""
+
+    def __init__(self, index: ReferenceIndex, enabled: bool = True):
+        self.reason = unavailable_reason(index) if enabled else "verification was turned off (--no-verification)"
+        self.grids = ReferenceGrids(index) if not self.reason else None
+
+    @property
+    def used(self) -> bool:
+        """True when query slices are verified."""
+        return self.grids is not None
