@@ -62,12 +62,12 @@ FOLDER_FORMAT = (
     ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
     (
         "summary.json",
-        'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, "volumes" '
-        '[{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional)}]; optional: "sets" '
-        '[{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", "verification" {used: bool, reason: '
-        'str ("" when used), k: int, views: [str], null_n: int, threshold: float (verified score above which '
-        'a slice is flagged at alpha on verification alone)}, "calibration" {holds: bool, reason: str ("" '
-        "when it holds), median_z: float, limit_z: float}.",
+        'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, '
+        '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional)}]; '
+        'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
+        '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int, '
+        "threshold: float (verified score above which a slice is flagged at alpha on verification alone)}, "
+        '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
     (
