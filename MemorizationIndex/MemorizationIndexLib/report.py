@@ -61,7 +61,7 @@ from .audit_status import AuditStatus, audit_status, box_text, copy_transform_te
 from .image_sets import SET_AXIS
 from .pearson import pixel_correlation
 from .report_plots import histogram_svg, short_name, strips_svg
-from .report_sets import set_groups, set_row_mask, sets_section_html
+from .report_sets import calibration_cell, set_groups, set_row_mask, sets_section_html
 from .transforms import REFERENCE_COPIES, reference_copy, resize_bilinear, rotate
 
 REPORT_FILE = "report.html"
@@ -444,19 +444,23 @@ def _volume_order(rows: Sequence[SliceRow]) -> list[tuple[str, list[SliceRow]]]:
 
 def _volumes_table(ordered: list[tuple[str, list[SliceRow]]], summary: dict) -> str:
     info = {str(v.get("volume")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
+    with_calibration = any("calibration_holds" in v for v in info.values())
     head = (
         "<tr><th>volume</th><th>axis</th><th>slices scored</th><th>skipped (empty)</th>"
-        "<th>flagged</th><th>mean mi</th><th>max mi</th></tr>"
+        "<th>flagged</th><th>mean mi</th><th>max mi</th>"
+        + ("<th>calibration</th>" if with_calibration else "")
+        + "</tr>"
     )
     body = []
     for volume, vrows in ordered[:MAX_VOLUME_ROWS]:
         v = info.get(volume, {})
+        cell = calibration_cell(v) if with_calibration else ""
         body.append(
             f'<tr><td class="path">{_e(volume)}</td><td>{_e(v.get("axis", ""))}</td>'
             f'<td class="num">{len(vrows)}</td><td class="num">{_e(v.get("slices_skipped_empty", ""))}</td>'
             f'<td class="num">{sum(r.flagged for r in vrows)}</td>'
             f'<td class="num">{np.mean([r.mi for r in vrows]):.4g}</td>'
-            f'<td class="num">{max(r.mi for r in vrows):.4g}</td></tr>'
+            f'<td class="num">{max(r.mi for r in vrows):.4g}</td>{cell}</tr>'
         )
     note = ""
     if len(ordered) > MAX_VOLUME_ROWS:
