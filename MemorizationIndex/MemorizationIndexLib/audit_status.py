@@ -116,15 +116,21 @@ def flags_basis(status: AuditStatus) -> str:
     )
 
 
-def status_sentences(status: AuditStatus) -> list[str]:
-    """The verification and calibration status and what the flags rest on (none for old folders)."""
-    sentences = []
+def status_lines(status: AuditStatus) -> list[tuple[str, bool]]:
+    """(sentence, is a warning) for the verification and calibration status and what the flags rest
+    on (none for folders written before verification)."""
+    lines = []
     if status.verified is not None:
-        sentences.append(_verification_sentence(status))
+        lines.append((_verification_sentence(status), not status.verified))
     if status.calibrated is not None:
-        sentences.append(_calibration_sentence(status))
+        lines.append((_calibration_sentence(status), not status.calibrated))
     basis = flags_basis(status)
-    return sentences + ([basis] if basis else [])
+    return lines + ([(basis, not status.global_flags_trusted)] if basis else [])
+
+
+def status_sentences(status: AuditStatus) -> list[str]:
+    """The sentences of :func:`status_lines`."""
+    return [sentence for sentence, _ in status_lines(status)]
 
 
 def copy_transform_text(transposed: bool, angle: float, scale: float) -> str:
