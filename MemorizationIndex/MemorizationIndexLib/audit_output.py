@@ -72,8 +72,9 @@ FOLDER_FORMAT = (
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
     (
         COPY_MASKS_FILE,
-        "optional (np.savez_compressed): key = the row number in slices.csv (0-based, as text), value = "
-        "bool [rows, cols], the copy mask of that slice (flagged slices and the report's evidence slices).",
+        "np.savez_compressed: key = the row number in slices.csv (0-based, as text), value = bool [rows, cols], "
+        "the copy mask of that slice in its pixels as stored (flagged slices and the report's evidence slices); "
+        "written by every audit (empty without masks), absent in folders written before verification.",
     ),
 )
 

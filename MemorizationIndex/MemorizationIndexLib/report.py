@@ -12,8 +12,14 @@
    an audit): audited ``mi`` over the null distribution's ``mi`` (and the same in ``z`` units)
    with the threshold marked, and ``mi`` against slice for each volume (capped at MAX_STRIPS,
    most suspicious volumes first; none for the files of sets);
-3. the evidence: for the most suspicious slices, query | nearest training slice | absolute
-   difference, with scores and provenance.
+3. the evidence: for the most suspicious slices, query (its copy mask as a translucent red tint,
+   its copy box as a yellow frame) | training slice (the one verification matched, turned as
+   matched, when verified; else the nearest) | absolute difference, with scores, the verified
+   score, the transform and the box, and provenance.
+
+The verdict reads summary.json's verification and calibration blocks (:mod:`audit_status`): it
+never says "Likely memorization" on the global score alone when verification could not run or
+the calibration does not hold for these inputs; it says so, why, and what the flags rest on.
 
 Everything is embedded (inline SVG plots, PNG data URIs for the slice images, inline CSS); the
 file has no scripts, no event attributes and fetches nothing. Every string that comes from the
@@ -28,11 +34,11 @@ to the query's shape) and shows the one with the highest pixel correlation to th
 orientation and the pixel correlation are printed under each pair. The difference image is
 ``|query - training|`` after each slice is scaled to [0, 1] by its own 1st-99.5th percentiles.
 
-The evidence gallery holds the ``max_evidence`` slices with the highest ``mi`` (then similarity),
-flagged or not; the report says how many slices (and flagged slices) were left out. Their query
-slices come from ``query_slices`` when the caller still holds them (the audit keeps them, see
-``audit.query_slices``); otherwise only the query volumes of those slices are read, one at a
-time.
+The evidence gallery holds the ``max_evidence`` slices in ``audit_output.evidence_order``
+(flagged first, then the highest ``mi``, then similarity); the report says how many slices (and
+flagged slices) were left out. Their query slices come from ``query_slices`` when the caller still
+holds them (the audit keeps them, see ``audit.query_slices``); otherwise only the query volumes of
+those slices are read, one at a time.
 
 With ``no_training_images=True`` no training pixels enter the file: the reference index is not
 even opened, and neither the training slice nor the difference image (which would reveal it) is
