@@ -430,6 +430,16 @@ def _add_neighbor_node(scene, volume_node, neighbors: np.ndarray, name: str):
     return neighbor_node
 
 
+def _add_heatmap_node(scene, volume_node, heat: np.ndarray, threshold_mi: float, name: str) -> tuple[Any, Any]:
+    """The copy map as a scalar volume on the module's colour table, and that table's node."""
+    color_node = heat_color_node(scene)
+    heatmap_node = _add_node(scene, "vtkMRMLScalarVolumeNode", name)
+    _copy_geometry(volume_node, heatmap_node)
+    _slicer().util.updateVolumeFromArray(heatmap_node, heat)
+    configure_heatmap_display(heatmap_node, color_node, threshold_mi)
+    return heatmap_node, color_node
+
+
 def add_audit_nodes(
     scene,
     volume_node,
@@ -460,11 +470,7 @@ def add_audit_nodes(
 
     heat, neighbors, missing = _audit_arrays(audit, index, shape, axis, copy_masks or {})
 
-    color_node = heat_color_node(scene)
-    heatmap_node = _add_node(scene, "vtkMRMLScalarVolumeNode", f"{base} MI heatmap")
-    _copy_geometry(volume_node, heatmap_node)
-    slicer.util.updateVolumeFromArray(heatmap_node, heat)
-    configure_heatmap_display(heatmap_node, color_node, audit.threshold.mi)
+    heatmap_node, color_node = _add_heatmap_node(scene, volume_node, heat, audit.threshold.mi, f"{base} MI heatmap")
 
     neighbor_node = _add_neighbor_node(scene, volume_node, neighbors, f"{base} nearest reference")
 
