@@ -573,15 +573,25 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
         from MemorizationIndexLib.mrml import add_audit_nodes, read_audit_outputs
         from MemorizationIndexLib.reference_index import ReferenceIndex
 
-        audits = read_audit_outputs(outDir)
+        folder = read_audit_outputs(outDir)
         index = ReferenceIndex.load(indexDir)
         results = []
         for node, path in zip(volumeNodes, paths):
-            audit = audits.get(path) or audits.get(str(pathlib.Path(path)))
+            key = path if path in folder.audits else str(pathlib.Path(path))
+            audit = folder.audits.get(key)
             if audit is None:
                 raise RuntimeError(f"the audit output has no entry for {node.GetName()}")
             audit.volume = node.GetName()
-            results.append(add_audit_nodes(slicer.mrmlScene, node, audit, index))
+            results.append(
+                add_audit_nodes(
+                    slicer.mrmlScene,
+                    node,
+                    audit,
+                    index,
+                    copy_masks=folder.copy_masks.get(key),
+                    status=folder.status.get(key),
+                )
+            )
         return results
 
     def startBuildIndex(
@@ -668,11 +678,12 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def jumpToMostSuspicious(result) -> None:
+        from MemorizationIndexLib.audit_output import evidence_order
         from MemorizationIndexLib.mrml import jump_to_slice
 
         if not result.audit.scores:
             return
-        worst = max(result.audit.scores, key=lambda s: s.mi)
+        worst = min(result.audit.scores, key=lambda s: evidence_order(result.audit.volume, s))
         for view in (QUERY_VIEW, NEIGHBOR_VIEW):
             sliceNode = slicer.mrmlScene.GetSingletonNode(view, "vtkMRMLSliceNode")
             if sliceNode is not None:
@@ -720,7 +731,8 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.table_node.GetTable().GetNumberOfRows(), len(result.audit.scores))
         heat = mrml.slice_view(slicer.util.arrayFromVolume(result.heatmap_node), result.audit.array_axis)
         for score in result.audit.scores:
-            self.assertAlmostEqual(float(heat[score.slice].max()), score.mi, places=5)
+            expected = mrml.copy_map_slice(score, None, result.audit.threshold.mi, heat.shape[1:])
+            self.assertTrue(np.allclose(heat[score.slice], expected, atol=1e-6))
         flagged = [s for s in result.audit.scores if s.flagged]
         self.assertTrue(flagged, "copied slices must be flagged")
         self.assertEqual(result.missing_neighbors, [])

@@ -8,7 +8,7 @@ import re
 from conftest import REPO_ROOT
 
 LIB = REPO_ROOT / "MemorizationIndex" / "MemorizationIndexLib"
-PRESENTATION = {"report", "report_plots", "mrml", "layout", "results_html"}
+PRESENTATION = {"report", "report_plots", "report_sets", "audit_status", "mrml", "layout", "results_html"}
 
 
 def _imported_lib_modules(path) -> set[str]:

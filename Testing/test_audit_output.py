@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_scores_round_trip_through_the_files(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read.null_similarity, np.linspace(0.0, 1.0, 99))
     lines = (tmp_path / "new" / "audit" / "slices.csv").read_text(encoding="utf-8").split("\n")
     assert lines[0] == ",".join(SLICE_COLUMNS) and lines[-1] == ""
-    assert lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6'
+    assert lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6,nan,nan,nan,,-1,0,0,1,'
     assert (
         (tmp_path / "new" / "audit" / "neighbors.csv")
         .read_text(encoding="utf-8")
@@ -162,3 +163,129 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(UserError, match="exists and is not a folder"):
         _write(tmp_path / "file")
+
+
+# ----------------------------------------------------------------------------------------------
+# verification: columns, copy masks, summary blocks
+
+
+def _verified_volumes() -> tuple[list[_Volume], dict[tuple[str, int], np.ndarray]]:
+    volumes = _volumes()
+    copy = volumes[0].scores[1]  # gen/a.nii.gz slice 3
+    copy.verified_score, copy.verified_p, copy.flag_p = 0.8765432, 0.000999, 0.0004
+    copy.copy_source, copy.copy_slice, copy.copy_transposed = "t,1.nii.gz", 9, True
+    copy.copy_angle, copy.copy_scale, copy.copy_box = 90.0, 1.04, (2, 3, 10, 12)
+    mask = np.zeros((16, 20), dtype=bool)
+    mask[2:10, 3:12] = True
+    return volumes, {("gen/a.nii.gz", 3): mask, ('b "quoted".nrrd', 1): np.eye(5, dtype=bool)}
+
+
+def test_verification_columns_and_copy_masks_round_trip(tmp_path: Path) -> None:
+    volumes, masks = _verified_volumes()
+    summary = _write(tmp_path, volumes) | {}
+    summary["verification"] = {"used": True, "reason": "", "k": 5, "views": ["cut", "T"], "null_n": 9, "threshold": 0.5}
+    summary["calibration"] = {"holds": False, "reason": "far above", "median_z": 1.83, "limit_z": 1.2}
+    write_audit(volumes, summary, np.linspace(0.0, 1.0, 99), tmp_path, copy_masks=masks)
+    read = read_audit(tmp_path)
+    row = read.rows[1]
+    assert (row.verified_score, row.verified_p, row.flag_p) == (0.876543, 0.000999, 0.0004)
+    assert (row.copy_source, row.copy_slice, row.copy_transposed, row.copy_angle, row.copy_scale) == (
+        "t,1.nii.gz",
+        9,
+        True,
+        90.0,
+        1.04,
+    )
+    assert row.copy_box == (2, 3, 10, 12) and row.verified
+    plain = read.rows[0]
+    assert np.isnan(plain.verified_score) and plain.copy_box is None and not plain.verified
+    assert (plain.copy_source, plain.copy_slice, plain.copy_transposed, plain.copy_scale) == ("", -1, False, 1.0)
+    assert set(read.copy_masks) == set(masks)
+    for key, mask in masks.items():
+        assert read.copy_masks[key].dtype == bool
+        np.testing.assert_array_equal(read.copy_masks[key], mask)
+    assert read.summary["verification"]["views"] == ["cut", "T"] and read.summary["calibration"]["holds"] is False
+    line = (tmp_path / "slices.csv").read_text(encoding="utf-8").split("\n")[2]
+    assert line.endswith(',"t,1.nii.gz",9,1,90,1.04,2 3 10 12')
+    with np.load(tmp_path / "copy_masks.npz") as data:
+        assert sorted(data.files) == ["1", "3"]  # row numbers in slices.csv
+
+
+def test_a_folder_written_before_verification_reads_with_defaults(tmp_path: Path) -> None:
+    _write(tmp_path)
+    _edit_csv(tmp_path / "slices.csv", lambda records: [record[:10] for record in records])
+    (tmp_path / "copy_masks.npz").unlink()
+    read = read_audit(tmp_path)
+    assert len(read.rows) == 4 and read.copy_masks == {}
+    assert all(np.isnan(r.flag_p) and r.copy_box is None and r.copy_slice == -1 for r in read.rows)
+    assert "verification" not in read.summary and "calibration" not in read.summary
+
+
+def test_writing_without_masks_replaces_an_older_mask_file(tmp_path: Path) -> None:
+    volumes, masks = _verified_volumes()
+    write_audit(volumes, _write(tmp_path), np.zeros(3), tmp_path, copy_masks=masks)
+    _write(tmp_path)
+    assert read_audit(tmp_path).copy_masks == {}
+    with pytest.raises(ValueError, match="not a scored slice"):
+        write_audit(
+            volumes,
+            _write(tmp_path),
+            np.zeros(3),
+            tmp_path,
+            copy_masks={("gen/a.nii.gz", 99): masks[("gen/a.nii.gz", 3)]},
+        )
+
+
+def _set_summary(out: Path, key: str, value) -> None:
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary[key] = value
+    (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+def _edit_csv(path: Path, edit) -> None:
+    with open(path, newline="", encoding="utf-8") as handle:
+        records = list(csv.reader(handle))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(edit(records))
+
+
+def _set_field(out: Path, column: str, text: str) -> None:
+    def edit(records: list[list[str]]) -> list[list[str]]:
+        records[1][records[0].index(column)] = text
+        return records
+
+    _edit_csv(out / "slices.csv", edit)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda out: _set_field(out, "verified_score", "1.5"), r"slices.csv line 2 is corrupt: verified_score '1.5'"),
+        (lambda out: _set_field(out, "flag_p", "low"), r"slices.csv line 2 is corrupt"),
+        (lambda out: _set_field(out, "copy_transposed", "yes"), r"copy_transposed 'yes' is not 0 or 1"),
+        (lambda out: _set_field(out, "copy_box", "1 2 3"), r"copy_box '1 2 3' is not 'row0 col0 row1 col1'"),
+        (lambda out: _set_field(out, "copy_box", "5 2 3 4"), r"with row0 <= row1"),
+        (lambda out: _set_field(out, "copy_slice", "x"), r"slices.csv line 2 is corrupt"),
+        (lambda out: _set_summary(out, "verification", {"used": "yes", "reason": ""}), r'"used" is \'yes\''),
+        (lambda out: _set_summary(out, "verification", [1]), r'corrupt "verification" entry \(expected a JSON'),
+        (lambda out: _set_summary(out, "calibration", {"holds": True}), r'corrupt "calibration" entry \("reason"'),
+        (
+            lambda out: _set_summary(out, "calibration", {"holds": True, "reason": "", "median_z": "high"}),
+            r'"median_z" is',
+        ),
+        (
+            lambda out: _set_summary(out, "volumes", [{"volume": "v", "calibration_holds": "no"}]),
+            r'corrupt "volumes" entry \("calibration_holds"',
+        ),
+        (lambda out: (out / "copy_masks.npz").write_bytes(b"garbage"), r"copy_masks.npz is not a readable .npz"),
+        (lambda out: np.savez(out / "copy_masks.npz", **{"7": np.ones((2, 2))}), r"mask for row '7', which"),
+        (lambda out: np.savez(out / "copy_masks.npz", **{"0": np.ones(4)}), r"the mask of row 0 has shape \(4,\)"),
+    ],
+)
+def test_malformed_verification_outputs_are_one_line_user_errors(tmp_path: Path, damage, message: str) -> None:
+    volumes, masks = _verified_volumes()
+    write_audit(volumes, _write(tmp_path), np.zeros(3), tmp_path, copy_masks=masks)
+    damage(tmp_path)
+    with pytest.raises(UserError, match=message) as error:
+        read_audit(tmp_path)
+    assert "\n" not in str(error.value)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from MemorizationIndexLib import cli, commands, dependencies, layout, protocol, results_html
+from MemorizationIndexLib.audit_status import audit_status
 from MemorizationIndexLib.out_of_memory import halving_batch_on_out_of_memory, is_out_of_memory
 from MemorizationIndexLib.process import BackgroundProcess
 
@@ -383,3 +384,9 @@ def test_summary_html(tmp_path):
     (tmp_path / "config.json").write_text('{"null": {"type": "train-split", "n": 80}}')
     assert results_html.index_null(tmp_path) == {"type": "train-split", "n": 80}
     assert results_html.index_null(tmp_path / "missing") is None and results_html.index_null(None) is None
+    unverified = audit_status(
+        {"threshold": {"alpha": 0.001}, "verification": {"used": False, "reason": "no thumbnails <here>"}}
+    )
+    text = results_html.summary_html(_summary(status=unverified))
+    assert "<b>Verification could not run: no thumbnails &lt;here&gt;.</b>" in text
+    assert "<b>Flags rest on the global score alone" in text and "calibration" not in text

@@ -348,7 +348,7 @@ def test_show_result_in_slice_views_configures_layers(spine):
 
 def test_cli_outputs_rebuild_the_audit(spine):
     """The module's background path reads the CLI outputs back, flips included, into nodes."""
-    audits = mrml.read_audit_outputs(spine["cli_out"])
+    audits = mrml.read_audit_outputs(spine["cli_out"]).audits
     assert list(audits) == [str(spine["query_path"])]
     audit = audits[str(spine["query_path"])]
     assert len(audit.scores) == len(spine["cli_rows"])

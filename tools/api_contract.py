@@ -69,9 +69,18 @@ def _class_lines(cls: type) -> list[str]:
     return lines
 
 
+def _folder_format() -> list[str]:
+    """The audit folder's files as ``audit_output.FOLDER_FORMAT`` describes them."""
+    from MemorizationIndexLib.audit_output import FOLDER_FORMAT
+
+    lines = ["## Audit folder format (`audit_output.FOLDER_FORMAT`)\n"]
+    lines += [f"- `{name}` — {text}" for name, text in FOLDER_FORMAT]
+    return lines + [""]
+
+
 def render() -> str:
     """The whole page as markdown."""
-    parts = [INTRO]
+    parts = [INTRO, *_folder_format()]
     names = sorted(m.name for m in pkgutil.walk_packages(MemorizationIndexLib.__path__, "MemorizationIndexLib."))
     for name in names:
         module = importlib.import_module(name)

@@ -563,5 +563,7 @@ def audit_paths(
         keep_evidence=keep_evidence,
         stage=stage,
     )
-    write_audit(file_audits(audits), summarize(audits, index, stage), index.null_similarity, out_dir)
+    files = file_audits(audits)
+    masks = {(a.volume, k): mask for a in files for k, mask in a.copy_masks.items()}
+    write_audit(files, summarize(audits, index, stage), index.null_similarity, out_dir, copy_masks=masks)
     return audits

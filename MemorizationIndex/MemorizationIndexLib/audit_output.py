@@ -2,9 +2,10 @@
 
 An audit folder holds ``slices.csv`` (one row per scored slice, :data:`SLICE_COLUMNS`),
 ``neighbors.csv`` (the top-k reference slices of each scored slice, :data:`NEIGHBOUR_COLUMNS`),
-``summary.json`` and ``null_similarity.npy`` (formats in docs/api-contract.md). Floats are written
-with 6 significant digits. The audit writes the folder; the report and the Slicer module read it
-back with :func:`read_audit`.
+``summary.json``, ``null_similarity.npy`` and ``copy_masks.npz`` (formats: :data:`FOLDER_FORMAT`,
+rendered into docs/api-contract.md). Floats are written with 6 significant digits. The audit writes
+the folder; the report and the Slicer module read it back with :func:`read_audit`, which also reads
+folders written before verification (their missing columns, blocks and masks take the defaults).
 """
 
 from __future__ import annotations
@@ -25,17 +26,64 @@ from .errors import UserError
 from .scoring import Threshold
 from .transforms import ORIGINAL, REFERENCE_COPIES
 
-SLICE_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
+_GLOBAL_COLUMNS = ("volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagged", "nn_source", "nn_slice")
+VERIFICATION_COLUMNS = (
+    "verified_score",
+    "verified_p",
+    "flag_p",
+    "copy_source",
+    "copy_slice",
+    "copy_transposed",
+    "copy_angle",
+    "copy_scale",
+    "copy_box",
+)
+SLICE_COLUMNS = _GLOBAL_COLUMNS + VERIFICATION_COLUMNS
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
-OUTPUT_FILES = ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy")
+COPY_MASKS_FILE = "copy_masks.npz"
+OUTPUT_FILES = ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy", COPY_MASKS_FILE)
 _SUMMARY_KEYS = ("index", "null", "threshold", "volumes")
 _Parsed = TypeVar("_Parsed")
+
+FOLDER_FORMAT = (
+    (
+        "slices.csv",
+        "one row per scored slice, columns "
+        + ", ".join(_GLOBAL_COLUMNS)
+        + " (the global search), then "
+        + ", ".join(VERIFICATION_COLUMNS)
+        + ' (verification; absent in folders written before it: the reader gives nan, "", -1, 0, 0.0, 1.0 '
+        "and no box). flagged: 0/1, flagged == flag_p < alpha. verified_score in [0, 1] and verified_p / "
+        "flag_p in [0, 1], nan when not verified. copy_source, copy_slice: the training slice the "
+        "verification matched best; copy_transposed (0/1), copy_angle (degrees), copy_scale: how it maps "
+        'onto the query (transpose, then rotation, then scale); copy_box: "row0 col0 row1 col1" (ends '
+        "exclusive) of the copied region in the query slice's pixels as stored, empty when none.",
+    ),
+    ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
+    (
+        "summary.json",
+        'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, '
+        '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional)}]; '
+        'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
+        '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int, '
+        "threshold: float (verified score above which a slice is flagged at alpha on verification alone)}, "
+        '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
+    ),
+    ("null_similarity.npy", "float [n]: the null's global similarity scores."),
+    (
+        COPY_MASKS_FILE,
+        "np.savez_compressed: key = the row number in slices.csv (0-based, as text), value = bool [rows, cols], "
+        "the copy mask of that slice in its pixels as stored (flagged slices and the report's evidence slices); "
+        "written by every audit (empty without masks), absent in folders written before verification.",
+    ),
+)
 
 
 @dataclass
 class SliceScore:
     """Scores of one audited slice and its nearest reference slice (``nn_flip``: the copy of it
-    that matched, one of ``transforms.REFERENCE_COPIES``)."""
+    that matched, one of ``transforms.REFERENCE_COPIES``), and its verification (``verified_score``
+    ... ``copy_box``: see :data:`FOLDER_FORMAT`; nan / defaults when not verified)."""
 
     slice: int
     similarity: float
@@ -57,10 +105,15 @@ class SliceScore:
     copy_scale: float = 1.0
     copy_box: tuple[int, int, int, int] | None = None
 
+    @property
+    def verified(self) -> bool:
+        """Whether the slice was verified against a training slice (a finite verified score)."""
+        return math.isfinite(self.verified_score) and bool(self.copy_source)
+
 
 @dataclass
 class SliceRow(SliceScore):
-    """A row of slices.csv: a slice's scores and the volume it belongs to."""
+    """A row of slices.csv: a slice's scores and the volume it belongs to (a keyword argument)."""
 
     volume: str = field(kw_only=True)
 
@@ -91,8 +144,10 @@ class AuditOutputs:
     ``rows``: slices.csv in file order; their ``nn_flip`` is the flip of the rank-1 row of
     neighbors.csv. ``neighbours``: {(volume, slice): neighbours by rank}, None when the folder has
     no neighbors.csv (then every ``nn_flip`` is ``"none"``: the flip is not known).
-    ``summary``: summary.json, its null mean/std and threshold as floats. ``null_similarity``:
-    the finite null scores, float64 [n].
+    ``summary``: summary.json, its null mean/std and threshold as floats (its "verification" and
+    "calibration" blocks checked when present). ``null_similarity``: the finite null scores,
+    float64 [n]. ``copy_masks``: {(volume, slice): bool [rows, cols]} from copy_masks.npz (empty
+    when the folder has none).
     """
 
     folder: Path
@@ -101,6 +156,7 @@ class AuditOutputs:
     summary: dict[str, Any]
     threshold: Threshold
     null_similarity: np.ndarray
+    copy_masks: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
 
 
 def format_value(value: float) -> str:
@@ -108,10 +164,30 @@ def format_value(value: float) -> str:
     return f"{value:.6g}"
 
 
+def format_box(box: tuple[int, int, int, int] | None) -> str:
+    """A copy box as written to slices.csv: "row0 col0 row1 col1", empty for None."""
+    return "" if box is None else " ".join(str(int(v)) for v in box)
+
+
 def slice_row(volume: str, score: SliceScore) -> list[str | int]:
     """The slices.csv row (:data:`SLICE_COLUMNS`) of one scored slice."""
     values = (score.similarity, score.z, score.mi, score.oni, score.p_value)
-    return [volume, score.slice, *map(format_value, values), int(score.flagged), score.nn_source, score.nn_slice]
+    verified = (score.verified_score, score.verified_p, score.flag_p)
+    return [
+        volume,
+        score.slice,
+        *map(format_value, values),
+        int(score.flagged),
+        score.nn_source,
+        score.nn_slice,
+        *map(format_value, verified),
+        score.copy_source,
+        score.copy_slice,
+        int(score.copy_transposed),
+        format_value(score.copy_angle),
+        format_value(score.copy_scale),
+        format_box(score.copy_box),
+    ]
 
 
 def neighbour_row(volume: str, slice_index: int, neighbour: Neighbour) -> list[str | int]:
@@ -127,10 +203,16 @@ def neighbour_row(volume: str, slice_index: int, neighbour: Neighbour) -> list[s
     ]
 
 
-def evidence_order(volume: str, score: SliceScore) -> tuple[float, float, str, int]:
-    """Sort key of the report's evidence gallery on the values as written to slices.csv: highest
-    mi, then highest similarity, then volume and slice."""
-    return -float(format_value(score.mi)), -float(format_value(score.similarity)), volume, score.slice
+def evidence_order(volume: str, score: SliceScore) -> tuple[int, float, float, str, int]:
+    """Sort key of the report's evidence gallery on the values as written to slices.csv: flagged
+    slices first, then highest mi, then highest similarity, then volume and slice."""
+    return (
+        int(not score.flagged),
+        -float(format_value(score.mi)),
+        -float(format_value(score.similarity)),
+        volume,
+        score.slice,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,14 +234,38 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[list]) -> None:
         writer.writerows(rows)
 
 
-def write_audit(
-    audits: Sequence[AuditedVolume], summary: Mapping[str, Any], null_similarity: np.ndarray, out_dir: str | Path
-) -> Path:
-    """Write slices.csv, neighbors.csv, summary.json and null_similarity.npy into ``out_dir``.
+def _mask_rows(
+    audits: Sequence[AuditedVolume], copy_masks: Mapping[tuple[str, int], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """copy_masks.npz's content: {row number in slices.csv: bool mask}; ValueError for a mask of
+    no scored slice or one that is not 2D."""
+    rows = {(a.volume, s.slice): i for i, (a, s) in enumerate((a, s) for a in audits for s in a.scores)}
+    out = {}
+    for key, mask in copy_masks.items():
+        if key not in rows:
+            raise ValueError(f"copy mask for {key}, which is not a scored slice")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim != 2:
+            raise ValueError(f"copy mask for {key} has shape {mask.shape}, not [rows, cols]")
+        out[str(rows[key])] = mask
+    return out
 
-    All or nothing (:func:`atomic_write.write_files`): UserError for an OSError, and nothing left behind.
+
+def write_audit(
+    audits: Sequence[AuditedVolume],
+    summary: Mapping[str, Any],
+    null_similarity: np.ndarray,
+    out_dir: str | Path,
+    copy_masks: Mapping[tuple[str, int], np.ndarray] | None = None,
+) -> Path:
+    """Write slices.csv, neighbors.csv, summary.json, null_similarity.npy and copy_masks.npz into ``out_dir``.
+
+    ``copy_masks``: {(volume as in slices.csv, slice index): bool [rows, cols]}; the file is written
+    (empty without masks) so that no older one is left beside the new rows. All or nothing
+    (:func:`atomic_write.write_files`): UserError for an OSError, and nothing left behind.
     """
     out = check_output_dir(out_dir)
+    masks = _mask_rows(audits, copy_masks or {})
 
     def write_json(path: Path) -> None:
         path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -167,6 +273,10 @@ def write_audit(
     def write_null(path: Path) -> None:
         with open(path, "wb") as handle:
             np.save(handle, null_similarity)
+
+    def write_masks(path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **masks)
 
     slices = (slice_row(a.volume, s) for a in audits for s in a.scores)
     neighbours = (neighbour_row(a.volume, k, nb) for a in audits for k, items in a.neighbours.items() for nb in items)
@@ -178,6 +288,7 @@ def write_audit(
                 lambda path: _write_csv(path, NEIGHBOUR_COLUMNS, neighbours),
                 write_json,
                 write_null,
+                write_masks,
             ),
         )
     )
@@ -211,6 +322,49 @@ def _read_csv(
     return out
 
 
+def _unit_or_nan(text: str, name: str) -> float:
+    """A value in [0, 1] or nan (empty: nan)."""
+    value = float(text) if text.strip() else math.nan
+    if not (math.isnan(value) or 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} {text!r} is not in [0, 1]")
+    return value
+
+
+def parse_box(text: str) -> tuple[int, int, int, int] | None:
+    """A copy box as written by :func:`format_box`; ValueError unless 4 ordered non-negative ints."""
+    if not text.strip():
+        return None
+    parts = text.split()
+    if len(parts) != 4:
+        raise ValueError(f"copy_box {text!r} is not 'row0 col0 row1 col1'")
+    row0, col0, row1, col1 = (int(v) for v in parts)
+    if not 0 <= row0 <= row1 or not 0 <= col0 <= col1:
+        raise ValueError(f"copy_box {text!r} is not 'row0 col0 row1 col1' with row0 <= row1, col0 <= col1")
+    return row0, col0, row1, col1
+
+
+def _zero_one(text: str, name: str) -> bool:
+    if text.strip() not in ("", "0", "1"):
+        raise ValueError(f"{name} {text!r} is not 0 or 1")
+    return text.strip() == "1"
+
+
+def _verification_fields(record: dict[str, str]) -> dict[str, Any]:
+    """The verification columns of a slices.csv record (absent or empty: the defaults)."""
+    get = {name: record.get(name) or "" for name in VERIFICATION_COLUMNS}
+    return {
+        "verified_score": _unit_or_nan(get["verified_score"], "verified_score"),
+        "verified_p": _unit_or_nan(get["verified_p"], "verified_p"),
+        "flag_p": _unit_or_nan(get["flag_p"], "flag_p"),
+        "copy_source": get["copy_source"],
+        "copy_slice": int(get["copy_slice"]) if get["copy_slice"].strip() else -1,
+        "copy_transposed": _zero_one(get["copy_transposed"], "copy_transposed"),
+        "copy_angle": float(get["copy_angle"]) if get["copy_angle"].strip() else 0.0,
+        "copy_scale": float(get["copy_scale"]) if get["copy_scale"].strip() else 1.0,
+        "copy_box": parse_box(get["copy_box"]),
+    }
+
+
 def _slice_row(record: dict[str, str]) -> SliceRow:
     return SliceRow(
         volume=record["volume"],
@@ -224,6 +378,7 @@ def _slice_row(record: dict[str, str]) -> SliceRow:
         nn_source=record["nn_source"] or "",
         nn_slice=int(record["nn_slice"]),
         nn_flip=ORIGINAL,
+        **_verification_fields(record),
     )
 
 
@@ -280,7 +435,50 @@ def _read_summary(path: Path) -> tuple[dict[str, Any], Threshold]:
     if not isinstance(summary["volumes"], list) or not isinstance(summary["index"], dict):
         raise UserError(f'{path} is not an audit summary (bad "volumes" or "index" entry)')
     summary["threshold"] = threshold.to_dict()
+    _check_status_blocks(summary, path)
     return summary, threshold
+
+
+_NUMBER = (int, float)
+_STATUS_BLOCKS = {  # block: {key: (types, required)}
+    "verification": {
+        "used": (bool, True),
+        "reason": (str, True),
+        "k": (int, False),
+        "views": (list, False),
+        "null_n": (int, False),
+        "threshold": (_NUMBER, False),
+    },
+    "calibration": {
+        "holds": (bool, True),
+        "reason": (str, True),
+        "median_z": (_NUMBER, False),
+        "limit_z": (_NUMBER, False),
+    },
+}
+
+
+def _check_status_blocks(summary: dict[str, Any], path: Path) -> None:
+    """UserError (one line) for a malformed "verification" or "calibration" block, or a
+    "calibration_holds" of a volume or set entry that is not true/false."""
+    for block, keys in _STATUS_BLOCKS.items():
+        if block not in summary:
+            continue
+        entry = summary[block]
+        if not isinstance(entry, dict):
+            raise UserError(f'{path} has a corrupt "{block}" entry (expected a JSON object)')
+        for key, (types, required) in keys.items():
+            if key not in entry and not required:
+                continue
+            value = entry.get(key)
+            if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
+                raise UserError(f'{path} has a corrupt "{block}" entry ("{key}" is {value!r})')
+        if not all(isinstance(v, str) for v in entry.get("views", [])):
+            raise UserError(f'{path} has a corrupt "{block}" entry ("views" must be names)')
+    for group in ("volumes", "sets"):
+        for item in summary.get(group) or []:
+            if isinstance(item, dict) and not isinstance(item.get("calibration_holds", True), bool):
+                raise UserError(f'{path} has a corrupt "{group}" entry ("calibration_holds" is not true/false)')
 
 
 def _read_null(path: Path) -> np.ndarray:
@@ -292,17 +490,39 @@ def _read_null(path: Path) -> np.ndarray:
     return null[np.isfinite(null)]
 
 
+def _read_masks(path: Path, rows: list[SliceRow]) -> dict[tuple[str, int], np.ndarray]:
+    """copy_masks.npz by (volume, slice); UserError for a corrupt file, a key that is no row of
+    slices.csv or a mask that is not 2D."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for corrupt files
+        raise UserError(f"{path} is not a readable .npz file ({type(exc).__name__})") from None
+    masks = {}
+    for key, mask in arrays.items():
+        if not key.isdigit() or int(key) >= len(rows):
+            raise UserError(f"{path} has a mask for row {key!r}, which slices.csv ({len(rows)} rows) does not have")
+        if mask.ndim != 2:
+            raise UserError(f"{path}: the mask of row {key} has shape {mask.shape}, not [rows, cols]")
+        row = rows[int(key)]
+        masks[(row.volume, row.slice)] = mask.astype(bool, copy=False)
+    return masks
+
+
 def read_audit(out_dir: str | os.PathLike) -> AuditOutputs:
-    """Read an audit folder (neighbors.csv optional); UserError with a one-line message on problems."""
+    """Read an audit folder (neighbors.csv and copy_masks.npz optional); UserError with a one-line
+    message on problems."""
     folder = Path(out_dir)
     if not folder.is_dir():
         raise UserError(f"audit folder {folder} does not exist")
     for name in ("slices.csv", "summary.json", "null_similarity.npy"):
         if not (folder / name).is_file():
             raise UserError(f"{folder / name} is missing: run `memorization-index audit` into this folder first")
-    rows = _read_csv(folder / "slices.csv", SLICE_COLUMNS, "slices.csv", _slice_row)
+    rows = _read_csv(folder / "slices.csv", _GLOBAL_COLUMNS, "slices.csv", _slice_row)
     summary, threshold = _read_summary(folder / "summary.json")
     null = _read_null(folder / "null_similarity.npy")
     neighbours_path = folder / "neighbors.csv"
     neighbours = _read_neighbours(neighbours_path, rows) if neighbours_path.is_file() else None
-    return AuditOutputs(folder, rows, neighbours, summary, threshold, null)
+    masks_path = folder / COPY_MASKS_FILE
+    masks = _read_masks(masks_path, rows) if masks_path.is_file() else {}
+    return AuditOutputs(folder, rows, neighbours, summary, threshold, null, masks)

@@ -6,10 +6,14 @@ headless with the ``slicer-core`` package from PyPI (a plain ``slicer.vtkMRMLSce
 
 The result of :func:`audit_volume_node`:
 
-- **MI heatmap** (scalar volume, same IJK-to-RAS as the input): every voxel of slice k holds
-  slice k's ``mi``; slices the audit skipped as empty hold 0. Displayed with a colour table this
-  module creates itself (:data:`HEAT_COLOR_NODE_NAME`), window 0..1, and a threshold at the flag
-  threshold (``threshold.mi``) so that unflagged slices are transparent in a foreground layer.
+- **MI heatmap**, a pixel-level copy map (scalar volume, same IJK-to-RAS as the input, values
+  in MI units; :func:`copy_map_slice`): a flagged slice with a copy mask holds :data:`COPY_VALUE`
+  (1, "copy") inside the mask and 0 elsewhere, so only the copied region is coloured; a flagged
+  slice without a mask holds its ``mi`` (at least the flag threshold); an unflagged slice holds
+  its ``mi``, capped just below the flag threshold; skipped slices hold 0. Displayed with a colour
+  table this module creates itself (:data:`HEAT_COLOR_NODE_NAME`), window 0..1, and a threshold
+  at the flag threshold (``threshold.mi``) so that everything but the flagged slices (and, where
+  verified, their copied regions) is transparent in a foreground layer.
 - **Nearest-neighbour volume** (same geometry): slice k holds the reference slice nearest to
   query slice k (from the index provenance, flipped as matched, resampled bilinearly to the
   query slice's grid); zeros where no reference pixels are available.
@@ -23,20 +27,37 @@ same array axis.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .audit_output import SLICE_COLUMNS, read_audit
+from .audit_output import read_audit
+from .audit_status import AuditStatus, audit_status
 from .errors import UserError
 from .protocol import INDEX_ATTRIBUTE, INPUT_ATTRIBUTE
 from .transforms import ORIGINAL, reference_copy, resize_bilinear
 
 HEAT_COLOR_NODE_NAME = "MemorizationIndexHeat"
-TABLE_COLUMNS = SLICE_COLUMNS[1:]  # one table per volume: slices.csv without its volume column
+COPY_VALUE = 1.0  # the copy map's value inside a flagged slice's copy mask (the "copy" end of the MI scale)
+_TABLE_TYPES = {  # the table's columns (slices.csv's, without the volume and the copy geometry) and types
+    "slice": int,
+    "similarity": float,
+    "z": float,
+    "mi": float,
+    "oni": float,
+    "p_value": float,
+    "flagged": int,
+    "nn_source": str,
+    "nn_slice": int,
+    "verified_score": float,
+    "flag_p": float,
+    "copy_source": str,
+    "copy_slice": int,
+}
+TABLE_COLUMNS = tuple(_TABLE_TYPES)
 # Anchor colours of the heat table (position in 0..1 of the MI range, r, g, b).
 _HEAT_ANCHORS = (
     (0.00, 0.05, 0.03, 0.30),
@@ -76,6 +97,7 @@ class MrmlAuditResult:
     threshold_table_node: Any = None
     folder_item_id: int = 0
     missing_neighbors: list[int] = field(default_factory=list)
+    status: AuditStatus | None = None
 
     def nodes(self) -> list:
         """Every MRML node this result created (for cleanup or saving)."""
@@ -89,7 +111,8 @@ class MrmlAuditResult:
         return [node for node in found + list(self.plot_series_nodes) if node is not None]
 
     def summary(self) -> dict:
-        """Volume-level numbers for a results panel: mean MI/ONI, flagged count, threshold."""
+        """Volume-level numbers for a results panel: mean MI/ONI, flagged count, threshold, status
+        (verification and calibration; None when not known)."""
         scores = self.audit.scores
         n = len(scores)
         flagged = [s.slice for s in scores if s.flagged]
@@ -106,6 +129,7 @@ class MrmlAuditResult:
             "flagged_slices": flagged,
             "flagged_fraction": len(flagged) / n if n else 0.0,
             "threshold": threshold.to_dict(),
+            "status": self.status,
         }
 
 
@@ -250,35 +274,16 @@ def _add_node(scene, class_name: str, name: str):
 
 def _fill_table(table_node, scores) -> None:
     vtk = _vtk()
+    arrays = {int: vtk.vtkIntArray, float: vtk.vtkDoubleArray, str: vtk.vtkStringArray}
     table = table_node.GetTable()
     table.Initialize()
-    columns = {
-        "slice": vtk.vtkIntArray(),
-        "similarity": vtk.vtkDoubleArray(),
-        "z": vtk.vtkDoubleArray(),
-        "mi": vtk.vtkDoubleArray(),
-        "oni": vtk.vtkDoubleArray(),
-        "p_value": vtk.vtkDoubleArray(),
-        "flagged": vtk.vtkIntArray(),
-        "nn_source": vtk.vtkStringArray(),
-        "nn_slice": vtk.vtkIntArray(),
-    }
-    for name in TABLE_COLUMNS:
-        array = columns[name]
+    for name, kind in _TABLE_TYPES.items():
+        array = arrays[kind]()
         array.SetName(name)
         array.SetNumberOfValues(len(scores))
-    for row, score in enumerate(scores):
-        columns["slice"].SetValue(row, int(score.slice))
-        columns["similarity"].SetValue(row, float(score.similarity))
-        columns["z"].SetValue(row, float(score.z))
-        columns["mi"].SetValue(row, float(score.mi))
-        columns["oni"].SetValue(row, float(score.oni))
-        columns["p_value"].SetValue(row, float(score.p_value))
-        columns["flagged"].SetValue(row, 1 if score.flagged else 0)
-        columns["nn_source"].SetValue(row, str(score.nn_source))
-        columns["nn_slice"].SetValue(row, int(score.nn_slice))
-    for name in TABLE_COLUMNS:
-        table.AddColumn(columns[name])
+        for row, score in enumerate(scores):
+            array.SetValue(row, kind(getattr(score, name)))
+        table.AddColumn(array)
     table_node.Modified()
 
 
@@ -378,20 +383,37 @@ def _parent_in_subject_hierarchy(scene, volume_node, nodes, folder_name: str) ->
     return folder
 
 
-def _audit_arrays(audit, index, shape: tuple[int, ...], axis: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """The MI heatmap and nearest-neighbour arrays, and the slices whose neighbour is missing."""
+def copy_map_slice(score, mask: np.ndarray | None, threshold_mi: float, shape: tuple[int, int]) -> np.ndarray:
+    """One slice of the copy map (float32 ``shape``, MI units; see the module docstring): the copied
+    region of a flagged slice at :data:`COPY_VALUE`, the rest of it 0; a flagged slice without a
+    (fitting, non-empty) mask at max(mi, threshold); an unflagged slice at its mi, kept below the
+    threshold so that it stays transparent."""
+    threshold = np.float32(threshold_mi)
+    if not score.flagged:
+        below = np.nextafter(threshold, np.float32(-np.inf))
+        return np.full(shape, min(np.float32(score.mi), below), dtype=np.float32)
+    if mask is not None and mask.shape == tuple(shape) and mask.any():
+        return np.where(mask, np.float32(COPY_VALUE), np.float32(0.0)).astype(np.float32)
+    return np.full(shape, max(np.float32(score.mi), threshold), dtype=np.float32)
+
+
+def _audit_arrays(
+    audit, index, shape: tuple[int, ...], axis: int, copy_masks: Mapping[int, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The copy map (MI heatmap) and nearest-neighbour arrays, and the slices whose neighbour is missing."""
     heat = np.zeros(shape, dtype=np.float32)
     heat_slices = slice_view(heat, axis)
     neighbors = np.zeros(shape, dtype=np.float32)
     neighbor_slices = slice_view(neighbors, axis)
     missing: list[int] = []
     for score in audit.scores:
-        heat_slices[int(score.slice)] = float(score.mi)
+        k = int(score.slice)
+        heat_slices[k] = copy_map_slice(score, copy_masks.get(k), audit.threshold.mi, heat_slices.shape[1:])
         picture = neighbor_slice(index, score, neighbor_slices.shape[1:]) if index is not None else None
         if picture is None:
-            missing.append(int(score.slice))
+            missing.append(k)
         else:
-            neighbor_slices[int(score.slice)] = picture
+            neighbor_slices[k] = picture
     return heat, neighbors, missing
 
 
@@ -408,14 +430,33 @@ def _add_neighbor_node(scene, volume_node, neighbors: np.ndarray, name: str):
     return neighbor_node
 
 
+def _add_heatmap_node(scene, volume_node, heat: np.ndarray, threshold_mi: float, name: str) -> tuple[Any, Any]:
+    """The copy map as a scalar volume on the module's colour table, and that table's node."""
+    color_node = heat_color_node(scene)
+    heatmap_node = _add_node(scene, "vtkMRMLScalarVolumeNode", name)
+    _copy_geometry(volume_node, heatmap_node)
+    _slicer().util.updateVolumeFromArray(heatmap_node, heat)
+    configure_heatmap_display(heatmap_node, color_node, threshold_mi)
+    return heatmap_node, color_node
+
+
 def add_audit_nodes(
-    scene, volume_node, audit, index=None, *, subject_hierarchy: bool = True, name: str | None = None
+    scene,
+    volume_node,
+    audit,
+    index=None,
+    *,
+    subject_hierarchy: bool = True,
+    name: str | None = None,
+    copy_masks: Mapping[int, np.ndarray] | None = None,
+    status: AuditStatus | None = None,
 ) -> MrmlAuditResult:
-    """Create the heatmap, nearest-neighbour, table and chart nodes for an audit of ``volume_node``.
+    """Create the copy map (heatmap), nearest-neighbour, table and chart nodes for an audit of ``volume_node``.
 
     ``index`` (a ``ReferenceIndex``) supplies the nearest reference slices; without it (or when
     a reference slice cannot be read) the neighbour slices stay 0 and are listed in
-    ``missing_neighbors``.
+    ``missing_neighbors``. ``copy_masks``: {slice: bool mask} (``AuditOutputs.copy_masks`` of this
+    volume); ``status``: the audit's verification and calibration status, for the results panel.
     """
     slicer = _slicer()
     base = name or volume_node.GetName() or "volume"
@@ -427,13 +468,9 @@ def add_audit_nodes(
             f"audit of {audit.n_slices} slices along array axis {axis} does not fit volume {base} of shape {shape}"
         )
 
-    heat, neighbors, missing = _audit_arrays(audit, index, shape, axis)
+    heat, neighbors, missing = _audit_arrays(audit, index, shape, axis, copy_masks or {})
 
-    color_node = heat_color_node(scene)
-    heatmap_node = _add_node(scene, "vtkMRMLScalarVolumeNode", f"{base} MI heatmap")
-    _copy_geometry(volume_node, heatmap_node)
-    slicer.util.updateVolumeFromArray(heatmap_node, heat)
-    configure_heatmap_display(heatmap_node, color_node, audit.threshold.mi)
+    heatmap_node, color_node = _add_heatmap_node(scene, volume_node, heat, audit.threshold.mi, f"{base} MI heatmap")
 
     neighbor_node = _add_neighbor_node(scene, volume_node, neighbors, f"{base} nearest reference")
 
@@ -456,6 +493,7 @@ def add_audit_nodes(
         plot_series_nodes=series,
         threshold_table_node=threshold_table,
         missing_neighbors=missing,
+        status=status,
     )
     if subject_hierarchy:
         result.folder_item_id = _parent_in_subject_hierarchy(
@@ -489,7 +527,8 @@ def audit_volume_node(
     ``axis``, ``progress(done, total)``, ``cancel`` a ``threading.Event``, ...); like every
     audit, an out-of-memory error is retried with half the batch size (down to 1).
     """
-    from .audit import audit_image
+    from .audit import audit_image, summarize
+    from .index_verification import SecondStage
     from .reference_index import ReferenceIndex
 
     if volume_node is None:
@@ -510,21 +549,35 @@ def audit_volume_node(
         axis=axis,
         progress=progress,
         cancel=cancel,
+        stage=(stage := SecondStage(index)),
         **options,
     )
-    return add_audit_nodes(scene, volume_node, audit, index, subject_hierarchy=subject_hierarchy, name=name)
+    status = audit_status(summarize([audit], index, stage), audit.calibration is None or audit.calibration.holds)
+    return add_audit_nodes(
+        scene,
+        volume_node,
+        audit,
+        index,
+        subject_hierarchy=subject_hierarchy,
+        name=name,
+        copy_masks=audit.copy_masks,
+        status=status,
+    )
 
 
-def read_audit_outputs(out_dir: str | Path) -> dict:
-    """Rebuild ``VolumeAudit`` objects from a command-line audit's output folder (``audit_output.read_audit``).
+@dataclass
+class AuditFolder:
+    """A command-line audit's outputs as the Slicer side uses them, by volume as written by the CLI:
+    ``audits`` (``VolumeAudit``), ``copy_masks`` ({slice: bool mask}) and ``status``."""
 
-    Returns {volume as written by the CLI: VolumeAudit}. ``nn_flip`` comes from the rank-1
-    rows of ``neighbors.csv`` ("none" when that file is absent). Used by the Slicer module,
-    which runs the CLI in a background process and then shows its results as nodes.
-    """
+    audits: dict[str, Any]
+    copy_masks: dict[str, dict[int, np.ndarray]]
+    status: dict[str, AuditStatus]
+
+
+def _volume_audits(outputs) -> dict:
     from .audit import VolumeAudit
 
-    outputs = read_audit(out_dir)
     audits = {}
     try:
         for entry in outputs.summary["volumes"]:
@@ -539,6 +592,18 @@ def read_audit_outputs(out_dir: str | Path) -> dict:
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{outputs.folder / 'summary.json'} has a corrupt volume entry ({exc!r})") from None
+    return audits
+
+
+def read_audit_outputs(out_dir: str | Path) -> AuditFolder:
+    """Rebuild ``VolumeAudit`` objects, copy masks and status from a command-line audit's output folder.
+
+    Reads with ``audit_output.read_audit``. ``nn_flip`` comes from the rank-1 rows of ``neighbors.csv``
+    ("none" when that file is absent). Used by the Slicer module, which runs the CLI in a background
+    process and then shows its results as nodes.
+    """
+    outputs = read_audit(out_dir)
+    audits = _volume_audits(outputs)
     for row in outputs.rows:
         if row.volume not in audits:
             raise UserError(f"{outputs.folder / 'slices.csv'} names volume {row.volume}, not listed in summary.json")
@@ -546,7 +611,12 @@ def read_audit_outputs(out_dir: str | Path) -> dict:
     for audit in audits.values():
         scored = {s.slice for s in audit.scores}
         audit.skipped_empty = [k for k in range(audit.n_slices) if k not in scored]
-    return audits
+    masks: dict[str, dict[int, np.ndarray]] = {volume: {} for volume in audits}
+    for (volume, k), mask in outputs.copy_masks.items():
+        masks.setdefault(volume, {})[k] = mask
+    holds = {e["volume"]: e.get("calibration_holds") for e in outputs.summary["volumes"]}
+    status = {volume: audit_status(outputs.summary, holds.get(volume)) for volume in audits}
+    return AuditFolder(audits, masks, status)
 
 
 # --------------------------------------------------------------------------------------------

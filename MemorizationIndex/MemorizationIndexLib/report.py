@@ -12,8 +12,14 @@
    an audit): audited ``mi`` over the null distribution's ``mi`` (and the same in ``z`` units)
    with the threshold marked, and ``mi`` against slice for each volume (capped at MAX_STRIPS,
    most suspicious volumes first; none for the files of sets);
-3. the evidence: for the most suspicious slices, query | nearest training slice | absolute
-   difference, with scores and provenance.
+3. the evidence: for the most suspicious slices, query (its copy mask as a translucent red tint,
+   its copy box as a yellow frame) | training slice (the one verification matched, turned as
+   matched, when verified; else the nearest) | absolute difference, with scores, the verified
+   score, the transform and the box, and provenance.
+
+The verdict reads summary.json's verification and calibration blocks (:mod:`audit_status`): it
+never says "Likely memorization" on the global score alone when verification could not run or
+the calibration does not hold for these inputs; it says so, why, and what the flags rest on.
 
 Everything is embedded (inline SVG plots, PNG data URIs for the slice images, inline CSS); the
 file has no scripts, no event attributes and fetches nothing. Every string that comes from the
@@ -28,11 +34,11 @@ to the query's shape) and shows the one with the highest pixel correlation to th
 orientation and the pixel correlation are printed under each pair. The difference image is
 ``|query - training|`` after each slice is scaled to [0, 1] by its own 1st-99.5th percentiles.
 
-The evidence gallery holds the ``max_evidence`` slices with the highest ``mi`` (then similarity),
-flagged or not; the report says how many slices (and flagged slices) were left out. Their query
-slices come from ``query_slices`` when the caller still holds them (the audit keeps them, see
-``audit.query_slices``); otherwise only the query volumes of those slices are read, one at a
-time.
+The evidence gallery holds the ``max_evidence`` slices in ``audit_output.evidence_order``
+(flagged first, then the highest ``mi``, then similarity); the report says how many slices (and
+flagged slices) were left out. Their query slices come from ``query_slices`` when the caller still
+holds them (the audit keeps them, see ``audit.query_slices``); otherwise only the query volumes of
+those slices are read, one at a time.
 
 With ``no_training_images=True`` no training pixels enter the file: the reference index is not
 even opened, and neither the training slice nor the difference image (which would reveal it) is
@@ -57,17 +63,20 @@ import numpy as np
 from . import __version__
 from .atomic_write import write_files
 from .audit_output import AuditOutputs, SliceRow, evidence_order, read_audit
+from .audit_status import AuditStatus, audit_status, box_text, copy_transform_text, status_sentences
 from .image_sets import SET_AXIS
 from .pearson import pixel_correlation
 from .report_plots import histogram_svg, short_name, strips_svg
-from .report_sets import set_groups, set_row_mask, sets_section_html
-from .transforms import REFERENCE_COPIES, reference_copy, resize_bilinear
+from .report_sets import calibration_cell, set_groups, set_row_mask, sets_section_html
+from .transforms import REFERENCE_COPIES, reference_copy, resize_bilinear, rotate
 
 REPORT_FILE = "report.html"
 MAX_STRIPS = 12  # per-volume mi strips drawn; the rest are listed as left out
 MAX_VOLUME_ROWS = 50  # rows of the per-volume table
 MAX_THUMB = 256  # evidence images larger than this (in either dimension) are downsampled
 PATH_CLASS = ' class="path"'
+MASK_RGB, MASK_ALPHA = (0.9, 0.1, 0.1), 0.4  # the copy mask's tint on the query slice
+BOX_RGB = (255, 204, 0)  # the copy box's frame
 
 NULL_DESCRIPTIONS = {
     "train-split": (
@@ -150,6 +159,29 @@ def _gray_png(img01: np.ndarray) -> bytes:
         pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BILINEAR)
     buf = io.BytesIO()
     pil.save(buf, format="PNG")  # optimize=True: 1% smaller, 45% slower
+    return buf.getvalue()
+
+
+def _copy_png(img01: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, int, int] | None) -> bytes:
+    """A query slice with its copy mask as a translucent red tint and its copy box as a yellow
+    frame (a plain grey PNG when it has neither)."""
+    if mask is None and box is None:
+        return _gray_png(img01)
+    from PIL import Image, ImageDraw
+
+    grey = np.clip(img01, 0.0, 1.0)[..., None] * np.ones(3)
+    if mask is not None:
+        grey = np.where(mask[..., None], (1.0 - MASK_ALPHA) * grey + MASK_ALPHA * np.array(MASK_RGB), grey)
+    pil = Image.fromarray(np.round(grey * 255.0).astype(np.uint8), mode="RGB")
+    scale = min(1.0, MAX_THUMB / max(pil.size))
+    if scale < 1.0:
+        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.BILINEAR)
+    if box is not None:
+        row0, col0, row1, col1 = box
+        corners = [col0 * scale, row0 * scale, max(col0, col1 - 1) * scale, max(row0, row1 - 1) * scale]
+        ImageDraw.Draw(pil).rectangle(corners, outline=BOX_RGB, width=max(1, round(2 * max(pil.size) / MAX_THUMB)))
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -289,52 +321,75 @@ table.vols td,table.vols th{border-bottom:1px solid #eceff3;padding-right:14px}
 """
 
 
+def _no_flag_headline(status: AuditStatus, warning: str) -> tuple[str, str]:
+    """(css class, headline) when no slice is flagged."""
+    if not status.can_flag:
+        return "v-amber", "Inconclusive: the calibration does not hold and verification could not run"
+    if status.calibrated is False:
+        return "v-amber", "No verified copies; the calibration does not hold for these inputs"
+    if status.verified is False:
+        return "v-amber", "No slice flagged on the global score; verification could not run"
+    if warning:
+        return "v-amber", "Inconclusive: the threshold cannot be reached"
+    return "v-green", "No copies of training slices found"
+
+
+def _flag_headline(status: AuditStatus, tail: float) -> tuple[str, str]:
+    """(css class, headline) when slices are flagged; "Likely memorization" only when the flags may
+    rest on the global score (or rest on verified copies)."""
+    if tail >= 0.01:
+        return "v-amber", "Flagged slices, but no more than chance explains"
+    if status.global_flags_trusted:
+        return "v-red", "Likely memorization: some slices are copies of training slices"
+    if status.verified:
+        return "v-red", "Copies of training slices verified pixel by pixel (the global calibration does not hold)"
+    return "v-amber", "Flagged on the global score alone: not verified, not conclusive"
+
+
+def _match_words(row: SliceRow) -> str:
+    """The training slice a row matched: the verified one when verified, else the nearest."""
+    if row.verified:
+        return (
+            f"verified against training slice {row.copy_slice} of {short_name(row.copy_source)} "
+            f"(verified score {row.verified_score:.3g})"
+        )
+    return f"nearest training slice {row.nn_slice} of {short_name(row.nn_source)}"
+
+
 def _verdict(rows: Sequence[SliceRow], summary: dict) -> tuple[str, str, list[str], str]:
     """(css class, headline, sentences, warning) in plain words."""
     th = summary["threshold"]
     alpha = th["alpha"]
-    n = len(rows)
-    k = sum(r.flagged for r in rows)
-    expected = alpha * n
+    status = audit_status(summary)
+    n, k = len(rows), sum(r.flagged for r in rows)
     n_null = int(summary["null"].get("n") or 0)
     warning = ""
-    if n_null and 1.0 / (n_null + 1) >= alpha:
+    if n_null and 1.0 / (n_null + 1) >= alpha and status.verified is not True:
         warning = (
             f"Warning: the null has only {n_null} scores, so the smallest p-value it can give is "
             f"{1.0 / (n_null + 1):.2g}, not below \u03b1 = {alpha:.2g}: no slice can be flagged at this "
             "threshold. Rebuild the index with more null data or audit with a larger \u03b1."
         )
     if n == 0:
-        return (
-            "v-amber",
-            "Nothing was scored",
-            ["No slice was scored (every slice was empty or no volume was given), so nothing can be said."],
-            warning,
-        )
-    pct = 100.0 * k / n
-    main = (
-        f"{k} of {n} slices ({pct:.1f}%) look like copies of training slices; "
-        f"expected by chance at this threshold: {_count(expected)}."
-    )
-    sentences = [main]
-    best = max(rows, key=lambda r: (r.mi, r.similarity))
+        sentences = ["No slice was scored (every slice was empty or no volume was given), so nothing can be said."]
+        return "v-amber", "Nothing was scored", sentences, warning
+    sentences = [
+        f"{k} of {n} slices ({100.0 * k / n:.1f}%) look like copies of training slices; "
+        f"expected by chance at this threshold: {_count(alpha * n)}."
+    ]
+    sentences += status_sentences(status)
+    best = _ranked(rows)[0]
+    detail = f"z = {best.z:.3g}, p = {best.p_value:.2g}"
     if k == 0:
-        cls, headline = (
-            ("v-amber", "Inconclusive: the threshold cannot be reached")
-            if warning
-            else ("v-green", "No copies of training slices found")
-        )
+        cls, headline = _no_flag_headline(status, warning)
+        passed = f" (mi \u2265 {th['mi']:.4g})" if status.verified is None and status.calibrated is None else ""
         sentences.append(
-            f"No slice passed the threshold (mi \u2265 {th['mi']:.4g}). The closest slice has "
-            f"mi = {best.mi:.4g} (z = {best.z:.3g}, p = {best.p_value:.2g}): slice {best.slice} of "
-            f"{short_name(best.volume)}, nearest training slice {best.nn_slice} of {short_name(best.nn_source)}."
+            f"No slice passed the threshold{passed}. The closest slice has mi = {best.mi:.4g} ({detail}): "
+            f"slice {best.slice} of {short_name(best.volume)}, {_match_words(best)}."
         )
         return cls, headline, sentences, warning
     tail = _binomial_tail(k, n, alpha)
-    if tail < 0.01:
-        cls, headline = "v-red", "Likely memorization: some slices are copies of training slices"
-    else:
-        cls, headline = "v-amber", "Flagged slices, but no more than chance explains"
+    cls, headline = _flag_headline(status, tail)
     sentences.append(
         f"How sure: if the generator copied nothing, {k} or more flagged slices out of {n} would "
         f"happen by chance with probability \u2248 {tail:.2g} (binomial at \u03b1 = {alpha:.2g}; "
@@ -342,9 +397,8 @@ def _verdict(rows: Sequence[SliceRow], summary: dict) -> tuple[str, str, list[st
     )
     floor = f"; the smallest p the {n_null} null scores can give is {1.0 / (n_null + 1):.2g}" if n_null else ""
     sentences.append(
-        f"Strongest match: slice {best.slice} of {short_name(best.volume)} with mi = {best.mi:.4g} "
-        f"(z = {best.z:.3g}, p = {best.p_value:.2g}{floor}), nearest training slice "
-        f"{best.nn_slice} of {short_name(best.nn_source)}."
+        f"Strongest match: slice {best.slice} of {short_name(best.volume)} with mi = {best.mi:.4g} ({detail}{floor}), "
+        f"{_match_words(best)}."
     )
     return cls, headline, sentences, warning
 
@@ -396,19 +450,23 @@ def _volume_order(rows: Sequence[SliceRow]) -> list[tuple[str, list[SliceRow]]]:
 
 def _volumes_table(ordered: list[tuple[str, list[SliceRow]]], summary: dict) -> str:
     info = {str(v.get("volume")): v for v in summary.get("volumes", []) if isinstance(v, dict)}
+    with_calibration = any("calibration_holds" in v for v in info.values())
     head = (
         "<tr><th>volume</th><th>axis</th><th>slices scored</th><th>skipped (empty)</th>"
-        "<th>flagged</th><th>mean mi</th><th>max mi</th></tr>"
+        "<th>flagged</th><th>mean mi</th><th>max mi</th>"
+        + ("<th>calibration</th>" if with_calibration else "")
+        + "</tr>"
     )
     body = []
     for volume, vrows in ordered[:MAX_VOLUME_ROWS]:
         v = info.get(volume, {})
+        cell = calibration_cell(v) if with_calibration else ""
         body.append(
             f'<tr><td class="path">{_e(volume)}</td><td>{_e(v.get("axis", ""))}</td>'
             f'<td class="num">{len(vrows)}</td><td class="num">{_e(v.get("slices_skipped_empty", ""))}</td>'
             f'<td class="num">{sum(r.flagged for r in vrows)}</td>'
             f'<td class="num">{np.mean([r.mi for r in vrows]):.4g}</td>'
-            f'<td class="num">{max(r.mi for r in vrows):.4g}</td></tr>'
+            f'<td class="num">{max(r.mi for r in vrows):.4g}</td>{cell}</tr>'
         )
     note = ""
     if len(ordered) > MAX_VOLUME_ROWS:
@@ -434,10 +492,61 @@ class _Evidence:
     diff_reason: str
     orientation: str = ""
     correlation: float | None = None
+    mask_shown: bool = False
 
 
 def _ranked(rows: Sequence[SliceRow]) -> list[SliceRow]:
     return sorted(rows, key=lambda r: evidence_order(r.volume, r))
+
+
+def _as_verified(train: np.ndarray, row: SliceRow, shape: tuple[int, int]) -> np.ndarray:
+    """The verified training slice turned as the verification matched it (transpose, then the
+    rotation; quarter turns exact), resized to the query's shape. The scale and shift are not
+    applied: the picture shows the orientation, the box and mask show where the copy lies."""
+    image = np.asarray(train, dtype=np.float32)
+    image = image.T if row.copy_transposed else image
+    if abs(row.copy_angle / 90.0 - round(row.copy_angle / 90.0)) < 1e-6:
+        image = np.rot90(image, int(-round(row.copy_angle / 90.0)) % 4)
+    else:
+        image = rotate(image, row.copy_angle)
+    return _display01(resize_bilinear(np.ascontiguousarray(image), shape))
+
+
+def _training_slice(row: SliceRow, index) -> tuple[np.ndarray | None, str]:
+    """The training slice shown beside a query (the verified one when verified, else the nearest)
+    as stored, or None and the reason."""
+    if isinstance(index, str):
+        return None, f"training image not available: {index}"
+    source, number = (row.copy_source, row.copy_slice) if row.verified else (row.nn_source, row.nn_slice)
+    if index is not None:
+        try:
+            train = index.reference_slice(source, number)
+        except Exception as exc:  # noqa: BLE001 - any failure just means "not available"
+            return None, f"training image not available ({type(exc).__name__})"
+        if train is not None:
+            return np.asarray(train, dtype=np.float32), ""
+    return None, "training image not available (no thumbnail, source file unreadable)"
+
+
+def _fill_training(item: _Evidence, q01: np.ndarray | None, index, flips_known: bool) -> None:
+    """The training and difference images of an evidence item (or the reasons they are missing)."""
+    r = item.row
+    train, reason = _training_slice(r, index)
+    if train is None:
+        item.train_reason, item.diff_reason = reason, "no difference image (no training image)"
+        return
+    if q01 is None:
+        item.train_png = _gray_png(_display01(train))
+        item.diff_reason = "no difference image (no query image)"
+        return
+    if r.verified:
+        t01 = _as_verified(train, r, q01.shape)
+        item.orientation = f"{copy_transform_text(r.copy_transposed, r.copy_angle, r.copy_scale)} (as verified)"
+        item.correlation = pixel_correlation(q01, t01)
+    else:
+        t01, item.orientation, item.correlation = _match_orientation(q01, train, r.nn_flip if flips_known else None)
+    item.train_png = _gray_png(t01)
+    item.diff_png = _gray_png(np.abs(q01 - t01))
 
 
 def _build_evidence(
@@ -450,7 +559,6 @@ def _build_evidence(
     set_files: frozenset[str] = frozenset(),
 ) -> list[_Evidence]:
     queries = _query_slices(shown, audit.folder, audit.summary, query_slices or {}, set_files)
-    flips_known = audit.neighbours is not None
     if no_training_images or not shown:
         index = None
     elif index is None:
@@ -459,39 +567,23 @@ def _build_evidence(
     for r in shown:
         q = queries[(r.volume, r.slice)]
         q01 = None if isinstance(q, str) else _display01(q)
+        mask = audit.copy_masks.get((r.volume, r.slice))
+        mask = mask if mask is not None and q01 is not None and mask.shape == q01.shape else None
         item = _Evidence(
             row=r,
-            query_png=None if q01 is None else _gray_png(q01),
+            query_png=None if q01 is None else _copy_png(q01, mask, r.copy_box),
             query_reason="" if q01 is not None else f"query image not available: {q}",
             train_png=None,
             diff_png=None,
             train_reason="",
             diff_reason="",
+            mask_shown=mask is not None and bool(mask.any()),
         )
         if no_training_images:
             item.train_reason = "training image withheld (--no-training-images)"
             item.diff_reason = "difference withheld (it would reveal the training image)"
-            items.append(item)
-            continue
-        train, reason = None, "training image not available (no thumbnail, source file unreadable)"
-        if isinstance(index, str):
-            reason = f"training image not available: {index}"
-        elif index is not None:
-            try:
-                train = index.reference_slice(r.nn_source, r.nn_slice)
-            except Exception as exc:  # noqa: BLE001 - any failure just means "not available"
-                reason = f"training image not available ({type(exc).__name__})"
-        if train is None:
-            item.train_reason, item.diff_reason = reason, "no difference image (no training image)"
-        elif q01 is None:
-            item.train_png = _gray_png(_display01(train))
-            item.diff_reason = "no difference image (no query image)"
         else:
-            t01, item.orientation, item.correlation = _match_orientation(
-                q01, np.asarray(train, dtype=np.float32), r.nn_flip if flips_known else None
-            )
-            item.train_png = _gray_png(t01)
-            item.diff_png = _gray_png(np.abs(q01 - t01))
+            _fill_training(item, q01, index, audit.neighbours is not None)
         items.append(item)
     return items
 
@@ -500,58 +592,80 @@ def _cell(png: bytes | None, reason: str, alt: str, cls: str) -> str:
     return _img_tag(png, alt=alt, cls=cls) if png is not None else _na(reason)
 
 
-def _evidence_html(rows: Sequence[SliceRow], items: Sequence[_Evidence], *, no_training_images: bool) -> str:
+def _evidence_intro(rows: Sequence[SliceRow], items: Sequence[_Evidence], *, no_training_images: bool) -> str:
     n_flagged = sum(r.flagged for r in rows)
     shown_flagged = sum(it.row.flagged for it in items)
     parts = [
-        f'<p class="note">The {len(items)} most suspicious of {len(rows)} scored slices, ranked by mi '
-        f"then similarity ({shown_flagged} of them flagged; {n_flagged} flagged in all)."
+        f'<p class="note">The {len(items)} most suspicious of {len(rows)} scored slices, flagged first, then ranked '
+        f"by mi then similarity ({shown_flagged} of them flagged; {n_flagged} flagged in all)."
     ]
     if len(rows) > len(items):
         parts.append(
             f" {len(rows) - len(items)} slices are left out of this gallery "
             f"({n_flagged - shown_flagged} of them flagged); slices.csv lists every slice."
         )
+    if any(it.row.verified or it.mask_shown for it in items):
+        parts.append(
+            " On the query, the copied region found by verification is tinted red and framed in yellow "
+            "(the copy box); beside it is the training slice the verification matched, turned as matched "
+            "(transpose, rotation; the scale is given, not applied)."
+        )
     if no_training_images:
         parts.append(
             " Training images are left out of this report (--no-training-images): only "
-            "the provenance of each nearest training slice is given."
+            "the provenance of each matched training slice is given."
         )
     else:
         parts.append(
-            " Slices are shown as stored in the image array (as the encoder sees them). The "
-            "training slice is resized to the query's shape and shown flipped as the audit matched "
-            "it (neighbors.csv), or else in the orientation (none / hflip / vflip) that "
-            "correlates best with the query; the "
+            " Slices are shown as stored in the image array (as the encoder sees them). A training slice "
+            "that was not verified is the nearest one of the global search, resized to the query's shape and "
+            "shown flipped as the audit matched it (neighbors.csv), or else in the orientation (none / hflip / "
+            "vflip) that correlates best with the query; the "
             "difference is |query \u2212 training| with each slice scaled to its own 1st\u201399.5th "
             "percentile, so a copy gives a black difference."
         )
-    parts.append('</p><div class="gallery">')
-    for rank, it in enumerate(items, start=1):
-        r = it.row
-        tag = '<span class="tag f">FLAGGED</span>' if r.flagged else '<span class="tag n">not flagged</span>'
-        orient = ""
-        if it.correlation is not None:
-            orient = (
-                f" \u00b7 shown orientation: {_e(it.orientation)} \u00b7 pixel correlation r = {it.correlation:.3f}"
-            )
-        parts.append(
-            f'<div class="evidence{" flagged" if r.flagged else ""}" id="ev{rank}">'
-            f"<p>#{rank} {tag}<b>mi = {r.mi:.4g}</b> \u00b7 oni = {r.oni:.4g} \u00b7 z = {r.z:.4g} "
-            f"\u00b7 similarity = {r.similarity:.4g} \u00b7 p = {r.p_value:.3g}</p>"
-            '<div class="trio">'
-            f"<figure>{_cell(it.query_png, it.query_reason, f'query slice {r.slice}', 'query')}"
-            "<figcaption>query</figcaption></figure>"
-            f"<figure>{_cell(it.train_png, it.train_reason, f'training slice {r.nn_slice}', 'train')}"
-            "<figcaption>nearest training slice</figcaption></figure>"
-            f"<figure>{_cell(it.diff_png, it.diff_reason, 'absolute difference', 'diff')}"
-            "<figcaption>|difference|</figcaption></figure></div>"
-            f'<p class="note">query: <span class="path">{_e(r.volume)}</span> slice {r.slice}<br>'
-            f'training: <span class="path">{_e(r.nn_source)}</span> slice {r.nn_slice}{orient}</p>'
-            "</div>"
-        )
-    parts.append("</div>")
-    return "".join(parts)
+    return "".join(parts) + "</p>"
+
+
+def _verified_line(r: SliceRow) -> str:
+    if not r.verified:
+        return ""
+    return (
+        f"<br>verified score = {r.verified_score:.3g} (p = {r.verified_p:.3g}; flag p = {r.flag_p:.3g}) "
+        f"\u00b7 transform: {_e(copy_transform_text(r.copy_transposed, r.copy_angle, r.copy_scale))} "
+        f"\u00b7 copy box: {_e(box_text(r.copy_box))}"
+    )
+
+
+def _evidence_item_html(rank: int, it: _Evidence) -> str:
+    r = it.row
+    tag = '<span class="tag f">FLAGGED</span>' if r.flagged else '<span class="tag n">not flagged</span>'
+    orient = ""
+    if it.correlation is not None:
+        orient = f" \u00b7 shown orientation: {_e(it.orientation)} \u00b7 pixel correlation r = {it.correlation:.3f}"
+    source, number = (r.copy_source, r.copy_slice) if r.verified else (r.nn_source, r.nn_slice)
+    caption = "verified training slice" if r.verified else "nearest training slice"
+    return (
+        f'<div class="evidence{" flagged" if r.flagged else ""}" id="ev{rank}">'
+        f"<p>#{rank} {tag}<b>mi = {r.mi:.4g}</b> \u00b7 oni = {r.oni:.4g} \u00b7 z = {r.z:.4g} "
+        f"\u00b7 similarity = {r.similarity:.4g} \u00b7 p = {r.p_value:.3g}{_verified_line(r)}</p>"
+        '<div class="trio">'
+        f"<figure>{_cell(it.query_png, it.query_reason, f'query slice {r.slice}', 'query')}"
+        f"<figcaption>query{' (copy marked)' if it.mask_shown or r.copy_box else ''}</figcaption></figure>"
+        f"<figure>{_cell(it.train_png, it.train_reason, f'training slice {number}', 'train')}"
+        f"<figcaption>{caption}</figcaption></figure>"
+        f"<figure>{_cell(it.diff_png, it.diff_reason, 'absolute difference', 'diff')}"
+        "<figcaption>|difference|</figcaption></figure></div>"
+        f'<p class="note">query: <span class="path">{_e(r.volume)}</span> slice {r.slice}<br>'
+        f'training: <span class="path">{_e(source)}</span> slice {number}{orient}</p>'
+        "</div>"
+    )
+
+
+def _evidence_html(rows: Sequence[SliceRow], items: Sequence[_Evidence], *, no_training_images: bool) -> str:
+    intro = _evidence_intro(rows, items, no_training_images=no_training_images)
+    cards = "".join(_evidence_item_html(rank, it) for rank, it in enumerate(items, start=1))
+    return f'{intro}<div class="gallery">{cards}</div>'
 
 
 def _top_pair_html(item: _Evidence | None) -> str:

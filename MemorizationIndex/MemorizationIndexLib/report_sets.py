@@ -8,7 +8,7 @@ A set's rows in slices.csv are contiguous; summary.json's ``sets`` entries give 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -59,13 +59,23 @@ def set_row_mask(summary: dict, n_rows: int) -> np.ndarray:
     return mask
 
 
+def calibration_cell(entry: Mapping[str, Any]) -> str:
+    """A volume's or set's "calibration_holds" as a table cell (empty when not recorded)."""
+    holds = entry.get("calibration_holds")
+    return f"<td>{'' if holds is None else 'holds' if holds else '<b>does not hold</b>'}</td>"
+
+
 def _table(groups: list[tuple[dict, Sequence[SetRow]]], alpha: float) -> str:
+    with_calibration = any("calibration_holds" in entry for entry, _ in groups)
     head = (
         "<tr><th>set</th><th>files</th><th>slices scored</th><th>skipped (empty)</th><th>flagged</th>"
-        "<th>expected by chance</th><th>flagged %</th><th>mean mi</th><th>max mi</th></tr>"
+        "<th>expected by chance</th><th>flagged %</th><th>mean mi</th><th>max mi</th>"
+        + ("<th>calibration</th>" if with_calibration else "")
+        + "</tr>"
     )
     body = []
     for entry, srows in groups[:MAX_SET_ROWS]:
+        cell = calibration_cell(entry) if with_calibration else ""
         n, k = len(srows), sum(r.flagged for r in srows)
         mean = f"{np.mean([r.mi for r in srows]):.4g}" if n else "\u2013"
         top = f"{max(r.mi for r in srows):.4g}" if n else "\u2013"
@@ -74,7 +84,7 @@ def _table(groups: list[tuple[dict, Sequence[SetRow]]], alpha: float) -> str:
             f'<td class="num">{n}</td><td class="num">{_e(entry.get("slices_skipped_empty", ""))}</td>'
             f'<td class="num">{k}</td><td class="num">{alpha * n:.3g}</td>'
             f'<td class="num">{100.0 * k / n if n else 0.0:.1f}</td><td class="num">{mean}</td>'
-            f'<td class="num">{top}</td></tr>'
+            f'<td class="num">{top}</td>{cell}</tr>'
         )
     note = ""
     if len(groups) > MAX_SET_ROWS:

@@ -6,6 +6,8 @@ import html
 import json
 from pathlib import Path
 
+from .audit_status import status_lines
+
 MAX_LISTED_SLICES = 30
 
 
@@ -20,11 +22,17 @@ def index_null(index_dir: str | Path | None) -> dict | None:
 
 
 def summary_html(summary: dict, null: dict | None = None) -> str:
-    """``summary`` as ``MrmlAuditResult.summary()`` returns it; ``null`` as :func:`index_null` does."""
+    """``summary`` as ``MrmlAuditResult.summary()`` returns it; ``null`` as :func:`index_null` does.
+
+    The verification and calibration status (``summary["status"]``, when known) is said in the
+    report's words, warnings in bold."""
     t = summary["threshold"]
     slices = summary["flagged_slices"]
     listed = ", ".join(str(k) for k in slices[:MAX_LISTED_SLICES]) + (" ..." if len(slices) > MAX_LISTED_SLICES else "")
     null_text = f"<br>null: {html.escape(str(null.get('type')))} (n={null.get('n')})" if null else ""
+    status = summary.get("status")
+    lines = status_lines(status) if status is not None else []
+    status_text = "".join(f"<br><b>{html.escape(t)}</b>" if warn else f"<br>{html.escape(t)}" for t, warn in lines)
     return (
         f"<b>{html.escape(str(summary['volume']))}</b> ({summary['axis']}): {summary['slices_scored']} of "
         f"{summary['slices_total']} slices scored, {summary['slices_skipped_empty']} empty skipped<br>"
@@ -32,5 +40,5 @@ def summary_html(summary: dict, null: dict | None = None) -> str:
         f"<b>flagged: {summary['flagged']} slices ({100 * summary['flagged_fraction']:.1f}%)</b>"
         f"{': ' + listed if listed else ''}<br>"
         f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
-        f"{null_text}"
+        f"{null_text}{status_text}"
     )
