@@ -13,6 +13,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .errors import UserError
 from .protocol import PROGRESS_ENV, format_error, format_progress
+from .second_stage import DEFAULT_CANDIDATES
 from .volumes import AXIS_CHOICES
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ def _build_index(args: argparse.Namespace) -> int:
         index_kind=args.index_kind,
         series=args.series,
         volume_index=args.volume_index,
+        verification=not args.no_verification,
+        candidates=args.candidates,
     )
     if getattr(args, "engine", "local") == "ray":
         from .ray_engine import build_index_ray
@@ -137,6 +140,7 @@ def _audit(args: argparse.Namespace) -> int:
         volume_index=args.volume_index,
         progress=make_progress("auditing"),
         engine=args.engine,
+        verification=not args.no_verification,
     )
     if not args.no_report:
         from .report import write_report
@@ -248,6 +252,17 @@ def _add_build_parser(sub) -> None:
     build.add_argument(
         "--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)"
     )
+    build.add_argument(
+        "--no-verification",
+        action="store_true",
+        help="skip the verified null (audits then score with the global similarity alone)",
+    )
+    build.add_argument(
+        "--candidates",
+        type=int,
+        default=DEFAULT_CANDIDATES,
+        help=f"training slices verified per audited slice (default {DEFAULT_CANDIDATES})",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing index folder")
     build.add_argument(
         "--index-kind",
@@ -286,6 +301,11 @@ def _add_audit_parser(sub) -> None:
     audit.add_argument("--alpha", type=_alpha, help="significance level for flagging (default: the index's, 0.001)")
     audit.add_argument("--axis", choices=AXIS_CHOICES, help="override the index's slicing axis")
     audit.add_argument("--no-report", action="store_true", help="do not write report.html")
+    audit.add_argument(
+        "--no-verification",
+        action="store_true",
+        help="score with the global similarity alone (skip the pixel verification of candidates)",
+    )
     audit.add_argument(
         "--no-training-images",
         action="store_true",

@@ -115,6 +115,8 @@ def check_build_inputs(
     """
     if options.slice_stride < 1:
         raise UserError("--slice-stride must be 1 or more")
+    if options.candidates < 1:
+        raise UserError("--candidates must be 1 or more")
     check_index_output(out_dir, options.overwrite)
     reading = {"series": options.series, "volume_index": options.volume_index}
     train = validate_inputs(list(train_paths), **reading)
