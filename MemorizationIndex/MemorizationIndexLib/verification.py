@@ -197,13 +197,28 @@ def _log_polar(image: np.ndarray) -> np.ndarray:
     return (sampling @ spectrum.ravel()).reshape(_POLAR_ROWS // 2, -1)
 
 
+def _rfft2(images: np.ndarray) -> np.ndarray:
+    """Half spectra of a stack of real images [..., n, m] (torch's FFT: MKL on CPU, faster than
+    NumPy's and SciPy's pocketfft at these sizes)."""
+    return torch.fft.rfft2(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
+
+
+def _irfft2(spectra: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Real images [..., *shape] from half spectra (the inverse of :func:`_rfft2`)."""
+    return torch.fft.irfft2(torch.from_numpy(spectra), s=shape).numpy()
+
+
+def _whitened(spectrum: np.ndarray) -> np.ndarray:
+    """A spectrum divided by its magnitude (phase correlation's normalisation, applied to each factor
+    of the cross-power spectrum instead of their product: the same up to rounding and saves a pass)."""
+    return spectrum / np.maximum(np.abs(spectrum), 100 * np.finfo(np.float32).eps)
+
+
 def _phase_peaks(reference: np.ndarray, moving: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """int [..., 2] (row, col) shifts registering each moving image onto the reference, given their
-    half spectra (``fft.rfft2``, broadcast): the peak of the phase-normalised cross-correlation,
-    wrapped to (-size / 2, size / 2], as skimage's ``phase_cross_correlation`` finds it."""
-    product = reference * moving.conj()
-    product /= np.maximum(np.abs(product), 100 * np.finfo(np.float32).eps)
-    correlation = np.abs(fft.irfft2(product, s=shape))
+    whitened half spectra (``fft.rfft2``, broadcast): the peak of the phase-normalised
+    cross-correlation, wrapped to (-size / 2, size / 2], as skimage's ``phase_cross_correlation`` finds it."""
+    correlation = np.abs(_irfft2(reference * moving.conj(), shape))
     flat = correlation.reshape(*correlation.shape[:-2], -1).argmax(axis=-1)
     shifts = np.stack(np.unravel_index(flat, shape), axis=-1)
     size = np.asarray(shape)
@@ -214,11 +229,11 @@ def _rotation_scales(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarra
     """Rotations (degrees, modulo 180) and image scales [n, 2] taking each candidate, as is and
     transposed, onto the query. The transposed map's spectrum is the as-is one with its row
     frequencies negated and signs alternated (its rows are permuted by a -> 90 - a, half the period)."""
-    maps = np.stack([grid.log_polar for grid in candidates]).astype(np.float32)
-    spectra = fft.rfft2(maps)  # [n, 180, columns // 2 + 1]
+    maps = np.stack([grid.log_polar for grid in candidates])
+    spectra = _whitened(_rfft2(maps))  # [n, 180, columns // 2 + 1]
     rows = spectra.shape[1]
-    flipped = spectra[:, (-np.arange(rows)) % rows] * np.where(np.arange(rows) % 2, -1, 1)[:, None]
-    reference = fft.rfft2(query.log_polar.astype(np.float32))
+    flipped = spectra[:, (-np.arange(rows)) % rows] * np.where(np.arange(rows) % 2, -1, 1).astype(np.float32)[:, None]
+    reference = _whitened(_rfft2(query.log_polar))
     shifts = _phase_peaks(reference, np.stack([spectra, flipped], axis=1), maps.shape[1:])
     angles = shifts[..., 0] * 360.0 / _POLAR_ROWS
     # The spectrum scales inversely to the image.
@@ -237,31 +252,36 @@ def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.
     return back @ turn @ to_origin
 
 
-def _warped(images: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 [n, c, GRID, GRID]: each stack of images [n, c, GRID, GRID] turned by its angle and
-    scaled about the grid centre, bilinear with zeros outside (as skimage's ``warp(order=1)``)."""
-    inverse = np.linalg.inv(np.stack([_transform(a, s) for a, s in zip(angles, scales)]))
-    rows, cols = np.mgrid[:GRID, :GRID]
-    pixels = np.stack([cols.ravel(), rows.ravel(), np.ones(GRID * GRID)])  # (column, row, 1)
-    source = (inverse[:, :2] @ pixels).transpose(0, 2, 1).reshape(len(images), GRID, GRID, 2)
-    sampling = torch.from_numpy((source * (2.0 / (GRID - 1)) - 1.0).astype(np.float32))
+def _warped(candidates: Sequence[Grid], transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 [n * 4, 2, GRID, GRID]: image and mask of each candidate under each of its hypotheses
+    (transposed, then turned by ``angle`` degrees and scaled about the grid centre), bilinear with
+    zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates (column, row),
+    normalised to [-1, 1] about the centre, the inverse map is linear; a transpose swaps its rows."""
+    turn = np.radians(angles)
+    forward = scales * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])  # [2, 2, n * 4]
+    inverse = np.linalg.inv(forward.transpose(2, 0, 1))
+    inverse[transposed] = inverse[transposed][:, ::-1]
+    theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
+    images = torch.from_numpy(np.stack([np.stack([g.image, g.mask]) for g in candidates]).astype(np.float32))
+    n = len(candidates)
     with torch.no_grad():
+        sampling = torch.nn.functional.affine_grid(theta, [len(theta), 2, GRID, GRID], align_corners=True)
+        # The hypotheses of one candidate are stacked along the rows, so its images are sampled once.
+        sampling = sampling.reshape(n, _HYPOTHESES * GRID, GRID, 2)
         moved = torch.nn.functional.grid_sample(
-            torch.from_numpy(images), sampling, mode="bilinear", padding_mode="zeros", align_corners=True
+            images, sampling, mode="bilinear", padding_mode="zeros", align_corners=True
         )
-    return moved.numpy()
+    return moved.reshape(n, 2, _HYPOTHESES, GRID, GRID).transpose(1, 2).reshape(-1, 2, GRID, GRID).numpy()
 
 
 def _shifted(stack: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Each image of a stack [n, GRID, GRID] moved by its integer (row, col) shift [n, 2], zeros
+    """Each image stack [n, c, GRID, GRID] moved by its integer (row, col) shift [n, 2], zeros
     filling what comes in (``ndimage.shift(order=0)``)."""
-    pixels = np.arange(GRID)
-    rows, cols = pixels - shifts[:, :1], pixels - shifts[:, 1:]  # [n, GRID] source rows and columns
-    inside = ((rows >= 0) & (rows < GRID))[:, :, None] & ((cols >= 0) & (cols < GRID))[:, None, :]
-    picked = stack[
-        np.arange(len(stack))[:, None, None], rows.clip(0, GRID - 1)[:, :, None], cols.clip(0, GRID - 1)[:, None, :]
-    ]
-    return np.where(inside, picked, np.zeros((), dtype=stack.dtype))
+    out = np.zeros_like(stack)
+    for image, moved, (r, c) in zip(stack, out, shifts):
+        target = np.s_[..., max(r, 0) : GRID + min(r, 0), max(c, 0) : GRID + min(c, 0)]
+        moved[target] = image[..., max(-r, 0) : GRID - max(r, 0), max(-c, 0) : GRID - max(c, 0)]
+    return out
 
 
 def local_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: float = WINDOW_SIGMA) -> np.ndarray:
@@ -282,17 +302,16 @@ def _global_correlations(query: Grid, moved: np.ndarray, moved_masks: np.ndarray
     """[n] Pearson correlation of each aligned image [n, GRID, GRID] with the query over their
     overlap, weighted by the overlap's share of the query foreground (ranks hypotheses cheaply);
     -1 for overlaps under 3 pixels, 0 for a constant overlap."""
-    overlap = query.mask & moved_masks
-    count = overlap.sum(axis=(1, 2))
-    q = np.where(overlap, query.image, 0.0)
-    m = np.where(overlap, moved, 0.0)
-    n = np.maximum(count, 1)
-    dq = np.where(overlap, q - (q.sum(axis=(1, 2)) / n)[:, None, None], 0.0)
-    dm = np.where(overlap, m - (m.sum(axis=(1, 2)) / n)[:, None, None], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant overlap has no correlation (nan -> 0)
-        r = (dq * dm).sum(axis=(1, 2)) / np.sqrt((dq * dq).sum(axis=(1, 2)) * (dm * dm).sum(axis=(1, 2)))
-    r = np.nan_to_num(np.clip(r, -1.0, 1.0))
-    return np.where(count < 3, -1.0, r * count / max(query.mask.sum(), 1))
+    overlap = (query.mask & moved_masks).reshape(len(moved), -1).astype(np.float64)
+    q = query.image.ravel().astype(np.float64)
+    m = moved.reshape(len(moved), -1) * overlap
+    count = overlap.sum(axis=1)
+    n = np.maximum(count, 1.0)
+    sum_q, sum_m = overlap @ q, m.sum(axis=1)
+    cov = m @ q - sum_q * sum_m / n
+    var = (overlap @ (q * q) - sum_q * sum_q / n) * ((m * m).sum(axis=1) - sum_m * sum_m / n)
+    r = np.where(var > 0, cov / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # a constant overlap has no correlation
+    return np.where(count < 3, -1.0, np.clip(r, -1.0, 1.0) * count / max(query.mask.sum(), 1))
 
 
 def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[float, np.ndarray]:
@@ -324,12 +343,11 @@ def _hypotheses(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarray, np
 def _aligned(query: Grid, candidates: Sequence[Grid], transposed: np.ndarray, angles, scales) -> tuple:
     """Every hypothesis applied: the turned and scaled candidate images and masks [n * 4, GRID, GRID],
     then moved by the translation that phase correlation finds against the query (shifts [n * 4, 2])."""
-    images = np.stack([(g.image, g.mask) for g in candidates for _ in range(_HYPOTHESES)]).astype(np.float32)
-    images[transposed] = images[transposed].transpose(0, 1, 3, 2)
-    turned = _warped(images, angles, scales)
-    moved, moved_masks = turned[:, 0], turned[:, 1] > 0.5
-    shifts = _phase_peaks(fft.rfft2(query.image), fft.rfft2(moved), (GRID, GRID))
-    return _shifted(moved, shifts), _shifted(moved_masks, shifts), shifts
+    turned = _warped(candidates, transposed, angles, scales)
+    spectra = _whitened(_rfft2(query.image)), _whitened(_rfft2(turned[:, 0]))
+    shifts = _phase_peaks(*spectra, (GRID, GRID))
+    moved = _shifted(turned, shifts)
+    return moved[:, 0], moved[:, 1] > 0.5, shifts
 
 
 def verify_many(query: Grid, candidates: Sequence[Grid]) -> list[Verification]:
