@@ -120,16 +120,31 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
 
 
-@lru_cache(maxsize=256)
-def _resize_matrix(side: int, size: int) -> sparse.csr_array:
-    """[size, side] sparse matrix of skimage's ``resize(order=1, anti_aliasing=True)`` along one axis
-    (Gaussian anti-aliasing, then linear interpolation: both separable), built by resizing the
-    identity, so that ``resize(square, (size, size))`` is ``M @ square @ M.T``."""
-    eye = np.eye(side)
-    if side > size:
-        eye = ndimage.gaussian_filter1d(eye, (side / size - 1) / 2, axis=0, mode="mirror")
-    matrix = ndimage.zoom(eye, (size / side, 1.0), order=1, mode="mirror", grid_mode=True)
-    return sparse.csr_array(np.where(np.abs(matrix) < 1e-12, 0.0, matrix).astype(np.float32))
+def _mirrored(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices reflected into [0, size) about the edge pixels' centres (SciPy's ``mode="mirror"``)."""
+    period = 2 * (size - 1)
+    index = np.abs(index) % period
+    return np.where(index > size - 1, period - index, index)
+
+
+@lru_cache(maxsize=1024)
+def _resize_matrix(side: int, size: int) -> sparse.csc_array:
+    """[size, side] sparse matrix M of skimage's ``resize(order=1, anti_aliasing=True)`` along one
+    axis, so that ``resize(square, (size, size))`` is ``M @ square @ M.T``: SciPy's Gaussian
+    anti-aliasing (sigma (side / size - 1) / 2, radius round(4 sigma), ``mode="mirror"``) followed by
+    linear interpolation at the pixel centres (``zoom(order=1, grid_mode=True, mode="mirror")``)."""
+    sigma = max(0.0, (side / size - 1) / 2)
+    offsets = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1)
+    kernel = np.exp(-0.5 * offsets**2 / max(sigma, 1e-12) ** 2)
+    position = (np.arange(size) + 0.5) * side / size - 0.5
+    low = np.floor(position).astype(int)
+    rows, cols, weights = [], [], []
+    for index, weight in ((low, 1.0 - (position - low)), (low + 1, position - low)):
+        rows.append(np.repeat(np.arange(size), len(offsets)))
+        cols.append(_mirrored(_mirrored(index, side)[:, None] + offsets[None, :], side).ravel())
+        weights.append((weight[:, None] * kernel[None, :] / kernel.sum()).ravel())
+    entries = (np.concatenate(weights).astype(np.float32), (np.concatenate(rows), np.concatenate(cols)))
+    return sparse.csc_array(entries, shape=(size, side))  # repeated entries are summed
 
 
 def _resized(crop: np.ndarray, side: int, corner: tuple[int, int], size: int) -> np.ndarray:
