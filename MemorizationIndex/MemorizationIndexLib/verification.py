@@ -272,9 +272,8 @@ def _warped(candidates: Sequence[Grid], transposed: np.ndarray, angles: np.ndarr
     (transposed, then turned by ``angle`` degrees and scaled about the grid centre), bilinear with
     zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates (column, row),
     normalised to [-1, 1] about the centre, the inverse map is linear; a transpose swaps its rows."""
-    turn = np.radians(angles)
-    forward = scales * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])  # [2, 2, n * 4]
-    inverse = np.linalg.inv(forward.transpose(2, 0, 1))
+    cos, sin = np.cos(np.radians(angles)) / scales, np.sin(np.radians(angles)) / scales
+    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [n * 4, 2, 2]: turn back, unscale
     inverse[transposed] = inverse[transposed][:, ::-1]
     theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
     images = torch.from_numpy(np.stack([np.stack([g.image, g.mask]) for g in candidates]).astype(np.float32))
@@ -420,7 +419,7 @@ def _nearest_rows(side: int) -> np.ndarray:
 def _to_slice(grid_mask: np.ndarray, query: Grid) -> np.ndarray:
     """A grid mask carried back to the query slice's own pixels: bool [rows, cols]."""
     nearest = _nearest_rows(query.side)
-    square = grid_mask[nearest[:, None], nearest[None, :]]
+    square = grid_mask.take(nearest, axis=0).take(nearest, axis=1)
     out = np.zeros_like(query.foreground)
     (top, left), (h, w) = query.corner, out.shape
     r0, c0 = max(top, 0), max(left, 0)
