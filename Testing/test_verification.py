@@ -6,13 +6,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.filters import difference_of_gaussians, window
 from skimage.transform import resize
 
 from MemorizationIndexLib.augment import augment_condition
 from MemorizationIndexLib.augment_geometry import zoom
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.transforms import rotate
-from MemorizationIndexLib.verification import GRID, to_grid, verify, verify_candidates
+from MemorizationIndexLib.verification import (
+    GRID,
+    SPECTRUM_GRID,
+    _log_polar,
+    _resized,
+    to_grid,
+    verify,
+    verify_candidates,
+    verify_many,
+)
 from MemorizationIndexLib.volumes import image_slices, read_image
 
 PAIRS = {  # anatomy: (file of the copied person, file of another person, slice index)
@@ -128,3 +139,44 @@ def test_matrix_maps_candidate_pixels_onto_the_query(pair):
     ]:
         mapped = verify_candidates(np.ascontiguousarray(query), [source])[0].alignment.matrix @ point
         assert np.hypot(mapped[0] - expected[0], mapped[1] - expected[1]) <= max(h, w) / GRID
+
+
+def test_verify_many_equals_verify_per_pair(pair):
+    source, other = pair
+    candidates = [to_grid(x) for x in (source, other, rotate(other, 10.0), np.ascontiguousarray(source.T))]
+    for query in (rotate(source, 30.0), np.ascontiguousarray(source[:, ::-1])):
+        grid = to_grid(query)
+        for one, many in zip([verify(grid, c) for c in candidates], verify_many(grid, candidates)):
+            assert abs(one.score - many.score) <= 1e-6 and one.box == many.box
+            assert (one.alignment.transposed, one.alignment.angle) == (many.alignment.transposed, many.alignment.angle)
+            assert np.allclose(one.alignment.matrix, many.alignment.matrix) and np.array_equal(one.mask, many.mask)
+    assert verify_many(to_grid(source), []) == []
+
+
+@pytest.mark.parametrize("side", [5, 64, 100, 211, 333])
+def test_resize_matrices_equal_skimage_resize(side):
+    rng = np.random.default_rng(side)
+    square = np.zeros((side, side), dtype=np.float32)
+    square[side // 5 :, : side - side // 7] = rng.random((side - side // 5, side - side // 7))
+    crop = square[side // 5 :, : side - side // 7]
+    for size in (GRID, SPECTRUM_GRID):
+        expected = resize(square, (size, size), order=1, anti_aliasing=True)
+        assert np.abs(_resized(crop, side, (side // 5, 0), size) - expected).max() <= 1e-5
+
+
+def test_log_polar_equals_the_skimage_route(pair):
+    """The band-pass, spectrum and log-polar sampling as difference_of_gaussians, numpy's FFT and
+    map_coordinates compute them; and the transposed map is the transposed slice's."""
+    source, _ = pair
+    fine = resize(source, (SPECTRUM_GRID, SPECTRUM_GRID), order=1, anti_aliasing=True).astype(np.float32)
+    hann = window("hann", (SPECTRUM_GRID, SPECTRUM_GRID))
+    spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(difference_of_gaussians(fine, 0.5, 6.0) * hann))))
+    angles = np.deg2rad(np.arange(180))[:, None]
+    radii = np.exp(np.arange(SPECTRUM_GRID // 8, SPECTRUM_GRID) * np.log(SPECTRUM_GRID // 2) / SPECTRUM_GRID)
+    centre = SPECTRUM_GRID // 2
+    coords = np.stack([centre + radii * np.sin(angles), centre + radii * np.cos(angles)])
+    expected = ndimage.map_coordinates(spectrum, coords, order=1)
+    assert np.abs(_log_polar(fine) - expected).max() <= 1e-4 * np.abs(expected).max()
+    polar = to_grid(source).polar
+    transposed = to_grid(np.ascontiguousarray(source.T)).polar
+    assert np.abs(polar[1] - transposed[0]).max() <= 1e-4 * np.abs(polar).max()

@@ -30,7 +30,7 @@ from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.scoring import NullModel
 from MemorizationIndexLib.transforms import ORIGINAL
-from MemorizationIndexLib.verification import Grid, to_grid, verify
+from MemorizationIndexLib.verification import Grid, to_grid, verify, verify_many
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # anatomy: (files, training subjects, copied among them, novel subjects, null subjects, slice stride of the
@@ -119,17 +119,13 @@ def verified(
     prov = index.provenance
     scores, best = np.zeros(cands.shape), []
     for i, image in enumerate(images):
-        query = to_grid(image)
-        top = None
-        for j, row in enumerate(cands[i]):
-            if row < 0:
-                continue
+        columns = [j for j, row in enumerate(cands[i]) if row >= 0]
+        for row in cands[i, columns]:
             if row not in grids:
                 grids[row] = to_grid(index.reference_slice(prov.source[row], prov.slice[row]))
-            result = verify(query, grids[row])
-            scores[i, j] = result.score
-            top = result if top is None or result.score > top.score else top
-        best.append(top)
+        results = verify_many(to_grid(image), [grids[row] for row in cands[i, columns]])
+        scores[i, columns] = [result.score for result in results]
+        best.append(max(results, key=lambda result: result.score) if results else None)
     return scores, best
 
 
@@ -255,8 +251,9 @@ def report(
         )
 
 
-def cost(pairs: int = 40) -> None:
-    """Print the CPU time of putting a slice on the grid and of verifying one pair (brain slices of two people)."""
+def cost(pairs: int = 40, k: int = 5) -> None:
+    """Print the CPU time of putting a slice on the grid, of verifying one pair (brain slices of two
+    people) and, per pair, of verifying a query against k candidates at once (``verify_many``)."""
     folder = SETUPS["brain"][0]
     settings = PreprocessSettings()
     first, second = (
@@ -268,9 +265,13 @@ def cost(pairs: int = 40) -> None:
     for a, b in grids:
         verify(a, b)
     done = time.process_time()
+    for i in range(0, len(grids), k):
+        verify_many(grids[i][0], [b for _, b in grids[i : i + k]])
+    batched = time.process_time()
     print(
         f"CPU per slice put on the grid {1000 * (gridded - start) / (2 * len(grids)):.1f} ms, "
-        f"per verified pair {1000 * (done - gridded) / len(grids):.1f} ms"
+        f"per verified pair {1000 * (done - gridded) / len(grids):.1f} ms, "
+        f"per pair verified k={k} at once {1000 * (batched - done) / len(grids):.1f} ms"
     )
 
 

@@ -3,26 +3,32 @@
 The global search proposes candidates; each is aligned to the query on a coarse square grid and
 the aligned overlap is scored. The alignment covers an optional transpose followed by a rotation of
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
-come from the log-polar magnitude spectra (Fourier–Mellin: scikit-image's ``phase_cross_correlation``
-of log-polar maps), translation from phase correlation. The score is the share of the smaller
-foreground in which the local correlation of rank-equalised intensities (Gaussian windows) is high:
-rank equalisation removes monotone intensity changes, local windows tolerate bias fields, and pixels
-that are background in either slice (zero-filled bands, empty margins) never count as agreement.
-The largest agreeing region is the copy mask.
+come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation of log-polar maps),
+translation from phase correlation. The score is the share of the smaller foreground in which the
+local correlation of rank-equalised intensities (Gaussian windows) is high: rank equalisation
+removes monotone intensity changes, local windows tolerate bias fields, and pixels that are
+background in either slice (zero-filled bands, empty margins) never count as agreement. The
+largest agreeing region is the copy mask.
+
+One query is verified against all its candidates at once (:func:`verify_many`): the phase
+correlations are batched FFTs, the warps one ``grid_sample`` call, and the resizes, band-pass and
+Gaussian windows linear maps applied as (cached) matrices, equal to the scikit-image and SciPy
+calls they replace up to float rounding.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
+import torch
+from scipy import fft, ndimage, sparse
 from skimage.exposure import equalize_hist
-from skimage.filters import difference_of_gaussians, window
-from skimage.registration import phase_cross_correlation
-from skimage.transform import SimilarityTransform, resize, warp
+from skimage.filters import window
+from skimage.transform import resize
 
 from .preprocess import PreprocessSettings, scaled_foreground
 
@@ -35,6 +41,8 @@ SCALE_RANGE = (0.75, 1.35)  # scales outside are not proposed by the log-polar e
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
+_BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
+_HYPOTHESES = 4  # per candidate: {as is, transposed} x {theta, theta + 180}
 
 
 @dataclass(frozen=True)
@@ -43,18 +51,24 @@ class Grid:
 
     image: float32 [GRID, GRID], foreground rank-equalised into (0, 1], background 0.
     mask: bool [GRID, GRID], the foreground.
-    polar: float32 [2, 180, SPECTRUM_GRID - SPECTRUM_GRID // 8] log-polar log-magnitude spectra of
-        the slice as is and transposed (:func:`_log_polar`).
+    log_polar: float32 [180, SPECTRUM_GRID - SPECTRUM_GRID // 8] log-polar log-magnitude spectrum of
+        the slice (:func:`_log_polar`); the transposed slice's is a permutation of its rows (``polar``).
     foreground: bool [rows, cols], the slice's own foreground (after the background floor).
     corner: (row, col) of the square's first pixel in slice pixels; side: its side in slice pixels.
     """
 
     image: np.ndarray
     mask: np.ndarray
-    polar: np.ndarray
+    log_polar: np.ndarray
     foreground: np.ndarray
     corner: tuple[int, int]
     side: int
+
+    @property
+    def polar(self) -> np.ndarray:
+        """float32 [2, 180, columns]: the log-polar spectra of the slice as is and transposed."""
+        as_is = self.log_polar.astype(np.float32)
+        return np.stack([as_is, as_is[_transposed_rows()]])
 
 
 @dataclass(frozen=True)
@@ -96,96 +110,222 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     h, w = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
     side = int(max(h, w))
     top, left = (side - h) // 2, (side - w) // 2
-    square = np.zeros((side, side), dtype=np.float32)
-    square[top : top + h, left : left + w] = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    small = resize(square, (GRID, GRID), order=1, anti_aliasing=True).astype(np.float32)
+    crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    small = _resized(crop, side, (top, left), GRID)
     mask = ndimage.gaussian_filter(small, 1.0) > 0.05
     image = np.zeros_like(small)
     if mask.any():
-        image[mask] = equalize_hist(small, nbins=64, mask=mask)[mask] * 0.99 + 0.01
-    fine = resize(square, (SPECTRUM_GRID, SPECTRUM_GRID), order=1, anti_aliasing=True)
-    polar = np.stack([_log_polar(fine), _log_polar(fine.T)]).astype(np.float32)
+        image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
+    polar = _log_polar(_resized(crop, side, (top, left), SPECTRUM_GRID)).astype(np.float32)
     return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
 
 
+def _mirrored(index: np.ndarray, size: int) -> np.ndarray:
+    """Indices reflected into [0, size) about the edge pixels' centres (SciPy's ``mode="mirror"``)."""
+    period = 2 * (size - 1)
+    index = np.abs(index) % period
+    return np.where(index > size - 1, period - index, index)
+
+
+@lru_cache(maxsize=1024)
+def _resize_matrix(side: int, size: int) -> sparse.csc_array:
+    """[size, side] sparse matrix M of skimage's ``resize(order=1, anti_aliasing=True)`` along one
+    axis, so that ``resize(square, (size, size))`` is ``M @ square @ M.T``: SciPy's Gaussian
+    anti-aliasing (sigma (side / size - 1) / 2, radius round(4 sigma), ``mode="mirror"``) followed by
+    linear interpolation at the pixel centres (``zoom(order=1, grid_mode=True, mode="mirror")``)."""
+    sigma = max(0.0, (side / size - 1) / 2)
+    offsets = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1)
+    kernel = np.exp(-0.5 * offsets**2 / max(sigma, 1e-12) ** 2)
+    position = (np.arange(size) + 0.5) * side / size - 0.5
+    low = np.floor(position).astype(int)
+    rows, cols, weights = [], [], []
+    for index, weight in ((low, 1.0 - (position - low)), (low + 1, position - low)):
+        rows.append(np.repeat(np.arange(size), len(offsets)))
+        cols.append(_mirrored(_mirrored(index, side)[:, None] + offsets[None, :], side).ravel())
+        weights.append((weight[:, None] * kernel[None, :] / kernel.sum()).ravel())
+    entries = (np.concatenate(weights).astype(np.float32), (np.concatenate(rows), np.concatenate(cols)))
+    return sparse.csc_array(entries, shape=(size, side))  # repeated entries are summed
+
+
+def _resized(crop: np.ndarray, side: int, corner: tuple[int, int], size: int) -> np.ndarray:
+    """float32 [size, size]: the crop [h, w] placed at ``corner`` (row, col) of a zero square of
+    ``side`` pixels, resized as skimage's ``resize(order=1, anti_aliasing=True)`` (the square is
+    never built: only the matrix columns of the crop enter)."""
+    matrix = _resize_matrix(side, size)
+    (top, left), (h, w) = corner, crop.shape
+    rows_done = matrix[:, top : top + h] @ crop  # [size, w]
+    return np.ascontiguousarray((matrix[:, left : left + w] @ rows_done.T).T, dtype=np.float32)
+
+
+@lru_cache(maxsize=8)
+def _gaussian_matrix(size: int, sigma: float, mode: str) -> np.ndarray:
+    """float32 [size, size]: ``ndimage.gaussian_filter1d`` along one axis as a matrix (filtered identity)."""
+    return ndimage.gaussian_filter1d(np.eye(size), sigma, axis=0, mode=mode).astype(np.float32)
+
+
+def _smoothed(stack: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndarray:
+    """``ndimage.gaussian_filter(x, sigma, mode=mode)`` of every [n, m] image of a stack [..., n, m]
+    at once (one batched matrix product per axis)."""
+    rows, cols = stack.shape[-2:]
+    return _gaussian_matrix(rows, sigma, mode) @ stack @ _gaussian_matrix(cols, sigma, mode).T
+
+
 @lru_cache(maxsize=1)
-def _spectrum_tools() -> tuple[np.ndarray, np.ndarray]:
-    """Hann window [SPECTRUM_GRID, SPECTRUM_GRID] and the log-polar sampling coordinates
-    [2, 180, SPECTRUM_GRID - _POLAR_INNER] (row, col) of the centred spectrum: one row per degree,
-    radii growing geometrically from 1 to SPECTRUM_GRID / 2 over SPECTRUM_GRID columns."""
+def _spectrum_tools() -> tuple[np.ndarray, sparse.csr_array]:
+    """Hann window [SPECTRUM_GRID, SPECTRUM_GRID] and the log-polar sampling of the centred
+    spectrum as a sparse matrix [180 * columns, half spectrum]: one row per degree, radii growing
+    geometrically from 1 to SPECTRUM_GRID / 2 over SPECTRUM_GRID columns, bilinear (as
+    ``ndimage.map_coordinates(order=1)``). The half spectrum is ``fft.rfftn(x, axes=(1, 0))``
+    [SPECTRUM_GRID // 2 + 1, SPECTRUM_GRID]: the angles lie in [0°, 180°), i.e. in its rows."""
     centre = SPECTRUM_GRID // 2
     angles = np.deg2rad(np.arange(_POLAR_ROWS // 2) * 360.0 / _POLAR_ROWS)[:, None]
     radii = np.exp(np.arange(_POLAR_INNER, SPECTRUM_GRID) * math.log(centre) / SPECTRUM_GRID)[None, :]
-    coords = np.stack([centre + radii * np.sin(angles), centre + radii * np.cos(angles)])
-    return window("hann", (SPECTRUM_GRID, SPECTRUM_GRID)), coords
+    row, col = (centre + radii * np.sin(angles)).ravel(), (centre + radii * np.cos(angles)).ravel()
+    row0, col0 = np.floor(row), np.floor(col)
+    weights, columns = [], []
+    for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        weights.append((1 - abs(row - row0 - dr)) * (1 - abs(col - col0 - dc)))
+        frequency = (row0 + dr - centre).astype(int), (col0 + dc - centre).astype(int) % SPECTRUM_GRID
+        columns.append(frequency[0] * SPECTRUM_GRID + frequency[1])
+    points = np.tile(np.arange(row.size), 4)
+    shape = (row.size, (centre + 1) * SPECTRUM_GRID)
+    sampling = sparse.csr_array((np.concatenate(weights), (points, np.concatenate(columns))), shape=shape)
+    return window("hann", (SPECTRUM_GRID, SPECTRUM_GRID)).astype(np.float32), sampling
+
+
+@lru_cache(maxsize=1)
+def _transposed_rows() -> np.ndarray:
+    """Row order that turns a log-polar map of a slice into that of the transposed slice: the
+    transposed spectrum at angle a is the spectrum at 90° − a (modulo 180°, its period)."""
+    rows = _POLAR_ROWS // 2
+    return (_POLAR_ROWS // 4 - np.arange(rows)) % rows
 
 
 def _log_polar(image: np.ndarray) -> np.ndarray:
-    """Log-polar map (see :func:`_spectrum_tools`) of the log-magnitude spectrum of a band-passed,
-    Hann-windowed [SPECTRUM_GRID, SPECTRUM_GRID] image: rotating the image shifts it along rows,
-    scaling along columns, translating leaves it unchanged."""
-    hann, coords = _spectrum_tools()
-    spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(difference_of_gaussians(image, 0.5, 6.0) * hann))))
-    return ndimage.map_coordinates(spectrum, coords, order=1)
+    """Log-polar map [180, columns] (see :func:`_spectrum_tools`) of the log-magnitude spectrum of a
+    band-passed (``difference_of_gaussians(image, 0.5, 6.0)``), Hann-windowed [SPECTRUM_GRID,
+    SPECTRUM_GRID] image: rotating the image shifts it along rows, scaling along columns,
+    translating leaves it unchanged."""
+    hann, sampling = _spectrum_tools()
+    low, high = (_smoothed(image, sigma, "nearest") for sigma in _BAND)
+    spectrum = np.log1p(np.abs(fft.rfftn((low - high) * hann, axes=(1, 0))))
+    return (sampling @ spectrum.ravel()).reshape(_POLAR_ROWS // 2, -1)
 
 
-def _rotation_scale(query_polar: np.ndarray, candidate_polar: np.ndarray) -> tuple[float, float]:
-    """Rotation (degrees, modulo 180) and image scale taking the candidate onto the query."""
-    shift = phase_cross_correlation(query_polar, candidate_polar)[0]
-    angle = float(shift[0]) * 360.0 / _POLAR_ROWS
+def _rfft2(images: np.ndarray) -> np.ndarray:
+    """Half spectra of a stack of real images [..., n, m] (torch's FFT: MKL on CPU, faster than
+    NumPy's and SciPy's pocketfft at these sizes)."""
+    return torch.fft.rfft2(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).numpy()
+
+
+def _irfft2(spectra: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Real images [..., *shape] from half spectra (the inverse of :func:`_rfft2`)."""
+    return torch.fft.irfft2(torch.from_numpy(spectra), s=shape).numpy()
+
+
+def _whitened(spectrum: np.ndarray) -> np.ndarray:
+    """A spectrum divided by its magnitude (phase correlation's normalisation, applied to each factor
+    of the cross-power spectrum instead of their product: the same up to rounding and saves a pass)."""
+    return spectrum / np.maximum(np.abs(spectrum), 100 * np.finfo(np.float32).eps)
+
+
+def _phase_peaks(reference: np.ndarray, moving: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """int [..., 2] (row, col) shifts registering each moving image onto the reference, given their
+    whitened half spectra (``fft.rfft2``, broadcast): the peak of the phase-normalised
+    cross-correlation, wrapped to (-size / 2, size / 2], as skimage's ``phase_cross_correlation`` finds it."""
+    correlation = np.abs(_irfft2(reference * moving.conj(), shape))
+    flat = correlation.reshape(*correlation.shape[:-2], -1).argmax(axis=-1)
+    shifts = np.stack(np.unravel_index(flat, shape), axis=-1)
+    size = np.asarray(shape)
+    return np.where(shifts > size // 2, shifts - size, shifts)
+
+
+def _rotation_scales(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarray, np.ndarray]:
+    """Rotations (degrees, modulo 180) and image scales [n, 2] taking each candidate, as is and
+    transposed, onto the query. The transposed map's spectrum is the as-is one with its row
+    frequencies negated and signs alternated (its rows are permuted by a -> 90 - a, half the period)."""
+    maps = np.stack([grid.log_polar for grid in candidates])
+    spectra = _whitened(_rfft2(maps))  # [n, 180, columns // 2 + 1]
+    rows = spectra.shape[1]
+    flipped = spectra[:, (-np.arange(rows)) % rows] * np.where(np.arange(rows) % 2, -1, 1).astype(np.float32)[:, None]
+    reference = _whitened(_rfft2(query.log_polar))
+    shifts = _phase_peaks(reference, np.stack([spectra, flipped], axis=1), maps.shape[1:])
+    angles = shifts[..., 0] * 360.0 / _POLAR_ROWS
     # The spectrum scales inversely to the image.
-    scale = math.exp(-float(shift[1]) * math.log(SPECTRUM_GRID // 2) / SPECTRUM_GRID)
-    return angle, scale
+    scales = np.exp(-shifts[..., 1] * math.log(SPECTRUM_GRID // 2) / SPECTRUM_GRID)
+    return angles, scales
 
 
-def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)) -> SimilarityTransform:
-    """Grid-pixel map of rotating by ``angle`` degrees and scaling about the centre, then shifting."""
+def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """[3, 3] grid-pixel map (column, row, 1) of rotating by ``angle`` degrees and scaling about the
+    centre, then shifting by ``shift`` (row, col)."""
     centre = (GRID - 1) / 2.0
-    to_origin = SimilarityTransform(translation=(-centre, -centre))
-    turn = SimilarityTransform(scale=scale, rotation=math.radians(angle))
-    back = SimilarityTransform(translation=(centre + shift[1], centre + shift[0]))
-    return SimilarityTransform((to_origin + turn + back).params)
+    cos, sin = scale * math.cos(math.radians(angle)), scale * math.sin(math.radians(angle))
+    turn = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    to_origin = np.array([[1.0, 0.0, -centre], [0.0, 1.0, -centre], [0.0, 0.0, 1.0]])
+    back = np.array([[1.0, 0.0, centre + shift[1]], [0.0, 1.0, centre + shift[0]], [0.0, 0.0, 1.0]])
+    return back @ turn @ to_origin
 
 
-def _warped(grid: Grid, transposed: bool, angle: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The candidate's image and mask turned and scaled about the grid centre (quarter turns at
-    scale 1 exactly)."""
-    image = grid.image.T if transposed else grid.image
-    mask = grid.mask.T if transposed else grid.mask
-    if scale == 1.0 and angle % 90 == 0:
-        turns = int(-angle // 90) % 4
-        return np.rot90(image, turns), np.rot90(mask, turns)
-    inverse = _transform(angle, scale).inverse
-    moved = warp(image, inverse, order=1, cval=0.0, preserve_range=True).astype(np.float32)
-    return moved, warp(mask.astype(np.float32), inverse, order=1, cval=0.0, preserve_range=True) > 0.5
+def _warped(candidates: Sequence[Grid], transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 [n * 4, 2, GRID, GRID]: image and mask of each candidate under each of its hypotheses
+    (transposed, then turned by ``angle`` degrees and scaled about the grid centre), bilinear with
+    zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates (column, row),
+    normalised to [-1, 1] about the centre, the inverse map is linear; a transpose swaps its rows."""
+    cos, sin = np.cos(np.radians(angles)) / scales, np.sin(np.radians(angles)) / scales
+    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [n * 4, 2, 2]: turn back, unscale
+    inverse[transposed] = inverse[transposed][:, ::-1]
+    theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
+    images = torch.from_numpy(np.stack([np.stack([g.image, g.mask]) for g in candidates]).astype(np.float32))
+    n = len(candidates)
+    with torch.no_grad():
+        sampling = torch.nn.functional.affine_grid(theta, [len(theta), 2, GRID, GRID], align_corners=True)
+        # The hypotheses of one candidate are stacked along the rows, so its images are sampled once.
+        sampling = sampling.reshape(n, _HYPOTHESES * GRID, GRID, 2)
+        moved = torch.nn.functional.grid_sample(
+            images, sampling, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+    return moved.reshape(n, 2, _HYPOTHESES, GRID, GRID).transpose(1, 2).reshape(-1, 2, GRID, GRID).numpy()
+
+
+def _shifted(stack: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each image stack [n, c, GRID, GRID] moved by its integer (row, col) shift [n, 2], zeros
+    filling what comes in (``ndimage.shift(order=0)``)."""
+    out = np.zeros_like(stack)
+    for image, moved, (r, c) in zip(stack, out, shifts):
+        target = np.s_[..., max(r, 0) : GRID + min(r, 0), max(c, 0) : GRID + min(c, 0)]
+        moved[target] = image[..., max(-r, 0) : GRID - max(r, 0), max(-c, 0) : GRID - max(c, 0)]
+    return out
 
 
 def local_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: float = WINDOW_SIGMA) -> np.ndarray:
-    """Gaussian-windowed correlation of two [n, m] images over the pixels where ``weight`` is set.
+    """Gaussian-windowed correlation of two [..., n, m] images over the pixels where ``weight`` is set.
 
     Windows are normalised by the weight they hold, so pixels outside ``weight`` never contribute;
     where either image is locally flat the correlation is 0 (no evidence)."""
     w = weight.astype(np.float32)
-
-    def mean(x: np.ndarray) -> np.ndarray:
-        return ndimage.gaussian_filter(x * w, sigma) / np.maximum(ndimage.gaussian_filter(w, sigma), 1e-6)
-
-    ma, mb = mean(a), mean(b)
-    va, vb = mean(a * a) - ma * ma, mean(b * b) - mb * mb
-    cov = mean(a * b) - ma * mb
+    sums = _smoothed(np.stack([w, a * w, b * w, a * a * w, b * b * w, a * b * w]), sigma)
+    ma, mb, maa, mbb, mab = sums[1:] / np.maximum(sums[0], 1e-6)
+    va, vb = maa - ma * ma, mbb - mb * mb
+    cov = mab - ma * mb
     informative = (va > _MIN_VARIANCE) & (vb > _MIN_VARIANCE) & weight
     return np.where(informative, cov / np.sqrt(np.maximum(va * vb, 1e-12)), 0.0).astype(np.float32)
 
 
-def _global_correlation(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> float:
-    """Pearson correlation of the aligned images over the overlap, weighted by the overlap's share
-    of the query foreground (ranks hypotheses cheaply)."""
-    overlap = query.mask & moved_mask
-    if overlap.sum() < 3:
-        return -1.0
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant overlap has no correlation (nan -> 0)
-        r = np.corrcoef(query.image[overlap], moved[overlap])[0, 1]
-    return float(np.nan_to_num(r) * overlap.sum() / max(query.mask.sum(), 1))
+def _global_correlations(query: Grid, moved: np.ndarray, moved_masks: np.ndarray) -> np.ndarray:
+    """[n] Pearson correlation of each aligned image [n, GRID, GRID] with the query over their
+    overlap, weighted by the overlap's share of the query foreground (ranks hypotheses cheaply);
+    -1 for overlaps under 3 pixels, 0 for a constant overlap."""
+    overlap = (query.mask & moved_masks).reshape(len(moved), -1).astype(np.float64)
+    q = query.image.ravel().astype(np.float64)
+    m = moved.reshape(len(moved), -1) * overlap
+    count = overlap.sum(axis=1)
+    n = np.maximum(count, 1.0)
+    sum_q, sum_m = overlap @ q, m.sum(axis=1)
+    cov = m @ q - sum_q * sum_m / n
+    var = (overlap @ (q * q) - sum_q * sum_q / n) * ((m * m).sum(axis=1) - sum_m * sum_m / n)
+    r = np.where(var > 0, cov / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # a constant overlap has no correlation
+    return np.where(count < 3, -1.0, np.clip(r, -1.0, 1.0) * count / max(query.mask.sum(), 1))
 
 
 def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[float, np.ndarray]:
@@ -203,38 +343,56 @@ def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[
     return float(largest.sum() / min(query.mask.sum(), moved_mask.sum())), largest
 
 
-def _hypotheses(query: Grid, candidate: Grid) -> list[tuple[bool, float, float]]:
-    """(transposed, angle, scale) to try: per transpose, the log-polar rotation estimate and its
-    180° twin (the magnitude spectrum cannot tell them apart) at the estimated scale (1 outside
-    SCALE_RANGE)."""
-    found = []
-    for transposed in (False, True):
-        angle, scale = _rotation_scale(query.polar[0], candidate.polar[int(transposed)])
-        scale = scale if SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] else 1.0
-        found += [(transposed, angle % 360.0, scale), (transposed, (angle + 180.0) % 360.0, scale)]
-    return found
+def _hypotheses(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(transposed, angle, scale) [n * 4] to try, per candidate in order: per transpose, the
+    log-polar rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart)
+    at the estimated scale (1 outside SCALE_RANGE)."""
+    angles, scales = _rotation_scales(query, candidates)  # [n, 2]: as is, transposed
+    scales = np.where((scales >= SCALE_RANGE[0]) & (scales <= SCALE_RANGE[1]), scales, 1.0)
+    turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1)  # [n, 2, 2]
+    transposed = np.broadcast_to(np.array([False, True])[None, :, None], turned.shape)
+    return transposed.ravel(), turned.ravel(), np.repeat(scales, 2, axis=-1).ravel()
+
+
+def _aligned(query: Grid, candidates: Sequence[Grid], transposed: np.ndarray, angles, scales) -> tuple:
+    """Every hypothesis applied: the turned and scaled candidate images and masks [n * 4, GRID, GRID],
+    then moved by the translation that phase correlation finds against the query (shifts [n * 4, 2])."""
+    turned = _warped(candidates, transposed, angles, scales)
+    spectra = _whitened(_rfft2(query.image)), _whitened(_rfft2(turned[:, 0]))
+    shifts = _phase_peaks(*spectra, (GRID, GRID))
+    moved = _shifted(turned, shifts)
+    return moved[:, 0], moved[:, 1] > 0.5, shifts
+
+
+def verify_many(query: Grid, candidates: Sequence[Grid]) -> list[Verification]:
+    """Verify ``query`` against several candidates at once, as :func:`verify` does each (in order):
+    the rotation, scale and translation estimates and the warps of every candidate and hypothesis
+    are batched; the best ``SHORTLIST`` hypotheses of each candidate are scored by :func:`_agreement`."""
+    if len(candidates) == 0:
+        return []
+    transposed, angles, scales = _hypotheses(query, candidates)
+    moved, moved_masks, shifts = _aligned(query, candidates, transposed, angles, scales)
+    ranks = _global_correlations(query, moved, moved_masks).reshape(len(candidates), _HYPOTHESES)
+    results = []
+    for c, candidate in enumerate(candidates):
+        best: tuple[float, int, np.ndarray] | None = None
+        for h in c * _HYPOTHESES + np.argsort(-ranks[c], kind="stable")[:SHORTLIST]:
+            score, copied = _agreement(query, moved[h], moved_masks[h])
+            if best is None or score > best[0]:
+                best = (score, h, copied)
+        score, h, copied = best
+        shift = (float(shifts[h, 0]), float(shifts[h, 1]))
+        matrix = _slice_map(query, candidate, bool(transposed[h]), _transform(angles[h], scales[h], shift))
+        alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
+        mask = _to_slice(copied, query)
+        results.append(Verification(score, alignment, mask, _box(mask)))
+    return results
 
 
 def verify(query: Grid, candidate: Grid) -> Verification:
     """Align ``candidate`` onto ``query`` (every hypothesis, translation by phase correlation) and keep
     the alignment with the highest agreement score; the copy mask is given in query pixels."""
-    aligned = []
-    for transposed, angle, scale in _hypotheses(query, candidate):
-        moved, moved_mask = _warped(candidate, transposed, angle, scale)
-        shift = tuple(float(s) for s in phase_cross_correlation(query.image, moved, normalization="phase")[0])
-        moved, moved_mask = ndimage.shift(moved, shift, order=0), ndimage.shift(moved_mask, shift, order=0)
-        rank = _global_correlation(query, moved, moved_mask)
-        aligned.append((rank, (transposed, angle, scale, shift), moved, moved_mask))
-    aligned.sort(key=lambda item: -item[0])
-    best: tuple[float, Alignment, np.ndarray] | None = None
-    for _, (transposed, angle, scale, shift), moved, moved_mask in aligned[:SHORTLIST]:
-        score, copied = _agreement(query, moved, moved_mask)
-        if best is None or score > best[0]:
-            matrix = _slice_map(query, candidate, transposed, _transform(angle, scale, shift).params)
-            best = (score, Alignment(transposed, angle, scale, matrix), copied)
-    score, alignment, copied = best
-    mask = _to_slice(copied, query)
-    return Verification(score, alignment, mask, _box(mask))
+    return verify_many(query, [candidate])[0]
 
 
 def _grid_of(grid: Grid) -> np.ndarray:
@@ -250,9 +408,18 @@ def _slice_map(query: Grid, candidate: Grid, transposed: bool, on_grid: np.ndarr
     return np.linalg.inv(_grid_of(query)) @ on_grid @ swap @ _grid_of(candidate)
 
 
+@lru_cache(maxsize=256)
+def _nearest_rows(side: int) -> np.ndarray:
+    """int [side]: the grid row (or column) each of ``side`` slice pixels takes in a nearest-neighbour
+    resize from GRID (skimage's ``resize(order=0)`` is separable: resizing the row numbers gives it)."""
+    ramp = np.arange(GRID, dtype=np.float64)[:, None]
+    return resize(ramp, (side, 1), order=0, anti_aliasing=False)[:, 0].astype(np.intp)
+
+
 def _to_slice(grid_mask: np.ndarray, query: Grid) -> np.ndarray:
     """A grid mask carried back to the query slice's own pixels: bool [rows, cols]."""
-    square = resize(grid_mask.astype(np.float32), (query.side, query.side), order=0, anti_aliasing=False) > 0.5
+    nearest = _nearest_rows(query.side)
+    square = grid_mask.take(nearest, axis=0).take(nearest, axis=1)
     out = np.zeros_like(query.foreground)
     (top, left), (h, w) = query.corner, out.shape
     r0, c0 = max(top, 0), max(left, 0)
@@ -271,5 +438,4 @@ def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 
 def verify_candidates(query: np.ndarray, candidates: list[np.ndarray]) -> list[Verification]:
     """Verify a raw query slice [rows, cols] against raw candidate slices (any shapes), in order."""
-    grid = to_grid(query)
-    return [verify(grid, to_grid(candidate)) for candidate in candidates]
+    return verify_many(to_grid(query), [to_grid(candidate) for candidate in candidates])
