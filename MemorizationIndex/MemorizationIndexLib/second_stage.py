@@ -22,7 +22,7 @@ from .embedding import Cancelled, embed_slices
 from .encoders.base import Encoder
 from .preprocess import PreprocessSettings
 from .search import Neighbours
-from .verification import Grid, Verification, to_grid, verify
+from .verification import Grid, Verification, to_grid, verify_many
 
 VIEWS = ("as-cut", "transposed", "smoothed")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
@@ -117,13 +117,12 @@ def verify_slices(
     for image, rows in zip(slices, shortlisted):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        query = to_grid(image, settings)
+        usable = [int(r) for r in rows if r >= 0 and int(r) in reference]
         best = Verified(0.0, -1, None)
-        for row in rows:
-            if row >= 0 and int(row) in reference:
-                result = verify(query, reference[int(row)])
-                if best.result is None or result.score > best.score:
-                    best = Verified(float(result.score), int(row), result)
+        if usable:
+            results = verify_many(to_grid(image, settings), [reference[r] for r in usable])
+            top = int(np.argmax([r.score for r in results]))
+            best = Verified(float(results[top].score), usable[top], results[top])
         out.append(best)
     return out
 
