@@ -43,8 +43,10 @@ class CalibrationCheck:
 
     @property
     def global_flags_valid(self) -> bool:
-        """Whether flags from the global score alone may stand: the null holds, or the input sits
-        below it (its p-values are then conservative: a slice far above the null is still unusual)."""
+        """Whether flags from the global score alone may stand: the null holds, or the input is below it.
+
+        Below the null, p-values are conservative: a slice far above the null is still unusual.
+        """
         return self.holds or self.direction == BELOW
 
     def to_dict(self) -> dict:
