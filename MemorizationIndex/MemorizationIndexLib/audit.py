@@ -156,10 +156,10 @@ def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex)
 def finalize_flags(
     scores: Sequence[SliceScore], index: ReferenceIndex, alpha: float, stage: SecondStage
 ) -> CalibrationCheck:
-    """Flag the slices of one volume or set: the combined p-value of both stages when the global
-    calibration holds for them (:func:`calibration_check.check_calibration`), the verified p-value
-    alone when it does not, the global p-value when there is no second stage (nothing at all when
-    it does not hold either)."""
+    """Flag the slices of one volume or set: the combined p-value of both stages when global flags
+    may stand for them (:func:`calibration_check.check_calibration`: the null holds, or the input
+    sits below it), the verified p-value alone when they may not, the global p-value when there is
+    no second stage (nothing at all when global flags may not stand either)."""
     null = index.null_model
     check = check_calibration(np.array([s.similarity for s in scores], dtype=np.float64), null)
     if not scores:
@@ -168,10 +168,10 @@ def finalize_flags(
     if stage.used:
         verified_null = index.verified_null
         verified_p = verified_null.verified_p(np.array([s.verified_score for s in scores]))
-        flag_p = verified_null.flag_p(global_p, verified_p, null) if check.holds else verified_p
+        flag_p = verified_null.flag_p(global_p, verified_p, null) if check.global_flags_valid else verified_p
     else:
         verified_p = np.full(len(scores), np.nan)
-        flag_p = global_p if check.holds else np.ones(len(scores))
+        flag_p = global_p if check.global_flags_valid else np.ones(len(scores))
     for score, pv, pf in zip(scores, verified_p, flag_p):
         score.verified_p, score.flag_p, score.flagged = float(pv), float(pf), bool(pf < alpha)
     return check
