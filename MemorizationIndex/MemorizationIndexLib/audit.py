@@ -25,6 +25,7 @@ from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .search import Neighbours
 from .second_stage import VIEWS, Verified, search_depth
+from .verified_null import flag_p as combined_p
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
 
@@ -156,7 +157,8 @@ def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex)
 def finalize_flags(
     scores: Sequence[SliceScore], index: ReferenceIndex, alpha: float, stage: SecondStage
 ) -> CalibrationCheck:
-    """Flag the slices of one volume or set: the combined p-value of both stages when global flags
+    """Flag the slices of one volume or set: the combined p-value of both stages
+    (:func:`verified_null.flag_p`, Bonferroni) when global flags
     may stand for them (:func:`calibration_check.check_calibration`: the null holds, or the input
     sits below it), the verified p-value alone when they may not, the global p-value when there is
     no second stage (nothing at all when global flags may not stand either)."""
@@ -168,7 +170,7 @@ def finalize_flags(
     if stage.used:
         verified_null = index.verified_null
         verified_p = verified_null.verified_p(np.array([s.verified_score for s in scores]))
-        flag_p = verified_null.flag_p(global_p, verified_p, null) if check.global_flags_valid else verified_p
+        flag_p = combined_p(global_p, verified_p) if check.global_flags_valid else verified_p
     else:
         verified_p = np.full(len(scores), np.nan)
         flag_p = global_p if check.global_flags_valid else np.ones(len(scores))
@@ -349,7 +351,7 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
         "k": index.candidates,
         "views": list(VIEWS),
         "null_n": 0 if null is None else len(null.scores),
-        "threshold": float(null.model.threshold(alpha).similarity) if null is not None else None,
+        "threshold": null.threshold(alpha / 2) if null is not None else None,
     }
 
 

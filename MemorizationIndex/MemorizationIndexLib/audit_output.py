@@ -66,7 +66,8 @@ FOLDER_FORMAT = (
         '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional)}]; '
         'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
         '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int, '
-        "threshold: float (verified score above which a slice is flagged at alpha on verification alone)}, "
+        "threshold: float (verified score above which a slice is flagged on verification alone at alpha / 2, "
+        "the Bonferroni share)}, "
         '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),

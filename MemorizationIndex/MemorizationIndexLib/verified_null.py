@@ -4,8 +4,7 @@ Held-out people's slices go through the second stage exactly as audited slices d
 same number of candidates, same verification) against a reference they are not in: the held-out
 subject splits of the training set (as the global null), or the full reference for ``--holdout``
 data. Their verified scores calibrate the verified score; with their global similarities they also
-calibrate the flag, which combines both stages: a slice is flagged when the smaller of its global
-and verified p-values is rarer than that minimum is among the null's slices (:meth:`VerifiedNull.flag_p`).
+the verified score; the flag combines both stages by Bonferroni (:func:`flag_p`).
 """
 
 from __future__ import annotations
@@ -24,38 +23,57 @@ from .search import build_flat_index, search_blocks
 from .second_stage import DEFAULT_CANDIDATES, GridSource, candidates, search_depth, verify_slices
 from .whitening import ShrinkageWhitener
 
-VERIFIED_NULL_QUERIES = 1000  # held-out slices verified at build time: alpha = 1e-3 is attainable
+VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most)
 MAX_SPLITS = 50
+TAIL_QUANTILE = 0.9  # verified p-values above this quantile of the null come from the fitted exponential tail
+MIN_TAIL_SCALE = 0.01  # floor of the tail's mean exceedance (a null of identical scores)
 
 
 @dataclass(frozen=True)
 class VerifiedNull:
-    """Verified scores [n] of the null's slices and their global similarities [n]."""
+    """Verified scores [n] of the null's slices and their global similarities [n].
+
+    Verified p-values are empirical up to the null's ``TAIL_QUANTILE``; above it the tail is the
+    exponential fitted to the exceedances (a bounded score's tail is lighter than exponential, so
+    this errs on the side of larger p-values). It lets a small null (a few subjects give only a
+    few hundred distinct held-out slices) still reach alpha = 1e-3 for scores far above it.
+    """
 
     scores: np.ndarray
     global_similarity: np.ndarray
 
     @property
     def model(self) -> NullModel:
-        """The verified scores as a null model (p-values and threshold of the verified score)."""
+        """The verified scores as an empirical null model."""
         return NullModel(self.scores)
 
+    def _tail(self) -> tuple[float, float, float]:
+        """(threshold u, share of the null above u, mean exceedance) of the exponential tail."""
+        u = float(np.quantile(self.scores, TAIL_QUANTILE))
+        above = self.scores[self.scores > u] - u
+        share = max(len(above), 1) / (len(self.scores) + 1)
+        return u, share, max(float(above.mean()) if len(above) else 0.0, MIN_TAIL_SCALE)
+
     def verified_p(self, scores: np.ndarray) -> np.ndarray:
-        """Calibrated p-values of verified scores."""
-        return self.model.p_value(scores)
+        """P-values of verified scores: empirical below the tail threshold, exponential tail above."""
+        scores = np.asarray(scores, dtype=np.float64)
+        u, share, scale = self._tail()
+        tail = share * np.exp(-(scores - u) / scale)
+        return np.where(scores > u, np.minimum(tail, share), self.model.p_value(scores))
 
-    def _null_minimum(self, global_null: NullModel) -> np.ndarray:
-        """Sorted min(global p, verified p) of the null's own slices (verified p leaving each one out)."""
-        ranked = np.sort(self.scores)
-        at_least = len(ranked) - np.searchsorted(ranked, self.scores, side="left")  # includes the slice itself
-        leave_one_out = at_least / len(ranked)
-        return np.sort(np.minimum(global_null.p_value(self.global_similarity), leave_one_out))
+    def threshold(self, alpha: float) -> float:
+        """The verified score above which the verified p-value is below ``alpha``."""
+        u, share, scale = self._tail()
+        if alpha >= share:
+            return float(self.model.threshold(alpha).similarity)
+        return u + scale * float(np.log(share / alpha))
 
-    def flag_p(self, global_p: np.ndarray, verified_p: np.ndarray, global_null: NullModel) -> np.ndarray:
-        """(1 + #null slices whose smaller p-value is at most the query's) / (1 + n)."""
-        minimum = np.minimum(np.asarray(global_p, dtype=np.float64), np.asarray(verified_p, dtype=np.float64))
-        null_minimum = self._null_minimum(global_null)
-        return (1.0 + np.searchsorted(null_minimum, minimum, side="right")) / (1.0 + len(null_minimum))
+
+def flag_p(global_p: np.ndarray, verified_p: np.ndarray) -> np.ndarray:
+    """The p-value the flag uses when both stages count: Bonferroni over the two tests (twice the
+    smaller p-value, at most 1), so that alpha bounds the false alarms whatever their correlation."""
+    smaller = np.minimum(np.asarray(global_p, dtype=np.float64), np.asarray(verified_p, dtype=np.float64))
+    return np.minimum(1.0, 2.0 * smaller)
 
 
 def _split_reference(
@@ -135,8 +153,8 @@ def split_verified_null(
     slices: the reference slices as cut; original row r (a row of ``features``) is ``slices[r]``.
     original_row: for every indexed row, the original row it was made from.
     groups: split group of every original row. Each split holds out a ``query_fraction`` of the
-    groups, verifies a seeded sample of their slices (as cut) against the rest (with its copies),
-    until ``n_queries`` slices are verified.
+    groups and verifies a seeded sample of their slices not verified before (as cut) against the
+    rest (with its copies), until ``n_queries`` slices are verified or every slice has been.
     """
     codes = split_groups(groups)
     unique = np.unique(codes)
@@ -145,12 +163,16 @@ def split_verified_null(
     rng = np.random.default_rng(seed + 1)
     per_split = max(1, n_queries // 10)
     scores, similarity = [], []
+    used = np.zeros(len(codes), dtype=bool)  # every null slice is verified once: repeats add no information
     for _ in range(MAX_SPLITS):
-        if sum(len(s) for s in scores) >= n_queries:
+        if sum(len(s) for s in scores) >= n_queries or used.all():
             break
         half_a = rng.permutation(unique)[:held_out]
-        queries = np.flatnonzero(np.isin(codes, half_a))
+        queries = np.flatnonzero(np.isin(codes, half_a) & ~used)
+        if len(queries) == 0:
+            continue
         queries = np.sort(rng.choice(queries, min(per_split, len(queries)), replace=False))
+        used[queries] = True
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
         chosen = NullQueries([slices[r] for r in queries], {b: raw[queries] for b, raw in features.items()})
         found = verify_against(
