@@ -1,0 +1,103 @@
+"""The audit's second stage: candidates from three views, the verified null and its p-values, and a
+real audit in which transposed copies (which the global score misses) are flagged and located."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MemorizationIndexLib.audit import audit_paths
+from MemorizationIndexLib.audit_output import read_audit
+from MemorizationIndexLib.index_build import BuildOptions, build_index
+from MemorizationIndexLib.index_verification import unavailable_reason
+from MemorizationIndexLib.reference_index import ReferenceIndex
+from MemorizationIndexLib.second_stage import shortlist
+from MemorizationIndexLib.verified_null import VerifiedNull, flag_p
+from MemorizationIndexLib.volumes import image_slices, read_image
+
+
+def test_shortlist_takes_the_views_in_turn_without_repeats() -> None:
+    as_cut = (np.array([[1, 1, 2, 3]]), np.array([[0.9, 0.8, 0.7, 0.6]]))
+    transposed = (np.array([[7, 1, 8, -1]]), np.array([[0.5, 0.4, 0.3, -np.inf]]))
+    smoothed = (np.array([[2, 9, 4, 5]]), np.array([[0.95, 0.2, 0.1, 0.0]]))
+    assert shortlist([as_cut, transposed, smoothed], 5).tolist() == [[1, 7, 2, 8, 9]]
+    assert shortlist([as_cut, transposed, smoothed], 8).tolist() == [[1, 7, 2, 8, 9, 3, 4, 5]]
+
+
+def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null() -> None:
+    rng = np.random.default_rng(0)
+    null = VerifiedNull(rng.beta(2, 12, 300), rng.random(300))
+    fresh = rng.beta(2, 12, 200_000)
+    p = null.verified_p(fresh)
+    for alpha in (0.05, 0.01, 0.002):
+        assert (p < alpha).mean() <= 2 * alpha, alpha
+    ladder = null.verified_p(np.linspace(0, 1, 101))
+    assert np.all(np.diff(ladder) <= 1e-12)
+    assert null.verified_p(np.array([0.9]))[0] < 1e-4  # a copy far above a 300-slice null
+    assert null.verified_p(np.array([null.threshold(1e-3) + 1e-6]))[0] < 1e-3
+
+
+def test_flag_p_is_twice_the_smaller_p_value() -> None:
+    assert flag_p(np.array([0.3, 0.0004, 0.9]), np.array([0.01, 0.5, 0.8])).tolist() == pytest.approx([0.02, 0.0008, 1])
+
+
+@pytest.fixture(scope="module")
+def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path], encoder) -> dict:
+    """Index spine 01-05 with the verified null; audit an array set of transposed training slices
+    of 02 and slices of 06 (no index) as cut and transposed."""
+    work = tmp_path_factory.mktemp("stage")
+    train = [spine[n] for n in ("01", "02", "03", "04", "05")]
+    index = build_index(train, work / "index", BuildOptions(), encoder=encoder)
+    source = image_slices(read_image(spine["02"]), index.provenance.array_axis[0])
+    novel = image_slices(read_image(spine["06"]), index.provenance.array_axis[0])
+    copied = [4, 9, 14]
+    queries = [source[k].T for k in copied] + [novel[k] for k in (5, 10)] + [novel[k].T for k in (6, 12)]
+    np.save(work / "queries.npy", np.stack(queries).astype(np.float32))
+    audit_paths(index, [work / "queries.npy"], work / "out")
+    return {"index": index, "out": read_audit(work / "out"), "copied": copied, "source": str(spine["02"].resolve())}
+
+
+def test_transposed_copies_are_flagged_and_located(stage_audit: dict) -> None:
+    out = stage_audit["out"]
+    assert out.summary["verification"]["used"] is True, out.summary["verification"]
+    copies = out.rows[:3]
+    assert all(row.flagged for row in copies), [(row.p_value, row.verified_score, row.flag_p) for row in copies]
+    assert [row.copy_source for row in copies] == [stage_audit["source"]] * 3
+    assert [row.copy_slice for row in copies] == stage_audit["copied"]
+    for row in copies:
+        mask = out.copy_masks[(row.volume, row.slice)]
+        assert row.copy_box is not None and mask.mean() > 0.2
+        assert row.verified_score > out.summary["verification"]["threshold"]
+
+
+def test_people_in_no_index_are_not_flagged_in_any_orientation(stage_audit: dict) -> None:
+    novel = stage_audit["out"].rows[3:]
+    assert not any(row.flagged for row in novel), [(row.verified_score, row.flag_p) for row in novel]
+    assert all(np.isfinite(row.verified_p) and row.flag_p >= row.verified_p for row in novel)
+
+
+def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) -> None:
+    index: ReferenceIndex = stage_audit["index"]
+    assert unavailable_reason(index) == ""
+    moved = ReferenceIndex.load(index.path)
+    moved.provenance = replace(moved.provenance, source=[str(tmp_path / "gone.nii.gz")] * len(moved.provenance))
+    assert "not reachable" in unavailable_reason(moved)
+    moved.verified_null = None
+    assert "no verified null" in unavailable_reason(moved)
+
+
+def test_an_index_without_the_verified_null_audits_globally_and_says_so(
+    tmp_path: Path, spine: dict[str, Path], encoder
+) -> None:
+    options = BuildOptions(verification=False, holdout_paths=[spine["05"]])
+    index = build_index([spine["01"], spine["02"]], tmp_path / "index", options, encoder=encoder)
+    audit_paths(index, [spine["02"]], tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["verification"]["used"] is False
+    assert "no verified null" in summary["verification"]["reason"]
+    rows = read_audit(tmp_path / "out").rows
+    assert all(np.isnan(row.verified_score) for row in rows)
