@@ -24,7 +24,7 @@ from skimage.filters import difference_of_gaussians, window
 from skimage.registration import phase_cross_correlation
 from skimage.transform import SimilarityTransform, resize, warp
 
-from .preprocess import PreprocessSettings, scaled_foreground
+from .preprocess import PreprocessSettings, scale_unit, scaled_foreground
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
@@ -35,6 +35,9 @@ SCALE_RANGE = (0.75, 1.35)  # scales outside are not proposed by the log-polar e
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
+NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
+CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
+MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 
 
 @dataclass(frozen=True)
@@ -87,25 +90,54 @@ class Verification:
 
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
     """Robust-scale a raw 2D slice [rows, cols], crop it to the rows and columns holding foreground
-    (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize."""
-    unit = scaled_foreground(np.asarray(slice2d, dtype=np.float32), settings)
+    (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize.
+    A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
+    the image that is scored."""
+    raw = np.asarray(slice2d, dtype=np.float32)
+    noise = noise_level(raw, settings)
+    unit = scaled_foreground(_denoised(raw, noise, CROP_NOISE_TARGET), settings)
     foreground = unit > 0
     rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
     if len(rows) < 2 or len(cols) < 2:
         rows, cols = np.arange(unit.shape[0]), np.arange(unit.shape[1])
+    mask = ndimage.gaussian_filter(_on_grid(unit, rows, cols, GRID), 1.0) > 0.05
+    if noise > NOISE_TARGET:
+        unit = scaled_foreground(_denoised(raw, noise, NOISE_TARGET), settings)
+    small = _on_grid(unit, rows, cols, GRID)
+    image = np.zeros_like(small)
+    if mask.any():
+        image[mask] = equalize_hist(small, nbins=64, mask=mask)[mask] * 0.99 + 0.01
+    fine = _on_grid(unit, rows, cols, SPECTRUM_GRID)
+    polar = np.stack([_log_polar(fine), _log_polar(fine.T)]).astype(np.float32)
+    side = int(max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]))
+    top, left = (side - (rows[-1] + 1 - rows[0])) // 2, (side - (cols[-1] + 1 - cols[0])) // 2
+    return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+
+
+def _on_grid(unit: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int) -> np.ndarray:
+    """float32 [size, size]: the slice's rows[0]..rows[-1] × cols[0]..cols[-1], centred in a square of
+    the longer side (zero elsewhere) and resized (anti-aliased)."""
     h, w = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
     side = int(max(h, w))
     top, left = (side - h) // 2, (side - w) // 2
     square = np.zeros((side, side), dtype=np.float32)
     square[top : top + h, left : left + w] = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    small = resize(square, (GRID, GRID), order=1, anti_aliasing=True).astype(np.float32)
-    mask = ndimage.gaussian_filter(small, 1.0) > 0.05
-    image = np.zeros_like(small)
-    if mask.any():
-        image[mask] = equalize_hist(small, nbins=64, mask=mask)[mask] * 0.99 + 0.01
-    fine = resize(square, (SPECTRUM_GRID, SPECTRUM_GRID), order=1, anti_aliasing=True)
-    polar = np.stack([_log_polar(fine), _log_polar(fine.T)]).astype(np.float32)
-    return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+    return resize(square, (size, size), order=1, anti_aliasing=True).astype(np.float32)
+
+
+def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> float:
+    """Robust white-noise standard deviation of a slice in unit intensities (its robust window = 1): the
+    median absolute difference of horizontal neighbours / (0.6745 √2). Anatomy moves few neighbour
+    differences, so the median reads the noise; a clean slice with a zero background reads ≈ 0."""
+    steps = np.diff(scale_unit(slice2d, settings), axis=1)
+    return float(np.median(np.abs(steps)) / (0.6745 * math.sqrt(2.0))) if steps.size else 0.0
+
+
+def _denoised(slice2d: np.ndarray, noise: float, target: float) -> np.ndarray:
+    """The slice smoothed by the Gaussian that brings white noise of level ``noise`` down to ``target``
+    (a Gaussian of σ pixels divides it by 2√π σ), σ at most MAX_DENOISE_SIGMA; unchanged for σ < 0.5."""
+    sigma = min(noise / (2.0 * math.sqrt(math.pi) * target), MAX_DENOISE_SIGMA)
+    return ndimage.gaussian_filter(slice2d, sigma) if sigma >= 0.5 else slice2d
 
 
 @lru_cache(maxsize=1)
