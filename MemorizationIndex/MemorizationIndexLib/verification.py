@@ -221,18 +221,28 @@ def _global_correlation(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) 
 
 
 def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[float, np.ndarray]:
-    """Score and copy mask (grid pixels) of an aligned candidate. The score divides the largest
-    agreeing region by the smaller of the two foregrounds (the most two slices can share), so that
-    an alignment that overlaps the slices only in a corner cannot score high."""
+    """Score and copy mask (grid pixels) of an aligned candidate. The largest agreeing region is the
+    copy mask; each of its pixels counts by how far its local correlation rises above AGREEMENT (1 for a
+    perfect match, :func:`_strength`), and the sum is divided by the smaller of the two foregrounds (the
+    most two slices can share), so that an alignment that overlaps the slices only in a corner cannot score
+    high and another person's loosely similar anatomy counts less than an exact (partial) copy."""
     overlap = query.mask & moved_mask
     if overlap.sum() < GRID * GRID // 50:
         return 0.0, np.zeros_like(overlap)
-    agree = ndimage.binary_closing(local_correlation(query.image, moved, overlap) >= AGREEMENT) & overlap
+    correlation = local_correlation(query.image, moved, overlap)
+    agree = ndimage.binary_closing(correlation >= AGREEMENT) & overlap
     labels, count = ndimage.label(agree)
     if count == 0:
         return 0.0, agree
     largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    return float(largest.sum() / min(query.mask.sum(), moved_mask.sum())), largest
+    return float(_strength(correlation[largest]).sum() / min(query.mask.sum(), moved_mask.sum())), largest
+
+
+def _strength(correlation: np.ndarray) -> np.ndarray:
+    """Evidence of agreeing pixels: (correlation − AGREEMENT) / (1 − AGREEMENT), clipped to [0, 1]. A copy
+    agrees almost perfectly (≈ 1); another person's similar anatomy sits just above AGREEMENT (≈ 0.3),
+    so partial copies are no longer outscored by large loosely agreeing regions."""
+    return np.clip((correlation - AGREEMENT) / (1.0 - AGREEMENT), 0.0, 1.0)
 
 
 def _hypotheses(query: Grid, candidate: Grid) -> list[tuple[bool, float, float]]:
