@@ -5,10 +5,12 @@ the aligned overlap is scored. The alignment covers an optional transpose follow
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
 come from the log-polar magnitude spectra (Fourier–Mellin: scikit-image's ``phase_cross_correlation``
 of log-polar maps), translation from phase correlation. The score is the share of the smaller
-foreground in which the local correlation of rank-equalised intensities (Gaussian windows) is high:
-rank equalisation removes monotone intensity changes, local windows tolerate bias fields, and pixels
-that are background in either slice (zero-filled bands, empty margins) never count as agreement.
-The largest agreeing region is the copy mask.
+foreground in which the local correlation of rank-equalised intensities (Gaussian windows) is high,
+each agreeing pixel weighted by how far its correlation rises above the agreement level (exact copies
+≈ 1, another person's similar anatomy ≈ 0.3): rank equalisation removes monotone intensity changes,
+local windows tolerate bias fields, and pixels that are background in either slice (zero-filled bands,
+empty margins) never count as agreement. The largest agreeing region is the copy mask. A noisy slice is
+smoothed by its estimated noise level before it is cropped and put on the grid.
 """
 
 from __future__ import annotations
