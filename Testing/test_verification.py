@@ -58,7 +58,7 @@ def _angle_error(found: float, expected: float) -> float:
 def test_turned_copies_verify_with_their_transform(pair, make, transposed, angle):
     source, _ = pair
     result = verify_candidates(np.ascontiguousarray(make(source)), [source])[0]
-    assert result.score >= 0.9
+    assert result.score >= 0.55  # interpolation keeps the local correlation a little under 1
     assert result.alignment.transposed == transposed
     assert _angle_error(result.alignment.angle, angle) <= 2.0
 
@@ -70,7 +70,7 @@ def test_translated_copy_with_zero_fill_finds_the_shift_and_box(pair):
     query = np.zeros_like(source)
     query[band:] = source[: h - band]
     result = verify_candidates(query, [source])[0]
-    assert result.score >= 0.9
+    assert result.score >= 0.55
     pixel = max(h, w) / GRID
     centre = result.alignment.matrix @ np.array([w / 2, h / 2, 1.0])
     assert abs(centre[0] - w / 2) <= pixel and abs(centre[1] - (h / 2 + band)) <= pixel
@@ -80,7 +80,7 @@ def test_translated_copy_with_zero_fill_finds_the_shift_and_box(pair):
 def test_zoomed_copy_finds_the_scale(pair):
     source, _ = pair
     result = verify_candidates(zoom(source, 1.2), [source])[0]
-    assert result.score >= 0.8
+    assert result.score >= 0.65
     assert abs(np.sqrt(np.linalg.det(result.alignment.matrix[:2, :2])) - 1.2) <= 0.03
 
 
@@ -88,7 +88,7 @@ def test_zoomed_copy_finds_the_scale(pair):
 def test_intensity_and_noise_edits_still_verify(pair, edit):
     source, _ = pair
     result = verify_candidates(augment_condition(source, edit, np.random.default_rng(1)).image, [source])[0]
-    assert result.score >= 0.75
+    assert result.score >= 0.4
 
 
 def test_half_copy_is_located(pair):
@@ -97,14 +97,49 @@ def test_half_copy_is_located(pair):
     w = source.shape[1]
     query[:, : w // 2] = source[:, : w // 2]
     result = verify_candidates(query, [source])[0]
-    assert result.score >= 0.35
+    assert result.score >= 0.3
     assert result.mask[:, : w // 2].sum() >= 0.8 * result.mask.sum()  # the copy map lies in the copied half
     assert result.mask[:, : w // 2][source[:, : w // 2] > 0.1].mean() >= 0.5  # and covers most of it
 
 
+def _box_iou(box: tuple[int, int, int, int] | None, truth: tuple[int, int, int, int]) -> float:
+    if box is None:
+        return 0.0
+    rows = max(0, min(box[2], truth[2]) - max(box[0], truth[0]))
+    inter = rows * max(0, min(box[3], truth[3]) - max(box[1], truth[1]))
+    area = (box[2] - box[0]) * (box[3] - box[1]) + (truth[2] - truth[0]) * (truth[3] - truth[1])
+    return inter / (area - inter)
+
+
+def test_right_half_copy_scores_well_above_another_person_and_is_boxed(pair):
+    source, other = pair
+    query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    h, w = source.shape
+    query[:, w // 2 :] = source[:, w // 2 :]  # the right half is the training slice, the left another person
+    half, stranger = verify_candidates(query, [source, other])
+    assert half.score >= 0.3 and half.score >= 5 * verify_candidates(other, [source])[0].score
+    assert half.mask[:, w // 2 :].sum() >= 0.9 * half.mask.sum()  # the copy map lies in the copied half
+    rows = np.flatnonzero((source[:, w // 2 :] > 0.1).any(axis=1))
+    assert _box_iou(half.box, (rows[0], w // 2, rows[-1] + 1, w)) >= 0.5
+
+
+def test_heavily_noised_copy_is_framed_and_verified(pair):
+    source, other = pair
+    rng = np.random.default_rng(3)
+
+    def noised(x: np.ndarray) -> np.ndarray:  # Rician noise of σ = 0.12, as the benchmark's ``rician`` edit
+        return np.clip(np.hypot(x + rng.normal(0, 0.12, x.shape), rng.normal(0, 0.12, x.shape)), 0, 1)
+
+    query = noised(source).astype(np.float32)
+    assert abs(to_grid(query).side - to_grid(source).side) <= 0.05 * to_grid(source).side  # crop survives noise
+    copy = verify_candidates(query, [source])[0]
+    assert copy.score >= 0.4
+    assert copy.score >= 5 * verify_candidates(noised(other).astype(np.float32), [source])[0].score
+
+
 def test_other_person_verifies_low(pair):
     source, other = pair
-    assert verify_candidates(other, [source])[0].score <= 0.3
+    assert verify_candidates(other, [source])[0].score <= 0.1
 
 
 def test_empty_regions_do_not_count_as_agreement(pair):

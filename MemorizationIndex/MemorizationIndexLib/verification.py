@@ -7,8 +7,10 @@ come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation o
 translation from phase correlation. The score is the share of the smaller foreground in which the
 local correlation of rank-equalised intensities (Gaussian windows) is high: rank equalisation
 removes monotone intensity changes, local windows tolerate bias fields, and pixels that are
-background in either slice (zero-filled bands, empty margins) never count as agreement. The
-largest agreeing region is the copy mask.
+background in either slice (zero-filled bands, empty margins) never count as agreement. Each
+agreeing pixel is weighted by how far its correlation rises above the agreement level (exact copies
+≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A noisy
+slice is smoothed by its estimated noise level before it is cropped and put on the grid.
 
 One query is verified against all its candidates at once (:func:`verify_many`): the phase
 correlations are batched FFTs, the warps one ``grid_sample`` call, and the resizes, band-pass and
@@ -30,7 +32,7 @@ from skimage.exposure import equalize_hist
 from skimage.filters import window
 from skimage.transform import resize
 
-from .preprocess import PreprocessSettings, scaled_foreground
+from .preprocess import PreprocessSettings, scale_unit, scaled_foreground
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
@@ -43,6 +45,9 @@ _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
 _HYPOTHESES = 4  # per candidate: {as is, transposed} x {theta, theta + 180}
+NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
+CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
+MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 
 
 @dataclass(frozen=True)
@@ -101,8 +106,12 @@ class Verification:
 
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
     """Robust-scale a raw 2D slice [rows, cols], crop it to the rows and columns holding foreground
-    (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize."""
-    unit = scaled_foreground(np.asarray(slice2d, dtype=np.float32), settings)
+    (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize.
+    A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
+    the image that is scored."""
+    raw = np.asarray(slice2d, dtype=np.float32)
+    noise = noise_level(raw, settings)
+    unit = scaled_foreground(_denoised(raw, noise, CROP_NOISE_TARGET), settings)
     foreground = unit > 0
     rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
     if len(rows) < 2 or len(cols) < 2:
@@ -111,13 +120,33 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     side = int(max(h, w))
     top, left = (side - h) // 2, (side - w) // 2
     crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    mask = ndimage.gaussian_filter(_resized(crop, side, (top, left), GRID), 1.0) > 0.05
+    if noise > NOISE_TARGET:
+        unit = scaled_foreground(_denoised(raw, noise, NOISE_TARGET), settings)
+        crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     small = _resized(crop, side, (top, left), GRID)
-    mask = ndimage.gaussian_filter(small, 1.0) > 0.05
     image = np.zeros_like(small)
     if mask.any():
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
     polar = _log_polar(_resized(crop, side, (top, left), SPECTRUM_GRID)).astype(np.float32)
     return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+
+
+def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> float:
+    """Robust white-noise standard deviation of a slice in unit intensities (its robust window = 1): the
+    median absolute difference of neighbouring pixels (both axes, so a transposed slice reads the same)
+    / (0.6745 √2). Anatomy moves few neighbour
+    differences, so the median reads the noise; a clean slice with a zero background reads ≈ 0."""
+    unit = scale_unit(slice2d, settings)
+    steps = np.concatenate([np.diff(unit, axis=0).ravel(), np.diff(unit, axis=1).ravel()])
+    return float(np.median(np.abs(steps)) / (0.6745 * math.sqrt(2.0))) if steps.size else 0.0
+
+
+def _denoised(slice2d: np.ndarray, noise: float, target: float) -> np.ndarray:
+    """The slice smoothed by the Gaussian that brings white noise of level ``noise`` down to ``target``
+    (a Gaussian of σ pixels divides it by 2√π σ), σ at most MAX_DENOISE_SIGMA; unchanged for σ < 0.5."""
+    sigma = min(noise / (2.0 * math.sqrt(math.pi) * target), MAX_DENOISE_SIGMA)
+    return ndimage.gaussian_filter(slice2d, sigma) if sigma >= 0.5 else slice2d
 
 
 def _mirrored(index: np.ndarray, size: int) -> np.ndarray:
@@ -329,18 +358,28 @@ def _global_correlations(query: Grid, moved: np.ndarray, moved_masks: np.ndarray
 
 
 def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[float, np.ndarray]:
-    """Score and copy mask (grid pixels) of an aligned candidate. The score divides the largest
-    agreeing region by the smaller of the two foregrounds (the most two slices can share), so that
-    an alignment that overlaps the slices only in a corner cannot score high."""
+    """Score and copy mask (grid pixels) of an aligned candidate. The largest agreeing region is the
+    copy mask; each of its pixels counts by how far its local correlation rises above AGREEMENT (1 for a
+    perfect match, :func:`_strength`), and the sum is divided by the smaller of the two foregrounds (the
+    most two slices can share), so that an alignment that overlaps the slices only in a corner cannot score
+    high and another person's loosely similar anatomy counts less than an exact (partial) copy."""
     overlap = query.mask & moved_mask
     if overlap.sum() < GRID * GRID // 50:
         return 0.0, np.zeros_like(overlap)
-    agree = ndimage.binary_closing(local_correlation(query.image, moved, overlap) >= AGREEMENT) & overlap
+    correlation = local_correlation(query.image, moved, overlap)
+    agree = ndimage.binary_closing(correlation >= AGREEMENT) & overlap
     labels, count = ndimage.label(agree)
     if count == 0:
         return 0.0, agree
     largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    return float(largest.sum() / min(query.mask.sum(), moved_mask.sum())), largest
+    return float(_strength(correlation[largest]).sum() / min(query.mask.sum(), moved_mask.sum())), largest
+
+
+def _strength(correlation: np.ndarray) -> np.ndarray:
+    """Evidence of agreeing pixels: (correlation − AGREEMENT) / (1 − AGREEMENT), clipped to [0, 1]. A copy
+    agrees almost perfectly (≈ 1); another person's similar anatomy sits just above AGREEMENT (≈ 0.3),
+    so partial copies are no longer outscored by large loosely agreeing regions."""
+    return np.clip((correlation - AGREEMENT) / (1.0 - AGREEMENT), 0.0, 1.0)
 
 
 def _hypotheses(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
