@@ -24,8 +24,8 @@ def test_shortlist_takes_the_views_in_turn_without_repeats() -> None:
     as_cut = (np.array([[1, 1, 2, 3]]), np.array([[0.9, 0.8, 0.7, 0.6]]))
     transposed = (np.array([[7, 1, 8, -1]]), np.array([[0.5, 0.4, 0.3, -np.inf]]))
     smoothed = (np.array([[2, 9, 4, 5]]), np.array([[0.95, 0.2, 0.1, 0.0]]))
-    assert shortlist([as_cut, transposed, smoothed], 5).tolist() == [[1, 7, 2, 8, 9]]
-    assert shortlist([as_cut, transposed, smoothed], 8).tolist() == [[1, 7, 2, 8, 9, 3, 4, 5]]
+    assert shortlist([as_cut, transposed, smoothed], 5).tolist() == [[1, 7, 2, 9, 3]]
+    assert shortlist([as_cut, transposed, smoothed], 8).tolist() == [[1, 7, 2, 9, 3, 8, 4, 5]]
 
 
 def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null() -> None:

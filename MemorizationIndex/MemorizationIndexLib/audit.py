@@ -345,14 +345,14 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
     null = index.verified_null
     used = stage is not None and stage.used
     reason = "" if used else (stage.reason if stage is not None else "the second stage was not run")
-    return {
+    block = {
         "used": used,
         "reason": reason,
         "k": index.candidates,
         "views": list(VIEWS),
         "null_n": 0 if null is None else len(null.scores),
-        "threshold": null.threshold(alpha / 2) if null is not None else None,
     }
+    return block | ({"threshold": null.threshold(alpha / 2)} if null is not None else {})
 
 
 def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
