@@ -234,7 +234,7 @@ def verify(query: Grid, candidate: Grid) -> Verification:
             best = (score, Alignment(transposed, angle, scale, matrix), copied)
     score, alignment, copied = best
     mask = _to_slice(copied, query)
-    return Verification(score, alignment, mask, _box(mask))
+    return Verification(score, alignment, mask, bounding_box(mask))
 
 
 def _grid_of(grid: Grid) -> np.ndarray:
@@ -261,7 +261,7 @@ def _to_slice(grid_mask: np.ndarray, query: Grid) -> np.ndarray:
     return out & query.foreground
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box (row0, col0, row1, col1), ends exclusive, of a bool mask; None when empty."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
