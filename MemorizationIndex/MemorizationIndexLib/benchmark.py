@@ -577,6 +577,7 @@ def evaluate_dataset(
     index = _benchmark_index(
         prepared, features, encoder_info, preprocessing=preprocessing, seed=seed, work_dir=work_dir, log=log, **stage
     )
+    _note_unreachable_alpha(prepared, index, alpha)
     scored = _score_conditions(
         prepared,
         features,
@@ -643,6 +644,19 @@ def _benchmark_index(
             preprocessing=preprocessing,
             seed=seed,
             verified_null=verified_null,
+        )
+
+
+def _note_unreachable_alpha(prepared: PreparedDataset, index, alpha: float) -> None:
+    """Add a note when the verified null is too small for any flag_p to fall below ``alpha``."""
+    if index.verified_null is None:
+        return
+    n = len(index.verified_null.scores)
+    if 1.0 / (1 + n) >= alpha:
+        prepared.notes.append(
+            f"{prepared.name}: the verified null holds {n} held-out slices, so flag_p is at least 1/{n + 1} "
+            f"= {1 / (n + 1):.4f}, not below alpha {alpha}: no slice can be flagged by both stages "
+            "(more reference subjects or slices give a larger null)."
         )
 
 
