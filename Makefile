@@ -39,13 +39,16 @@ test: install test-tools lint
 bench: install
 	$(PY) tools/bench_perf.py --out bench
 
+# Both stages of the audit (global search + verification); BENCHMARK_ARGS=--no-verification measures the
+# global stage alone, several times faster.
+BENCHMARK_ARGS ?=
 benchmark: install
 	$(VENV)/bin/memorization-index benchmark \
 		--dataset brain=../shared/data/brain/ds002748 \
 		--dataset spine=../shared/data/spine/myosegmentum \
 		--dataset knee=../shared/data/knee \
 		--subject-pattern 'knee=(pykneer-s01|pymskt-s02)' \
-		--out bench-quality
+		--out bench-quality $(BENCHMARK_ARGS)
 	cp bench-quality/results.md docs/benchmarks.md
 
 clean:

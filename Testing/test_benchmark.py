@@ -29,7 +29,7 @@ from MemorizationIndexLib.baselines import (
     kmeans,
     vendi,
 )
-from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, split_subjects
+from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
@@ -253,11 +253,14 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
             "0.3",
             "--seed",
             "1",
+            "--no-verification",
         ]
     )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seed"] == 1 and results["settings"]["conditions"] == ["clean", "hflip", "half"]
+    assert "--no-verification" in results["command"] and not results["settings"]["verification"]["used"]
+    assert results["two_stage"] == [] and results["datasets"][0]["verified_null"] is None
     per = [r for r in results["per_sample"] if r["condition"] != "half"]
     assert {r["method"] for r in per} == {"mi", "mi_paper", "cosine_raw", "pixel_corr"}
     for row in per:
@@ -294,6 +297,50 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     assert "| hflip |" in table4 and "half" not in table4
     generator = markdown.split("## Generator-like conditions")[1]
     assert "| spine | half |" in generator and "U[0.3, 0.6]" in generator
+    assert "## Both stages" not in markdown
+
+
+def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encoder):
+    """The shipped pipeline on a tiny real run: a verified null from the reference pixels, both stages on every
+    query; clean copies are flagged with their true source, few novel slices are.
+
+    A null of six reference subjects is coarse: on this split 3 of 24 clean and 4 of 24 transposed novel slices
+    are flagged at alpha = 0.01 (the global stage flags none), with three subjects 18 of 24; the bound below
+    only guards against a flag that no longer separates copies from novel slices."""
+    spine = [str(p) for p in sorted((shared_data / "spine" / "myosegmentum").glob("*.nii.gz"))[:12]]
+    results = run_benchmark(
+        [DatasetSpec("spine", spine)],
+        tmp_path / "bench",
+        encoder=encoder,
+        levels=(0.5,),
+        conditions=("clean", "transpose", "half"),
+        slices_per_split=24,
+        seed=1,
+        alpha=0.01,  # the null of so small a reference holds a few hundred slices: 0.001 is out of reach
+    )
+    info = results["datasets"][0]
+    assert info["verified_null"]["n"] >= 100 and 0 < info["verified_null"]["threshold"] <= 1
+    assert not any("verified null holds" in note for note in info["notes"])
+    assert results["settings"]["verification"]["used"] and results["settings"]["verification"]["k"] == 6
+    two = {r["condition"]: r for r in results["two_stage"]}
+    assert set(two) == {"clean", "transpose", "half"}
+    for row in two.values():
+        assert row["n_duplicates"] == 12 and row["n_novel"] == 24 and row["dataset"] == "spine"
+        for key in ("flagged", "false_positive_rate", "candidate_recall"):
+            assert 0.0 <= row[key] <= 1.0
+        assert row["top1_flagged"] is None or 0.0 <= row["top1_flagged"] <= 1.0
+    assert two["clean"]["flagged"] == 1.0 and two["clean"]["top1_flagged"] == 1.0
+    assert two["clean"]["candidate_recall"] == 1.0 and two["transpose"]["candidate_recall"] == 1.0
+    assert two["clean"]["false_positive_rate"] <= 0.25 and two["transpose"]["false_positive_rate"] <= 0.25
+    assert {"located", "box_iou_mean", "mask_iou_mean"} <= set(two["half"]) and "located" not in two["clean"]
+    assert all(0.0 <= two["half"][key] <= 1.0 for key in ("located", "box_iou_mean", "mask_iou_mean"))
+    auc = {r["condition"]: r["auroc"] for r in results["per_sample"] if r["method"] == "two_stage"}
+    assert set(auc) == {"clean", "transpose", "half"} and all(0.0 <= a <= 1.0 for a in auc.values())
+    assert auc["clean"] >= 0.9  # 0.958 here: the novel slices flagged tie with the copies at flag_p's floor
+    markdown = (tmp_path / "bench" / "results.md").read_text()
+    table = markdown.split("## Both stages")[1].split("\n## ")[0]
+    assert "| spine | clean |" in table and "| spine | half |" in table
+    assert "two_stage mean / min" in markdown.split("## Sample-level detection, AUROC")[1].split("\n## ")[0]
 
 
 # ---------------------------------------------------------------- generator-like conditions (second group)

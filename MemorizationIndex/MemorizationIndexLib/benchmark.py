@@ -4,8 +4,11 @@ Per dataset: subjects are split (seeded) into reference and test subjects; ``n``
 slices are sampled from each side; at each duplication level that share of the test slices is
 replaced by reference slices drawn without replacement; every query slice (duplicates and novel
 alike) is augmented by each condition. The reference (with flipped copies, as ``build-index``
-does) is written with :func:`build_index_from_features` and queries are scored with
-:func:`audit.score_features`, so the benchmark measures the shipped scoring path.
+does) is written with :func:`build_index_from_features`, with the verified null made from the
+reference pixels as ``build-index`` makes it (:func:`verified_null.reference_verified_null`), and
+queries are scored through both stages of the audit (:mod:`benchmark_stages`), so the benchmark
+measures the shipped pipeline; ``verification=False`` (``--no-verification``) scores the global
+stage alone.
 
 Levels are nested (the duplicates of 5% are among those of 15%, ...) and every distinct
 (slice, condition) is augmented and embedded once and reused across levels.
@@ -38,6 +41,7 @@ from .augment import (
 from .augment_geometry import Params
 from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
 from .benchmark_report import render_markdown
+from .benchmark_stages import TwoStage, score_two_stage, two_stage_figures
 from .embedding import embed_slices
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
@@ -48,7 +52,9 @@ from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_
 from .reference_index import EncoderInfo, Provenance
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
+from .second_stage import DEFAULT_CANDIDATES, VIEWS, grids_of_slices, search_depth
 from .transforms import REFERENCE_COPIES, reference_copy
+from .verified_null import reference_verified_null
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
 from .whitening import ShrinkageWhitener
 
@@ -56,7 +62,7 @@ DEFAULT_LEVELS: tuple[float, ...] = (0.05, 0.15, 0.30, 0.45)
 DEFAULT_SLICES_PER_SPLIT = 250
 PIXEL_SIZE = 64
 PAPER_NULL_SPLITS = 10
-METHODS = ("mi", "mi_paper", "cosine_raw", "pixel_corr")
+METHODS = ("mi", "two_stage", "mi_paper", "cosine_raw", "pixel_corr")
 
 Log = Callable[[str], None]
 
@@ -352,6 +358,7 @@ class _ConditionScores:
     correct_source: dict[str, np.ndarray] = field(default_factory=dict)  # duplicates whose top-1 is the true source
     paper_null: NullModel | None = None
     paper_similarity: dict[str, np.ndarray] = field(default_factory=dict)
+    two_stage: dict[str, TwoStage] = field(default_factory=dict)  # both stages (when verification runs)
 
 
 def _score_conditions(
@@ -364,8 +371,13 @@ def _score_conditions(
     preprocessing: PreprocessSettings,
     seed: int,
     baselines: bool,
+    encoder: Encoder | None = None,
+    batch_size: int = 32,
 ) -> _ConditionScores:
-    """Score every condition's queries with the shipped path (``mi``) and, optionally, the baselines."""
+    """Score every condition's queries with the shipped path: the global stage (``mi``) and, given the
+    ``encoder``, both stages (``two_stage``); optionally the baselines."""
+    grids = grids_of_slices(prepared.reference_slices, preprocessing) if encoder is not None else None
+    depth = search_depth(index.candidates) if encoder is not None else 1
     reference_raw = {b: features.reference[b][: prepared.n] for b in blocks}
     out = _ConditionScores({m: {} for m in METHODS})
     if baselines:
@@ -375,7 +387,12 @@ def _score_conditions(
     prov = prepared.reference_provenance
     true_source = [(prov.source[r], prov.slice[r]) for r in prepared.duplicate_rows]
     for condition, raw in features.queries.items():
-        rows, _, _ = score_features(index, {b: raw[b] for b in blocks}, alpha, k=1)
+        rows, ids, found = score_features(index, {b: raw[b] for b in blocks}, alpha, k=depth)
+        if encoder is not None:
+            two = score_two_stage(
+                index, encoder, prepared.queries[condition], rows, ids, found, grids, alpha=alpha, batch_size=batch_size
+            )
+            out.two_stage[condition], out.scores["two_stage"][condition] = two, two.score
         out.scores["mi"][condition] = np.array([r["similarity"] for r in rows])
         out.mi[condition] = np.array([r["mi"] for r in rows])
         out.oni[condition] = np.array([r["oni"] for r in rows])
@@ -548,24 +565,28 @@ def evaluate_dataset(
     seed: int = 0,
     set_level: bool = True,
     baselines: bool = True,
+    encoder: Encoder | None = None,
+    batch_size: int = 32,
     work_dir: str | Path | None = None,
     log: Log = lambda m: None,
 ) -> dict:
     """All metrics of one dataset: per-sample AUROC/AUPRC, set-level scores (paper conditions), provenance,
-    copies flagged and false positives."""
+    copies flagged and false positives; with the ``encoder``, also both stages (``two_stage``)."""
     blocks = list(encoder_info.blocks)
-    _, provenance = reference_with_copies(prepared)
-    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        index = build_index_from_features(
-            {b: features.reference[b] for b in blocks},
-            provenance,
-            Path(tmp) / "index",
-            encoder_info=encoder_info,
-            preprocessing=preprocessing,
-            seed=seed,
-        )
+    stage = {"encoder": encoder, "batch_size": batch_size}
+    index = _benchmark_index(
+        prepared, features, encoder_info, preprocessing=preprocessing, seed=seed, work_dir=work_dir, log=log, **stage
+    )
     scored = _score_conditions(
-        prepared, features, index, blocks, alpha=alpha, preprocessing=preprocessing, seed=seed, baselines=baselines
+        prepared,
+        features,
+        index,
+        blocks,
+        alpha=alpha,
+        preprocessing=preprocessing,
+        seed=seed,
+        baselines=baselines,
+        **stage,
     )
     out: dict = {"per_sample": [], "set_level": [], "provenance": []}
     _condition_rows(
@@ -573,6 +594,7 @@ def evaluate_dataset(
     )
     out["false_positive_rate"], out["false_positive_rate_by_condition"] = _false_positive_rate(prepared, scored)
     out["copies"] = _copies_found(prepared, scored)
+    out["two_stage"] = _two_stage_rows(prepared, scored, preprocessing)
     out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
     null_info = out["info"]["null"]
     rates = ", ".join(f"{r['group']} {r['value']:.4f}" for r in out["false_positive_rate"])
@@ -580,9 +602,74 @@ def evaluate_dataset(
     return out
 
 
+def _benchmark_index(
+    prepared: PreparedDataset,
+    features: DatasetFeatures,
+    encoder_info: EncoderInfo,
+    *,
+    encoder: Encoder | None,
+    preprocessing: PreprocessSettings,
+    seed: int,
+    batch_size: int,
+    work_dir: str | Path | None,
+    log: Log,
+):
+    """The benchmark's reference index (the reference slices and their copies); given the ``encoder``,
+    with the verified null made from the reference pixels as ``build-index`` makes it."""
+    blocks = list(encoder_info.blocks)
+    _, provenance = reference_with_copies(prepared)
+    reference = {b: features.reference[b] for b in blocks}
+    verified_null = None
+    if encoder is not None:
+        start = time.perf_counter()
+        verified_null = reference_verified_null(
+            prepared.reference_slices,
+            prepared.reference_provenance.subject,
+            reference,
+            np.asarray(provenance.original_row),
+            encoder,
+            preprocessing,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        seconds = time.perf_counter() - start
+        log(f"{prepared.name}: verified null of {len(verified_null.scores)} held-out slices in {seconds:.0f} s")
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        return build_index_from_features(
+            reference,
+            provenance,
+            Path(tmp) / "index",
+            encoder_info=encoder_info,
+            preprocessing=preprocessing,
+            seed=seed,
+            verified_null=verified_null,
+        )
+
+
+def _two_stage_rows(prepared: PreparedDataset, scored: _ConditionScores, settings: PreprocessSettings) -> list[dict]:
+    """Per condition, over every novel slice and the largest level's duplicates: the figures of both stages."""
+    return [
+        {
+            "dataset": prepared.name,
+            "condition": condition,
+            **two_stage_figures(
+                two,
+                prepared.n,
+                prepared.duplicate_rows,
+                prepared.reference_provenance,
+                truth=prepared.copy_masks.get(condition),
+                queries=prepared.queries[condition],
+                settings=settings,
+            ),
+        }
+        for condition, two in scored.two_stage.items()
+    ]
+
+
 def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: NullModel | None) -> dict:
-    """The dataset's description in results.json: subjects, sizes, null and threshold."""
+    """The dataset's description in results.json: subjects, sizes, nulls and thresholds."""
     threshold = index.null_model.threshold(alpha)
+    verified = index.verified_null
     return {
         "dataset": prepared.name,
         "reference_subjects": prepared.reference_subjects,
@@ -591,6 +678,11 @@ def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: Nu
         "max_duplicates": len(prepared.duplicate_rows),
         "null": index.config["null"],
         "threshold": threshold.to_dict(),
+        "verified_null": (
+            {"n": len(verified.scores), "threshold": float(verified.model.threshold(alpha).similarity)}
+            if verified is not None
+            else None
+        ),
         "paper_null": (
             {"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)} if paper_null else None
         ),
@@ -607,6 +699,7 @@ def _empty_results() -> dict:
         "copies": [],
         "false_positive_rate": [],
         "false_positive_rate_by_condition": [],
+        "two_stage": [],
         "datasets": [],
     }
 
@@ -620,6 +713,7 @@ def _add_dataset(results: dict, part: dict, spec: DatasetSpec, t0: float) -> Non
         "copies",
         "false_positive_rate",
         "false_positive_rate_by_condition",
+        "two_stage",
     ):
         results[key] += part[key]
     results["datasets"].append(
@@ -647,10 +741,12 @@ def run_benchmark(
     alpha: float = DEFAULT_ALPHA,
     batch_size: int = 32,
     preprocessing: PreprocessSettings = PreprocessSettings(),
+    verification: bool = True,
     command: str | None = None,
     log: Log = lambda m: None,
 ) -> dict:
-    """Run the whole benchmark and write ``results.json`` and ``results.md`` into ``out_dir``."""
+    """Run the whole benchmark and write ``results.json`` and ``results.md`` into ``out_dir``;
+    ``verification=False`` scores the global stage alone."""
     started = time.perf_counter()
     if encoder is None:
         encoder = load_encoder(encoder_name, checkpoint=checkpoint, device=device)
@@ -678,26 +774,29 @@ def run_benchmark(
             preprocessing=preprocessing,
             alpha=alpha,
             seed=seed,
+            encoder=encoder if verification else None,
+            batch_size=batch_size,
             work_dir=out_path,
             log=log,
         )
         _add_dataset(results, part, spec, t0)
-        _write_results(
-            results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started
-        )
+        run = {"levels": levels, "conditions": conditions, "slices_per_split": slices_per_split, "seed": seed}
+        run |= {"alpha": alpha, "verification": verification, "command": command, "started": started}
+        _write_results(results, out_path, info, preprocessing, run)
     return results
 
 
 def _write_results(
-    results, out_path, info, preprocessing, levels, conditions, slices_per_split, seed, alpha, command, started
+    results: dict, out_path: Path, info: EncoderInfo, preprocessing: PreprocessSettings, run: dict
 ) -> None:
-    """(Re)write results.json and results.md with the datasets done so far."""
+    """(Re)write results.json and results.md with the datasets done so far; ``run``: the run's levels,
+    conditions, slices_per_split, seed, alpha, verification, command and start (``time.perf_counter``)."""
     results.update(
         {
             "tool": "MemorizationIndex",
             "version": __version__,
-            "command": command,
-            "seed": seed,
+            "command": run["command"],
+            "seed": run["seed"],
             "settings": {
                 "encoder": {
                     "name": info.name,
@@ -707,18 +806,19 @@ def _write_results(
                     "checkpoint": info.checkpoint,
                 },
                 "preprocessing": preprocessing.to_dict(),
-                "levels": list(levels),
-                "conditions": list(conditions),
-                "slices_per_split": slices_per_split,
-                "alpha": alpha,
+                "levels": list(run["levels"]),
+                "conditions": list(run["conditions"]),
+                "slices_per_split": run["slices_per_split"],
+                "alpha": run["alpha"],
                 "split": "by subject (seeded); reference = the larger half of the subjects",
                 "pixel_corr_size": PIXEL_SIZE,
                 "score_used_for_ranking": "mi ranks by the similarity s (mi is a monotone function of s; "
-                "s avoids ties where mi rounds to 1.0)",
+                "s avoids ties where mi rounds to 1.0); two_stage ranks by 1 - flag_p (the order of the flag)",
                 "set_level_features": "raw block features concatenated; "
                 "CT-score held-out set = the clean, unduplicated test slices",
+                "verification": _verification_settings(run["verification"]),
             },
-            "runtime_seconds": time.perf_counter() - started,
+            "runtime_seconds": time.perf_counter() - run["started"],
         }
     )
     for name, text in (
@@ -728,6 +828,20 @@ def _write_results(
         tmp = out_path / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_path / name)
+
+
+def _verification_settings(used: bool) -> dict:
+    """results.json's description of the second stage as the benchmark runs it."""
+    return {
+        "used": used,
+        "k": DEFAULT_CANDIDATES,
+        "views": list(VIEWS),
+        "flag": "flag_p < alpha, flag_p = verified_null.flag_p (Bonferroni) of the global and verified p-values"
+        if used
+        else "global p < alpha (--no-verification)",
+        "calibration": "assumed to hold for every condition's queries (the audit falls back to the verified "
+        "p-value alone for inputs the global null does not describe; the benchmark does not check)",
+    }
 
 
 def _jsonable(value):
@@ -797,6 +911,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for key, default in defaults.items():
         if str(getattr(args, key)) != str(default):
             parts += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    parts += ["--no-verification"] if args.no_verification else []
     parts += ["--out", str(args.out)]
     return shlex.join(parts)
 
@@ -840,6 +955,7 @@ def _run(args: argparse.Namespace) -> int:
         slices_per_split=args.slices_per_split,
         seed=args.seed,
         batch_size=args.batch_size,
+        verification=not args.no_verification,
         command=_command_line(args),
         log=log,
     )
@@ -855,18 +971,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _headline(results: dict, group: str, members: Sequence[str]) -> str:
-    """One line of a group's worst figures: mi AUROC / AUPRC, provenance, copies flagged, false-positive rate."""
+    """One line of a group's worst figures: mi AUROC / AUPRC, provenance, copies flagged, false-positive rate,
+    and those of both stages when they ran."""
     mi = [r for r in results["per_sample"] if r["method"] == "mi" and r["condition"] in members]
     if not mi:
         return ""
     prov = min(r["top1_accuracy"] for r in results["provenance"] if r["condition"] in members)
     flagged = min(r["flagged"] for r in results["copies"] if r["condition"] in members)
     fpr = max(r["value"] for r in results["false_positive_rate_by_condition"] if r["condition"] in members)
-    return (
+    line = (
         f"{group}: mi min AUROC {min(r['auroc'] for r in mi):.3f}, min AUPRC {min(r['auprc'] for r in mi):.3f}, "
         f"min provenance top-1 {prov:.3f}, min copies flagged {flagged:.3f}, "
         f"max false-positive rate of a condition {fpr:.4f}"
     )
+    two = [r for r in results["two_stage"] if r["condition"] in members]
+    if two:
+        auc = min(r["auroc"] for r in results["per_sample"] if r["method"] == "two_stage" and r["condition"] in members)
+        line += (
+            f"; two-stage min AUROC {auc:.3f}, min copies flagged {min(r['flagged'] for r in two):.3f}, "
+            f"max false-positive rate {max(r['false_positive_rate'] for r in two):.4f}"
+        )
+    return line
 
 
 def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
@@ -920,5 +1045,10 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--no-verification",
+        action="store_true",
+        help="score the global stage alone (quick runs): no verified null, no two-stage figures",
+    )
     parser.set_defaults(func=_run)
     return parser

@@ -35,9 +35,9 @@ from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
-from .second_stage import DEFAULT_CANDIDATES, VIEWS, grids_of_slices
+from .second_stage import DEFAULT_CANDIDATES, VIEWS
 from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
-from .verified_null import VERIFIED_NULL_QUERIES, NullQueries, VerifiedNull, split_verified_null, verify_against
+from .verified_null import NullQueries, VerifiedNull, reference_verified_null
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
 from .whitening import ShrinkageWhitener
 
@@ -257,38 +257,20 @@ def _verified_null(
     options: BuildOptions,
     cancel: threading.Event | None,
 ) -> VerifiedNull:
-    """Held-out slices through the second stage (verified_null.py): the holdout slices against the
-    whole reference when given, else held-out subject splits of the training slices."""
-    settings = options.preprocessing
-    grids = grids_of_slices(train.slices, settings)
-    original_row = np.asarray(provenance.original_row)
-
-    def whitener() -> ShrinkageWhitener:
-        return ShrinkageWhitener(seed=options.seed)
-
-    common = {"k": options.candidates, "batch_size": options.batch_size, "cancel": cancel}
-    if holdout is None:
-        return split_verified_null(
-            train.slices,
-            features,
-            original_row,
-            np.asarray(train.provenance.subject),
-            grids,
-            encoder,
-            settings,
-            whitener,
-            query_fraction=DEFAULT_QUERY_FRACTION,
-            seed=options.seed,
-            **common,
-        )
-    rng = np.random.default_rng(options.seed + 1)
-    chosen = np.sort(rng.choice(len(holdout.slices), min(VERIFIED_NULL_QUERIES, len(holdout.slices)), replace=False))
-    queries = NullQueries([holdout.slices[i] for i in chosen], {b: raw[chosen] for b, raw in holdout.features.items()})
-    every_row = np.arange(len(provenance))
-    scores, similarity = verify_against(
-        queries, features, every_row, original_row, grids, encoder, settings, whitener, **common
+    """The index's verified null (:func:`verified_null.reference_verified_null`) with the build options."""
+    return reference_verified_null(
+        train.slices,
+        train.provenance.subject,
+        features,
+        np.asarray(provenance.original_row),
+        encoder,
+        options.preprocessing,
+        holdout=holdout,
+        seed=options.seed,
+        k=options.candidates,
+        batch_size=options.batch_size,
+        cancel=cancel,
     )
-    return VerifiedNull(scores, similarity)
 
 
 def _with_copies(train: SliceSet, copies: Sequence[str]) -> tuple[Provenance, list[np.ndarray]]:

@@ -14,7 +14,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
 from .search import Neighbours
-from .second_stage import Verified, candidates, verify_slices
+from .second_stage import GridSource, Verified, candidates, verify_slices
 from .verification import Grid, to_grid
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
@@ -66,23 +66,23 @@ class ReferenceGrids:
         return out
 
 
-def verify_queries(
+def shortlist_queries(
     index: ReferenceIndex,
     encoder: Encoder,
     slices: Sequence[np.ndarray],
     as_cut: Neighbours,
-    grids: ReferenceGrids,
     *,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
-) -> list[Verified]:
-    """The best verified candidate of every query slice; ``as_cut`` is the audit's own search of
-    the slices (``second_stage.search_depth(index.candidates)`` deep)."""
+) -> np.ndarray:
+    """[n, index.candidates] candidate original rows of the query slices (-1 = none): the three views
+    searched in the index; ``as_cut`` is the audit's own search of the slices
+    (``second_stage.search_depth(index.candidates)`` deep)."""
 
     def search(raw: dict[str, np.ndarray], depth: int) -> Neighbours:
         return index.search(index.whiten(raw), k=depth)
 
-    shortlisted = candidates(
+    return candidates(
         encoder,
         slices,
         as_cut,
@@ -93,6 +93,21 @@ def verify_queries(
         batch_size=batch_size,
         cancel=cancel,
     )
+
+
+def verify_queries(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    as_cut: Neighbours,
+    grids: GridSource,
+    *,
+    batch_size: int = 32,
+    cancel: threading.Event | None = None,
+) -> list[Verified]:
+    """The best verified candidate of every query slice (:func:`shortlist_queries`, then
+    ``second_stage.verify_slices`` against the reference grids)."""
+    shortlisted = shortlist_queries(index, encoder, slices, as_cut, batch_size=batch_size, cancel=cancel)
     return verify_slices(slices, shortlisted, grids, index.preprocessing, cancel)
 
 

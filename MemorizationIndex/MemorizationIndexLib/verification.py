@@ -424,7 +424,7 @@ def verify_many(query: Grid, candidates: Sequence[Grid]) -> list[Verification]:
         matrix = _slice_map(query, candidate, bool(transposed[h]), _transform(angles[h], scales[h], shift))
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
         mask = _to_slice(copied, query)
-        results.append(Verification(score, alignment, mask, _box(mask)))
+        results.append(Verification(score, alignment, mask, bounding_box(mask)))
     return results
 
 
@@ -467,7 +467,7 @@ def _to_slice(grid_mask: np.ndarray, query: Grid) -> np.ndarray:
     return out & query.foreground
 
 
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Bounding box (row0, col0, row1, col1), ends exclusive, of a bool mask; None when empty."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import split_groups
+from .calibration import DEFAULT_QUERY_FRACTION, split_groups
 from .encoders.base import Encoder
 from .preprocess import PreprocessSettings
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
-from .second_stage import DEFAULT_CANDIDATES, GridSource, candidates, search_depth, verify_slices
+from .second_stage import DEFAULT_CANDIDATES, GridSource, candidates, grids_of_slices, search_depth, verify_slices
 from .whitening import ShrinkageWhitener
 
 VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most)
@@ -191,3 +191,55 @@ def split_verified_null(
         scores.append(found[0])
         similarity.append(found[1])
     return VerifiedNull(np.concatenate(scores), np.concatenate(similarity))
+
+
+def reference_verified_null(
+    slices: Sequence[np.ndarray],
+    subjects: Sequence[str],
+    features: dict[str, np.ndarray],
+    original_row: np.ndarray,
+    encoder: Encoder,
+    settings: PreprocessSettings,
+    *,
+    holdout: NullQueries | None = None,
+    seed: int = 0,
+    k: int = DEFAULT_CANDIDATES,
+    batch_size: int = 32,
+    cancel: threading.Event | None = None,
+) -> VerifiedNull:
+    """The verified null of a reference built from pixels (``build-index`` and the benchmark): the
+    holdout slices against the whole reference when given, else held-out subject splits of the
+    reference slices.
+
+    slices, subjects: the reference slices as cut (original row r is ``slices[r]``) and their subjects.
+    features, original_row: raw features of every indexed row and the original row each was made from.
+    """
+    grids = grids_of_slices(slices, settings)
+    original_row = np.asarray(original_row)
+
+    def whitener() -> ShrinkageWhitener:
+        return ShrinkageWhitener(seed=seed)
+
+    common = {"k": k, "batch_size": batch_size, "cancel": cancel}
+    if holdout is None:
+        return split_verified_null(
+            slices,
+            features,
+            original_row,
+            np.asarray(subjects),
+            grids,
+            encoder,
+            settings,
+            whitener,
+            query_fraction=DEFAULT_QUERY_FRACTION,
+            seed=seed,
+            **common,
+        )
+    rng = np.random.default_rng(seed + 1)
+    chosen = np.sort(rng.choice(len(holdout.slices), min(VERIFIED_NULL_QUERIES, len(holdout.slices)), replace=False))
+    queries = NullQueries([holdout.slices[i] for i in chosen], {b: raw[chosen] for b, raw in holdout.features.items()})
+    every_row = np.arange(len(original_row))
+    scores, similarity = verify_against(
+        queries, features, every_row, original_row, grids, encoder, settings, whitener, **common
+    )
+    return VerifiedNull(scores, similarity)

@@ -1,0 +1,132 @@
+"""Both stages of the audit in the benchmark (docs/method.md §7).
+
+Every condition's queries go through the audit's functions: the global search
+(``audit.score_features``), candidates from three views searched in the benchmark index
+(``index_verification.shortlist_queries``), pixel verification against the benchmark's reference
+slices (``second_stage.verify_slices``) and the flag that combines both stages with the verified
+null (``verified_null.flag_p``, Bonferroni; flagged = flag_p < alpha). The audit uses the combined p-value only
+when the global calibration holds for the audited input (``audit.finalize_flags``); the benchmark
+assumes it holds (its novel slices come from the same acquisition as the reference).
+
+Per condition: copies flagged, provenance of the verified candidate among flagged copies, novel
+slices flagged, recall of the true source among the candidates and, for partial copies, how well
+the copy box and mask of the verified candidate match the copied region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .encoders.base import Encoder
+from .index_verification import shortlist_queries
+from .preprocess import PreprocessSettings, scaled_foreground
+from .reference_index import Provenance, ReferenceIndex
+from .search import Neighbours
+from .second_stage import GridSource, Verified, verify_slices
+from .verification import bounding_box
+from .verified_null import flag_p as combined_p
+
+LOCATED_IOU = 0.5  # a partial copy is located when its copy box has at least this IoU with the copied region
+
+
+@dataclass(frozen=True)
+class TwoStage:
+    """Both stages of one condition's query rows: the flag's p-value [rows], the flag [rows], the
+    best verified candidate of each row and the candidates' original rows [rows, k] (-1 = none)."""
+
+    flag_p: np.ndarray
+    flagged: np.ndarray
+    verified: list[Verified]
+    shortlisted: np.ndarray
+
+    @property
+    def score(self) -> np.ndarray:
+        """The shipped detection score, ordered as the flag: 1 − flag_p."""
+        return 1.0 - self.flag_p
+
+
+def score_two_stage(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    rows: Sequence[dict],
+    ids: np.ndarray,
+    scores: np.ndarray,
+    grids: GridSource,
+    *,
+    alpha: float,
+    batch_size: int = 32,
+) -> TwoStage:
+    """The second stage and the flag of query slices whose global scores are given: ``rows``, ``ids``
+    and ``scores`` of ``audit.score_features`` searched ``second_stage.search_depth(index.candidates)`` deep."""
+    as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
+    shortlisted = shortlist_queries(index, encoder, slices, as_cut, batch_size=batch_size)
+    verified = verify_slices(slices, shortlisted, grids, index.preprocessing)
+    null = index.verified_null
+    verified_p = null.verified_p(np.array([v.score for v in verified]))
+    flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p)
+    return TwoStage(flag_p, flag_p < alpha, verified, shortlisted)
+
+
+def box_iou(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> float:
+    """IoU of two (row0, col0, row1, col1) boxes, ends exclusive (0 when either is None)."""
+    if a is None or b is None:
+        return 0.0
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def copy_iou(
+    verified: Verified, truth: np.ndarray, query: np.ndarray, settings: PreprocessSettings
+) -> tuple[float, float]:
+    """(box IoU, mask IoU) of a query's verified copy region with the copied region: the truth mask
+    within the query's foreground (the copy mask never covers background); 0 without a copy region."""
+    region = truth & (scaled_foreground(np.asarray(query, dtype=np.float32), settings) > 0)
+    if verified.result is None or verified.result.box is None:
+        return 0.0, 0.0
+    mask = verified.result.mask
+    union = int((mask | region).sum())
+    return box_iou(verified.result.box, bounding_box(region)), (int((mask & region).sum()) / union if union else 0.0)
+
+
+def two_stage_figures(
+    stage: TwoStage,
+    n: int,
+    true_rows: np.ndarray,
+    provenance: Provenance,
+    *,
+    truth: Sequence[np.ndarray] | None = None,
+    queries: Sequence[np.ndarray] = (),
+    settings: PreprocessSettings = PreprocessSettings(),
+) -> dict:
+    """Figures of one condition: the novel rows come first (``n``), then the copies of the original
+    reference rows ``true_rows``; ``truth`` (partial copies) holds every row's copied-pixel mask."""
+    copies = stage.flagged[n:]
+
+    def source(row: int) -> tuple[str, int]:
+        return provenance.source[row], provenance.slice[row]
+
+    correct = np.array([v.row >= 0 and source(v.row) == source(t) for v, t in zip(stage.verified[n:], true_rows)])
+    figures = {
+        "n_duplicates": int(len(true_rows)),
+        "n_novel": int(n),
+        "flagged": float(copies.mean()),
+        "n_flagged": int(copies.sum()),
+        "top1_flagged": float(correct[copies].mean()) if copies.any() else float("nan"),
+        "false_positive_rate": float(stage.flagged[:n].mean()),
+        "candidate_recall": float(np.mean([t in s for t, s in zip(true_rows, stage.shortlisted[n:])])),
+    }
+    if truth is not None:
+        ious = np.array(
+            [copy_iou(v, m, q, settings) for v, m, q in zip(stage.verified[n:], truth[n:], queries[n:])]
+        ).reshape(-1, 2)
+        figures |= {
+            "located": float(np.mean(ious[:, 0] >= LOCATED_IOU)),
+            "box_iou_mean": float(ious[:, 0].mean()),
+            "mask_iou_mean": float(ious[:, 1].mean()),
+        }
+    return figures
