@@ -19,6 +19,14 @@ Sections
   sets      a folder of 240 single-slice PNG files audited as a set vs the same slices as one NIfTI
             (throughput ratio, >= 0.9 required), and the in-memory batch API vs the bare job
             (preprocessing, forward pass, search).
+  verification  a real 180-slice query (the central coronal slices of brain sub-01) audited with
+            audit_image against a reference index with a verified null and thumbnails, with and
+            without the second stage (interleaved rounds, median of the per-round ratios; issue 12:
+            at most 1.5x wanted), and the second stage step by step (views embedding, view
+            searches, reference grids, query grids, pair verification). The reference: 4 real
+            brain subjects' coronal slices with their reference copies, embedded, plus synthetic
+            feature vectors up to the audit reference's size whose provenance cycles over those
+            real slices, so every candidate is verified against real pixels.
 
 The 1M reference is built at the search layer because the train-split calibration null of
 build_index_from_features searches ~10% of the reference against the rest ten times (quadratic):
@@ -52,10 +60,13 @@ from MemorizationIndexLib.scoring import NullModel, mi_from_z
 from MemorizationIndexLib.whitening import ShrinkageWhitener
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import SimpleITK as sitk
 
     from MemorizationIndexLib.encoders.base import Encoder
-    from MemorizationIndexLib.reference_index import ReferenceIndex
+    from MemorizationIndexLib.reference_index import Provenance, ReferenceIndex
+    from MemorizationIndexLib.verified_null import VerifiedNull
 
 DIMS = {"stage4": 80, "stage5": 112, "stage6": 192}  # the default encoder's blocks
 
@@ -535,6 +546,275 @@ def bench_cli_audit(out: Path, index_path: Path, image) -> dict:
     return result
 
 
+# ------------------------------------------------------------------------- audit with the second stage
+
+BRAIN = ROOT.parent / "shared" / "data" / "brain" / "ds002748"
+VERIFY_AXIS = "coronal"  # the brain volumes' longest axis (194-211 slices): 180 of them make one query volume
+VERIFY_SUBJECTS = 4  # real reference subjects (sub-02 ..); sub-01 is the query, sub-24 the global null's holdout
+VERIFY_NULL_SLICES = 300  # held-out slices of the verified null (build_index verifies up to 1000)
+
+
+def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, Provenance, dict, VerifiedNull, int]:
+    """Real brain slices with their reference copies, embedded as build_index does; thumbnails of the
+    slices; a verified null of held-out subject splits (verified_null.py, as build_index computes it)."""
+    from MemorizationIndexLib.calibration import DEFAULT_QUERY_FRACTION
+    from MemorizationIndexLib.embedding import embed_slices
+    from MemorizationIndexLib.index_build import BuildOptions, _with_copies, collect_slices
+    from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
+    from MemorizationIndexLib.second_stage import grids_of_slices
+    from MemorizationIndexLib.verified_null import split_verified_null
+
+    settings = PreprocessSettings()
+    train = collect_slices(paths, axis=VERIFY_AXIS, preprocessing=settings)
+    provenance, slices = _with_copies(train, BuildOptions().copies)
+    features = embed_slices(encoder, slices, settings)
+    thumbnails = {r: np.round(scale_unit(s, settings) * 255).astype(np.uint8) for r, s in enumerate(train.slices)}
+    null = split_verified_null(
+        train.slices,
+        features,
+        np.asarray(provenance.original_row),
+        np.asarray(train.provenance.subject),
+        grids_of_slices(train.slices, settings),
+        encoder,
+        settings,
+        lambda: ShrinkageWhitener(seed=0),
+        query_fraction=DEFAULT_QUERY_FRACTION,
+        seed=0,
+        n_queries=VERIFY_NULL_SLICES,
+    )
+    return features, provenance, thumbnails, null, len(train.slices)
+
+
+def _padded(features: dict, provenance: Provenance, n_originals: int, n_reference: int) -> tuple[dict, Provenance]:
+    """The real rows followed by synthetic feature rows up to ``n_reference``; each synthetic row is an
+    original (flip none) whose provenance is one of the real slices in turn, so a candidate among
+    them is verified against that real slice's pixels (its grid made for its own row, as a distinct
+    reference slice's would be)."""
+    n_real = len(provenance)
+    pad = n_reference - n_real
+    synthetic = {b: np.concatenate([f[b] for _, f in Synthetic(seed=5).rows(pad)]) for b in DIMS}
+    from MemorizationIndexLib.reference_index import Provenance
+
+    padded = Provenance()
+    p = provenance
+    for r in range(n_real):
+        padded.append(p.source[r], p.slice[r], p.axis[r], p.array_axis[r], p.flip[r], p.original_row[r], p.subject[r])
+    for i in range(pad):
+        j = i % n_originals
+        padded.append(p.source[j], p.slice[j], p.axis[j], p.array_axis[j], "none", n_real + i, f"synthetic-{i // 200}")
+    return {b: np.concatenate([features[b], synthetic[b]]) for b in DIMS}, padded
+
+
+def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> tuple[ReferenceIndex, dict]:
+    """The 100k index with a verified null and thumbnails (real part + synthetic padding), and what it holds."""
+    from MemorizationIndexLib.embedding import embed_slices
+    from MemorizationIndexLib.index_build import build_index_from_features, collect_slices
+    from MemorizationIndexLib.preprocess import PreprocessSettings
+    from MemorizationIndexLib.reference_index import EncoderInfo
+
+    start = time.perf_counter()
+    paths = sorted(BRAIN.glob("sub-*_T1w.nii.gz"))
+    features, provenance, thumbnails, null, n_originals = _real_reference(encoder, paths[1 : 1 + VERIFY_SUBJECTS])
+    holdout = collect_slices(paths[-1:], axis=VERIFY_AXIS, preprocessing=PreprocessSettings())
+    holdout_features = embed_slices(encoder, holdout.slices, PreprocessSettings())
+    n_real = len(provenance)
+    features, provenance = _padded(features, provenance, n_originals, n_reference)
+    index = build_index_from_features(
+        features,
+        provenance,
+        out / "index-verification",
+        encoder_info=EncoderInfo.of(encoder),
+        axis=VERIFY_AXIS,
+        holdout_features=holdout_features,
+        thumbnails=thumbnails,
+        verified_null=null,
+        overwrite=True,
+    )
+    info = {
+        "n_reference": n_reference,
+        "n_real_vectors": n_real,
+        "n_real_slices": n_originals,
+        "n_real_subjects": VERIFY_SUBJECTS,
+        "n_synthetic_vectors": n_reference - n_real,
+        "n_verified_null": int(len(null.scores)),
+        "setup_s": time.perf_counter() - start,
+        "reference": (
+            f"{n_originals} real coronal brain slices of {VERIFY_SUBJECTS} subjects (ds002748 sub-02..) with their "
+            f"{n_real // n_originals - 1} flipped and turned copies ({n_real:,} embedded vectors, thumbnails, "
+            f"verified null of {len(null.scores)} held-out slices), padded with {n_reference - n_real:,} synthetic "
+            "feature vectors whose provenance cycles over the real slices (a candidate among them is verified against "
+            "real pixels)"
+        ),
+    }
+    return index, info
+
+
+def verification_query() -> sitk.Image:
+    """A real 180-slice query volume: the 180 central coronal slices of sub-01 (in no reference)."""
+    import SimpleITK as sitk
+
+    from MemorizationIndexLib.volumes import resolve_axis
+
+    image = sitk.ReadImage(str(BRAIN / "sub-01_T1w.nii.gz"))
+    dim = 2 - resolve_axis(image, VERIFY_AXIS)
+    start = (image.GetSize()[dim] - 180) // 2
+    cut = [slice(None)] * 3
+    cut[dim] = slice(start, start + 180)
+    return image[tuple(cut)]
+
+
+def _lapper() -> tuple[dict[str, float], Callable[[str], None]]:
+    """A dict of named laps and the function that records the time since the last lap under a name."""
+    times: dict[str, float] = {}
+    last = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        times[name] = now - last[0]
+        last[0] = now
+
+    return times, lap
+
+
+def _second_stage_parts(
+    index: ReferenceIndex, encoder: Encoder, slices: list, raw: dict, n_real_slices: int
+) -> dict[str, float]:
+    """One pass of the second stage step by step, as verify_queries runs it (fresh grid cache), timed."""
+    from MemorizationIndexLib.embedding import embed_slices
+    from MemorizationIndexLib.index_verification import ReferenceGrids
+    from MemorizationIndexLib.search import Neighbours
+    from MemorizationIndexLib.second_stage import other_views, search_depth, shortlist, view_hits
+    from MemorizationIndexLib.verification import to_grid, verify_many
+
+    settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
+    original = np.asarray(index.provenance.original_row)
+    whitened = index.whiten(raw)
+    times, lap = _lapper()
+    index.search(whitened, k=5)
+    lap("as_cut_search_k5")
+    as_cut = index.search(whitened, k=depth)
+    lap("as_cut_search_deep")
+    views = other_views(slices)
+    lap("views_made")
+    view_raw = embed_slices(encoder, views, settings)
+    lap("views_embedding")
+    found = index.search(index.whiten(view_raw), k=depth)
+    split = [Neighbours(found.similarity[s], found.ids[s], found.scores[s]) for s in (slice(0, n), slice(n, 2 * n))]
+    rows = shortlist([view_hits(v, original) for v in [as_cut, *split]], index.candidates)
+    lap("view_searches")
+    grids = ReferenceGrids(index)
+    wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
+    reference = grids(wanted)
+    lap("reference_grids")
+    queries = [to_grid(s, settings) for s in slices]
+    lap("query_grids")
+    pairs = 0
+    for grid, candidates_of in zip(queries, rows):
+        usable = [reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference]
+        pairs += len(usable)
+        if usable:
+            verify_many(grid, usable)
+    lap("pair_verification")
+    real = sum(r < n_real_slices for r in wanted)
+    times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs}
+    return times
+
+
+def _verification_runs(index: ReferenceIndex, encoder: Encoder, image, n_real_slices: int, rounds: int) -> tuple:
+    """Interleaved rounds: the audit without the second stage, with it (a fresh stage each time, so
+    no reference grid is reused across rounds, as in separate CLI runs), and its steps one by one."""
+    from MemorizationIndexLib.audit import audit_image
+    from MemorizationIndexLib.index_verification import SecondStage
+    from MemorizationIndexLib.preprocess import nonempty_mask
+    from MemorizationIndexLib.volumes import image_slices, resolve_axis
+
+    def audit(enabled: bool):
+        stage = SecondStage(index, enabled=enabled)
+        assert stage.used == enabled, stage.reason
+        return audit_image(index, image, "query", encoder=encoder, stage=stage)
+
+    stack = image_slices(image, resolve_axis(image, index.axis))
+    slices = [stack[k] for k in np.flatnonzero(nonempty_mask(stack, index.preprocessing))]
+    raw = encoder.embed(prepare_query(slices, encoder, index))
+    start = time.perf_counter()
+    index.reference_slice(index.provenance.source[0], index.provenance.slice[0])
+    thumbnails_s = time.perf_counter() - start  # the thumbnail file, read once per loaded index
+    flagged = audit(True).flagged  # warm-up
+    audit(False)
+    parts: list[dict] = []
+    runs = interleaved_runs(
+        {
+            "without": lambda: audit(False),
+            "with": lambda: audit(True),
+            "parts": lambda: parts.append(_second_stage_parts(index, encoder, slices, raw, n_real_slices)),
+        },
+        rounds,
+    )
+    return runs, parts, len(slices), thumbnails_s, flagged
+
+
+def prepare_query(slices: list, encoder: Encoder, index: ReferenceIndex) -> np.ndarray:
+    """The query slices prepared for the encoder, as the audit prepares them."""
+    from MemorizationIndexLib.preprocess import prepare_batch
+
+    return prepare_batch(slices, encoder.input_size, index.preprocessing)
+
+
+STAGE_STEPS = (
+    "views_made",
+    "views_embedding",
+    "view_searches",
+    "as_cut_search_extra",
+    "reference_grids",
+    "query_grids",
+    "pair_verification",
+)
+
+
+def bench_verification(out: Path, n_reference: int, rounds: int) -> dict:
+    """A real 180-slice query audited against an index with a verified null and reference pixels,
+    with and without the second stage (same index), and the second stage's steps."""
+    if not BRAIN.is_dir():
+        log(f"verification section skipped: {BRAIN} is absent")
+        return {"skipped": f"{BRAIN} is absent"}
+    encoder = load_encoder("default")
+    index, result = _build_verification_index(out, encoder, n_reference)
+    log(f"verification index ready in {result['setup_s']:.0f} s: {result['reference']}")
+    image = verification_query()
+    runs, parts, n_query, thumbnails_s, flagged = _verification_runs(
+        index, encoder, image, result["n_real_slices"], rounds
+    )
+    for p in parts:
+        p["as_cut_search_extra"] = p["as_cut_search_deep"] - p["as_cut_search_k5"]
+    ratios = [w / wo for w, wo in zip(runs["with"], runs["without"])]
+    steps = {name: float(np.median([p[name] for p in parts])) for name in STAGE_STEPS}
+    result |= {
+        "n_query_slices": n_query,
+        "candidates": index.candidates,
+        "rounds": rounds,
+        "query": "the 180 central coronal slices of ds002748 sub-01 (a person in no reference)",
+        "flagged_with_verification": flagged,
+        "without_s": runs["without"],
+        "with_s": runs["with"],
+        "without_median_s": float(np.median(runs["without"])),
+        "with_median_s": float(np.median(runs["with"])),
+        "ratio_per_round": ratios,
+        "ratio_median_round": float(np.median(ratios)),
+        "thumbnail_file_load_s": thumbnails_s,
+        "steps_median_s": steps,
+        "steps_sum_s": float(sum(steps.values())),
+        "reference_grids_per_audit": int(np.median([p["n_reference_grids"] for p in parts])),
+        "real_reference_grids_per_audit": int(np.median([p["n_real_reference_grids"] for p in parts])),
+        "pairs_per_audit": int(np.median([p["n_pairs"] for p in parts])),
+        "load_average": os.getloadavg(),
+    }
+    log(
+        f"audit of {n_query} slices: without verification {result['without_median_s']:.2f} s, with "
+        f"{result['with_median_s']:.2f} s (median of rounds); ratio {result['ratio_median_round']:.2f} (<= 1.5 wanted)"
+    )
+    return result
+
+
 # ------------------------------------------------------------------------------------ sets of 2D files
 
 
@@ -854,6 +1134,27 @@ def _sets_lines(t: dict) -> list[str]:
     ]
 
 
+def _verification_lines(v: dict) -> list[str]:
+    """The verification section of the printed table."""
+    if "skipped" in v:
+        return ["", f"audit with the second stage: skipped ({v['skipped']})"]
+    steps = v["steps_median_s"]
+    return [
+        "",
+        f"audit of {v['n_query_slices']} real slices with and without the second stage (k = {v['candidates']}) "
+        f"vs {v['n_reference']:,} vectors:",
+        f"  reference: {v['reference']}",
+        f"  without {v['without_median_s']:.2f} s | with {v['with_median_s']:.2f} s (medians of {v['rounds']} rounds)"
+        f" | with/without: median of per-round ratios {v['ratio_median_round']:.2f} (<= 1.5 wanted)",
+        "  second stage, step by step (medians): "
+        + ", ".join(f"{name.replace('_', ' ')} {steps[name]:.2f} s" for name in STAGE_STEPS)
+        + f"; sum {v['steps_sum_s']:.2f} s",
+        f"  per audit: {v['reference_grids_per_audit']} reference grids ({v['real_reference_grids_per_audit']} of "
+        f"the real slices' own rows), {v['pairs_per_audit']} verified pairs; thumbnail file read "
+        f"{v['thumbnail_file_load_s']:.2f} s once per loaded index (not in the rounds)",
+    ]
+
+
 def _scaling_lines(s: dict) -> list[str]:
     """The scaling section of the printed table."""
     lines: list[str] = []
@@ -883,6 +1184,7 @@ def table(results: dict) -> str:
         ("audit", _audit_lines),
         ("large", _large_lines),
         ("sets", _sets_lines),
+        ("verification", _verification_lines),
         ("scaling", _scaling_lines),
     ):
         if results.get(key):
@@ -903,7 +1205,12 @@ def main(argv=None) -> int:
         "--audit-reference", type=int, default=100_000, help="slices of the audit reference (default: 100,000)"
     )
     parser.add_argument(
-        "--sections", default="encoders,audit,large,sets", help="comma list of encoders,audit,large,sets"
+        "--verification-rounds", type=int, default=None, help="rounds of the verification section (default 5, 3 quick)"
+    )
+    parser.add_argument(
+        "--sections",
+        default="encoders,audit,large,sets,verification",
+        help="comma list of encoders,audit,large,sets,verification",
     )
     args = parser.parse_args(argv)
     keep_freed_memory()  # as the CLI does; the plain-process comparison in the audit section does not
@@ -929,6 +1236,10 @@ def main(argv=None) -> int:
         )
     if "sets" in sections:
         results["sets"] = bench_sets(out)
+    if "verification" in sections:
+        results["verification"] = bench_verification(
+            out, audit_n, rounds=args.verification_rounds or (3 if args.quick else 5)
+        )
     results["total_s"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(table(results))
