@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from MemorizationIndexLib.audit_output import SLICE_COLUMNS
 from MemorizationIndexLib.augment import CONDITIONS, augment_slice
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.volumes import image_slices, read_image
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 TRAIN_SUBJECTS = 4
 COPIES_PER_CONDITION = 5
 
@@ -74,7 +76,9 @@ def brain_audit(tmp_path_factory: pytest.TempPathFactory, brain_subjects: list[P
 def test_slices_csv_has_exactly_the_documented_columns(brain_audit: dict) -> None:
     with open(brain_audit["work"] / "audit" / "slices.csv", newline="") as handle:
         header = handle.readline().strip()
-    assert header == "volume,slice,similarity,z,mi,oni,p_value,flagged,nn_source,nn_slice"
+    assert header == ",".join(SLICE_COLUMNS)
+    assert header.startswith("volume,slice,similarity,z,mi,oni,p_value,flagged,nn_source,nn_slice,verified_score,")
+    assert "slices.csv`" in README.read_text(encoding="utf-8")
 
 
 def test_planted_copies_are_flagged_with_their_true_source(brain_audit: dict) -> None:

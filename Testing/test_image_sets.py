@@ -328,7 +328,8 @@ def test_cli_compares_checkpoints(spine_index: Path, checkpoints, tmp_path: Path
     assert [s["set"] for s in summary["sets"]] == [str(f) for f in folders]
     assert summary["volumes"] == []
     fractions = [s["flagged_fraction"] for s in summary["sets"]]
-    assert fractions[0] <= 1 / 12 and fractions[1] >= 3 / 12 and fractions[2] >= 8 / 12
+    # alpha 0.05 over 12 novel slices: 0.6 false alarms expected, 3 or more in 2% of runs
+    assert fractions[0] <= 2 / 12 and fractions[1] >= 3 / 12 and fractions[2] >= 8 / 12
     assert [s["mean_mi"] for s in summary["sets"]] == sorted(s["mean_mi"] for s in summary["sets"])
     assert [s["rows"] for s in summary["sets"]] == [[0, 12], [12, 24], [24, 36]]
     assert all(s["files"] == 12 and s["expected_false_alarms"] == pytest.approx(0.6) for s in summary["sets"])

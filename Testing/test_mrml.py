@@ -29,6 +29,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 sitk = pytest.importorskip("SimpleITK")
 
 from MemorizationIndexLib import mrml
+from MemorizationIndexLib.audit_output import read_audit
 from MemorizationIndexLib.commands import audit_arguments, child_environment
 from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.reference_index import ReferenceIndex
@@ -170,13 +171,22 @@ def test_heatmap_equals_cli_slices_csv(spine):
     assert cli_volume["axis"] == audit.axis_name
     assert len(cli_rows) == len(audit.scores) == cli_volume["slices_scored"]
     heat = mrml.slice_view(slicer.util.arrayFromVolume(result.heatmap_node), audit.array_axis)
+    masks = read_audit(spine["cli_out"]).copy_masks
     seen = set()
     for row in cli_rows:
         k = node_slice_of_file_slice(node, file_image, cli_volume["array_axis"], int(row["slice"]), audit.array_axis)
         seen.add(k)
         values = heat[k]
-        assert values.min() == values.max(), "a heatmap slice must hold one value"
-        assert values[0, 0] == pytest.approx(float(row["mi"]), rel=2e-5, abs=1e-6)
+        if row["flagged"] != "1":  # one value, below the threshold (transparent)
+            assert values.min() == values.max(), "an unflagged heatmap slice must hold one value"
+            expected = min(float(row["mi"]), audit.threshold.mi)
+            assert values[0, 0] == pytest.approx(expected, rel=2e-5, abs=1e-6)
+            assert values[0, 0] < np.float32(audit.threshold.mi)
+            continue
+        mask = masks.get((row["volume"], int(row["slice"])))
+        assert values.max() >= np.float32(audit.threshold.mi), "a flagged slice is coloured"
+        if mask is not None and mask.any():  # the copy map: only the copied pixels are coloured
+            assert int((values > 0).sum()) == int(mask.sum())
     scored = {s.slice for s in audit.scores}
     assert seen == scored
     for k in set(range(audit.n_slices)) - scored:
@@ -304,7 +314,12 @@ def test_slice_view_shows_overlay_on_flagged_slice_only(spine):
     on_flagged = view(flagged, result.heatmap_node)
     on_novel = view(novel, result.heatmap_node)
     assert on_flagged.shape[-1] in (3, 4) and on_flagged.shape[:2] == on_novel.shape[:2]
-    assert mrml.overlay_mask(on_flagged).mean() > 0.9, "the flagged slice must be covered by the colour overlay"
+    mask = audit.copy_masks.get(flagged.slice)
+    covered = mrml.overlay_mask(on_flagged).mean()
+    if mask is None:
+        assert covered > 0.9, "a flagged slice without a copy mask is covered by the colour overlay"
+    else:  # the copy map colours the copied pixels only
+        assert abs(covered - mask.mean()) < 0.1, (covered, mask.mean())
     assert not mrml.overlay_mask(on_novel).any(), "a novel slice must show no overlay"
     # The novel slice looks exactly as without any foreground layer, and it is not blank.
     plain = view(novel, None)
@@ -348,7 +363,8 @@ def test_show_result_in_slice_views_configures_layers(spine):
 
 def test_cli_outputs_rebuild_the_audit(spine):
     """The module's background path reads the CLI outputs back, flips included, into nodes."""
-    audits = mrml.read_audit_outputs(spine["cli_out"]).audits
+    folder = mrml.read_audit_outputs(spine["cli_out"])
+    audits = folder.audits
     assert list(audits) == [str(spine["query_path"])]
     audit = audits[str(spine["query_path"])]
     assert len(audit.scores) == len(spine["cli_rows"])
@@ -360,10 +376,13 @@ def test_cli_outputs_rebuild_the_audit(spine):
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "file-order")
     slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(spine["file_image"]))
-    result = mrml.add_audit_nodes(scene, node, audit, spine["index"])
+    masks = folder.copy_masks.get(str(spine["query_path"]), {})
+    result = mrml.add_audit_nodes(scene, node, audit, spine["index"], copy_masks=masks)
     heat = mrml.slice_view(slicer.util.arrayFromVolume(result.heatmap_node), audit.array_axis)
     for row in spine["cli_rows"]:
-        assert heat[int(row["slice"])][0, 0] == pytest.approx(float(row["mi"]), rel=1e-6)
+        k = int(row["slice"])
+        expected = mrml.copy_map_slice(by_slice[k], masks.get(k), audit.threshold.mi, heat[k].shape)
+        np.testing.assert_allclose(heat[k], expected, rtol=1e-6)
     assert result.missing_neighbors == []
 
 

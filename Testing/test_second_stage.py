@@ -41,8 +41,10 @@ def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null(
     assert null.verified_p(np.array([null.threshold(1e-3) + 1e-6]))[0] < 1e-3
 
 
-def test_flag_p_is_twice_the_smaller_p_value() -> None:
-    assert flag_p(np.array([0.3, 0.0004, 0.9]), np.array([0.01, 0.5, 0.8])).tolist() == pytest.approx([0.02, 0.0008, 1])
+def test_flag_p_is_twice_the_smaller_p_value_and_needs_a_fifth_of_the_slice_copied() -> None:
+    global_p, verified_p = np.array([0.3, 0.0004, 0.9, 0.3]), np.array([0.01, 0.5, 0.8, 1e-6])
+    scores = np.array([0.5, 0.1, 0.3, 0.15])  # the last is rare among the null but copies < 1/5
+    assert flag_p(global_p, verified_p, scores).tolist() == pytest.approx([0.02, 0.0008, 1, 0.6])
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from .reference_index import ReferenceIndex
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .search import Neighbours
 from .second_stage import VIEWS, Verified, search_depth
+from .verified_null import evidence_p
 from .verified_null import flag_p as combined_p
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
@@ -169,8 +170,10 @@ def finalize_flags(
     global_p = np.array([s.p_value for s in scores])
     if stage.used:
         verified_null = index.verified_null
-        verified_p = verified_null.verified_p(np.array([s.verified_score for s in scores]))
-        flag_p = combined_p(global_p, verified_p) if check.global_flags_valid else verified_p
+        verified_score = np.array([s.verified_score for s in scores])
+        verified_p = verified_null.verified_p(verified_score)
+        evidence = evidence_p(verified_p, verified_score)
+        flag_p = combined_p(global_p, verified_p, verified_score) if check.global_flags_valid else evidence
     else:
         verified_p = np.full(len(scores), np.nan)
         flag_p = global_p if check.global_flags_valid else np.ones(len(scores))

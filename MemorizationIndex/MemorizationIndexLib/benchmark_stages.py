@@ -66,8 +66,8 @@ def score_two_stage(
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, batch_size=batch_size)
     verified = verify_slices(slices, shortlisted, grids, index.preprocessing)
     null = index.verified_null
-    verified_p = null.verified_p(np.array([v.score for v in verified]))
-    flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p)
+    verified_score = np.array([v.score for v in verified])
+    flag_p = combined_p(np.array([r["p_value"] for r in rows]), null.verified_p(verified_score), verified_score)
     return TwoStage(flag_p, flag_p < alpha, verified, shortlisted)
 
 

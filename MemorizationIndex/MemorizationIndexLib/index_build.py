@@ -234,7 +234,7 @@ def build_index(
     verified = None
     if options.verification:
         held_out = None if holdout is None else NullQueries(holdout.slices, holdout_features)
-        verified = _verified_null(train, features, provenance, held_out, encoder, options, cancel)
+        verified = verified_null_from_pixels(train, features, provenance, held_out, encoder, options, cancel)
     encoder_info = EncoderInfo.of(encoder, options.checkpoint)
     return build_index_from_features(
         features,
@@ -248,16 +248,17 @@ def build_index(
     )
 
 
-def _verified_null(
+def verified_null_from_pixels(
     train: SliceSet,
     features: dict[str, np.ndarray],
     provenance: Provenance,
     holdout: NullQueries | None,
     encoder: Encoder,
     options: BuildOptions,
-    cancel: threading.Event | None,
+    cancel: threading.Event | None = None,
 ) -> VerifiedNull:
-    """The index's verified null (:func:`verified_null.reference_verified_null`) with the build options."""
+    """The index's verified null (:func:`verified_null.reference_verified_null`) with the build options,
+    from the training slices as :func:`collect_slices` reads them (the local and the Ray build)."""
     return reference_verified_null(
         train.slices,
         train.provenance.subject,

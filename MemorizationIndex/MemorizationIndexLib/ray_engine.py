@@ -30,8 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .index_build import BuildOptions, build_index_from_features, check_build_inputs, check_slice_counts, subject_of
+from .index_build import (
+    BuildOptions,
+    build_index_from_features,
+    check_build_inputs,
+    check_slice_counts,
+    collect_slices,
+    subject_of,
+    verified_null_from_pixels,
+)
 from .reference_index import EncoderInfo, Provenance, ReferenceIndex
+from .verified_null import NullQueries, VerifiedNull
 
 INSTALL_HINT = "pip install 'memorization-index[ray]'"
 
@@ -266,14 +275,43 @@ def build_index_ray(
     if holdout:
         held_order = np.lexsort((held["slice"], held["volume"]))
         holdout_features = {b: held[f"feature/{b}"][held_order] for b in encoder.blocks}
+    verified = _verified_null_on_driver(train, features, provenance, holdout_features, encoder, options)
     return build_index_from_features(
         features,
         provenance,
         out_dir,
         encoder_info=EncoderInfo.of(encoder, options.checkpoint),
         holdout_features=holdout_features,
+        verified_null=verified,
         **options.index_keywords(),
     )
+
+
+def _verified_null_on_driver(
+    train: list[Path],
+    features: dict[str, np.ndarray],
+    provenance: Provenance,
+    holdout_features: dict[str, np.ndarray] | None,
+    encoder,
+    options: BuildOptions,
+) -> VerifiedNull | None:
+    """The verified null, as the local build makes it: the slices are read again on the driver (the
+    Ray workers returned features only) and at most 1000 held-out slices go through the second stage."""
+    if not options.verification:
+        return None
+    reading = {
+        "axis": options.axis,
+        "preprocessing": options.preprocessing,
+        "series": options.series,
+        "volume_index": options.volume_index,
+    }
+    slices = collect_slices(
+        train, subject_pattern=options.subject_pattern, slice_stride=options.slice_stride, **reading
+    )
+    held = None
+    if holdout_features is not None:
+        held = NullQueries(collect_slices(list(options.holdout_paths), **reading).slices, holdout_features)
+    return verified_null_from_pixels(slices, features, provenance, held, encoder, options)
 
 
 def _training_rows(

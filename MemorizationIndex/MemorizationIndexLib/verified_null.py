@@ -27,6 +27,7 @@ VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time 
 MAX_SPLITS = 50
 TAIL_QUANTILE = 0.9  # verified p-values above this quantile of the null come from the fitted exponential tail
 MIN_TAIL_SCALE = 0.01  # floor of the tail's mean exceedance (a null of identical scores)
+MIN_COPY_SCORE = 0.2  # verified scores below this are no evidence of a copy (see evidence_p)
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,25 @@ class VerifiedNull:
         return np.where(scores > u, np.minimum(tail, share), self.model.p_value(scores))
 
     def threshold(self, alpha: float) -> float:
-        """The verified score above which the verified p-value is below ``alpha``."""
+        """The verified score above which a slice counts as a copy at ``alpha`` (at least ``MIN_COPY_SCORE``)."""
         u, share, scale = self._tail()
         if alpha >= share:
-            return float(self.model.threshold(alpha).similarity)
-        return u + scale * float(np.log(share / alpha))
+            return max(float(self.model.threshold(alpha).similarity), MIN_COPY_SCORE)
+        return max(u + scale * float(np.log(share / alpha)), MIN_COPY_SCORE)
 
 
-def flag_p(global_p: np.ndarray, verified_p: np.ndarray) -> np.ndarray:
+def evidence_p(verified_p: np.ndarray, verified_score: np.ndarray) -> np.ndarray:
+    """The verified p-value as evidence of a copy: 1 below ``MIN_COPY_SCORE`` (less than a fifth of
+    the smaller foreground reproduced is not called a copy, however rare it is among the null's
+    slices: a small null's fitted tail says little about inputs unlike it)."""
+    score = np.asarray(verified_score, dtype=np.float64)
+    return np.where(score >= MIN_COPY_SCORE, np.asarray(verified_p, dtype=np.float64), 1.0)
+
+
+def flag_p(global_p: np.ndarray, verified_p: np.ndarray, verified_score: np.ndarray) -> np.ndarray:
     """The p-value the flag uses when both stages count: Bonferroni over the two tests (twice the
     smaller p-value, at most 1), so that alpha bounds the false alarms whatever their correlation."""
-    smaller = np.minimum(np.asarray(global_p, dtype=np.float64), np.asarray(verified_p, dtype=np.float64))
+    smaller = np.minimum(np.asarray(global_p, dtype=np.float64), evidence_p(verified_p, verified_score))
     return np.minimum(1.0, 2.0 * smaller)
 
 
