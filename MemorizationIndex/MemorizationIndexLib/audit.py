@@ -360,14 +360,16 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
 
 def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
     """summary.json's ``calibration``: does the global null describe the audited inputs? (every
-    volume or set checked on its own; the median z is over all slices)."""
+    volume or set on its own, which decides its flags, and all slices together, which only informs)."""
     failing = [a for a in audits if a.calibration is not None and not a.calibration.holds]
     every = check_calibration(np.array([s.similarity for a in audits for s in a.scores]), index.null_model)
     reasons = [
         f"{Path(a.volume if isinstance(a, VolumeAudit) else a.name).name}: {a.calibration.reason}" for a in failing
     ]
+    if not every.holds and len(audits) > 1:
+        reasons.append(f"all inputs together: {every.reason}")
     return {
-        "holds": not failing,
+        "holds": not failing and every.holds,
         "reason": "; ".join(reasons),
         "median_z": every.median_z,
         "limit_z": every.limit_z,
