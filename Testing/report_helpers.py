@@ -7,11 +7,14 @@ import json
 import re
 import subprocess
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from MemorizationIndexLib.audit_output import Neighbour, SliceScore
 
 EVIL_NAME = "evil<script>alert(1)<script>&\"'.nii.gz"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -20,6 +23,15 @@ COLUMNS = ["volume", "slice", "similarity", "z", "mi", "oni", "p_value", "flagge
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+@dataclass
+class AuditedVolume:
+    """A hand-made audited volume for ``audit_output.write_audit`` (synthetic audit folders)."""
+
+    volume: str
+    scores: list[SliceScore]
+    neighbours: dict[int, list[Neighbour]] = field(default_factory=dict)
 
 
 class _Dom(HTMLParser):

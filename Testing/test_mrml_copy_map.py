@@ -4,7 +4,6 @@ on a synthetic audit folder: no index is built."""
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +13,15 @@ slicer = pytest.importorskip("slicer", reason="slicer-core (pip install slicer-c
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not Slicer's (pip install slicer-core)", allow_module_level=True)
 
+from report_helpers import AuditedVolume
+
 from MemorizationIndexLib import mrml, results_html
-from MemorizationIndexLib.audit_output import Neighbour, SliceScore, write_audit
+from MemorizationIndexLib.audit_output import SliceScore, write_audit
 from MemorizationIndexLib.scoring import NullModel
 
 VOLUME = "/gen/q.nrrd"
 SHAPE = (6, 40, 32)  # KJI: 6 axial slices of 40 x 32
 FAR_ABOVE = "the audited slices as a whole sit far above the null (median z 1.83 > 1.2)"
-
-
-@dataclass
-class _Volume:
-    volume: str
-    scores: list[SliceScore]
-    neighbours: dict[int, list[Neighbour]] = field(default_factory=dict)
 
 
 def _score(k: int, mi: float, flagged: bool, **verified) -> SliceScore:
@@ -57,7 +51,7 @@ def folder(tmp_path: Path) -> dict:
         "verification": {"used": True, "reason": "", "k": 5, "views": ["cut"], "null_n": 900, "threshold": 0.5},
         "calibration": {"holds": False, "reason": FAR_ABOVE, "median_z": 1.83, "limit_z": 1.2},
     }
-    write_audit([_Volume(VOLUME, scores)], summary, np.zeros(10), tmp_path, copy_masks={(VOLUME, 2): mask})
+    write_audit([AuditedVolume(VOLUME, scores)], summary, np.zeros(10), tmp_path, copy_masks={(VOLUME, 2): mask})
     return {"out": tmp_path, "mask": mask, "threshold": threshold}
 
 

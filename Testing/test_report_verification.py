@@ -5,27 +5,19 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from report_helpers import assert_offline, imgs, parse
+from report_helpers import AuditedVolume, assert_offline, imgs, parse
 
 from MemorizationIndexLib import report
-from MemorizationIndexLib.audit_output import Neighbour, SliceScore, write_audit
+from MemorizationIndexLib.audit_output import SliceScore, write_audit
 from MemorizationIndexLib.scoring import NullModel
 
 ALPHA = 0.001
 VOLUME = "gen/q.nii.gz"
-
-
-@dataclass
-class _Volume:
-    volume: str
-    scores: list[SliceScore]
-    neighbours: dict[int, list[Neighbour]] = field(default_factory=dict)
 
 
 class FakeIndex:
@@ -86,7 +78,7 @@ def _write(out: Path, pixels: dict, *, verification: dict, calibration: dict, co
         "verification": verification,
         "calibration": calibration,
     }
-    volume = _Volume(VOLUME, [copy, *scores])
+    volume = AuditedVolume(VOLUME, [copy, *scores])
     write_audit([volume], summary, np.zeros(10), out, copy_masks={(VOLUME, 2): pixels["mask"]})
 
 
