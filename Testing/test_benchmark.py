@@ -302,11 +302,8 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
 
 def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encoder):
     """The shipped pipeline on a tiny real run: a verified null from the reference pixels, both stages on every
-    query; clean copies are flagged with their true source, few novel slices are.
-
-    A null of six reference subjects is coarse: on this split 3 of 24 clean and 4 of 24 transposed novel slices
-    are flagged at alpha = 0.01 (the global stage flags none), with three subjects 18 of 24; the bound below
-    only guards against a flag that no longer separates copies from novel slices."""
+    query; clean copies are flagged with their true source, few novel slices are. The verified null holds every
+    reference slice once (24 here), so the bounds on novel slices are loose."""
     spine = [str(p) for p in sorted((shared_data / "spine" / "myosegmentum").glob("*.nii.gz"))[:12]]
     results = run_benchmark(
         [DatasetSpec("spine", spine)],
@@ -316,11 +313,10 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
         conditions=("clean", "transpose", "half"),
         slices_per_split=24,
         seed=1,
-        alpha=0.01,  # the null of so small a reference holds a few hundred slices: 0.001 is out of reach
+        alpha=0.01,
     )
     info = results["datasets"][0]
-    assert info["verified_null"]["n"] >= 100 and 0 < info["verified_null"]["threshold"] <= 1
-    assert not any("verified null holds" in note for note in info["notes"])
+    assert info["verified_null"]["n"] >= 20 and 0 < info["verified_null"]["threshold"] <= 1
     assert results["settings"]["verification"]["used"] and results["settings"]["verification"]["k"] == 6
     two = {r["condition"]: r for r in results["two_stage"]}
     assert set(two) == {"clean", "transpose", "half"}
@@ -331,12 +327,13 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
         assert row["top1_flagged"] is None or 0.0 <= row["top1_flagged"] <= 1.0
     assert two["clean"]["flagged"] == 1.0 and two["clean"]["top1_flagged"] == 1.0
     assert two["clean"]["candidate_recall"] == 1.0 and two["transpose"]["candidate_recall"] == 1.0
-    assert two["clean"]["false_positive_rate"] <= 0.25 and two["transpose"]["false_positive_rate"] <= 0.25
+    # measured: no novel slice flagged in any of the three conditions; half copies 10 of 12
+    assert all(row["false_positive_rate"] <= 0.1 for row in two.values())
     assert {"located", "box_iou_mean", "mask_iou_mean"} <= set(two["half"]) and "located" not in two["clean"]
     assert all(0.0 <= two["half"][key] <= 1.0 for key in ("located", "box_iou_mean", "mask_iou_mean"))
     auc = {r["condition"]: r["auroc"] for r in results["per_sample"] if r["method"] == "two_stage"}
     assert set(auc) == {"clean", "transpose", "half"} and all(0.0 <= a <= 1.0 for a in auc.values())
-    assert auc["clean"] >= 0.9  # 0.958 here: the novel slices flagged tie with the copies at flag_p's floor
+    assert auc["clean"] >= 0.9
     markdown = (tmp_path / "bench" / "results.md").read_text()
     table = markdown.split("## Both stages")[1].split("\n## ")[0]
     assert "| spine | clean |" in table and "| spine | half |" in table
