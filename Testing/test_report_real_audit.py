@@ -92,7 +92,7 @@ def test_real_audit_report_in_chromium(real_audit, chromium, tmp_path):
     shown = [int(m) for m in re.findall(r'query: <span class="path">[^<]*</span> slice (\d+)<br>', dom_text)]
     assert len(shown) == n_ev and set(shown[:5]) == {4, 5, 9, 12, 13}, shown
     assert plain.count("pixel correlation r = 1.000") >= 5
-    assert "(as matched by the audit)" in plain  # the flip recorded in neighbors.csv is used
+    assert "(as verified)" in plain  # the copies are shown turned as the verification matched them
     assert len(imgs(dom, "top-query")) == 1 and len(imgs(dom, "top-train")) == 1
     # the evil name is text, never a tag
     assert not [t for t, _ in dom.tags if t == "script"]
