@@ -182,6 +182,21 @@ def collect_slices(
     return result
 
 
+def collect_build_slices(train_paths: Sequence[str | Path], options: BuildOptions) -> tuple[SliceSet, SliceSet | None]:
+    """The training slices (every ``slice_stride``-th, with subjects) and the holdout slices (None
+    without ``holdout_paths``), read as the options say (the local build and the Ray build's verified null)."""
+    reading = {
+        "axis": options.axis,
+        "preprocessing": options.preprocessing,
+        "series": options.series,
+        "volume_index": options.volume_index,
+    }
+    stride = {"subject_pattern": options.subject_pattern, "slice_stride": options.slice_stride}
+    train = collect_slices(train_paths, **stride, **reading)
+    holdout = collect_slices(options.holdout_paths, **reading) if options.holdout_paths else None
+    return train, holdout
+
+
 def build_index(
     train_paths: Sequence[str | Path],
     out_dir: str | Path,
@@ -201,16 +216,7 @@ def build_index(
     if encoder is None:
         encoder = load_encoder(options.encoder_name, checkpoint=options.checkpoint, device=options.device)
     settings = options.preprocessing
-    reading = {
-        "axis": options.axis,
-        "preprocessing": settings,
-        "series": options.series,
-        "volume_index": options.volume_index,
-    }
-    train = collect_slices(
-        train_paths, subject_pattern=options.subject_pattern, slice_stride=options.slice_stride, **reading
-    )
-    holdout = collect_slices(options.holdout_paths, **reading) if options.holdout_paths else None
+    train, holdout = collect_build_slices(train_paths, options)
     n_holdout = None if holdout is None else len(holdout.slices)
     check_slice_counts(len(train.slices), len(set(train.provenance.subject)), n_holdout)
     provenance, slices = _with_copies(train, options.copies)

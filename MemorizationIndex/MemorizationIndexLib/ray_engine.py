@@ -35,7 +35,7 @@ from .index_build import (
     build_index_from_features,
     check_build_inputs,
     check_slice_counts,
-    collect_slices,
+    collect_build_slices,
     subject_of,
     verified_null_from_pixels,
 )
@@ -299,18 +299,8 @@ def _verified_null_on_driver(
     Ray workers returned features only) and at most 1000 held-out slices go through the second stage."""
     if not options.verification:
         return None
-    reading = {
-        "axis": options.axis,
-        "preprocessing": options.preprocessing,
-        "series": options.series,
-        "volume_index": options.volume_index,
-    }
-    slices = collect_slices(
-        train, subject_pattern=options.subject_pattern, slice_stride=options.slice_stride, **reading
-    )
-    held = None
-    if holdout_features is not None:
-        held = NullQueries(collect_slices(list(options.holdout_paths), **reading).slices, holdout_features)
+    slices, holdout = collect_build_slices(train, options)
+    held = None if holdout_features is None else NullQueries(holdout.slices, holdout_features)
     return verified_null_from_pixels(slices, features, provenance, held, encoder, options)
 
 

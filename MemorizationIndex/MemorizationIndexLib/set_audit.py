@@ -49,12 +49,15 @@ def _score_chunk(
     )
     result = []
     for i, (member, k, _) in enumerate(chunk):
-        score = record_slice(member, index, k, rows[i], ids[i], scores[i])
-        if verified is not None:
-            mask = apply_verified(score, verified[i], index)
-            if mask is not None and index.verified_null.verified_p(np.array([score.verified_score]))[0] < MASK_P:
-                member.copy_masks[int(k)] = mask
-        result.append(score)
+        result.append(record_slice(member, index, k, rows[i], ids[i], scores[i]))
+        mask = apply_verified(result[-1], verified[i], index) if verified is not None else None
+        if mask is not None:
+            member.copy_masks[int(k)] = mask
+    if verified is not None:  # keep only the masks of likely copies (one p-value computation per chunk)
+        verified_p = index.verified_null.verified_p(np.array([v.score for v in verified]))
+        for (member, k, _), p in zip(chunk, verified_p):
+            if p >= MASK_P:
+                member.copy_masks.pop(int(k), None)
     return result
 
 
