@@ -195,9 +195,15 @@ def test_prepare_batch_equals_the_step_by_step_preprocessing() -> None:
             )
 
 
-def test_reference_copies_are_the_slice_its_flips_and_small_rotations() -> None:
+def test_reference_copies_are_the_slice_its_flips_rotations_and_transposes() -> None:
     image = np.random.default_rng(0).random((20, 30)).astype(np.float32)
-    assert REFERENCE_COPIES == ("none", "hflip", "vflip", "rot+4", "rot-4")
+    assert REFERENCE_COPIES == ("none", "hflip", "vflip", "rot+4", "rot-4", "transpose", "rot+90", "rot-90")
+    assert np.array_equal(reference_copy(image, "transpose"), image.T)
+    square = np.zeros((9, 9), np.float32)
+    square[0, 4] = 1.0  # top centre: rotate() and the quarter-turn copies agree on the sense of a turn
+    for copy, degrees in (("rot+90", 90.0), ("rot-90", -90.0)):
+        np.testing.assert_allclose(reference_copy(square, copy), rotate(square, degrees), atol=1e-5)
+        assert reference_copy(image, copy).shape == (30, 20)
     assert np.array_equal(reference_copy(image, "none"), image)
     assert np.array_equal(reference_copy(image, "hflip"), image[:, ::-1])
     assert np.array_equal(reference_copy(image, "vflip"), image[::-1])

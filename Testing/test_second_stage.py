@@ -1,5 +1,5 @@
-"""The audit's second stage: candidates from three views, the verified null and its p-values, and a
-real audit in which transposed copies (which the global score misses) are flagged and located."""
+"""The audit's second stage: candidates (smoothed views of noisy slices only), the verified null and its
+p-values, and a real audit in which transposed copies are flagged and located."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from MemorizationIndexLib.audit import audit_paths
 from MemorizationIndexLib.audit_output import read_audit
 from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.index_verification import unavailable_reason
+from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
-from MemorizationIndexLib.second_stage import shortlist
+from MemorizationIndexLib.second_stage import noisy_slices, shortlist
 from MemorizationIndexLib.verified_null import VerifiedNull, flag_p
-from MemorizationIndexLib.volumes import image_slices, read_image
+from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 
 def test_shortlist_takes_the_views_in_turn_without_repeats() -> None:
@@ -26,6 +27,17 @@ def test_shortlist_takes_the_views_in_turn_without_repeats() -> None:
     smoothed = (np.array([[2, 9, 4, 5]]), np.array([[0.95, 0.2, 0.1, 0.0]]))
     assert shortlist([as_cut, transposed, smoothed], 5).tolist() == [[1, 7, 2, 9, 3]]
     assert shortlist([as_cut, transposed, smoothed], 8).tolist() == [[1, 7, 2, 9, 3, 8, 4, 5]]
+
+
+def test_only_noisy_slices_are_searched_smoothed(spine: dict[str, Path]) -> None:
+    image = read_image(spine["01"])
+    clean = list(image_slices(image, resolve_axis(image, "sagittal")))
+    settings = PreprocessSettings()
+    assert len(noisy_slices(clean, settings)) == 0
+    rng = np.random.default_rng(0)
+    scaled = [np.clip(scale_unit(x, settings), 0, 1) for x in clean[5:8]]
+    noised = [np.hypot(x + rng.normal(0, 0.06, x.shape), rng.normal(0, 0.06, x.shape)) for x in scaled]
+    assert noisy_slices(clean[:2] + noised, settings).tolist() == [2, 3, 4]
 
 
 def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null() -> None:
@@ -79,7 +91,9 @@ def test_transposed_copies_are_flagged_and_located(stage_audit: dict) -> None:
 def test_people_in_no_index_are_not_flagged_in_any_orientation(stage_audit: dict) -> None:
     novel = stage_audit["out"].rows[3:]
     assert not any(row.flagged for row in novel), [(row.verified_score, row.flag_p) for row in novel]
-    assert all(np.isfinite(row.verified_p) and row.flag_p >= row.verified_p for row in novel)
+    assert all(np.isfinite(row.verified_p) and row.flag_p >= min(row.p_value, row.verified_p) for row in novel), [
+        (row.p_value, row.verified_score, row.verified_p, row.flag_p) for row in novel
+    ]
 
 
 def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) -> None:
@@ -88,6 +102,8 @@ def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) 
     moved = ReferenceIndex.load(index.path)
     moved.provenance = replace(moved.provenance, source=[str(tmp_path / "gone.nii.gz")] * len(moved.provenance))
     assert "not reachable" in unavailable_reason(moved)
+    moved.config = moved.config | {"verification": moved.config["verification"] | {"views": ["as-cut", "transposed"]}}
+    assert "older second stage" in unavailable_reason(moved)
     moved.verified_null = None
     assert "no verified null" in unavailable_reason(moved)
 

@@ -682,8 +682,7 @@ def _second_stage_parts(
     """One pass of the second stage step by step, as verify_queries runs it (fresh grid cache), timed."""
     from MemorizationIndexLib.embedding import embed_slices
     from MemorizationIndexLib.index_verification import ReferenceGrids
-    from MemorizationIndexLib.search import Neighbours
-    from MemorizationIndexLib.second_stage import other_views, search_depth, shortlist, view_hits
+    from MemorizationIndexLib.second_stage import noisy_slices, search_depth, shortlist, smoothed_view, view_hits
     from MemorizationIndexLib.verification import to_grid, verify_many
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
@@ -694,13 +693,20 @@ def _second_stage_parts(
     lap("as_cut_search_k5")
     as_cut = index.search(whitened, k=depth)
     lap("as_cut_search_deep")
-    views = other_views(slices)
+    noisy = noisy_slices(slices, settings)
+    views = [smoothed_view(slices[i]) for i in noisy]
     lap("views_made")
-    view_raw = embed_slices(encoder, views, settings)
-    lap("views_embedding")
-    found = index.search(index.whiten(view_raw), k=depth)
-    split = [Neighbours(found.similarity[s], found.ids[s], found.scores[s]) for s in (slice(0, n), slice(n, 2 * n))]
-    rows = shortlist([view_hits(v, original) for v in [as_cut, *split]], index.candidates)
+    hits = [view_hits(as_cut, original)]
+    if len(noisy):
+        found = index.search(index.whiten(embed_slices(encoder, views, settings)), k=depth)
+        lap("views_embedding")
+        rows_of, scores_of = view_hits(found, original)
+        all_rows, all_scores = np.full((n, depth), -1), np.full((n, depth), -np.inf)
+        all_rows[noisy], all_scores[noisy] = rows_of, scores_of
+        hits.append((all_rows, all_scores))
+    else:
+        lap("views_embedding")
+    rows = shortlist(hits, index.candidates)
     lap("view_searches")
     grids = ReferenceGrids(index)
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
@@ -716,7 +722,7 @@ def _second_stage_parts(
             verify_many(grid, usable)
     lap("pair_verification")
     real = sum(r < n_real_slices for r in wanted)
-    times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs}
+    times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs, "n_noisy": len(noisy)}
     return times
 
 
@@ -806,6 +812,7 @@ def bench_verification(out: Path, n_reference: int, rounds: int) -> dict:
         "reference_grids_per_audit": int(np.median([p["n_reference_grids"] for p in parts])),
         "real_reference_grids_per_audit": int(np.median([p["n_real_reference_grids"] for p in parts])),
         "pairs_per_audit": int(np.median([p["n_pairs"] for p in parts])),
+        "noisy_slices_per_audit": int(np.median([p["n_noisy"] for p in parts])),
         "load_average": os.getloadavg(),
     }
     log(
@@ -1150,7 +1157,8 @@ def _verification_lines(v: dict) -> list[str]:
         + ", ".join(f"{name.replace('_', ' ')} {steps[name]:.2f} s" for name in STAGE_STEPS)
         + f"; sum {v['steps_sum_s']:.2f} s",
         f"  per audit: {v['reference_grids_per_audit']} reference grids ({v['real_reference_grids_per_audit']} of "
-        f"the real slices' own rows), {v['pairs_per_audit']} verified pairs; thumbnail file read "
+        f"the real slices' own rows), {v['pairs_per_audit']} verified pairs, {v.get('noisy_slices_per_audit', '?')} "
+        "noisy slices searched smoothed; thumbnail file read "
         f"{v['thumbnail_file_load_s']:.2f} s once per loaded index (not in the rounds)",
     ]
 

@@ -1,7 +1,7 @@
 """Both stages of the audit in the benchmark (docs/method.md §7).
 
 Every condition's queries go through the audit's functions: the global search
-(``audit.score_features``), candidates from three views searched in the benchmark index
+(``audit.score_features``), candidates searched in the benchmark index (smoothed views of noisy slices too)
 (``index_verification.shortlist_queries``), pixel verification against the benchmark's reference
 slices (``second_stage.verify_slices``) and the flag that combines both stages with the verified
 null (``verified_null.flag_p``, Bonferroni; flagged = flag_p < alpha). The audit uses the combined p-value only
@@ -119,6 +119,10 @@ def two_stage_figures(
         "top1_flagged": float(correct[copies].mean()) if copies.any() else float("nan"),
         "false_positive_rate": float(stage.flagged[:n].mean()),
         "candidate_recall": float(np.mean([t in s for t, s in zip(true_rows, stage.shortlisted[n:])])),
+        "candidate_recall_at": {
+            str(r): float(np.mean([t in s[:r] for t, s in zip(true_rows, stage.shortlisted[n:])]))
+            for r in range(1, stage.shortlisted.shape[1] + 1)
+        },
     }
     if truth is not None:
         ious = np.array(

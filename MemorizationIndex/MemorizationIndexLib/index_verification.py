@@ -1,5 +1,5 @@
 """The second stage against a loaded index: reference grids read from the training volumes (or the
-index's thumbnails), candidates from the three views, verification of every query slice, and the
+index's thumbnails), candidates of every query slice, verification of every query slice, and the
 flag that combines both stages with the verified null (docs/method.md §7)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
 from .search import Neighbours
-from .second_stage import GridSource, Verified, candidates, verify_slices
+from .second_stage import VIEWS, GridSource, Verified, candidates, verify_slices
 from .verification import Grid, to_grid
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
@@ -27,6 +27,12 @@ def unavailable_reason(index: ReferenceIndex) -> str:
         return (
             "the index has no verified null (built without verification, from features alone, or by an older "
             "version); rebuild it with build-index to verify copies"
+        )
+    views = index.config.get("verification", {}).get("views")
+    if views != list(VIEWS):
+        return (
+            f"the index's verified null was made by an older second stage (views {views}, now {list(VIEWS)}); "
+            "rebuild it with build-index to verify copies"
         )
     if index.store_thumbnails:
         return ""
@@ -75,8 +81,8 @@ def shortlist_queries(
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
-    """[n, index.candidates] candidate original rows of the query slices (-1 = none): the three views
-    searched in the index; ``as_cut`` is the audit's own search of the slices
+    """[n, index.candidates] candidate original rows of the query slices (-1 = none): the as-cut search
+    and, for noisy slices, the smoothed view's, in the index; ``as_cut`` is the audit's own search of the slices
     (``second_stage.search_depth(index.candidates)`` deep)."""
 
     def search(raw: dict[str, np.ndarray], depth: int) -> Neighbours:

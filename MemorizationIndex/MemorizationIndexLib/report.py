@@ -188,15 +188,19 @@ def _copy_png(img01: np.ndarray, mask: np.ndarray | None, box: tuple[int, int, i
 def _match_orientation(
     query01: np.ndarray, train: np.ndarray, recorded: str | None = None
 ) -> tuple[np.ndarray, str, float]:
-    """Resize the training slice to the query shape and orient it: the copy (flip or rotation) the
-    audit recorded when known, else the one of REFERENCE_COPIES with the best pixel correlation."""
-    resized = _display01(resize_bilinear(train, query01.shape))
+    """Orient the training slice and resize it to the query shape: the copy (flip, rotation or
+    transpose) the audit recorded when known, else the one of REFERENCE_COPIES with the best pixel
+    correlation."""
+
+    def oriented(copy: str) -> np.ndarray:
+        return np.ascontiguousarray(_display01(resize_bilinear(reference_copy(train, copy), query01.shape)))
+
     if recorded in REFERENCE_COPIES:
-        cand = np.ascontiguousarray(reference_copy(resized, recorded))
+        cand = oriented(recorded)
         return cand, f"{recorded} (as matched by the audit)", pixel_correlation(query01, cand)
     best = None
     for name in REFERENCE_COPIES:
-        cand = reference_copy(resized, name)
+        cand = oriented(name)
         r = pixel_correlation(query01, cand)
         if best is None or r > best[2] + 1e-9:
             best = (np.ascontiguousarray(cand), name, r)

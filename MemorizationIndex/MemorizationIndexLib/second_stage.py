@@ -1,16 +1,19 @@
-"""The audit's second stage: candidate training slices from three views of every query slice, and
-pixel verification of the query against each (docs/method.md §7).
+"""The audit's second stage: candidate training slices of every query slice, and pixel verification
+of the query against each (docs/method.md §7).
 
-The global search ranks references by pooled features, which miss transposed, quarter-turned and
-heavily noised copies. Each query is therefore also searched as a transposed and as a smoothed
-view; the candidates of the three views are merged by rank (each view gets its share), and every
-candidate is aligned to the query and scored by :mod:`verification`. The same function serves
-the audit (against a loaded index) and the verified null at build time (against each split's
-reference), so the null goes through exactly the audit's pipeline.
+The global search ranks references by pooled features. Re-oriented copies (transposed, turned by
+90°) are found there because the index holds those copies of every training slice
+(``transforms.REFERENCE_COPIES``); heavily noised copies are not, so a noisy query slice is also
+searched as a smoothed view, and the candidates of the two searches are merged by rank (each gets
+its share). Clean slices, the common case, cost no extra forward pass (§7.9). Every candidate is
+aligned to the query and scored by :mod:`verification`. The same function serves the audit (against
+a loaded index) and the verified null at build time (against each split's reference), so the null
+goes through exactly the audit's pipeline.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,14 +23,18 @@ from scipy import ndimage
 
 from .embedding import Cancelled, embed_slices
 from .encoders.base import Encoder
-from .preprocess import PreprocessSettings
+from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
-from .verification import Grid, Verification, to_grid, verify_many
+from .transforms import REFERENCE_COPIES
+from .verification import NOISE_TARGET, Grid, Verification, to_grid, verify_many
 
-VIEWS = ("as-cut", "transposed", "smoothed")
+VIEWS = ("as-cut", "smoothed-if-noisy")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
+# White-noise level (unit intensities) from which a slice is also searched smoothed: twice the level that
+# verification smooths down to. Clean brain and spine slices read at most 0.018 (method.md §7.9).
+NOISY = 2.0 * NOISE_TARGET
 DEFAULT_CANDIDATES = 6  # candidates verified per query slice
-SEARCH_DEPTH = 5  # hits searched per candidate wanted: an original's flipped and turned copies share it
+SEARCH_DEPTH = len(REFERENCE_COPIES)  # hits searched per candidate wanted: an original's copies share it
 
 Searcher = Callable[[dict[str, np.ndarray], int], Neighbours]  # raw features, depth -> hits
 GridSource = Callable[[Sequence[int]], dict[int, Grid]]  # original rows -> their grids
@@ -43,11 +50,23 @@ class Verified:
     result: Verification | None
 
 
-def other_views(slices: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """The transposed views of the slices, then their smoothed views (2n slices)."""
-    transposed = [np.ascontiguousarray(np.asarray(s).T) for s in slices]
-    smoothed = [ndimage.gaussian_filter(np.asarray(s, dtype=np.float32), SMOOTH_SIGMA) for s in slices]
-    return transposed + smoothed
+def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> np.ndarray:
+    """Positions of the slices whose white-noise level (``verification.noise_level``) is at least
+    :data:`NOISY`: at least half their neighbour differences reach the median step of such noise
+    (counted, which is several times cheaper than the median itself)."""
+    step = NOISY * 0.6745 * math.sqrt(2.0)
+    noisy = []
+    for position, image in enumerate(slices):
+        unit = scale_unit(np.asarray(image, dtype=np.float32), settings)
+        rows, cols = np.abs(np.diff(unit, axis=0)), np.abs(np.diff(unit, axis=1))
+        if np.count_nonzero(rows >= step) + np.count_nonzero(cols >= step) >= (rows.size + cols.size) / 2:
+            noisy.append(position)
+    return np.asarray(noisy, dtype=np.int64)
+
+
+def smoothed_view(slice2d: np.ndarray) -> np.ndarray:
+    """The slice smoothed by a Gaussian of SMOOTH_SIGMA pixels."""
+    return ndimage.gaussian_filter(np.asarray(slice2d, dtype=np.float32), SMOOTH_SIGMA)
 
 
 def search_depth(k: int) -> int:
@@ -93,15 +112,21 @@ def candidates(
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
     """[n, k] candidate original rows of the slices: ``as_cut`` (the audit's own search, at least
-    :func:`search_depth` deep) merged with the searches of the transposed and smoothed views."""
+    :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view."""
     n = len(slices)
     if n == 0:
         return np.zeros((0, k), dtype=np.int64)
-    raw = embed_slices(encoder, other_views(slices), settings, batch_size=batch_size, cancel=cancel)
-    found = search(raw, search_depth(k))
-    transposed = Neighbours(found.similarity[:n], found.ids[:n], found.scores[:n])
-    smoothed = Neighbours(found.similarity[n:], found.ids[n:], found.scores[n:])
-    return shortlist([view_hits(view, original_row) for view in (as_cut, transposed, smoothed)], k)
+    hits = [view_hits(as_cut, original_row)]
+    noisy = noisy_slices(slices, settings)
+    if len(noisy):
+        views = [smoothed_view(slices[i]) for i in noisy]
+        raw = embed_slices(encoder, views, settings, batch_size=batch_size, cancel=cancel)
+        rows, scores = view_hits(search(raw, search_depth(k)), original_row)
+        all_rows = np.full((n, rows.shape[1]), -1, dtype=np.int64)
+        all_scores = np.full((n, rows.shape[1]), -np.inf)
+        all_rows[noisy], all_scores[noisy] = rows, scores
+        hits.append((all_rows, all_scores))
+    return shortlist(hits, k)
 
 
 def verify_slices(

@@ -1,9 +1,12 @@
 """Geometry of 2D slices: flips, small rotations, bilinear resizing, and the copies a reference index holds.
 
-A generator that memorised a training slice may hand it back flipped or slightly rotated; the
-features are not invariant to either. The reference index therefore holds, besides every
-training slice, copies of it flipped left-right and up-down and rotated by ±4°, all with
-provenance pointing at the original slice (measured in docs/method.md §4).
+A generator that memorised a training slice may hand it back flipped, slightly rotated, turned by
+90° or in the other axis order (a PNG export may write it transposed); the features are not
+invariant to any of these. The reference index therefore holds, besides every training slice,
+copies of it flipped left-right and up-down, rotated by ±4°, transposed and turned by ±90°, all
+with provenance pointing at the original slice (docs/method.md §4 and §7.9). The last three also
+give the audit's second stage its candidates for re-oriented copies without embedding any
+re-oriented view of the query.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import numpy as np
 REFERENCE_ROTATION_DEGREES = 4.0
 ORIGINAL = "none"
 # Every copy of a reference slice the index holds, in index order (originals first).
-REFERENCE_COPIES: tuple[str, ...] = (ORIGINAL, "hflip", "vflip", "rot+4", "rot-4")
+REFERENCE_COPIES: tuple[str, ...] = (ORIGINAL, "hflip", "vflip", "rot+4", "rot-4", "transpose", "rot+90", "rot-90")
+# The copies that swap the slice's axes (a [rows, cols] slice becomes [cols, rows]).
+AXES_SWAPPING_COPIES = frozenset({"transpose", "rot+90", "rot-90"})
 _ROTATIONS = {"rot+4": REFERENCE_ROTATION_DEGREES, "rot-4": -REFERENCE_ROTATION_DEGREES}
+_QUARTER_TURNS = {"rot+90": -1, "rot-90": 1}  # np.rot90 turns of rotate()'s +90° and -90°
 
 
 def flip_slice(slice2d: np.ndarray, flip: str) -> np.ndarray:
@@ -51,6 +57,10 @@ def reference_copy(slice2d: np.ndarray, copy: str) -> np.ndarray:
     """The slice transformed as one of :data:`REFERENCE_COPIES` names (``none`` returns it as is)."""
     if copy in _ROTATIONS:
         return rotate(slice2d, _ROTATIONS[copy])
+    if copy in _QUARTER_TURNS:
+        return np.ascontiguousarray(np.rot90(slice2d, _QUARTER_TURNS[copy]))
+    if copy == "transpose":
+        return np.ascontiguousarray(np.asarray(slice2d).T)
     if copy in (ORIGINAL, "hflip", "vflip"):
         return flip_slice(slice2d, copy)
     raise ValueError(f"unknown reference copy {copy!r}; expected one of {', '.join(REFERENCE_COPIES)}")
