@@ -246,8 +246,8 @@ def _add_build_parser(sub) -> None:
     build.add_argument(
         "--no-copies",
         action="store_true",
-        help="index only the slices as cut, not their flipped and +/-4 degree rotated copies "
-        "(5x fewer vectors; flipped or rotated training slices are then missed)",
+        help="index only the slices as cut, not their flipped, +/-4 degree rotated, transposed and +/-90 degree "
+        "turned copies (8x fewer vectors; such copies of training slices are then missed)",
     )
     build.add_argument(
         "--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)"
