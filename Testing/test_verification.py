@@ -21,6 +21,7 @@ from MemorizationIndexLib.verification import (
     _resized,
     to_grid,
     verify,
+    verify_batch,
     verify_candidates,
     verify_many,
 )
@@ -186,6 +187,27 @@ def test_verify_many_equals_verify_per_pair(pair):
             assert (one.alignment.transposed, one.alignment.angle) == (many.alignment.transposed, many.alignment.angle)
             assert np.allclose(one.alignment.matrix, many.alignment.matrix) and np.array_equal(one.mask, many.mask)
     assert verify_many(to_grid(source), []) == []
+
+
+@pytest.mark.parametrize("chunk_pairs", [1, 3, 512])
+def test_verify_batch_equals_verify_many_per_query(pair, chunk_pairs):
+    """Batching the pairs of many queries (chunked, candidates shared across queries, lists of any
+    length, none included) gives each query what verifying it alone gives."""
+    source, other = pair
+    made = (source, other, rotate(other, 10.0), source.T, rotate(source, 30.0), source[:, ::-1], np.rot90(other))
+    grids = [to_grid(np.ascontiguousarray(x)) for x in made]
+    queries = [grids[4], grids[5], grids[0], grids[1], grids[6], grids[3]]
+    candidates = [grids[:4], [], [grids[3]], [grids[0], grids[0], grids[6], grids[2]], grids, []]
+    batch = verify_batch(queries, candidates, chunk_pairs)
+    assert [len(results) for results in batch] == [len(listed) for listed in candidates]
+    for query, listed, results in zip(queries, candidates, batch):
+        for one, many in zip(verify_many(query, listed), results):
+            assert abs(one.score - many.score) <= 1e-6 and one.box == many.box
+            assert (one.alignment.transposed, one.alignment.angle) == (many.alignment.transposed, many.alignment.angle)
+            assert one.alignment.scale == many.alignment.scale and np.array_equal(one.mask, many.mask)
+            assert np.allclose(one.alignment.matrix, many.alignment.matrix)
+    assert max(r.score for r in batch[0]) >= 0.55 and batch[0][3].alignment.transposed  # copies among them
+    assert verify_batch([], []) == [] and verify_batch(queries[:2], [[], []]) == [[], []]
 
 
 @pytest.mark.parametrize("side", [5, 64, 100, 211, 333])
