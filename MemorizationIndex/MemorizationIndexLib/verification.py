@@ -32,7 +32,7 @@ from skimage.exposure import equalize_hist
 from skimage.filters import window
 from skimage.transform import resize
 
-from .preprocess import PreprocessSettings, scale_unit, scaled_foreground
+from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
@@ -111,8 +111,10 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
     the image that is scored."""
     raw = np.asarray(slice2d, dtype=np.float32)
-    noise = noise_level(raw, settings)
-    unit = scaled_foreground(_denoised(raw, noise, CROP_NOISE_TARGET), settings)
+    window = robust_window(raw, settings)
+    noise = _noise_of(scale_unit(raw, settings, window))
+    smoothed = _denoised(raw, noise, CROP_NOISE_TARGET)
+    unit = scaled_foreground(smoothed, settings, window if smoothed is raw else None)
     foreground = unit > 0
     rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
     if len(rows) < 2 or len(cols) < 2:
@@ -138,7 +140,11 @@ def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSe
     median absolute difference of neighbouring pixels (both axes, so a transposed slice reads the same)
     / (0.6745 √2). Anatomy moves few neighbour
     differences, so the median reads the noise; a clean slice with a zero background reads ≈ 0."""
-    unit = scale_unit(slice2d, settings)
+    return _noise_of(scale_unit(slice2d, settings))
+
+
+def _noise_of(unit: np.ndarray) -> float:
+    """:func:`noise_level` of a slice already scaled to its robust window."""
     steps = np.concatenate([np.diff(unit, axis=0).ravel(), np.diff(unit, axis=1).ravel()])
     return float(np.median(np.abs(steps)) / (0.6745 * math.sqrt(2.0))) if steps.size else 0.0
 
@@ -183,8 +189,16 @@ def _resized(crop: np.ndarray, side: int, corner: tuple[int, int], size: int) ->
     never built: only the matrix columns of the crop enter)."""
     matrix = _resize_matrix(side, size)
     (top, left), (h, w) = corner, crop.shape
-    rows_done = matrix[:, top : top + h] @ crop  # [size, w]
-    return np.ascontiguousarray((matrix[:, left : left + w] @ rows_done.T).T, dtype=np.float32)
+    rows_done = _columns(matrix, top, top + h) @ crop  # [size, w]
+    return np.ascontiguousarray((_columns(matrix, left, left + w) @ rows_done.T).T, dtype=np.float32)
+
+
+def _columns(matrix: sparse.csc_array, start: int, stop: int) -> sparse.csc_array:
+    """``matrix[:, start:stop]`` of a CSC matrix, its entries in the same order, without SciPy's
+    index checks (a large share of a small product's time)."""
+    first, last = matrix.indptr[start], matrix.indptr[stop]
+    entries = (matrix.data[first:last], matrix.indices[first:last], matrix.indptr[start : stop + 1] - first)
+    return sparse.csc_array(entries, shape=(matrix.shape[0], stop - start))
 
 
 @lru_cache(maxsize=8)
@@ -334,13 +348,22 @@ def _warped(images: np.ndarray, transposed: np.ndarray, angles: np.ndarray, scal
     theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
     n = len(images)
     with torch.no_grad():
-        sampling = torch.nn.functional.affine_grid(theta, [len(theta), 2, GRID, GRID], align_corners=True)
         # The hypotheses of one candidate are stacked along the rows, so its images are sampled once.
-        sampling = sampling.reshape(n, _HYPOTHESES * GRID, GRID, 2)
+        sampling = (_base_grid() @ theta.transpose(1, 2)).reshape(n, _HYPOTHESES * GRID, GRID, 2)
         moved = torch.nn.functional.grid_sample(
             torch.from_numpy(images), sampling, mode="bilinear", padding_mode="zeros", align_corners=True
         )
     return moved.reshape(n, 2, _HYPOTHESES, GRID, GRID).transpose(1, 2).reshape(-1, 2, GRID, GRID).numpy()
+
+
+@lru_cache(maxsize=1)
+def _base_grid() -> torch.Tensor:
+    """[1, GRID * GRID, 3] (column, row, 1) of the grid pixels normalised to [-1, 1]: times the
+    transposed affine maps [n, 3, 2], ``affine_grid(theta, align_corners=True)`` (its own product,
+    without a copy of the base grid per map)."""
+    ramp = torch.linspace(-1.0, 1.0, GRID)
+    columns, rows = ramp[None, :].expand(GRID, GRID), ramp[:, None].expand(GRID, GRID)
+    return torch.stack([columns, rows, torch.ones(GRID, GRID)], dim=-1).reshape(1, GRID * GRID, 3)
 
 
 def _shifted(stack: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -359,7 +382,12 @@ def local_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: f
     Windows are normalised by the weight they hold, so pixels outside ``weight`` never contribute;
     where either image is locally flat the correlation is 0 (no evidence)."""
     w = weight.astype(np.float32)
-    sums = _smoothed(np.stack([w, a * w, b * w, a * a * w, b * b * w, a * b * w]), sigma)
+    products = np.empty((6, *w.shape), dtype=np.float32)  # w, a w, b w, a² w, b² w, a b w
+    products[0] = w
+    for out, (x, y) in zip(products[1:], ((a, w), (b, w), (a, a), (b, b), (a, b))):
+        np.multiply(x, y, out=out)
+    products[3:] *= w
+    sums = _smoothed(products, sigma)
     ma, mb, maa, mbb, mab = sums[1:] / np.maximum(sums[0], 1e-6)
     va, vb = maa - ma * ma, mbb - mb * mb
     cov = mab - ma * mb
@@ -510,10 +538,13 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     best = np.zeros(len(listed), dtype=np.intp)  # the first shortlisted unless a later one scores higher
     for k in range(1, SHORTLIST):
         best = np.where(scores[:, k] > scores[np.arange(len(best)), best], k, best)
+    to_query = [np.linalg.inv(_grid_of(query)) for query in used]
+    from_candidate = [_grid_of(grid) for grid in pairs.unique]
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
         query, h = used[q], listed[p, best[p]]
         shift = (float(shifts[h, 0]), float(shifts[h, 1]))
-        matrix = _slice_map(query, pairs.unique[c], bool(transposed[h]), _transform(angles[h], scales[h], shift))
+        on_grid = _transform(angles[h], scales[h], shift)
+        matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
         mask = _to_slice(copied[p, best[p]], query)
         out[asked[q]].append(Verification(float(scores[p, best[p]]), alignment, mask, bounding_box(mask)))
@@ -538,10 +569,11 @@ def _grid_of(grid: Grid) -> np.ndarray:
     return np.array([[k, 0, (0.5 - left) * k - 0.5], [0, k, (0.5 - top) * k - 0.5], [0, 0, 1]])
 
 
-def _slice_map(query: Grid, candidate: Grid, transposed: bool, on_grid: np.ndarray) -> np.ndarray:
-    """[3, 3] candidate slice pixels -> query slice pixels, through the grids (column, row, 1)."""
+def _slice_map(to_query: np.ndarray, from_candidate: np.ndarray, transposed: bool, on_grid: np.ndarray) -> np.ndarray:
+    """[3, 3] candidate slice pixels -> query slice pixels, through the grids (column, row, 1), given
+    the inverse of the query's :func:`_grid_of` and the candidate's."""
     swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]]) if transposed else np.eye(3)
-    return np.linalg.inv(_grid_of(query)) @ on_grid @ swap @ _grid_of(candidate)
+    return to_query @ on_grid @ swap @ from_candidate
 
 
 @lru_cache(maxsize=256)
