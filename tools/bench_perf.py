@@ -684,7 +684,7 @@ def _second_stage_parts(
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.search import Neighbours
     from MemorizationIndexLib.second_stage import other_views, search_depth, shortlist, view_hits
-    from MemorizationIndexLib.verification import to_grid, verify_many
+    from MemorizationIndexLib.verification import to_grid, verify_batch
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
     original = np.asarray(index.provenance.original_row)
@@ -708,12 +708,9 @@ def _second_stage_parts(
     lap("reference_grids")
     queries = [to_grid(s, settings) for s in slices]
     lap("query_grids")
-    pairs = 0
-    for grid, candidates_of in zip(queries, rows):
-        usable = [reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference]
-        pairs += len(usable)
-        if usable:
-            verify_many(grid, usable)
+    usable = [[reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference] for candidates_of in rows]
+    verify_batch(queries, usable)
+    pairs = sum(len(listed) for listed in usable)
     lap("pair_verification")
     real = sum(r < n_real_slices for r in wanted)
     times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs}

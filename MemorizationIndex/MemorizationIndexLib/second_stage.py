@@ -22,7 +22,7 @@ from .embedding import Cancelled, embed_slices
 from .encoders.base import Encoder
 from .preprocess import PreprocessSettings
 from .search import Neighbours
-from .verification import Grid, Verification, pair_chunks, to_grid, verify_batch
+from .verification import Grid, Verification, pair_chunks, to_grids, verify_batch
 
 VIEWS = ("as-cut", "transposed", "smoothed")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
@@ -122,7 +122,7 @@ def verify_slices(
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         chosen = [asked[j] for j in run]
-        queries = [to_grid(slices[i], settings) for i in chosen]
+        queries = to_grids([slices[i] for i in chosen], settings)
         for i, results in zip(chosen, verify_batch(queries, [[reference[r] for r in usable[i]] for i in chosen])):
             top = int(np.argmax([r.score for r in results]))
             out[i] = Verified(float(results[top].score), usable[i][top], results[top])
@@ -134,9 +134,8 @@ def grids_of_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) 
     made: dict[int, Grid] = {}
 
     def source(rows: Sequence[int]) -> dict[int, Grid]:
-        for row in rows:
-            if row not in made:
-                made[row] = to_grid(slices[row], settings)
+        missing = list(dict.fromkeys(row for row in rows if row not in made))
+        made.update(zip(missing, to_grids([slices[row] for row in missing], settings)))
         return {row: made[row] for row in rows}
 
     return source

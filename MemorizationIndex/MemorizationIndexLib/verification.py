@@ -12,10 +12,11 @@ agreeing pixel is weighted by how far its correlation rises above the agreement 
 ≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A noisy
 slice is smoothed by its estimated noise level before it is cropped and put on the grid.
 
-One query is verified against all its candidates at once (:func:`verify_many`): the phase
-correlations are batched FFTs, the warps one ``grid_sample`` call, and the resizes, band-pass and
-Gaussian windows linear maps applied as (cached) matrices, equal to the scikit-image and SciPy
-calls they replace up to float rounding.
+Many queries are verified against their candidates at once (:func:`verify_batch`), in chunks of
+CHUNK_PAIRS query-candidate pairs: the phase correlations are batched FFTs, the warps one
+``grid_sample`` call and the scoring of the shortlisted hypotheses one stack (local correlations,
+closing, largest regions); the resizes, band-pass and Gaussian windows are linear maps applied as
+(cached) matrices, equal to the scikit-image and SciPy calls they replace up to float rounding.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's sc
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
 MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 CHUNK_PAIRS = 32  # query-candidate pairs verified together (small chunks stay in the CPU caches)
+GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,24 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize.
     A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
     the image that is scored."""
+    return to_grids([slice2d], settings)[0]
+
+
+def to_grids(slices: Sequence[np.ndarray], settings: PreprocessSettings = PreprocessSettings()) -> list[Grid]:
+    """:func:`to_grid` of every slice; the log-polar spectra of GRID_BATCH slices at a time are made
+    together, their band-pass one matrix product per axis (under load, one threaded BLAS call per
+    slice costs far more than the product itself)."""
+    grids = []
+    for start in range(0, len(slices), GRID_BATCH):
+        parts = [_grid_parts(s, settings) for s in slices[start : start + GRID_BATCH]]
+        polar = _log_polar(np.stack([fine for *_, fine in parts])).astype(np.float32)
+        grids += [Grid(image, mask, maps, *place) for (image, mask, place, _), maps in zip(parts, polar)]
+    return grids
+
+
+def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
+    """A slice's grid image and mask [GRID, GRID], (foreground, corner, side) and the crop resized to
+    the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`)."""
     raw = np.asarray(slice2d, dtype=np.float32)
     window = robust_window(raw, settings)
     noise = _noise_of(scale_unit(raw, settings, window))
@@ -131,8 +151,8 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     image = np.zeros_like(small)
     if mask.any():
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
-    polar = _log_polar(_resized(crop, side, (top, left), SPECTRUM_GRID)).astype(np.float32)
-    return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+    place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+    return image, mask, place, _resized(crop, side, (top, left), SPECTRUM_GRID)
 
 
 def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> float:
@@ -214,6 +234,15 @@ def _smoothed(stack: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndar
     return _gaussian_matrix(rows, sigma, mode) @ stack @ _gaussian_matrix(cols, sigma, mode).T
 
 
+def _smoothed_together(stack: np.ndarray, sigma: float, mode: str) -> np.ndarray:
+    """:func:`_smoothed` of a stack [n, rows, cols] as one matrix product per axis (the same sums as
+    one product per image; fewer, larger BLAS calls)."""
+    n, rows, cols = stack.shape
+    down = _gaussian_matrix(rows, sigma, mode) @ stack.transpose(1, 0, 2).reshape(rows, n * cols)
+    across = down.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n * rows, cols)
+    return (across @ _gaussian_matrix(cols, sigma, mode).T).reshape(n, rows, cols)
+
+
 @lru_cache(maxsize=1)
 def _spectrum_tools() -> tuple[np.ndarray, sparse.csr_array]:
     """Hann window [SPECTRUM_GRID, SPECTRUM_GRID] and the log-polar sampling of the centred
@@ -245,15 +274,15 @@ def _transposed_rows() -> np.ndarray:
     return (_POLAR_ROWS // 4 - np.arange(rows)) % rows
 
 
-def _log_polar(image: np.ndarray) -> np.ndarray:
-    """Log-polar map [180, columns] (see :func:`_spectrum_tools`) of the log-magnitude spectrum of a
-    band-passed (``difference_of_gaussians(image, 0.5, 6.0)``), Hann-windowed [SPECTRUM_GRID,
-    SPECTRUM_GRID] image: rotating the image shifts it along rows, scaling along columns,
-    translating leaves it unchanged."""
+def _log_polar(images: np.ndarray) -> np.ndarray:
+    """Log-polar maps [n, 180, columns] (see :func:`_spectrum_tools`) of the log-magnitude spectra of
+    band-passed (``difference_of_gaussians(image, 0.5, 6.0)``), Hann-windowed images [n, SPECTRUM_GRID,
+    SPECTRUM_GRID]: rotating an image shifts its map along rows, scaling along columns, translating
+    leaves it unchanged."""
     hann, sampling = _spectrum_tools()
-    low, high = (_smoothed(image, sigma, "nearest") for sigma in _BAND)
-    spectrum = np.log1p(np.abs(fft.rfftn((low - high) * hann, axes=(1, 0))))
-    return (sampling @ spectrum.ravel()).reshape(_POLAR_ROWS // 2, -1)
+    low, high = (_smoothed_together(images, sigma, "nearest") for sigma in _BAND)
+    spectra = np.log1p(np.abs(fft.rfftn((low - high) * hann, axes=(2, 1))))
+    return (sampling @ spectra.reshape(len(images), -1).T).T.reshape(len(images), _POLAR_ROWS // 2, -1)
 
 
 def _rfft2(images: np.ndarray) -> np.ndarray:
