@@ -10,6 +10,7 @@ from scipy import ndimage
 from skimage.filters import difference_of_gaussians, window
 from skimage.transform import resize
 
+from MemorizationIndexLib import verification
 from MemorizationIndexLib.augment import augment_condition
 from MemorizationIndexLib.augment_geometry import zoom
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
@@ -20,6 +21,7 @@ from MemorizationIndexLib.verification import (
     _log_polar,
     _resized,
     to_grid,
+    to_grids,
     verify,
     verify_batch,
     verify_candidates,
@@ -187,6 +189,19 @@ def test_verify_many_equals_verify_per_pair(pair):
             assert (one.alignment.transposed, one.alignment.angle) == (many.alignment.transposed, many.alignment.angle)
             assert np.allclose(one.alignment.matrix, many.alignment.matrix) and np.array_equal(one.mask, many.mask)
     assert verify_many(to_grid(source), []) == []
+
+
+def test_to_grids_equals_to_grid_per_slice(pair, monkeypatch):
+    """Grids made together (in batches, noisy and clean slices of other shapes mixed) equal grids made one by one."""
+    source, other = pair
+    noisy = source + np.random.default_rng(0).normal(0.0, 0.05, source.shape).astype(np.float32)
+    slices = [source, other, noisy, np.ascontiguousarray(source.T), rotate(other, 20.0)]
+    monkeypatch.setattr(verification, "GRID_BATCH", 2)
+    for one, together in zip([to_grid(s) for s in slices], to_grids(slices)):
+        for field in ("image", "mask", "log_polar", "foreground"):
+            assert np.array_equal(getattr(one, field), getattr(together, field))
+        assert (one.corner, one.side) == (together.corner, together.side)
+    assert to_grids([]) == []
 
 
 @pytest.mark.parametrize("chunk_pairs", [1, 3, 512])

@@ -684,7 +684,7 @@ def _second_stage_parts(
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.search import Neighbours
     from MemorizationIndexLib.second_stage import other_views, search_depth, shortlist, view_hits
-    from MemorizationIndexLib.verification import to_grid, verify_batch
+    from MemorizationIndexLib.verification import to_grids, verify_batch
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
     original = np.asarray(index.provenance.original_row)
@@ -706,7 +706,7 @@ def _second_stage_parts(
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = grids(wanted)
     lap("reference_grids")
-    queries = [to_grid(s, settings) for s in slices]
+    queries = to_grids(slices, settings)
     lap("query_grids")
     usable = [[reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference] for candidates_of in rows]
     verify_batch(queries, usable)
