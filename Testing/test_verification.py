@@ -10,6 +10,7 @@ from scipy import ndimage
 from skimage.filters import difference_of_gaussians, window
 from skimage.transform import resize
 
+from MemorizationIndexLib import verification
 from MemorizationIndexLib.augment import augment_condition
 from MemorizationIndexLib.augment_geometry import zoom
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
@@ -20,7 +21,9 @@ from MemorizationIndexLib.verification import (
     _log_polar,
     _resized,
     to_grid,
+    to_grids,
     verify,
+    verify_batch,
     verify_candidates,
     verify_many,
 )
@@ -188,6 +191,40 @@ def test_verify_many_equals_verify_per_pair(pair):
     assert verify_many(to_grid(source), []) == []
 
 
+def test_to_grids_equals_to_grid_per_slice(pair, monkeypatch):
+    """Grids made together (in batches, noisy and clean slices of other shapes mixed) equal grids made one by one."""
+    source, other = pair
+    noisy = source + np.random.default_rng(0).normal(0.0, 0.05, source.shape).astype(np.float32)
+    slices = [source, other, noisy, np.ascontiguousarray(source.T), rotate(other, 20.0)]
+    monkeypatch.setattr(verification, "GRID_BATCH", 2)
+    for one, together in zip([to_grid(s) for s in slices], to_grids(slices)):
+        for field in ("image", "mask", "log_polar", "foreground"):
+            assert np.array_equal(getattr(one, field), getattr(together, field))
+        assert (one.corner, one.side) == (together.corner, together.side)
+    assert to_grids([]) == []
+
+
+@pytest.mark.parametrize("chunk_pairs", [1, 3, 512])
+def test_verify_batch_equals_verify_many_per_query(pair, chunk_pairs):
+    """Batching the pairs of many queries (chunked, candidates shared across queries, lists of any
+    length, none included) gives each query what verifying it alone gives."""
+    source, other = pair
+    made = (source, other, rotate(other, 10.0), source.T, rotate(source, 30.0), source[:, ::-1], np.rot90(other))
+    grids = [to_grid(np.ascontiguousarray(x)) for x in made]
+    queries = [grids[4], grids[5], grids[0], grids[1], grids[6], grids[3]]
+    candidates = [grids[:4], [], [grids[3]], [grids[0], grids[0], grids[6], grids[2]], grids, []]
+    batch = verify_batch(queries, candidates, chunk_pairs)
+    assert [len(results) for results in batch] == [len(listed) for listed in candidates]
+    for query, listed, results in zip(queries, candidates, batch):
+        for one, many in zip(verify_many(query, listed), results):
+            assert abs(one.score - many.score) <= 1e-6 and one.box == many.box
+            assert (one.alignment.transposed, one.alignment.angle) == (many.alignment.transposed, many.alignment.angle)
+            assert one.alignment.scale == many.alignment.scale and np.array_equal(one.mask, many.mask)
+            assert np.allclose(one.alignment.matrix, many.alignment.matrix)
+    assert max(r.score for r in batch[0]) >= 0.55 and batch[0][3].alignment.transposed  # copies among them
+    assert verify_batch([], []) == [] and verify_batch(queries[:2], [[], []]) == [[], []]
+
+
 @pytest.mark.parametrize("side", [5, 64, 100, 211, 333])
 def test_resize_matrices_equal_skimage_resize(side):
     rng = np.random.default_rng(side)
@@ -211,7 +248,7 @@ def test_log_polar_equals_the_skimage_route(pair):
     centre = SPECTRUM_GRID // 2
     coords = np.stack([centre + radii * np.sin(angles), centre + radii * np.cos(angles)])
     expected = ndimage.map_coordinates(spectrum, coords, order=1)
-    assert np.abs(_log_polar(fine) - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert np.abs(_log_polar(fine[None])[0] - expected).max() <= 1e-4 * np.abs(expected).max()
     polar = to_grid(source).polar
     transposed = to_grid(np.ascontiguousarray(source.T)).polar
     assert np.abs(polar[1] - transposed[0]).max() <= 1e-4 * np.abs(polar).max()

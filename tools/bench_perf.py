@@ -683,7 +683,7 @@ def _second_stage_parts(
     from MemorizationIndexLib.embedding import embed_slices
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.second_stage import noisy_slices, search_depth, shortlist, smoothed_view, view_hits
-    from MemorizationIndexLib.verification import to_grid, verify_many
+    from MemorizationIndexLib.verification import to_grids, verify_batch
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
     original = np.asarray(index.provenance.original_row)
@@ -712,14 +712,11 @@ def _second_stage_parts(
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = grids(wanted)
     lap("reference_grids")
-    queries = [to_grid(s, settings) for s in slices]
+    queries = to_grids(slices, settings)
     lap("query_grids")
-    pairs = 0
-    for grid, candidates_of in zip(queries, rows):
-        usable = [reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference]
-        pairs += len(usable)
-        if usable:
-            verify_many(grid, usable)
+    usable = [[reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference] for candidates_of in rows]
+    verify_batch(queries, usable)
+    pairs = sum(len(listed) for listed in usable)
     lap("pair_verification")
     real = sum(r < n_real_slices for r in wanted)
     times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs, "n_noisy": len(noisy)}

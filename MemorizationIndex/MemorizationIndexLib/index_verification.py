@@ -15,7 +15,7 @@ from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
 from .search import Neighbours
 from .second_stage import VIEWS, GridSource, Verified, candidates, verify_slices
-from .verification import Grid, to_grid
+from .verification import GRID_BATCH, Grid, to_grids
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
 
@@ -58,10 +58,14 @@ class ReferenceGrids:
         """{row: grid} of original reference rows; rows whose pixels cannot be read are left out.
         Rows are read grouped by source so each training volume is read once per call."""
         prov, settings = self.index.provenance, self.index.preprocessing
-        for row in sorted((r for r in rows if r not in self._grids), key=lambda r: (prov.source[r], r)):
-            pixels = self.index.reference_slice(prov.source[row], prov.slice[row])
-            if pixels is not None:
-                self._grids[row] = to_grid(pixels, settings)
+        missing = sorted((r for r in rows if r not in self._grids), key=lambda r: (prov.source[r], r))
+        for start in range(0, len(missing), GRID_BATCH):  # a batch's pixels at a time
+            pixels = {
+                row: self.index.reference_slice(prov.source[row], prov.slice[row])
+                for row in missing[start : start + GRID_BATCH]
+            }
+            readable = [row for row, values in pixels.items() if values is not None]
+            self._grids.update(zip(readable, to_grids([pixels[row] for row in readable], settings)))
         out = {}
         for row in rows:
             if row in self._grids:

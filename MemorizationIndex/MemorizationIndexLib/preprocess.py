@@ -74,24 +74,29 @@ def nonempty_mask(slices: np.ndarray, settings: PreprocessSettings, reference_le
     return (fraction >= settings.min_foreground_fraction) & varying & (not too_small)
 
 
-def _robust_window(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple[float, float]:
+def robust_window(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple[float, float]:
     """The slice's (low, high) percentiles."""
     low, high = percentiles(slice2d, [settings.low_percentile, settings.high_percentile])
     return low, high
 
 
-def scale_unit(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
-    """Robust min-max scale one slice to [0, 1] (a constant slice becomes all zeros)."""
-    low, high = _robust_window(slice2d, settings)
+def scale_unit(
+    slice2d: np.ndarray, settings: PreprocessSettings, window: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Robust min-max scale one slice to [0, 1] (a constant slice becomes all zeros); ``window`` is
+    the slice's :func:`robust_window` when already known."""
+    low, high = window or robust_window(slice2d, settings)
     if not high > low:
         return np.zeros_like(slice2d, dtype=np.float32)
     return np.clip((slice2d - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def scaled_foreground(slice2d: np.ndarray, settings: PreprocessSettings) -> np.ndarray:
+def scaled_foreground(
+    slice2d: np.ndarray, settings: PreprocessSettings, window: tuple[float, float] | None = None
+) -> np.ndarray:
     """:func:`scale_unit`, then the background floor (values below ``background_floor`` set to 0,
     the rest rescaled to [0, 1]), in one pass over the slice."""
-    low, high = _robust_window(slice2d, settings)
+    low, high = window or robust_window(slice2d, settings)
     if not high > low:
         return np.zeros(slice2d.shape, dtype=np.float32)
     floor = max(settings.background_floor, 0.0)

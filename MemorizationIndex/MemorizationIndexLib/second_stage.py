@@ -26,7 +26,7 @@ from .encoders.base import Encoder
 from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
-from .verification import NOISE_TARGET, Grid, Verification, to_grid, verify_many
+from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
 
 VIEWS = ("as-cut", "smoothed-if-noisy")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
@@ -136,19 +136,21 @@ def verify_slices(
     settings: PreprocessSettings,
     cancel: threading.Event | None = None,
 ) -> list[Verified]:
-    """Verify every slice against its shortlisted rows [n, k]; keep the best candidate of each."""
+    """Verify every slice against its shortlisted rows [n, k]; keep the best candidate of each. The
+    slices are verified in chunks of batched pairs (``verification.pair_chunks``); ``cancel`` is
+    checked before each."""
     reference = grids(sorted({int(r) for r in shortlisted.ravel() if r >= 0}))
-    out = []
-    for image, rows in zip(slices, shortlisted):
+    usable = [[int(r) for r in rows if r >= 0 and int(r) in reference] for rows in shortlisted]
+    asked = [i for i, rows in enumerate(usable) if rows]
+    out = [Verified(0.0, -1, None)] * len(slices)
+    for run in pair_chunks([len(usable[i]) for i in asked]):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        usable = [int(r) for r in rows if r >= 0 and int(r) in reference]
-        best = Verified(0.0, -1, None)
-        if usable:
-            results = verify_many(to_grid(image, settings), [reference[r] for r in usable])
+        chosen = [asked[j] for j in run]
+        queries = to_grids([slices[i] for i in chosen], settings)
+        for i, results in zip(chosen, verify_batch(queries, [[reference[r] for r in usable[i]] for i in chosen])):
             top = int(np.argmax([r.score for r in results]))
-            best = Verified(float(results[top].score), usable[top], results[top])
-        out.append(best)
+            out[i] = Verified(float(results[top].score), usable[i][top], results[top])
     return out
 
 
@@ -157,9 +159,8 @@ def grids_of_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) 
     made: dict[int, Grid] = {}
 
     def source(rows: Sequence[int]) -> dict[int, Grid]:
-        for row in rows:
-            if row not in made:
-                made[row] = to_grid(slices[row], settings)
+        missing = list(dict.fromkeys(row for row in rows if row not in made))
+        made.update(zip(missing, to_grids([slices[row] for row in missing], settings)))
         return {row: made[row] for row in rows}
 
     return source

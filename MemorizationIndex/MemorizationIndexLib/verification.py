@@ -12,10 +12,11 @@ agreeing pixel is weighted by how far its correlation rises above the agreement 
 ≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A noisy
 slice is smoothed by its estimated noise level before it is cropped and put on the grid.
 
-One query is verified against all its candidates at once (:func:`verify_many`): the phase
-correlations are batched FFTs, the warps one ``grid_sample`` call, and the resizes, band-pass and
-Gaussian windows linear maps applied as (cached) matrices, equal to the scikit-image and SciPy
-calls they replace up to float rounding.
+Many queries are verified against their candidates at once (:func:`verify_batch`), in chunks of
+CHUNK_PAIRS query-candidate pairs: the phase correlations are batched FFTs, the warps one
+``grid_sample`` call and the scoring of the shortlisted hypotheses one stack (local correlations,
+closing, largest regions); the resizes, band-pass and Gaussian windows are linear maps applied as
+(cached) matrices, equal to the scikit-image and SciPy calls they replace up to float rounding.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from skimage.exposure import equalize_hist
 from skimage.filters import window
 from skimage.transform import resize
 
-from .preprocess import PreprocessSettings, scale_unit, scaled_foreground
+from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
@@ -48,6 +49,8 @@ _HYPOTHESES = 4  # per candidate: {as is, transposed} x {theta, theta + 180}
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
 MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
+CHUNK_PAIRS = 32  # query-candidate pairs verified together (small chunks stay in the CPU caches)
+GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,29 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize.
     A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
     the image that is scored."""
+    return to_grids([slice2d], settings)[0]
+
+
+def to_grids(slices: Sequence[np.ndarray], settings: PreprocessSettings = PreprocessSettings()) -> list[Grid]:
+    """:func:`to_grid` of every slice; the log-polar spectra of GRID_BATCH slices at a time are made
+    together, their band-pass one matrix product per axis (under load, one threaded BLAS call per
+    slice costs far more than the product itself)."""
+    grids = []
+    for start in range(0, len(slices), GRID_BATCH):
+        parts = [_grid_parts(s, settings) for s in slices[start : start + GRID_BATCH]]
+        polar = _log_polar(np.stack([fine for *_, fine in parts])).astype(np.float32)
+        grids += [Grid(image, mask, maps, *place) for (image, mask, place, _), maps in zip(parts, polar)]
+    return grids
+
+
+def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
+    """A slice's grid image and mask [GRID, GRID], (foreground, corner, side) and the crop resized to
+    the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`)."""
     raw = np.asarray(slice2d, dtype=np.float32)
-    noise = noise_level(raw, settings)
-    unit = scaled_foreground(_denoised(raw, noise, CROP_NOISE_TARGET), settings)
+    window = robust_window(raw, settings)
+    noise = _noise_of(scale_unit(raw, settings, window))
+    smoothed = _denoised(raw, noise, CROP_NOISE_TARGET)
+    unit = scaled_foreground(smoothed, settings, window if smoothed is raw else None)
     foreground = unit > 0
     rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
     if len(rows) < 2 or len(cols) < 2:
@@ -128,8 +151,8 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     image = np.zeros_like(small)
     if mask.any():
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
-    polar = _log_polar(_resized(crop, side, (top, left), SPECTRUM_GRID)).astype(np.float32)
-    return Grid(image, mask, polar, foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+    place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+    return image, mask, place, _resized(crop, side, (top, left), SPECTRUM_GRID)
 
 
 def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> float:
@@ -137,7 +160,11 @@ def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSe
     median absolute difference of neighbouring pixels (both axes, so a transposed slice reads the same)
     / (0.6745 √2). Anatomy moves few neighbour
     differences, so the median reads the noise; a clean slice with a zero background reads ≈ 0."""
-    unit = scale_unit(slice2d, settings)
+    return _noise_of(scale_unit(slice2d, settings))
+
+
+def _noise_of(unit: np.ndarray) -> float:
+    """:func:`noise_level` of a slice already scaled to its robust window."""
     steps = np.concatenate([np.diff(unit, axis=0).ravel(), np.diff(unit, axis=1).ravel()])
     return float(np.median(np.abs(steps)) / (0.6745 * math.sqrt(2.0))) if steps.size else 0.0
 
@@ -182,8 +209,16 @@ def _resized(crop: np.ndarray, side: int, corner: tuple[int, int], size: int) ->
     never built: only the matrix columns of the crop enter)."""
     matrix = _resize_matrix(side, size)
     (top, left), (h, w) = corner, crop.shape
-    rows_done = matrix[:, top : top + h] @ crop  # [size, w]
-    return np.ascontiguousarray((matrix[:, left : left + w] @ rows_done.T).T, dtype=np.float32)
+    rows_done = _columns(matrix, top, top + h) @ crop  # [size, w]
+    return np.ascontiguousarray((_columns(matrix, left, left + w) @ rows_done.T).T, dtype=np.float32)
+
+
+def _columns(matrix: sparse.csc_array, start: int, stop: int) -> sparse.csc_array:
+    """``matrix[:, start:stop]`` of a CSC matrix, its entries in the same order, without SciPy's
+    index checks (a large share of a small product's time)."""
+    first, last = matrix.indptr[start], matrix.indptr[stop]
+    entries = (matrix.data[first:last], matrix.indices[first:last], matrix.indptr[start : stop + 1] - first)
+    return sparse.csc_array(entries, shape=(matrix.shape[0], stop - start))
 
 
 @lru_cache(maxsize=8)
@@ -197,6 +232,15 @@ def _smoothed(stack: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndar
     at once (one batched matrix product per axis)."""
     rows, cols = stack.shape[-2:]
     return _gaussian_matrix(rows, sigma, mode) @ stack @ _gaussian_matrix(cols, sigma, mode).T
+
+
+def _smoothed_together(stack: np.ndarray, sigma: float, mode: str) -> np.ndarray:
+    """:func:`_smoothed` of a stack [n, rows, cols] as one matrix product per axis (the same sums as
+    one product per image; fewer, larger BLAS calls)."""
+    n, rows, cols = stack.shape
+    down = _gaussian_matrix(rows, sigma, mode) @ stack.transpose(1, 0, 2).reshape(rows, n * cols)
+    across = down.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n * rows, cols)
+    return (across @ _gaussian_matrix(cols, sigma, mode).T).reshape(n, rows, cols)
 
 
 @lru_cache(maxsize=1)
@@ -230,15 +274,15 @@ def _transposed_rows() -> np.ndarray:
     return (_POLAR_ROWS // 4 - np.arange(rows)) % rows
 
 
-def _log_polar(image: np.ndarray) -> np.ndarray:
-    """Log-polar map [180, columns] (see :func:`_spectrum_tools`) of the log-magnitude spectrum of a
-    band-passed (``difference_of_gaussians(image, 0.5, 6.0)``), Hann-windowed [SPECTRUM_GRID,
-    SPECTRUM_GRID] image: rotating the image shifts it along rows, scaling along columns,
-    translating leaves it unchanged."""
+def _log_polar(images: np.ndarray) -> np.ndarray:
+    """Log-polar maps [n, 180, columns] (see :func:`_spectrum_tools`) of the log-magnitude spectra of
+    band-passed (``difference_of_gaussians(image, 0.5, 6.0)``), Hann-windowed images [n, SPECTRUM_GRID,
+    SPECTRUM_GRID]: rotating an image shifts its map along rows, scaling along columns, translating
+    leaves it unchanged."""
     hann, sampling = _spectrum_tools()
-    low, high = (_smoothed(image, sigma, "nearest") for sigma in _BAND)
-    spectrum = np.log1p(np.abs(fft.rfftn((low - high) * hann, axes=(1, 0))))
-    return (sampling @ spectrum.ravel()).reshape(_POLAR_ROWS // 2, -1)
+    low, high = (_smoothed_together(images, sigma, "nearest") for sigma in _BAND)
+    spectra = np.log1p(np.abs(fft.rfftn((low - high) * hann, axes=(2, 1))))
+    return (sampling @ spectra.reshape(len(images), -1).T).T.reshape(len(images), _POLAR_ROWS // 2, -1)
 
 
 def _rfft2(images: np.ndarray) -> np.ndarray:
@@ -269,16 +313,41 @@ def _phase_peaks(reference: np.ndarray, moving: np.ndarray, shape: tuple[int, in
     return np.where(shifts > size // 2, shifts - size, shifts)
 
 
-def _rotation_scales(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarray, np.ndarray]:
-    """Rotations (degrees, modulo 180) and image scales [n, 2] taking each candidate, as is and
-    transposed, onto the query. The transposed map's spectrum is the as-is one with its row
+@dataclass(frozen=True)
+class _Pairs:
+    """The query-candidate pairs of one chunk: ``query`` [P] each pair's query (index into the chunk's
+    queries), ``candidate`` [P] its candidate (index into ``unique``, the chunk's distinct candidate
+    grids, so that a grid shared by several queries is transformed once)."""
+
+    query: np.ndarray
+    candidate: np.ndarray
+    unique: list[Grid]
+
+    @classmethod
+    def of(cls, candidates: Sequence[Sequence[Grid]]) -> _Pairs:
+        """The pairs of queries [Q] with their candidate lists, in order."""
+        position: dict[int, int] = {}
+        unique: list[Grid] = []
+        for grid in (grid for listed in candidates for grid in listed):
+            if id(grid) not in position:
+                position[id(grid)] = len(unique)
+                unique.append(grid)
+        query = np.repeat(np.arange(len(candidates)), [len(listed) for listed in candidates])
+        candidate = np.array([position[id(grid)] for listed in candidates for grid in listed], dtype=np.intp)
+        return cls(query, candidate, unique)
+
+
+def _rotation_scales(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Rotations (degrees, modulo 180) and image scales [P, 2] taking each pair's candidate, as is
+    and transposed, onto its query. The transposed map's spectrum is the as-is one with its row
     frequencies negated and signs alternated (its rows are permuted by a -> 90 - a, half the period)."""
-    maps = np.stack([grid.log_polar for grid in candidates])
-    spectra = _whitened(_rfft2(maps))  # [n, 180, columns // 2 + 1]
+    maps = np.stack([grid.log_polar for grid in pairs.unique])
+    spectra = _whitened(_rfft2(maps))  # [U, 180, columns // 2 + 1]
     rows = spectra.shape[1]
     flipped = spectra[:, (-np.arange(rows)) % rows] * np.where(np.arange(rows) % 2, -1, 1).astype(np.float32)[:, None]
-    reference = _whitened(_rfft2(query.log_polar))
-    shifts = _phase_peaks(reference, np.stack([spectra, flipped], axis=1), maps.shape[1:])
+    reference = _whitened(_rfft2(np.stack([grid.log_polar for grid in queries])))
+    moving = np.stack([spectra, flipped], axis=1)[pairs.candidate]  # [P, 2, 180, columns // 2 + 1]
+    shifts = _phase_peaks(reference[pairs.query][:, None], moving, maps.shape[1:])
     angles = shifts[..., 0] * 360.0 / _POLAR_ROWS
     # The spectrum scales inversely to the image.
     scales = np.exp(-shifts[..., 1] * math.log(SPECTRUM_GRID // 2) / SPECTRUM_GRID)
@@ -296,25 +365,34 @@ def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.
     return back @ turn @ to_origin
 
 
-def _warped(candidates: Sequence[Grid], transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 [n * 4, 2, GRID, GRID]: image and mask of each candidate under each of its hypotheses
-    (transposed, then turned by ``angle`` degrees and scaled about the grid centre), bilinear with
-    zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates (column, row),
-    normalised to [-1, 1] about the centre, the inverse map is linear; a transpose swaps its rows."""
+def _warped(images: np.ndarray, transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 [P * 4, 2, GRID, GRID]: image and mask [P, 2, GRID, GRID] of each candidate under each
+    of its hypotheses (transposed, then turned by ``angle`` degrees and scaled about the grid centre),
+    bilinear with zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates
+    (column, row), normalised to [-1, 1] about the centre, the inverse map is linear; a transpose
+    swaps its rows."""
     cos, sin = np.cos(np.radians(angles)) / scales, np.sin(np.radians(angles)) / scales
-    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [n * 4, 2, 2]: turn back, unscale
+    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [P * 4, 2, 2]: turn back, unscale
     inverse[transposed] = inverse[transposed][:, ::-1]
     theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
-    images = torch.from_numpy(np.stack([np.stack([g.image, g.mask]) for g in candidates]).astype(np.float32))
-    n = len(candidates)
+    n = len(images)
     with torch.no_grad():
-        sampling = torch.nn.functional.affine_grid(theta, [len(theta), 2, GRID, GRID], align_corners=True)
         # The hypotheses of one candidate are stacked along the rows, so its images are sampled once.
-        sampling = sampling.reshape(n, _HYPOTHESES * GRID, GRID, 2)
+        sampling = (_base_grid() @ theta.transpose(1, 2)).reshape(n, _HYPOTHESES * GRID, GRID, 2)
         moved = torch.nn.functional.grid_sample(
-            images, sampling, mode="bilinear", padding_mode="zeros", align_corners=True
+            torch.from_numpy(images), sampling, mode="bilinear", padding_mode="zeros", align_corners=True
         )
     return moved.reshape(n, 2, _HYPOTHESES, GRID, GRID).transpose(1, 2).reshape(-1, 2, GRID, GRID).numpy()
+
+
+@lru_cache(maxsize=1)
+def _base_grid() -> torch.Tensor:
+    """[1, GRID * GRID, 3] (column, row, 1) of the grid pixels normalised to [-1, 1]: times the
+    transposed affine maps [n, 3, 2], ``affine_grid(theta, align_corners=True)`` (its own product,
+    without a copy of the base grid per map)."""
+    ramp = torch.linspace(-1.0, 1.0, GRID)
+    columns, rows = ramp[None, :].expand(GRID, GRID), ramp[:, None].expand(GRID, GRID)
+    return torch.stack([columns, rows, torch.ones(GRID, GRID)], dim=-1).reshape(1, GRID * GRID, 3)
 
 
 def _shifted(stack: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -333,7 +411,12 @@ def local_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: f
     Windows are normalised by the weight they hold, so pixels outside ``weight`` never contribute;
     where either image is locally flat the correlation is 0 (no evidence)."""
     w = weight.astype(np.float32)
-    sums = _smoothed(np.stack([w, a * w, b * w, a * a * w, b * b * w, a * b * w]), sigma)
+    products = np.empty((6, *w.shape), dtype=np.float32)  # w, a w, b w, a² w, b² w, a b w
+    products[0] = w
+    for out, (x, y) in zip(products[1:], ((a, w), (b, w), (a, a), (b, b), (a, b))):
+        np.multiply(x, y, out=out)
+    products[3:] *= w
+    sums = _smoothed(products, sigma)
     ma, mb, maa, mbb, mab = sums[1:] / np.maximum(sums[0], 1e-6)
     va, vb = maa - ma * ma, mbb - mb * mb
     cov = mab - ma * mb
@@ -341,38 +424,73 @@ def local_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: f
     return np.where(informative, cov / np.sqrt(np.maximum(va * vb, 1e-12)), 0.0).astype(np.float32)
 
 
-def _global_correlations(query: Grid, moved: np.ndarray, moved_masks: np.ndarray) -> np.ndarray:
-    """[n] Pearson correlation of each aligned image [n, GRID, GRID] with the query over their
-    overlap, weighted by the overlap's share of the query foreground (ranks hypotheses cheaply);
-    -1 for overlaps under 3 pixels, 0 for a constant overlap."""
-    overlap = (query.mask & moved_masks).reshape(len(moved), -1).astype(np.float64)
-    q = query.image.ravel().astype(np.float64)
-    m = moved.reshape(len(moved), -1) * overlap
-    count = overlap.sum(axis=1)
-    n = np.maximum(count, 1.0)
-    sum_q, sum_m = overlap @ q, m.sum(axis=1)
-    cov = m @ q - sum_q * sum_m / n
-    var = (overlap @ (q * q) - sum_q * sum_q / n) * ((m * m).sum(axis=1) - sum_m * sum_m / n)
+def _global_correlations(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_mask: np.ndarray) -> np.ndarray:
+    """[n] Pearson correlation of each aligned image [n, GRID, GRID] with its query's (``image``,
+    ``mask`` [n, GRID, GRID]) over their overlap, weighted by the overlap's share of the query
+    foreground (ranks hypotheses cheaply); -1 for overlaps under 3 pixels, 0 for a constant overlap."""
+    n = len(moved)
+    overlap = (mask & moved_mask).reshape(n, -1)
+    q = np.where(overlap, image.reshape(n, -1), np.float32(0.0)).astype(np.float64)
+    m = np.where(overlap, moved.reshape(n, -1), np.float32(0.0)).astype(np.float64)
+    count = overlap.sum(axis=1).astype(np.float64)
+    size = np.maximum(count, 1.0)
+    sum_q, sum_m = q.sum(axis=1), m.sum(axis=1)
+    cov = np.einsum("ij,ij->i", m, q) - sum_q * sum_m / size
+    var = (np.einsum("ij,ij->i", q, q) - sum_q * sum_q / size) * (np.einsum("ij,ij->i", m, m) - sum_m * sum_m / size)
     r = np.where(var > 0, cov / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # a constant overlap has no correlation
-    return np.where(count < 3, -1.0, np.clip(r, -1.0, 1.0) * count / max(query.mask.sum(), 1))
+    share = count / np.maximum(mask.reshape(n, -1).sum(axis=1), 1)
+    return np.where(count < 3, -1.0, np.clip(r, -1.0, 1.0) * share)
 
 
-def _agreement(query: Grid, moved: np.ndarray, moved_mask: np.ndarray) -> tuple[float, np.ndarray]:
-    """Score and copy mask (grid pixels) of an aligned candidate. The largest agreeing region is the
-    copy mask; each of its pixels counts by how far its local correlation rises above AGREEMENT (1 for a
-    perfect match, :func:`_strength`), and the sum is divided by the smaller of the two foregrounds (the
-    most two slices can share), so that an alignment that overlaps the slices only in a corner cannot score
+def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_mask: np.ndarray) -> tuple:
+    """Scores [n] and copy masks [n, GRID, GRID] (grid pixels) of aligned candidates against their
+    queries' images and masks [n, GRID, GRID]. The largest agreeing region is the copy mask; each of
+    its pixels counts by how far its local correlation rises above AGREEMENT (1 for a perfect match,
+    :func:`_strength`), and the sum is divided by the smaller of the two foregrounds (the most two
+    slices can share), so that an alignment that overlaps the slices only in a corner cannot score
     high and another person's loosely similar anatomy counts less than an exact (partial) copy."""
-    overlap = query.mask & moved_mask
-    if overlap.sum() < GRID * GRID // 50:
-        return 0.0, np.zeros_like(overlap)
-    correlation = local_correlation(query.image, moved, overlap)
-    agree = ndimage.binary_closing(correlation >= AGREEMENT) & overlap
-    labels, count = ndimage.label(agree)
-    if count == 0:
-        return 0.0, agree
-    largest = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    return float(_strength(correlation[largest]).sum() / min(query.mask.sum(), moved_mask.sum())), largest
+    overlap = mask & moved_mask
+    correlation = local_correlation(image, moved, overlap)
+    agree = _closed(correlation >= AGREEMENT) & overlap
+    agree &= (overlap.sum(axis=(1, 2)) >= GRID * GRID // 50)[:, None, None]
+    largest = _largest_regions(agree)
+    evidence = np.where(largest, _strength(correlation), np.float32(0.0)).sum(axis=(1, 2))
+    smaller = np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2)))
+    return evidence / np.maximum(smaller, 1), largest
+
+
+def _closed(regions: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_closing`` (4-connected cross, zero border) of every image of a stack
+    [n, rows, cols]: dilation, then erosion, which clears the image border."""
+    grown = regions.copy()
+    grown[:, 1:] |= regions[:, :-1]
+    grown[:, :-1] |= regions[:, 1:]
+    grown[:, :, 1:] |= regions[:, :, :-1]
+    grown[:, :, :-1] |= regions[:, :, 1:]
+    out = grown.copy()
+    out[:, 1:] &= grown[:, :-1]
+    out[:, :-1] &= grown[:, 1:]
+    out[:, :, 1:] &= grown[:, :, :-1]
+    out[:, :, :-1] &= grown[:, :, 1:]
+    out[:, [0, -1]] = False
+    out[:, :, [0, -1]] = False
+    return out
+
+
+def _largest_regions(regions: np.ndarray) -> np.ndarray:
+    """bool [n, rows, cols]: the largest 4-connected region of each image of a stack (the first in
+    raster order among equals; empty where there is none)."""
+    connectivity = np.zeros((3, 3, 3), dtype=bool)
+    connectivity[1] = ndimage.generate_binary_structure(2, 1)  # regions never span images
+    labels, count = ndimage.label(regions, connectivity)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    # Labels run in raster order over the stack, so each image's labels follow the previous image's.
+    last = np.maximum.accumulate(labels.reshape(len(labels), -1).max(axis=1))
+    chosen = np.zeros(len(labels), dtype=labels.dtype)
+    for i, (first, end) in enumerate(zip(np.r_[0, last[:-1]] + 1, last + 1)):
+        if end > first:
+            chosen[i] = first + np.argmax(sizes[first:end])
+    return (labels == chosen[:, None, None]) & (chosen > 0)[:, None, None]
 
 
 def _strength(correlation: np.ndarray) -> np.ndarray:
@@ -382,50 +500,89 @@ def _strength(correlation: np.ndarray) -> np.ndarray:
     return np.clip((correlation - AGREEMENT) / (1.0 - AGREEMENT), 0.0, 1.0)
 
 
-def _hypotheses(query: Grid, candidates: Sequence[Grid]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(transposed, angle, scale) [n * 4] to try, per candidate in order: per transpose, the
-    log-polar rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart)
-    at the estimated scale (1 outside SCALE_RANGE)."""
-    angles, scales = _rotation_scales(query, candidates)  # [n, 2]: as is, transposed
+def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(transposed, angle, scale) [P * 4] to try, per pair in order: per transpose, the log-polar
+    rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
+    estimated scale (1 outside SCALE_RANGE)."""
+    angles, scales = _rotation_scales(queries, pairs)  # [P, 2]: as is, transposed
     scales = np.where((scales >= SCALE_RANGE[0]) & (scales <= SCALE_RANGE[1]), scales, 1.0)
-    turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1)  # [n, 2, 2]
+    turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1)  # [P, 2, 2]
     transposed = np.broadcast_to(np.array([False, True])[None, :, None], turned.shape)
     return transposed.ravel(), turned.ravel(), np.repeat(scales, 2, axis=-1).ravel()
 
 
-def _aligned(query: Grid, candidates: Sequence[Grid], transposed: np.ndarray, angles, scales) -> tuple:
-    """Every hypothesis applied: the turned and scaled candidate images and masks [n * 4, GRID, GRID],
-    then moved by the translation that phase correlation finds against the query (shifts [n * 4, 2])."""
-    turned = _warped(candidates, transposed, angles, scales)
-    spectra = _whitened(_rfft2(query.image)), _whitened(_rfft2(turned[:, 0]))
-    shifts = _phase_peaks(*spectra, (GRID, GRID))
+def _aligned(images: np.ndarray, pairs: _Pairs, transposed: np.ndarray, angles, scales) -> tuple:
+    """Every hypothesis applied: the turned and scaled candidate images and masks [P * 4, GRID, GRID],
+    then moved by the translation that phase correlation finds against its query (of the query
+    images [Q, GRID, GRID]; shifts [P * 4, 2])."""
+    unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
+    turned = _warped(unique[pairs.candidate], transposed, angles, scales)
+    reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
+    shifts = _phase_peaks(reference, _whitened(_rfft2(turned[:, 0])), (GRID, GRID))
     moved = _shifted(turned, shifts)
     return moved[:, 0], moved[:, 1] > 0.5, shifts
 
 
-def verify_many(query: Grid, candidates: Sequence[Grid]) -> list[Verification]:
-    """Verify ``query`` against several candidates at once, as :func:`verify` does each (in order):
-    the rotation, scale and translation estimates and the warps of every candidate and hypothesis
-    are batched; the best ``SHORTLIST`` hypotheses of each candidate are scored by :func:`_agreement`."""
-    if len(candidates) == 0:
-        return []
-    transposed, angles, scales = _hypotheses(query, candidates)
-    moved, moved_masks, shifts = _aligned(query, candidates, transposed, angles, scales)
-    ranks = _global_correlations(query, moved, moved_masks).reshape(len(candidates), _HYPOTHESES)
-    results = []
-    for c, candidate in enumerate(candidates):
-        best: tuple[float, int, np.ndarray] | None = None
-        for h in c * _HYPOTHESES + np.argsort(-ranks[c], kind="stable")[:SHORTLIST]:
-            score, copied = _agreement(query, moved[h], moved_masks[h])
-            if best is None or score > best[0]:
-                best = (score, h, copied)
-        score, h, copied = best
+def pair_chunks(sizes: Sequence[int], limit: int = CHUNK_PAIRS) -> list[range]:
+    """Consecutive runs of queries with ``sizes`` candidates each, at most ``limit`` pairs a run (a
+    query with more candidates makes a run of its own)."""
+    runs, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if total + size > limit and i > start:
+            runs.append(range(start, i))
+            start, total = i, 0
+        total += size
+    return [*runs, range(start, len(sizes))] if sizes else runs
+
+
+def verify_batch(
+    queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]], chunk_pairs: int = CHUNK_PAIRS
+) -> list[list[Verification]]:
+    """Verify every query against its own candidates (in order), as :func:`verify` does each pair:
+    the pairs of consecutive queries are batched, ``chunk_pairs`` at most at a time."""
+    out: list[list[Verification]] = []
+    for run in pair_chunks([len(listed) for listed in candidates], chunk_pairs):
+        out += _verify_chunk([queries[i] for i in run], [candidates[i] for i in run])
+    return out
+
+
+def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]]) -> list[list[Verification]]:
+    """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps
+    of every pair and hypothesis are batched; the best ``SHORTLIST`` hypotheses of each pair (by
+    global correlation) are scored by :func:`_agreements`, and the higher scoring one is kept."""
+    asked = [i for i, listed in enumerate(candidates) if len(listed)]
+    out: list[list[Verification]] = [[] for _ in queries]
+    if not asked:
+        return out
+    used, pairs = [queries[i] for i in asked], _Pairs.of([candidates[i] for i in asked])
+    transposed, angles, scales = _hypotheses(used, pairs)
+    images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
+    moved, moved_masks, shifts = _aligned(images, pairs, transposed, angles, scales)
+    owner = np.repeat(pairs.query, _HYPOTHESES)
+    ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
+    listed = np.arange(len(ranks))[:, None] * _HYPOTHESES + np.argsort(-ranks, axis=1, kind="stable")[:, :SHORTLIST]
+    h = listed.ravel()
+    scores, copied = _agreements(images[owner[h]], masks[owner[h]], moved[h], moved_masks[h])
+    scores, copied = scores.reshape(listed.shape), copied.reshape(*listed.shape, GRID, GRID)
+    best = np.zeros(len(listed), dtype=np.intp)  # the first shortlisted unless a later one scores higher
+    for k in range(1, SHORTLIST):
+        best = np.where(scores[:, k] > scores[np.arange(len(best)), best], k, best)
+    to_query = [np.linalg.inv(_grid_of(query)) for query in used]
+    from_candidate = [_grid_of(grid) for grid in pairs.unique]
+    for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
+        query, h = used[q], listed[p, best[p]]
         shift = (float(shifts[h, 0]), float(shifts[h, 1]))
-        matrix = _slice_map(query, candidate, bool(transposed[h]), _transform(angles[h], scales[h], shift))
+        on_grid = _transform(angles[h], scales[h], shift)
+        matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
-        mask = _to_slice(copied, query)
-        results.append(Verification(score, alignment, mask, bounding_box(mask)))
-    return results
+        mask = _to_slice(copied[p, best[p]], query)
+        out[asked[q]].append(Verification(float(scores[p, best[p]]), alignment, mask, bounding_box(mask)))
+    return out
+
+
+def verify_many(query: Grid, candidates: Sequence[Grid]) -> list[Verification]:
+    """Verify ``query`` against several candidates at once, in order (:func:`verify_batch` of one query)."""
+    return verify_batch([query], [candidates])[0]
 
 
 def verify(query: Grid, candidate: Grid) -> Verification:
@@ -441,10 +598,11 @@ def _grid_of(grid: Grid) -> np.ndarray:
     return np.array([[k, 0, (0.5 - left) * k - 0.5], [0, k, (0.5 - top) * k - 0.5], [0, 0, 1]])
 
 
-def _slice_map(query: Grid, candidate: Grid, transposed: bool, on_grid: np.ndarray) -> np.ndarray:
-    """[3, 3] candidate slice pixels -> query slice pixels, through the grids (column, row, 1)."""
+def _slice_map(to_query: np.ndarray, from_candidate: np.ndarray, transposed: bool, on_grid: np.ndarray) -> np.ndarray:
+    """[3, 3] candidate slice pixels -> query slice pixels, through the grids (column, row, 1), given
+    the inverse of the query's :func:`_grid_of` and the candidate's."""
     swap = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]]) if transposed else np.eye(3)
-    return np.linalg.inv(_grid_of(query)) @ on_grid @ swap @ _grid_of(candidate)
+    return to_query @ on_grid @ swap @ from_candidate
 
 
 @lru_cache(maxsize=256)
