@@ -30,6 +30,8 @@ from MemorizationIndexLib.baselines import (
     vendi,
 )
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
+from MemorizationIndexLib.benchmark_stages import TwoStage
+from MemorizationIndexLib.second_stage import Verified
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
@@ -129,6 +131,16 @@ def test_auroc_and_auprc_agree_with_scikit_learn_on_tied_scores():
         scores = np.r_[positive, negative]
         assert abs(auroc(positive, negative) - metrics.roc_auc_score(labels, scores)) < 1e-12
         assert abs(auprc(positive, negative) - metrics.average_precision_score(labels, scores)) < 1e-12
+
+
+def test_two_stage_score_follows_the_flag_and_breaks_its_ties():
+    flag_p = np.array([1.0, 1.0, 1.0, 1e-6, 1.0, 0.5])
+    verified = [Verified(v, -1, None) for v in (0.10, 0.15, 0.10, 0.05, 0.10, 0.0)]
+    similarity = np.array([0.30, 0.20, 0.40, 0.10, 0.30, 0.90])
+    stage = TwoStage(flag_p, flag_p < 1e-3, verified, np.zeros((6, 1), dtype=np.int64), similarity)
+    order = np.argsort(-stage.score, kind="stable")
+    assert order.tolist() == [3, 5, 1, 2, 0, 4]  # flag_p first, then the verified score, then the similarity
+    assert stage.score[0] == stage.score[4]  # equal in all three keys: tied
 
 
 def test_faiss_kmeans_separates_clusters():

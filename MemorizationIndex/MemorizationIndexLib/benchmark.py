@@ -811,7 +811,8 @@ def _write_results(
                 "split": "by subject (seeded); reference = the larger half of the subjects",
                 "pixel_corr_size": PIXEL_SIZE,
                 "score_used_for_ranking": "mi ranks by the similarity s (mi is a monotone function of s; "
-                "s avoids ties where mi rounds to 1.0); two_stage ranks by 1 - flag_p (the order of the flag)",
+                "s avoids ties where mi rounds to 1.0); two_stage ranks by the flag's order (flag_p), "
+                "ties (flag_p = 1 for most unflagged slices) broken by the verified score, then the similarity s",
                 "set_level_features": "raw block features concatenated; "
                 "CT-score held-out set = the clean, unduplicated test slices",
                 "verification": _verification_settings(run["verification"]),

@@ -115,7 +115,11 @@ def _detection_section(results: dict, methods: list[str], key: str, title: str) 
         "`mi`: this tool (default threshold-free ranking by the calibrated score); `mi_paper`: the paper's recipe "
         "on the same features (raw ZCA ε=1e-6, no flipped references); `cosine_raw`: non-whitened cosine of the "
         f"same features; `pixel_corr`: max Pearson correlation of {size}×{size} slices"
-        + ("; `two_stage`: the shipped flag's score, 1 − flag_p (both stages)" if "two_stage" in methods else "")
+        + (
+            "; `two_stage`: the shipped flag's order, flag_p (both stages), ties broken by the verified score, then s"
+            if "two_stage" in methods
+            else ""
+        )
         + ".\n\n"
         + _table(header, rows)
     )
@@ -278,7 +282,8 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         "of each, and the flag flag_p < alpha, where flag_p combines the global and the verified p-value against "
         "a verified null made from held-out subject splits of the reference pixels (as `build-index` makes it; "
         "docs/method.md §7). The benchmark assumes the global calibration holds for its queries (the audit checks it "
-        "per input). AUROC: min over levels (global: similarity s; two-stage: 1 − flag_p). Copies flagged and "
+        "per input). AUROC: min over levels (global: similarity s; two-stage: the flag's order, flag_p, with its "
+        "ties – flag_p = 1 for most unflagged slices – broken by the verified score, then by s). Copies flagged and "
         "novel flagged: over all duplicates of the largest level and every novel slice. Provenance top-1: global = "
         "the nearest reference is the true source (all copies); verified = the best verified candidate is the true "
         "source (flagged copies). Candidate recall: the true source is among the verified candidates (in brackets: "

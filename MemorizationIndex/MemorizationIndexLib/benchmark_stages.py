@@ -35,17 +35,25 @@ LOCATED_IOU = 0.5  # a partial copy is located when its copy box has at least th
 @dataclass(frozen=True)
 class TwoStage:
     """Both stages of one condition's query rows: the flag's p-value [rows], the flag [rows], the
-    best verified candidate of each row and the candidates' original rows [rows, k] (-1 = none)."""
+    best verified candidate of each row, the candidates' original rows [rows, k] (-1 = none) and the
+    global similarity [rows]."""
 
     flag_p: np.ndarray
     flagged: np.ndarray
     verified: list[Verified]
     shortlisted: np.ndarray
+    similarity: np.ndarray
 
     @property
     def score(self) -> np.ndarray:
-        """The shipped detection score, ordered as the flag: 1 − flag_p."""
-        return 1.0 - self.flag_p
+        """The detection order as a score in [0, 1): the flag's order (smaller flag_p first), ties broken
+        by the verified score, then by the global similarity. flag_p is 1 for most slices that are not
+        flagged, so without the tie-breaks the AUROC would count every such copy as tied with every
+        novel slice. Rows equal in all three keys get equal scores."""
+        verified = np.array([v.score for v in self.verified], dtype=np.float64)
+        keys = np.stack([self.flag_p, -verified, -np.asarray(self.similarity, dtype=np.float64)], axis=1)
+        unique, position = np.unique(keys, axis=0, return_inverse=True)
+        return 1.0 - position.ravel() / len(unique)
 
 
 def score_two_stage(
@@ -68,7 +76,7 @@ def score_two_stage(
     null = index.verified_null
     verified_score = np.array([v.score for v in verified])
     flag_p = combined_p(np.array([r["p_value"] for r in rows]), null.verified_p(verified_score), verified_score)
-    return TwoStage(flag_p, flag_p < alpha, verified, shortlisted)
+    return TwoStage(flag_p, flag_p < alpha, verified, shortlisted, as_cut.similarity)
 
 
 def box_iou(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> float:
