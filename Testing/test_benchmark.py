@@ -31,11 +31,11 @@ from MemorizationIndexLib.baselines import (
 )
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
 from MemorizationIndexLib.benchmark_stages import TwoStage
-from MemorizationIndexLib.second_stage import Verified
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
+from MemorizationIndexLib.second_stage import Verified
 from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 

@@ -193,3 +193,14 @@ def test_caps_at_many_slices(tmp_path: Path):
     assert plain.index("gen_07.nii.gz") < plain.index("gen_00.nii.gz")
     titles = [t for t in svg_texts(svg_trees(text)["strips"]) if "flagged of" in t]
     assert len(titles) == report.MAX_STRIPS and titles[0] == "gen_07.nii.gz  (5 flagged of 20)"
+
+
+@pytest.mark.parametrize("copy", ["transpose", "rot+90", "rot-90", "hflip"])
+def test_evidence_pair_orients_a_non_square_training_slice_as_matched(copy: str):
+    from MemorizationIndexLib.transforms import reference_copy
+
+    train = np.random.default_rng(0).random((40, 64)).astype(np.float32)
+    query = reference_copy(train, copy)  # a copy in the matched orientation: [64, 40] when the axes swap
+    oriented, label, r = report._match_orientation(query, train, copy)
+    assert oriented.shape == query.shape and label.startswith(copy)
+    assert r > 0.99
