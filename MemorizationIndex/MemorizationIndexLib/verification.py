@@ -45,7 +45,7 @@ _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 18
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
-_HYPOTHESES = 4  # per candidate: {as is, transposed} x {theta, theta + 180}
+_HYPOTHESES = 5  # per candidate: {as is, transposed} x {theta, theta + 180}, and in place (:func:`_in_place_scales`)
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
 MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
@@ -366,13 +366,13 @@ def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.
 
 
 def _warped(images: np.ndarray, transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 [P * 4, 2, GRID, GRID]: image and mask [P, 2, GRID, GRID] of each candidate under each
+    """float32 [P * _HYPOTHESES, 2, GRID, GRID]: image and mask [P, 2, GRID, GRID] of each candidate under each
     of its hypotheses (transposed, then turned by ``angle`` degrees and scaled about the grid centre),
     bilinear with zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates
     (column, row), normalised to [-1, 1] about the centre, the inverse map is linear; a transpose
     swaps its rows."""
     cos, sin = np.cos(np.radians(angles)) / scales, np.sin(np.radians(angles)) / scales
-    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [P * 4, 2, 2]: turn back, unscale
+    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [P * _HYPOTHESES, 2, 2]: turn back, unscale
     inverse[transposed] = inverse[transposed][:, ::-1]
     theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
     n = len(images)
@@ -501,20 +501,38 @@ def _strength(correlation: np.ndarray) -> np.ndarray:
 
 
 def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(transposed, angle, scale) [P * 4] to try, per pair in order: per transpose, the log-polar
+    """(transposed, angle, scale) [P * 5] to try, per pair in order: per transpose, the log-polar
     rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
-    estimated scale (1 outside SCALE_RANGE)."""
+    estimated scale (1 outside SCALE_RANGE); then the candidate in place (:func:`_in_place_scales`)."""
     angles, scales = _rotation_scales(queries, pairs)  # [P, 2]: as is, transposed
     scales = np.where((scales >= SCALE_RANGE[0]) & (scales <= SCALE_RANGE[1]), scales, 1.0)
-    turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1)  # [P, 2, 2]
-    transposed = np.broadcast_to(np.array([False, True])[None, :, None], turned.shape)
-    return transposed.ravel(), turned.ravel(), np.repeat(scales, 2, axis=-1).ravel()
+    turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1).reshape(len(angles), 4)
+    transposed = np.broadcast_to(np.array([False, False, True, True]), turned.shape)
+    in_place = _in_place_scales(queries, pairs)[:, None]
+    return (
+        np.concatenate([transposed, np.zeros_like(in_place, dtype=bool)], axis=1).ravel(),
+        np.concatenate([turned, np.zeros_like(in_place)], axis=1).ravel(),
+        np.concatenate([np.repeat(scales, 2, axis=-1), in_place], axis=1).ravel(),
+    )
+
+
+def _in_place_scales(queries: Sequence[Grid], pairs: _Pairs) -> np.ndarray:
+    """[P] grid scale of the in-place hypothesis: the candidate neither turned nor flipped, each pixel
+    at the same place in the field of view of the query (the spectra of a partial copy mix two
+    slices and can mislead the rotation and scale estimate; a generator keeps what it copies where it
+    was). Fields of view of different sizes are matched by their areas' ratio."""
+    out = np.empty(len(pairs.query))
+    for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
+        query, candidate = queries[q], pairs.unique[c]
+        fov = math.sqrt(query.foreground.size / max(candidate.foreground.size, 1))
+        out[p] = fov * candidate.side / max(query.side, 1)
+    return out
 
 
 def _aligned(images: np.ndarray, pairs: _Pairs, transposed: np.ndarray, angles, scales) -> tuple:
-    """Every hypothesis applied: the turned and scaled candidate images and masks [P * 4, GRID, GRID],
+    """Every hypothesis applied: the turned and scaled candidate images and masks [P * _HYPOTHESES, GRID, GRID],
     then moved by the translation that phase correlation finds against its query (of the query
-    images [Q, GRID, GRID]; shifts [P * 4, 2])."""
+    images [Q, GRID, GRID]; shifts [P * _HYPOTHESES, 2])."""
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
     turned = _warped(unique[pairs.candidate], transposed, angles, scales)
     reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
