@@ -47,7 +47,7 @@ class BatchScores:
     scored: np.ndarray  # bool [N]: False for blank samples (too little foreground), which get NaN scores
     nn_source: list[str]  # the nearest training slice's source file ("" when not scored)
     nn_slice: np.ndarray  # int64 [N], -1 when not scored
-    nn_flip: list[str]  # which copy of it matched: none, hflip, vflip, rot+4, rot-4
+    nn_flip: list[str]  # which copy of it matched (transforms.REFERENCE_COPIES)
     threshold: Threshold
 
     @property

@@ -5,7 +5,8 @@ Layout (every file's sha256 is in ``manifest.json``, verified on load)::
     manifest.json       format name + version, sha256 of every other file
     config.json         encoder, preprocessing, axis, reference copies, null settings and statistics
     provenance.csv      one row per indexed vector: source file, slice, axis, flip (which copy:
-                        none, hflip, vflip, rot+4, rot-4; see transforms.py), subject
+                        none, hflip, vflip, rot+4, rot-4, transpose, rot+90, rot-90;
+                        see transforms.py), subject
     whitener.npz        per-block mean and whitening matrix
     index_<block>.faiss one inner-product index per block: exact (flat) or IVF with exact re-ranking
     calibration.npz     the pooled null similarities
