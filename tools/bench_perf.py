@@ -23,7 +23,8 @@ Sections
             audit_image against a reference index with a verified null and thumbnails, with and
             without the second stage (interleaved rounds, median of the per-round ratios; issue 12:
             at most 1.5x wanted), and the second stage step by step (views embedding, view
-            searches, reference grids, query grids, pair verification). The reference: 4 real
+            searches, reference grids, query grids and pair verification; the last two run
+            together on the pixel-work threads, as verify_slices runs them). The reference: 4 real
             brain subjects' coronal slices with their reference copies, embedded, plus synthetic
             feature vectors up to the audit reference's size whose provenance cycles over those
             real slices, so every candidate is verified against real pixels.
@@ -682,8 +683,14 @@ def _second_stage_parts(
     """One pass of the second stage step by step, as verify_queries runs it (fresh grid cache), timed."""
     from MemorizationIndexLib.embedding import embed_slices
     from MemorizationIndexLib.index_verification import ReferenceGrids
-    from MemorizationIndexLib.second_stage import noisy_slices, search_depth, shortlist, smoothed_view, view_hits
-    from MemorizationIndexLib.verification import to_grids, verify_batch
+    from MemorizationIndexLib.second_stage import (
+        noisy_slices,
+        search_depth,
+        shortlist,
+        smoothed_view,
+        verify_slices,
+        view_hits,
+    )
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
     original = np.asarray(index.provenance.original_row)
@@ -712,12 +719,9 @@ def _second_stage_parts(
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = grids(wanted)
     lap("reference_grids")
-    queries = to_grids(slices, settings)
-    lap("query_grids")
-    usable = [[reference[int(r)] for r in candidates_of if r >= 0 and int(r) in reference] for candidates_of in rows]
-    verify_batch(queries, usable)
-    pairs = sum(len(listed) for listed in usable)
-    lap("pair_verification")
+    verify_slices(slices, rows, grids, settings)
+    pairs = sum(sum(int(r) in reference for r in candidates_of if r >= 0) for candidates_of in rows)
+    lap("query_grids_and_pairs")
     real = sum(r < n_real_slices for r in wanted)
     times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs, "n_noisy": len(noisy)}
     return times
@@ -769,8 +773,7 @@ STAGE_STEPS = (
     "view_searches",
     "as_cut_search_extra",
     "reference_grids",
-    "query_grids",
-    "pair_verification",
+    "query_grids_and_pairs",
 )
 
 

@@ -23,10 +23,11 @@ from scipy import ndimage
 
 from .embedding import Cancelled, embed_slices
 from .encoders.base import Encoder
+from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
-from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
+from .verification import GRID_BATCH, NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
 
 VIEWS = ("as-cut", "smoothed-if-noisy")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
@@ -137,20 +138,28 @@ def verify_slices(
     cancel: threading.Event | None = None,
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best candidate of each. The
-    slices are verified in chunks of batched pairs (``verification.pair_chunks``); ``cancel`` is
-    checked before each."""
+    slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
+    threads (:mod:`pixel_threads`); ``cancel`` is checked before each chunk."""
     reference = grids(sorted({int(r) for r in shortlisted.ravel() if r >= 0}))
     usable = [[int(r) for r in rows if r >= 0 and int(r) in reference] for rows in shortlisted]
     asked = [i for i, rows in enumerate(usable) if rows]
-    out = [Verified(0.0, -1, None)] * len(slices)
-    for run in pair_chunks([len(usable[i]) for i in asked]):
+
+    def verify_chunk(run: range) -> list[Verified]:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         chosen = [asked[j] for j in run]
         queries = to_grids([slices[i] for i in chosen], settings)
+        verified = []
         for i, results in zip(chosen, verify_batch(queries, [[reference[r] for r in usable[i]] for i in chosen])):
             top = int(np.argmax([r.score for r in results]))
-            out[i] = Verified(float(results[top].score), usable[i][top], results[top])
+            verified.append(Verified(float(results[top].score), usable[i][top], results[top]))
+        return verified
+
+    out = [Verified(0.0, -1, None)] * len(slices)
+    runs = pair_chunks([len(usable[i]) for i in asked])
+    for run, verified in zip(runs, thread_map(verify_chunk, runs)):
+        for j, best in zip(run, verified):
+            out[asked[j]] = best
     return out
 
 
@@ -160,7 +169,13 @@ def grids_of_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) 
 
     def source(rows: Sequence[int]) -> dict[int, Grid]:
         missing = list(dict.fromkeys(row for row in rows if row not in made))
-        made.update(zip(missing, to_grids([slices[row] for row in missing], settings)))
+        made.update(zip(missing, grids_in_threads([slices[row] for row in missing], settings)))
         return {row: made[row] for row in rows}
 
     return source
+
+
+def grids_in_threads(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> list[Grid]:
+    """:func:`verification.to_grids` of the slices, GRID_BATCH at a time on the pixel-work threads."""
+    batches = [slices[start : start + GRID_BATCH] for start in range(0, len(slices), GRID_BATCH)]
+    return [grid for batch in thread_map(lambda part: to_grids(part, settings), batches) for grid in batch]

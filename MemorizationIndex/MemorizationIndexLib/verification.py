@@ -61,6 +61,8 @@ class Grid:
     mask: bool [GRID, GRID], the foreground.
     log_polar: float32 [180, SPECTRUM_GRID - SPECTRUM_GRID // 8] log-polar log-magnitude spectrum of
         the slice (:func:`_log_polar`); the transposed slice's is a permutation of its rows (``polar``).
+    polar_spectrum: complex64 [180, columns // 2 + 1] the whitened half spectrum of ``log_polar``
+        (what phase correlation of rotation and scale needs, made once per grid).
     foreground: bool [rows, cols], the slice's own foreground (after the background floor).
     corner: (row, col) of the square's first pixel in slice pixels; side: its side in slice pixels.
     """
@@ -68,6 +70,7 @@ class Grid:
     image: np.ndarray
     mask: np.ndarray
     log_polar: np.ndarray
+    polar_spectrum: np.ndarray
     foreground: np.ndarray
     corner: tuple[int, int]
     side: int
@@ -123,7 +126,8 @@ def to_grids(slices: Sequence[np.ndarray], settings: PreprocessSettings = Prepro
     for start in range(0, len(slices), GRID_BATCH):
         parts = [_grid_parts(s, settings) for s in slices[start : start + GRID_BATCH]]
         polar = _log_polar(np.stack([fine for *_, fine in parts])).astype(np.float32)
-        grids += [Grid(image, mask, maps, *place) for (image, mask, place, _), maps in zip(parts, polar)]
+        spectra = _whitened(_rfft2(polar))
+        grids += [Grid(image, mask, *maps, *place) for (image, mask, place, _), *maps in zip(parts, polar, spectra)]
     return grids
 
 
@@ -143,11 +147,12 @@ def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
     side = int(max(h, w))
     top, left = (side - h) // 2, (side - w) // 2
     crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    mask = ndimage.gaussian_filter(_resized(crop, side, (top, left), GRID), 1.0) > 0.05
+    small = _resized(crop, side, (top, left), GRID)
+    mask = ndimage.gaussian_filter(small, 1.0) > 0.05
     if noise > NOISE_TARGET:
         unit = scaled_foreground(_denoised(raw, noise, NOISE_TARGET), settings)
         crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    small = _resized(crop, side, (top, left), GRID)
+        small = _resized(crop, side, (top, left), GRID)
     image = np.zeros_like(small)
     if mask.any():
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
@@ -165,8 +170,29 @@ def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSe
 
 def _noise_of(unit: np.ndarray) -> float:
     """:func:`noise_level` of a slice already scaled to its robust window."""
-    steps = np.concatenate([np.diff(unit, axis=0).ravel(), np.diff(unit, axis=1).ravel()])
-    return float(np.median(np.abs(steps)) / (0.6745 * math.sqrt(2.0))) if steps.size else 0.0
+    rows, cols = unit.shape
+    steps = np.empty((rows - 1) * cols + rows * (cols - 1), dtype=unit.dtype)
+    if steps.size == 0:
+        return 0.0
+    np.subtract(unit[1:], unit[:-1], out=steps[: (rows - 1) * cols].reshape(rows - 1, cols))
+    np.subtract(unit[:, 1:], unit[:, :-1], out=steps[(rows - 1) * cols :].reshape(rows, cols - 1))
+    return float(_median_magnitude(steps) / (0.6745 * math.sqrt(2.0)))
+
+
+def _median_magnitude(values: np.ndarray) -> np.floating:
+    """``np.median(np.abs(values))`` of a float32 array (overwritten), as a float32 scalar. Zero steps (background) are
+    often most of them, so only the non-zero magnitudes are partitioned, and only when the median
+    is not zero; a NaN leaves it to ``np.median``."""
+    magnitudes = np.abs(values, out=values)
+    positive = magnitudes[magnitudes > 0]
+    zeros = np.count_nonzero(magnitudes == 0)
+    if zeros + positive.size != magnitudes.size:
+        return np.median(magnitudes, overwrite_input=True)
+    middle = sorted({(magnitudes.size - 1) // 2, magnitudes.size // 2})  # the middle order statistics
+    above = [rank - zeros for rank in middle if rank >= zeros]
+    chosen = np.partition(positive, above)[above] if above else np.zeros(0, np.float32)
+    values_at = np.concatenate([np.zeros(len(middle) - len(above), np.float32), chosen.astype(np.float32)])
+    return values_at[0] if len(values_at) == 1 else (values_at[0] + values_at[1]) / np.float32(2)
 
 
 def _denoised(slice2d: np.ndarray, noise: float, target: float) -> np.ndarray:
@@ -341,13 +367,12 @@ def _rotation_scales(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray
     """Rotations (degrees, modulo 180) and image scales [P, 2] taking each pair's candidate, as is
     and transposed, onto its query. The transposed map's spectrum is the as-is one with its row
     frequencies negated and signs alternated (its rows are permuted by a -> 90 - a, half the period)."""
-    maps = np.stack([grid.log_polar for grid in pairs.unique])
-    spectra = _whitened(_rfft2(maps))  # [U, 180, columns // 2 + 1]
+    spectra = np.stack([grid.polar_spectrum for grid in pairs.unique])  # [U, 180, columns // 2 + 1]
     rows = spectra.shape[1]
     flipped = spectra[:, (-np.arange(rows)) % rows] * np.where(np.arange(rows) % 2, -1, 1).astype(np.float32)[:, None]
-    reference = _whitened(_rfft2(np.stack([grid.log_polar for grid in queries])))
+    reference = np.stack([grid.polar_spectrum for grid in queries])
     moving = np.stack([spectra, flipped], axis=1)[pairs.candidate]  # [P, 2, 180, columns // 2 + 1]
-    shifts = _phase_peaks(reference[pairs.query][:, None], moving, maps.shape[1:])
+    shifts = _phase_peaks(reference[pairs.query][:, None], moving, pairs.unique[0].log_polar.shape)
     angles = shifts[..., 0] * 360.0 / _POLAR_ROWS
     # The spectrum scales inversely to the image.
     scales = np.exp(-shifts[..., 1] * math.log(SPECTRUM_GRID // 2) / SPECTRUM_GRID)
