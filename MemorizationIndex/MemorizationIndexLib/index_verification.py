@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from .encoders.base import Encoder
-from .pixel_threads import pixel_workers
 from .reference_index import ReferenceIndex
 from .search import Neighbours
-from .second_stage import VIEWS, GridSource, Verified, candidates, grids_in_threads, verify_slices
-from .verification import GRID_BATCH, Grid
+from .second_stage import VIEWS, GridSource, Verified, candidates, verify_slices
+from .verification import GRID_BATCH, Grid, to_grids
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
 
@@ -48,26 +47,30 @@ def unavailable_reason(index: ReferenceIndex) -> str:
 
 
 class ReferenceGrids:
-    """Verification grids of an index's reference slices, made on first use and kept (LRU)."""
+    """Verification grids of an index's reference slices, made on first use and kept (LRU); thread-safe."""
 
     def __init__(self, index: ReferenceIndex, capacity: int = GRID_CACHE):
         self.index = index
         self.capacity = capacity
         self._grids: OrderedDict[int, Grid] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
         """{row: grid} of original reference rows; rows whose pixels cannot be read are left out.
         Rows are read grouped by source so each training volume is read once per call."""
+        with self._lock:
+            return self._grids_of(rows)
+
+    def _grids_of(self, rows: Sequence[int]) -> dict[int, Grid]:
         prov, settings = self.index.provenance, self.index.preprocessing
         missing = sorted((r for r in rows if r not in self._grids), key=lambda r: (prov.source[r], r))
-        step = GRID_BATCH * pixel_workers()
-        for start in range(0, len(missing), step):  # a batch's pixels per thread at a time
+        for start in range(0, len(missing), GRID_BATCH):  # a batch's pixels at a time
             pixels = {
                 row: self.index.reference_slice(prov.source[row], prov.slice[row])
-                for row in missing[start : start + step]
+                for row in missing[start : start + GRID_BATCH]
             }
             readable = [row for row, values in pixels.items() if values is not None]
-            self._grids.update(zip(readable, grids_in_threads([pixels[row] for row in readable], settings)))
+            self._grids.update(zip(readable, to_grids([pixels[row] for row in readable], settings)))
         out = {}
         for row in rows:
             if row in self._grids:

@@ -27,7 +27,7 @@ from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
-from .verification import GRID_BATCH, NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
+from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
 
 VIEWS = ("as-cut", "smoothed-if-noisy")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
@@ -38,7 +38,7 @@ DEFAULT_CANDIDATES = 6  # candidates verified per query slice
 SEARCH_DEPTH = len(REFERENCE_COPIES)  # hits searched per candidate wanted: an original's copies share it
 
 Searcher = Callable[[dict[str, np.ndarray], int], Neighbours]  # raw features, depth -> hits
-GridSource = Callable[[Sequence[int]], dict[int, Grid]]  # original rows -> their grids
+GridSource = Callable[[Sequence[int]], dict[int, Grid]]  # original rows -> their grids (thread-safe)
 
 
 @dataclass(frozen=True)
@@ -139,43 +139,40 @@ def verify_slices(
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best candidate of each. The
     slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
-    threads (:mod:`pixel_threads`); ``cancel`` is checked before each chunk."""
-    reference = grids(sorted({int(r) for r in shortlisted.ravel() if r >= 0}))
-    usable = [[int(r) for r in rows if r >= 0 and int(r) in reference] for rows in shortlisted]
-    asked = [i for i, rows in enumerate(usable) if rows]
+    threads (:mod:`pixel_threads`), each chunk asking ``grids`` for its reference grids, so that one
+    thread makes grids while another verifies pairs; ``cancel`` is checked before each chunk."""
+    listed = [[int(r) for r in rows if r >= 0] for rows in shortlisted]
+    asked = [i for i, rows in enumerate(listed) if rows]
 
-    def verify_chunk(run: range) -> list[Verified]:
+    def verify_chunk(run: range) -> dict[int, Verified]:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        chosen = [asked[j] for j in run]
+        reference = grids(sorted({r for j in run for r in listed[asked[j]]}))
+        usable = {asked[j]: [r for r in listed[asked[j]] if r in reference] for j in run}
+        chosen = [i for i, rows in usable.items() if rows]
         queries = to_grids([slices[i] for i in chosen], settings)
-        verified = []
+        verified = {}
         for i, results in zip(chosen, verify_batch(queries, [[reference[r] for r in usable[i]] for i in chosen])):
             top = int(np.argmax([r.score for r in results]))
-            verified.append(Verified(float(results[top].score), usable[i][top], results[top]))
+            verified[i] = Verified(float(results[top].score), usable[i][top], results[top])
         return verified
 
     out = [Verified(0.0, -1, None)] * len(slices)
-    runs = pair_chunks([len(usable[i]) for i in asked])
-    for run, verified in zip(runs, thread_map(verify_chunk, runs)):
-        for j, best in zip(run, verified):
-            out[asked[j]] = best
+    for verified in thread_map(verify_chunk, pair_chunks([len(listed[i]) for i in asked])):
+        for i, best in verified.items():
+            out[i] = best
     return out
 
 
 def grids_of_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> GridSource:
-    """A grid source over slices held in memory (row = position), each grid made once."""
+    """A thread-safe grid source over slices held in memory (row = position), each grid made once."""
     made: dict[int, Grid] = {}
+    lock = threading.Lock()
 
     def source(rows: Sequence[int]) -> dict[int, Grid]:
-        missing = list(dict.fromkeys(row for row in rows if row not in made))
-        made.update(zip(missing, grids_in_threads([slices[row] for row in missing], settings)))
-        return {row: made[row] for row in rows}
+        with lock:
+            missing = list(dict.fromkeys(row for row in rows if row not in made))
+            made.update(zip(missing, to_grids([slices[row] for row in missing], settings)))
+            return {row: made[row] for row in rows}
 
     return source
-
-
-def grids_in_threads(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> list[Grid]:
-    """:func:`verification.to_grids` of the slices, GRID_BATCH at a time on the pixel-work threads."""
-    batches = [slices[start : start + GRID_BATCH] for start in range(0, len(slices), GRID_BATCH)]
-    return [grid for batch in thread_map(lambda part: to_grids(part, settings), batches) for grid in batch]
