@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_info
 from MemorizationIndexLib import pixel_threads
 from MemorizationIndexLib.embedding import Cancelled
 from MemorizationIndexLib.preprocess import PreprocessSettings
-from MemorizationIndexLib.second_stage import grids_of_slices, verify_slices
+from MemorizationIndexLib.second_stage import SliceGrids, verify_slices
 from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.verification import _median_magnitude
 from MemorizationIndexLib.volumes import image_slices, read_image
@@ -73,7 +73,7 @@ def test_verify_slices_gives_the_same_on_one_and_on_several_threads(monkeypatch,
     runs = []
     for workers in (1, 2):
         monkeypatch.setattr(pixel_threads, "pixel_workers", lambda workers=workers: workers)
-        runs.append(verify_slices(query, shortlisted, grids_of_slices(reference, settings), settings))
+        runs.append(verify_slices(query, shortlisted, SliceGrids(reference, settings, None), settings))
     for one, many in zip(*runs):
         assert (one.score, one.row) == (many.score, many.row)
         assert (one.result is None) == (many.result is None)
@@ -92,7 +92,7 @@ def test_verify_slices_stops_when_cancelled(monkeypatch, brain_slices) -> None:
     cancel.set()
     with pytest.raises(Cancelled):
         verify_slices(
-            query, np.zeros((len(query), 2), dtype=np.int64), grids_of_slices(reference, settings), settings, cancel
+            query, np.zeros((len(query), 2), dtype=np.int64), SliceGrids(reference, settings, None), settings, cancel
         )
 
 

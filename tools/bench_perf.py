@@ -563,7 +563,7 @@ def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, Provenan
     from MemorizationIndexLib.embedding import embed_slices
     from MemorizationIndexLib.index_build import BuildOptions, _with_copies, collect_slices
     from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
-    from MemorizationIndexLib.second_stage import grids_of_slices
+    from MemorizationIndexLib.second_stage import SliceGrids, slice_places
     from MemorizationIndexLib.verified_null import split_verified_null
 
     settings = PreprocessSettings()
@@ -576,7 +576,7 @@ def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, Provenan
         features,
         np.asarray(provenance.original_row),
         np.asarray(train.provenance.subject),
-        grids_of_slices(train.slices, settings),
+        SliceGrids(train.slices, settings, slice_places(train.provenance)),
         encoder,
         settings,
         lambda: ShrinkageWhitener(seed=0),

@@ -52,7 +52,7 @@ from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_
 from .reference_index import EncoderInfo, Provenance
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
-from .second_stage import DEFAULT_CANDIDATES, VIEWS, grids_of_slices, search_depth
+from .second_stage import DEFAULT_CANDIDATES, VIEWS, SliceGrids, search_depth, slice_places
 from .transforms import REFERENCE_COPIES, reference_copy
 from .verified_null import reference_verified_null
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
@@ -376,7 +376,8 @@ def _score_conditions(
 ) -> _ConditionScores:
     """Score every condition's queries with the shipped path: the global stage (``mi``) and, given the
     ``encoder``, both stages (``two_stage``); optionally the baselines."""
-    grids = grids_of_slices(prepared.reference_slices, preprocessing) if encoder is not None else None
+    places = slice_places(prepared.reference_provenance)
+    grids = SliceGrids(prepared.reference_slices, preprocessing, places) if encoder is not None else None
     depth = search_depth(index.candidates) if encoder is not None else 1
     reference_raw = {b: features.reference[b][: prepared.n] for b in blocks}
     out = _ConditionScores({m: {} for m in METHODS})
@@ -629,6 +630,7 @@ def _benchmark_index(
             np.asarray(provenance.original_row),
             encoder,
             preprocessing,
+            places=slice_places(prepared.reference_provenance),
             seed=seed,
             batch_size=batch_size,
         )

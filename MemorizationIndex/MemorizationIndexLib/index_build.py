@@ -35,7 +35,7 @@ from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
-from .second_stage import DEFAULT_CANDIDATES, VIEWS
+from .second_stage import DEFAULT_CANDIDATES, NEIGHBOUR_GATE, VIEWS, slice_places
 from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
 from .verified_null import NullQueries, VerifiedNull, reference_verified_null
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
@@ -272,6 +272,7 @@ def verified_null_from_pixels(
         np.asarray(provenance.original_row),
         encoder,
         options.preprocessing,
+        places=slice_places(train.provenance),
         holdout=holdout,
         seed=options.seed,
         k=options.candidates,
@@ -408,7 +409,12 @@ def build_index_from_features(
         store_thumbnails=thumbnails is not None,
     )
     if verified_null is not None:
-        config["verification"] = {"k": candidates, "views": list(VIEWS), "n": int(len(verified_null.scores))}
+        config["verification"] = {
+            "k": candidates,
+            "views": list(VIEWS),
+            "neighbour_gate": NEIGHBOUR_GATE,
+            "n": int(len(verified_null.scores)),
+        }
     check_index_output(out_dir, overwrite)
     calibration = {"null_similarity": null}
     if verified_null is not None:

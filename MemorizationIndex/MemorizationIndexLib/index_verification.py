@@ -14,7 +14,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
 from .search import Neighbours
-from .second_stage import VIEWS, GridSource, Verified, candidates, verify_slices
+from .second_stage import NEIGHBOUR_GATE, VIEWS, GridSource, Verified, candidates, slice_places, verify_slices
 from .verification import GRID_BATCH, Grid, to_grids
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
@@ -28,11 +28,12 @@ def unavailable_reason(index: ReferenceIndex) -> str:
             "the index has no verified null (built without verification, from features alone, or by an older "
             "version); rebuild it with build-index to verify copies"
         )
-    views = index.config.get("verification", {}).get("views")
-    if views != list(VIEWS):
+    made = index.config.get("verification", {})
+    if made.get("views") != list(VIEWS) or made.get("neighbour_gate") != NEIGHBOUR_GATE:
         return (
-            f"the index's verified null was made by an older second stage (views {views}, now {list(VIEWS)}); "
-            "rebuild it with build-index to verify copies"
+            f"the index's verified null was made by an older second stage (views {made.get('views')}, neighbour "
+            f"gate {made.get('neighbour_gate')}; now {list(VIEWS)}, {NEIGHBOUR_GATE}); rebuild it with build-index "
+            "to verify copies"
         )
     if index.store_thumbnails:
         return ""
@@ -54,6 +55,15 @@ class ReferenceGrids:
         self.capacity = capacity
         self._grids: OrderedDict[int, Grid] = OrderedDict()
         self._lock = threading.Lock()
+        self._places: np.ndarray | None = None
+
+    @property
+    def places(self) -> np.ndarray:
+        """(volume, slice) of every row of the index (``second_stage.slice_places``), made on first use."""
+        with self._lock:
+            if self._places is None:
+                self._places = slice_places(self.index.provenance)
+            return self._places
 
     def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
         """{row: grid} of original reference rows; rows whose pixels cannot be read are left out.

@@ -17,6 +17,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -29,16 +30,32 @@ from .search import Neighbours
 from .transforms import REFERENCE_COPIES
 from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
 
+if TYPE_CHECKING:
+    from .reference_index import Provenance
+
 VIEWS = ("as-cut", "smoothed-if-noisy")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
 # White-noise level (unit intensities) from which a slice is also searched smoothed: twice the level that
 # verification smooths down to. Clean brain and spine slices read at most 0.018 (method.md §7.9).
 NOISY = 2.0 * NOISE_TARGET
-DEFAULT_CANDIDATES = 6  # candidates verified per query slice
+DEFAULT_CANDIDATES = 6  # candidates shortlisted per query slice
 SEARCH_DEPTH = len(REFERENCE_COPIES)  # hits searched per candidate wanted: an original's copies share it
+NEIGHBOUR_SLICES = 1  # a candidate this many slices or fewer from a better-ranked one of its volume waits for it
+# Verified score of a neighbourhood's best-ranked candidate from which its waiting neighbours are verified
+# too: half of verified_null.MIN_COPY_SCORE, below which nothing is called a copy (method.md §7.11).
+NEIGHBOUR_GATE = 0.1
 
 Searcher = Callable[[dict[str, np.ndarray], int], Neighbours]  # raw features, depth -> hits
-GridSource = Callable[[Sequence[int]], dict[int, Grid]]  # original rows -> their grids (thread-safe)
+
+
+class GridSource(Protocol):
+    """Grids of original reference rows (thread-safe), and where each row's slice lies."""
+
+    places: np.ndarray | None  # int64 [rows, 2]: (volume, slice) of every original row; None when unknown
+
+    def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
+        """{row: grid} of the rows whose pixels can be read."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,29 @@ def candidates(
     return shortlist(hits, k)
 
 
+def slice_places(provenance: Provenance) -> np.ndarray:
+    """int64 [rows, 2]: (volume, slice) of every provenance row, one volume number per (source, array axis)."""
+    keys = list(zip(provenance.source, provenance.array_axis))
+    volumes = {key: number for number, key in enumerate(dict.fromkeys(keys))}
+    return np.array([[volumes[key], int(k)] for key, k in zip(keys, provenance.slice)], dtype=np.int64).reshape(-1, 2)
+
+
+def waits_for(rows: Sequence[int], places: np.ndarray | None) -> list[int]:
+    """For candidates in rank order: the position of the candidate each one waits for, its own when it
+    leads a neighbourhood. A candidate within NEIGHBOUR_SLICES of a better-ranked one of the same volume
+    joins that one's neighbourhood (neighbouring slices are near-duplicates; method.md §7.11)."""
+    leader = list(range(len(rows)))
+    if places is None:
+        return leader
+    for j, row in enumerate(rows):
+        for i in range(j):
+            volume, position = places[rows[i]]
+            if volume == places[row, 0] and abs(position - places[row, 1]) <= NEIGHBOUR_SLICES:
+                leader[j] = leader[i]
+                break
+    return leader
+
+
 def verify_slices(
     slices: Sequence[np.ndarray],
     shortlisted: np.ndarray,
@@ -137,24 +177,36 @@ def verify_slices(
     settings: PreprocessSettings,
     cancel: threading.Event | None = None,
 ) -> list[Verified]:
-    """Verify every slice against its shortlisted rows [n, k]; keep the best candidate of each. The
-    slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
+    """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (the
+    best-ranked among equal scores). Each neighbourhood's best-ranked candidate is verified first, its
+    neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or could not be read).
+
+    The slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
     threads (:mod:`pixel_threads`), each chunk asking ``grids`` for its reference grids, so that one
     thread makes grids while another verifies pairs; ``cancel`` is checked before each chunk."""
     listed = [[int(r) for r in rows if r >= 0] for rows in shortlisted]
     asked = [i for i, rows in enumerate(listed) if rows]
+    leaders = {i: waits_for(listed[i], grids.places) for i in asked}
 
     def verify_chunk(run: range) -> dict[int, Verified]:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        reference = grids(sorted({r for j in run for r in listed[asked[j]]}))
-        usable = {asked[j]: [r for r in listed[asked[j]] if r in reference] for j in run}
-        chosen = [i for i, rows in usable.items() if rows]
-        queries = to_grids([slices[i] for i in chosen], settings)
+        chosen = [asked[j] for j in run]
+        first = {i: [j for j, lead in enumerate(leaders[i]) if lead == j] for i in chosen}
+        queries = dict(zip(chosen, to_grids([slices[i] for i in chosen], settings)))
+        found = _verify_positions(queries, listed, first, grids)
+        scores = {(i, j): result.score for i, results in found.items() for j, result in results.items()}
+        then = {
+            i: [j for j, lead in enumerate(leaders[i]) if lead != j and scores.get((i, lead), 1.0) >= NEIGHBOUR_GATE]
+            for i in chosen
+        }
+        for i, results in _verify_positions(queries, listed, then, grids).items():
+            found[i] |= results
         verified = {}
-        for i, results in zip(chosen, verify_batch(queries, [[reference[r] for r in usable[i]] for i in chosen])):
-            top = int(np.argmax([r.score for r in results]))
-            verified[i] = Verified(float(results[top].score), usable[i][top], results[top])
+        for i, results in found.items():
+            if results:
+                j = max(sorted(results), key=lambda position: results[position].score)  # the first of equal scores
+                verified[i] = Verified(float(results[j].score), listed[i][j], results[j])
         return verified
 
     out = [Verified(0.0, -1, None)] * len(slices)
@@ -164,15 +216,32 @@ def verify_slices(
     return out
 
 
-def grids_of_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> GridSource:
+def _verify_positions(
+    queries: dict[int, Grid], listed: list[list[int]], positions: dict[int, list[int]], grids: GridSource
+) -> dict[int, dict[int, Verification]]:
+    """{query: {position: verification}} of the candidates at ``positions`` of each query's list whose
+    grids can be read (one batch)."""
+    reference = grids(sorted({listed[i][j] for i, wanted in positions.items() for j in wanted}))
+    usable = {i: [j for j in wanted if listed[i][j] in reference] for i, wanted in positions.items()}
+    asked = [i for i, wanted in usable.items() if wanted]
+    results = verify_batch([queries[i] for i in asked], [[reference[listed[i][j]] for j in usable[i]] for i in asked])
+    found: dict[int, dict[int, Verification]] = {i: {} for i in queries}
+    for i, verified in zip(asked, results):
+        found[i] = dict(zip(usable[i], verified))
+    return found
+
+
+class SliceGrids:
     """A thread-safe grid source over slices held in memory (row = position), each grid made once."""
-    made: dict[int, Grid] = {}
-    lock = threading.Lock()
 
-    def source(rows: Sequence[int]) -> dict[int, Grid]:
-        with lock:
-            missing = list(dict.fromkeys(row for row in rows if row not in made))
-            made.update(zip(missing, to_grids([slices[row] for row in missing], settings)))
-            return {row: made[row] for row in rows}
+    def __init__(self, slices: Sequence[np.ndarray], settings: PreprocessSettings, places: np.ndarray | None):
+        self.slices, self.settings, self.places = slices, settings, places
+        self._made: dict[int, Grid] = {}
+        self._lock = threading.Lock()
 
-    return source
+    def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
+        """{row: grid} of the rows."""
+        with self._lock:
+            missing = list(dict.fromkeys(row for row in rows if row not in self._made))
+            self._made.update(zip(missing, to_grids([self.slices[row] for row in missing], self.settings)))
+            return {row: self._made[row] for row in rows}

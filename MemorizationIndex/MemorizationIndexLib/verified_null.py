@@ -20,7 +20,7 @@ from .encoders.base import Encoder
 from .preprocess import PreprocessSettings
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
-from .second_stage import DEFAULT_CANDIDATES, GridSource, candidates, grids_of_slices, search_depth, verify_slices
+from .second_stage import DEFAULT_CANDIDATES, GridSource, SliceGrids, candidates, search_depth, verify_slices
 from .whitening import ShrinkageWhitener
 
 VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most)
@@ -210,6 +210,7 @@ def reference_verified_null(
     encoder: Encoder,
     settings: PreprocessSettings,
     *,
+    places: np.ndarray | None,
     holdout: NullQueries | None = None,
     seed: int = 0,
     k: int = DEFAULT_CANDIDATES,
@@ -222,8 +223,10 @@ def reference_verified_null(
 
     slices, subjects: the reference slices as cut (original row r is ``slices[r]``) and their subjects.
     features, original_row: raw features of every indexed row and the original row each was made from.
+    places: (volume, slice) of every reference slice (``second_stage.slice_places``): neighbouring
+    candidates wait for their neighbourhood's best-ranked one, as in the audit.
     """
-    grids = grids_of_slices(slices, settings)
+    grids = SliceGrids(slices, settings, places)
     original_row = np.asarray(original_row)
 
     def whitener() -> ShrinkageWhitener:
