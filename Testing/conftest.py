@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,3 +75,17 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory, data: dict[str, Path], e
     out = tmp_path_factory.mktemp("index") / "index"
     build_small_index(data, out, encoder=encoder)
     return out
+
+
+@pytest.fixture(scope="module")
+def brain_query_and_reference(shared_data: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Brain slices of one person as queries (two of them replaced by copies of another person's slices:
+    query 2 = reference 4 turned by 20°, query 5 = reference 9 transposed) and that other person's
+    slices as the reference (every second coronal slice)."""
+    from MemorizationIndexLib.transforms import rotate
+    from MemorizationIndexLib.volumes import image_slices, read_image
+
+    query = list(image_slices(read_image(shared_data / "brain/ds002748/sub-01_T1w.nii.gz"), 1)[60:90:3])
+    reference = list(image_slices(read_image(shared_data / "brain/ds002748/sub-02_T1w.nii.gz"), 1)[60:90:2])
+    query[2], query[5] = rotate(reference[4], 20.0), np.ascontiguousarray(reference[9].T)
+    return query, reference

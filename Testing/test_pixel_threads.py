@@ -4,7 +4,6 @@ and cancellation raised, BLAS held to one thread while it runs; and the noise le
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +13,7 @@ from MemorizationIndexLib import pixel_threads
 from MemorizationIndexLib.embedding import Cancelled
 from MemorizationIndexLib.preprocess import PreprocessSettings
 from MemorizationIndexLib.second_stage import SliceGrids, verify_slices
-from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.verification import _median_magnitude
-from MemorizationIndexLib.volumes import image_slices, read_image
 
 
 def _blas_threads() -> list[int]:
@@ -55,17 +52,8 @@ def test_thread_map_raises_the_first_error_in_item_order(monkeypatch) -> None:
         pixel_threads.thread_map(fail_on_odd, range(10))
 
 
-@pytest.fixture(scope="module")
-def brain_slices(shared_data: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Query slices (copies of another person's slices among them) and that person's reference slices."""
-    query = list(image_slices(read_image(shared_data / "brain/ds002748/sub-01_T1w.nii.gz"), 1)[60:90:3])
-    reference = list(image_slices(read_image(shared_data / "brain/ds002748/sub-02_T1w.nii.gz"), 1)[60:90:2])
-    query[2], query[5] = rotate(reference[4], 20.0), np.ascontiguousarray(reference[9].T)
-    return query, reference
-
-
-def test_verify_slices_gives_the_same_on_one_and_on_several_threads(monkeypatch, brain_slices) -> None:
-    query, reference = brain_slices
+def test_verify_slices_gives_the_same_on_one_and_on_several_threads(monkeypatch, brain_query_and_reference) -> None:
+    query, reference = brain_query_and_reference
     settings = PreprocessSettings()
     rng = np.random.default_rng(0)
     shortlisted = np.stack([rng.permutation(len(reference))[:4] for _ in query])
@@ -84,9 +72,9 @@ def test_verify_slices_gives_the_same_on_one_and_on_several_threads(monkeypatch,
     assert min(runs[0][2].score, runs[0][5].score) >= 0.5 and runs[0][7].score == 0.0
 
 
-def test_verify_slices_stops_when_cancelled(monkeypatch, brain_slices) -> None:
+def test_verify_slices_stops_when_cancelled(monkeypatch, brain_query_and_reference) -> None:
     monkeypatch.setattr(pixel_threads, "pixel_workers", lambda: 2)
-    query, reference = brain_slices
+    query, reference = brain_query_and_reference
     settings = PreprocessSettings()
     cancel = threading.Event()
     cancel.set()

@@ -102,7 +102,11 @@ def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) 
     moved = ReferenceIndex.load(index.path)
     moved.provenance = replace(moved.provenance, source=[str(tmp_path / "gone.nii.gz")] * len(moved.provenance))
     assert "not reachable" in unavailable_reason(moved)
-    moved.config = moved.config | {"verification": moved.config["verification"] | {"views": ["as-cut", "transposed"]}}
+    made = moved.config["verification"]
+    moved.config = moved.config | {"verification": made | {"views": ["as-cut", "transposed"]}}
+    assert "older second stage" in unavailable_reason(moved)
+    before_neighbours = {key: value for key, value in made.items() if key != "neighbour_gate"}
+    moved.config = moved.config | {"verification": before_neighbours}
     assert "older second stage" in unavailable_reason(moved)
     moved.verified_null = None
     assert "no verified null" in unavailable_reason(moved)

@@ -719,11 +719,18 @@ def _second_stage_parts(
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = ReferenceGrids(index)(wanted)
     lap("reference_grids_alone")
-    verify_slices(slices, rows, ReferenceGrids(index), settings)
-    pairs = sum(sum(int(r) in reference for r in candidates_of if r >= 0) for candidates_of in rows)
+    used = ReferenceGrids(index)
+    verify_slices(slices, rows, used, settings)
     lap("verification")
+    pairs = sum(sum(int(r) in reference for r in candidates_of if r >= 0) for candidates_of in rows)
     real = sum(r < n_real_slices for r in wanted)
-    times |= {"n_reference_grids": len(wanted), "n_real_reference_grids": real, "n_pairs": pairs, "n_noisy": len(noisy)}
+    times |= {
+        "n_reference_grids": len(wanted),
+        "n_reference_grids_made": len(used),
+        "n_real_reference_grids": real,
+        "n_pairs": pairs,
+        "n_noisy": len(noisy),
+    }
     return times
 
 
@@ -809,6 +816,7 @@ def bench_verification(out: Path, n_reference: int, rounds: int) -> dict:
         "steps_median_s": steps,
         "steps_sum_s": float(sum(steps[name] for name in STAGE_STEPS)),
         "reference_grids_per_audit": int(np.median([p["n_reference_grids"] for p in parts])),
+        "reference_grids_made_per_audit": int(np.median([p["n_reference_grids_made"] for p in parts])),
         "real_reference_grids_per_audit": int(np.median([p["n_real_reference_grids"] for p in parts])),
         "pairs_per_audit": int(np.median([p["n_pairs"] for p in parts])),
         "noisy_slices_per_audit": int(np.median([p["n_noisy"] for p in parts])),
@@ -1156,8 +1164,11 @@ def _verification_lines(v: dict) -> list[str]:
         + ", ".join(f"{name.replace('_', ' ')} {steps[name]:.2f} s" for name in STAGE_STEPS)
         + f"; sum {v['steps_sum_s']:.2f} s; reference grids alone (one thread, not in the sum) "
         f"{steps['reference_grids_alone']:.2f} s",
-        f"  per audit: {v['reference_grids_per_audit']} reference grids ({v['real_reference_grids_per_audit']} of "
-        f"the real slices' own rows), {v['pairs_per_audit']} verified pairs, {v.get('noisy_slices_per_audit', '?')} "
+        f"  per audit: {v['reference_grids_per_audit']} candidate reference slices "
+        f"({v['real_reference_grids_per_audit']} of the real slices' own rows; "
+        f"{v.get('reference_grids_made_per_audit', '?')} of them made into grids: the rest waited for a "
+        f"neighbour that did not verify), {v['pairs_per_audit']} shortlisted pairs, "
+        f"{v.get('noisy_slices_per_audit', '?')} "
         "noisy slices searched smoothed; thumbnail file read "
         f"{v['thumbnail_file_load_s']:.2f} s once per loaded index (not in the rounds)",
     ]

@@ -65,6 +65,10 @@ class ReferenceGrids:
                 self._places = slice_places(self.index.provenance)
             return self._places
 
+    def __len__(self) -> int:
+        """The grids held."""
+        return len(self._grids)
+
     def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
         """{row: grid} of original reference rows; rows whose pixels cannot be read are left out.
         Rows are read grouped by source so each training volume is read once per call."""

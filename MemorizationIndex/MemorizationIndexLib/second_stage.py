@@ -5,10 +5,11 @@ The global search ranks references by pooled features. Re-oriented copies (trans
 90°) are found there because the index holds those copies of every training slice
 (``transforms.REFERENCE_COPIES``); heavily noised copies are not, so a noisy query slice is also
 searched as a smoothed view, and the candidates of the two searches are merged by rank (each gets
-its share). Clean slices, the common case, cost no extra forward pass (§7.9). Every candidate is
-aligned to the query and scored by :mod:`verification`. The same function serves the audit (against
-a loaded index) and the verified null at build time (against each split's reference), so the null
-goes through exactly the audit's pipeline.
+its share). Clean slices, the common case, cost no extra forward pass (§7.9). Candidates are
+aligned to the query and scored by :mod:`verification`; a candidate next to a better-ranked one of
+its volume (a near-duplicate slice) is verified only when that one verifies (§7.11). The same
+functions serve the audit (against a loaded index) and the verified null at build time (against
+each split's reference), so the null goes through exactly the audit's pipeline.
 """
 
 from __future__ import annotations
