@@ -91,7 +91,7 @@ def test_spine_against_a_knee_index_is_not_flagged(spine_against_knee):
     strict=True,
     reason="since the index holds transposed and +/-90 degree copies (docs/method.md §7.9) the spine's bulk sits at "
     "median z -0.86 against this knee index, inside the limit 1.04 (it was -1.35 with five copies): the check no "
-    "longer names this mismatch (issue 12)",
+    "longer names this mismatch (issue 12; the features' whitened energy would, docs/method.md §8.1)",
 )
 def test_spine_against_a_knee_index_mismatch_is_named(spine_against_knee):
     index, similarity, summary = spine_against_knee
