@@ -63,48 +63,50 @@ def main() -> None:
     other_knee = [DATA / "knee" / "pymskt-s02" / "MESE_echo1_TE6.3ms.nii.gz"]
     epi, _, _ = make_demo_data(out / "demo-data")
 
-    def built(name: str, paths: list[Path], options: BuildOptions) -> ReferenceIndex:
-        return build_index(paths, out / name, options, encoder=encoder)
-
-    one_knee = built("knee", knee, BuildOptions(slice_stride=3, subject_pattern=r"pykneer-s01", overwrite=True))
-    report(
-        "knee (1 person)",
-        one_knee,
-        encoder,
-        [
-            ("knee training (in the index)", knee),
-            ("knee, another person and sequence", other_knee),
-            ("spine 20, 21 (another anatomy)", spine[5:]),
-            ("brain T1 sub-23 (another anatomy)", brain[3:4]),
-        ],
-    )
-    demo = built("demo", epi, BuildOptions(overwrite=True))
-    contrast = [("EPI training", epi), ("brain T1 sub-23, 24 (another contrast)", brain[3:])]
-    report("demo EPI (3 volumes)", demo, encoder, contrast)
-    five_spines = built("spine", spine[:5], BuildOptions(overwrite=True))
-    report(
-        "spine (5 people)",
-        five_spines,
-        encoder,
-        [
-            ("spine training (2 of 5)", spine[:2]),
-            ("spine 20, 21 (novel people)", spine[5:]),
-            ("knee (another anatomy)", knee[:1]),
-            ("brain T1 sub-23 (another anatomy)", brain[3:4]),
-        ],
-    )
-    three_brains = built("brain", brain[:3], BuildOptions(overwrite=True))
-    report(
-        "brain T1 (3 people)",
-        three_brains,
-        encoder,
-        [
-            ("brain training (1 of 3)", brain[:1]),
-            ("brain T1 sub-23, 24 (novel people)", brain[3:]),
-            ("spine 20 (another anatomy)", spine[5:6]),
-            ("demo EPI (another contrast)", epi),
-        ],
-    )
+    experiments = [  # (index name, its training volumes, build options, groups of audited volumes)
+        (
+            "knee (1 person)",
+            knee,
+            BuildOptions(slice_stride=3, subject_pattern=r"pykneer-s01", overwrite=True),
+            [
+                ("knee training (in the index)", knee),
+                ("knee, another person and sequence", other_knee),
+                ("spine 20, 21 (another anatomy)", spine[5:]),
+                ("brain T1 sub-23 (another anatomy)", brain[3:4]),
+            ],
+        ),
+        (
+            "demo EPI (3 volumes)",
+            epi,
+            BuildOptions(overwrite=True),
+            [("EPI training", epi), ("brain T1 sub-23, 24 (another contrast)", brain[3:])],
+        ),
+        (
+            "spine (5 people)",
+            spine[:5],
+            BuildOptions(overwrite=True),
+            [
+                ("spine training (2 of 5)", spine[:2]),
+                ("spine 20, 21 (novel people)", spine[5:]),
+                ("knee (another anatomy)", knee[:1]),
+                ("brain T1 sub-23 (another anatomy)", brain[3:4]),
+            ],
+        ),
+        (
+            "brain T1 (3 people)",
+            brain[:3],
+            BuildOptions(overwrite=True),
+            [
+                ("brain training (1 of 3)", brain[:1]),
+                ("brain T1 sub-23, 24 (novel people)", brain[3:]),
+                ("spine 20 (another anatomy)", spine[5:6]),
+                ("demo EPI (another contrast)", epi),
+            ],
+        ),
+    ]
+    for number, (name, training, options, groups) in enumerate(experiments):
+        index = build_index(training, out / f"index-{number}", options, encoder=encoder)
+        report(name, index, encoder, groups)
 
 
 if __name__ == "__main__":
