@@ -10,7 +10,9 @@ import pytest
 from MemorizationIndexLib.calibration_check import (
     ABOVE,
     BELOW,
+    ENERGY_QUANTILE,
     MIN_SLICES,
+    OUTSIDE,
     CalibrationCheck,
     check_calibration,
     limit_for,
@@ -21,6 +23,7 @@ from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.scoring import NullModel
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
+from MemorizationIndexLib.whitening import ShrinkageWhitener
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,41 @@ def test_bulk_far_below_the_null_fails_but_global_flags_stay_conservative(null):
     check = check_calibration(shifted, null)
     assert not check.holds and check.direction == BELOW and check.global_flags_valid
     assert "far below the null" in check.reason
+
+
+def test_features_outside_the_references_fail_whatever_the_similarity(null):
+    rng = np.random.default_rng(4)
+    null_energy = rng.gamma(8.0, 0.25, 2000)  # held-out people of the reference: median about 2
+    like_null = rng.choice(null.values, 60)
+    limit = np.quantile(null_energy, ENERGY_QUANTILE)
+    check = check_calibration(like_null, null, rng.choice(null_energy, 60), null_energy)
+    assert check.holds and check.direction == ""
+    outside = check_calibration(like_null, null, np.full(60, 3.0 * limit), null_energy)
+    assert not outside.holds and outside.direction == OUTSIDE and not outside.global_flags_valid
+    assert "outside the reference" in outside.reason and "contrast" in outside.reason
+    assert f"{limit:.2f}" in outside.reason and outside.median_z == check.median_z
+    below = check_calibration(like_null - 2.0 * null.std, null, np.full(60, 3.0 * limit), null_energy)
+    assert below.direction == OUTSIDE  # far below the null, and outside: no global flag stands
+    above = check_calibration(like_null + 1.8 * null.std, null, np.full(60, 3.0 * limit), null_energy)
+    assert above.direction == ABOVE  # above the null already withholds global flags, with its own reason
+    assert check_calibration(like_null, null, np.full(60, 3.0 * limit), None).holds  # an index without energies
+    assert check_calibration(like_null[:3], null, np.full(3, 3.0 * limit), null_energy).holds  # too few slices
+
+
+def test_feature_energy_is_about_one_for_the_fitted_rows_and_grows_away_from_them():
+    rng = np.random.default_rng(5)
+    scales = np.linspace(0.2, 5.0, 32)
+    fitted = (rng.normal(size=(4000, 32)) * scales).astype(np.float32)
+    whitener = ShrinkageWhitener(shrinkage=0.0).fit(fitted)
+    assert np.median(whitener.energy(fitted)) == pytest.approx(1.0, abs=0.1)
+    other = (rng.normal(size=(200, 32)) * scales[::-1] + 3.0).astype(np.float32)
+    assert np.median(whitener.energy(other)) > 5.0
+
+
+def test_the_index_records_its_null_slices_feature_energy(index_dir: Path):
+    index = ReferenceIndex.load(index_dir)
+    assert index.null_energy is not None and len(index.null_energy) == len(index.null_similarity)
+    assert np.isfinite(index.null_energy).all() and np.median(index.null_energy) > 0
 
 
 def test_small_inputs_get_a_wider_limit_and_tiny_ones_are_not_judged(null):

@@ -226,11 +226,13 @@ def test_null_queries_never_see_their_own_subject() -> None:
     features = {"b": rng.normal(size=(60, 16)).astype(np.float32)}
     features["b"][10:20] = features["b"][0:10]  # subjects 0 and 1 are identical twins
     rows = np.arange(60)
-    null, splits = train_split_null(features, rows, rows, subjects.astype(str), ShrinkageWhitener, n_splits=10, seed=0)
+    null, _, splits = train_split_null(
+        features, rows, rows, subjects.astype(str), ShrinkageWhitener, n_splits=10, seed=0
+    )
     assert splits >= 10 and len(null) >= 2000
     assert np.mean(null > 0.99) > 0.05  # twins are found across subjects...
     features["b"][10:20] = rng.normal(size=(10, 16))
-    null, _ = train_split_null(features, rows, rows, subjects.astype(str), ShrinkageWhitener, n_splits=10, seed=0)
+    null, _, _ = train_split_null(features, rows, rows, subjects.astype(str), ShrinkageWhitener, n_splits=10, seed=0)
     assert np.max(null) < 0.99  # ...but a slice never matches itself
 
 
@@ -240,7 +242,7 @@ def test_null_queries_include_the_copies_of_held_out_slices() -> None:
     copies_of = np.r_[originals, originals]  # rows 60..119 are copies (e.g. flips) of rows 0..59
     features = {"b": rng.normal(size=(120, 16)).astype(np.float32)}
     subjects = np.repeat(np.arange(6), 10).astype(str)
-    null, splits = train_split_null(features, originals, copies_of, subjects, ShrinkageWhitener, n_splits=10, seed=0)
+    null, _, splits = train_split_null(features, originals, copies_of, subjects, ShrinkageWhitener, n_splits=10, seed=0)
     assert len(null) == splits * 20  # one held-out subject per split: its 10 slices and their 10 copies
 
 

@@ -156,15 +156,21 @@ def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex)
 
 
 def finalize_flags(
-    scores: Sequence[SliceScore], index: ReferenceIndex, alpha: float, stage: SecondStage
+    scores: Sequence[SliceScore],
+    index: ReferenceIndex,
+    alpha: float,
+    stage: SecondStage,
+    energy: np.ndarray | None = None,
 ) -> CalibrationCheck:
     """Flag the slices of one volume or set: the combined p-value of both stages
     (:func:`verified_null.flag_p`, Bonferroni) when global flags
     may stand for them (:func:`calibration_check.check_calibration`: the null holds, or the input
     sits below it), the verified p-value alone when they may not, the global p-value when there is
-    no second stage (nothing at all when global flags may not stand either)."""
+    no second stage (nothing at all when global flags may not stand either). ``energy``: the slices'
+    feature energy (``ReferenceIndex.feature_energy``), checked against the index's null when it has one."""
     null = index.null_model
-    check = check_calibration(np.array([s.similarity for s in scores], dtype=np.float64), null)
+    similarity = np.array([s.similarity for s in scores], dtype=np.float64)
+    check = check_calibration(similarity, null, energy, index.null_energy)
     if not scores:
         return check
     global_p = np.array([s.p_value for s in scores])
@@ -280,7 +286,7 @@ def audit_image(
         score = record_slice(audit, index, k, rows[i], ids[i], scores[i])
         if verified is not None:
             masks[int(k)] = apply_verified(score, verified[i], index)
-    audit.calibration = finalize_flags(audit.scores, index, alpha, stage)
+    audit.calibration = finalize_flags(audit.scores, index, alpha, stage, index.feature_energy(raw))
     best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[: max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     shown = {s.slice for s in audit.scores if s.flagged} | set(audit.evidence_slices)

@@ -39,7 +39,7 @@ def train_split_null(
     n_splits: int = DEFAULT_NULL_SPLITS,
     query_fraction: float = DEFAULT_QUERY_FRACTION,
     seed: int = 0,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Pool similarities of held-out groups A (and their copies) to the remaining groups B (with B's copies).
 
     Each split mimics an audit of slices the reference never saw: whiteners are refitted on B
@@ -55,8 +55,9 @@ def train_split_null(
     original_rows: row ids of the reference slices as cut.
     copies_of: for every indexed row, the row id of the original slice it was made from.
     groups: split group of every original row (same order as ``original_rows``).
-    Returns the pooled null and the number of splits used (raised for small references so that
-    at least ``MIN_NULL_SCORES`` scores exist).
+    Returns the pooled null, the feature energy of every null query under its split's whiteners
+    (:func:`feature_energy`: novel people of the reference's domain) and the number of splits used
+    (raised for small references so that at least ``MIN_NULL_SCORES`` scores exist).
     """
     codes = split_groups(groups)
     unique = np.unique(codes)
@@ -67,7 +68,7 @@ def train_split_null(
     group_of_row = np.empty(int(copies_of.max()) + 1, dtype=np.int64)
     group_of_row[original_rows] = codes
     row_groups = group_of_row[copies_of]
-    pooled = []
+    pooled, energies = [], []
     splits = 0
     while splits < n_splits or sum(len(p) for p in pooled) < MIN_NULL_SCORES:
         splits += 1
@@ -76,13 +77,19 @@ def train_split_null(
         if len(queries) > MAX_QUERIES_PER_SPLIT:
             queries = np.sort(rng.choice(queries, MAX_QUERIES_PER_SPLIT, replace=False))
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
-        indexes, query_vectors = {}, {}
+        indexes, query_vectors, whiteners = {}, {}, {}
         for block, raw in features.items():
-            whitener = make_whitener().fit(raw[reference_rows])
+            whiteners[block] = whitener = make_whitener().fit(raw[reference_rows])
             indexes[block] = build_flat_index(whitener.transform(raw[reference_rows]))
             query_vectors[block] = whitener.transform(raw[queries])
         pooled.append(max_similarity(indexes, query_vectors))
-    return np.concatenate(pooled), splits
+        energies.append(feature_energy(whiteners, {block: raw[queries] for block, raw in features.items()}))
+    return np.concatenate(pooled), np.concatenate(energies), splits
+
+
+def feature_energy(whiteners: dict[str, ShrinkageWhitener], raw: dict[str, np.ndarray]) -> np.ndarray:
+    """[n] mean over blocks of each row's whitened energy (``ShrinkageWhitener.energy``)."""
+    return np.mean([whiteners[block].energy(raw[block]) for block in whiteners], axis=0)
 
 
 def holdout_null(indexes: dict, holdout_vectors: dict[str, np.ndarray]) -> np.ndarray:

@@ -24,6 +24,7 @@ from .calibration import (
     DEFAULT_QUERY_FRACTION,
     NULL_HOLDOUT,
     NULL_TRAIN_SPLIT,
+    feature_energy,
     holdout_null,
     train_split_null,
 )
@@ -383,7 +384,7 @@ def build_index_from_features(
     kind = resolve_index_kind(index_kind, n)
     indexes = {b: build_block_index(whiteners[b].transform(features[b]), kind, seed=seed) for b in blocks}
     original_rows = np.flatnonzero(np.asarray(provenance.flip) == ORIGINAL)
-    null, null_info = _calibration_null(
+    null, null_energy, null_info = _calibration_null(
         features,
         provenance,
         original_rows,
@@ -416,7 +417,7 @@ def build_index_from_features(
             "n": int(len(verified_null.scores)),
         }
     check_index_output(out_dir, overwrite)
-    calibration = {"null_similarity": null}
+    calibration = {"null_similarity": null, "null_energy": null_energy}
     if verified_null is not None:
         calibration |= {
             "verified_null_scores": verified_null.scores,
@@ -440,14 +441,16 @@ def _calibration_null(
     n_splits: int,
     query_fraction: float,
     seed: int,
-) -> tuple[np.ndarray, dict]:
-    """The null similarities (holdout, else subject splits of the training slices) and their config entry."""
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The null similarities (holdout, else subject splits of the training slices), the feature energy
+    of the same held-out slices (``calibration.feature_energy``) and their config entry."""
     if holdout_features is not None:
         null = holdout_null(indexes, {b: whiteners[b].transform(holdout_features[b]) for b in whiteners})
+        energy = feature_energy(whiteners, holdout_features)
         info = {"type": NULL_HOLDOUT, "n_splits": 0}
     else:
         subjects = np.asarray(provenance.subject)[original_rows]
-        null, used_splits = train_split_null(
+        null, energy, used_splits = train_split_null(
             features,
             original_rows,
             np.asarray(provenance.original_row),
@@ -464,7 +467,7 @@ def _calibration_null(
             "groups": "subjects" if len(set(subjects)) > 1 else "slabs",
         }
     model = NullModel(null)
-    return null, {**info, "seed": seed, "n": int(len(null)), "mean": model.mean, "std": model.std}
+    return null, energy, {**info, "seed": seed, "n": int(len(null)), "mean": model.mean, "std": model.std}
 
 
 def _write_index(

@@ -9,7 +9,8 @@ Layout (every file's sha256 is in ``manifest.json``, verified on load)::
                         see transforms.py), subject
     whitener.npz        per-block mean and whitening matrix
     index_<block>.faiss one inner-product index per block: exact (flat) or IVF with exact re-ranking
-    calibration.npz     the pooled null similarities
+    calibration.npz     the pooled null similarities, the feature energy of the same held-out slices
+                        (absent in indexes built before it; docs/method.md §8.1), the verified null
     thumbnails.npz      only with store_thumbnails: 8-bit reference slices
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .calibration import feature_energy
 from .encoders import load_encoder
 from .encoders.base import Encoder, file_sha256
 from .errors import UserError
@@ -153,6 +155,7 @@ class ReferenceIndex:
         self._lock = threading.Lock()
         self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
         self.verified_null: VerifiedNull | None = None  # the second stage's null (None: global score only)
+        self.null_energy: np.ndarray | None = None  # feature energy of the null's held-out slices (None: not recorded)
 
     encoder_name = property(lambda self: self.config["encoder"]["name"])
     encoder_id = property(lambda self: self.config["encoder"]["encoder_id"])
@@ -244,6 +247,7 @@ class ReferenceIndex:
                 )
         with np.load(path / "calibration.npz") as data:
             null_similarity = np.asarray(data["null_similarity"], dtype=np.float64)
+            null_energy = np.asarray(data["null_energy"], dtype=np.float64) if "null_energy" in data.files else None
             verified = None
             if "verification" in config:
                 verified = VerifiedNull(
@@ -256,7 +260,12 @@ class ReferenceIndex:
             raise UserError(f"index {path}: its verified null is empty or not finite; rebuild it")
         loaded = cls(path, config, provenance, whiteners, indexes, null_similarity, manifest["index_id"])
         loaded.verified_null = verified
+        loaded.null_energy = null_energy if null_energy is not None and np.isfinite(null_energy).all() else None
         return loaded
+
+    def feature_energy(self, raw: dict[str, np.ndarray]) -> np.ndarray:
+        """[n] feature energy of raw per-block features under the index's whiteners (``calibration.feature_energy``)."""
+        return feature_energy(self.whiteners, raw)
 
     def whiten(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Whiten + L2-normalise raw per-block features with the index's whiteners."""

@@ -36,10 +36,11 @@ def _score_chunk(
     batch_size: int,
     top_k: int,
     cancel: threading.Event | None,
-) -> list[SliceScore]:
+) -> tuple[list[SliceScore], np.ndarray]:
     """Embed, search, verify and score queued (member, slice index, slice) entries into their
-    members; returns their scores in queue order. Copy masks with a verified p-value below
-    ``MASK_P`` are kept in the members (pruned to flagged and evidence slices at the end)."""
+    members; returns their scores and feature energies (``ReferenceIndex.feature_energy``) in queue
+    order. Copy masks with a verified p-value below ``MASK_P`` are kept in the members (pruned to
+    flagged and evidence slices at the end)."""
     slices = [s for _, _, s in chunk]
     raw = halving_batch_on_out_of_memory(
         lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size
@@ -58,7 +59,7 @@ def _score_chunk(
         for (member, k, _), p in zip(chunk, verified_p):
             if p >= MASK_P:
                 member.copy_masks.pop(int(k), None)
-    return result
+    return result, index.feature_energy(raw)
 
 
 def audit_set(
@@ -88,13 +89,15 @@ def audit_set(
     settings, chunk_size, total = index.preprocessing, batch_size * CHUNK_BATCHES, image_set.n_slices
     chunk: list[tuple[VolumeAudit, int, np.ndarray]] = []
     best: list[tuple[tuple, VolumeAudit, int, np.ndarray]] = []  # (evidence rank, member, slice index, slice)
+    energies: list[np.ndarray] = []
     done = 0
 
     def flush() -> None:
         if chunk:
-            scored = _score_chunk(
+            scored, energy = _score_chunk(
                 index, encoder, chunk, stage, alpha=alpha, batch_size=batch_size, top_k=top_k, cancel=cancel
             )
+            energies.append(energy)
             best.extend((evidence_order(m.volume, score), m, k, s) for (m, k, s), score in zip(chunk, scored))
             best.sort(key=lambda entry: entry[0])
             del best[max(0, keep_evidence) :]
@@ -112,7 +115,8 @@ def audit_set(
             flush()
     flush()
     result = SetAudit(image_set.name, list(members.values()), threshold)
-    result.calibration = finalize_flags(result.scores, index, alpha, stage)
+    energy = np.concatenate(energies) if energies else np.zeros(0)
+    result.calibration = finalize_flags(result.scores, index, alpha, stage, energy)
     for member in result.members:
         member.calibration = result.calibration
     for _, member, k, slice2d in best:

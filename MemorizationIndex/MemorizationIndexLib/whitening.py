@@ -71,6 +71,13 @@ class ShrinkageWhitener:
         # spinning afterwards and slow the next FAISS search or forward pass (docs/performance.md).
         return l2_normalize((centered @ torch.from_numpy(self.whitening_matrix_)).numpy())
 
+    def energy(self, x: np.ndarray) -> np.ndarray:
+        """[n] mean squared whitened coordinate of each row of ``x`` (before the L2 normalisation): about
+        1 for rows like the fitted ones, larger for rows unlike them (docs/method.md §8.1)."""
+        centered = torch.from_numpy(np.asarray(x, dtype=np.float32) - self.mean_)
+        whitened = centered @ torch.from_numpy(self.whitening_matrix_)
+        return (whitened * whitened).mean(dim=1).numpy().astype(np.float64)
+
     def fit_transform(self, x: np.ndarray) -> np.ndarray:
         """:meth:`fit` then :meth:`transform`."""
         return self.fit(x).transform(x)
