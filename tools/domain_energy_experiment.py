@@ -9,7 +9,9 @@ for slices unlike them. Four small indexes are built from ../shared/data and the
 one-person knee index, the demo's 3-volume diffusion/EPI index, 5 lumbar-spine people, 3 brain T1
 people, all with the default build options), and for each the median and 10–90% range of that
 energy (averaged over the encoder's blocks) are printed for training slices, novel people of the
-same domain where the data has them, and slices of other contrasts or anatomies (docs/method.md §8.3).
+same domain where the data has them, and slices of other contrasts or anatomies; and the 99th
+percentile of the energies the index recorded for its own null's held-out slices (``null_energy``),
+the audit's limit (docs/method.md §8.1).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MemorizationIndexLib.calibration_check import ENERGY_QUANTILE
 from MemorizationIndexLib.demo import make_demo_data
 from MemorizationIndexLib.embedding import embed_slices
 from MemorizationIndexLib.encoders import load_encoder
@@ -30,14 +33,9 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def energies(index: ReferenceIndex, encoder: Encoder, paths: list[Path]) -> np.ndarray:
-    """Mean squared whitened coordinate of every non-empty slice of ``paths`` (index axis), averaged over blocks."""
+    """Feature energy (``ReferenceIndex.feature_energy``) of every non-empty slice of ``paths`` along the index axis."""
     found = collect_slices(paths, axis=index.axis, preprocessing=index.preprocessing)
-    raw = embed_slices(encoder, found.slices, index.preprocessing)
-    per_block = [
-        (((raw[block] - whitener.mean_) @ whitener.whitening_matrix_) ** 2).mean(axis=1)
-        for block, whitener in index.whiteners.items()
-    ]
-    return np.mean(per_block, axis=0)
+    return index.feature_energy(embed_slices(encoder, found.slices, index.preprocessing))
 
 
 def report(name: str, index: ReferenceIndex, encoder: Encoder, groups: list[tuple[str, list[Path]]]) -> None:
@@ -106,6 +104,8 @@ def main() -> None:
     ]
     for number, (name, training, options, groups) in enumerate(experiments):
         index = build_index(training, out / f"index-{number}", options, encoder=encoder)
+        limit = np.quantile(index.null_energy, ENERGY_QUANTILE)
+        print(f"{name:20s} {'the null (held-out slices)':36s} {ENERGY_QUANTILE:.0%} quantile {limit:6.2f}", flush=True)
         report(name, index, encoder, groups)
 
 
