@@ -98,6 +98,33 @@ def test_spine_against_a_knee_index_mismatch_is_named(spine_against_knee):
     assert "outside the reference" in reason and "contrast" in reason
 
 
+def test_a_knee_copy_planted_among_the_spine_slices_is_still_found(spine_against_knee, spine_people, tmp_path, encoder):
+    """A training slice of the knee (its central 224 x 224 pixels) in place of one slice of a spine volume: the
+    volume still lies outside the knee's features, so nothing is flagged on the global score, but the copy is
+    verified and flagged with its true source, and no other slice is."""
+    import SimpleITK as sitk
+
+    from MemorizationIndexLib.calibration_check import OUTSIDE
+    from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
+
+    index, _, _ = spine_against_knee
+    source = sorted(Path(s) for s in set(index.provenance.source))[0]
+    knee_slice = image_slices(read_image(source), resolve_axis(read_image(source), index.axis))[39]
+    spine = read_image(spine_people[0])
+    volume = sitk.GetArrayFromImage(spine).astype(np.float32)
+    rows, cols = volume.shape[1:]
+    top, left = (knee_slice.shape[0] - rows) // 2, (knee_slice.shape[1] - cols) // 2
+    volume[10] = knee_slice[top : top + rows, left : left + cols]
+    planted = sitk.GetImageFromArray(volume)
+    planted.CopyInformation(spine)
+    sitk.WriteImage(planted, str(tmp_path / "planted.nii.gz"))
+    [audit] = audit_paths(index, [tmp_path / "planted.nii.gz"], tmp_path / "audit", device=str(encoder.device))
+    assert not audit.calibration.holds and audit.calibration.direction == OUTSIDE, audit.calibration
+    flagged = [s for s in audit.scores if s.flagged]
+    assert [s.slice for s in flagged] == [10]
+    assert Path(flagged[0].copy_source) == source and flagged[0].copy_slice == 39
+
+
 def test_the_same_spine_people_against_a_spine_index_hold(tmp_path, spine, spine_people, encoder):
     """In-domain novel people: each volume keeps ``holds`` True and none of its slices is flagged."""
     training = [spine[n] for n in ("01", "02", "03", "04", "05")]
