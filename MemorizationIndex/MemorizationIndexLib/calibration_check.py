@@ -101,10 +101,6 @@ def check_calibration(
     if n < MIN_SLICES:
         return CalibrationCheck(True, "", float(np.median(null.z(values))) if n else 0.0, limit, "", n)
     median_z = float(np.median(null.z(values)))
-    if median_z <= limit and energy is not None and null_energy is not None:
-        outside = _outside(np.asarray(energy, dtype=np.float64), np.asarray(null_energy, dtype=np.float64))
-        if outside:
-            return CalibrationCheck(False, outside, median_z, limit, OUTSIDE, n)
     if median_z > limit:
         reason = (
             f"the audited slices as a whole sit far above the null (median z {median_z:.2f} > limit {limit:.2f} "
@@ -112,6 +108,9 @@ def check_calibration(
             "only verified copies are flagged"
         )
         return CalibrationCheck(False, reason, median_z, limit, ABOVE, n)
+    outside = "" if energy is None or null_energy is None else _outside(np.asarray(energy), np.asarray(null_energy))
+    if outside:
+        return CalibrationCheck(False, outside, median_z, limit, OUTSIDE, n)
     if median_z < -limit:
         reason = (
             f"the audited slices as a whole sit far below the null (median z {median_z:.2f} < -{limit:.2f} "
@@ -124,6 +123,7 @@ def check_calibration(
 
 def _outside(energy: np.ndarray, null_energy: np.ndarray) -> str:
     """The reason an input's features lie outside the reference's ("" when they do not)."""
+    energy, null_energy = (np.asarray(x, dtype=np.float64) for x in (energy, null_energy))
     energy, null_energy = energy[np.isfinite(energy)], null_energy[np.isfinite(null_energy)]
     if energy.size < MIN_SLICES or null_energy.size < 2:
         return ""

@@ -196,10 +196,8 @@ def verify_slices(
         first = {i: [j for j, lead in enumerate(leaders[i]) if lead == j] for i in chosen}
         queries = dict(zip(chosen, to_grids([slices[i] for i in chosen], settings)))
         found = _verify_positions(queries, listed, first, grids)
-        scores = {(i, j): result.score for i, results in found.items() for j, result in results.items()}
         then = {
-            i: [j for j, lead in enumerate(leaders[i]) if lead != j and scores.get((i, lead), 1.0) >= NEIGHBOUR_GATE]
-            for i in chosen
+            i: [j for j, lead in enumerate(leaders[i]) if lead != j and _verifies(found[i].get(lead))] for i in chosen
         }
         for i, results in _verify_positions(queries, listed, then, grids).items():
             found[i] |= results
@@ -215,6 +213,12 @@ def verify_slices(
         for i, best in verified.items():
             out[i] = best
     return out
+
+
+def _verifies(leader: Verification | None) -> bool:
+    """Whether a neighbourhood's best-ranked candidate lets its neighbours be verified: it scored at least
+    NEIGHBOUR_GATE, or its pixels could not be read (None)."""
+    return leader is None or leader.score >= NEIGHBOUR_GATE
 
 
 def _verify_positions(
