@@ -14,7 +14,6 @@ each split's reference), so the null goes through exactly the audit's pipeline.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
-from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, to_grids, verify_batch
+from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, steps_reaching, to_grids, verify_batch
 
 if TYPE_CHECKING:
     from .reference_index import Provenance
@@ -72,14 +71,12 @@ class Verified:
 def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> np.ndarray:
     """Positions of the slices whose white-noise level (``verification.noise_level``) is at least
     :data:`NOISY`: at least half their neighbour differences reach the median step of such noise
-    (counted, which is several times cheaper than the median itself)."""
-    step = NOISY * 0.6745 * math.sqrt(2.0)
-    noisy = []
-    for position, image in enumerate(slices):
-        unit = scale_unit(np.asarray(image, dtype=np.float32), settings)
-        rows, cols = np.abs(np.diff(unit, axis=0)), np.abs(np.diff(unit, axis=1))
-        if np.count_nonzero(rows >= step) + np.count_nonzero(cols >= step) >= (rows.size + cols.size) / 2:
-            noisy.append(position)
+    (``verification.steps_reaching``)."""
+    noisy = [
+        position
+        for position, image in enumerate(slices)
+        if steps_reaching(scale_unit(np.asarray(image, dtype=np.float32), settings), NOISY) >= 0.5
+    ]
     return np.asarray(noisy, dtype=np.int64)
 
 
@@ -149,10 +146,12 @@ def candidates(
 
 
 def slice_places(provenance: Provenance) -> np.ndarray:
-    """int64 [rows, 2]: (volume, slice) of every provenance row, one volume number per (source, array axis)."""
-    keys = list(zip(provenance.source, provenance.array_axis))
-    volumes = {key: number for number, key in enumerate(dict.fromkeys(keys))}
-    return np.array([[volumes[key], int(k)] for key, k in zip(keys, provenance.slice)], dtype=np.int64).reshape(-1, 2)
+    """int64 [rows, 2]: (volume, slice) of every provenance row, one volume number per (source, array axis),
+    numbered in order of first appearance."""
+    numbers: dict[tuple[str, int], int] = {}
+    keys = zip(provenance.source, provenance.array_axis)
+    volume = np.fromiter((numbers.setdefault(key, len(numbers)) for key in keys), np.int64, len(provenance))
+    return np.stack([volume, np.fromiter(provenance.slice, np.int64, len(provenance))], axis=1)
 
 
 def waits_for(rows: Sequence[int], places: np.ndarray | None) -> list[int]:

@@ -14,7 +14,7 @@ slice is smoothed by its estimated noise level before it is cropped and put on t
 
 Many queries are verified against their candidates at once (:func:`verify_batch`), in chunks of
 CHUNK_PAIRS query-candidate pairs: the phase correlations are batched FFTs, the warps one
-``grid_sample`` call and the scoring of the shortlisted hypotheses one stack (local correlations,
+``grid_sample`` call and the scoring of the chosen hypotheses one stack (local correlations,
 closing, largest regions); the resizes, band-pass and Gaussian windows are linear maps applied as
 (cached) matrices, equal to the scikit-image and SciPy calls they replace up to float rounding.
 """
@@ -37,7 +37,6 @@ from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_fo
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
-SHORTLIST = 2  # hypotheses per candidate scored by local correlation (ranked by global correlation)
 WINDOW_SIGMA = 2.0  # local-correlation window (grid pixels)
 AGREEMENT = 0.7  # local correlation above which a pixel agrees
 SCALE_RANGE = (0.75, 1.35)  # scales outside are not proposed by the log-polar estimate
@@ -46,9 +45,13 @@ _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
 _HYPOTHESES = 5  # per candidate: {as is, transposed} x {theta, theta + 180}, and in place (:func:`_in_place_scales`)
+IN_PLACE = _HYPOTHESES - 1  # the in-place hypothesis comes last
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
 MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
+# White-noise level below which a slice is not smoothed at all (σ < 0.5 in :func:`_denoised` for the crop's target;
+# NOISE_TARGET is higher), less 1% for rounding: a slice shown to lie below it needs no exact noise level.
+_QUIET = 0.99 * 0.5 * 2.0 * math.sqrt(math.pi) * CROP_NOISE_TARGET
 CHUNK_PAIRS = 32  # query-candidate pairs verified together (small chunks stay in the CPU caches)
 GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
@@ -136,7 +139,8 @@ def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
     the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`)."""
     raw = np.asarray(slice2d, dtype=np.float32)
     window = robust_window(raw, settings)
-    noise = _noise_of(scale_unit(raw, settings, window))
+    scaled = scale_unit(raw, settings, window)
+    noise = _noise_of(scaled) if steps_reaching(scaled, _QUIET) >= 0.5 else 0.0  # below _QUIET its value is unused
     smoothed = _denoised(raw, noise, CROP_NOISE_TARGET)
     unit = scaled_foreground(smoothed, settings, window if smoothed is raw else None)
     foreground = unit > 0
@@ -148,7 +152,7 @@ def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
     top, left = (side - h) // 2, (side - w) // 2
     crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     small = _resized(crop, side, (top, left), GRID)
-    mask = ndimage.gaussian_filter(small, 1.0) > 0.05
+    mask = _smoothed(small, 1.0) > 0.05
     if noise > NOISE_TARGET:
         unit = scaled_foreground(_denoised(raw, noise, NOISE_TARGET), settings)
         crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
@@ -166,6 +170,16 @@ def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSe
     / (0.6745 √2). Anatomy moves few neighbour
     differences, so the median reads the noise; a clean slice with a zero background reads ≈ 0."""
     return _noise_of(scale_unit(slice2d, settings))
+
+
+def steps_reaching(unit: np.ndarray, level: float) -> float:
+    """Share of a slice's neighbour differences (both axes; the slice scaled to its robust window) at
+    least as large as the median step of white noise of ``level``. Below one half, its
+    :func:`noise_level` is below ``level``; counting is several times cheaper than the median."""
+    step = np.float32(level * 0.6745 * math.sqrt(2.0))
+    rows, cols = np.abs(np.diff(unit, axis=0)), np.abs(np.diff(unit, axis=1))
+    total = rows.size + cols.size
+    return (np.count_nonzero(rows >= step) + np.count_nonzero(cols >= step)) / total if total else 0.0
 
 
 def _noise_of(unit: np.ndarray) -> float:
@@ -591,8 +605,8 @@ def verify_batch(
 
 def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]]) -> list[list[Verification]]:
     """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps
-    of every pair and hypothesis are batched; the best ``SHORTLIST`` hypotheses of each pair (by
-    global correlation) are scored by :func:`_agreements`, and the higher scoring one is kept."""
+    of every pair and hypothesis are batched; each pair's best hypothesis by global correlation and its in-place
+    one (:func:`_scored_hypotheses`) are scored by :func:`_agreements`, and the higher scoring one is kept."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
@@ -603,24 +617,36 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     moved, moved_masks, shifts = _aligned(images, pairs, transposed, angles, scales)
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
-    listed = np.arange(len(ranks))[:, None] * _HYPOTHESES + np.argsort(-ranks, axis=1, kind="stable")[:, :SHORTLIST]
-    h = listed.ravel()
-    scores, copied = _agreements(images[owner[h]], masks[owner[h]], moved[h], moved_masks[h])
-    scores, copied = scores.reshape(listed.shape), copied.reshape(*listed.shape, GRID, GRID)
-    best = np.zeros(len(listed), dtype=np.intp)  # the first shortlisted unless a later one scores higher
-    for k in range(1, SHORTLIST):
-        best = np.where(scores[:, k] > scores[np.arange(len(best)), best], k, best)
+    pair_of, scored = _scored_hypotheses(ranks)
+    scores, copied = _agreements(images[owner[scored]], masks[owner[scored]], moved[scored], moved_masks[scored])
+    chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless the other scores higher
+    for s, p in enumerate(pair_of):
+        if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
+            chosen[p] = s
     to_query = [np.linalg.inv(_grid_of(query)) for query in used]
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
-        query, h = used[q], listed[p, best[p]]
+        query, h = used[q], scored[chosen[p]]
         shift = (float(shifts[h, 0]), float(shifts[h, 1]))
         on_grid = _transform(angles[h], scales[h], shift)
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
-        mask = _to_slice(copied[p, best[p]], query)
-        out[asked[q]].append(Verification(float(scores[p, best[p]]), alignment, mask, bounding_box(mask)))
+        mask = _to_slice(copied[chosen[p]], query)
+        out[asked[q]].append(Verification(float(scores[chosen[p]]), alignment, mask, bounding_box(mask)))
     return out
+
+
+def _scored_hypotheses(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hypotheses scored by :func:`_agreements`, given their global correlations [P, _HYPOTHESES]: (pair [S],
+    hypothesis [S], an index into the chunk's flat hypotheses), each pair's best-ranked first, then its in-place
+    hypothesis when that is not the best-ranked. The whole slice decides the global correlation, so a partial
+    copy's in-place alignment can rank low on it and still agree best where it copies."""
+    best = np.argmax(ranks, axis=1)  # the first of equal ranks
+    second = np.flatnonzero(best != IN_PLACE)
+    pair_of = np.concatenate([np.arange(len(ranks)), second])
+    chosen = np.concatenate([best, np.full(len(second), IN_PLACE)])
+    order = np.argsort(pair_of, kind="stable")
+    return pair_of[order], pair_of[order] * _HYPOTHESES + chosen[order]
 
 
 def verify_many(query: Grid, candidates: Sequence[Grid]) -> list[Verification]:
