@@ -19,6 +19,7 @@ from MemorizationIndexLib.audit import audit_paths
 from MemorizationIndexLib.calibration_check import ABOVE, check_calibration
 from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.reference_index import ReferenceIndex
+from MemorizationIndexLib.volumes import read_image
 
 pytest.importorskip("dipy", reason="the demo's real MRI ships in the dipy package (make install has it)")
 
@@ -105,7 +106,7 @@ def test_a_knee_copy_planted_among_the_spine_slices_is_still_found(spine_against
     import SimpleITK as sitk
 
     from MemorizationIndexLib.calibration_check import OUTSIDE
-    from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
+    from MemorizationIndexLib.volumes import image_slices, resolve_axis
 
     index, _, _ = spine_against_knee
     source = sorted(Path(s) for s in set(index.provenance.source))[0]
@@ -123,6 +124,28 @@ def test_a_knee_copy_planted_among_the_spine_slices_is_still_found(spine_against
     flagged = [s for s in audit.scores if s.flagged]
     assert [s.slice for s in flagged] == [10]
     assert Path(flagged[0].copy_source) == source and flagged[0].copy_slice == 39
+
+
+def test_small_spine_pieces_against_a_knee_index_named_together(spine_against_knee, spine_people, tmp_path, encoder):
+    """Pieces of a spine volume too small to judge on their own (4 slices each) lie outside the knee's features
+    together: the summary's line for all inputs together names it by the feature energy, and nothing is flagged."""
+    import SimpleITK as sitk
+
+    from MemorizationIndexLib.calibration_check import MIN_SLICES
+
+    index, _, _ = spine_against_knee
+    spine = read_image(spine_people[0])
+    paths = []
+    for start in range(0, spine.GetSize()[2] - 3, 4):
+        path = tmp_path / f"piece-{start}.nii.gz"
+        sitk.WriteImage(spine[:, :, start : start + 4], str(path))
+        paths.append(path)
+    audits = audit_paths(index, paths, tmp_path / "audit", device=str(encoder.device))
+    assert all(len(a.scores) < MIN_SLICES and a.calibration.holds for a in audits)
+    calibration = json.loads((tmp_path / "audit" / "summary.json").read_text(encoding="utf-8"))["calibration"]
+    assert calibration["holds"] is False
+    assert "all inputs together" in calibration["reason"] and "feature energy" in calibration["reason"]
+    assert sum(a.flagged for a in audits) == 0
 
 
 def test_the_same_spine_people_against_a_spine_index_hold(tmp_path, spine, spine_people, encoder):

@@ -50,6 +50,7 @@ class VolumeAudit:
     evidence_slices: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     copy_masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     calibration: CalibrationCheck | None = None
+    energy: np.ndarray | None = field(default=None, repr=False)  # feature energy of the scored slices
 
     @property
     def flagged(self) -> int:
@@ -66,6 +67,7 @@ class SetAudit:
     members: list[VolumeAudit]
     threshold: Threshold
     calibration: CalibrationCheck | None = None
+    energy: np.ndarray | None = field(default=None, repr=False)  # feature energy of the scored slices
 
     @property
     def scores(self) -> list[SliceScore]:
@@ -286,7 +288,8 @@ def audit_image(
         score = record_slice(audit, index, k, rows[i], ids[i], scores[i])
         if verified is not None:
             masks[int(k)] = apply_verified(score, verified[i], index)
-    audit.calibration = finalize_flags(audit.scores, index, alpha, stage, index.feature_energy(raw))
+    audit.energy = index.feature_energy(raw)
+    audit.calibration = finalize_flags(audit.scores, index, alpha, stage, audit.energy)
     best = sorted(audit.scores, key=lambda s: evidence_order(volume, s))[: max(0, keep_evidence)]
     audit.evidence_slices = {s.slice: np.array(stack[s.slice], dtype=np.float32, order="C") for s in best}
     shown = {s.slice for s in audit.scores if s.flagged} | set(audit.evidence_slices)
@@ -366,9 +369,13 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
 
 def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
     """summary.json's ``calibration``: does the global null describe the audited inputs? (every
-    volume or set on its own, which decides its flags, and all slices together, which only informs)."""
+    volume or set on its own, which decides its flags, and all slices together, which only informs;
+    both by similarity and, when every input has them, by feature energy)."""
     failing = [a for a in audits if a.calibration is not None and not a.calibration.holds]
-    every = check_calibration(np.array([s.similarity for a in audits for s in a.scores]), index.null_model)
+    similarity = np.array([s.similarity for a in audits for s in a.scores])
+    energies = [a.energy for a in audits if a.energy is not None]
+    energy = np.concatenate(energies) if energies and len(energies) == len(audits) else None
+    every = check_calibration(similarity, index.null_model, energy, index.null_energy)
     reasons = [
         f"{Path(a.volume if isinstance(a, VolumeAudit) else a.name).name}: {a.calibration.reason}" for a in failing
     ]

@@ -115,8 +115,8 @@ def audit_set(
             flush()
     flush()
     result = SetAudit(image_set.name, list(members.values()), threshold)
-    energy = np.concatenate(energies) if energies else np.zeros(0)
-    result.calibration = finalize_flags(result.scores, index, alpha, stage, energy)
+    result.energy = np.concatenate(energies) if energies else np.zeros(0)
+    result.calibration = finalize_flags(result.scores, index, alpha, stage, result.energy)
     for member in result.members:
         member.calibration = result.calibration
     for _, member, k, slice2d in best:
