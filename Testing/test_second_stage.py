@@ -108,6 +108,9 @@ def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) 
     before_neighbours = {key: value for key, value in made.items() if key != "neighbour_gate"}
     moved.config = moved.config | {"verification": before_neighbours}
     assert "older second stage" in unavailable_reason(moved)
+    moved.config = moved.config | {"verification": made | {"scale_range": [0.75, 1.35], "scored": "two best-ranked"}}
+    reason = unavailable_reason(moved)
+    assert "older second stage" in reason and "scale_range [0.75, 1.35]" in reason and "two best-ranked" in reason
     moved.verified_null = None
     assert "no verified null" in unavailable_reason(moved)
 

@@ -36,7 +36,7 @@ from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
-from .second_stage import DEFAULT_CANDIDATES, NEIGHBOUR_GATE, VIEWS, slice_places
+from .second_stage import DEFAULT_CANDIDATES, null_settings, slice_places
 from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
 from .verified_null import NullQueries, VerifiedNull, reference_verified_null
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
@@ -410,12 +410,7 @@ def build_index_from_features(
         store_thumbnails=thumbnails is not None,
     )
     if verified_null is not None:
-        config["verification"] = {
-            "k": candidates,
-            "views": list(VIEWS),
-            "neighbour_gate": NEIGHBOUR_GATE,
-            "n": int(len(verified_null.scores)),
-        }
+        config["verification"] = {"k": candidates, **null_settings(), "n": int(len(verified_null.scores))}
     check_index_output(out_dir, overwrite)
     calibration = {"null_similarity": null, "null_energy": null_energy}
     if verified_null is not None:

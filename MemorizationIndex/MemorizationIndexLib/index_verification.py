@@ -14,7 +14,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
 from .search import Neighbours
-from .second_stage import NEIGHBOUR_GATE, VIEWS, GridSource, Verified, candidates, slice_places, verify_slices
+from .second_stage import GridSource, Verified, candidates, null_settings, slice_places, verify_slices
 from .verification import GRID_BATCH, Grid, to_grids
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
@@ -28,12 +28,12 @@ def unavailable_reason(index: ReferenceIndex) -> str:
             "the index has no verified null (built without verification, from features alone, or by an older "
             "version); rebuild it with build-index to verify copies"
         )
-    made = index.config.get("verification", {})
-    if made.get("views") != list(VIEWS) or made.get("neighbour_gate") != NEIGHBOUR_GATE:
+    made, now = index.config.get("verification", {}), null_settings()
+    changed = [f"{key} {made.get(key)} (now {value})" for key, value in now.items() if made.get(key) != value]
+    if changed:
         return (
-            f"the index's verified null was made by an older second stage (views {made.get('views')}, neighbour "
-            f"gate {made.get('neighbour_gate')}; now {list(VIEWS)}, {NEIGHBOUR_GATE}); rebuild it with build-index "
-            "to verify copies"
+            f"the index's verified null was made by an older second stage ({'; '.join(changed)}); rebuild it with "
+            "build-index to verify copies"
         )
     if index.store_thumbnails:
         return ""

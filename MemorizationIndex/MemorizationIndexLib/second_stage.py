@@ -28,7 +28,17 @@ from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
-from .verification import NOISE_TARGET, Grid, Verification, pair_chunks, steps_reaching, to_grids, verify_batch
+from .verification import (
+    NOISE_TARGET,
+    SCALE_RANGE,
+    SCORED,
+    Grid,
+    Verification,
+    pair_chunks,
+    steps_reaching,
+    to_grids,
+    verify_batch,
+)
 
 if TYPE_CHECKING:
     from .reference_index import Provenance
@@ -66,6 +76,18 @@ class Verified:
     score: float
     row: int
     result: Verification | None
+
+
+def null_settings() -> dict:
+    """The settings that change verified scores, which an index's verified null must have been made with
+    (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range and the
+    scored hypotheses."""
+    return {
+        "views": list(VIEWS),
+        "neighbour_gate": NEIGHBOUR_GATE,
+        "scale_range": list(SCALE_RANGE),
+        "scored": SCORED,
+    }
 
 
 def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> np.ndarray:

@@ -40,6 +40,7 @@ SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
 WINDOW_SIGMA = 2.0  # local-correlation window (grid pixels)
 AGREEMENT = 0.7  # local correlation above which a pixel agrees
 SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
+SCORED = "best-ranked, in place"  # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
