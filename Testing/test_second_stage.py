@@ -42,15 +42,38 @@ def test_only_noisy_slices_are_searched_smoothed(spine: dict[str, Path]) -> None
 
 def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null() -> None:
     rng = np.random.default_rng(0)
-    null = VerifiedNull(rng.beta(2, 12, 300), rng.random(300))
+    null = VerifiedNull(rng.beta(2, 12, 300), rng.random(300), np.full(300, np.nan))
     fresh = rng.beta(2, 12, 200_000)
-    p = null.verified_p(fresh)
+    p = null.verified_p(fresh, np.nan)
     for alpha in (0.05, 0.01, 0.002):
         assert (p < alpha).mean() <= 2 * alpha, alpha
-    ladder = null.verified_p(np.linspace(0, 1, 101))
+    ladder = null.verified_p(np.linspace(0, 1, 101), np.nan)
     assert np.all(np.diff(ladder) <= 1e-12)
-    assert null.verified_p(np.array([0.9]))[0] < 1e-4  # a copy far above a 300-slice null
-    assert null.verified_p(np.array([null.threshold(1e-3) + 1e-6]))[0] < 1e-3
+    assert null.verified_p(np.array([0.9]), np.nan)[0] < 1e-4  # a copy far above a 300-slice null
+    assert null.verified_p(np.array([null.threshold(1e-3) + 1e-6]), np.nan)[0] < 1e-3
+
+
+def test_each_score_is_compared_with_the_null_band_of_its_roughness() -> None:
+    """Smooth null slices score higher than rough ones; a query is judged against null slices as rough as
+    itself, so a smooth novel slice is not a false alarm and a rough one is not held to the smooth bar."""
+    rng = np.random.default_rng(0)
+    roughness = np.concatenate([rng.uniform(0.05, 0.12, 300), rng.uniform(0.15, 0.35, 300)])
+    scores = np.concatenate([rng.beta(6, 10, 300), rng.beta(2, 14, 300)])  # smooth slices score higher
+    null = VerifiedNull(scores, rng.random(600), roughness)
+    bands = null.thresholds(1e-3)
+    assert len(bands) == len(null.edges()) + 1 == 4  # MAX_BANDS bands of at least MIN_BAND scores
+    assert bands[0]["roughness_from"] is None and bands[-1]["roughness_to"] is None
+    assert [b["n"] for b in bands] == [150] * 4
+    assert min(bands[0]["threshold"], bands[1]["threshold"]) > max(bands[2]["threshold"], bands[3]["threshold"])
+    assert null.threshold(1e-3) == max(b["threshold"] for b in bands)
+    smooth_novel, sharp_novel = rng.beta(6, 10, 100_000), rng.beta(2, 14, 100_000)
+    banded_smooth = (null.verified_p(smooth_novel, 0.08) < 0.01).mean()
+    assert banded_smooth <= 0.015 and (null.verified_p(sharp_novel, 0.3) < 0.01).mean() <= 0.015
+    pooled = VerifiedNull(scores, rng.random(600), np.full(600, np.nan))  # one band, as an index without roughness
+    assert len(pooled.thresholds(1e-3)) == 1
+    assert (pooled.verified_p(smooth_novel, np.nan) < 0.01).mean() >= 2 * banded_smooth
+    middle = 0.5 * (bands[0]["threshold"] + bands[-1]["threshold"])
+    assert null.verified_p(np.array([middle]), 0.3)[0] < 1e-3 < null.verified_p(np.array([middle]), 0.08)[0]
 
 
 def test_flag_p_is_twice_the_smaller_p_value_and_needs_a_fifth_of_the_slice_copied() -> None:

@@ -145,7 +145,7 @@ def score_slices(
 
 def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex) -> np.ndarray | None:
     """Copy a slice's best verified candidate into its score; returns its copy mask (None if empty)."""
-    score.verified_score = verified.score
+    score.verified_score, score.roughness = verified.score, verified.roughness
     result = verified.result
     if result is None:
         return None
@@ -179,7 +179,7 @@ def finalize_flags(
     if stage.used:
         verified_null = index.verified_null
         verified_score = np.array([s.verified_score for s in scores])
-        verified_p = verified_null.verified_p(verified_score)
+        verified_p = verified_null.verified_p(verified_score, np.array([s.roughness for s in scores]))
         evidence = evidence_p(verified_p, verified_score)
         flag_p = combined_p(global_p, verified_p, verified_score) if check.global_flags_valid else evidence
     else:
@@ -364,7 +364,9 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
         "views": list(VIEWS),
         "null_n": 0 if null is None else len(null.scores),
     }
-    return block | ({"threshold": null.threshold(alpha / 2)} if null is not None else {})
+    if null is None:
+        return block
+    return block | {"threshold": null.threshold(alpha / 2), "bands": null.thresholds(alpha / 2)}
 
 
 def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:

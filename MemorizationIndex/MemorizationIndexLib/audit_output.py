@@ -37,6 +37,7 @@ VERIFICATION_COLUMNS = (
     "copy_angle",
     "copy_scale",
     "copy_box",
+    "roughness",
 )
 SLICE_COLUMNS = _GLOBAL_COLUMNS + VERIFICATION_COLUMNS
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
@@ -57,7 +58,9 @@ FOLDER_FORMAT = (
         "flag_p in [0, 1], nan when not verified. copy_source, copy_slice: the training slice the "
         "verification matched best; copy_transposed (0/1), copy_angle (degrees), copy_scale: how it maps "
         'onto the query (transpose, then rotation, then scale); copy_box: "row0 col0 row1 col1" (ends '
-        "exclusive) of the copied region in the query slice's pixels as stored, empty when none.",
+        "exclusive) of the copied region in the query slice's pixels as stored, empty when none; roughness: the "
+        "slice's verification grid roughness (smaller = smoother; nan when not verified), which picks the band "
+        "of the verified null its verified_p comes from.",
     ),
     ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
     (
@@ -67,7 +70,8 @@ FOLDER_FORMAT = (
         'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
         '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int, '
         "threshold: float (verified score above which a slice is flagged on verification alone at alpha / 2, "
-        "the Bonferroni share)}, "
+        "the Bonferroni share, whatever its roughness), bands: [{roughness_from, roughness_to (null at the open "
+        "ends), n, threshold}] (the same per band of the verified null, smoothest first; absent before bands)}, "
         '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
@@ -105,6 +109,7 @@ class SliceScore:
     copy_angle: float = 0.0
     copy_scale: float = 1.0
     copy_box: tuple[int, int, int, int] | None = None
+    roughness: float = math.nan
 
     @property
     def verified(self) -> bool:
@@ -188,6 +193,7 @@ def slice_row(volume: str, score: SliceScore) -> list[str | int]:
         format_value(score.copy_angle),
         format_value(score.copy_scale),
         format_box(score.copy_box),
+        format_value(score.roughness),
     ]
 
 
@@ -363,6 +369,7 @@ def _verification_fields(record: dict[str, str]) -> dict[str, Any]:
         "copy_angle": float(get["copy_angle"]) if get["copy_angle"].strip() else 0.0,
         "copy_scale": float(get["copy_scale"]) if get["copy_scale"].strip() else 1.0,
         "copy_box": parse_box(get["copy_box"]),
+        "roughness": float(get["roughness"]) if get["roughness"].strip() else math.nan,
     }
 
 

@@ -25,6 +25,7 @@ class AuditStatus:
     verification_reason: str = ""
     k: int | None = None
     verified_threshold: float | None = None
+    sharpest_threshold: float | None = None
     null_n: int | None = None
     calibrated: bool | None = None
     calibration_reason: str = ""
@@ -58,6 +59,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
         verification_reason=str(verification.get("reason", "")),
         k=verification.get("k"),
         verified_threshold=_number(verification.get("threshold")),
+        sharpest_threshold=_number((verification.get("bands") or [{}])[-1].get("threshold")),
         null_n=verification.get("null_n"),
         calibrated=holds if calibration_holds is None else calibration_holds,
         calibration_reason=str(calibration.get("reason", "")),
@@ -78,6 +80,11 @@ def _verification_sentence(status: AuditStatus) -> str:
             f" A verified score above {status.verified_threshold:.3g} is a copy at \u03b1 = {status.alpha:.2g} "
             f"on its own{null}."
         )
+        sharp = status.sharpest_threshold
+        if sharp is not None and sharp < status.verified_threshold:
+            threshold += (
+                f" Each slice is compared with null slices as smooth as itself; the sharpest need only {sharp:.3g}."
+            )
     return f"Verification ran: every slice was aligned pixel by pixel with{against}.{threshold}"
 
 

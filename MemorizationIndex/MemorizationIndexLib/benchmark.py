@@ -681,7 +681,13 @@ def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: Nu
         "null": index.config["null"],
         "threshold": threshold.to_dict(),
         "verified_null": (
-            {"n": len(verified.scores), "threshold": verified.threshold(alpha / 2)} if verified is not None else None
+            {
+                "n": len(verified.scores),
+                "threshold": verified.threshold(alpha / 2),
+                "bands": verified.thresholds(alpha / 2),
+            }
+            if verified is not None
+            else None
         ),
         "paper_null": (
             {"mean": paper_null.mean, "std": paper_null.std, "n": len(paper_null.values)} if paper_null else None

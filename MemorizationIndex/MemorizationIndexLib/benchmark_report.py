@@ -60,7 +60,7 @@ def _header_section(results: dict) -> str:
             _f(d["null"]["mean"], 4),
             _f(d["null"]["std"], 4),
             _f(d["threshold"]["similarity"], 4),
-            _f((d.get("verified_null") or {}).get("threshold"), 4),
+            _band_thresholds(d.get("verified_null") or {}),
         ]
         for d in results["datasets"]
     ]
@@ -76,7 +76,7 @@ def _header_section(results: dict) -> str:
                 "null mean",
                 "null std",
                 "flag threshold (s)",
-                "verified threshold",
+                "verified threshold per roughness band (smooth → sharp)",
             ],
             rows,
         )
@@ -85,6 +85,15 @@ def _header_section(results: dict) -> str:
     if notes:
         parts.append("\n".join(f"- **Note:** {n}" for n in notes) + "\n")
     return "\n".join(parts)
+
+
+def _band_thresholds(verified_null: dict) -> str:
+    """The verified null's thresholds, one per roughness band, smoothest first (its one threshold in
+    results written before the bands)."""
+    bands = verified_null.get("bands")
+    if not bands:
+        return _f(verified_null.get("threshold"), 4)
+    return " / ".join(_f(band["threshold"], 3) for band in bands)
 
 
 def _mean_min(values: Sequence[float]) -> str:

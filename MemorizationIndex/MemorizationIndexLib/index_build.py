@@ -36,9 +36,9 @@ from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
-from .second_stage import DEFAULT_CANDIDATES, null_settings, slice_places
+from .second_stage import DEFAULT_CANDIDATES, slice_places
 from .transforms import ORIGINAL, REFERENCE_COPIES, reference_copy
-from .verified_null import NullQueries, VerifiedNull, reference_verified_null
+from .verified_null import NullQueries, VerifiedNull, null_settings, reference_verified_null
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis, validate_inputs
 from .whitening import ShrinkageWhitener
 
@@ -417,6 +417,7 @@ def build_index_from_features(
         calibration |= {
             "verified_null_scores": verified_null.scores,
             "verified_null_similarity": verified_null.global_similarity,
+            "verified_null_roughness": verified_null.roughness,
         }
     write_folder(
         out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, calibration, thumbnails)

@@ -14,8 +14,9 @@ import numpy as np
 from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
 from .search import Neighbours
-from .second_stage import GridSource, Verified, candidates, null_settings, slice_places, verify_slices
+from .second_stage import GridSource, Verified, candidates, slice_places, verify_slices
 from .verification import GRID_BATCH, Grid, to_grids
+from .verified_null import null_settings
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
 

@@ -253,6 +253,7 @@ class ReferenceIndex:
                 verified = VerifiedNull(
                     np.asarray(data["verified_null_scores"], dtype=np.float64),
                     np.asarray(data["verified_null_similarity"], dtype=np.float64),
+                    _roughness(data),
                 )
         if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
             raise UserError(f"index {path}: its calibration null is empty or not finite; rebuild it")
@@ -319,6 +320,14 @@ class ReferenceIndex:
                         self._thumbnails = {k: data[k] for k in data.files}
             return self._thumbnails[str(row)].astype(np.float32) / 255.0
         return self._volume_cache.slice(source, prov.array_axis[row], slice_index)
+
+
+def _roughness(calibration: np.lib.npyio.NpzFile) -> np.ndarray:
+    """The verified null's roughness in calibration.npz; nan for an index built before it was recorded
+    (one band; such an index must be rebuilt to verify, ``index_verification.unavailable_reason``)."""
+    if "verified_null_roughness" in calibration.files:
+        return np.asarray(calibration["verified_null_roughness"], dtype=np.float64)
+    return np.full(len(calibration["verified_null_scores"]), np.nan)
 
 
 def write_manifest(folder: Path) -> str:

@@ -14,6 +14,7 @@ each split's reference), so the null goes through exactly the audit's pipeline.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,8 +31,6 @@ from .search import Neighbours
 from .transforms import REFERENCE_COPIES
 from .verification import (
     NOISE_TARGET,
-    SCALE_RANGE,
-    SCORED,
     Grid,
     Verification,
     pair_chunks,
@@ -71,23 +70,13 @@ class GridSource(Protocol):
 @dataclass(frozen=True)
 class Verified:
     """The best verified candidate of one query slice: ``row`` is its original reference row (-1 and
-    score 0 when there was no candidate)."""
+    score 0 when there was no candidate); ``roughness``: the query's grid roughness
+    (``verification.roughness``, nan when it was not verified), which picks its verified null band."""
 
     score: float
     row: int
     result: Verification | None
-
-
-def null_settings() -> dict:
-    """The settings that change verified scores, which an index's verified null must have been made with
-    (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range and the
-    scored hypotheses."""
-    return {
-        "views": list(VIEWS),
-        "neighbour_gate": NEIGHBOUR_GATE,
-        "scale_range": list(SCALE_RANGE),
-        "scored": SCORED,
-    }
+    roughness: float = math.nan
 
 
 def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> np.ndarray:
@@ -226,7 +215,7 @@ def verify_slices(
         for i, results in found.items():
             if results:
                 j = max(sorted(results), key=lambda position: results[position].score)  # the first of equal scores
-                verified[i] = Verified(float(results[j].score), listed[i][j], results[j])
+                verified[i] = Verified(float(results[j].score), listed[i][j], results[j], queries[i].roughness)
         return verified
 
     out = [Verified(0.0, -1, None)] * len(slices)

@@ -69,6 +69,7 @@ class Grid:
         (what phase correlation of rotation and scale needs, made once per grid).
     foreground: bool [rows, cols], the slice's own foreground (after the background floor).
     corner: (row, col) of the square's first pixel in slice pixels; side: its side in slice pixels.
+    roughness: :func:`roughness` of ``image`` (smaller = smoother).
     """
 
     image: np.ndarray
@@ -78,6 +79,7 @@ class Grid:
     foreground: np.ndarray
     corner: tuple[int, int]
     side: int
+    roughness: float
 
     @property
     def polar(self) -> np.ndarray:
@@ -131,8 +133,23 @@ def to_grids(slices: Sequence[np.ndarray], settings: PreprocessSettings = Prepro
         parts = [_grid_parts(s, settings) for s in slices[start : start + GRID_BATCH]]
         polar = _log_polar(np.stack([fine for *_, fine in parts])).astype(np.float32)
         spectra = _whitened(_rfft2(polar))
-        grids += [Grid(image, mask, *maps, *place) for (image, mask, place, _), *maps in zip(parts, polar, spectra)]
+        grids += [
+            Grid(image, mask, *maps, *place, roughness(image, mask))
+            for (image, mask, place, _), *maps in zip(parts, polar, spectra)
+        ]
     return grids
+
+
+def roughness(image: np.ndarray, mask: np.ndarray) -> float:
+    """How rough a grid image is: the variance of its neighbour differences (both axes, both pixels in
+    ``mask``) over its variance in ``mask``. Blur, lost resolution and denoised noise lower it; the
+    verified null is matched to a query by it (``verified_null.VerifiedNull``). nan for a mask too
+    small to say."""
+    steps = np.concatenate(
+        [(image[1:] - image[:-1])[mask[1:] & mask[:-1]], (image[:, 1:] - image[:, :-1])[mask[:, 1:] & mask[:, :-1]]]
+    )
+    spread = float(image[mask].var()) if mask.sum() >= 2 else 0.0
+    return float(steps.var() / spread) if len(steps) >= 2 and spread > 0 else math.nan
 
 
 def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:

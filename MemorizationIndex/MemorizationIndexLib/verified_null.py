@@ -3,71 +3,155 @@
 Held-out people's slices go through the second stage exactly as audited slices do (same views,
 same number of candidates, same verification) against a reference they are not in: the held-out
 subject splits of the training set (as the global null), or the full reference for ``--holdout``
-data. Their verified scores calibrate the verified score; with their global similarities they also
-the verified score; the flag combines both stages by Bonferroni (:func:`flag_p`).
+data. Their verified scores calibrate the verified score; the flag combines both stages by
+Bonferroni (:func:`flag_p`).
+
+A smooth slice (blurred, at lower resolution, or noisy and then denoised by verification) agrees
+more with other people's anatomy than a sharp one (docs/method.md §7.13). So every null slice is
+verified twice, as cut and blurred by a random amount, and the null is split into bands of its
+grids' roughness (``verification.roughness``): a query's verified score is compared with the band
+of its own roughness.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
+from scipy import ndimage
 
 from .calibration import DEFAULT_QUERY_FRACTION, split_groups
+from .embedding import embed_slices
 from .encoders.base import Encoder
 from .preprocess import PreprocessSettings
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
-from .second_stage import DEFAULT_CANDIDATES, GridSource, SliceGrids, candidates, search_depth, verify_slices
+from .second_stage import (
+    DEFAULT_CANDIDATES,
+    NEIGHBOUR_GATE,
+    VIEWS,
+    GridSource,
+    SliceGrids,
+    candidates,
+    search_depth,
+    verify_slices,
+)
+from .verification import GRID, SCALE_RANGE, SCORED, to_grids
 from .whitening import ShrinkageWhitener
 
-VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most)
+VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most), each as cut and blurred
 MAX_SPLITS = 50
 TAIL_QUANTILE = 0.9  # verified p-values above this quantile of the null come from the fitted exponential tail
 MIN_TAIL_SCALE = 0.01  # floor of the tail's mean exceedance (a null of identical scores)
 MIN_COPY_SCORE = 0.2  # verified scores below this are no evidence of a copy (see evidence_p)
+# Gaussian sigmas (grid pixels: the slice's foreground spans verification.GRID of them) from which each null
+# slice's blurred twin draws its own, log-uniformly; its roughness spans that of blurred, low-resolution and
+# denoised slices (method.md §7.13).
+NULL_BLUR = (0.3, 1.6)
+MIN_BAND = 100  # null scores per roughness band, at least
+MAX_BANDS = 4
 
 
 @dataclass(frozen=True)
 class VerifiedNull:
-    """Verified scores [n] of the null's slices and their global similarities [n].
+    """Verified scores [n] of the null's slices, their global similarities [n] and their grids'
+    roughness [n] (``verification.roughness``; nan where a slice had no candidate).
 
-    Verified p-values are empirical up to the null's ``TAIL_QUANTILE``; above it the tail is the
-    exponential fitted to the exceedances (a bounded score's tail is lighter than exponential, so
-    this errs on the side of larger p-values). It lets a small null (a few subjects give only a
-    few hundred distinct held-out slices) still reach alpha = 1e-3 for scores far above it.
+    The null is split at quantiles of its roughness into bands of at least ``MIN_BAND`` scores (at most
+    ``MAX_BANDS``; one band for a small null). In each band, verified p-values are empirical up to the
+    band's ``TAIL_QUANTILE``; above it the tail is the exponential fitted to the exceedances (a bounded
+    score's tail is lighter than exponential, so this errs on the side of larger p-values). It lets a
+    small null (a few subjects give only a few hundred distinct held-out slices) still reach
+    alpha = 1e-3 for scores far above it.
     """
 
     scores: np.ndarray
     global_similarity: np.ndarray
+    roughness: np.ndarray
 
-    @property
-    def model(self) -> NullModel:
-        """The verified scores as an empirical null model."""
-        return NullModel(self.scores)
+    def edges(self) -> np.ndarray:
+        """The roughness values [bands - 1] that split the null into bands, ascending."""
+        known = self.roughness[np.isfinite(self.roughness)]
+        bands = int(np.clip(len(known) // MIN_BAND, 1, MAX_BANDS))
+        return np.quantile(known, np.arange(1, bands) / bands) if bands > 1 else np.zeros(0)
 
-    def _tail(self) -> tuple[float, float, float]:
-        """(threshold u, share of the null above u, mean exceedance) of the exponential tail."""
-        u = float(np.quantile(self.scores, TAIL_QUANTILE))
-        above = self.scores[self.scores > u] - u
-        share = max(len(above), 1) / (len(self.scores) + 1)
-        return u, share, max(float(above.mean()) if len(above) else 0.0, MIN_TAIL_SCALE)
+    def band(self, roughness: np.ndarray) -> np.ndarray:
+        """int [n]: the band (0 = smoothest) of each roughness; nan (not verified) goes with the roughest."""
+        edges = self.edges()
+        roughness = np.asarray(roughness, dtype=np.float64)
+        return np.where(np.isnan(roughness), len(edges), np.searchsorted(edges, roughness, side="right"))
 
-    def verified_p(self, scores: np.ndarray) -> np.ndarray:
-        """P-values of verified scores: empirical below the tail threshold, exponential tail above."""
+    def band_scores(self, band: int) -> np.ndarray:
+        """The null's verified scores in one band."""
+        return self.scores[self.band(self.roughness) == band]
+
+    def verified_p(self, scores: np.ndarray, roughness: np.ndarray) -> np.ndarray:
+        """P-values of verified scores against the null band of each one's roughness."""
         scores = np.asarray(scores, dtype=np.float64)
-        u, share, scale = self._tail()
-        tail = share * np.exp(-(scores - u) / scale)
-        return np.where(scores > u, np.minimum(tail, share), self.model.p_value(scores))
+        bands = self.band(np.broadcast_to(np.asarray(roughness, dtype=np.float64), scores.shape))
+        p = np.ones(scores.shape)
+        for band in np.unique(bands):
+            chosen = bands == band
+            p[chosen] = _tail_p(self.band_scores(int(band)), scores[chosen])
+        return p
+
+    def thresholds(self, alpha: float) -> list[dict]:
+        """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size
+        and the verified score above which a slice of that band counts as a copy at ``alpha``."""
+        edges = [None, *self.edges().tolist(), None]
+        return [
+            {
+                "roughness_from": edges[band],
+                "roughness_to": edges[band + 1],
+                "n": int(len(self.band_scores(band))),
+                "threshold": _tail_threshold(self.band_scores(band), alpha),
+            }
+            for band in range(len(edges) - 1)
+        ]
 
     def threshold(self, alpha: float) -> float:
-        """The verified score above which a slice counts as a copy at ``alpha`` (at least ``MIN_COPY_SCORE``)."""
-        u, share, scale = self._tail()
-        if alpha >= share:
-            return max(float(self.model.threshold(alpha).similarity), MIN_COPY_SCORE)
-        return max(u + scale * float(np.log(share / alpha)), MIN_COPY_SCORE)
+        """The verified score above which a slice counts as a copy at ``alpha`` whatever its roughness
+        (the highest band threshold; at least ``MIN_COPY_SCORE``)."""
+        return max(band["threshold"] for band in self.thresholds(alpha))
+
+
+def null_settings() -> dict:
+    """The settings that change verified scores, which an index's verified null must have been made with
+    (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
+    scored hypotheses and the null's blur."""
+    return {
+        "views": list(VIEWS),
+        "neighbour_gate": NEIGHBOUR_GATE,
+        "scale_range": list(SCALE_RANGE),
+        "scored": SCORED,
+        "null_blur": list(NULL_BLUR),
+    }
+
+
+def _tail(null: np.ndarray) -> tuple[float, float, float]:
+    """(threshold u, share of the null above u, mean exceedance) of a null's exponential tail."""
+    u = float(np.quantile(null, TAIL_QUANTILE))
+    above = null[null > u] - u
+    share = max(len(above), 1) / (len(null) + 1)
+    return u, share, max(float(above.mean()) if len(above) else 0.0, MIN_TAIL_SCALE)
+
+
+def _tail_p(null: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """P-values of scores against null scores: empirical below the tail threshold, exponential tail above."""
+    u, share, scale = _tail(null)
+    tail = share * np.exp(-(scores - u) / scale)
+    return np.where(scores > u, np.minimum(tail, share), NullModel(null).p_value(scores))
+
+
+def _tail_threshold(null: np.ndarray, alpha: float) -> float:
+    """The score whose :func:`_tail_p` is ``alpha`` (at least ``MIN_COPY_SCORE``)."""
+    u, share, scale = _tail(null)
+    if alpha >= share:
+        return max(float(NullModel(null).threshold(alpha).similarity), MIN_COPY_SCORE)
+    return max(u + scale * float(np.log(share / alpha)), MIN_COPY_SCORE)
 
 
 def evidence_p(verified_p: np.ndarray, verified_score: np.ndarray) -> np.ndarray:
@@ -102,6 +186,29 @@ class NullQueries:
     features: dict[str, np.ndarray]
 
 
+def with_blurred_twins(
+    queries: NullQueries,
+    encoder: Encoder,
+    settings: PreprocessSettings,
+    rng: np.random.Generator,
+    *,
+    batch_size: int = 32,
+    cancel: threading.Event | None = None,
+) -> NullQueries:
+    """The queries followed by their blurred twins: each slice blurred by a Gaussian of σ grid pixels
+    drawn log-uniformly from ``NULL_BLUR`` (in slice pixels σ × the side of its grid's square / GRID),
+    embedded as an audited slice is."""
+    sides = np.array([grid.side for grid in to_grids(queries.slices, settings)], dtype=np.float64)
+    sigmas = np.exp(rng.uniform(math.log(NULL_BLUR[0]), math.log(NULL_BLUR[1]), len(sides))) * sides / GRID
+    twins = [
+        ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma)
+        for image, sigma in zip(queries.slices, sigmas)
+    ]
+    raw = embed_slices(encoder, twins, settings, batch_size=batch_size, cancel=cancel)
+    features = {b: np.concatenate([queries.features[b], raw[b].astype(queries.features[b].dtype)]) for b in raw}
+    return NullQueries([*queries.slices, *twins], features)
+
+
 def verify_against(
     queries: NullQueries,
     features: dict[str, np.ndarray],
@@ -111,18 +218,21 @@ def verify_against(
     encoder: Encoder,
     settings: PreprocessSettings,
     make_whitener: Callable[[], ShrinkageWhitener],
+    rng: np.random.Generator,
     *,
     k: int = DEFAULT_CANDIDATES,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Verified scores and global similarities of held-out queries against the reference made of
-    ``reference_rows`` of the indexed features (its own whiteners, as an audit would have)."""
+) -> VerifiedNull:
+    """The verified null of held-out queries, each as cut and blurred (:func:`with_blurred_twins`),
+    against the reference made of ``reference_rows`` of the indexed features (its own whiteners, as
+    an audit would have)."""
     whiteners, indexes = _split_reference(features, reference_rows, make_whitener)
 
     def search(raw: dict[str, np.ndarray], depth: int):
         return search_blocks(indexes, {b: whiteners[b].transform(raw[b]) for b in indexes}, k=depth)
 
+    queries = with_blurred_twins(queries, encoder, settings, rng, batch_size=batch_size, cancel=cancel)
     local_original = np.asarray(original_row)[reference_rows]
     as_cut = search(queries.features, search_depth(k))
     shortlisted = candidates(
@@ -137,7 +247,11 @@ def verify_against(
         cancel=cancel,
     )
     verified = verify_slices(queries.slices, shortlisted, grids, settings, cancel)
-    return np.array([v.score for v in verified]), np.asarray(as_cut.similarity, dtype=np.float64)
+    return VerifiedNull(
+        np.array([v.score for v in verified]),
+        np.asarray(as_cut.similarity, dtype=np.float64),
+        np.array([v.roughness for v in verified], dtype=np.float64),
+    )
 
 
 def split_verified_null(
@@ -162,19 +276,19 @@ def split_verified_null(
     slices: the reference slices as cut; original row r (a row of ``features``) is ``slices[r]``.
     original_row: for every indexed row, the original row it was made from.
     groups: split group of every original row. Each split holds out a ``query_fraction`` of the
-    groups and verifies a seeded sample of their slices not verified before (as cut) against the
-    rest (with its copies), until ``n_queries`` slices are verified or every slice has been.
+    groups and verifies a seeded sample of their slices not verified before (as cut and blurred)
+    against the rest (with its copies), until ``n_queries`` slices are verified or every slice has been.
     """
     codes = split_groups(groups)
     unique = np.unique(codes)
     held_out = max(1, int(round(query_fraction * len(unique))))
     row_groups = codes[np.asarray(original_row)]
-    rng = np.random.default_rng(seed + 1)
+    rng, blur_rng = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
     per_split = max(1, n_queries // 10)
-    scores, similarity = [], []
+    found: list[VerifiedNull] = []
     used = np.zeros(len(codes), dtype=bool)  # every null slice is verified once: repeats add no information
     for _ in range(MAX_SPLITS):
-        if sum(len(s) for s in scores) >= n_queries or used.all():
+        if used.sum() >= n_queries or used.all():
             break
         half_a = rng.permutation(unique)[:held_out]
         queries = np.flatnonzero(np.isin(codes, half_a) & ~used)
@@ -184,22 +298,23 @@ def split_verified_null(
         used[queries] = True
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
         chosen = NullQueries([slices[r] for r in queries], {b: raw[queries] for b, raw in features.items()})
-        found = verify_against(
-            chosen,
-            features,
-            reference_rows,
-            original_row,
-            grids,
-            encoder,
-            settings,
-            make_whitener,
-            k=k,
-            batch_size=batch_size,
-            cancel=cancel,
+        found.append(
+            verify_against(
+                chosen,
+                features,
+                reference_rows,
+                original_row,
+                grids,
+                encoder,
+                settings,
+                make_whitener,
+                blur_rng,
+                k=k,
+                batch_size=batch_size,
+                cancel=cancel,
+            )
         )
-        scores.append(found[0])
-        similarity.append(found[1])
-    return VerifiedNull(np.concatenate(scores), np.concatenate(similarity))
+    return VerifiedNull(*(np.concatenate([getattr(part, f.name) for part in found]) for f in fields(VerifiedNull)))
 
 
 def reference_verified_null(
@@ -251,7 +366,7 @@ def reference_verified_null(
     chosen = np.sort(rng.choice(len(holdout.slices), min(VERIFIED_NULL_QUERIES, len(holdout.slices)), replace=False))
     queries = NullQueries([holdout.slices[i] for i in chosen], {b: raw[chosen] for b, raw in holdout.features.items()})
     every_row = np.arange(len(original_row))
-    scores, similarity = verify_against(
-        queries, features, every_row, original_row, grids, encoder, settings, whitener, **common
+    blur_rng = np.random.default_rng(seed + 2)
+    return verify_against(
+        queries, features, every_row, original_row, grids, encoder, settings, whitener, blur_rng, **common
     )
-    return VerifiedNull(scores, similarity)
