@@ -390,3 +390,14 @@ def test_summary_html(tmp_path):
     text = results_html.summary_html(_summary(status=unverified))
     assert "<b>Verification could not run: no thumbnails &lt;here&gt;.</b>" in text
     assert "<b>Flags rest on the global score alone" in text and "calibration" not in text
+    bands = [{"roughness_from": None, "roughness_to": 0.15, "n": 120, "threshold": 0.41}]
+    bands.append({"roughness_from": 0.15, "roughness_to": None, "n": 120, "threshold": 0.32})
+    banded = audit_status(
+        {"threshold": {"alpha": 0.001}, "verification": {"used": True, "k": 6, "threshold": 0.41, "bands": bands}}
+    )
+    assert (banded.verified_threshold, banded.sharpest_threshold) == (0.41, 0.32)
+    text = results_html.summary_html(_summary(status=banded))
+    assert "A verified score above 0.41 is a copy" in text and "the sharpest need only 0.32" in text
+    one_band = audit_status({"threshold": {"alpha": 0.001}, "verification": {"used": True, "threshold": 0.41}})
+    assert one_band.sharpest_threshold is None
+    assert "sharpest" not in results_html.summary_html(_summary(status=one_band))
