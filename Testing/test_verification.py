@@ -311,3 +311,17 @@ def test_half_copies_over_other_people_are_verified_in_place(shared_data: Path):
             query[rows, cols] = source[rows, cols]
             scores.append(verify_candidates(query, [source])[0].score)
     assert len(scores) >= 36 and min(scores) >= 0.2, np.round(scores, 2)
+
+
+def test_roughness_falls_with_smoothing_and_reads_the_same_transposed(pair):
+    settings = PreprocessSettings()
+    sharp = to_grid(pair[0], settings)
+    image, mask = sharp.image, sharp.mask
+    steps = np.concatenate(
+        [(image[1:] - image[:-1])[mask[1:] & mask[:-1]], (image[:, 1:] - image[:, :-1])[mask[:, 1:] & mask[:, :-1]]]
+    )
+    assert sharp.roughness == pytest.approx(steps.var() / image[mask].var(), rel=1e-4)  # its definition
+    assert to_grid(pair[0].T, settings).roughness == pytest.approx(sharp.roughness, rel=0.05)
+    blurred = [to_grid(ndimage.gaussian_filter(pair[0], sigma), settings).roughness for sigma in (1.0, 2.0, 4.0)]
+    assert sharp.roughness > blurred[0] > blurred[1] > blurred[2]
+    assert np.isnan(verification.roughness(np.zeros((GRID, GRID), np.float32), np.zeros((GRID, GRID), bool)))
