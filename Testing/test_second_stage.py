@@ -4,8 +4,11 @@ p-values, and a real audit in which transposed copies are flagged and located.""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,10 +16,11 @@ import pytest
 from MemorizationIndexLib.audit import audit_paths
 from MemorizationIndexLib.audit_output import read_audit
 from MemorizationIndexLib.index_build import BuildOptions, build_index
-from MemorizationIndexLib.index_verification import unavailable_reason
+from MemorizationIndexLib.index_verification import ReferenceGrids, unavailable_reason
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.second_stage import noisy_slices, shortlist
+from MemorizationIndexLib.verification import to_grid
 from MemorizationIndexLib.verified_null import VerifiedNull, flag_p
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
@@ -149,3 +153,36 @@ def test_an_index_without_the_verified_null_audits_globally_and_says_so(
     assert "no verified null" in summary["verification"]["reason"]
     rows = read_audit(tmp_path / "out").rows
     assert all(np.isnan(row.verified_score) for row in rows)
+
+
+def test_reference_grids_are_made_once_across_threads_and_unreadable_rows_are_left_out() -> None:
+    rng = np.random.default_rng(0)
+    slices = {r: np.pad(rng.random((40, 40)).astype(np.float32), 12) for r in range(12)}
+    reads: list[int] = []
+
+    def reference_slice(source: str, k: int) -> np.ndarray | None:
+        reads.append(k)
+        time.sleep(0.01)  # so that the threads overlap
+        return None if k == 5 else slices[k]
+
+    provenance = SimpleNamespace(source=["a.nii"] * 12, slice=list(range(12)))
+    index = SimpleNamespace(provenance=provenance, preprocessing=PreprocessSettings(), reference_slice=reference_slice)
+    grids = ReferenceGrids(index)
+    asked = [[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7], [0, 7, 8, 5], [8, 9, 10, 11, 1]]
+    found: list[dict] = [{} for _ in asked]
+    threads = [threading.Thread(target=lambda i=i: found[i].update(grids(asked[i]))) for i in range(len(asked))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    readable = [r for r in range(12) if r != 5]
+    assert sorted(r for r in reads if r != 5) == readable and 5 in reads  # each readable row read once
+    for rows, got in zip(asked, found):
+        assert sorted(got) == sorted(r for r in rows if r != 5)
+        for r, grid in got.items():
+            np.testing.assert_array_equal(grid.image, to_grid(slices[r]).image)
+    assert len(grids) == 11 and sorted(grids([5, 0])) == [0]
+    assert sorted(r for r in reads if r != 5) == readable  # kept: not read again
+    small = ReferenceGrids(index, capacity=2)
+    assert sorted(small([0, 1, 2])) == [0, 1, 2] and len(small) == 3  # a call's own rows are never evicted
+    assert sorted(small([3])) == [3] and len(small) == 2
