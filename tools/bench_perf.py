@@ -643,9 +643,9 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
         "reference": (
             f"{n_originals} real coronal brain slices of {VERIFY_SUBJECTS} subjects (ds002748 sub-02..) with their "
             f"{n_real // n_originals - 1} flipped and turned copies ({n_real:,} embedded vectors, thumbnails, "
-            f"verified null of {len(null.scores)} held-out slices), padded with {n_reference - n_real:,} synthetic "
-            "feature vectors whose provenance cycles over the real slices (a candidate among them is verified against "
-            "real pixels)"
+            f"verified null of {len(null.scores) // 2} held-out slices and their blurred twins), padded with "
+            f"{n_reference - n_real:,} synthetic feature vectors whose provenance cycles over the real slices (a "
+            "candidate among them is verified against real pixels)"
         ),
     }
     return index, info

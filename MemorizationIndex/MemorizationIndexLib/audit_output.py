@@ -68,7 +68,8 @@ FOLDER_FORMAT = (
         'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, '
         '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional)}]; '
         'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
-        '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int, '
+        '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int '
+        "(the verified null's scores: held-out slices as cut and blurred), "
         "threshold: float (verified score above which a slice is flagged on verification alone at alpha / 2, "
         "the Bonferroni share, whatever its roughness), bands: [{roughness_from, roughness_to (null at the open "
         "ends), n, threshold}] (the same per band of the verified null, smoothest first; absent before bands)}, "

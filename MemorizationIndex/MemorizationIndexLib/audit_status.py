@@ -75,7 +75,11 @@ def _verification_sentence(status: AuditStatus) -> str:
     against = f" its {status.k} best candidate training slices" if status.k else " its best candidate training slices"
     threshold = ""
     if status.verified_threshold is not None:
-        null = f" (from {status.null_n} real slices of people not in training)" if status.null_n else ""
+        null = (
+            f" (from {status.null_n} verified slices of people not in training: real slices, as cut and blurred)"
+            if status.null_n
+            else ""
+        )
         threshold = (
             f" A verified score above {status.verified_threshold:.3g} is a copy at \u03b1 = {status.alpha:.2g} "
             f"on its own{null}."
