@@ -102,15 +102,18 @@ class VerifiedNull:
         """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size
         and the verified score above which a slice of that band counts as a copy at ``alpha``."""
         edges = [None, *self.edges().tolist(), None]
-        return [
-            {
-                "roughness_from": edges[band],
-                "roughness_to": edges[band + 1],
-                "n": int(len(self.band_scores(band))),
-                "threshold": _tail_threshold(self.band_scores(band), alpha),
-            }
-            for band in range(len(edges) - 1)
-        ]
+        bands = []
+        for band in range(len(edges) - 1):
+            null = self.band_scores(band)
+            bands.append(
+                {
+                    "roughness_from": edges[band],
+                    "roughness_to": edges[band + 1],
+                    "n": int(len(null)),
+                    "threshold": _tail_threshold(null, alpha),
+                }
+            )
+        return bands
 
     def threshold(self, alpha: float) -> float:
         """The verified score above which a slice counts as a copy at ``alpha`` whatever its roughness
