@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from . import __version__
 from .audit_output import Neighbour, SliceScore, check_output_dir, evidence_order, write_audit
 from .calibration_check import CalibrationCheck, check_calibration
-from .embedding import ProgressCallback, embed_slices
+from .embedding import ProgressCallback, embed_slices_and_tiles
 from .encoders.base import Encoder
 from .errors import UserError
 from .image_sets import ImageSet, is_set_input, open_set
@@ -22,6 +22,7 @@ from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import PreprocessSettings, nonempty_mask
 from .progress import OverallProgress
 from .reference_index import ReferenceIndex
+from .region_search import Tiles
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .search import Neighbours
 from .second_stage import VIEWS, Verified, search_depth
@@ -120,11 +121,33 @@ def score_features(
     return rows, found.ids, found.scores
 
 
+def embed_queries(
+    index: ReferenceIndex,
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    stage: SecondStage,
+    *,
+    batch_size: int,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[dict[str, np.ndarray], Tiles | None]:
+    """Raw features of query slices and, when the second stage searches the index's regions, their tile
+    features (one forward pass; an out-of-memory error is retried with half the batch size, down to 1)."""
+    tiled = None if stage.used and index.regions is not None else 0
+    return halving_batch_on_out_of_memory(
+        lambda batch: embed_slices_and_tiles(
+            encoder, slices, index.preprocessing, tiled=tiled, batch_size=batch, progress=progress, cancel=cancel
+        ),
+        batch_size,
+    )
+
+
 def score_slices(
     index: ReferenceIndex,
     encoder: Encoder,
     slices: Sequence[np.ndarray],
     raw: dict[str, np.ndarray],
+    tiles: Tiles | None,
     stage: SecondStage,
     *,
     alpha: float,
@@ -132,14 +155,15 @@ def score_slices(
     batch_size: int,
     cancel: threading.Event | None,
 ) -> tuple[list[dict], np.ndarray, np.ndarray, list[Verified] | None]:
-    """Both stages for embedded slices: score rows, top-k ids and scores (:func:`score_features`)
-    and, when the second stage runs, every slice's best verified candidate."""
+    """Both stages for embedded slices (``tiles``: their tile features, from :func:`embed_queries`): score
+    rows, top-k ids and scores (:func:`score_features`) and, when the second stage runs, every slice's best
+    verified candidate."""
     depth = max(top_k, search_depth(index.candidates)) if stage.used else top_k
     rows, ids, scores = score_features(index, raw, alpha, k=depth)
     if not stage.used:
         return rows, ids, scores, None
     as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
-    verified = verify_queries(index, encoder, slices, as_cut, stage.grids, batch_size=batch_size, cancel=cancel)
+    verified = verify_queries(index, encoder, slices, as_cut, tiles, stage.grids, batch_size=batch_size, cancel=cancel)
     return rows, ids[:, :top_k], scores[:, :top_k], verified
 
 
@@ -274,14 +298,9 @@ def audit_image(
     if len(keep) == 0:
         return audit
     slices = [stack[k] for k in keep]
-    raw = halving_batch_on_out_of_memory(
-        lambda batch: embed_slices(
-            encoder, slices, index.preprocessing, batch_size=batch, progress=progress, cancel=cancel
-        ),
-        batch_size,
-    )
+    raw, tiles = embed_queries(index, encoder, slices, stage, batch_size=batch_size, progress=progress, cancel=cancel)
     rows, ids, scores, verified = score_slices(
-        index, encoder, slices, raw, stage, alpha=alpha, top_k=top_k, batch_size=batch_size, cancel=cancel
+        index, encoder, slices, raw, tiles, stage, alpha=alpha, top_k=top_k, batch_size=batch_size, cancel=cancel
     )
     masks = {}
     for i, k in enumerate(keep):

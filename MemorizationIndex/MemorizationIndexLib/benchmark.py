@@ -42,7 +42,7 @@ from .augment_geometry import Params
 from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
 from .benchmark_report import render_markdown
 from .benchmark_stages import TwoStage, score_two_stage, two_stage_figures
-from .embedding import embed_slices
+from .embedding import embed_slices_and_tiles
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
@@ -50,6 +50,7 @@ from .index_build import build_index_from_features, subject_of
 from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
 from .reference_index import EncoderInfo, Provenance
+from .region_search import Tiles
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
 from .second_stage import DEFAULT_CANDIDATES, VIEWS, SliceGrids, search_depth, slice_places
@@ -289,6 +290,8 @@ class DatasetFeatures:
 
     reference: dict[str, np.ndarray]  # rows: reference slices, then each copy in REFERENCE_COPIES order
     queries: dict[str, dict[str, np.ndarray]]  # condition -> block -> rows as PreparedDataset.queries
+    reference_tiles: Tiles | None = None  # tile features of the reference slices as cut (None: no region search)
+    query_tiles: dict[str, Tiles | None] = field(default_factory=dict)  # condition -> tiles of its query rows
 
 
 def reference_with_copies(prepared: PreparedDataset) -> tuple[list[np.ndarray], Provenance]:
@@ -310,15 +313,22 @@ def embed_dataset(
     batch_size: int = 32,
     log: Log = lambda m: None,
 ) -> DatasetFeatures:
-    """Embed the reference (with its copies) and every condition's query slices once."""
+    """Embed the reference (with its copies) and every condition's query slices once, with the tile features
+    of the reference slices as cut (the first rows) and of the queries."""
     ref_slices, _ = reference_with_copies(prepared)
     start = time.perf_counter()
-    reference = embed_slices(encoder, ref_slices, preprocessing, batch_size=batch_size)
-    queries = {c: embed_slices(encoder, q, preprocessing, batch_size=batch_size) for c, q in prepared.queries.items()}
+    reference, reference_tiles = embed_slices_and_tiles(
+        encoder, ref_slices, preprocessing, tiled=prepared.n, batch_size=batch_size
+    )
+    queries, query_tiles = {}, {}
+    for condition, slices in prepared.queries.items():
+        queries[condition], query_tiles[condition] = embed_slices_and_tiles(
+            encoder, slices, preprocessing, batch_size=batch_size
+        )
     count = len(ref_slices) + sum(len(q) for q in prepared.queries.values())
     elapsed = time.perf_counter() - start
     log(f"{prepared.name}: embedded {count} slices in {elapsed:.0f} s ({count / max(elapsed, 1e-9):.1f} slices/s)")
-    return DatasetFeatures(reference, queries)
+    return DatasetFeatures(reference, queries, reference_tiles, query_tiles)
 
 
 def _paper_scores(
@@ -391,7 +401,16 @@ def _score_conditions(
         rows, ids, found = score_features(index, {b: raw[b] for b in blocks}, alpha, k=depth)
         if encoder is not None:
             two = score_two_stage(
-                index, encoder, prepared.queries[condition], rows, ids, found, grids, alpha=alpha, batch_size=batch_size
+                index,
+                encoder,
+                prepared.queries[condition],
+                features.query_tiles.get(condition),
+                rows,
+                ids,
+                found,
+                grids,
+                alpha=alpha,
+                batch_size=batch_size,
             )
             out.two_stage[condition], out.scores["two_stage"][condition] = two, two.score
         out.scores["mi"][condition] = np.array([r["similarity"] for r in rows])
@@ -631,6 +650,7 @@ def _benchmark_index(
             encoder,
             preprocessing,
             places=slice_places(prepared.reference_provenance),
+            tiles=features.reference_tiles,
             seed=seed,
             batch_size=batch_size,
         )
@@ -646,6 +666,7 @@ def _benchmark_index(
             preprocessing=preprocessing,
             seed=seed,
             verified_null=verified_null,
+            tiles=features.reference_tiles,
         )
 
 

@@ -24,6 +24,7 @@ from .encoders.base import Encoder
 from .index_verification import shortlist_queries
 from .preprocess import PreprocessSettings, scaled_foreground
 from .reference_index import Provenance, ReferenceIndex
+from .region_search import Tiles
 from .search import Neighbours
 from .second_stage import GridSource, Verified, verify_slices
 from .verification import bounding_box
@@ -60,6 +61,7 @@ def score_two_stage(
     index: ReferenceIndex,
     encoder: Encoder,
     slices: Sequence[np.ndarray],
+    tiles: Tiles | None,
     rows: Sequence[dict],
     ids: np.ndarray,
     scores: np.ndarray,
@@ -69,9 +71,10 @@ def score_two_stage(
     batch_size: int = 32,
 ) -> TwoStage:
     """The second stage and the flag of query slices whose global scores are given: ``rows``, ``ids``
-    and ``scores`` of ``audit.score_features`` searched ``second_stage.search_depth(index.candidates)`` deep."""
+    and ``scores`` of ``audit.score_features`` searched ``second_stage.search_depth(index.candidates)`` deep;
+    ``tiles``: the slices' tile features (for the index's region search)."""
     as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
-    shortlisted = shortlist_queries(index, encoder, slices, as_cut, batch_size=batch_size)
+    shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size)
     verified = verify_slices(slices, shortlisted, grids, index.preprocessing)
     null = index.verified_null
     verified_score = np.array([v.score for v in verified])

@@ -10,6 +10,7 @@ import numpy as np
 
 from .encoders.base import Encoder
 from .preprocess import PreprocessSettings, prepare_batch
+from .region_search import Tiles
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -28,8 +29,31 @@ def embed_slices(
     cancel: threading.Event | None = None,
 ) -> dict[str, np.ndarray]:
     """Raw (unwhitened) features {block: float32 [len(slices), D]} of 2D slices."""
-    chunks: dict[str, list[np.ndarray]] = {block: [] for block in encoder.blocks}
+    features, _ = embed_slices_and_tiles(
+        encoder, slices, settings, tiled=0, batch_size=batch_size, progress=progress, cancel=cancel
+    )
+    return features
+
+
+def embed_slices_and_tiles(
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    settings: PreprocessSettings,
+    *,
+    tiled: int | None = None,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[dict[str, np.ndarray], Tiles | None]:
+    """Raw features of 2D slices (as :func:`embed_slices`) and, from the same forward passes, the raw tile
+    features {block: float32 [tiled, tiles, D]} of the first ``tiled`` slices (all when None); the tiles are
+    None when the encoder has none (``Encoder.has_tiles``) or ``tiled`` is 0."""
     total = len(slices)
+    tiled = total if tiled is None else min(int(tiled), total)
+    if not encoder.has_tiles:
+        tiled = 0
+    chunks: dict[str, list[np.ndarray]] = {block: [] for block in encoder.blocks}
+    tile_chunks: dict[str, list[np.ndarray]] = {block: [] for block in encoder.blocks}
     starts = list(range(0, total, batch_size))
 
     def prepare(start: int) -> np.ndarray:
@@ -42,19 +66,34 @@ def embed_slices(
     for start, batch in zip(starts, batches):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        for block, features in encoder.embed(batch).items():
-            features = np.asarray(features, dtype=np.float32)
-            if not np.isfinite(features).all():  # never let NaN reach the index or the scores
-                raise RuntimeError(
-                    f"encoder {encoder.name} produced non-finite {block} features for slices "
-                    f"{start}..{start + len(batch) - 1}"
-                )
-            chunks[block].append(features)
+        if start < tiled:
+            embedded, tiles = encoder.embed_with_tiles(batch)
+            for block, values in tiles.items():
+                tile_chunks[block].append(_finite(encoder, block, values[: tiled - start], start))
+        else:
+            embedded = encoder.embed(batch)
+        for block, features in embedded.items():
+            chunks[block].append(_finite(encoder, block, features, start))
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    return {
-        block: (np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)) for block, parts in chunks.items()
-    }
+    features = {block: _joined(parts, 2) for block, parts in chunks.items()}
+    return features, ({block: _joined(parts, 3) for block, parts in tile_chunks.items()} if tiled else None)
+
+
+def _finite(encoder: Encoder, block: str, features: np.ndarray, start: int) -> np.ndarray:
+    """The features as float32; never let NaN reach the index or the scores."""
+    features = np.asarray(features, dtype=np.float32)
+    if not np.isfinite(features).all():
+        raise RuntimeError(
+            f"encoder {encoder.name} produced non-finite {block} features for slices "
+            f"{start}..{start + len(features) - 1}"
+        )
+    return features
+
+
+def _joined(parts: list[np.ndarray], ndim: int) -> np.ndarray:
+    """The batches' rows in one array (an empty one of ``ndim`` dimensions when there are none)."""
+    return np.concatenate(parts) if parts else np.zeros((0,) * ndim, np.float32)
 
 
 def _prefetched(fn: Callable[[int], np.ndarray], items: Sequence[int]) -> Iterator[np.ndarray]:

@@ -28,12 +28,13 @@ from .calibration import (
     holdout_null,
     train_split_null,
 )
-from .embedding import ProgressCallback, embed_slices
+from .embedding import ProgressCallback, embed_slices_and_tiles
 from .encoders import load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
+from .region_search import RegionIndex, Tiles
 from .scoring import DEFAULT_ALPHA, NullModel
 from .search import AUTO, CONFIG_KIND, build_block_index, describe_index, resolve_index_kind
 from .second_stage import DEFAULT_CANDIDATES, slice_places
@@ -223,13 +224,22 @@ def build_index(
     provenance, slices = _with_copies(train, options.copies)
     total = len(slices) + (n_holdout or 0)
     embed = {"batch_size": options.batch_size, "cancel": cancel}
-    features = embed_slices(encoder, slices, settings, progress=progress and (lambda d, t: progress(d, total)), **embed)
-    holdout_features = None
+    # the reference copies come after the slices as cut (_with_copies), whose tiles the region search indexes
+    features, tiles = embed_slices_and_tiles(
+        encoder,
+        slices,
+        settings,
+        tiled=len(train.slices) if options.verification else 0,
+        progress=progress and (lambda d, t: progress(d, total)),
+        **embed,
+    )
+    holdout_features = holdout_tiles = None
     if holdout is not None:
-        holdout_features = embed_slices(
+        holdout_features, holdout_tiles = embed_slices_and_tiles(
             encoder,
             holdout.slices,
             settings,
+            tiled=None if tiles is not None else 0,
             progress=progress and (lambda d, t: progress(len(slices) + d, total)),
             **embed,
         )
@@ -240,8 +250,8 @@ def build_index(
         }
     verified = None
     if options.verification:
-        held_out = None if holdout is None else NullQueries(holdout.slices, holdout_features)
-        verified = verified_null_from_pixels(train, features, provenance, held_out, encoder, options, cancel)
+        held_out = None if holdout is None else NullQueries(holdout.slices, holdout_features, holdout_tiles)
+        verified = verified_null_from_pixels(train, features, tiles, provenance, held_out, encoder, options, cancel)
     encoder_info = EncoderInfo.of(encoder, options.checkpoint)
     return build_index_from_features(
         features,
@@ -251,6 +261,7 @@ def build_index(
         thumbnails=thumbnails,
         holdout_features=holdout_features,
         verified_null=verified,
+        tiles=tiles,
         **options.index_keywords(),
     )
 
@@ -258,6 +269,7 @@ def build_index(
 def verified_null_from_pixels(
     train: SliceSet,
     features: dict[str, np.ndarray],
+    tiles: Tiles | None,
     provenance: Provenance,
     holdout: NullQueries | None,
     encoder: Encoder,
@@ -265,7 +277,8 @@ def verified_null_from_pixels(
     cancel: threading.Event | None = None,
 ) -> VerifiedNull:
     """The index's verified null (:func:`verified_null.reference_verified_null`) with the build options,
-    from the training slices as :func:`collect_slices` reads them (the local and the Ray build)."""
+    from the training slices as :func:`collect_slices` reads them (the local and the Ray build); ``tiles``:
+    raw tile features of the training slices as cut (None: no region search)."""
     return reference_verified_null(
         train.slices,
         train.provenance.subject,
@@ -274,6 +287,7 @@ def verified_null_from_pixels(
         encoder,
         options.preprocessing,
         places=slice_places(train.provenance),
+        tiles=tiles,
         holdout=holdout,
         seed=options.seed,
         k=options.candidates,
@@ -368,6 +382,7 @@ def build_index_from_features(
     index_kind: str = AUTO,
     verified_null: VerifiedNull | None = None,
     candidates: int = DEFAULT_CANDIDATES,
+    tiles: Tiles | None = None,
 ) -> ReferenceIndex:
     """Build and save an index from raw per-block features (e.g. computed elsewhere on a GPU).
 
@@ -376,7 +391,8 @@ def build_index_from_features(
 
     ``features[block]`` has one row per provenance row; rows with flip ``"none"`` are the
     reference slices, other rows are their flipped or rotated copies (transforms.py) pointing at
-    them via ``original_row``.
+    them via ``original_row``. ``tiles`` (raw tile features of the reference slices, in row order; with a
+    ``verified_null`` made with them) gives the index its region search (region_search.py).
     """
     n, blocks = len(provenance), encoder_info.blocks
     _check_features(features, n, blocks)
@@ -409,8 +425,14 @@ def build_index_from_features(
         n_reference_slices=int(len(original_rows)),
         store_thumbnails=thumbnails is not None,
     )
+    regions = None
     if verified_null is not None:
-        config["verification"] = {"k": candidates, **null_settings(), "n": int(len(verified_null.scores))}
+        regions = None if tiles is None else RegionIndex.fit(tiles, original_rows, lambda: ShrinkageWhitener(seed=seed))
+        config["verification"] = {
+            "k": candidates,
+            **null_settings(regions is not None),
+            "n": int(len(verified_null.scores)),
+        }
     check_index_output(out_dir, overwrite)
     calibration = {"null_similarity": null, "null_energy": null_energy}
     if verified_null is not None:
@@ -420,7 +442,7 @@ def build_index_from_features(
             "verified_null_roughness": verified_null.roughness,
         }
     write_folder(
-        out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, calibration, thumbnails)
+        out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, calibration, thumbnails, regions)
     )
     return ReferenceIndex.load(out_dir)
 
@@ -474,6 +496,7 @@ def _write_index(
     indexes: dict[str, faiss.Index],
     calibration: dict[str, np.ndarray],
     thumbnails: dict[int, np.ndarray] | None,
+    regions: RegionIndex | None,
 ) -> None:
     """Write every index file into ``folder``, the manifest last."""
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
@@ -488,4 +511,6 @@ def _write_index(
     np.savez(folder / "calibration.npz", **calibration)
     if thumbnails is not None:
         np.savez_compressed(folder / "thumbnails.npz", **{str(row): image for row, image in thumbnails.items()})
+    if regions is not None:
+        regions.save(folder)
     write_manifest(folder)

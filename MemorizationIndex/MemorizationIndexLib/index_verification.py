@@ -13,6 +13,7 @@ import numpy as np
 
 from .encoders.base import Encoder
 from .reference_index import ReferenceIndex
+from .region_search import REGION_CANDIDATES, Tiles
 from .search import Neighbours
 from .second_stage import GridSource, Verified, candidates, slice_places, verify_slices
 from .verification import GRID_BATCH, Grid, to_grids
@@ -29,7 +30,7 @@ def unavailable_reason(index: ReferenceIndex) -> str:
             "the index has no verified null (built without verification, from features alone, or by an older "
             "version); rebuild it with build-index to verify copies"
         )
-    made, now = index.config.get("verification", {}), null_settings()
+    made, now = index.config.get("verification", {}), null_settings(index.regions is not None)
     changed = [f"{key} {made.get(key)} (now {value})" for key, value in now.items() if made.get(key) != value]
     if changed:
         return (
@@ -101,13 +102,15 @@ def shortlist_queries(
     encoder: Encoder,
     slices: Sequence[np.ndarray],
     as_cut: Neighbours,
+    tiles: Tiles | None,
     *,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
-    """[n, index.candidates] candidate original rows of the query slices (-1 = none): the as-cut search
-    and, for noisy slices, the smoothed view's, in the index; ``as_cut`` is the audit's own search of the slices
-    (``second_stage.search_depth(index.candidates)`` deep)."""
+    """[n, index.candidates (+ region candidates)] candidate original rows of the query slices (-1 = none):
+    the as-cut search and, for noisy slices, the smoothed view's, in the index, then the region search of the
+    slices' ``tiles`` when the index has a region index (``tiles`` must then be given); ``as_cut`` is the audit's
+    own search of the slices (``second_stage.search_depth(index.candidates)`` deep)."""
 
     def search(raw: dict[str, np.ndarray], depth: int) -> Neighbours:
         return index.search(index.whiten(raw), k=depth)
@@ -120,6 +123,7 @@ def shortlist_queries(
         np.asarray(index.provenance.original_row),
         index.preprocessing,
         k=index.candidates,
+        regions=None if index.regions is None else index.regions.search(tiles, REGION_CANDIDATES)[0],
         batch_size=batch_size,
         cancel=cancel,
     )
@@ -130,6 +134,7 @@ def verify_queries(
     encoder: Encoder,
     slices: Sequence[np.ndarray],
     as_cut: Neighbours,
+    tiles: Tiles | None,
     grids: GridSource,
     *,
     batch_size: int = 32,
@@ -137,7 +142,7 @@ def verify_queries(
 ) -> list[Verified]:
     """The best verified candidate of every query slice (:func:`shortlist_queries`, then
     ``second_stage.verify_slices`` against the reference grids)."""
-    shortlisted = shortlist_queries(index, encoder, slices, as_cut, batch_size=batch_size, cancel=cancel)
+    shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size, cancel=cancel)
     return verify_slices(slices, shortlisted, grids, index.preprocessing, cancel)
 
 

@@ -296,12 +296,13 @@ def _verified_null_on_driver(
     options: BuildOptions,
 ) -> VerifiedNull | None:
     """The verified null, as the local build makes it: the slices are read again on the driver (the
-    Ray workers returned features only) and at most 1000 held-out slices go through the second stage."""
+    Ray workers returned features only) and at most 1000 held-out slices go through the second stage.
+    The workers return no tile features, so an index built on Ray has no region search."""
     if not options.verification:
         return None
     slices, holdout = collect_build_slices(train, options)
     held = None if holdout_features is None else NullQueries(holdout.slices, holdout_features)
-    return verified_null_from_pixels(slices, features, provenance, held, encoder, options)
+    return verified_null_from_pixels(slices, features, None, provenance, held, encoder, options)
 
 
 def _training_rows(

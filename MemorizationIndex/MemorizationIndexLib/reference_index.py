@@ -12,6 +12,9 @@ Layout (every file's sha256 is in ``manifest.json``, verified on load)::
     calibration.npz     the pooled null similarities, the feature energy of the same held-out slices
                         (absent in indexes built before it; docs/method.md §8.1), the verified null
     thumbnails.npz      only with store_thumbnails: 8-bit reference slices
+    regions.faiss       the region search's tiles of the reference slices as cut, with region_whiteners.npz
+                        (their whiteners and original rows); absent when the encoder has no feature maps
+                        or the index was built before it (region_search.py)
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .encoders import load_encoder
 from .encoders.base import Encoder, file_sha256
 from .errors import UserError
 from .preprocess import PreprocessSettings
+from .region_search import TILES, RegionIndex
 from .scoring import NullModel
 from .search import Neighbours, prepare_loaded, search_blocks
 from .transforms import ORIGINAL
@@ -156,6 +160,7 @@ class ReferenceIndex:
         self.searcher = None  # optional replacement of search_blocks (e.g. the Ray engine)
         self.verified_null: VerifiedNull | None = None  # the second stage's null (None: global score only)
         self.null_energy: np.ndarray | None = None  # feature energy of the null's held-out slices (None: not recorded)
+        self.regions: RegionIndex | None = None  # the region search of the second stage (None: the index has none)
 
     encoder_name = property(lambda self: self.config["encoder"]["name"])
     encoder_id = property(lambda self: self.config["encoder"]["encoder_id"])
@@ -261,6 +266,7 @@ class ReferenceIndex:
             raise UserError(f"index {path}: its verified null is empty or not finite; rebuild it")
         loaded = cls(path, config, provenance, whiteners, indexes, null_similarity, manifest["index_id"])
         loaded.verified_null = verified
+        loaded.regions = _region_index(path, len(provenance))
         loaded.null_energy = null_energy if null_energy is not None and np.isfinite(null_energy).all() else None
         return loaded
 
@@ -320,6 +326,20 @@ class ReferenceIndex:
                         self._thumbnails = {k: data[k] for k in data.files}
             return self._thumbnails[str(row)].astype(np.float32) / 255.0
         return self._volume_cache.slice(source, prov.array_axis[row], slice_index)
+
+
+def _region_index(path: Path, n_rows: int) -> RegionIndex | None:
+    """The index's region search (None when it has none), checked against its provenance."""
+    try:
+        regions = RegionIndex.load(path)
+    except RuntimeError:
+        raise UserError(f"index {path}: its region index cannot be read (truncated?); rebuild it") from None
+    if regions is not None and (
+        regions.index.ntotal != len(regions.rows) * len(TILES)
+        or not np.all((regions.rows >= 0) & (regions.rows < n_rows))
+    ):
+        raise UserError(f"index {path}: its region index does not match its provenance; rebuild it")
+    return regions
 
 
 def _roughness(calibration: np.lib.npyio.NpzFile) -> np.ndarray:

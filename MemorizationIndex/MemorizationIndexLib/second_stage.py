@@ -135,14 +135,44 @@ def candidates(
     settings: PreprocessSettings,
     *,
     k: int = DEFAULT_CANDIDATES,
+    regions: np.ndarray | None = None,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> np.ndarray:
-    """[n, k] candidate original rows of the slices: ``as_cut`` (the audit's own search, at least
-    :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view."""
+    """[n, k (+ m)] candidate original rows of the slices: ``as_cut`` (the audit's own search, at least
+    :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view, then the
+    region search's rows [n, m] (``region_search.RegionIndex.search``) not already among them."""
     n = len(slices)
     if n == 0:
         return np.zeros((0, k), dtype=np.int64)
+    listed = _global_candidates(encoder, slices, as_cut, search, original_row, settings, k, batch_size, cancel)
+    return listed if regions is None else with_region_candidates(listed, regions)
+
+
+def with_region_candidates(listed: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """[n, k + m]: the candidates [n, k] followed by the region search's rows [n, m] that are not among them
+    (-1 = none)."""
+    out = np.full((len(listed), listed.shape[1] + regions.shape[1]), -1, dtype=np.int64)
+    out[:, : listed.shape[1]] = listed
+    for i, rows in enumerate(regions):
+        added = [int(r) for r in dict.fromkeys(rows.tolist()) if r >= 0 and r not in listed[i]]
+        out[i, listed.shape[1] : listed.shape[1] + len(added)] = added
+    return out
+
+
+def _global_candidates(
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    as_cut: Neighbours,
+    search: Searcher,
+    original_row: np.ndarray,
+    settings: PreprocessSettings,
+    k: int,
+    batch_size: int,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    """[n, k] candidates of the global search (:func:`candidates` without the region search)."""
+    n = len(slices)
     hits = [view_hits(as_cut, original_row)]
     noisy = noisy_slices(slices, settings)
     if len(noisy):

@@ -12,13 +12,20 @@ import threading
 
 import numpy as np
 
-from .audit import SetAudit, VolumeAudit, apply_verified, finalize_flags, record_slice, score_slices
+from .audit import (
+    SetAudit,
+    VolumeAudit,
+    apply_verified,
+    embed_queries,
+    finalize_flags,
+    record_slice,
+    score_slices,
+)
 from .audit_output import SliceScore, evidence_order
-from .embedding import ProgressCallback, embed_slices
+from .embedding import ProgressCallback
 from .encoders.base import Encoder
 from .image_sets import SET_AXIS, ImageSet, iter_set_slices
 from .index_verification import SecondStage
-from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
 
@@ -42,11 +49,9 @@ def _score_chunk(
     order. Copy masks with a verified p-value below ``MASK_P`` are kept in the members (pruned to
     flagged and evidence slices at the end)."""
     slices = [s for _, _, s in chunk]
-    raw = halving_batch_on_out_of_memory(
-        lambda batch: embed_slices(encoder, slices, index.preprocessing, batch_size=batch, cancel=cancel), batch_size
-    )
+    raw, tiles = embed_queries(index, encoder, slices, stage, batch_size=batch_size, cancel=cancel)
     rows, ids, scores, verified = score_slices(
-        index, encoder, slices, raw, stage, alpha=alpha, top_k=top_k, batch_size=batch_size, cancel=cancel
+        index, encoder, slices, raw, tiles, stage, alpha=alpha, top_k=top_k, batch_size=batch_size, cancel=cancel
     )
     result = []
     for i, (member, k, _) in enumerate(chunk):

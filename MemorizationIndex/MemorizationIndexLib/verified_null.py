@@ -24,9 +24,10 @@ import numpy as np
 from scipy import ndimage
 
 from .calibration import DEFAULT_QUERY_FRACTION, split_groups
-from .embedding import embed_slices
+from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .preprocess import PreprocessSettings
+from .region_search import REGION_CANDIDATES, TILES, RegionIndex, Tiles
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
 from .second_stage import (
@@ -121,16 +122,18 @@ class VerifiedNull:
         return max(band["threshold"] for band in self.thresholds(alpha))
 
 
-def null_settings() -> dict:
+def null_settings(regions: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
-    scored hypotheses and the null's blur."""
+    scored hypotheses, the null's blur and the region search (``regions``: whether the index has one)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": NEIGHBOUR_GATE,
         "scale_range": list(SCALE_RANGE),
         "scored": SCORED,
         "null_blur": list(NULL_BLUR),
+        "region_tiles": len(TILES) if regions else 0,
+        "region_candidates": REGION_CANDIDATES if regions else 0,
     }
 
 
@@ -183,10 +186,12 @@ def _split_reference(
 
 @dataclass(frozen=True)
 class NullQueries:
-    """Held-out slices to verify: their pixels and raw features as cut."""
+    """Held-out slices to verify: their pixels, raw features and raw tile features (None without region
+    search) as cut."""
 
     slices: Sequence[np.ndarray]
     features: dict[str, np.ndarray]
+    tiles: Tiles | None = None
 
 
 def with_blurred_twins(
@@ -207,9 +212,13 @@ def with_blurred_twins(
         ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma)
         for image, sigma in zip(queries.slices, sigmas)
     ]
-    raw = embed_slices(encoder, twins, settings, batch_size=batch_size, cancel=cancel)
+    tiled = None if queries.tiles is not None else 0
+    raw, tiles = embed_slices_and_tiles(encoder, twins, settings, tiled=tiled, batch_size=batch_size, cancel=cancel)
     features = {b: np.concatenate([queries.features[b], raw[b].astype(queries.features[b].dtype)]) for b in raw}
-    return NullQueries([*queries.slices, *twins], features)
+    if queries.tiles is None or tiles is None:
+        return NullQueries([*queries.slices, *twins], features)
+    both = {b: np.concatenate([queries.tiles[b], tiles[b].astype(queries.tiles[b].dtype)]) for b in tiles}
+    return NullQueries([*queries.slices, *twins], features, both)
 
 
 def verify_against(
@@ -223,13 +232,15 @@ def verify_against(
     make_whitener: Callable[[], ShrinkageWhitener],
     rng: np.random.Generator,
     *,
+    tiles: Tiles | None = None,
     k: int = DEFAULT_CANDIDATES,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> VerifiedNull:
     """The verified null of held-out queries, each as cut and blurred (:func:`with_blurred_twins`),
     against the reference made of ``reference_rows`` of the indexed features (its own whiteners, as
-    an audit would have)."""
+    an audit would have). ``tiles``: raw tile features of every original row, for the region search
+    (with the queries' own tiles)."""
     whiteners, indexes = _split_reference(features, reference_rows, make_whitener)
 
     def search(raw: dict[str, np.ndarray], depth: int):
@@ -238,6 +249,11 @@ def verify_against(
     queries = with_blurred_twins(queries, encoder, settings, rng, batch_size=batch_size, cancel=cancel)
     local_original = np.asarray(original_row)[reference_rows]
     as_cut = search(queries.features, search_depth(k))
+    regions = None
+    if tiles is not None and queries.tiles is not None:
+        originals = np.unique(local_original)
+        region_index = RegionIndex.fit({b: raw[originals] for b, raw in tiles.items()}, originals, make_whitener)
+        regions = region_index.search(queries.tiles, REGION_CANDIDATES)[0]
     shortlisted = candidates(
         encoder,
         queries.slices,
@@ -246,6 +262,7 @@ def verify_against(
         local_original,
         settings,
         k=k,
+        regions=regions,
         batch_size=batch_size,
         cancel=cancel,
     )
@@ -269,6 +286,7 @@ def split_verified_null(
     *,
     query_fraction: float,
     seed: int,
+    tiles: Tiles | None = None,
     n_queries: int = VERIFIED_NULL_QUERIES,
     k: int = DEFAULT_CANDIDATES,
     batch_size: int = 32,
@@ -300,7 +318,11 @@ def split_verified_null(
         queries = np.sort(rng.choice(queries, min(per_split, len(queries)), replace=False))
         used[queries] = True
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
-        chosen = NullQueries([slices[r] for r in queries], {b: raw[queries] for b, raw in features.items()})
+        chosen = NullQueries(
+            [slices[r] for r in queries],
+            {b: raw[queries] for b, raw in features.items()},
+            None if tiles is None else {b: raw[queries] for b, raw in tiles.items()},
+        )
         found.append(
             verify_against(
                 chosen,
@@ -312,6 +334,7 @@ def split_verified_null(
                 settings,
                 make_whitener,
                 blur_rng,
+                tiles=tiles,
                 k=k,
                 batch_size=batch_size,
                 cancel=cancel,
@@ -329,6 +352,7 @@ def reference_verified_null(
     settings: PreprocessSettings,
     *,
     places: np.ndarray | None,
+    tiles: Tiles | None = None,
     holdout: NullQueries | None = None,
     seed: int = 0,
     k: int = DEFAULT_CANDIDATES,
@@ -343,6 +367,8 @@ def reference_verified_null(
     features, original_row: raw features of every indexed row and the original row each was made from.
     places: (volume, slice) of every reference slice (``second_stage.slice_places``): neighbouring
     candidates wait for their neighbourhood's best-ranked one, as in the audit.
+    tiles: raw tile features of every reference slice as cut (None: no region search; the holdout's
+    ``tiles`` are then ignored).
     """
     grids = SliceGrids(slices, settings, places)
     original_row = np.asarray(original_row)
@@ -350,7 +376,7 @@ def reference_verified_null(
     def whitener() -> ShrinkageWhitener:
         return ShrinkageWhitener(seed=seed)
 
-    common = {"k": k, "batch_size": batch_size, "cancel": cancel}
+    common = {"tiles": tiles, "k": k, "batch_size": batch_size, "cancel": cancel}
     if holdout is None:
         return split_verified_null(
             slices,
@@ -367,7 +393,11 @@ def reference_verified_null(
         )
     rng = np.random.default_rng(seed + 1)
     chosen = np.sort(rng.choice(len(holdout.slices), min(VERIFIED_NULL_QUERIES, len(holdout.slices)), replace=False))
-    queries = NullQueries([holdout.slices[i] for i in chosen], {b: raw[chosen] for b, raw in holdout.features.items()})
+    queries = NullQueries(
+        [holdout.slices[i] for i in chosen],
+        {b: raw[chosen] for b, raw in holdout.features.items()},
+        None if tiles is None or holdout.tiles is None else {b: raw[chosen] for b, raw in holdout.tiles.items()},
+    )
     every_row = np.arange(len(original_row))
     blur_rng = np.random.default_rng(seed + 2)
     return verify_against(

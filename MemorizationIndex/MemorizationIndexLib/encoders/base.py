@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..region_search import pool_tiles
+
 
 def file_sha256(path: str | Path) -> str:
     """Return the hex sha256 of a file, read in chunks."""
@@ -42,6 +44,24 @@ class Encoder(abc.ABC):
     @abc.abstractmethod
     def embed(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Return {block name: float32 [N, D_block]} for a batch [N, 1, S, S] in [0, 1]."""
+
+    def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        """{block: [N, D_block, H, W]} spatial maps whose means are :meth:`embed`'s features; encoders
+        without them do not override this, and their indexes have no region search (:attr:`has_tiles`)."""
+        raise NotImplementedError(f"encoder {self.name} has no spatial feature maps")
+
+    @property
+    def has_tiles(self) -> bool:
+        """Whether the encoder gives tile features (:meth:`embed_with_tiles`)."""
+        return type(self).feature_maps is not Encoder.feature_maps
+
+    def embed_with_tiles(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """:meth:`embed`'s features and, from the same forward pass, {block: float32 [N, tiles, D_block]} means
+        over every tile of ``region_search.TILES``."""
+        with torch.inference_mode():
+            maps = self.feature_maps(batch)
+            pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
+            return pooled, {b: pool_tiles(m).float().cpu().numpy() for b, m in maps.items()}
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """Check a batch is [N, 1, S, S] and move it to the encoder's device as float32."""

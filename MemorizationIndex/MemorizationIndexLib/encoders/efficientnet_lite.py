@@ -156,8 +156,9 @@ class EfficientNetLite0(nn.Module):
         for block in self._blocks:
             block.fold_batch_norms()
 
-    def forward(self, x: torch.Tensor, blocks: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Return {block: [N, C] spatial mean} for ``blocks``, stopping after the deepest one."""
+    def forward(self, x: torch.Tensor, blocks: Sequence[str], maps: bool = False) -> dict[str, torch.Tensor]:
+        """Return {block: [N, C] spatial mean} for ``blocks`` ([N, C, H, W] maps with ``maps``), stopping
+        after the deepest one."""
         wanted = {_STAGE_ENDS[STAGE_BLOCKS.index(b)]: b for b in blocks if b != "head"}
         last = len(self._blocks) - 1 if "head" in blocks else max(wanted)
         out: dict[str, torch.Tensor] = {}
@@ -165,9 +166,10 @@ class EfficientNetLite0(nn.Module):
         for i, block in enumerate(self._blocks[: last + 1]):
             x = block(x)
             if i in wanted:
-                out[wanted[i]] = x.mean(dim=(2, 3))
+                out[wanted[i]] = x if maps else x.mean(dim=(2, 3))
         if "head" in blocks:
-            out["head"] = F.relu6(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+            head = F.relu6(self._bn1(self._conv_head(x)))
+            out["head"] = head if maps else head.mean(dim=(2, 3))
         return out
 
 
@@ -219,3 +221,7 @@ class EfficientNetLite0Encoder(Encoder):
             x = self.input_tensor(batch)
             feats = self.model(x, self.blocks)
             return {b: feats[b].float().cpu().numpy() for b in self.blocks}
+
+    def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        """{block: [N, C, H, W]} outputs of the blocks (call under ``torch.inference_mode``)."""
+        return self.model(self.input_tensor(batch), self.blocks, maps=True)

@@ -12,6 +12,7 @@ accepted and ignored; ``dino_head.*`` and ``ibot_head.*`` (training heads) are i
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -122,15 +123,19 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(EMBED_DIM, NUM_HEADS, layerscale) for _ in range(DEPTH))
         self.norm = nn.LayerNorm(EMBED_DIM, eps=LN_EPS)
 
-    def forward(self, x: torch.Tensor, block_ids: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Return {block index: [N, C] mean over patch tokens}, stopping after the deepest one."""
+    def forward(self, x: torch.Tensor, block_ids: Sequence[int], maps: bool = False) -> dict[int, torch.Tensor]:
+        """Return {block index: [N, C] mean over patch tokens} ([N, C, grid, grid] token maps with ``maps``),
+        stopping after the deepest one."""
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         out: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks[: max(block_ids) + 1]):
             x = block(x)
             if i in block_ids:
-                out[i] = x[:, 1:].mean(dim=1)
+                tokens = x[:, 1:]
+                side = math.isqrt(tokens.shape[1])
+                grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+                out[i] = grid if maps else grid.mean(dim=(2, 3))
         return out
 
 
@@ -268,3 +273,8 @@ class MriCoreEncoder(Encoder):
             x = self.input_tensor(batch)
             feats = self.model(x, self.block_ids)
             return {b: feats[i].float().cpu().numpy() for b, i in zip(self.blocks, self.block_ids)}
+
+    def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
+        """{block: [N, 768, grid, grid]} patch-token maps (call under ``torch.inference_mode``)."""
+        maps = self.model(self.input_tensor(batch), self.block_ids, maps=True)
+        return {b: maps[i] for b, i in zip(self.blocks, self.block_ids)}
