@@ -89,7 +89,8 @@ def test_flag_p_is_twice_the_smaller_p_value_and_needs_a_fifth_of_the_slice_copi
 @pytest.fixture(scope="module")
 def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path], encoder) -> dict:
     """Index spine 01-05 with the verified null; audit an array set of transposed training slices
-    of 02 and slices of 06 (no index) as cut and transposed."""
+    of 02, slices of 06 (no index) as cut and transposed, and half copies: the upper half of a slice of 02
+    over the lower half of a slice of 06."""
     work = tmp_path_factory.mktemp("stage")
     train = [spine[n] for n in ("01", "02", "03", "04", "05")]
     index = build_index(train, work / "index", BuildOptions(), encoder=encoder)
@@ -97,9 +98,19 @@ def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path]
     novel = image_slices(read_image(spine["06"]), index.provenance.array_axis[0])
     copied = [4, 9, 14]
     queries = [source[k].T for k in copied] + [novel[k] for k in (5, 10)] + [novel[k].T for k in (6, 12)]
+    half = source[0].shape[0] // 2
+    halves = [(7, 8), (11, 9)]  # (slice of 02, slice of 06)
+    queries += [np.concatenate([source[k][:half], novel[j][half:]]) for k, j in halves]
     np.save(work / "queries.npy", np.stack(queries).astype(np.float32))
     audit_paths(index, [work / "queries.npy"], work / "out")
-    return {"index": index, "out": read_audit(work / "out"), "copied": copied, "source": str(spine["02"].resolve())}
+    return {
+        "index": index,
+        "out": read_audit(work / "out"),
+        "copied": copied,
+        "halves": [k for k, _ in halves],
+        "half": half,
+        "source": str(spine["02"].resolve()),
+    }
 
 
 def test_transposed_copies_are_flagged_and_located(stage_audit: dict) -> None:
@@ -116,11 +127,25 @@ def test_transposed_copies_are_flagged_and_located(stage_audit: dict) -> None:
 
 
 def test_people_in_no_index_are_not_flagged_in_any_orientation(stage_audit: dict) -> None:
-    novel = stage_audit["out"].rows[3:]
+    novel = stage_audit["out"].rows[3:7]
     assert not any(row.flagged for row in novel), [(row.verified_score, row.flag_p) for row in novel]
     assert all(np.isfinite(row.verified_p) and row.flag_p >= min(row.p_value, row.verified_p) for row in novel), [
         (row.p_value, row.verified_score, row.verified_p, row.flag_p) for row in novel
     ]
+
+
+def test_half_copies_are_flagged_with_their_source_and_located_in_the_copied_half(stage_audit: dict) -> None:
+    index: ReferenceIndex = stage_audit["index"]
+    assert index.regions is not None and index.config["verification"]["region_tiles"] > 0
+    halves = stage_audit["out"].rows[7:]
+    assert all(row.flagged for row in halves), [(row.verified_score, row.flag_p, row.copy_slice) for row in halves]
+    assert [(row.copy_source, row.copy_slice) for row in halves] == [
+        (stage_audit["source"], k) for k in stage_audit["halves"]
+    ]
+    for row in halves:
+        top, _, bottom, _ = row.copy_box
+        inside = max(0, min(bottom, stage_audit["half"]) - top) / (bottom - top)
+        assert inside > 0.8, (row.copy_box, stage_audit["half"])
 
 
 def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) -> None:

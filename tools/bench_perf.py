@@ -556,11 +556,12 @@ VERIFY_SUBJECTS = 4  # real reference subjects (sub-02 ..); sub-01 is the query,
 VERIFY_NULL_SLICES = 300  # held-out slices of the verified null (build_index verifies up to 1000)
 
 
-def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, Provenance, dict, VerifiedNull, int]:
-    """Real brain slices with their reference copies, embedded as build_index does; thumbnails of the
-    slices; a verified null of held-out subject splits (verified_null.py, as build_index computes it)."""
+def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, dict, Provenance, dict, VerifiedNull, int]:
+    """Real brain slices with their reference copies, embedded as build_index does (with the tiles of the
+    slices as cut); thumbnails of the slices; a verified null of held-out subject splits (verified_null.py,
+    as build_index computes it)."""
     from MemorizationIndexLib.calibration import DEFAULT_QUERY_FRACTION
-    from MemorizationIndexLib.embedding import embed_slices
+    from MemorizationIndexLib.embedding import embed_slices_and_tiles
     from MemorizationIndexLib.index_build import BuildOptions, _with_copies, collect_slices
     from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
     from MemorizationIndexLib.second_stage import SliceGrids, slice_places
@@ -569,7 +570,7 @@ def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, Provenan
     settings = PreprocessSettings()
     train = collect_slices(paths, axis=VERIFY_AXIS, preprocessing=settings)
     provenance, slices = _with_copies(train, BuildOptions().copies)
-    features = embed_slices(encoder, slices, settings)
+    features, tiles = embed_slices_and_tiles(encoder, slices, settings, tiled=len(train.slices))
     thumbnails = {r: np.round(scale_unit(s, settings) * 255).astype(np.uint8) for r, s in enumerate(train.slices)}
     null = split_verified_null(
         train.slices,
@@ -582,16 +583,22 @@ def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, Provenan
         lambda: ShrinkageWhitener(seed=0),
         query_fraction=DEFAULT_QUERY_FRACTION,
         seed=0,
+        tiles=tiles,
         n_queries=VERIFY_NULL_SLICES,
     )
-    return features, provenance, thumbnails, null, len(train.slices)
+    return features, tiles, provenance, thumbnails, null, len(train.slices)
 
 
-def _padded(features: dict, provenance: Provenance, n_originals: int, n_reference: int) -> tuple[dict, Provenance]:
+def _padded(
+    features: dict, tiles: dict, provenance: Provenance, n_originals: int, n_reference: int
+) -> tuple[dict, dict, Provenance]:
     """The real rows followed by synthetic feature rows up to ``n_reference``; each synthetic row is an
     original (flip none) whose provenance is one of the real slices in turn, so a candidate among
     them is verified against that real slice's pixels (its grid made for its own row, as a distinct
-    reference slice's would be)."""
+    reference slice's would be). Every synthetic row also gets synthetic tiles (one synthetic row per tile),
+    so the region index holds the tiles of every original row, real or synthetic."""
+    from MemorizationIndexLib.region_search import TILES
+
     n_real = len(provenance)
     pad = n_reference - n_real
     synthetic = {b: np.concatenate([f[b] for _, f in Synthetic(seed=5).rows(pad)]) for b in DIMS}
@@ -604,7 +611,13 @@ def _padded(features: dict, provenance: Provenance, n_originals: int, n_referenc
     for i in range(pad):
         j = i % n_originals
         padded.append(p.source[j], p.slice[j], p.axis[j], p.array_axis[j], "none", n_real + i, f"synthetic-{i // 200}")
-    return {b: np.concatenate([features[b], synthetic[b]]) for b in DIMS}, padded
+    per_tile = [
+        {b: np.concatenate([f[b] for _, f in Synthetic(seed=100 + t).rows(pad)]) for b in DIMS}
+        for t in range(len(TILES))
+    ]
+    synthetic_tiles = {b: np.stack([rows[b] for rows in per_tile], axis=1) for b in DIMS}
+    padded_tiles = {b: np.concatenate([tiles[b], synthetic_tiles[b]]) for b in DIMS}
+    return {b: np.concatenate([features[b], synthetic[b]]) for b in DIMS}, padded_tiles, padded
 
 
 def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> tuple[ReferenceIndex, dict]:
@@ -616,11 +629,13 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
 
     start = time.perf_counter()
     paths = sorted(BRAIN.glob("sub-*_T1w.nii.gz"))
-    features, provenance, thumbnails, null, n_originals = _real_reference(encoder, paths[1 : 1 + VERIFY_SUBJECTS])
+    features, tiles, provenance, thumbnails, null, n_originals = _real_reference(
+        encoder, paths[1 : 1 + VERIFY_SUBJECTS]
+    )
     holdout = collect_slices(paths[-1:], axis=VERIFY_AXIS, preprocessing=PreprocessSettings())
     holdout_features = embed_slices(encoder, holdout.slices, PreprocessSettings())
     n_real = len(provenance)
-    features, provenance = _padded(features, provenance, n_originals, n_reference)
+    features, tiles, provenance = _padded(features, tiles, provenance, n_originals, n_reference)
     index = build_index_from_features(
         features,
         provenance,
@@ -630,6 +645,7 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
         holdout_features=holdout_features,
         thumbnails=thumbnails,
         verified_null=null,
+        tiles=tiles,
         overwrite=True,
     )
     info = {
@@ -679,7 +695,7 @@ def _lapper() -> tuple[dict[str, float], Callable[[str], None]]:
 
 
 def _second_stage_parts(
-    index: ReferenceIndex, encoder: Encoder, slices: list, raw: dict, n_real_slices: int
+    index: ReferenceIndex, encoder: Encoder, slices: list, raw: dict, tiles: dict, n_real_slices: int
 ) -> dict[str, float]:
     """One pass of the second stage step by step, as verify_queries runs it (fresh grid cache), timed."""
     from MemorizationIndexLib.embedding import embed_slices
@@ -691,6 +707,7 @@ def _second_stage_parts(
         smoothed_view,
         verify_slices,
         view_hits,
+        with_region_candidates,
     )
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
@@ -716,6 +733,8 @@ def _second_stage_parts(
         lap("views_embedding")
     rows = shortlist(hits, index.candidates)
     lap("view_searches")
+    rows = with_region_candidates(rows, index.regions.search(tiles)[0])
+    lap("region_search")
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = ReferenceGrids(index)(wanted)
     lap("reference_grids_alone")
@@ -749,7 +768,7 @@ def _verification_runs(index: ReferenceIndex, encoder: Encoder, image, n_real_sl
 
     stack = image_slices(image, resolve_axis(image, index.axis))
     slices = [stack[k] for k in np.flatnonzero(nonempty_mask(stack, index.preprocessing))]
-    raw = encoder.embed(prepare_query(slices, encoder, index))
+    raw, tiles = encoder.embed_with_tiles(prepare_query(slices, encoder, index))
     start = time.perf_counter()
     index.reference_slice(index.provenance.source[0], index.provenance.slice[0])
     thumbnails_s = time.perf_counter() - start  # the thumbnail file, read once per loaded index
@@ -760,7 +779,7 @@ def _verification_runs(index: ReferenceIndex, encoder: Encoder, image, n_real_sl
         {
             "without": lambda: audit(False),
             "with": lambda: audit(True),
-            "parts": lambda: parts.append(_second_stage_parts(index, encoder, slices, raw, n_real_slices)),
+            "parts": lambda: parts.append(_second_stage_parts(index, encoder, slices, raw, tiles, n_real_slices)),
         },
         rounds,
     )
@@ -778,6 +797,7 @@ STAGE_STEPS = (
     "views_made",
     "views_embedding",
     "view_searches",
+    "region_search",
     "as_cut_search_extra",
     "verification",
 )

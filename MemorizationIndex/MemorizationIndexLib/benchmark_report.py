@@ -262,7 +262,7 @@ def _two_stage_cells(results: dict, dataset: str, condition: str, two: dict) -> 
         f"{copies['flagged']:.3f} / {two['flagged']:.3f} ({two['n_duplicates']})",
         f"{_f(copies['top1_accuracy'])} / {_f(two['top1_flagged'])}",
         f"{_f(fpr, 4)} / {_f(two['false_positive_rate'], 4)}",
-        _recall(two),
+        _recall(two, results["settings"]["verification"]["k"]),
         _f(two["located"]) if located else "–",
         f"{_f(two['box_iou_mean'])} / {_f(two['mask_iou_mean'])}" if located else "–",
     ]
@@ -285,9 +285,15 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         "mean IoU box / mask",
     ]
     k = results["settings"]["verification"]["k"]
+    regions = results["settings"]["verification"].get("region_candidates", 0)
+    added = (
+        f" and up to {regions} more from the region search (tiles of the slice, docs/method.md §7.14)"
+        if regions
+        else ""
+    )
     return (
         "## Both stages: the shipped flag\n\nEvery query slice goes through the audit's two stages: the global "
-        f"search, {k} candidate reference slices (as cut; noisy slices also smoothed), pixel verification "
+        f"search, {k} candidate reference slices (as cut; noisy slices also smoothed){added}, pixel verification "
         "of each, and the flag flag_p < alpha, where flag_p combines the global and the verified p-value against "
         "a verified null made from held-out subject splits of the reference pixels (as `build-index` makes it; "
         "docs/method.md §7). The benchmark assumes the global calibration holds for its queries (the audit checks it "
@@ -296,16 +302,16 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         "novel flagged: over all duplicates of the largest level and every novel slice. Provenance top-1: global = "
         "the nearest reference is the true source (all copies); verified = the best verified candidate is the true "
         "source (flagged copies). Candidate recall: the true source is among the verified candidates (in brackets: "
-        "among the first 1 / 3). Partial "
+        f"among the first 1 / 3 / {k}, the global search's). Partial "
         "copies: IoU of the best verified candidate's copy box / mask with the copied pixels in the query's "
         "foreground (0 without a copy region), over all their copies.\n\n" + _table(header, rows)
     )
 
 
-def _recall(two: dict) -> str:
-    """Candidate recall at k, with recall among the first 1 and 3 candidates when recorded."""
+def _recall(two: dict, k: int) -> str:
+    """Candidate recall, with recall among the first 1, 3 and k (the global search's) candidates when recorded."""
     at = two.get("candidate_recall_at", {})
-    first = " / ".join(_f(at[r]) for r in ("1", "3") if r in at)
+    first = " / ".join(_f(at[r]) for r in ("1", "3", str(k)) if r in at)
     return _f(two["candidate_recall"]) + (f" ({first})" if first else "")
 
 
