@@ -26,6 +26,7 @@ from MemorizationIndexLib.encoders.mri_core import (
     interpolate_pos_embed,
 )
 from MemorizationIndexLib.errors import UserError
+from MemorizationIndexLib.region_search import TILES
 
 SIZE = 224
 CKPT_GRID = 16  # the checkpoints' pos_embed grid; 224/16 = 14, so interpolation is exercised
@@ -189,6 +190,19 @@ def test_mri_core_pools_patch_tokens(mri_core: MriCoreEncoder) -> None:
         assert feats.shape == (2, EMBED_DIM) and feats.dtype == np.float32
         np.testing.assert_allclose(feats, tokens[:, 1:].mean(dim=1).numpy(), rtol=1e-5, atol=1e-6)
         assert not np.allclose(feats, tokens.mean(dim=1).numpy(), atol=1e-7)
+
+
+def test_mri_core_tiles_are_patch_token_windows_from_the_same_pass(mri_core: MriCoreEncoder) -> None:
+    batch = _batch(2)
+    pooled, tiles = mri_core.embed_with_tiles(batch)
+    alone = mri_core.embed(batch)
+    assert all(np.array_equal(pooled[b], alone[b]) for b in mri_core.blocks)
+    maps = mri_core.model(mri_core.input_tensor(batch), mri_core.block_ids, maps=True)
+    for block, i in zip(mri_core.blocks, mri_core.block_ids):
+        assert tiles[block].shape == (2, len(TILES), EMBED_DIM)
+        np.testing.assert_allclose(
+            tiles[block][:, 0], maps[i][:, :, :7, :7].mean(dim=(2, 3)).detach().numpy(), rtol=1e-5
+        )
 
 
 def test_mri_core_reads_grayscale_like_the_rgb_network(
