@@ -145,7 +145,17 @@ def candidates(
     n = len(slices)
     if n == 0:
         return np.zeros((0, k), dtype=np.int64)
-    listed = _global_candidates(encoder, slices, as_cut, search, original_row, settings, k, batch_size, cancel)
+    hits = [view_hits(as_cut, original_row)]
+    noisy = noisy_slices(slices, settings)
+    if len(noisy):
+        views = [smoothed_view(slices[i]) for i in noisy]
+        raw = embed_slices(encoder, views, settings, batch_size=batch_size, cancel=cancel)
+        rows, scores = view_hits(search(raw, search_depth(k)), original_row)
+        all_rows = np.full((n, rows.shape[1]), -1, dtype=np.int64)
+        all_scores = np.full((n, rows.shape[1]), -np.inf)
+        all_rows[noisy], all_scores[noisy] = rows, scores
+        hits.append((all_rows, all_scores))
+    listed = shortlist(hits, k)
     return listed if regions is None else with_region_candidates(listed, regions)
 
 
@@ -158,32 +168,6 @@ def with_region_candidates(listed: np.ndarray, regions: np.ndarray) -> np.ndarra
         added = [int(r) for r in dict.fromkeys(rows.tolist()) if r >= 0 and r not in listed[i]]
         out[i, listed.shape[1] : listed.shape[1] + len(added)] = added
     return out
-
-
-def _global_candidates(
-    encoder: Encoder,
-    slices: Sequence[np.ndarray],
-    as_cut: Neighbours,
-    search: Searcher,
-    original_row: np.ndarray,
-    settings: PreprocessSettings,
-    k: int,
-    batch_size: int,
-    cancel: threading.Event | None,
-) -> np.ndarray:
-    """[n, k] candidates of the global search (:func:`candidates` without the region search)."""
-    n = len(slices)
-    hits = [view_hits(as_cut, original_row)]
-    noisy = noisy_slices(slices, settings)
-    if len(noisy):
-        views = [smoothed_view(slices[i]) for i in noisy]
-        raw = embed_slices(encoder, views, settings, batch_size=batch_size, cancel=cancel)
-        rows, scores = view_hits(search(raw, search_depth(k)), original_row)
-        all_rows = np.full((n, rows.shape[1]), -1, dtype=np.int64)
-        all_scores = np.full((n, rows.shape[1]), -np.inf)
-        all_rows[noisy], all_scores[noisy] = rows, scores
-        hits.append((all_rows, all_scores))
-    return shortlist(hits, k)
 
 
 def slice_places(provenance: Provenance) -> np.ndarray:
