@@ -40,6 +40,7 @@ from .index_build import (
     verified_null_from_pixels,
 )
 from .reference_index import EncoderInfo, Provenance, ReferenceIndex
+from .region_search import Tiles
 from .verified_null import NullQueries, VerifiedNull
 
 INSTALL_HINT = "pip install 'memorization-index[ray]'"
@@ -125,10 +126,19 @@ def _volume_rows(
 
 
 class _EmbedActor:
-    """Ray Data actor: embeds batches of preprocessed slices and writes each batch to a feature shard."""
+    """Ray Data actor: embeds batches of preprocessed slices and writes each batch to a feature shard, with the
+    tile features (``tile/<block>``, and the volume, holdout flag and slice of each ``tile_*``) of the slices as
+    cut when ``tiles`` is set and the encoder has them."""
 
     def __init__(
-        self, encoder_name: str, checkpoint: str | None, blocks: Sequence[str], device: str, threads: int, out_dir: str
+        self,
+        encoder_name: str,
+        checkpoint: str | None,
+        blocks: Sequence[str],
+        device: str,
+        threads: int,
+        out_dir: str,
+        tiles: bool,
     ):
         import torch
 
@@ -140,13 +150,20 @@ class _EmbedActor:
             keep_freed_memory()  # this worker process only runs the encoder
         self.encoder = load_encoder(encoder_name, checkpoint=checkpoint, device=device, blocks=blocks)
         self.out_dir = Path(out_dir)
+        self.tiles = tiles and self.encoder.has_tiles
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = np.asarray(batch["pixels"], dtype=np.float32)
-        features = self.encoder.embed(pixels[:, None])
         path = self.out_dir / f"shard-{uuid.uuid4().hex}.npz"
         columns = {c: np.asarray(batch[c]) for c in ("volume", "holdout", "slice", "flip", "array_axis")}
         columns["plane"] = np.asarray(batch["plane"]).astype(str)
+        if self.tiles:
+            features, tiles = self.encoder.embed_with_tiles(pixels[:, None])
+            as_cut = columns["flip"] == 0
+            columns |= {f"tile_{c}": columns[c][as_cut] for c in ("volume", "holdout", "slice")}
+            columns |= {f"tile/{b}": v[as_cut] for b, v in tiles.items()}
+        else:
+            features = self.encoder.embed(pixels[:, None])
         np.savez(path, **columns, **{f"feature/{b}": v for b, v in features.items()})
         return {"shard": np.array([str(path)]), "rows": np.array([len(pixels)])}
 
@@ -211,6 +228,7 @@ def _embed_volumes(
         "device": actor_device,
         "threads": threads,
         "out_dir": str(out_dir),
+        "tiles": options.verification,
     }
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(
         _volume_rows, fn_kwargs=reading
@@ -265,8 +283,9 @@ def build_index_ray(
         Path(features_dir).mkdir(parents=True, exist_ok=True)
         merged = _embed_volumes(ray, train, holdout, options, out_dir=Path(features_dir), **embed)
     is_holdout = merged["holdout"].astype(bool) if merged else np.zeros(0, bool)
-    rows = {k: v[~is_holdout] for k, v in merged.items()}
-    held = {k: v[is_holdout] for k, v in merged.items()}
+    per_row = {k: v for k, v in merged.items() if not k.startswith("tile")}  # tile columns: slices as cut only
+    rows = {k: v[~is_holdout] for k, v in per_row.items()}
+    held = {k: v[is_holdout] for k, v in per_row.items()}
     n_train = int(np.sum(rows["flip"] == 0)) if merged else 0
     n_subjects = len({subjects[v] for v in np.unique(rows["volume"])}) if merged else 0
     check_slice_counts(n_train, n_subjects, (len(held["slice"]) if merged else 0) if holdout else None)
@@ -275,7 +294,10 @@ def build_index_ray(
     if holdout:
         held_order = np.lexsort((held["slice"], held["volume"]))
         holdout_features = {b: held[f"feature/{b}"][held_order] for b in encoder.blocks}
-    verified = _verified_null_on_driver(train, features, provenance, holdout_features, encoder, options)
+    tiles, holdout_tiles = _tiles_of(merged, encoder.blocks)
+    verified = _verified_null_on_driver(
+        train, features, tiles, provenance, (holdout_features, holdout_tiles), encoder, options
+    )
     return build_index_from_features(
         features,
         provenance,
@@ -283,26 +305,42 @@ def build_index_ray(
         encoder_info=EncoderInfo.of(encoder, options.checkpoint),
         holdout_features=holdout_features,
         verified_null=verified,
+        tiles=tiles,
         **options.index_keywords(),
     )
+
+
+def _tiles_of(merged: dict[str, np.ndarray], blocks: Sequence[str]) -> tuple[Tiles | None, Tiles | None]:
+    """The tile features of the training slices as cut and of the holdout slices, each in the single-machine
+    order (volumes in input order, then slices); None when the shards hold none."""
+    if "tile_volume" not in merged:
+        return None, None
+    holdout = merged["tile_holdout"].astype(bool)
+    out = []
+    for side in (~holdout, holdout):
+        rows = np.flatnonzero(side)
+        order = rows[np.lexsort((merged["tile_slice"][rows], merged["tile_volume"][rows]))]
+        out.append({b: merged[f"tile/{b}"][order] for b in blocks} if len(order) else None)
+    return out[0], out[1]
 
 
 def _verified_null_on_driver(
     train: list[Path],
     features: dict[str, np.ndarray],
+    tiles: Tiles | None,
     provenance: Provenance,
-    holdout_features: dict[str, np.ndarray] | None,
+    holdout: tuple[dict[str, np.ndarray] | None, Tiles | None],
     encoder,
     options: BuildOptions,
 ) -> VerifiedNull | None:
     """The verified null, as the local build makes it: the slices are read again on the driver (the
-    Ray workers returned features only) and at most 1000 held-out slices go through the second stage.
-    The workers return no tile features, so an index built on Ray has no region search."""
+    Ray workers returned features and tiles only) and at most 1000 held-out slices go through the second
+    stage. ``holdout``: the holdout slices' features and tiles (None, None without a holdout)."""
     if not options.verification:
         return None
-    slices, holdout = collect_build_slices(train, options)
-    held = None if holdout_features is None else NullQueries(holdout.slices, holdout_features)
-    return verified_null_from_pixels(slices, features, None, provenance, held, encoder, options)
+    slices, held_slices = collect_build_slices(train, options)
+    held = None if holdout[0] is None else NullQueries(held_slices.slices, holdout[0], holdout[1])
+    return verified_null_from_pixels(slices, features, tiles, provenance, held, encoder, options)
 
 
 def _training_rows(
