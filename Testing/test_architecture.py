@@ -38,6 +38,7 @@ def test_architecture_page_lists_every_module():
             "base",
             "efficientnet_lite",
             "mri_core",
+            "tiles",
             "conftest",
             "__init__",
         }

@@ -25,8 +25,8 @@ from MemorizationIndexLib.encoders.mri_core import (
     VisionTransformer,
     interpolate_pos_embed,
 )
+from MemorizationIndexLib.encoders.tiles import TILES
 from MemorizationIndexLib.errors import UserError
-from MemorizationIndexLib.region_search import TILES
 
 SIZE = 224
 CKPT_GRID = 16  # the checkpoints' pos_embed grid; 224/16 = 14, so interpolation is exercised

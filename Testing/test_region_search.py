@@ -11,8 +11,9 @@ import torch
 
 from MemorizationIndexLib import region_search
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
+from MemorizationIndexLib.encoders.tiles import TILES, pool_tiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
-from MemorizationIndexLib.region_search import TILES, RegionIndex, pool_tiles
+from MemorizationIndexLib.region_search import RegionIndex
 from MemorizationIndexLib.second_stage import with_region_candidates
 from MemorizationIndexLib.volumes import image_slices, read_image
 

@@ -597,7 +597,7 @@ def _padded(
     them is verified against that real slice's pixels (its grid made for its own row, as a distinct
     reference slice's would be). Every synthetic row also gets synthetic tiles (one synthetic row per tile),
     so the region index holds the tiles of every original row, real or synthetic."""
-    from MemorizationIndexLib.region_search import TILES
+    from MemorizationIndexLib.encoders.tiles import TILES
 
     n_real = len(provenance)
     pad = n_reference - n_real

@@ -35,9 +35,10 @@ import numpy as np
 from .calibration import feature_energy
 from .encoders import load_encoder
 from .encoders.base import Encoder, file_sha256
+from .encoders.tiles import TILES
 from .errors import UserError
 from .preprocess import PreprocessSettings
-from .region_search import TILES, RegionIndex
+from .region_search import RegionIndex
 from .scoring import NullModel
 from .search import Neighbours, prepare_loaded, search_blocks
 from .transforms import ORIGINAL

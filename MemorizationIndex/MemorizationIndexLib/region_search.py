@@ -3,7 +3,7 @@
 A slice that copies only a half, a quarter or a pasted region of a training slice is not near that
 slice in the pooled features the global search compares: the rest of the slice is someone else's.
 Its copied region is near the same region of the source, though. The encoder's feature maps are
-therefore also pooled over :data:`TILES` (windows of half the side at quarter steps, and the four
+therefore also pooled over ``encoders.tiles.TILES`` (windows of half the side at quarter steps, and the four
 halves), every tile of a training slice as cut is indexed, and every tile of a query slice is
 searched against all of them, at any position. The training slices whose tiles match a query's
 tiles best are added to its verification candidates (:data:`REGION_CANDIDATES`). The tiles come
@@ -17,18 +17,13 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import torch
 
+from .encoders.tiles import TILES
 from .search import FLAT, IVF, build_block_index, prepare_loaded
 from .whitening import ShrinkageWhitener
 
 Tiles = dict[str, np.ndarray]  # block -> float32 [slices, len(TILES), channels]: raw tile features
 
-_STEPS = (0.0, 0.25, 0.5)
-# (top, bottom, left, right) of every tile, as fractions of the feature map's height and width
-TILES: tuple[tuple[float, float, float, float], ...] = tuple(
-    (top, top + 0.5, left, left + 0.5) for top in _STEPS for left in _STEPS
-) + ((0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0))
 REGION_CANDIDATES = 3  # training slices the region search adds to a query slice's candidates
 REGION_DEPTH = 8  # tile hits searched per query tile
 IVF_MIN_VECTORS = 20_000  # tile vectors from which the region index is IVF (exact re-scoring of the hits)
@@ -36,19 +31,6 @@ IVF_MIN_VECTORS = 20_000  # tile vectors from which the region index is IVF (exa
 # 1.2M-tile index, 4 cells returned the same candidates as 16 in a quarter of the time
 REGION_NPROBE = 4
 INDEX_FILE, WHITENERS_FILE = "regions.faiss", "region_whiteners.npz"
-
-
-def _span(start: float, stop: float, size: int) -> slice:
-    """Map rows or columns of a fraction range (at least one)."""
-    first = int(round(start * size))
-    return slice(first, max(int(round(stop * size)), first + 1))
-
-
-def pool_tiles(maps: torch.Tensor) -> torch.Tensor:
-    """[N, T, C] means of feature maps [N, C, H, W] over every tile of :data:`TILES`."""
-    h, w = maps.shape[-2:]
-    means = [maps[:, :, _span(t, b, h), _span(left, r, w)].mean(dim=(2, 3)) for t, b, left, r in TILES]
-    return torch.stack(means, dim=1)
 
 
 class RegionIndex:

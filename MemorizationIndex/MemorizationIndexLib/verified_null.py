@@ -26,8 +26,9 @@ from scipy import ndimage
 from .calibration import DEFAULT_QUERY_FRACTION, split_groups
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
+from .encoders.tiles import TILES
 from .preprocess import PreprocessSettings
-from .region_search import REGION_CANDIDATES, TILES, RegionIndex, Tiles
+from .region_search import REGION_CANDIDATES, RegionIndex, Tiles
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
 from .second_stage import (

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..region_search import pool_tiles
+from .tiles import pool_tiles
 
 
 def file_sha256(path: str | Path) -> str:
@@ -57,7 +57,7 @@ class Encoder(abc.ABC):
 
     def embed_with_tiles(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """:meth:`embed`'s features and, from the same forward pass, {block: float32 [N, tiles, D_block]} means
-        over every tile of ``region_search.TILES``."""
+        over every tile of ``tiles.TILES``."""
         with torch.inference_mode():
             maps = self.feature_maps(batch)
             pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
