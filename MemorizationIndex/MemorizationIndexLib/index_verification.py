@@ -5,18 +5,17 @@ flag that combines both stages with the verified null (docs/method.md §7)."""
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .encoders.base import Encoder
+from .grid_cache import GridCache
 from .reference_index import ReferenceIndex
 from .region_search import REGION_CANDIDATES, Tiles
 from .search import Neighbours
 from .second_stage import GridSource, Verified, candidates, slice_places, verify_slices
-from .verification import GRID_BATCH, Grid, to_grids
 from .verified_null import null_settings
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
@@ -49,52 +48,29 @@ def unavailable_reason(index: ReferenceIndex) -> str:
     return ""
 
 
-class ReferenceGrids:
-    """Verification grids of an index's reference slices, made on first use and kept (LRU); thread-safe."""
+class ReferenceGrids(GridCache):
+    """Verification grids of an index's reference slices (:class:`grid_cache.GridCache`), read from its
+    thumbnails or training volumes, each volume's rows together; thread-safe."""
 
     def __init__(self, index: ReferenceIndex, capacity: int = GRID_CACHE):
+        prov = index.provenance
+        super().__init__(self._pixels, index.preprocessing, capacity, order=lambda row: (prov.source[row], row))
         self.index = index
-        self.capacity = capacity
-        self._grids: OrderedDict[int, Grid] = OrderedDict()
-        self._lock = threading.Lock()
         self._places: np.ndarray | None = None
+        self._places_lock = threading.Lock()
 
     @property
     def places(self) -> np.ndarray:
         """(volume, slice) of every row of the index (``second_stage.slice_places``), made on first use."""
-        with self._lock:
+        with self._places_lock:
             if self._places is None:
                 self._places = slice_places(self.index.provenance)
             return self._places
 
-    def __len__(self) -> int:
-        """The grids held."""
-        return len(self._grids)
-
-    def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
-        """{row: grid} of original reference rows; rows whose pixels cannot be read are left out.
-        Rows are read grouped by source so each training volume is read once per call."""
-        with self._lock:
-            return self._grids_of(rows)
-
-    def _grids_of(self, rows: Sequence[int]) -> dict[int, Grid]:
-        prov, settings = self.index.provenance, self.index.preprocessing
-        missing = sorted((r for r in rows if r not in self._grids), key=lambda r: (prov.source[r], r))
-        for start in range(0, len(missing), GRID_BATCH):  # a batch's pixels at a time
-            pixels = {
-                row: self.index.reference_slice(prov.source[row], prov.slice[row])
-                for row in missing[start : start + GRID_BATCH]
-            }
-            readable = [row for row, values in pixels.items() if values is not None]
-            self._grids.update(zip(readable, to_grids([pixels[row] for row in readable], settings)))
-        out = {}
-        for row in rows:
-            if row in self._grids:
-                self._grids.move_to_end(row)
-                out[row] = self._grids[row]
-        while len(self._grids) > max(self.capacity, len(out)):
-            self._grids.popitem(last=False)
-        return out
+    def _pixels(self, rows: Sequence[int]) -> dict[int, np.ndarray | None]:
+        """The reference slices of original rows as cut (None where they cannot be read)."""
+        prov = self.index.provenance
+        return {row: self.index.reference_slice(prov.source[row], prov.slice[row]) for row in rows}
 
 
 def shortlist_queries(

@@ -25,6 +25,7 @@ from scipy import ndimage
 
 from .embedding import Cancelled, embed_slices
 from .encoders.base import Encoder
+from .grid_cache import GridCache
 from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
 from .search import Neighbours
@@ -260,17 +261,9 @@ def _verify_positions(
     return found
 
 
-class SliceGrids:
+class SliceGrids(GridCache):
     """A thread-safe grid source over slices held in memory (row = position), each grid made once."""
 
     def __init__(self, slices: Sequence[np.ndarray], settings: PreprocessSettings, places: np.ndarray | None):
-        self.slices, self.settings, self.places = slices, settings, places
-        self._made: dict[int, Grid] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
-        """{row: grid} of the rows."""
-        with self._lock:
-            missing = list(dict.fromkeys(row for row in rows if row not in self._made))
-            self._made.update(zip(missing, to_grids([self.slices[row] for row in missing], self.settings)))
-            return {row: self._made[row] for row in rows}
+        super().__init__(lambda rows: {row: slices[row] for row in rows}, settings)
+        self.slices, self.places = slices, places
