@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from MemorizationIndexLib.calibration import split_groups, train_split_null
+from MemorizationIndexLib.calibration import kept_out, split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.index_build import build_index_from_features
 from MemorizationIndexLib.order_statistics import percentiles
@@ -218,6 +219,19 @@ def test_split_groups_uses_subjects_or_slabs() -> None:
     np.testing.assert_array_equal(split_groups(np.array(["b", "a", "b"])), [1, 0, 1])
     slabs = split_groups(np.array(["one"] * 40))
     assert len(np.unique(slabs)) == 10 and np.all(np.diff(slabs) >= 0)
+    # Two volumes of one person (two echoes), 20 slices each, rows volume by volume, one volume reversed:
+    # a slab holds the same slice positions of both volumes.
+    places = np.array([[0, k] for k in range(20)] + [[1, k] for k in range(19, -1, -1)])
+    by_position = split_groups(np.array(["one"] * 40), places)
+    np.testing.assert_array_equal(by_position[:20], np.repeat(np.arange(10), 2))
+    np.testing.assert_array_equal(by_position[20:], by_position[:20][::-1])
+    np.testing.assert_array_equal(split_groups(np.array(["b", "a", "b"]), places[:3]), [1, 0, 1])  # subjects first
+    codes = np.arange(10)
+    np.testing.assert_array_equal(kept_out(np.array([0, 5]), codes, slabs=True), [-1, 0, 1, 4, 5, 6])
+    np.testing.assert_array_equal(kept_out(np.array([0, 5]), codes, slabs=False), [0, 5])
+    np.testing.assert_array_equal(kept_out(np.array([1]), np.arange(3), slabs=True), [1])  # else nothing is left
+    few = split_groups(np.array(["one"] * 4), np.array([[0, k] for k in range(4)]))
+    np.testing.assert_array_equal(few, [0, 1, 2, 3])  # slabs next to each other are numbered next to each other
 
 
 def test_null_queries_never_see_their_own_subject() -> None:
@@ -373,3 +387,38 @@ def test_keep_freed_memory_stops_page_faulting_large_blocks_again() -> None:
         pytest.skip("not glibc: keep_freed_memory changes nothing here")
     assert int(plain) > 200_000  # each fresh 64 MB block faults in its 16k pages
     assert int(kept) < int(plain) / 2  # most blocks reuse kept heap memory (a few may still grow it)
+
+
+def test_a_single_persons_verified_null_keeps_the_slabs_next_to_the_held_out_one_out(monkeypatch) -> None:
+    """One person, two volumes of 20 slices (slab = position // 2): a held-out slab is verified against
+    neither its own slice positions, in either volume, nor the next slabs' (near-copies of its edge slices)."""
+    import MemorizationIndexLib.verified_null as verified_null
+
+    places = np.array([[0, k] for k in range(20)] + [[1, k] for k in range(20)])
+    slab = places[:, 1] // 2
+    splits: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def recorded(queries, features, reference_rows, *args, **kwargs):
+        held = queries.features["b"][:, 0].astype(int)  # each row's feature is its row number
+        splits.append((held, np.asarray(reference_rows)))
+        return verified_null.VerifiedNull(*(np.zeros(len(held)) for _ in range(3)))
+
+    monkeypatch.setattr(verified_null, "verify_against", recorded)
+    features = {"b": np.arange(40, dtype=np.float32)[:, None].repeat(4, axis=1)}
+    verified_null.split_verified_null(
+        [np.zeros((4, 4))] * 40,
+        features,
+        np.arange(40),
+        np.array(["one"] * 40),
+        SimpleNamespace(places=places),
+        None,
+        None,
+        None,
+        query_fraction=0.1,
+        seed=0,
+        n_queries=40,
+    )
+    assert len(splits) >= 5
+    for held, reference in splits:
+        [out] = np.unique(slab[held])  # one slab of ten held out per split
+        np.testing.assert_array_equal(reference, np.flatnonzero(np.abs(slab - out) > 1))

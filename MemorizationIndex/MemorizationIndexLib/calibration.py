@@ -17,17 +17,40 @@ MIN_NULL_SCORES = 2000  # enough scores that alpha = 1e-3 is attainable
 MAX_QUERIES_PER_SPLIT = 5000  # keeps the null linear in reference size for large references
 
 
-def split_groups(groups: np.ndarray, slab_count: int = 10) -> np.ndarray:
-    """Group ids for half-splits: subjects when there are several, else contiguous slabs of slices.
+def split_groups(groups: np.ndarray, places: np.ndarray | None = None, slab_count: int = 10) -> np.ndarray:
+    """Group ids for held-out splits: subjects when there are several, else slabs of slices.
 
-    With a single subject, neighbouring slices are near-copies of each other, so the halves are
-    made of ``slab_count`` contiguous slabs rather than interleaved slices.
+    With a single subject, neighbouring slices are near-copies of each other, so the groups are
+    ``slab_count`` contiguous slabs rather than interleaved slices. Given ``places`` ((volume, slice) of
+    every row, ``second_stage.slice_places``), a slab holds the same share of slice positions in every
+    volume, so that the same slice in another volume of the person (another echo or contrast) is on the
+    same side; without them, slabs follow the row order.
     """
     groups = np.asarray(groups)
     _, codes = np.unique(groups, return_inverse=True)
     if codes.max(initial=0) > 0:
         return codes
-    return (np.arange(len(groups)) * slab_count) // max(len(groups), 1)
+    if places is None:
+        return (np.arange(len(groups)) * slab_count) // max(len(groups), 1)
+    volumes, positions = np.asarray(places)[:, 0], np.asarray(places)[:, 1]
+    slabs = np.empty(len(groups), dtype=np.int64)
+    for volume in np.unique(volumes):
+        rows = np.flatnonzero(volumes == volume)
+        rank = np.argsort(np.argsort(positions[rows], kind="stable"), kind="stable")
+        slabs[rows] = (rank * slab_count) // len(rows)
+    return np.unique(slabs, return_inverse=True)[1]  # numbered without gaps: slab s + 1 is next to slab s
+
+
+def kept_out(held_out: np.ndarray, codes: np.ndarray, slabs: bool) -> np.ndarray:
+    """The split groups (of ``codes``) a verified-null split keeps out of its reference: the held-out
+    groups and, when they are slabs of one person, the slabs next to them (a slab's edge slices are
+    near-copies of the next slab's), unless that would leave no reference. (The global null keeps the
+    next slabs in: docs/method.md §7.15.)"""
+    held_out = np.asarray(held_out)
+    if not slabs:
+        return held_out
+    guarded = np.union1d(held_out, np.concatenate([held_out - 1, held_out + 1]))
+    return guarded if np.setdiff1d(codes, guarded).size else held_out
 
 
 def train_split_null(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy import ndimage
 
-from .calibration import DEFAULT_QUERY_FRACTION, split_groups
+from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .encoders.tiles import TILES
@@ -297,12 +297,15 @@ def split_verified_null(
 
     slices: the reference slices as cut; original row r (a row of ``features``) is ``slices[r]``.
     original_row: for every indexed row, the original row it was made from.
-    groups: split group of every original row. Each split holds out a ``query_fraction`` of the
-    groups and verifies a seeded sample of their slices not verified before (as cut and blurred)
-    against the rest (with its copies), until ``n_queries`` slices are verified or every slice has been.
+    groups: subject of every original row. Each split holds out a ``query_fraction`` of the split groups
+    (``calibration.split_groups``: subjects, or slabs of slice positions of a single subject, by
+    ``grids.places``) and verifies a seeded sample of their slices not verified before (as cut and
+    blurred) against the rest (with its copies; for slabs, less the slabs next to the held-out ones:
+    ``calibration.kept_out``), until ``n_queries`` slices are verified or every slice has been.
     """
-    codes = split_groups(groups)
+    codes = split_groups(groups, grids.places)
     unique = np.unique(codes)
+    slabs = len(np.unique(groups)) == 1
     held_out = max(1, int(round(query_fraction * len(unique))))
     row_groups = codes[np.asarray(original_row)]
     rng, blur_rng = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
@@ -318,7 +321,7 @@ def split_verified_null(
             continue
         queries = np.sort(rng.choice(queries, min(per_split, len(queries)), replace=False))
         used[queries] = True
-        reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
+        reference_rows = np.flatnonzero(~np.isin(row_groups, kept_out(half_a, codes, slabs)))
         chosen = NullQueries(
             [slices[r] for r in queries],
             {b: raw[queries] for b, raw in features.items()},
