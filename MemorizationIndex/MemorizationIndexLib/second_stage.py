@@ -266,4 +266,4 @@ class SliceGrids(GridCache):
 
     def __init__(self, slices: Sequence[np.ndarray], settings: PreprocessSettings, places: np.ndarray | None):
         super().__init__(lambda rows: {row: slices[row] for row in rows}, settings)
-        self.slices, self.places = slices, places
+        self.places = places
