@@ -9,7 +9,9 @@ local correlation of rank-equalised intensities (Gaussian windows) is high: rank
 removes monotone intensity changes, local windows tolerate bias fields, and pixels that are
 background in either slice (zero-filled bands, empty margins) never count as agreement. Each
 agreeing pixel is weighted by how far its correlation rises above the agreement level (exact copies
-≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A noisy
+≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A region
+reproduced near-exactly (local correlation ≥ EXACT) scores by its own share of the foreground, so that
+a copied quarter or pasted patch is not outscored by a whole slice of loose look-alike anatomy. A noisy
 slice is smoothed by its estimated noise level before it is cropped and put on the grid.
 
 Many queries are verified against their candidates at once (:func:`verify_batch`), in chunks of
@@ -39,6 +41,11 @@ GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
 WINDOW_SIGMA = 2.0  # local-correlation window (grid pixels)
 AGREEMENT = 0.7  # local correlation above which a pixel agrees
+EXACT = 0.95  # local correlation from which a pixel is reproduced near-exactly (copied, not look-alike anatomy)
+EXACT_SHARE = 0.3  # share of the smaller foreground that, reproduced near-exactly, scores 1 (method.md §7.16)
+# Grid pixels: a near-exact pixel's correlation window (1.5 WINDOW_SIGMA) lies inside the overlap. Near the
+# overlap's edge the windows are cut, and two people's scalp or body outline agree there by chance.
+EXACT_INSET = 3
 SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
 SCORED = "best-ranked, in place"  # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
@@ -507,19 +514,46 @@ def _global_correlations(image: np.ndarray, mask: np.ndarray, moved: np.ndarray,
 
 def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_mask: np.ndarray) -> tuple:
     """Scores [n] and copy masks [n, GRID, GRID] (grid pixels) of aligned candidates against their
-    queries' images and masks [n, GRID, GRID]. The largest agreeing region is the copy mask; each of
-    its pixels counts by how far its local correlation rises above AGREEMENT (1 for a perfect match,
-    :func:`_strength`), and the sum is divided by the smaller of the two foregrounds (the most two
-    slices can share), so that an alignment that overlaps the slices only in a corner cannot score
-    high and another person's loosely similar anatomy counts less than an exact (partial) copy."""
+    queries' images and masks [n, GRID, GRID]. The score is the larger of two shares of the smaller of
+    the two foregrounds (the most two slices can share), so that an alignment that overlaps the slices
+    only in a corner cannot score high:
+
+    - the largest agreeing region, each of its pixels counted by how far its local correlation rises
+      above AGREEMENT (1 for a perfect match, :func:`_strength`): another person's loosely similar
+      anatomy counts less than an exact (partial) copy;
+    - the largest region reproduced near-exactly (:func:`_exact_regions`), over EXACT_SHARE and at most
+      1: a copied quarter or patch scores by itself, not diluted by the rest of the slice.
+
+    The copy mask is the largest agreeing region, or, when the near-exact share scores higher, the
+    agreeing region that holds the near-exact one (its inset does not shrink the map)."""
     overlap = mask & moved_mask
     correlation = local_correlation(image, moved, overlap)
     agree = _closed(correlation >= AGREEMENT) & overlap
     agree &= (overlap.sum(axis=(1, 2)) >= GRID * GRID // 50)[:, None, None]
     largest = _largest_regions(agree)
-    evidence = np.where(largest, _strength(correlation), np.float32(0.0)).sum(axis=(1, 2))
-    smaller = np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2)))
-    return evidence / np.maximum(smaller, 1), largest
+    exact = _largest_regions(_exact_regions(correlation, overlap) & agree)
+    smaller = np.maximum(np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2))), 1)
+    weighted = np.where(largest, _strength(correlation), np.float32(0.0)).sum(axis=(1, 2)) / smaller
+    reproduced = np.minimum(exact.sum(axis=(1, 2)) / smaller / EXACT_SHARE, 1.0)
+    by_exact = reproduced > weighted
+    copied = np.where(by_exact[:, None, None], _regions_holding(agree, exact), largest)
+    return np.where(by_exact, reproduced, weighted), copied
+
+
+def _exact_regions(correlation: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+    """bool [n, GRID, GRID]: the pixels whose local correlation is at least EXACT (closed), more than
+    EXACT_INSET pixels (4-connected steps) inside the overlap and the grid."""
+    inside = overlap.copy()
+    inside[:, [0, -1]] = False
+    inside[:, :, [0, -1]] = False
+    for _ in range(EXACT_INSET):
+        step = inside.copy()
+        step[:, 1:] &= inside[:, :-1]
+        step[:, :-1] &= inside[:, 1:]
+        step[:, :, 1:] &= inside[:, :, :-1]
+        step[:, :, :-1] &= inside[:, :, 1:]
+        inside = step
+    return _closed(correlation >= EXACT) & inside
 
 
 def _closed(regions: np.ndarray) -> np.ndarray:
@@ -540,12 +574,26 @@ def _closed(regions: np.ndarray) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1)
+def _in_plane() -> np.ndarray:
+    """bool [3, 3, 3]: 4-connectivity within each image of a stack (regions never span images)."""
+    connectivity = np.zeros((3, 3, 3), dtype=bool)
+    connectivity[1] = ndimage.generate_binary_structure(2, 1)
+    return connectivity
+
+
+def _regions_holding(regions: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """bool [n, rows, cols]: the 4-connected region of each image of a stack ``regions`` that holds that
+    image's ``seeds`` (one connected set inside ``regions``; empty where there is none)."""
+    labels, _ = ndimage.label(regions, _in_plane())
+    held = np.where(seeds, labels, 0).reshape(len(labels), -1).max(axis=1)
+    return (labels == held[:, None, None]) & (held > 0)[:, None, None]
+
+
 def _largest_regions(regions: np.ndarray) -> np.ndarray:
     """bool [n, rows, cols]: the largest 4-connected region of each image of a stack (the first in
     raster order among equals; empty where there is none)."""
-    connectivity = np.zeros((3, 3, 3), dtype=bool)
-    connectivity[1] = ndimage.generate_binary_structure(2, 1)  # regions never span images
-    labels, count = ndimage.label(regions, connectivity)
+    labels, count = ndimage.label(regions, _in_plane())
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     # Labels run in raster order over the stack, so each image's labels follow the previous image's.
     last = np.maximum.accumulate(labels.reshape(len(labels), -1).max(axis=1))
