@@ -129,6 +129,35 @@ def test_right_half_copy_scores_well_above_another_person_and_is_boxed(pair):
     assert _box_iou(half.box, (rows[0], w // 2, rows[-1] + 1, w)) >= 0.5
 
 
+def test_quarter_copy_scores_by_its_near_exact_region_and_is_located(pair):
+    """A copied quadrant is a small share of the slice; reproduced near-exactly, it scores as a copy on its
+    own (verification.EXACT_SHARE), far above the other person's whole slice, and the copy map lies in it."""
+    source, other = pair
+    query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    h, w = source.shape
+    query[h // 2 :, w // 2 :] = source[h // 2 :, w // 2 :]
+    quarter = verify_candidates(query, [source])[0]
+    stranger = verify_candidates(other, [source])[0]
+    assert quarter.score >= 0.3 and quarter.score >= 5 * stranger.score
+    assert quarter.mask[h // 2 :, w // 2 :].sum() >= 0.9 * quarter.mask.sum()
+    rows = np.flatnonzero((source[h // 2 :, w // 2 :] > 0.1).any(axis=1)) + h // 2
+    cols = np.flatnonzero((source[h // 2 :, w // 2 :] > 0.1).any(axis=0)) + w // 2
+    assert _box_iou(quarter.box, (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)) >= 0.5
+
+
+def test_exact_regions_keep_their_windows_inside_the_overlap():
+    """Near-exact pixels count only where their correlation window lies inside the overlap and the grid."""
+    correlation = np.ones((1, GRID, GRID), dtype=np.float32)
+    overlap = np.zeros((1, GRID, GRID), dtype=bool)
+    overlap[0, 10:40, :] = True
+    exact = verification._exact_regions(correlation, overlap)
+    inset = verification.EXACT_INSET
+    rows, cols = np.flatnonzero(exact[0].any(axis=1)), np.flatnonzero(exact[0].any(axis=0))
+    assert (rows[0], rows[-1]) == (10 + inset, 39 - inset)
+    assert (cols[0], cols[-1]) == (1 + inset, GRID - 2 - inset)
+    assert not verification._exact_regions(correlation * 0.9, overlap).any()
+
+
 def test_heavily_noised_copy_is_framed_and_verified(pair):
     source, other = pair
     rng = np.random.default_rng(3)

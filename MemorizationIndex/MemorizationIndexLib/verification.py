@@ -4,7 +4,7 @@ The global search proposes candidates; each is aligned to the query on a coarse 
 the aligned overlap is scored. The alignment covers an optional transpose followed by a rotation of
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
 come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation of log-polar maps),
-translation from phase correlation. The score is the share of the smaller foreground in which the
+translation from phase correlation. The score is (mainly) the share of the smaller foreground in which the
 local correlation of rank-equalised intensities (Gaussian windows) is high: rank equalisation
 removes monotone intensity changes, local windows tolerate bias fields, and pixels that are
 background in either slice (zero-filled bands, empty margins) never count as agreement. Each
@@ -112,7 +112,8 @@ class Alignment:
 class Verification:
     """One candidate verified against the query.
 
-    score: share of the smaller foreground of the two aligned slices in which they agree, in [0, 1].
+    score: share of the smaller foreground of the two aligned slices in which they agree, graded by how
+        well, or the share reproduced near-exactly over EXACT_SHARE when that is higher; in [0, 1].
     mask: bool [rows, cols] of the query: the copied region (empty when none).
     box: (row0, col0, row1, col1) of the mask in query pixels (ends exclusive), None when empty.
     """

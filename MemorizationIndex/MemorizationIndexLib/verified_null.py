@@ -165,8 +165,9 @@ def _tail_threshold(null: np.ndarray, alpha: float) -> float:
 
 def evidence_p(verified_p: np.ndarray, verified_score: np.ndarray) -> np.ndarray:
     """The verified p-value as evidence of a copy: 1 below ``MIN_COPY_SCORE`` (less than a fifth of
-    the smaller foreground reproduced is not called a copy, however rare it is among the null's
-    slices: a small null's fitted tail says little about inputs unlike it)."""
+    the smaller foreground agreeing, or less than 6% of it reproduced near-exactly, is not called a
+    copy, however rare it is among the null's slices: a small null's fitted tail says little about
+    inputs unlike it)."""
     score = np.asarray(verified_score, dtype=np.float64)
     return np.where(score >= MIN_COPY_SCORE, np.asarray(verified_p, dtype=np.float64), 1.0)
 
