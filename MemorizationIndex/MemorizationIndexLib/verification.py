@@ -548,12 +548,7 @@ def _exact_regions(correlation: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     inside[:, [0, -1]] = False
     inside[:, :, [0, -1]] = False
     for _ in range(EXACT_INSET):
-        step = inside.copy()
-        step[:, 1:] &= inside[:, :-1]
-        step[:, :-1] &= inside[:, 1:]
-        step[:, :, 1:] &= inside[:, :, :-1]
-        step[:, :, :-1] &= inside[:, :, 1:]
-        inside = step
+        inside = _shrunk(inside)
     return _closed(correlation >= EXACT) & inside
 
 
@@ -565,13 +560,20 @@ def _closed(regions: np.ndarray) -> np.ndarray:
     grown[:, :-1] |= regions[:, 1:]
     grown[:, :, 1:] |= regions[:, :, :-1]
     grown[:, :, :-1] |= regions[:, :, 1:]
-    out = grown.copy()
-    out[:, 1:] &= grown[:, :-1]
-    out[:, :-1] &= grown[:, 1:]
-    out[:, :, 1:] &= grown[:, :, :-1]
-    out[:, :, :-1] &= grown[:, :, 1:]
+    out = _shrunk(grown)
     out[:, [0, -1]] = False
     out[:, :, [0, -1]] = False
+    return out
+
+
+def _shrunk(regions: np.ndarray) -> np.ndarray:
+    """One 4-connected erosion step of every image of a stack [n, rows, cols]: a pixel stays where its
+    neighbours inside the image are set too (the image border is left to the caller)."""
+    out = regions.copy()
+    out[:, 1:] &= regions[:, :-1]
+    out[:, :-1] &= regions[:, 1:]
+    out[:, :, 1:] &= regions[:, :, :-1]
+    out[:, :, :-1] &= regions[:, :, 1:]
     return out
 
 
