@@ -592,27 +592,32 @@ def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, dict, Pr
 def _padded(
     features: dict, tiles: dict, provenance: Provenance, n_originals: int, n_reference: int
 ) -> tuple[dict, dict, Provenance]:
-    """The real rows followed by synthetic feature rows up to ``n_reference``; each synthetic row is an
-    original (flip none) whose provenance is one of the real slices in turn, so a candidate among
-    them is verified against that real slice's pixels (its grid made for its own row, as a distinct
-    reference slice's would be). Every synthetic row also gets synthetic tiles (one synthetic row per tile),
-    so the region index holds the tiles of every original row, real or synthetic."""
+    """The real rows followed by synthetic feature rows up to ``n_reference``, laid out as ``build_index``
+    lays out slices: each synthetic slice is an original (flip none) followed by its reference copies
+    (``BuildOptions().copies``), which point at it. A synthetic slice's provenance is one of the real
+    slices in turn, so a candidate among them is verified against that real slice's pixels (its grid
+    made for its own row, as a distinct reference slice's would be). Every synthetic original also gets
+    synthetic tiles, so the region index holds the tiles of every original slice, real or synthetic."""
     from MemorizationIndexLib.encoders.tiles import TILES
-
-    n_real = len(provenance)
-    pad = n_reference - n_real
-    synthetic = {b: np.concatenate([f[b] for _, f in Synthetic(seed=5).rows(pad)]) for b in DIMS}
+    from MemorizationIndexLib.index_build import BuildOptions
     from MemorizationIndexLib.reference_index import Provenance
 
+    n_real, copies = len(provenance), BuildOptions().copies
+    pad = n_reference - n_real
+    synthetic = {b: np.concatenate([f[b] for _, f in Synthetic(seed=5).rows(pad)]) for b in DIMS}
     padded = Provenance()
     p = provenance
     for r in range(n_real):
         padded.append(p.source[r], p.slice[r], p.axis[r], p.array_axis[r], p.flip[r], p.original_row[r], p.subject[r])
     for i in range(pad):
-        j = i % n_originals
-        padded.append(p.source[j], p.slice[j], p.axis[j], p.array_axis[j], "none", n_real + i, f"synthetic-{i // 200}")
+        slice_number, copy = divmod(i, len(copies))
+        j = slice_number % n_originals
+        original = n_real + slice_number * len(copies)
+        subject = f"synthetic-{slice_number // 200}"
+        padded.append(p.source[j], p.slice[j], p.axis[j], p.array_axis[j], copies[copy], original, subject)
+    n_synthetic_slices = -(-pad // len(copies))
     per_tile = [
-        {b: np.concatenate([f[b] for _, f in Synthetic(seed=100 + t).rows(pad)]) for b in DIMS}
+        {b: np.concatenate([f[b] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)]) for b in DIMS}
         for t in range(len(TILES))
     ]
     synthetic_tiles = {b: np.stack([rows[b] for rows in per_tile], axis=1) for b in DIMS}
@@ -648,8 +653,11 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
         tiles=tiles,
         overwrite=True,
     )
+    n_slices = int(np.count_nonzero(np.asarray(provenance.flip) == "none"))
     info = {
         "n_reference": n_reference,
+        "n_reference_slices": n_slices,
+        "n_region_tiles": int(len(next(iter(tiles.values()))) * next(iter(tiles.values())).shape[1]),
         "n_real_vectors": n_real,
         "n_real_slices": n_originals,
         "n_real_subjects": VERIFY_SUBJECTS,
@@ -660,8 +668,9 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
             f"{n_originals} real coronal brain slices of {VERIFY_SUBJECTS} subjects (ds002748 sub-02..) with their "
             f"{n_real // n_originals - 1} flipped and turned copies ({n_real:,} embedded vectors, thumbnails, "
             f"verified null of {len(null.scores) // 2} held-out slices and their blurred twins), padded with "
-            f"{n_reference - n_real:,} synthetic feature vectors whose provenance cycles over the real slices (a "
-            "candidate among them is verified against real pixels)"
+            f"{n_reference - n_real:,} synthetic feature vectors laid out as build-index lays out slices ({n_slices:,} "
+            "slices in all, each with its flipped and turned copies; region index of their tiles), whose provenance "
+            "cycles over the real slices (a candidate among them is verified against real pixels)"
         ),
     }
     return index, info

@@ -532,12 +532,17 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
     agree = _closed(correlation >= AGREEMENT) & overlap
     agree &= (overlap.sum(axis=(1, 2)) >= GRID * GRID // 50)[:, None, None]
     largest = _largest_regions(agree)
-    exact = _largest_regions(_exact_regions(correlation, overlap) & agree)
+    exact = _exact_regions(correlation, overlap) & agree
+    some = exact.any(axis=(1, 2))  # most pairs have no near-exact pixel: only the others are labelled
+    if some.any():
+        exact[some] = _largest_regions(exact[some])
     smaller = np.maximum(np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2))), 1)
     weighted = np.where(largest, _strength(correlation), np.float32(0.0)).sum(axis=(1, 2)) / smaller
     reproduced = np.minimum(exact.sum(axis=(1, 2)) / smaller / EXACT_SHARE, 1.0)
     by_exact = reproduced > weighted
-    copied = np.where(by_exact[:, None, None], _regions_holding(agree, exact), largest)
+    copied = largest
+    if by_exact.any():
+        copied[by_exact] = _regions_holding(agree[by_exact], exact[by_exact])
     return np.where(by_exact, reproduced, weighted), copied
 
 
