@@ -52,7 +52,10 @@ _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 18
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
-_HYPOTHESES = 5  # per candidate: {as is, transposed} x {theta, theta + 180}, and in place (:func:`_in_place_scales`)
+# per candidate: {as is, transposed} x {theta, theta + 180} of the log-polar estimate, {phi, phi + 180} of the
+# principal axes (:func:`_principal_axes`), and in place (:func:`_in_place_scales`)
+_HYPOTHESES = 7
+HYPOTHESES = "log-polar, principal axes, in place"  # the hypotheses tried per pair (:func:`_hypotheses`)
 IN_PLACE = _HYPOTHESES - 1  # the in-place hypothesis comes last
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
@@ -620,19 +623,45 @@ def _strength(correlation: np.ndarray) -> np.ndarray:
 
 
 def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(transposed, angle, scale) [P * 5] to try, per pair in order: per transpose, the log-polar
+    """(transposed, angle, scale) [P * _HYPOTHESES] to try, per pair in order: per transpose, the log-polar
     rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
-    estimated scale (1 outside SCALE_RANGE); then the candidate in place (:func:`_in_place_scales`)."""
+    estimated scale; the turn between the two foregrounds' principal axes and its twin, at the ratio of
+    their radii of gyration (:func:`_principal_axes`); then the candidate in place (:func:`_in_place_scales`).
+    Scales outside SCALE_RANGE are replaced by 1. Blur, lost resolution, noise and elastic warps flatten or
+    smear the spectrum and can mislead the log-polar estimate of a turned copy; the foreground's shape
+    keeps its axes."""
     angles, scales = _rotation_scales(queries, pairs)  # [P, 2]: as is, transposed
-    scales = np.where((scales >= SCALE_RANGE[0]) & (scales <= SCALE_RANGE[1]), scales, 1.0)
     turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1).reshape(len(angles), 4)
     transposed = np.broadcast_to(np.array([False, False, True, True]), turned.shape)
+    query_axis, query_radius = _principal_axes(np.stack([grid.mask for grid in queries]))
+    axis, radius = _principal_axes(np.stack([grid.mask for grid in pairs.unique]))
+    turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
+    gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
     in_place = _in_place_scales(queries, pairs)[:, None]
+    by_axes = np.zeros((len(angles), 3), dtype=bool)
+    scale = np.concatenate([np.repeat(scales, 2, axis=-1), gyration, gyration], axis=1)
     return (
-        np.concatenate([transposed, np.zeros_like(in_place, dtype=bool)], axis=1).ravel(),
-        np.concatenate([turned, np.zeros_like(in_place)], axis=1).ravel(),
-        np.concatenate([np.repeat(scales, 2, axis=-1), in_place], axis=1).ravel(),
+        np.concatenate([transposed, by_axes], axis=1).ravel(),
+        np.concatenate([turned, turn % 360.0, (turn + 180.0) % 360.0, np.zeros_like(in_place)], axis=1).ravel(),
+        np.concatenate(
+            [np.where((scale >= SCALE_RANGE[0]) & (scale <= SCALE_RANGE[1]), scale, 1.0), in_place], axis=1
+        ).ravel(),
     )
+
+
+def _principal_axes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask of a stack [n, GRID, GRID]: the angle of its principal axis in degrees, in the (column, row)
+    coordinates of :func:`_transform` (so a candidate turned by the difference of two masks' angles has its
+    axis along the query's), and its mean squared distance from its centroid (radius of gyration squared)."""
+    weight = masks.astype(np.float64)
+    total = np.maximum(weight.sum(axis=(1, 2)), 1.0)
+    place = np.arange(GRID, dtype=np.float64)
+    by_row, by_column = weight.sum(axis=2), weight.sum(axis=1)
+    row, column = by_row @ place / total, by_column @ place / total
+    row_var = by_row @ (place * place) / total - row**2
+    column_var = by_column @ (place * place) / total - column**2
+    covariance = np.einsum("nij,i,j->n", weight, place, place) / total - row * column
+    return np.degrees(0.5 * np.arctan2(2.0 * covariance, column_var - row_var)), row_var + column_var
 
 
 def _in_place_scales(queries: Sequence[Grid], pairs: _Pairs) -> np.ndarray:
