@@ -3,8 +3,9 @@
 The global search proposes candidates; each is aligned to the query on a coarse square grid and
 the aligned overlap is scored. The alignment covers an optional transpose followed by a rotation of
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
-come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation of log-polar maps),
-translation from phase correlation. The score is (mainly) the share of the smaller foreground in which the
+come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation of log-polar maps) and,
+as further hypotheses, from the two foregrounds' principal axes and radii of gyration; translation
+from phase correlation. The score is (mainly) the share of the smaller foreground in which the
 local correlation of rank-equalised intensities (Gaussian windows) is high: rank equalisation
 removes monotone intensity changes, local windows tolerate bias fields, and pixels that are
 background in either slice (zero-filled bands, empty margins) never count as agreement. Each
@@ -638,10 +639,10 @@ def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.
     turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
     gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
     in_place = _in_place_scales(queries, pairs)[:, None]
-    by_axes = np.zeros((len(angles), 3), dtype=bool)
+    untransposed = np.zeros((len(angles), 3), dtype=bool)  # the principal axes' two and the in-place one
     scale = np.concatenate([np.repeat(scales, 2, axis=-1), gyration, gyration], axis=1)
     return (
-        np.concatenate([transposed, by_axes], axis=1).ravel(),
+        np.concatenate([transposed, untransposed], axis=1).ravel(),
         np.concatenate([turned, turn % 360.0, (turn + 180.0) % 360.0, np.zeros_like(in_place)], axis=1).ravel(),
         np.concatenate(
             [np.where((scale >= SCALE_RANGE[0]) & (scale <= SCALE_RANGE[1]), scale, 1.0), in_place], axis=1
