@@ -631,6 +631,7 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
     from MemorizationIndexLib.index_build import build_index_from_features, collect_slices
     from MemorizationIndexLib.preprocess import PreprocessSettings
     from MemorizationIndexLib.reference_index import EncoderInfo
+    from MemorizationIndexLib.transforms import ORIGINAL
 
     start = time.perf_counter()
     paths = sorted(BRAIN.glob("sub-*_T1w.nii.gz"))
@@ -653,11 +654,11 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
         tiles=tiles,
         overwrite=True,
     )
-    n_slices = int(np.count_nonzero(np.asarray(provenance.flip) == "none"))
+    n_slices = int(np.count_nonzero(np.asarray(provenance.flip) == ORIGINAL))
     info = {
         "n_reference": n_reference,
         "n_reference_slices": n_slices,
-        "n_region_tiles": int(len(next(iter(tiles.values()))) * next(iter(tiles.values())).shape[1]),
+        "n_region_tiles": int(np.prod(next(iter(tiles.values())).shape[:2])),  # slices x tiles per slice
         "n_real_vectors": n_real,
         "n_real_slices": n_originals,
         "n_real_subjects": VERIFY_SUBJECTS,

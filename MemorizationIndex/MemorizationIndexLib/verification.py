@@ -544,7 +544,7 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
     weighted = np.where(largest, _strength(correlation), np.float32(0.0)).sum(axis=(1, 2)) / smaller
     reproduced = np.minimum(exact.sum(axis=(1, 2)) / smaller / EXACT_SHARE, 1.0)
     by_exact = reproduced > weighted
-    copied = largest
+    copied = largest  # not used again: the rows scored by their near-exact region are replaced in place
     if by_exact.any():
         copied[by_exact] = _regions_holding(agree[by_exact], exact[by_exact])
     return np.where(by_exact, reproduced, weighted), copied
