@@ -172,6 +172,36 @@ def test_quarter_copy_scores_by_its_near_exact_region_and_is_located(pair):
     assert _box_iou(quarter.box, (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)) >= 0.5
 
 
+@pytest.mark.parametrize("region", ["left half", "top half", "bottom-right quarter"])
+def test_partial_copy_in_place_is_put_back_to_a_fraction_of_a_pixel(pair, region):
+    """A region copied in place: the two grids are cut from their slices at different places, so the
+    in-place map carries a fraction of a grid pixel that a whole-pixel translation misses (the copy's
+    local correlations then fall below verification.EXACT). The map found is the identity on slice pixels."""
+    source, other = pair
+    query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    h, w = source.shape
+    rows, cols = {
+        "left half": (slice(0, h), slice(0, w // 2)),
+        "top half": (slice(0, h // 2), slice(0, w)),
+        "bottom-right quarter": (slice(h // 2, h), slice(w // 2, w)),
+    }[region]
+    query[rows, cols] = source[rows, cols]
+    result = verify_candidates(query, [source])[0]
+    corners = np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]])
+    error = np.abs(corners @ result.alignment.matrix.T - corners).max()
+    assert error <= 0.2 * max(h, w) / GRID, error  # whole-pixel translations left 0.3-1.2 grid pixels on the brain
+    assert result.score >= 0.4 and result.score >= 5 * verify_candidates(other, [source])[0].score
+
+
+@pytest.mark.parametrize("shift", [(0.3, -0.6), (-2.5, 1.2), (0.0, 0.0)])
+def test_refined_shifts_register_a_fraction_of_a_pixel(pair, shift):
+    grid = to_grid(pair[0])
+    moved = ndimage.shift(grid.image, shift, order=3, mode="constant")
+    whole = np.round(shift).astype(int)[None]
+    found = verification._refined_shifts(moved[None], grid.image[None], whole)[0]
+    assert np.abs(found - shift).max() <= 1.0 / verification.SUBPIXEL + 1e-9, found
+
+
 def test_exact_regions_keep_their_windows_inside_the_overlap():
     """Near-exact pixels count only where their correlation window lies inside the overlap and the grid."""
     correlation = np.ones((1, GRID, GRID), dtype=np.float32)

@@ -54,7 +54,7 @@ _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
 # per candidate: {as is, transposed} x {theta, theta + 180} of the log-polar estimate, {phi, phi + 180} of the
-# principal axes (:func:`_principal_axes`), and in place (:func:`_in_place_scales`)
+# principal axes (:func:`_principal_axes`), and in place (:func:`_in_place`)
 _HYPOTHESES = 7
 HYPOTHESES = "log-polar, principal axes, in place"  # the hypotheses tried per pair (:func:`_hypotheses`)
 IN_PLACE = _HYPOTHESES - 1  # the in-place hypothesis comes last
@@ -64,6 +64,7 @@ MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 # White-noise level below which a slice is not smoothed at all (σ < 0.5 in :func:`_denoised` for the crop's target;
 # NOISE_TARGET is higher), less 1% for rounding: a slice shown to lie below it needs no exact noise level.
 _QUIET = 0.99 * 0.5 * 2.0 * math.sqrt(math.pi) * CROP_NOISE_TARGET
+SUBPIXEL = 10  # the scored hypotheses' translations are refined to 1 / SUBPIXEL grid pixel (:func:`_refined_shifts`)
 CHUNK_PAIRS = 32  # query-candidate pairs verified together (small chunks stay in the CPU caches)
 GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
@@ -440,24 +441,33 @@ def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.
     return back @ turn @ to_origin
 
 
-def _warped(images: np.ndarray, transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """float32 [P * _HYPOTHESES, 2, GRID, GRID]: image and mask [P, 2, GRID, GRID] of each candidate under each
-    of its hypotheses (transposed, then turned by ``angle`` degrees and scaled about the grid centre),
-    bilinear with zeros outside (as skimage's ``warp(order=1)``). In ``grid_sample``'s coordinates
-    (column, row), normalised to [-1, 1] about the centre, the inverse map is linear; a transpose
-    swaps its rows."""
+def _inverse_maps(transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray, shifts=None) -> torch.Tensor:
+    """float32 [n, 2, 3] ``grid_sample`` maps (output grid to input, in its (column, row) coordinates
+    normalised to [-1, 1] about the centre) of transposing (where ``transposed``), turning by ``angles``
+    degrees and scaling by ``scales`` about the grid centre, then moving by ``shifts`` [n, 2] (row, col;
+    grid pixels, fractions allowed; none when None). The inverse map is affine; a transpose swaps its rows."""
     cos, sin = np.cos(np.radians(angles)) / scales, np.sin(np.radians(angles)) / scales
-    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [P * _HYPOTHESES, 2, 2]: turn back, unscale
-    inverse[transposed] = inverse[transposed][:, ::-1]
-    theta = torch.from_numpy(np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2).astype(np.float32))
+    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [n, 2, 2]: turn back, unscale
+    offset = np.zeros((len(inverse), 2))
+    if shifts is not None:  # a shift of s pixels is 2 s / (GRID - 1) normalised; undone before the turn
+        offset = -np.einsum("nij,nj->ni", inverse, np.asarray(shifts, dtype=np.float64)[:, ::-1] * 2.0 / (GRID - 1))
+    theta = np.concatenate([inverse, offset[:, :, None]], axis=2)
+    theta[transposed] = theta[transposed][:, ::-1]
+    return torch.from_numpy(theta.astype(np.float32))
+
+
+def _warped(images: np.ndarray, theta: torch.Tensor, per: int) -> np.ndarray:
+    """float32 [n * per, 2, GRID, GRID]: image and mask [n, 2, GRID, GRID] each under its ``per`` maps
+    (``theta`` [n * per, 2, 3], :func:`_inverse_maps`), bilinear with zeros outside (as skimage's
+    ``warp(order=1)``)."""
     n = len(images)
     with torch.no_grad():
-        # The hypotheses of one candidate are stacked along the rows, so its images are sampled once.
-        sampling = (_base_grid() @ theta.transpose(1, 2)).reshape(n, _HYPOTHESES * GRID, GRID, 2)
+        # The maps of one image are stacked along the rows, so that image is sampled once.
+        sampling = (_base_grid() @ theta.transpose(1, 2)).reshape(n, per * GRID, GRID, 2)
         moved = torch.nn.functional.grid_sample(
             torch.from_numpy(images), sampling, mode="bilinear", padding_mode="zeros", align_corners=True
         )
-    return moved.reshape(n, 2, _HYPOTHESES, GRID, GRID).transpose(1, 2).reshape(-1, 2, GRID, GRID).numpy()
+    return moved.reshape(n, 2, per, GRID, GRID).transpose(1, 2).reshape(-1, 2, GRID, GRID).numpy()
 
 
 @lru_cache(maxsize=1)
@@ -627,7 +637,7 @@ def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.
     """(transposed, angle, scale) [P * _HYPOTHESES] to try, per pair in order: per transpose, the log-polar
     rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
     estimated scale; the turn between the two foregrounds' principal axes and its twin, at the ratio of
-    their radii of gyration (:func:`_principal_axes`); then the candidate in place (:func:`_in_place_scales`).
+    their radii of gyration (:func:`_principal_axes`); then the candidate in place (:func:`_in_place`).
     Scales outside SCALE_RANGE are replaced by 1. Blur, lost resolution, noise and elastic warps flatten or
     smear the spectrum and can mislead the log-polar estimate of a turned copy; the foreground's shape
     keeps its axes."""
@@ -638,7 +648,7 @@ def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.
     axis, radius = _principal_axes(np.stack([grid.mask for grid in pairs.unique]))
     turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
     gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
-    in_place = _in_place_scales(queries, pairs)[:, None]
+    in_place = _in_place(queries, pairs)[0][:, None]
     untransposed = np.zeros((len(angles), 3), dtype=bool)  # the principal axes' two and the in-place one
     scale = np.concatenate([np.repeat(scales, 2, axis=-1), gyration, gyration], axis=1)
     return (
@@ -665,29 +675,60 @@ def _principal_axes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.degrees(0.5 * np.arctan2(2.0 * covariance, column_var - row_var)), row_var + column_var
 
 
-def _in_place_scales(queries: Sequence[Grid], pairs: _Pairs) -> np.ndarray:
-    """[P] grid scale of the in-place hypothesis: the candidate neither turned nor flipped, each pixel
-    at the same place in the field of view of the query (the spectra of a partial copy mix two
-    slices and can mislead the rotation and scale estimate; a generator keeps what it copies where it
-    was). Fields of view of different sizes are matched by their areas' ratio."""
-    out = np.empty(len(pairs.query))
+def _in_place(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray]:
+    """The in-place hypothesis of each pair: the candidate neither turned nor flipped, each pixel at the
+    same place in the field of view of the query (the spectra of a partial copy mix two slices and can
+    mislead the rotation and scale estimate; a generator keeps what it copies where it was). Fields of
+    view of different sizes are matched by their areas' ratio, about their centres. Returns its grid
+    scale [P] (about the grid centre) and the translation (row, col) [P, 2] that then puts each pixel in
+    place (grid pixels, fractions included: the two grids are cut at different places of their slices)."""
+    scales, offsets = np.empty(len(pairs.query)), np.empty((len(pairs.query), 2))
+    centre = np.array([(GRID - 1) / 2.0, (GRID - 1) / 2.0, 1.0])
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
         query, candidate = queries[q], pairs.unique[c]
         fov = math.sqrt(query.foreground.size / max(candidate.foreground.size, 1))
-        out[p] = fov * candidate.side / max(query.side, 1)
-    return out
+        scales[p] = fov * candidate.side / max(query.side, 1)
+        # Slice pixels (column, row) of the candidate onto the query's, about the two slices' centres.
+        to_query, from_centre = (np.subtract(grid.foreground.shape[::-1], 1) / 2.0 for grid in (query, candidate))
+        in_place = np.array([[fov, 0.0, 0.0], [0.0, fov, 0.0], [0.0, 0.0, 1.0]])
+        in_place[:2, 2] = to_query - fov * from_centre
+        # Scaled about the grid centre, the candidate's centre pixel stays; the translation takes it to its place.
+        placed = _grid_of(query) @ in_place @ np.linalg.inv(_grid_of(candidate)) @ centre
+        offsets[p] = (placed[:2] - centre[:2])[::-1]
+    return scales, offsets
 
 
-def _aligned(images: np.ndarray, pairs: _Pairs, transposed: np.ndarray, angles, scales) -> tuple:
-    """Every hypothesis applied: the turned and scaled candidate images and masks [P * _HYPOTHESES, GRID, GRID],
-    then moved by the translation that phase correlation finds against its query (of the query
-    images [Q, GRID, GRID]; shifts [P * _HYPOTHESES, 2])."""
-    unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    turned = _warped(unique[pairs.candidate], transposed, angles, scales)
+def _aligned(images: np.ndarray, unique: np.ndarray, pairs: _Pairs, transposed: np.ndarray, angles, scales) -> tuple:
+    """Every hypothesis applied to the candidates' images and masks (``unique`` [U, 2, GRID, GRID]): the turned
+    and scaled candidates [P * _HYPOTHESES, 2, GRID, GRID] (``turned``), then their images and masks moved by
+    the whole-pixel translation that phase correlation finds against its query (of the query images [Q, GRID,
+    GRID]; ``shifts`` int [P * _HYPOTHESES, 2]). Returns (images, masks, shifts, turned)."""
+    turned = _warped(unique[pairs.candidate], _inverse_maps(transposed, angles, scales), _HYPOTHESES)
     reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
     shifts = _phase_peaks(reference, _whitened(_rfft2(turned[:, 0])), (GRID, GRID))
     moved = _shifted(turned, shifts)
-    return moved[:, 0], moved[:, 1] > 0.5, shifts
+    return moved[:, 0], moved[:, 1] > 0.5, shifts, turned
+
+
+def _refined_shifts(images: np.ndarray, turned: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """float [n, 2] translations (row, col) registering each turned image onto its query image (both
+    [n, GRID, GRID]) to 1 / SUBPIXEL grid pixel: the phase-normalised cross-correlation evaluated on that
+    lattice within one pixel of its whole-pixel peak ``shifts`` [n, 2], by matrix products with the
+    spectrum (the upsampled cross-correlation of Guizar-Sicairos et al., 2008, that scikit-image's
+    ``phase_cross_correlation(upsample_factor=SUBPIXEL)`` uses). A copy whose two grids were cut from
+    its slice at different places lies a fraction of a pixel off, which lowers its local correlations."""
+    n = len(images)
+    if n == 0:
+        return np.zeros((0, 2))
+    cross = _whitened(_rfft2(images)) * _whitened(_rfft2(turned)).conj()  # [n, GRID, GRID // 2 + 1]
+    steps = np.arange(-SUBPIXEL, SUBPIXEL + 1) / SUBPIXEL
+    at = shifts[:, :, None] + steps  # [n, 2, lattice]: rows, then columns
+    weights = np.where(np.arange(GRID // 2 + 1) % (GRID // 2) == 0, 1.0, 2.0)  # the half spectrum stands for both
+    down = np.exp(2j * np.pi / GRID * at[:, 0, :, None] * np.fft.fftfreq(GRID, 1.0 / GRID))  # [n, lattice, GRID]
+    across = np.exp(2j * np.pi / GRID * at[:, 1, :, None] * np.arange(GRID // 2 + 1)) * weights
+    surface = np.abs((down @ cross @ across.transpose(0, 2, 1)).real).reshape(n, -1)
+    row, col = np.unravel_index(surface.argmax(axis=1), (len(steps), len(steps)))
+    return np.stack([at[np.arange(n), 0, row], at[np.arange(n), 1, col]], axis=1)
 
 
 def pair_chunks(sizes: Sequence[int], limit: int = CHUNK_PAIRS) -> list[range]:
@@ -724,11 +765,19 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     used, pairs = [queries[i] for i in asked], _Pairs.of([candidates[i] for i in asked])
     transposed, angles, scales = _hypotheses(used, pairs)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
-    moved, moved_masks, shifts = _aligned(images, pairs, transposed, angles, scales)
+    unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
+    moved, moved_masks, shifts, turned = _aligned(images, unique, pairs, transposed, angles, scales)
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
     pair_of, scored = _scored_hypotheses(ranks)
-    scores, copied = _agreements(images[owner[scored]], masks[owner[scored]], moved[scored], moved_masks[scored])
+    fine = _refined_shifts(images[owner[scored]], turned[scored, 0], shifts[scored])
+    # An in-place hypothesis whose whole-pixel translation lies within a pixel of the in-place one is in place.
+    offsets = _in_place(used, pairs)[1][scored // _HYPOTHESES]
+    snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
+    fine[snap] = offsets[snap]
+    maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
+    placed = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
+    scores, copied = _agreements(images[owner[scored]], masks[owner[scored]], placed[:, 0], placed[:, 1] > 0.5)
     chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless the other scores higher
     for s, p in enumerate(pair_of):
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
@@ -737,7 +786,7 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
         query, h = used[q], scored[chosen[p]]
-        shift = (float(shifts[h, 0]), float(shifts[h, 1]))
+        shift = (float(fine[chosen[p], 0]), float(fine[chosen[p], 1]))
         on_grid = _transform(angles[h], scales[h], shift)
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)

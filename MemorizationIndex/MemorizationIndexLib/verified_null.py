@@ -41,7 +41,7 @@ from .second_stage import (
     search_depth,
     verify_slices,
 )
-from .verification import EXACT, EXACT_INSET, EXACT_SHARE, GRID, HYPOTHESES, SCALE_RANGE, SCORED, to_grids
+from .verification import EXACT, EXACT_INSET, EXACT_SHARE, GRID, HYPOTHESES, SCALE_RANGE, SCORED, SUBPIXEL, to_grids
 from .whitening import ShrinkageWhitener
 
 VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most), each as cut and blurred
@@ -126,14 +126,15 @@ class VerifiedNull:
 def null_settings(regions: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
-    hypotheses tried and scored, the near-exact regions' score, the null's blur and the region search (``regions``:
-    whether the index has one)."""
+    hypotheses tried and scored, their translations' precision, the near-exact regions' score, the null's blur
+    and the region search (``regions``: whether the index has one)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": NEIGHBOUR_GATE,
         "scale_range": list(SCALE_RANGE),
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
+        "subpixel": SUBPIXEL,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET],
         "null_blur": list(NULL_BLUR),
         "region_tiles": len(TILES) if regions else 0,
