@@ -379,11 +379,12 @@ def _whitened(spectrum: np.ndarray) -> np.ndarray:
     return spectrum / np.maximum(np.abs(spectrum), 100 * np.finfo(np.float32).eps)
 
 
-def _phase_peaks(reference: np.ndarray, moving: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """int [..., 2] (row, col) shifts registering each moving image onto the reference, given their
-    whitened half spectra (``fft.rfft2``, broadcast): the peak of the phase-normalised
-    cross-correlation, wrapped to (-size / 2, size / 2], as skimage's ``phase_cross_correlation`` finds it."""
-    correlation = np.abs(_irfft2(reference * moving.conj(), shape))
+def _phase_peaks(cross: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """int [..., 2] (row, col) shifts registering each moving image onto its reference, given their
+    cross-power spectra (the reference's whitened half spectrum times the moving one's conjugate,
+    ``fft.rfft2``): the peak of the phase-normalised cross-correlation, wrapped to (-size / 2, size / 2],
+    as skimage's ``phase_cross_correlation`` finds it."""
+    correlation = np.abs(_irfft2(cross, shape))
     flat = correlation.reshape(*correlation.shape[:-2], -1).argmax(axis=-1)
     shifts = np.stack(np.unravel_index(flat, shape), axis=-1)
     size = np.asarray(shape)
@@ -423,7 +424,7 @@ def _rotation_scales(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray
     flipped = spectra[:, (-np.arange(rows)) % rows] * np.where(np.arange(rows) % 2, -1, 1).astype(np.float32)[:, None]
     reference = np.stack([grid.polar_spectrum for grid in queries])
     moving = np.stack([spectra, flipped], axis=1)[pairs.candidate]  # [P, 2, 180, columns // 2 + 1]
-    shifts = _phase_peaks(reference[pairs.query][:, None], moving, pairs.unique[0].log_polar.shape)
+    shifts = _phase_peaks(reference[pairs.query][:, None] * moving.conj(), pairs.unique[0].log_polar.shape)
     angles = shifts[..., 0] * 360.0 / _POLAR_ROWS
     # The spectrum scales inversely to the image.
     scales = np.exp(-shifts[..., 1] * math.log(SPECTRUM_GRID // 2) / SPECTRUM_GRID)
@@ -515,13 +516,15 @@ def _global_correlations(image: np.ndarray, mask: np.ndarray, moved: np.ndarray,
     foreground (ranks hypotheses cheaply); -1 for overlaps under 3 pixels, 0 for a constant overlap."""
     n = len(moved)
     overlap = (mask & moved_mask).reshape(n, -1)
-    q = np.where(overlap, image.reshape(n, -1), np.float32(0.0)).astype(np.float64)
-    m = np.where(overlap, moved.reshape(n, -1), np.float32(0.0)).astype(np.float64)
+    q = np.where(overlap, image.reshape(n, -1), np.float32(0.0))
+    m = np.where(overlap, moved.reshape(n, -1), np.float32(0.0))
     count = overlap.sum(axis=1).astype(np.float64)
     size = np.maximum(count, 1.0)
-    sum_q, sum_m = q.sum(axis=1), m.sum(axis=1)
-    cov = np.einsum("ij,ij->i", m, q) - sum_q * sum_m / size
-    var = (np.einsum("ij,ij->i", q, q) - sum_q * sum_q / size) * (np.einsum("ij,ij->i", m, m) - sum_m * sum_m / size)
+    # Sums of at most GRID² values in (0, 1] in float32 (relative error about 1e-6), the moments in float64.
+    sum_q, sum_m = q.sum(axis=1, dtype=np.float64), m.sum(axis=1, dtype=np.float64)
+    qq, mm, mq = (np.einsum("ij,ij->i", x, y).astype(np.float64) for x, y in ((q, q), (m, m), (m, q)))
+    cov = mq - sum_q * sum_m / size
+    var = (qq - sum_q * sum_q / size) * (mm - sum_m * sum_m / size)
     r = np.where(var > 0, cov / np.sqrt(np.maximum(var, 1e-300)), 0.0)  # a constant overlap has no correlation
     share = count / np.maximum(mask.reshape(n, -1).sum(axis=1), 1)
     return np.where(count < 3, -1.0, np.clip(r, -1.0, 1.0) * share)
@@ -682,53 +685,72 @@ def _in_place(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.nd
     view of different sizes are matched by their areas' ratio, about their centres. Returns its grid
     scale [P] (about the grid centre) and the translation (row, col) [P, 2] that then puts each pixel in
     place (grid pixels, fractions included: the two grids are cut at different places of their slices)."""
-    scales, offsets = np.empty(len(pairs.query)), np.empty((len(pairs.query), 2))
-    centre = np.array([(GRID - 1) / 2.0, (GRID - 1) / 2.0, 1.0])
-    for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
-        query, candidate = queries[q], pairs.unique[c]
-        fov = math.sqrt(query.foreground.size / max(candidate.foreground.size, 1))
-        scales[p] = fov * candidate.side / max(query.side, 1)
-        # Slice pixels (column, row) of the candidate onto the query's, about the two slices' centres.
-        to_query, from_centre = (np.subtract(grid.foreground.shape[::-1], 1) / 2.0 for grid in (query, candidate))
-        in_place = np.array([[fov, 0.0, 0.0], [0.0, fov, 0.0], [0.0, 0.0, 1.0]])
-        in_place[:2, 2] = to_query - fov * from_centre
-        # Scaled about the grid centre, the candidate's centre pixel stays; the translation takes it to its place.
-        placed = _grid_of(query) @ in_place @ np.linalg.inv(_grid_of(candidate)) @ centre
-        offsets[p] = (placed[:2] - centre[:2])[::-1]
+
+    def frames(grids: Sequence[Grid]) -> tuple[np.ndarray, ...]:
+        # Per grid: slice pixels, its area, and its centre, on the grid (row, col): as _grid_of maps them.
+        scale = np.array([GRID / grid.side for grid in grids], dtype=np.float64)
+        corner = np.array([grid.corner for grid in grids], dtype=np.float64)
+        centre = (np.array([grid.foreground.shape for grid in grids], dtype=np.float64) - 1.0) / 2.0
+        area = np.array([grid.foreground.size for grid in grids], dtype=np.float64)
+        return scale, area, (centre - corner + 0.5) * scale[:, None] - 0.5
+
+    query_scale, query_area, query_centre = (part[pairs.query] for part in frames(queries))
+    candidate_scale, candidate_area, candidate_centre = (part[pairs.candidate] for part in frames(pairs.unique))
+    scales = np.sqrt(query_area / np.maximum(candidate_area, 1.0)) * query_scale / candidate_scale
+    # Scaled about the grid centre, the candidate's centre goes to the query's centre once translated by this.
+    middle = (GRID - 1) / 2.0
+    offsets = query_centre - middle - scales[:, None] * (candidate_centre - middle)
     return scales, offsets
 
 
 def _aligned(images: np.ndarray, unique: np.ndarray, pairs: _Pairs, transposed: np.ndarray, angles, scales) -> tuple:
     """Every hypothesis applied to the candidates' images and masks (``unique`` [U, 2, GRID, GRID]): the turned
-    and scaled candidates [P * _HYPOTHESES, 2, GRID, GRID] (``turned``), then their images and masks moved by
-    the whole-pixel translation that phase correlation finds against its query (of the query images [Q, GRID,
-    GRID]; ``shifts`` int [P * _HYPOTHESES, 2]). Returns (images, masks, shifts, turned)."""
+    and scaled candidates' images and masks moved by the whole-pixel translation that phase correlation finds
+    against its query (of the query images [Q, GRID, GRID]; ``shifts`` int [P * _HYPOTHESES, 2]), and the
+    cross-power spectra that gave it (:func:`_refined_shifts`). Returns (images, masks, shifts, cross)."""
     turned = _warped(unique[pairs.candidate], _inverse_maps(transposed, angles, scales), _HYPOTHESES)
     reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
-    shifts = _phase_peaks(reference, _whitened(_rfft2(turned[:, 0])), (GRID, GRID))
+    cross = reference * _whitened(_rfft2(turned[:, 0])).conj()
+    shifts = _phase_peaks(cross, (GRID, GRID))
     moved = _shifted(turned, shifts)
-    return moved[:, 0], moved[:, 1] > 0.5, shifts, turned
+    return moved[:, 0], moved[:, 1] > 0.5, shifts, cross
 
 
-def _refined_shifts(images: np.ndarray, turned: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """float [n, 2] translations (row, col) registering each turned image onto its query image (both
-    [n, GRID, GRID]) to 1 / SUBPIXEL grid pixel: the phase-normalised cross-correlation evaluated on that
-    lattice within one pixel of its whole-pixel peak ``shifts`` [n, 2], by matrix products with the
-    spectrum (the upsampled cross-correlation of Guizar-Sicairos et al., 2008, that scikit-image's
-    ``phase_cross_correlation(upsample_factor=SUBPIXEL)`` uses). A copy whose two grids were cut from
-    its slice at different places lies a fraction of a pixel off, which lowers its local correlations."""
-    n = len(images)
+def _refined_shifts(cross: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """float [n, 2] translations (row, col) registering turned candidates onto their query images to
+    1 / SUBPIXEL grid pixel, given their cross-power spectra [n, GRID, GRID // 2 + 1] (:func:`_aligned`): the
+    phase-normalised cross-correlation evaluated on that lattice within one pixel of its whole-pixel peak
+    ``shifts`` [n, 2], by matrix products with the spectrum (the upsampled cross-correlation of
+    Guizar-Sicairos et al., 2008, that scikit-image's ``phase_cross_correlation(upsample_factor=SUBPIXEL)``
+    uses). A copy whose two grids were cut from its slice at different places lies a fraction of a pixel
+    off, which lowers its local correlations."""
+    n = len(cross)
     if n == 0:
         return np.zeros((0, 2))
-    cross = _whitened(_rfft2(images)) * _whitened(_rfft2(turned)).conj()  # [n, GRID, GRID // 2 + 1]
+    rows, cols = np.fft.fftfreq(GRID, 1.0 / GRID), np.arange(GRID // 2 + 1)
+    # The whole-pixel peak moved to the origin (a phase ramp), then the lattice about it (fixed matrices).
+    at_peak = (
+        np.exp(2j * np.pi / GRID * shifts[:, 0, None] * rows)[:, :, None]
+        * np.exp(2j * np.pi / GRID * shifts[:, 1, None] * cols)[:, None, :]
+    )
+    down, across = _lattice()
+    centred = (cross * at_peak.astype(np.complex64)).transpose(1, 0, 2).reshape(GRID, -1)
+    surface = (down @ centred).reshape(len(down), n, -1).transpose(1, 0, 2) @ across.T  # [n, lattice, lattice]
+    best = np.abs(surface.real).reshape(n, -1).argmax(axis=1)
     steps = np.arange(-SUBPIXEL, SUBPIXEL + 1) / SUBPIXEL
-    at = shifts[:, :, None] + steps  # [n, 2, lattice]: rows, then columns
-    weights = np.where(np.arange(GRID // 2 + 1) % (GRID // 2) == 0, 1.0, 2.0)  # the half spectrum stands for both
-    down = np.exp(2j * np.pi / GRID * at[:, 0, :, None] * np.fft.fftfreq(GRID, 1.0 / GRID))  # [n, lattice, GRID]
-    across = np.exp(2j * np.pi / GRID * at[:, 1, :, None] * np.arange(GRID // 2 + 1)) * weights
-    surface = np.abs((down @ cross @ across.transpose(0, 2, 1)).real).reshape(n, -1)
-    row, col = np.unravel_index(surface.argmax(axis=1), (len(steps), len(steps)))
-    return np.stack([at[np.arange(n), 0, row], at[np.arange(n), 1, col]], axis=1)
+    return shifts + steps[np.stack(np.unravel_index(best, surface.shape[1:]), axis=1)]
+
+
+@lru_cache(maxsize=1)
+def _lattice() -> tuple[np.ndarray, np.ndarray]:
+    """complex64 [lattice, GRID] and [lattice, GRID // 2 + 1]: the inverse DFT along rows and along the half
+    spectrum's columns at offsets -1 ... 1 in steps of 1 / SUBPIXEL (the half spectrum's inner columns stand
+    for their conjugate twins too, so they count twice in the real part)."""
+    steps = np.arange(-SUBPIXEL, SUBPIXEL + 1) / SUBPIXEL
+    down = np.exp(2j * np.pi / GRID * steps[:, None] * np.fft.fftfreq(GRID, 1.0 / GRID))
+    columns = np.arange(GRID // 2 + 1)
+    across = np.exp(2j * np.pi / GRID * steps[:, None] * columns) * np.where(columns % (GRID // 2) == 0, 1.0, 2.0)
+    return down.astype(np.complex64), across.astype(np.complex64)
 
 
 def pair_chunks(sizes: Sequence[int], limit: int = CHUNK_PAIRS) -> list[range]:
@@ -766,11 +788,11 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     transposed, angles, scales = _hypotheses(used, pairs)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    moved, moved_masks, shifts, turned = _aligned(images, unique, pairs, transposed, angles, scales)
+    moved, moved_masks, shifts, cross = _aligned(images, unique, pairs, transposed, angles, scales)
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
     pair_of, scored = _scored_hypotheses(ranks)
-    fine = _refined_shifts(images[owner[scored]], turned[scored, 0], shifts[scored])
+    fine = _refined_shifts(cross[scored], shifts[scored])
     # An in-place hypothesis whose whole-pixel translation lies within a pixel of the in-place one is in place.
     offsets = _in_place(used, pairs)[1][scored // _HYPOTHESES]
     snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
