@@ -5,8 +5,10 @@ the aligned overlap is scored. The alignment covers an optional transpose follow
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
 come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation of log-polar maps) and,
 as further hypotheses, from the two foregrounds' principal axes and radii of gyration; translation
-from phase correlation. The score is (mainly) the share of the smaller foreground in which the
-local correlation of rank-equalised intensities (Gaussian windows) is high: rank equalisation
+from phase correlation, refined to a tenth of a grid pixel for the hypotheses that are scored (the
+in-place one taken exactly in place when phase correlation puts it within a pixel of there). The
+score is (mainly) the share of the smaller foreground in which the local correlation of
+rank-equalised intensities (Gaussian windows) is high: rank equalisation
 removes monotone intensity changes, local windows tolerate bias fields, and pixels that are
 background in either slice (zero-filled bands, empty margins) never count as agreement. Each
 agreeing pixel is weighted by how far its correlation rises above the agreement level (exact copies
@@ -442,7 +444,9 @@ def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.
     return back @ turn @ to_origin
 
 
-def _inverse_maps(transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray, shifts=None) -> torch.Tensor:
+def _inverse_maps(
+    transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray, shifts: np.ndarray | None = None
+) -> torch.Tensor:
     """float32 [n, 2, 3] ``grid_sample`` maps (output grid to input, in its (column, row) coordinates
     normalised to [-1, 1] about the centre) of transposing (where ``transposed``), turning by ``angles``
     degrees and scaling by ``scales`` about the grid centre, then moving by ``shifts`` [n, 2] (row, col;
@@ -687,7 +691,8 @@ def _in_place(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.nd
     place (grid pixels, fractions included: the two grids are cut at different places of their slices)."""
 
     def frames(grids: Sequence[Grid]) -> tuple[np.ndarray, ...]:
-        # Per grid: slice pixels, its area, and its centre, on the grid (row, col): as _grid_of maps them.
+        # Per grid: grid pixels per slice pixel, its slice's area, and its slice's centre on the grid (row, col),
+        # as _grid_of maps slice pixels.
         scale = np.array([GRID / grid.side for grid in grids], dtype=np.float64)
         corner = np.array([grid.corner for grid in grids], dtype=np.float64)
         centre = (np.array([grid.foreground.shape for grid in grids], dtype=np.float64) - 1.0) / 2.0
@@ -793,7 +798,7 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
     pair_of, scored = _scored_hypotheses(ranks)
     fine = _refined_shifts(cross[scored], shifts[scored])
-    # An in-place hypothesis whose whole-pixel translation lies within a pixel of the in-place one is in place.
+    # An in-place hypothesis whose whole-pixel translation lies within a pixel of its exact one is put exactly there.
     offsets = _in_place(used, pairs)[1][scored // _HYPOTHESES]
     snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
     fine[snap] = offsets[snap]
