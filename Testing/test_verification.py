@@ -193,6 +193,24 @@ def test_partial_copy_in_place_is_put_back_to_a_fraction_of_a_pixel(pair, region
     assert result.score >= 0.4 and result.score >= 5 * verify_candidates(other, [source])[0].score
 
 
+@pytest.mark.parametrize("factor", [1.25, 0.8])
+def test_half_copy_saved_at_another_matrix_size_is_put_in_place(pair, factor):
+    """The copy written at another matrix size (its field of view unchanged), one half another person's:
+    the in-place hypothesis matches the two fields of view, so the map found is the resize (pixel centres
+    scaled about the slice centres), to a fraction of a grid pixel (0.2-0.5 off with whole pixels)."""
+    source, other = pair
+    h, w = source.shape
+    rows, cols = round(h * factor), round(w * factor)
+    query = resize(source, (rows, cols), order=1, anti_aliasing=True).astype(np.float32)
+    query[:, cols // 2 :] = resize(other, (rows, cols), order=1, anti_aliasing=True)[:, cols // 2 :]
+    result = verify_candidates(query, [source])[0]
+    corners = np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]])
+    resized = (corners[:, :2] + 0.5) * np.array([cols / w, rows / h]) - 0.5
+    error = np.abs((corners @ result.alignment.matrix.T)[:, :2] - resized).max()
+    assert error <= 0.2 * max(rows, cols) / GRID, error
+    assert result.score >= 0.5
+
+
 @pytest.mark.parametrize("shift", [(0.3, -0.6), (-2.5, 1.2), (0.0, 0.0)])
 def test_refined_shifts_register_a_fraction_of_a_pixel(pair, shift):
     grid = to_grid(pair[0])
