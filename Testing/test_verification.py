@@ -172,6 +172,11 @@ def test_quarter_copy_scores_by_its_near_exact_region_and_is_located(pair):
     assert _box_iou(quarter.box, (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)) >= 0.5
 
 
+def _corners(h: int, w: int) -> np.ndarray:
+    """The four corner pixels of an h × w slice as (column, row, 1) rows."""
+    return np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]])
+
+
 @pytest.mark.parametrize("region", ["left half", "top half", "bottom-right quarter"])
 def test_partial_copy_in_place_is_put_back_to_a_fraction_of_a_pixel(pair, region):
     """A region copied in place: the two grids are cut from their slices at different places, so the
@@ -187,7 +192,7 @@ def test_partial_copy_in_place_is_put_back_to_a_fraction_of_a_pixel(pair, region
     }[region]
     query[rows, cols] = source[rows, cols]
     result = verify_candidates(query, [source])[0]
-    corners = np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]])
+    corners = _corners(h, w)
     error = np.abs(corners @ result.alignment.matrix.T - corners).max()
     assert error <= 0.2 * max(h, w) / GRID, error  # whole-pixel translations left 0.3-1.2 grid pixels on the brain
     assert result.score >= 0.4 and result.score >= 5 * verify_candidates(other, [source])[0].score
@@ -204,7 +209,7 @@ def test_half_copy_saved_at_another_matrix_size_is_put_in_place(pair, factor):
     query = resize(source, (rows, cols), order=1, anti_aliasing=True).astype(np.float32)
     query[:, cols // 2 :] = resize(other, (rows, cols), order=1, anti_aliasing=True)[:, cols // 2 :]
     result = verify_candidates(query, [source])[0]
-    corners = np.array([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]])
+    corners = _corners(h, w)
     resized = (corners[:, :2] + 0.5) * np.array([cols / w, rows / h]) - 0.5
     error = np.abs((corners @ result.alignment.matrix.T)[:, :2] - resized).max()
     assert error <= 0.2 * max(rows, cols) / GRID, error

@@ -640,11 +640,14 @@ def _strength(correlation: np.ndarray) -> np.ndarray:
     return np.clip((correlation - AGREEMENT) / (1.0 - AGREEMENT), 0.0, 1.0)
 
 
-def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _hypotheses(
+    queries: Sequence[Grid], pairs: _Pairs, in_place_scales: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(transposed, angle, scale) [P * _HYPOTHESES] to try, per pair in order: per transpose, the log-polar
     rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
     estimated scale; the turn between the two foregrounds' principal axes and its twin, at the ratio of
-    their radii of gyration (:func:`_principal_axes`); then the candidate in place (:func:`_in_place`).
+    their radii of gyration (:func:`_principal_axes`); then the candidate in place, at ``in_place_scales`` [P]
+    (:func:`_in_place`).
     Scales outside SCALE_RANGE are replaced by 1. Blur, lost resolution, noise and elastic warps flatten or
     smear the spectrum and can mislead the log-polar estimate of a turned copy; the foreground's shape
     keeps its axes."""
@@ -655,7 +658,7 @@ def _hypotheses(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.
     axis, radius = _principal_axes(np.stack([grid.mask for grid in pairs.unique]))
     turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
     gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
-    in_place = _in_place(queries, pairs)[0][:, None]
+    in_place = in_place_scales[:, None]
     untransposed = np.zeros((len(angles), 3), dtype=bool)  # the principal axes' two and the in-place one
     scale = np.concatenate([np.repeat(scales, 2, axis=-1), gyration, gyration], axis=1)
     return (
@@ -790,7 +793,8 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     if not asked:
         return out
     used, pairs = [queries[i] for i in asked], _Pairs.of([candidates[i] for i in asked])
-    transposed, angles, scales = _hypotheses(used, pairs)
+    in_place_scales, in_place_offsets = _in_place(used, pairs)
+    transposed, angles, scales = _hypotheses(used, pairs, in_place_scales)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
     moved, moved_masks, shifts, cross = _aligned(images, unique, pairs, transposed, angles, scales)
@@ -799,7 +803,7 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     pair_of, scored = _scored_hypotheses(ranks)
     fine = _refined_shifts(cross[scored], shifts[scored])
     # An in-place hypothesis whose whole-pixel translation lies within a pixel of its exact one is put exactly there.
-    offsets = _in_place(used, pairs)[1][scored // _HYPOTHESES]
+    offsets = in_place_offsets[scored // _HYPOTHESES]
     snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
     fine[snap] = offsets[snap]
     maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
