@@ -392,6 +392,20 @@ def test_summary_html(tmp_path):
     assert "<b>Flags rest on the global score alone" in text and "calibration" not in text
     bands = [{"roughness_from": None, "roughness_to": 0.15, "n": 120, "threshold": 0.41}]
     bands.append({"roughness_from": 0.15, "roughness_to": None, "n": 120, "threshold": 0.32})
+    two_parts = audit_status(
+        {
+            "threshold": {"alpha": 0.001},
+            "verification": {
+                "used": True,
+                "threshold": 0.41,
+                "bands": [b | {"reproduced_threshold": 0.2} for b in bands],
+            },
+        }
+    )
+    assert two_parts.reproduced_threshold == 0.2
+    assert "region reproduced near-exactly scores above 0.2 by itself" in results_html.summary_html(
+        _summary(status=two_parts)
+    )
     banded = audit_status(
         {"threshold": {"alpha": 0.001}, "verification": {"used": True, "k": 6, "threshold": 0.41, "bands": bands}}
     )
@@ -401,3 +415,4 @@ def test_summary_html(tmp_path):
     one_band = audit_status({"threshold": {"alpha": 0.001}, "verification": {"used": True, "threshold": 0.41}})
     assert one_band.sharpest_threshold is None
     assert "sharpest" not in results_html.summary_html(_summary(status=one_band))
+    assert banded.reproduced_threshold is None and "near-exactly" not in text

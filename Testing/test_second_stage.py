@@ -46,15 +46,15 @@ def test_only_noisy_slices_are_searched_smoothed(spine: dict[str, Path]) -> None
 
 def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null() -> None:
     rng = np.random.default_rng(0)
-    null = VerifiedNull(rng.beta(2, 12, 300), rng.random(300), np.full(300, np.nan))
+    null = VerifiedNull(rng.beta(2, 12, 300), rng.random(300), np.full(300, np.nan), np.zeros(300))
     fresh = rng.beta(2, 12, 200_000)
-    p = null.verified_p(fresh, np.nan)
+    p = null.verified_p(fresh, np.nan, 0.0)
     for alpha in (0.05, 0.01, 0.002):
         assert (p < alpha).mean() <= 2 * alpha, alpha
-    ladder = null.verified_p(np.linspace(0, 1, 101), np.nan)
+    ladder = null.verified_p(np.linspace(0, 1, 101), np.nan, 0.0)
     assert np.all(np.diff(ladder) <= 1e-12)
-    assert null.verified_p(np.array([0.9]), np.nan)[0] < 1e-4  # a copy far above a 300-slice null
-    assert null.verified_p(np.array([null.threshold(1e-3) + 1e-6]), np.nan)[0] < 1e-3
+    assert null.verified_p(np.array([0.9]), np.nan, 0.0)[0] < 1e-4  # a copy far above a 300-slice null
+    assert null.verified_p(np.array([null.threshold(1e-3) + 1e-6]), np.nan, 0.0)[0] < 1e-3
 
 
 def test_each_score_is_compared_with_the_null_band_of_its_roughness() -> None:
@@ -63,7 +63,7 @@ def test_each_score_is_compared_with_the_null_band_of_its_roughness() -> None:
     rng = np.random.default_rng(0)
     roughness = np.concatenate([rng.uniform(0.05, 0.12, 300), rng.uniform(0.15, 0.35, 300)])
     scores = np.concatenate([rng.beta(6, 10, 300), rng.beta(2, 14, 300)])  # smooth slices score higher
-    null = VerifiedNull(scores, rng.random(600), roughness)
+    null = VerifiedNull(scores, rng.random(600), roughness, np.zeros(600))
     bands = null.thresholds(1e-3)
     assert len(bands) == len(null.edges()) + 1 == 4  # MAX_BANDS bands of at least MIN_BAND scores
     assert bands[0]["roughness_from"] is None and bands[-1]["roughness_to"] is None
@@ -71,13 +71,36 @@ def test_each_score_is_compared_with_the_null_band_of_its_roughness() -> None:
     assert min(bands[0]["threshold"], bands[1]["threshold"]) > max(bands[2]["threshold"], bands[3]["threshold"])
     assert null.threshold(1e-3) == max(b["threshold"] for b in bands)
     smooth_novel, sharp_novel = rng.beta(6, 10, 100_000), rng.beta(2, 14, 100_000)
-    banded_smooth = (null.verified_p(smooth_novel, 0.08) < 0.01).mean()
-    assert banded_smooth <= 0.015 and (null.verified_p(sharp_novel, 0.3) < 0.01).mean() <= 0.015
-    pooled = VerifiedNull(scores, rng.random(600), np.full(600, np.nan))  # one band, as an index without roughness
+    banded_smooth = (null.verified_p(smooth_novel, 0.08, 0.0) < 0.01).mean()
+    assert banded_smooth <= 0.015 and (null.verified_p(sharp_novel, 0.3, 0.0) < 0.01).mean() <= 0.015
+    pooled = VerifiedNull(
+        scores, rng.random(600), np.full(600, np.nan), np.zeros(600)
+    )  # one band, as an index without roughness
     assert len(pooled.thresholds(1e-3)) == 1
-    assert (pooled.verified_p(smooth_novel, np.nan) < 0.01).mean() >= 2 * banded_smooth
+    assert (pooled.verified_p(smooth_novel, np.nan, 0.0) < 0.01).mean() >= 2 * banded_smooth
     middle = 0.5 * (bands[0]["threshold"] + bands[-1]["threshold"])
-    assert null.verified_p(np.array([middle]), 0.3)[0] < 1e-3 < null.verified_p(np.array([middle]), 0.08)[0]
+    assert null.verified_p(np.array([middle]), 0.3, 0.0)[0] < 1e-3 < null.verified_p(np.array([middle]), 0.08, 0.0)[0]
+
+
+def test_a_near_exact_part_is_tested_against_its_own_null() -> None:
+    """Look-alike anatomy gives the null's scores a long tail while few null slices reproduce anything
+    near-exactly: a copied quarter whose score is within the first tail stands far above the second. The
+    combined statistic stays calibrated."""
+    rng = np.random.default_rng(0)
+    n = 600
+    reproduced = np.where(rng.random(n) < 0.2, rng.beta(2, 20, n), 0.0)  # most null slices reproduce nothing
+    scores = np.maximum(rng.beta(4, 14, n), reproduced)  # the score is the larger of its two parts
+    null = VerifiedNull(scores, rng.random(n), np.full(n, np.nan), reproduced)
+    band = null.thresholds(1e-3)[0]
+    assert band["reproduced_threshold"] < band["threshold"]
+    quarter = np.array([0.5 * (band["reproduced_threshold"] + band["threshold"])])
+    assert null.verified_p(quarter, np.nan, quarter)[0] < 1e-3 < null.verified_p(quarter, np.nan, 0.0)[0]
+    assert null.verified_p(quarter, np.nan, 0.1)[0] == null.verified_p(quarter, np.nan, 0.0)[0]  # under the floor
+    fresh_parts = np.where(rng.random(200_000) < 0.2, rng.beta(2, 20, 200_000), 0.0)
+    fresh = np.maximum(rng.beta(4, 14, 200_000), fresh_parts)
+    p = null.verified_p(fresh, np.nan, fresh_parts)
+    for alpha in (0.05, 0.01, 0.002):
+        assert (p < alpha).mean() <= 2 * alpha, alpha
 
 
 def test_flag_p_is_twice_the_smaller_p_value_and_needs_a_fifth_of_the_slice_copied() -> None:

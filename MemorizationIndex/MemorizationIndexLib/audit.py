@@ -170,6 +170,7 @@ def score_slices(
 def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex) -> np.ndarray | None:
     """Copy a slice's best verified candidate into its score; returns its copy mask (None if empty)."""
     score.verified_score, score.roughness = verified.score, verified.roughness
+    score.verified_reproduced = verified.reproduced
     result = verified.result
     if result is None:
         return None
@@ -203,7 +204,11 @@ def finalize_flags(
     if stage.used:
         verified_null = index.verified_null
         verified_score = np.array([s.verified_score for s in scores])
-        verified_p = verified_null.verified_p(verified_score, np.array([s.roughness for s in scores]))
+        roughness, reproduced = (
+            np.array([s.roughness for s in scores]),
+            np.array([s.verified_reproduced for s in scores]),
+        )
+        verified_p = verified_null.verified_p(verified_score, roughness, np.nan_to_num(reproduced))
         evidence = evidence_p(verified_p, verified_score)
         flag_p = combined_p(global_p, verified_p, verified_score) if check.global_flags_valid else evidence
     else:

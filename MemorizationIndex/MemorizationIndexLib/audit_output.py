@@ -38,6 +38,7 @@ VERIFICATION_COLUMNS = (
     "copy_scale",
     "copy_box",
     "roughness",
+    "verified_reproduced",
 )
 SLICE_COLUMNS = _GLOBAL_COLUMNS + VERIFICATION_COLUMNS
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
@@ -60,7 +61,9 @@ FOLDER_FORMAT = (
         'onto the query (transpose, then rotation, then scale); copy_box: "row0 col0 row1 col1" (ends '
         "exclusive) of the copied region in the query slice's pixels as stored, empty when none; roughness: the "
         "slice's verification grid roughness (smaller = smoother; nan when not verified), which picks the band "
-        "of the verified null its verified_p comes from.",
+        "of the verified null its verified_p comes from; verified_reproduced in [0, 1]: the verified score's "
+        "near-exact part (the share of the smaller foreground reproduced near-exactly, over "
+        "verification.EXACT_SHARE), which verified_p also tests against a null of its own.",
     ),
     ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
     (
@@ -72,7 +75,9 @@ FOLDER_FORMAT = (
         "(the verified null's scores: held-out slices as cut and blurred), "
         "threshold: float (verified score above which a slice is flagged on verification alone at alpha / 2, "
         "the Bonferroni share, whatever its roughness), bands: [{roughness_from, roughness_to (null at the open "
-        "ends), n, threshold}] (the same per band of the verified null, smoothest first; absent before bands)}, "
+        "ends), n, threshold, reproduced_threshold (the near-exact part above which a slice is flagged whatever "
+        "its score; absent before it)}] (the same per band of the verified null, smoothest first; absent before "
+        "bands)}, "
         '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
@@ -111,6 +116,7 @@ class SliceScore:
     copy_scale: float = 1.0
     copy_box: tuple[int, int, int, int] | None = None
     roughness: float = math.nan
+    verified_reproduced: float = math.nan
 
     @property
     def verified(self) -> bool:
@@ -195,6 +201,7 @@ def slice_row(volume: str, score: SliceScore) -> list[str | int]:
         format_value(score.copy_scale),
         format_box(score.copy_box),
         format_value(score.roughness),
+        format_value(score.verified_reproduced),
     ]
 
 
@@ -371,6 +378,7 @@ def _verification_fields(record: dict[str, str]) -> dict[str, Any]:
         "copy_scale": float(get["copy_scale"]) if get["copy_scale"].strip() else 1.0,
         "copy_box": parse_box(get["copy_box"]),
         "roughness": float(get["roughness"]) if get["roughness"].strip() else math.nan,
+        "verified_reproduced": _unit_or_nan(get["verified_reproduced"], "verified_reproduced"),
     }
 
 

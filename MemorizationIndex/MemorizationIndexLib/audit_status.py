@@ -26,6 +26,7 @@ class AuditStatus:
     k: int | None = None
     verified_threshold: float | None = None
     sharpest_threshold: float | None = None
+    reproduced_threshold: float | None = None
     null_n: int | None = None
     calibrated: bool | None = None
     calibration_reason: str = ""
@@ -52,6 +53,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
     set's entry) replaces the audit-wide "holds" when given."""
     verification = summary.get("verification") or {}
     calibration = summary.get("calibration") or {}
+    parts = [_number(band.get("reproduced_threshold")) for band in verification.get("bands") or []]
     holds = calibration.get("holds") if calibration else None
     return AuditStatus(
         alpha=float(summary["threshold"]["alpha"]),
@@ -60,6 +62,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
         k=verification.get("k"),
         verified_threshold=_number(verification.get("threshold")),
         sharpest_threshold=_number((verification.get("bands") or [{}])[-1].get("threshold")),
+        reproduced_threshold=max((part for part in parts if part is not None), default=None),
         null_n=verification.get("null_n"),
         calibrated=holds if calibration_holds is None else calibration_holds,
         calibration_reason=str(calibration.get("reason", "")),
@@ -88,6 +91,11 @@ def _verification_sentence(status: AuditStatus) -> str:
         if sharp is not None and sharp < status.verified_threshold:
             threshold += (
                 f" Each slice is compared with null slices as smooth as itself; the sharpest need only {sharp:.3g}."
+            )
+        if status.reproduced_threshold is not None:
+            threshold += (
+                " So is a slice whose region reproduced near-exactly scores above "
+                f"{status.reproduced_threshold:.3g} by itself (verified_reproduced)."
             )
     return f"Verification ran: every slice was aligned pixel by pixel with{against}.{threshold}"
 

@@ -76,7 +76,7 @@ def _header_section(results: dict) -> str:
                 "null mean",
                 "null std",
                 "flag threshold (s)",
-                "verified threshold per roughness band (smooth → sharp)",
+                "verified threshold per roughness band, score (near-exact part) (smooth → sharp)",
             ],
             rows,
         )
@@ -88,12 +88,16 @@ def _header_section(results: dict) -> str:
 
 
 def _band_thresholds(verified_null: dict) -> str:
-    """The verified null's thresholds, one per roughness band, smoothest first (its one threshold in
-    results written before the bands)."""
+    """The verified null's thresholds, one per roughness band, smoothest first, each as "score (near-exact
+    part)" (its one threshold in results written before the bands)."""
     bands = verified_null.get("bands")
     if not bands:
         return _f(verified_null.get("threshold"), 4)
-    return " / ".join(_f(band["threshold"], 3) for band in bands)
+    return " / ".join(
+        _f(band["threshold"], 3)
+        + ("" if "reproduced_threshold" not in band else f" ({band['reproduced_threshold']:.3f})")
+        for band in bands
+    )
 
 
 def _mean_min(values: Sequence[float]) -> str:

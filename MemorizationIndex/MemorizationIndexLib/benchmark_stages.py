@@ -78,7 +78,8 @@ def score_two_stage(
     verified = verify_slices(slices, shortlisted, grids, index.preprocessing)
     null = index.verified_null
     verified_score = np.array([v.score for v in verified])
-    verified_p = null.verified_p(verified_score, np.array([v.roughness for v in verified]))
+    roughness, reproduced = np.array([v.roughness for v in verified]), np.array([v.reproduced for v in verified])
+    verified_p = null.verified_p(verified_score, roughness, reproduced)
     flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p, verified_score)
     return TwoStage(flag_p, flag_p < alpha, verified, shortlisted, as_cut.similarity)
 

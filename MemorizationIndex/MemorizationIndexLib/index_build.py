@@ -440,6 +440,7 @@ def build_index_from_features(
             "verified_null_scores": verified_null.scores,
             "verified_null_similarity": verified_null.global_similarity,
             "verified_null_roughness": verified_null.roughness,
+            "verified_null_reproduced": verified_null.reproduced,
         }
     write_folder(
         out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, calibration, thumbnails, regions)

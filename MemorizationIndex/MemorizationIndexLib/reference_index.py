@@ -260,6 +260,7 @@ class ReferenceIndex:
                     np.asarray(data["verified_null_scores"], dtype=np.float64),
                     np.asarray(data["verified_null_similarity"], dtype=np.float64),
                     _roughness(data),
+                    _reproduced(data),
                 )
         if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
             raise UserError(f"index {path}: its calibration null is empty or not finite; rebuild it")
@@ -349,6 +350,14 @@ def _roughness(calibration: np.lib.npyio.NpzFile) -> np.ndarray:
     if "verified_null_roughness" in calibration.files:
         return np.asarray(calibration["verified_null_roughness"], dtype=np.float64)
     return np.full(len(calibration["verified_null_scores"]), np.nan)
+
+
+def _reproduced(calibration: np.lib.npyio.NpzFile) -> np.ndarray:
+    """The verified null's near-exact parts in calibration.npz; zeros for an index built before they were
+    recorded (such an index must be rebuilt to verify, ``index_verification.unavailable_reason``)."""
+    if "verified_null_reproduced" in calibration.files:
+        return np.asarray(calibration["verified_null_reproduced"], dtype=np.float64)
+    return np.zeros(len(calibration["verified_null_scores"]))
 
 
 def write_manifest(folder: Path) -> str:

@@ -631,11 +631,17 @@ def _evidence_intro(rows: Sequence[SliceRow], items: Sequence[_Evidence], *, no_
     return "".join(parts) + "</p>"
 
 
+def _part_text(reproduced: float) -> str:
+    """The verified score's near-exact part, when a region was reproduced near-exactly."""
+    return f", near-exact part {reproduced:.3g}" if math.isfinite(reproduced) and reproduced > 0 else ""
+
+
 def _verified_line(r: SliceRow) -> str:
     if not r.verified:
         return ""
     return (
-        f"<br>verified score = {r.verified_score:.3g} (p = {r.verified_p:.3g}; flag p = {r.flag_p:.3g}) "
+        f"<br>verified score = {r.verified_score:.3g}{_part_text(r.verified_reproduced)} "
+        f"(p = {r.verified_p:.3g}; flag p = {r.flag_p:.3g}) "
         f"\u00b7 transform: {_e(copy_transform_text(r.copy_transposed, r.copy_angle, r.copy_scale))} "
         f"\u00b7 copy box: {_e(box_text(r.copy_box))}"
     )

@@ -72,12 +72,14 @@ class GridSource(Protocol):
 class Verified:
     """The best verified candidate of one query slice: ``row`` is its original reference row (-1 and
     score 0 when there was no candidate); ``roughness``: the query's grid roughness
-    (``verification.roughness``, nan when it was not verified), which picks its verified null band."""
+    (``verification.roughness``, nan when it was not verified), which picks its verified null band;
+    ``reproduced``: the largest near-exact part (``Verification.reproduced``) among its verified candidates."""
 
     score: float
     row: int
     result: Verification | None
     roughness: float = math.nan
+    reproduced: float = 0.0
 
 
 def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> np.ndarray:
@@ -230,7 +232,10 @@ def verify_slices(
         for i, results in found.items():
             if results:
                 j = max(sorted(results), key=lambda position: results[position].score)  # the first of equal scores
-                verified[i] = Verified(float(results[j].score), listed[i][j], results[j], queries[i].roughness)
+                reproduced = max(result.reproduced for result in results.values())
+                verified[i] = Verified(
+                    float(results[j].score), listed[i][j], results[j], queries[i].roughness, reproduced
+                )
         return verified
 
     out = [Verified(0.0, -1, None)] * len(slices)

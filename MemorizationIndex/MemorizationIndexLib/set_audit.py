@@ -61,7 +61,9 @@ def _score_chunk(
             member.copy_masks[int(k)] = mask
     if verified is not None:  # keep only the masks of likely copies (one p-value computation per chunk)
         verified_p = index.verified_null.verified_p(
-            np.array([v.score for v in verified]), np.array([v.roughness for v in verified])
+            np.array([v.score for v in verified]),
+            np.array([v.roughness for v in verified]),
+            np.array([v.reproduced for v in verified]),
         )
         for (member, k, _), p in zip(chunk, verified_p):
             if p >= MASK_P:

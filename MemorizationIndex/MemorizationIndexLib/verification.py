@@ -123,12 +123,15 @@ class Verification:
         well, or the share reproduced near-exactly over EXACT_SHARE when that is higher; in [0, 1].
     mask: bool [rows, cols] of the query: the copied region (empty when none).
     box: (row0, col0, row1, col1) of the mask in query pixels (ends exclusive), None when empty.
+    reproduced: the share of the smaller foreground reproduced near-exactly, over EXACT_SHARE (at most 1; the
+        score's second part, which has a null of its own: ``verified_null.VerifiedNull``).
     """
 
     score: float
     alignment: Alignment
     mask: np.ndarray
     box: tuple[int, int, int, int] | None
+    reproduced: float = 0.0
 
 
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
@@ -535,10 +538,10 @@ def _global_correlations(image: np.ndarray, mask: np.ndarray, moved: np.ndarray,
 
 
 def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_mask: np.ndarray) -> tuple:
-    """Scores [n] and copy masks [n, GRID, GRID] (grid pixels) of aligned candidates against their
-    queries' images and masks [n, GRID, GRID]. The score is the larger of two shares of the smaller of
-    the two foregrounds (the most two slices can share), so that an alignment that overlaps the slices
-    only in a corner cannot score high:
+    """Scores [n], copy masks [n, GRID, GRID] (grid pixels) and the near-exact part of the scores [n] of
+    aligned candidates against their queries' images and masks [n, GRID, GRID]. The score is the larger of
+    two shares of the smaller of the two foregrounds (the most two slices can share), so that an alignment
+    that overlaps the slices only in a corner cannot score high:
 
     - the largest agreeing region, each of its pixels counted by how far its local correlation rises
       above AGREEMENT (1 for a perfect match, :func:`_strength`): another person's loosely similar
@@ -564,7 +567,7 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
     copied = largest  # not used again: the rows scored by their near-exact region are replaced in place
     if by_exact.any():
         copied[by_exact] = _regions_holding(agree[by_exact], exact[by_exact])
-    return np.where(by_exact, reproduced, weighted), copied
+    return np.where(by_exact, reproduced, weighted), copied, reproduced
 
 
 def _exact_regions(correlation: np.ndarray, overlap: np.ndarray) -> np.ndarray:
@@ -808,11 +811,15 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     fine[snap] = offsets[snap]
     maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
     placed = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
-    scores, copied = _agreements(images[owner[scored]], masks[owner[scored]], placed[:, 0], placed[:, 1] > 0.5)
+    scores, copied, reproduced = _agreements(
+        images[owner[scored]], masks[owner[scored]], placed[:, 0], placed[:, 1] > 0.5
+    )
     chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless the other scores higher
     for s, p in enumerate(pair_of):
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
             chosen[p] = s
+    most_reproduced = np.zeros(len(ranks))
+    np.maximum.at(most_reproduced, pair_of, reproduced)
     to_query = [np.linalg.inv(_grid_of(query)) for query in used]
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
@@ -822,7 +829,8 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
         mask = _to_slice(copied[chosen[p]], query)
-        out[asked[q]].append(Verification(float(scores[chosen[p]]), alignment, mask, bounding_box(mask)))
+        found = Verification(float(scores[chosen[p]]), alignment, mask, bounding_box(mask), float(most_reproduced[p]))
+        out[asked[q]].append(found)
     return out
 
 

@@ -59,8 +59,9 @@ MAX_BANDS = 4
 
 @dataclass(frozen=True)
 class VerifiedNull:
-    """Verified scores [n] of the null's slices, their global similarities [n] and their grids'
-    roughness [n] (``verification.roughness``; nan where a slice had no candidate).
+    """Verified scores [n] of the null's slices, their global similarities [n], their grids'
+    roughness [n] (``verification.roughness``; nan where a slice had no candidate) and their near-exact
+    parts [n] (``second_stage.Verified.reproduced``).
 
     The null is split at quantiles of its roughness into bands of at least ``MIN_BAND`` scores (at most
     ``MAX_BANDS``; one band for a small null). In each band, verified p-values are empirical up to the
@@ -68,11 +69,15 @@ class VerifiedNull:
     score's tail is lighter than exponential, so this errs on the side of larger p-values). It lets a
     small null (a few subjects give only a few hundred distinct held-out slices) still reach
     alpha = 1e-3 for scores far above it.
+
+    A slice is tested on its score and its near-exact part together, each scaled by its own null's tail in
+    the band (:class:`_Statistic`).
     """
 
     scores: np.ndarray
     global_similarity: np.ndarray
     roughness: np.ndarray
+    reproduced: np.ndarray
 
     def edges(self) -> np.ndarray:
         """The roughness values [bands - 1] that split the null into bands, ascending."""
@@ -90,36 +95,51 @@ class VerifiedNull:
         """The null's verified scores in one band."""
         return self.scores[self.band(self.roughness) == band]
 
-    def verified_p(self, scores: np.ndarray, roughness: np.ndarray) -> np.ndarray:
-        """P-values of verified scores against the null band of each one's roughness."""
+    def band_reproduced(self, band: int) -> np.ndarray:
+        """The null's near-exact parts in one band."""
+        return self.reproduced[self.band(self.roughness) == band]
+
+    def _band_statistic(self, band: int) -> _Statistic:
+        """The combined statistic of one band (:class:`_Statistic`)."""
+        return _Statistic.of(self.band_scores(band), self.band_reproduced(band))
+
+    def verified_p(self, scores: np.ndarray, roughness: np.ndarray, reproduced: np.ndarray) -> np.ndarray:
+        """P-values of verified scores with their near-exact parts, against the null band of each one's
+        roughness (:class:`_Statistic`)."""
         scores = np.asarray(scores, dtype=np.float64)
+        reproduced = np.broadcast_to(np.asarray(reproduced, dtype=np.float64), scores.shape)
         bands = self.band(np.broadcast_to(np.asarray(roughness, dtype=np.float64), scores.shape))
         p = np.ones(scores.shape)
         for band in np.unique(bands):
             chosen = bands == band
-            p[chosen] = _tail_p(self.band_scores(int(band)), scores[chosen])
+            statistic = self._band_statistic(int(band))
+            p[chosen] = _tail_p(statistic.null, statistic(scores[chosen], reproduced[chosen]))
         return p
 
     def thresholds(self, alpha: float) -> list[dict]:
-        """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size
-        and the verified score above which a slice of that band counts as a copy at ``alpha``."""
+        """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size,
+        the verified score above which a slice of that band counts as a copy at ``alpha`` whatever its
+        near-exact part, and the near-exact part above which it does whatever its score (each at least
+        ``MIN_COPY_SCORE``)."""
         edges = [None, *self.edges().tolist(), None]
         bands = []
         for band in range(len(edges) - 1):
-            null = self.band_scores(band)
+            statistic = self._band_statistic(band)
+            score, part = statistic.levels(_tail_level(statistic.null, alpha))
             bands.append(
                 {
                     "roughness_from": edges[band],
                     "roughness_to": edges[band + 1],
-                    "n": int(len(null)),
-                    "threshold": _tail_threshold(null, alpha),
+                    "n": int(len(statistic.null)),
+                    "threshold": max(score, MIN_COPY_SCORE),
+                    "reproduced_threshold": max(part, MIN_COPY_SCORE),
                 }
             )
         return bands
 
     def threshold(self, alpha: float) -> float:
         """The verified score above which a slice counts as a copy at ``alpha`` whatever its roughness
-        (the highest band threshold; at least ``MIN_COPY_SCORE``)."""
+        and near-exact part (the highest band threshold; at least ``MIN_COPY_SCORE``)."""
         return max(band["threshold"] for band in self.thresholds(alpha))
 
 
@@ -136,6 +156,7 @@ def null_settings(regions: bool) -> dict:
         "scored": SCORED,
         "subpixel": SUBPIXEL,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET],
+        "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
         "region_tiles": len(TILES) if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
@@ -157,12 +178,46 @@ def _tail_p(null: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(scores > u, np.minimum(tail, share), NullModel(null).p_value(scores))
 
 
-def _tail_threshold(null: np.ndarray, alpha: float) -> float:
-    """The score whose :func:`_tail_p` is ``alpha`` (at least ``MIN_COPY_SCORE``)."""
+def _tail_level(null: np.ndarray, alpha: float) -> float:
+    """The value whose :func:`_tail_p` is ``alpha``."""
     u, share, scale = _tail(null)
     if alpha >= share:
-        return max(float(NullModel(null).threshold(alpha).similarity), MIN_COPY_SCORE)
-    return max(u + scale * float(np.log(share / alpha)), MIN_COPY_SCORE)
+        return float(NullModel(null).threshold(alpha).similarity)
+    return u + scale * float(np.log(share / alpha))
+
+
+@dataclass(frozen=True)
+class _Statistic:
+    """The statistic a verified slice is tested on within one null band: the larger of its score and its
+    near-exact part, each in units of its own null's tail, (x − u) / scale with u the null's TAIL_QUANTILE and
+    scale its mean exceedance (the parts' at least the scores'; a near-exact part under ``MIN_COPY_SCORE`` does
+    not count). Other people's
+    look-alike anatomy gives the scores a long tail while few of them reproduce a region near-exactly, so a
+    copied quarter whose score lies within the first tail can stand far above the second; where the parts add
+    nothing, the statistic is the score's (docs/method.md §7.19). ``null``: the band's own values of it."""
+
+    score_tail: tuple[float, float]
+    part_tail: tuple[float, float]
+    null: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, parts: np.ndarray) -> _Statistic:
+        """The statistic of a null band's scores and near-exact parts."""
+        (u, _, scale), (part_u, _, part_scale) = _tail(scores), _tail(parts)
+        # A null whose parts are (almost) all 0 says little about their spread: never finer than the scores'.
+        made = cls((u, scale), (part_u, max(part_scale, scale)), np.zeros(0))
+        return cls(made.score_tail, made.part_tail, made(scores, parts))
+
+    def __call__(self, scores: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        """The statistic [n] of scores and their near-exact parts [n]."""
+        (u, scale), (part_u, part_scale) = self.score_tail, self.part_tail
+        by_part = np.where(np.asarray(parts) >= MIN_COPY_SCORE, (np.asarray(parts) - part_u) / part_scale, -np.inf)
+        return np.maximum((np.asarray(scores, dtype=np.float64) - u) / scale, by_part)
+
+    def levels(self, level: float) -> tuple[float, float]:
+        """The score, and the near-exact part, at which the statistic reaches ``level``."""
+        (u, scale), (part_u, part_scale) = self.score_tail, self.part_tail
+        return u + scale * level, part_u + part_scale * level
 
 
 def evidence_p(verified_p: np.ndarray, verified_score: np.ndarray) -> np.ndarray:
@@ -277,6 +332,7 @@ def verify_against(
         np.array([v.score for v in verified]),
         np.asarray(as_cut.similarity, dtype=np.float64),
         np.array([v.roughness for v in verified], dtype=np.float64),
+        np.array([v.reproduced for v in verified], dtype=np.float64),
     )
 
 
