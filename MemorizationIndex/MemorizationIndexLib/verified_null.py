@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy import ndimage
@@ -191,10 +191,10 @@ class _Statistic:
     """The statistic a verified slice is tested on within one null band: the larger of its score and its
     near-exact part, each in units of its own null's tail, (x − u) / scale with u the null's TAIL_QUANTILE and
     scale its mean exceedance (the parts' at least the scores'; a near-exact part under ``MIN_COPY_SCORE`` does
-    not count). Other people's
-    look-alike anatomy gives the scores a long tail while few of them reproduce a region near-exactly, so a
-    copied quarter whose score lies within the first tail can stand far above the second; where the parts add
-    nothing, the statistic is the score's (docs/method.md §7.19). ``null``: the band's own values of it."""
+    not count). Other people's look-alike anatomy gives the scores a long tail while few of them reproduce a
+    region near-exactly, so a copied quarter whose score lies within the first tail can stand far above the
+    second; where the parts add nothing, the statistic is the score's (docs/method.md §7.19). ``null``: the
+    band's own values of it."""
 
     score_tail: tuple[float, float]
     part_tail: tuple[float, float]
@@ -205,8 +205,8 @@ class _Statistic:
         """The statistic of a null band's scores and near-exact parts."""
         (u, _, scale), (part_u, _, part_scale) = _tail(scores), _tail(parts)
         # A null whose parts are (almost) all 0 says little about their spread: never finer than the scores'.
-        made = cls((u, scale), (part_u, max(part_scale, scale)), np.zeros(0))
-        return cls(made.score_tail, made.part_tail, made(scores, parts))
+        unfitted = cls((u, scale), (part_u, max(part_scale, scale)), np.zeros(0))
+        return replace(unfitted, null=unfitted(scores, parts))
 
     def __call__(self, scores: np.ndarray, parts: np.ndarray) -> np.ndarray:
         """The statistic [n] of scores and their near-exact parts [n]."""
