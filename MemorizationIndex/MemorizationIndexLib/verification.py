@@ -49,6 +49,7 @@ EXACT_SHARE = 0.3  # share of the smaller foreground that, reproduced near-exact
 # Grid pixels: a near-exact pixel's correlation window (1.5 WINDOW_SIGMA) lies inside the overlap. Near the
 # overlap's edge the windows are cut, and two people's scalp or body outline agree there by chance.
 EXACT_INSET = 3
+EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-exact share is taken of (method.md §7.19)
 SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
 SCORED = "best-ranked, in place"  # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
@@ -562,7 +563,8 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
         exact[some] = _largest_regions(exact[some])
     smaller = np.maximum(np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2))), 1)
     weighted = np.where(largest, _strength(correlation), np.float32(0.0)).sum(axis=(1, 2)) / smaller
-    reproduced = np.minimum(exact.sum(axis=(1, 2)) / smaller / EXACT_SHARE, 1.0)
+    # The grid enlarges a small foreground to its size: a near-exact share of it is weighed as one of EXACT_FLOOR.
+    reproduced = np.minimum(exact.sum(axis=(1, 2)) / np.maximum(smaller, EXACT_FLOOR) / EXACT_SHARE, 1.0)
     by_exact = reproduced > weighted
     copied = largest  # not used again: the rows scored by their near-exact region are replaced in place
     if by_exact.any():

@@ -41,7 +41,18 @@ from .second_stage import (
     search_depth,
     verify_slices,
 )
-from .verification import EXACT, EXACT_INSET, EXACT_SHARE, GRID, HYPOTHESES, SCALE_RANGE, SCORED, SUBPIXEL, to_grids
+from .verification import (
+    EXACT,
+    EXACT_FLOOR,
+    EXACT_INSET,
+    EXACT_SHARE,
+    GRID,
+    HYPOTHESES,
+    SCALE_RANGE,
+    SCORED,
+    SUBPIXEL,
+    to_grids,
+)
 from .whitening import ShrinkageWhitener
 
 VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most), each as cut and blurred
@@ -155,7 +166,7 @@ def null_settings(regions: bool) -> dict:
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
         "subpixel": SUBPIXEL,
-        "exact": [EXACT, EXACT_SHARE, EXACT_INSET],
+        "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR],
         "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
         "region_tiles": len(TILES) if regions else 0,
