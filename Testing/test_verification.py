@@ -239,6 +239,22 @@ def test_exact_regions_keep_their_windows_inside_the_overlap():
     assert not verification._exact_regions(correlation * 0.9, overlap).any()
 
 
+def test_a_small_foreground_reproduced_near_exactly_is_weighed_as_half_the_grid():
+    """The grid enlarges a slice with little foreground (an end slice's few blobs) to its full size, so a
+    near-exact share of it is taken of EXACT_FLOOR grid pixels at least; a large foreground's is its own."""
+    rng = np.random.default_rng(0)
+    texture = ndimage.gaussian_filter(rng.random((GRID, GRID)), 1.0).astype(np.float32)
+    for side in (24, 60):  # 576 and 3600 foreground pixels: below and above EXACT_FLOOR
+        mask = np.zeros((1, GRID, GRID), dtype=bool)
+        mask[0, 2 : 2 + side, 2 : 2 + side] = True
+        image = np.where(mask, texture, 0.0).astype(np.float32)
+        scores, _, part = verification._agreements(image, mask, image.copy(), mask.copy())
+        exact = verification._exact_regions(np.ones_like(image), mask).sum()
+        share_of = max(side * side, verification.EXACT_FLOOR)
+        assert part[0] == pytest.approx(min(exact / share_of / verification.EXACT_SHARE, 1.0), rel=0.02), side
+        assert scores[0] >= part[0]
+
+
 def test_heavily_noised_copy_is_framed_and_verified(pair):
     source, other = pair
     rng = np.random.default_rng(3)

@@ -124,8 +124,9 @@ class Verification:
         well, or the share reproduced near-exactly over EXACT_SHARE when that is higher; in [0, 1].
     mask: bool [rows, cols] of the query: the copied region (empty when none).
     box: (row0, col0, row1, col1) of the mask in query pixels (ends exclusive), None when empty.
-    reproduced: the share of the smaller foreground reproduced near-exactly, over EXACT_SHARE (at most 1; the
-        score's second part, which has a null of its own: ``verified_null.VerifiedNull``).
+    reproduced: the share of the smaller foreground (at least EXACT_FLOOR grid pixels) reproduced near-exactly,
+        over EXACT_SHARE (at most 1; the score's second part, which has a null of its own:
+        ``verified_null.VerifiedNull``).
     """
 
     score: float
@@ -548,7 +549,8 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
       above AGREEMENT (1 for a perfect match, :func:`_strength`): another person's loosely similar
       anatomy counts less than an exact (partial) copy;
     - the largest region reproduced near-exactly (:func:`_exact_regions`), over EXACT_SHARE and at most
-      1: a copied quarter or patch scores by itself, not diluted by the rest of the slice.
+      1: a copied quarter or patch scores by itself, not diluted by the rest of the slice (its share is of
+      EXACT_FLOOR grid pixels at least: the grid enlarges a small foreground to its size).
 
     The copy mask is the largest agreeing region, or, when the near-exact share scores higher, the
     agreeing region that holds the near-exact one (its inset does not shrink the map)."""
