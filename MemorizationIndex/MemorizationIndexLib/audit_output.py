@@ -62,8 +62,8 @@ FOLDER_FORMAT = (
         "exclusive) of the copied region in the query slice's pixels as stored, empty when none; roughness: the "
         "slice's verification grid roughness (smaller = smoother; nan when not verified), which picks the band "
         "of the verified null its verified_p comes from; verified_reproduced in [0, 1]: the verified score's "
-        "near-exact part (the share of the smaller foreground reproduced near-exactly, over "
-        "verification.EXACT_SHARE), which verified_p also tests against a null of its own.",
+        "near-exact part (the share of the smaller foreground, at least half the grid, reproduced near-exactly, "
+        "over verification.EXACT_SHARE), which verified_p also tests against a null of its own.",
     ),
     ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
     (
