@@ -76,11 +76,8 @@ def score_two_stage(
     as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size)
     verified = verify_slices(slices, shortlisted, grids, index.preprocessing)
-    null = index.verified_null
-    verified_score = np.array([v.score for v in verified])
-    roughness, reproduced = np.array([v.roughness for v in verified]), np.array([v.reproduced for v in verified])
-    verified_p = null.verified_p(verified_score, roughness, reproduced)
-    flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p, verified_score)
+    verified_p = index.verified_null.verified_p_of(verified)
+    flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p, np.array([v.score for v in verified]))
     return TwoStage(flag_p, flag_p < alpha, verified, shortlisted, as_cut.similarity)
 
 

@@ -60,12 +60,7 @@ def _score_chunk(
         if mask is not None:
             member.copy_masks[int(k)] = mask
     if verified is not None:  # keep only the masks of likely copies (one p-value computation per chunk)
-        verified_p = index.verified_null.verified_p(
-            np.array([v.score for v in verified]),
-            np.array([v.roughness for v in verified]),
-            np.array([v.reproduced for v in verified]),
-        )
-        for (member, k, _), p in zip(chunk, verified_p):
+        for (member, k, _), p in zip(chunk, index.verified_null.verified_p_of(verified)):
             if p >= MASK_P:
                 member.copy_masks.pop(int(k), None)
     return result, index.feature_energy(raw)

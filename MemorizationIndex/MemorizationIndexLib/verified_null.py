@@ -37,6 +37,7 @@ from .second_stage import (
     VIEWS,
     GridSource,
     SliceGrids,
+    Verified,
     candidates,
     search_depth,
     verify_slices,
@@ -126,6 +127,14 @@ class VerifiedNull:
             statistic = self._band_statistic(int(band))
             p[chosen] = _tail_p(statistic.null, statistic(scores[chosen], reproduced[chosen]))
         return p
+
+    def verified_p_of(self, verified: Sequence[Verified]) -> np.ndarray:
+        """:meth:`verified_p` of second-stage results (``second_stage.verify_slices``)."""
+        return self.verified_p(
+            np.array([v.score for v in verified]),
+            np.array([v.roughness for v in verified]),
+            np.array([v.reproduced for v in verified]),
+        )
 
     def thresholds(self, alpha: float) -> list[dict]:
         """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size,
