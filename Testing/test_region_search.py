@@ -25,7 +25,11 @@ def test_tiles_are_window_means_inside_the_map() -> None:
     assert all(0 <= top < bottom <= 1 and 0 <= left < right <= 1 for top, bottom, left, right in TILES)
     assert torch.equal(tiles[:, 0], maps[:, :, :4, :4].mean(dim=(2, 3)))  # the top-left quarter
     assert torch.equal(tiles[:, 4], maps[:, :, 2:6, 2:6].mean(dim=(2, 3)))  # the centre
-    assert torch.equal(tiles[:, -1], maps[:, :, :, 4:].mean(dim=(2, 3)))  # the right half
+    assert torch.equal(tiles[:, 12], maps[:, :, :, 4:].mean(dim=(2, 3)))  # the right half
+    assert torch.equal(tiles[:, 13], maps[:, :, :2, :2].mean(dim=(2, 3)))  # the first of the small windows
+    assert torch.equal(tiles[:, 14], maps[:, :, :2, 1:3].mean(dim=(2, 3)))  # ... an eighth of the side on
+    assert torch.equal(tiles[:, -1], maps[:, :, 6:, 6:].mean(dim=(2, 3)))  # ... to the bottom-right corner
+    assert len(TILES) == len(set(TILES)) == 9 + 4 + 49
 
 
 def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
@@ -49,7 +53,8 @@ def test_tiles_come_from_the_forward_pass_that_gives_the_features(encoder, spine
     features, tiles = embed_slices_and_tiles(encoder, slices, PreprocessSettings(), tiled=7, batch_size=4)
     alone = embed_slices(encoder, slices, PreprocessSettings(), batch_size=4)
     assert all(np.array_equal(features[b], alone[b]) for b in encoder.blocks)
-    assert {b: t.shape for b, t in tiles.items()} == {b: (7, len(TILES), alone[b].shape[1]) for b in encoder.blocks}
+    assert encoder.region_block == "stage4"  # the shallowest of stage4..stage6: the most local features
+    assert {b: t.shape for b, t in tiles.items()} == {"stage4": (7, len(TILES), alone["stage4"].shape[1])}
     assert embed_slices_and_tiles(encoder, slices, PreprocessSettings(), tiled=0)[1] is None
 
 

@@ -617,11 +617,11 @@ def _padded(
         padded.append(p.source[j], p.slice[j], p.axis[j], p.array_axis[j], copies[copy], original, subject)
     n_synthetic_slices = -(-pad // len(copies))
     per_tile = [
-        {b: np.concatenate([f[b] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)]) for b in DIMS}
+        {b: np.concatenate([f[b] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)]) for b in tiles}
         for t in range(len(TILES))
     ]
-    synthetic_tiles = {b: np.stack([rows[b] for rows in per_tile], axis=1) for b in DIMS}
-    padded_tiles = {b: np.concatenate([tiles[b], synthetic_tiles[b]]) for b in DIMS}
+    synthetic_tiles = {b: np.stack([rows[b] for rows in per_tile], axis=1) for b in tiles}
+    padded_tiles = {b: np.concatenate([tiles[b], synthetic_tiles[b]]) for b in tiles}
     return {b: np.concatenate([features[b], synthetic[b]]) for b in DIMS}, padded_tiles, padded
 
 

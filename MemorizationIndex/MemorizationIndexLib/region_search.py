@@ -1,11 +1,12 @@
-"""Region-level search: candidates for partial copies (docs/method.md §7.14).
+"""Region-level search: candidates for partial copies (docs/method.md §7.14, §7.20).
 
 A slice that copies only a half, a quarter or a pasted region of a training slice is not near that
 slice in the pooled features the global search compares: the rest of the slice is someone else's.
-Its copied region is near the same region of the source, though. The encoder's feature maps are
-therefore also pooled over ``encoders.tiles.TILES`` (windows of half the side at quarter steps, and the four
-halves), every tile of a training slice as cut is indexed, and every tile of a query slice is
-searched against all of them, at any position. The training slices whose tiles match a query's
+Its copied region is near the same region of the source, though. The feature map of the encoder's
+shallowest block (``Encoder.region_block``: the most local features) is therefore also pooled over
+``encoders.tiles.TILES`` (windows of half and of a quarter of the side, and the four halves), every tile of
+a training slice as cut is indexed, and every tile of a query slice is searched against all of them, at
+any position (a copied region may have moved). The training slices whose tiles match a query's
 tiles best are added to its verification candidates (:data:`REGION_CANDIDATES`). The tiles come
 from the forward pass the global features come from, so the search costs no extra one.
 """
@@ -22,7 +23,7 @@ from .encoders.tiles import TILES
 from .search import FLAT, IVF, build_block_index, prepare_loaded
 from .whitening import ShrinkageWhitener
 
-Tiles = dict[str, np.ndarray]  # block -> float32 [slices, len(TILES), channels]: raw tile features
+Tiles = dict[str, np.ndarray]  # region block -> float32 [slices, len(TILES), channels]: raw tile features
 
 REGION_CANDIDATES = 3  # training slices the region search adds to a query slice's candidates
 REGION_DEPTH = 8  # tile hits searched per query tile

@@ -178,7 +178,7 @@ def null_settings(regions: bool) -> dict:
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR],
         "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
-        "region_tiles": len(TILES) if regions else 0,
+        "region_tiles": [len(TILES), "shallowest block"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
     }
 

@@ -55,13 +55,19 @@ class Encoder(abc.ABC):
         """Whether the encoder gives tile features (:meth:`embed_with_tiles`)."""
         return type(self).feature_maps is not Encoder.feature_maps
 
+    @property
+    def region_block(self) -> str:
+        """The block whose tiles the region search compares: the shallowest exposed one, whose features see the
+        least of a tile's surroundings (``blocks`` lists them shallow to deep unless an encoder says otherwise)."""
+        return self.blocks[0]
+
     def embed_with_tiles(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """:meth:`embed`'s features and, from the same forward pass, {block: float32 [N, tiles, D_block]} means
-        over every tile of ``tiles.TILES``."""
+        """:meth:`embed`'s features and, from the same forward pass, {:attr:`region_block`: float32
+        [N, tiles, D]} means over every tile of ``tiles.TILES``."""
         with torch.inference_mode():
             maps = self.feature_maps(batch)
             pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
-            return pooled, {b: pool_tiles(m).float().cpu().numpy() for b, m in maps.items()}
+            return pooled, {self.region_block: pool_tiles(maps[self.region_block]).float().cpu().numpy()}
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """Check a batch is [N, 1, S, S] and move it to the encoder's device as float32."""

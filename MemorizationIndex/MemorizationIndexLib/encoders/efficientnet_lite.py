@@ -222,6 +222,11 @@ class EfficientNetLite0Encoder(Encoder):
             feats = self.model(x, self.blocks)
             return {b: feats[b].float().cpu().numpy() for b in self.blocks}
 
+    @property
+    def region_block(self) -> str:
+        """The shallowest of the exposed blocks (the region search's tiles)."""
+        return min(self.blocks, key=ALL_BLOCKS.index)
+
     def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
         """{block: [N, C, H, W]} outputs of the blocks (call under ``torch.inference_mode``)."""
         return self.model(self.input_tensor(batch), self.blocks, maps=True)

@@ -274,6 +274,11 @@ class MriCoreEncoder(Encoder):
             feats = self.model(x, self.block_ids)
             return {b: feats[i].float().cpu().numpy() for b, i in zip(self.blocks, self.block_ids)}
 
+    @property
+    def region_block(self) -> str:
+        """The shallowest of the exposed blocks (the region search's tiles)."""
+        return self.blocks[self.block_ids.index(min(self.block_ids))]
+
     def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
         """{block: [N, 768, grid, grid]} patch-token maps (call under ``torch.inference_mode``)."""
         maps = self.model(self.input_tensor(batch), self.block_ids, maps=True)
