@@ -25,7 +25,7 @@ from MemorizationIndexLib.encoders.mri_core import (
     VisionTransformer,
     interpolate_pos_embed,
 )
-from MemorizationIndexLib.encoders.tiles import TILES
+from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key
 from MemorizationIndexLib.errors import UserError
 
 SIZE = 224
@@ -198,14 +198,17 @@ def test_mri_core_tiles_are_patch_token_windows_from_the_same_pass(mri_core: Mri
     alone = mri_core.embed(batch)
     assert all(np.array_equal(pooled[b], alone[b]) for b in mri_core.blocks)
     maps = mri_core.model(mri_core.input_tensor(batch), mri_core.block_ids, maps=True)
+    for block, i in zip(mri_core.blocks, mri_core.block_ids):
+        assert tiles[block].shape == (2, len(COARSE_TILES), EMBED_DIM)
+        np.testing.assert_allclose(
+            tiles[block][:, 0], maps[i][:, :, :7, :7].mean(dim=(2, 3)).detach().numpy(), rtol=1e-5
+        )
     shallowest = mri_core.block_ids.index(min(mri_core.block_ids))
-    assert list(tiles) == [mri_core.region_block] == [mri_core.blocks[shallowest]]
-    block = mri_core.region_block
-    assert tiles[block].shape == (2, len(TILES), EMBED_DIM)
-    shallow_map = maps[mri_core.block_ids[shallowest]]
-    first, last = shallow_map[:, :, :7, :7], shallow_map[:, :, 10:, 10:]
-    np.testing.assert_allclose(tiles[block][:, 0], first.mean(dim=(2, 3)).detach().numpy(), rtol=1e-5)
-    np.testing.assert_allclose(tiles[block][:, -1], last.mean(dim=(2, 3)).detach().numpy(), rtol=1e-5)
+    assert mri_core.region_block == mri_core.blocks[shallowest]
+    fine = tiles[fine_key(mri_core.region_block)]
+    assert fine.shape == (2, len(FINE_TILES), EMBED_DIM)
+    corner = maps[mri_core.block_ids[shallowest]][:, :, 10:, 10:].mean(dim=(2, 3))
+    np.testing.assert_allclose(fine[:, -1], corner.detach().numpy(), rtol=1e-5)
 
 
 def test_mri_core_reads_grayscale_like_the_rgb_network(

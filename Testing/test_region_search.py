@@ -11,31 +11,33 @@ import torch
 
 from MemorizationIndexLib import region_search
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
-from MemorizationIndexLib.encoders.tiles import TILES, pool_tiles
+from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key, pool_tiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
-from MemorizationIndexLib.region_search import RegionIndex
+from MemorizationIndexLib.region_search import REGION_CANDIDATES, RegionIndex
 from MemorizationIndexLib.second_stage import with_region_candidates
 from MemorizationIndexLib.volumes import image_slices, read_image
 
 
 def test_tiles_are_window_means_inside_the_map() -> None:
     maps = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    tiles = pool_tiles(maps)
-    assert tiles.shape == (2, len(TILES), 3)
-    assert all(0 <= top < bottom <= 1 and 0 <= left < right <= 1 for top, bottom, left, right in TILES)
-    assert torch.equal(tiles[:, 0], maps[:, :, :4, :4].mean(dim=(2, 3)))  # the top-left quarter
-    assert torch.equal(tiles[:, 4], maps[:, :, 2:6, 2:6].mean(dim=(2, 3)))  # the centre
-    assert torch.equal(tiles[:, 12], maps[:, :, :, 4:].mean(dim=(2, 3)))  # the right half
-    assert torch.equal(tiles[:, 13], maps[:, :, :2, :2].mean(dim=(2, 3)))  # the first of the small windows
-    assert torch.equal(tiles[:, 14], maps[:, :, :2, 1:3].mean(dim=(2, 3)))  # ... an eighth of the side on
-    assert torch.equal(tiles[:, -1], maps[:, :, 6:, 6:].mean(dim=(2, 3)))  # ... to the bottom-right corner
-    assert len(TILES) == len(set(TILES)) == 9 + 4 + 49
+    coarse, fine = pool_tiles(maps, COARSE_TILES), pool_tiles(maps, FINE_TILES)
+    assert coarse.shape == (2, 13, 3) and fine.shape == (2, 49, 3)
+    assert all(0 <= t < b <= 1 and 0 <= left < r <= 1 for t, b, left, r in COARSE_TILES + FINE_TILES)
+    assert torch.equal(coarse[:, 0], maps[:, :, :4, :4].mean(dim=(2, 3)))  # the top-left quarter
+    assert torch.equal(coarse[:, 4], maps[:, :, 2:6, 2:6].mean(dim=(2, 3)))  # the centre
+    assert torch.equal(coarse[:, -1], maps[:, :, :, 4:].mean(dim=(2, 3)))  # the right half
+    assert torch.equal(fine[:, 0], maps[:, :, :2, :2].mean(dim=(2, 3)))  # a quarter of the side
+    assert torch.equal(fine[:, 1], maps[:, :, :2, 1:3].mean(dim=(2, 3)))  # ... an eighth of the side on
+    assert torch.equal(fine[:, -1], maps[:, :, 6:, 6:].mean(dim=(2, 3)))  # ... to the bottom-right corner
+    assert len(set(FINE_TILES)) == 49
 
 
 def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     listed = np.array([[4, 2, -1], [1, 3, 5]])
     regions = np.array([[2, 7, 7], [9, -1, 1]])
     assert with_region_candidates(listed, regions).tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]]
+    many = np.array([[4, 8, 2, 6, 9, 11], [-1, -1, -1, -1, -1, -1]])  # both kinds' rows: at most m are added
+    assert with_region_candidates(listed, many, 2).tolist() == [[4, 2, -1, 8, 6], [1, 3, 5, -1, -1]]
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +56,17 @@ def test_tiles_come_from_the_forward_pass_that_gives_the_features(encoder, spine
     alone = embed_slices(encoder, slices, PreprocessSettings(), batch_size=4)
     assert all(np.array_equal(features[b], alone[b]) for b in encoder.blocks)
     assert encoder.region_block == "stage4"  # the shallowest of stage4..stage6: the most local features
-    assert {b: t.shape for b, t in tiles.items()} == {"stage4": (7, len(TILES), alone["stage4"].shape[1])}
+    assert encoder.tile_keys == encoder.blocks + (fine_key("stage4"),)
+    shapes = {b: (7, len(COARSE_TILES), alone[b].shape[1]) for b in encoder.blocks}
+    assert {key: t.shape for key, t in tiles.items()} == shapes | {
+        fine_key("stage4"): (7, 49, alone["stage4"].shape[1])
+    }
     assert embed_slices_and_tiles(encoder, slices, PreprocessSettings(), tiled=0)[1] is None
 
 
-def _half_copies(reference: list[np.ndarray], other: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
-    """Each reference slice's upper half over another person's slice (resampled onto the same grid)."""
-    copies = []
+def _hosts(reference: list[np.ndarray], other: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
+    """For each reference row, another person's slice resampled onto its grid and brought to its brightness."""
+    hosts = []
     for j, row in enumerate(rows):
         source = np.asarray(reference[row], dtype=np.float32)
         host = np.asarray(other[(7 * j) % len(other)], dtype=np.float32)
@@ -70,9 +76,32 @@ def _half_copies(reference: list[np.ndarray], other: list[np.ndarray], rows: lis
                 np.linspace(0, host.shape[1] - 1, source.shape[1]).astype(int),
             )
         ]
-        host = host / max(float(np.percentile(host, 99.5)), 1e-6) * float(np.percentile(source, 99.5))
-        half = source.shape[0] // 2
-        copies.append(np.concatenate([source[:half], host[half:]]))
+        hosts.append(host / max(float(np.percentile(host, 99.5)), 1e-6) * float(np.percentile(source, 99.5)))
+    return hosts
+
+
+def _half_copies(reference: list[np.ndarray], other: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
+    """Each reference slice's upper half over another person's slice."""
+    copies = []
+    for row, host in zip(rows, _hosts(reference, other, rows)):
+        half = len(host) // 2
+        copies.append(np.concatenate([reference[row][:half], host[half:]]))
+    return copies
+
+
+def _moved_patches(reference: list[np.ndarray], other: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
+    """A square of 0.4 of each reference slice's side, from a place in its middle band, pasted at another
+    place of another person's slice (places that are no tile's)."""
+    rng = np.random.default_rng(7)
+    copies = []
+    for row, host in zip(rows, _hosts(reference, other, rows)):
+        h, w = host.shape
+        side = int(0.4 * min(h, w))
+        y0, x0 = int(rng.uniform(0.2, 0.4) * h), int(rng.uniform(0.05, 0.55) * w)
+        y1, x1 = int(rng.uniform(0.05, 0.55) * h), int(rng.uniform(0.05, 0.55) * w)
+        copy = host.copy()
+        copy[y1 : y1 + side, x1 : x1 + side] = reference[row][y0 : y0 + side, x0 : x0 + side]
+        copies.append(copy)
     return copies
 
 
@@ -87,14 +116,33 @@ def test_half_copies_find_their_source_among_the_region_candidates(
     _, query_tiles = embed_slices_and_tiles(
         encoder, _half_copies(reference, spine_slices["06"], sources), PreprocessSettings()
     )
-    found, scores = regions.search(query_tiles)
+    found = regions.search(query_tiles)
+    assert found.shape == (len(sources), 2 * region_search.REGION_CANDIDATES)
     hits = [rows[s] in found[i] for i, s in enumerate(sources)]
     assert np.mean(hits) >= 0.9, (np.mean(hits), len(hits))
-    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert regions.consistent(100 + len(reference)) and not regions.consistent(100 + len(reference) - 1)
     regions.save(tmp_path)
     loaded = RegionIndex.load(tmp_path)
-    assert loaded is not None and np.array_equal(loaded.search(query_tiles)[0], found)
+    assert loaded is not None and np.array_equal(loaded.search(query_tiles), found)
     assert RegionIndex.load(tmp_path / "elsewhere") is None
     monkeypatch.setattr(region_search, "IVF_MIN_VECTORS", 10)  # the large-reference kind finds the same sources
-    approximate = RegionIndex.fit(tiles, rows).search(query_tiles)[0]
+    approximate = RegionIndex.fit(tiles, rows).search(query_tiles)
     assert np.mean([rows[s] in approximate[i] for i, s in enumerate(sources)]) >= np.mean(hits) - 0.1
+
+
+def test_moved_patches_are_found_by_the_fine_tiles(encoder, spine_slices) -> None:
+    reference = spine_slices["01"] + spine_slices["02"] + spine_slices["03"]
+    _, tiles = embed_slices_and_tiles(encoder, reference, PreprocessSettings())
+    rows = np.arange(len(reference))
+    sources = list(range(2, len(reference), 3))
+    _, query_tiles = embed_slices_and_tiles(
+        encoder, _moved_patches(reference, spine_slices["06"], sources), PreprocessSettings()
+    )
+    both = RegionIndex.fit(tiles, rows)
+    coarse = RegionIndex.fit({b: tiles[b] for b in encoder.blocks}, rows)
+    assert list(both.kinds) == ["coarse", "fine"] and list(coarse.kinds) == ["coarse"]
+    found = both.search(query_tiles)
+    alone = coarse.search(query_tiles)
+    hits = np.mean([s in found[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
+    hits_coarse = np.mean([s in alone[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
+    assert hits >= 0.5 and hits >= hits_coarse + 0.2, (hits, hits_coarse, len(sources))

@@ -598,7 +598,7 @@ def _padded(
     slices in turn, so a candidate among them is verified against that real slice's pixels (its grid
     made for its own row, as a distinct reference slice's would be). Every synthetic original also gets
     synthetic tiles, so the region index holds the tiles of every original slice, real or synthetic."""
-    from MemorizationIndexLib.encoders.tiles import TILES
+    from MemorizationIndexLib.encoders.tiles import fine_key
     from MemorizationIndexLib.index_build import BuildOptions
     from MemorizationIndexLib.reference_index import Provenance
 
@@ -616,12 +616,14 @@ def _padded(
         subject = f"synthetic-{slice_number // 200}"
         padded.append(p.source[j], p.slice[j], p.axis[j], p.array_axis[j], copies[copy], original, subject)
     n_synthetic_slices = -(-pad // len(copies))
-    per_tile = [
-        {b: np.concatenate([f[b] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)]) for b in tiles}
-        for t in range(len(TILES))
-    ]
-    synthetic_tiles = {b: np.stack([rows[b] for rows in per_tile], axis=1) for b in tiles}
-    padded_tiles = {b: np.concatenate([tiles[b], synthetic_tiles[b]]) for b in tiles}
+    padded_tiles = {}
+    for key, real in tiles.items():
+        block = key.removeprefix(fine_key(""))  # synthetic features of the block the tiles are pooled from
+        per_tile = [
+            np.concatenate([f[block] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)])
+            for t in range(real.shape[1])
+        ]
+        padded_tiles[key] = np.concatenate([real, np.stack(per_tile, axis=1)])
     return {b: np.concatenate([features[b], synthetic[b]]) for b in DIMS}, padded_tiles, padded
 
 
@@ -743,7 +745,7 @@ def _second_stage_parts(
         lap("views_embedding")
     rows = shortlist(hits, index.candidates)
     lap("view_searches")
-    rows = with_region_candidates(rows, index.regions.search(tiles)[0])
+    rows = with_region_candidates(rows, index.regions.search(tiles))
     lap("region_search")
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = ReferenceGrids(index)(wanted)

@@ -46,14 +46,14 @@ def embed_slices_and_tiles(
     cancel: threading.Event | None = None,
 ) -> tuple[dict[str, np.ndarray], Tiles | None]:
     """Raw features of 2D slices (as :func:`embed_slices`) and, from the same forward passes, the raw tile
-    features {``encoder.region_block``: float32 [tiled, tiles, D]} of the first ``tiled`` slices (all when
+    features {key: float32 [tiled, tiles, D]} (``Encoder.tile_keys``) of the first ``tiled`` slices (all when
     None); the tiles are None when the encoder has none (``Encoder.has_tiles``) or ``tiled`` is 0."""
     total = len(slices)
     tiled = total if tiled is None else min(int(tiled), total)
     if not encoder.has_tiles:
         tiled = 0
     chunks: dict[str, list[np.ndarray]] = {block: [] for block in encoder.blocks}
-    tile_chunks: dict[str, list[np.ndarray]] = {encoder.region_block: []} if encoder.has_tiles else {}
+    tile_chunks: dict[str, list[np.ndarray]] = {key: [] for key in encoder.tile_keys} if encoder.has_tiles else {}
     starts = list(range(0, total, batch_size))
 
     def prepare(start: int) -> np.ndarray:

@@ -99,7 +99,7 @@ def shortlist_queries(
         np.asarray(index.provenance.original_row),
         index.preprocessing,
         k=index.candidates,
-        regions=None if index.regions is None else index.regions.search(tiles, REGION_CANDIDATES)[0],
+        regions=None if index.regions is None else index.regions.search(tiles, REGION_CANDIDATES),
         batch_size=batch_size,
         cancel=cancel,
     )

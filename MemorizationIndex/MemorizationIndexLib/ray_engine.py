@@ -294,7 +294,7 @@ def build_index_ray(
     if holdout:
         held_order = np.lexsort((held["slice"], held["volume"]))
         holdout_features = {b: held[f"feature/{b}"][held_order] for b in encoder.blocks}
-    tiles, holdout_tiles = _tiles_of(merged, (encoder.region_block,))
+    tiles, holdout_tiles = _tiles_of(merged, encoder.tile_keys)
     verified = _verified_null_on_driver(
         train, features, tiles, provenance, (holdout_features, holdout_tiles), encoder, options
     )

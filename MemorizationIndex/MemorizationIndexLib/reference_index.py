@@ -35,7 +35,6 @@ import numpy as np
 from .calibration import feature_energy
 from .encoders import load_encoder
 from .encoders.base import Encoder, file_sha256
-from .encoders.tiles import TILES
 from .errors import UserError
 from .preprocess import PreprocessSettings
 from .region_search import RegionIndex
@@ -336,10 +335,7 @@ def _region_index(path: Path, n_rows: int) -> RegionIndex | None:
         regions = RegionIndex.load(path)
     except RuntimeError:
         raise UserError(f"index {path}: its region index cannot be read (truncated?); rebuild it") from None
-    if regions is not None and (
-        regions.index.ntotal != len(regions.rows) * len(TILES)
-        or not np.all((regions.rows >= 0) & (regions.rows < n_rows))
-    ):
+    if regions is not None and not regions.consistent(n_rows):
         raise UserError(f"index {path}: its region index does not match its provenance; rebuild it")
     return regions
 

@@ -28,6 +28,7 @@ from .encoders.base import Encoder
 from .grid_cache import GridCache
 from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
+from .region_search import REGION_CANDIDATES
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
 from .verification import (
@@ -144,7 +145,8 @@ def candidates(
 ) -> np.ndarray:
     """[n, k (+ m)] candidate original rows of the slices: ``as_cut`` (the audit's own search, at least
     :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view, then the
-    region search's rows [n, m] (``region_search.RegionIndex.search``) not already among them."""
+    first :data:`REGION_CANDIDATES` of the region search's rows (``region_search.RegionIndex.search``) not
+    already among them."""
     n = len(slices)
     if n == 0:
         return np.zeros((0, k), dtype=np.int64)
@@ -162,13 +164,13 @@ def candidates(
     return listed if regions is None else with_region_candidates(listed, regions)
 
 
-def with_region_candidates(listed: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """[n, k + m]: the candidates [n, k] followed by the region search's rows [n, m] that are not among them
-    (-1 = none)."""
-    out = np.full((len(listed), listed.shape[1] + regions.shape[1]), -1, dtype=np.int64)
+def with_region_candidates(listed: np.ndarray, regions: np.ndarray, m: int = REGION_CANDIDATES) -> np.ndarray:
+    """[n, k + m]: the candidates [n, k] followed by the first m of the region search's rows (in its order) that
+    are not among them (-1 = none)."""
+    out = np.full((len(listed), listed.shape[1] + m), -1, dtype=np.int64)
     out[:, : listed.shape[1]] = listed
     for i, rows in enumerate(regions):
-        added = [int(r) for r in dict.fromkeys(rows.tolist()) if r >= 0 and r not in listed[i]]
+        added = [int(r) for r in dict.fromkeys(rows.tolist()) if r >= 0 and r not in listed[i]][:m]
         out[i, listed.shape[1] : listed.shape[1] + len(added)] = added
     return out
 

@@ -26,7 +26,7 @@ from scipy import ndimage
 from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
-from .encoders.tiles import TILES
+from .encoders.tiles import COARSE_TILES, FINE_TILES
 from .preprocess import PreprocessSettings
 from .region_search import REGION_CANDIDATES, RegionIndex, Tiles
 from .scoring import NullModel
@@ -178,7 +178,7 @@ def null_settings(regions: bool) -> dict:
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR],
         "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
-        "region_tiles": [len(TILES), "shallowest block"] if regions else 0,
+        "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
     }
 
@@ -334,7 +334,7 @@ def verify_against(
     if tiles is not None and queries.tiles is not None:
         originals = np.unique(local_original)
         region_index = RegionIndex.fit({b: raw[originals] for b, raw in tiles.items()}, originals, make_whitener)
-        regions = region_index.search(queries.tiles, REGION_CANDIDATES)[0]
+        regions = region_index.search(queries.tiles, REGION_CANDIDATES)
     shortlisted = candidates(
         encoder,
         queries.slices,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tiles import pool_tiles
+from .tiles import COARSE_TILES, FINE_TILES, fine_key, pool_tiles
 
 
 def file_sha256(path: str | Path) -> str:
@@ -57,17 +57,27 @@ class Encoder(abc.ABC):
 
     @property
     def region_block(self) -> str:
-        """The block whose tiles the region search compares: the shallowest exposed one, whose features see the
-        least of a tile's surroundings (``blocks`` lists them shallow to deep unless an encoder says otherwise)."""
+        """The block whose fine tiles the region search also compares: the shallowest exposed one, whose
+        features see the least of a tile's surroundings (``blocks`` lists them shallow to deep unless an
+        encoder says otherwise)."""
         return self.blocks[0]
 
+    @property
+    def tile_keys(self) -> tuple[str, ...]:
+        """The keys of :meth:`embed_with_tiles`'s tile features: every block's coarse tiles, then the fine
+        tiles of :attr:`region_block`."""
+        return self.blocks + (fine_key(self.region_block),)
+
     def embed_with_tiles(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """:meth:`embed`'s features and, from the same forward pass, {:attr:`region_block`: float32
-        [N, tiles, D]} means over every tile of ``tiles.TILES``."""
+        """:meth:`embed`'s features and, from the same forward pass, the tile features {key: float32
+        [N, tiles, D]} of :attr:`tile_keys` (``tiles.COARSE_TILES`` of every block, ``tiles.FINE_TILES`` of
+        :attr:`region_block`)."""
         with torch.inference_mode():
             maps = self.feature_maps(batch)
             pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
-            return pooled, {self.region_block: pool_tiles(maps[self.region_block]).float().cpu().numpy()}
+            tiles = {b: pool_tiles(m, COARSE_TILES) for b, m in maps.items()}
+            tiles[fine_key(self.region_block)] = pool_tiles(maps[self.region_block], FINE_TILES)
+            return pooled, {key: t.float().cpu().numpy() for key, t in tiles.items()}
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """Check a batch is [N, 1, S, S] and move it to the encoder's device as float32."""

@@ -1,22 +1,44 @@
-"""The tiles of a slice's feature map: windows of half the side at quarter steps, the four halves, and
-windows of a quarter of the side at eighth steps, each pooled to one feature vector (the region search's
-features, region_search.py; docs/method.md §7.20)."""
+"""The tiles of a slice's feature maps, each pooled to one feature vector (the region search's features,
+region_search.py; docs/method.md §7.14, §7.20).
+
+Coarse tiles (windows of half the side at quarter steps, and the four halves) are pooled from every block.
+Fine tiles (windows of a quarter of the side at eighth steps) are pooled from the encoder's shallowest block
+only, whose features see the least of a window's surroundings: a fine tile can lie inside a copied region
+of any shape and place (a disc, a strip, a moved patch) and still match the same window of the source.
+"""
 
 from __future__ import annotations
 
 import torch
 
+Window = tuple[float, float, float, float]  # (top, bottom, left, right) as fractions of the map's height and width
 
-def _windows(side: float, step: float) -> tuple[tuple[float, float, float, float], ...]:
+
+def _windows(side: float, step: float) -> tuple[Window, ...]:
     """Square windows of ``side`` at ``step`` over the unit square, row by row."""
     starts = [i * step for i in range(int(round((1.0 - side) / step)) + 1)]
     return tuple((top, top + side, left, left + side) for top in starts for left in starts)
 
 
-_HALVES = ((0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0))
-# (top, bottom, left, right) of every tile, as fractions of the feature map's height and width; the small
-# windows let a query tile lie inside a copied region of any shape and place (a disc, a strip, a moved patch)
-TILES: tuple[tuple[float, float, float, float], ...] = _windows(0.5, 0.25) + _HALVES + _windows(0.25, 0.125)
+_HALVES: tuple[Window, ...] = ((0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0))
+COARSE_TILES: tuple[Window, ...] = _windows(0.5, 0.25) + _HALVES
+FINE_TILES: tuple[Window, ...] = _windows(0.25, 0.125)
+_FINE_PREFIX = "fine:"
+
+
+def fine_key(block: str) -> str:
+    """The tile-features key of a block's fine tiles (the coarse tiles' key is the block's name)."""
+    return _FINE_PREFIX + block
+
+
+def is_fine(key: str) -> bool:
+    """Whether a tile-features key holds fine tiles (:func:`fine_key`)."""
+    return key.startswith(_FINE_PREFIX)
+
+
+def windows_of(key: str) -> tuple[Window, ...]:
+    """The tiles a tile-features key holds."""
+    return FINE_TILES if is_fine(key) else COARSE_TILES
 
 
 def _span(start: float, stop: float, size: int) -> slice:
@@ -25,8 +47,8 @@ def _span(start: float, stop: float, size: int) -> slice:
     return slice(first, max(int(round(stop * size)), first + 1))
 
 
-def pool_tiles(maps: torch.Tensor) -> torch.Tensor:
-    """[N, T, C] means of feature maps [N, C, H, W] over every tile of :data:`TILES`."""
+def pool_tiles(maps: torch.Tensor, tiles: tuple[Window, ...] = COARSE_TILES) -> torch.Tensor:
+    """[N, T, C] means of feature maps [N, C, H, W] over every window of ``tiles``."""
     h, w = maps.shape[-2:]
-    means = [maps[:, :, _span(t, b, h), _span(left, r, w)].mean(dim=(2, 3)) for t, b, left, r in TILES]
+    means = [maps[:, :, _span(t, b, h), _span(left, r, w)].mean(dim=(2, 3)) for t, b, left, r in tiles]
     return torch.stack(means, dim=1)
