@@ -159,7 +159,7 @@ def test_people_in_no_index_are_not_flagged_in_any_orientation(stage_audit: dict
 
 def test_half_copies_are_flagged_with_their_source_and_located_in_the_copied_half(stage_audit: dict) -> None:
     index: ReferenceIndex = stage_audit["index"]
-    assert index.regions is not None and index.config["verification"]["region_tiles"] > 0
+    assert index.regions is not None and index.config["verification"]["region_tiles"]
     halves = stage_audit["out"].rows[7:]
     assert all(row.flagged for row in halves), [(row.verified_score, row.flag_p, row.copy_slice) for row in halves]
     assert [(row.copy_source, row.copy_slice) for row in halves] == [

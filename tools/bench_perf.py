@@ -660,7 +660,7 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
     info = {
         "n_reference": n_reference,
         "n_reference_slices": n_slices,
-        "n_region_tiles": int(np.prod(next(iter(tiles.values())).shape[:2])),  # slices x tiles per slice
+        "n_region_tiles": sum(kind.index.ntotal for kind in index.regions.kinds.values()),  # tile vectors
         "n_real_vectors": n_real,
         "n_real_slices": n_originals,
         "n_real_subjects": VERIFY_SUBJECTS,

@@ -12,7 +12,8 @@ Layout (every file's sha256 is in ``manifest.json``, verified on load)::
     calibration.npz     the pooled null similarities, the feature energy of the same held-out slices
                         (absent in indexes built before it; docs/method.md §8.1), the verified null
     thumbnails.npz      only with store_thumbnails: 8-bit reference slices
-    regions.faiss       the region search's tiles of the reference slices as cut, with region_whiteners.npz
+    regions.faiss       the region search's coarse tiles of the reference slices as cut, regions_fine.faiss
+                        their fine tiles, with region_whiteners.npz
                         (their whiteners and original rows); absent when the encoder has no feature maps
                         or the index was built before it (region_search.py)
 """
