@@ -37,6 +37,7 @@ INDEX_FILES = {"coarse": "regions.faiss", "fine": "regions_fine.faiss"}  # one F
 
 
 def _kind(key: str) -> str:
+    """The kind of tile (a key of :data:`INDEX_FILES`) a tile-features key holds."""
     return "fine" if is_fine(key) else "coarse"
 
 

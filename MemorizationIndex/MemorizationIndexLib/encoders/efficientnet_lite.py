@@ -224,7 +224,7 @@ class EfficientNetLite0Encoder(Encoder):
 
     @property
     def region_block(self) -> str:
-        """The shallowest of the exposed blocks (the region search's tiles)."""
+        """The shallowest of the exposed blocks (the region search's fine tiles)."""
         return min(self.blocks, key=ALL_BLOCKS.index)
 
     def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:

@@ -276,7 +276,7 @@ class MriCoreEncoder(Encoder):
 
     @property
     def region_block(self) -> str:
-        """The shallowest of the exposed blocks (the region search's tiles)."""
+        """The shallowest of the exposed blocks (the region search's fine tiles)."""
         return self.blocks[self.block_ids.index(min(self.block_ids))]
 
     def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
