@@ -321,14 +321,17 @@ def test_verify_many_equals_verify_per_pair(pair):
 
 
 def test_to_grids_equals_to_grid_per_slice(pair, monkeypatch):
-    """Grids made together (in batches, noisy and clean slices of other shapes mixed) equal grids made one by one."""
+    """Grids made together (in batches, noisy and clean slices of other shapes mixed) equal grids made one by one;
+    the log-polar maps up to float32 rounding (their resampling is one matrix product per batch, and BLAS may
+    sum a product of another width in another order, as it did on one of our CPUs)."""
     source, other = pair
     noisy = source + np.random.default_rng(0).normal(0.0, 0.05, source.shape).astype(np.float32)
     slices = [source, other, noisy, np.ascontiguousarray(source.T), rotate(other, 20.0)]
     monkeypatch.setattr(verification, "GRID_BATCH", 2)
     for one, together in zip([to_grid(s) for s in slices], to_grids(slices)):
-        for field in ("image", "mask", "log_polar", "foreground"):
+        for field in ("image", "mask", "foreground"):
             assert np.array_equal(getattr(one, field), getattr(together, field))
+        np.testing.assert_allclose(one.log_polar, together.log_polar, rtol=1e-5, atol=2e-5)
         assert (one.corner, one.side) == (together.corner, together.side)
     assert to_grids([]) == []
 
