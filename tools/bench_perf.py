@@ -598,7 +598,7 @@ def _padded(
     slices in turn, so a candidate among them is verified against that real slice's pixels (its grid
     made for its own row, as a distinct reference slice's would be). Every synthetic original also gets
     synthetic tiles, so the region index holds the tiles of every original slice, real or synthetic."""
-    from MemorizationIndexLib.encoders.tiles import fine_key
+    from MemorizationIndexLib.encoders.tiles import block_of
     from MemorizationIndexLib.index_build import BuildOptions
     from MemorizationIndexLib.reference_index import Provenance
 
@@ -618,9 +618,8 @@ def _padded(
     n_synthetic_slices = -(-pad // len(copies))
     padded_tiles = {}
     for key, real in tiles.items():
-        block = key.removeprefix(fine_key(""))  # synthetic features of the block the tiles are pooled from
         per_tile = [
-            np.concatenate([f[block] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)])
+            np.concatenate([f[block_of(key)] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)])
             for t in range(real.shape[1])
         ]
         padded_tiles[key] = np.concatenate([real, np.stack(per_tile, axis=1)])

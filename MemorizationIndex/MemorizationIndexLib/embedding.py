@@ -53,7 +53,7 @@ def embed_slices_and_tiles(
     if not encoder.has_tiles:
         tiled = 0
     chunks: dict[str, list[np.ndarray]] = {block: [] for block in encoder.blocks}
-    tile_chunks: dict[str, list[np.ndarray]] = {key: [] for key in encoder.tile_keys} if encoder.has_tiles else {}
+    tile_chunks: dict[str, list[np.ndarray]] = {key: [] for key in encoder.tile_keys}
     starts = list(range(0, total, batch_size))
 
     def prepare(start: int) -> np.ndarray:

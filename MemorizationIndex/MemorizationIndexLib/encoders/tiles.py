@@ -36,6 +36,11 @@ def is_fine(key: str) -> bool:
     return key.startswith(_FINE_PREFIX)
 
 
+def block_of(key: str) -> str:
+    """The block a tile-features key's tiles are pooled from."""
+    return key.removeprefix(_FINE_PREFIX)
+
+
 def windows_of(key: str) -> tuple[Window, ...]:
     """The tiles a tile-features key holds."""
     return FINE_TILES if is_fine(key) else COARSE_TILES
