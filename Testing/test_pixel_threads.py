@@ -1,5 +1,6 @@
 """The second stage's pixel work on threads: same results on any number of threads, in order, errors
-and cancellation raised, BLAS held to one thread while it runs; and the noise level's faster median."""
+and cancellation raised, BLAS (and each worker's torch) held to one thread while it runs; and the
+noise level's faster median."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from threadpoolctl import threadpool_info
 
 from MemorizationIndexLib import pixel_threads
@@ -30,13 +32,19 @@ def _blas_threads() -> list[int]:
 def test_thread_map_keeps_the_order_and_holds_blas_to_one_thread(monkeypatch, workers: int) -> None:
     monkeypatch.setattr(pixel_threads, "pixel_workers", lambda: workers)
     seen: list[list[int]] = []
+    torch_threads: set[int] = set()
+    caller = torch.get_num_threads()
 
     def square(x: int) -> int:
         seen.append(_blas_threads())
+        torch_threads.add(torch.get_num_threads())
         return x * x
 
     assert pixel_threads.thread_map(square, range(20)) == [x * x for x in range(20)]
     assert seen and all(threads and set(threads) == {1} for threads in seen), seen
+    if workers > 1 and pixel_threads._PER_THREAD_TORCH:
+        assert torch_threads == {1}  # each worker's own torch calls on one thread
+    assert torch.get_num_threads() == caller  # the caller's (the forward passes') setting is untouched
     assert pixel_threads.thread_map(square, []) == []
 
 

@@ -373,6 +373,31 @@ def test_each_pair_scores_its_best_ranked_and_its_in_place_hypothesis():
     assert (scored - pair_of * verification._HYPOTHESES).tolist() == [1, in_place, in_place, 0, in_place]
 
 
+def test_twin_hypotheses_are_their_firsts_reversed(pair):
+    """Each twin hypothesis is its first turned by 180° more (same transpose and scale), and reversing the
+    first's warp along both axes gives what warping the candidate by the twin's own map gives."""
+    source, other = pair
+    queries = [to_grid(np.ascontiguousarray(x)) for x in (rotate(source, 30.0), source.T)]
+    pairs = verification._Pairs.of([[to_grid(source), to_grid(other)], [to_grid(other)]])
+    in_place_scales, _ = verification._in_place(queries, pairs)
+    transposed, angles, scales = (
+        h.reshape(-1, verification._HYPOTHESES) for h in verification._hypotheses(queries, pairs, in_place_scales)
+    )
+    first = verification._TWINS - 1
+    assert np.array_equal(transposed[:, verification._TWINS], transposed[:, first])
+    assert np.array_equal(scales[:, verification._TWINS], scales[:, first])
+    assert np.allclose((angles[:, verification._TWINS] - angles[:, first]) % 360.0, 180.0)
+    unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
+    every = verification._inverse_maps(transposed.ravel(), angles.ravel(), scales.ravel())
+    images, masks = verification._warped(unique[pairs.candidate], every, verification._HYPOTHESES)
+    sampled = verification._inverse_maps(*(h[:, verification._SAMPLED].ravel() for h in (transposed, angles, scales)))
+    twinned = [
+        verification._with_twins(x)
+        for x in verification._warped(unique[pairs.candidate], sampled, len(verification._SAMPLED))
+    ]
+    assert np.allclose(twinned[0], images, atol=1e-5) and np.mean(twinned[1] != masks) < 1e-4
+
+
 @pytest.mark.parametrize("chunk_pairs", [1, 3, 512])
 def test_verify_batch_equals_verify_many_per_query(pair, chunk_pairs):
     """Batching the pairs of many queries (chunked, candidates shared across queries, lists of any
