@@ -72,7 +72,7 @@ MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 # NOISE_TARGET is higher), less 1% for rounding: a slice shown to lie below it needs no exact noise level.
 _QUIET = 0.99 * 0.5 * 2.0 * math.sqrt(math.pi) * CROP_NOISE_TARGET
 SUBPIXEL = 10  # the scored hypotheses' translations are refined to 1 / SUBPIXEL grid pixel (:func:`_refined_shifts`)
-CHUNK_PAIRS = 32  # query-candidate pairs verified together (small chunks stay in the CPU caches)
+CHUNK_PAIRS = 64  # query-candidate pairs verified together (docs/performance.md: faster than 32, 48, 96 or 128)
 GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
 
