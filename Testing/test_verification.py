@@ -239,6 +239,17 @@ def test_exact_regions_keep_their_windows_inside_the_overlap():
     assert not verification._exact_regions(correlation * 0.9, overlap).any()
 
 
+def test_straight_edges_are_not_two_dimensional():
+    """A straight edge's neighbourhood agrees near-exactly with any parallel edge, so it is not counted as
+    reproduced (method.md §7.22); textured anatomy and flat pixels are."""
+    rows = np.arange(GRID, dtype=np.float32)[:, None] * np.ones(GRID, dtype=np.float32)
+    edge = np.where(rows > 30, 0.9, 0.1).astype(np.float32)
+    texture = ndimage.gaussian_filter(np.random.default_rng(0).random((GRID, GRID)), 1.5).astype(np.float32)
+    flags = verification._two_dimensional(np.stack([edge, np.rot90(edge).copy(), texture]))
+    assert not flags[0, 26:36].any() and not flags[1, :, 26:36].any()  # along the edge, either way
+    assert flags[2].mean() > 0.7
+
+
 def test_a_small_foreground_reproduced_near_exactly_is_weighed_as_half_the_grid():
     """The grid enlarges a slice with little foreground (an end slice's few blobs) to its full size, so a
     near-exact share of it is taken of EXACT_FLOOR grid pixels at least; a large foreground's is its own."""

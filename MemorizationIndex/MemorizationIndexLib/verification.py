@@ -50,6 +50,9 @@ EXACT_SHARE = 0.3  # share of the smaller foreground that, reproduced near-exact
 # overlap's edge the windows are cut, and two people's scalp or body outline agree there by chance.
 EXACT_INSET = 3
 EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-exact share is taken of (method.md §7.19)
+# Structure-tensor coherence from which a pixel's neighbourhood is one straight edge: such windows correlate near 1
+# with any parallel edge, whoever's it is, so they are not counted as reproduced near-exactly (method.md §7.22).
+EXACT_COHERENCE = 0.9
 SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
 SCORED = "best-ranked, in place"  # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
@@ -569,7 +572,7 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
     agree = _closed(correlation >= AGREEMENT) & overlap
     agree &= (overlap.sum(axis=(1, 2)) >= GRID * GRID // 50)[:, None, None]
     largest = _largest_regions(agree)
-    exact = _exact_regions(correlation, overlap) & agree
+    exact = _exact_regions(correlation, overlap) & agree & _two_dimensional(image)
     some = exact.any(axis=(1, 2))  # most pairs have no near-exact pixel: only the others are labelled
     if some.any():
         exact[some] = _largest_regions(exact[some])
@@ -593,6 +596,17 @@ def _exact_regions(correlation: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     for _ in range(EXACT_INSET):
         inside = _shrunk(inside)
     return _closed(correlation >= EXACT) & inside
+
+
+def _two_dimensional(images: np.ndarray) -> np.ndarray:
+    """bool [n, GRID, GRID]: the pixels of a stack of grid images whose local structure is not a single straight
+    edge: the coherence ((λ1 − λ2) / (λ1 + λ2))² of the structure tensor (gradient products in Gaussian windows of
+    WINDOW_SIGMA) is below EXACT_COHERENCE (flat pixels count as two-dimensional: they carry no edge)."""
+    rows, cols = np.gradient(images, axis=(1, 2))
+    rr, cc, rc = _smoothed(np.stack([rows * rows, cols * cols, rows * cols]), WINDOW_SIGMA)
+    trace = rr + cc
+    coherence = ((rr - cc) ** 2 + 4.0 * rc * rc) / np.maximum(trace * trace, 1e-12)
+    return coherence < EXACT_COHERENCE
 
 
 def _closed(regions: np.ndarray) -> np.ndarray:

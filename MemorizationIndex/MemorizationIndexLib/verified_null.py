@@ -44,6 +44,7 @@ from .second_stage import (
 )
 from .verification import (
     EXACT,
+    EXACT_COHERENCE,
     EXACT_FLOOR,
     EXACT_INSET,
     EXACT_SHARE,
@@ -175,7 +176,7 @@ def null_settings(regions: bool) -> dict:
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
         "subpixel": SUBPIXEL,
-        "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR],
+        "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
         "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
         "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block"] if regions else 0,
