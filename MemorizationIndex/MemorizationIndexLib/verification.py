@@ -13,8 +13,9 @@ removes monotone intensity changes, local windows tolerate bias fields, and pixe
 background in either slice (zero-filled bands, empty margins) never count as agreement. Each
 agreeing pixel is weighted by how far its correlation rises above the agreement level (exact copies
 ≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A region
-reproduced near-exactly (local correlation ≥ EXACT) scores by its own share of the foreground, so that
-a copied quarter or pasted patch is not outscored by a whole slice of loose look-alike anatomy. A noisy
+reproduced near-exactly (local correlation ≥ EXACT, where the structure is not one straight edge, which
+agrees with any parallel edge) scores by its own share of the foreground, so that a copied quarter or
+pasted patch is not outscored by a whole slice of loose look-alike anatomy. A noisy
 slice is smoothed by its estimated noise level before it is cropped and put on the grid.
 
 Many queries are verified against their candidates at once (:func:`verify_batch`), in chunks of
