@@ -247,6 +247,7 @@ def test_straight_edges_are_not_two_dimensional():
     texture = ndimage.gaussian_filter(np.random.default_rng(0).random((GRID, GRID)), 1.5).astype(np.float32)
     flags = verification._two_dimensional(np.stack([edge, np.rot90(edge).copy(), texture]))
     assert not flags[0, 26:36].any() and not flags[1, :, 26:36].any()  # along the edge, either way
+    assert flags[0, :20].all()  # flat, far from the edge
     assert flags[2].mean() > 0.7
 
 

@@ -553,7 +553,13 @@ def _global_correlations(image: np.ndarray, mask: np.ndarray, moved: np.ndarray,
     return np.where(count < 3, -1.0, np.clip(r, -1.0, 1.0) * share)
 
 
-def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_mask: np.ndarray) -> tuple:
+def _agreements(
+    image: np.ndarray,
+    mask: np.ndarray,
+    moved: np.ndarray,
+    moved_mask: np.ndarray,
+    two_dimensional: np.ndarray | None = None,
+) -> tuple:
     """Scores [n], copy masks [n, GRID, GRID] (grid pixels) and the near-exact part of the scores [n] of
     aligned candidates against their queries' images and masks [n, GRID, GRID]. The score is the larger of
     two shares of the smaller of the two foregrounds (the most two slices can share), so that an alignment
@@ -567,13 +573,16 @@ def _agreements(image: np.ndarray, mask: np.ndarray, moved: np.ndarray, moved_ma
       EXACT_FLOOR grid pixels at least: the grid enlarges a small foreground to its size).
 
     The copy mask is the largest agreeing region, or, when the near-exact share scores higher, the
-    agreeing region that holds the near-exact one (its inset does not shrink the map)."""
+    agreeing region that holds the near-exact one (its inset does not shrink the map). ``two_dimensional``:
+    :func:`_two_dimensional` of ``image`` (made here when None; a caller scoring several hypotheses of one
+    query makes it once per query)."""
     overlap = mask & moved_mask
     correlation = local_correlation(image, moved, overlap)
     agree = _closed(correlation >= AGREEMENT) & overlap
     agree &= (overlap.sum(axis=(1, 2)) >= GRID * GRID // 50)[:, None, None]
     largest = _largest_regions(agree)
-    exact = _exact_regions(correlation, overlap) & agree & _two_dimensional(image)
+    structured = _two_dimensional(image) if two_dimensional is None else two_dimensional
+    exact = _exact_regions(correlation, overlap) & agree & structured
     some = exact.any(axis=(1, 2))  # most pairs have no near-exact pixel: only the others are labelled
     if some.any():
         exact[some] = _largest_regions(exact[some])
@@ -853,7 +862,9 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     fine[snap] = offsets[snap]
     maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
     placed, placed_masks = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
-    scores, copied, reproduced = _agreements(images[owner[scored]], masks[owner[scored]], placed, placed_masks)
+    queries_at = owner[scored]
+    structured = _two_dimensional(images)[queries_at]  # once per query, not per scored hypothesis
+    scores, copied, reproduced = _agreements(images[queries_at], masks[queries_at], placed, placed_masks, structured)
     chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless the other scores higher
     for s, p in enumerate(pair_of):
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
