@@ -89,18 +89,24 @@ def _half_copies(reference: list[np.ndarray], other: list[np.ndarray], rows: lis
     return copies
 
 
-def _moved_patches(reference: list[np.ndarray], other: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
-    """A square of 0.4 of each reference slice's side, from a place in its middle band, pasted at another
-    place of another person's slice (places that are no tile's)."""
+def _moved_patches(
+    reference: list[np.ndarray],
+    other: list[np.ndarray],
+    rows: list[int],
+    side: float = 0.4,
+    band: tuple[float, float] = (0.2, 0.4),
+) -> list[np.ndarray]:
+    """A square of ``side`` of each reference slice's side, from a place whose top lies in the ``band`` of its
+    height, pasted at another place of another person's slice (places that are no tile's)."""
     rng = np.random.default_rng(7)
     copies = []
     for row, host in zip(rows, _hosts(reference, other, rows)):
         h, w = host.shape
-        side = int(0.4 * min(h, w))
-        y0, x0 = int(rng.uniform(0.2, 0.4) * h), int(rng.uniform(0.05, 0.55) * w)
+        size = int(side * min(h, w))
+        y0, x0 = int(rng.uniform(*band) * h), int(rng.uniform(0.05, 0.55) * w)
         y1, x1 = int(rng.uniform(0.05, 0.55) * h), int(rng.uniform(0.05, 0.55) * w)
         copy = host.copy()
-        copy[y1 : y1 + side, x1 : x1 + side] = reference[row][y0 : y0 + side, x0 : x0 + side]
+        copy[y1 : y1 + size, x1 : x1 + size] = reference[row][y0 : y0 + size, x0 : x0 + size]
         copies.append(copy)
     return copies
 
@@ -146,3 +152,38 @@ def test_moved_patches_are_found_by_the_fine_tiles(encoder, spine_slices) -> Non
     hits = np.mean([s in found[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
     hits_coarse = np.mean([s in alone[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
     assert hits >= 0.5 and hits >= hits_coarse + 0.2, (hits, hits_coarse, len(sources))
+
+
+def test_tile_margins_are_hits_above_the_tiles_deepest_one() -> None:
+    scores = np.array([[0.9, 0.5, 0.4], [0.8, 0.8, 0.8], [0.7, 0.6, -3.4e38]], dtype=np.float32)
+    ids = np.array([[5, 2, 9], [1, 4, 7], [3, 8, -1]])
+    margins = region_search.tile_margins(scores, ids)
+    assert np.allclose(margins[0], [0.5, 0.1, 0.0]) and np.allclose(margins[1], 0.0)  # generic: no hit stands out
+    assert np.allclose(margins[2, :2], [0.1, 0.0]) and margins[2, 2] == -np.inf  # the deepest hit that was found
+
+
+def _brain_slices(path: Path, step: int) -> list[np.ndarray]:
+    """Every ``step``-th non-empty slice of a brain volume's middle three fifths."""
+    stack = image_slices(read_image(path), 0)
+    kept = np.flatnonzero(nonempty_mask(stack, PreprocessSettings()))
+    kept = kept[len(kept) // 5 : -(len(kept) // 5)]
+    return [stack[k] for k in kept[::step]]
+
+
+def test_background_tiles_do_not_crowd_out_pasted_brain_patches(
+    encoder, brain_subjects: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A brain slice is mostly background, whose tiles are about as near every training slice's background
+    tiles as can be: ranked by raw cosine, they decide which slices the fine tiles propose. Ranked by margin over
+    each tile's deepest hit, the pasted patch's own tiles do."""
+    reference = _brain_slices(brain_subjects[1], 3) + _brain_slices(brain_subjects[2], 3)
+    _, tiles = embed_slices_and_tiles(encoder, reference, PreprocessSettings())
+    rows = np.arange(len(reference))
+    sources = list(range(1, len(reference), 2))
+    copies = _moved_patches(reference, _brain_slices(brain_subjects[4], 3), sources, side=0.35, band=(0.25, 0.4))
+    _, query_tiles = embed_slices_and_tiles(encoder, copies, PreprocessSettings())
+    regions = RegionIndex.fit(tiles, rows)
+    hits = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles))])
+    monkeypatch.setattr(region_search, "tile_margins", lambda scores, ids: np.where(ids >= 0, scores, -np.inf))
+    by_cosine = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles))])
+    assert hits >= 0.6 and hits >= by_cosine + 0.3, (hits, by_cosine, len(sources))

@@ -1,4 +1,4 @@
-"""Region-level search: candidates for partial copies (docs/method.md §7.14, §7.20).
+"""Region-level search: candidates for partial copies (docs/method.md §7.14, §7.20, §7.23).
 
 A slice that copies only a half, a quarter or a pasted region of a training slice is not near that
 slice in the pooled features the global search compares: the rest of the slice is someone else's.
@@ -7,8 +7,10 @@ therefore also pooled over tiles (``encoders.tiles``): coarse tiles of every blo
 half the side) and fine tiles of the shallowest block (windows of a quarter of the side, which fit inside
 a copied region of any shape). Every tile of a training slice as cut is indexed, one FAISS index per kind,
 and every tile of a query slice is searched against the tiles of its kind, at any position (a copied region
-may have moved). The training slices whose tiles match a query's tiles best, by each kind in turn, are
-added to its verification candidates (:data:`REGION_CANDIDATES`). The tiles come from the forward pass the
+may have moved). A hit is ranked by its margin over the query tile's deepest hit: a tile of background or
+generic tissue is about as near many training tiles as its best one, so only a tile that stands out names a
+source. The training slices with the best margins, by each kind in turn, are added to the query's
+verification candidates (:data:`REGION_CANDIDATES`). The tiles come from the forward pass the
 global features come from, so the search costs no extra one.
 """
 
@@ -27,7 +29,7 @@ from .whitening import ShrinkageWhitener
 Tiles = dict[str, np.ndarray]  # tile key (encoders.tiles) -> float32 [slices, tiles, channels]: raw tile features
 
 REGION_CANDIDATES = 3  # training slices the region search adds to a query slice's candidates
-REGION_DEPTH = 8  # tile hits searched per query tile
+REGION_DEPTH = 8  # tile hits searched per query tile; the deepest is the tile's level (:func:`tile_margins`)
 IVF_MIN_VECTORS = 20_000  # tile vectors from which a tile index is IVF (exact re-scoring of the hits)
 # IVF cells scanned per query tile: the hits only propose candidates to verify; on docs/performance.md's
 # 1.2M-tile index, 4 cells returned the same candidates as 16 in a quarter of the time
@@ -58,18 +60,18 @@ class TileIndex:
         return cls(whiteners, build_block_index(vectors, kind, nprobe=REGION_NPROBE))
 
     def ranked(self, tiles: Tiles) -> list[list[int]]:
-        """Per query slice, the indexed slices its tiles hit, best first: a slice's score is the best cosine of
-        any of its tiles with any query tile."""
+        """Per query slice, the indexed slices its tiles hit, best first: a slice's score is the best margin
+        (:func:`tile_margins`) of any of its tiles over the deepest hit of the query tile that hit it."""
         n = len(next(iter(tiles.values())))
         scores, ids = self.index.search(_vectors(self.whiteners, tiles), REGION_DEPTH)
-        scores = scores.reshape(n, -1)
+        margins = tile_margins(scores, ids).reshape(n, -1)
         slices = np.where(ids >= 0, ids // self.n_tiles, -1).reshape(n, -1)
         out = []
         for i in range(n):
             best: dict[int, float] = {}
-            for s, score in zip(slices[i].tolist(), scores[i].tolist()):
-                if s >= 0 and score > best.get(s, -np.inf):
-                    best[s] = score
+            for s, margin in zip(slices[i].tolist(), margins[i].tolist()):
+                if s >= 0 and margin > best.get(s, -np.inf):
+                    best[s] = margin
             out.append(sorted(best, key=lambda s: -best[s]))
         return out
 
@@ -93,7 +95,8 @@ class RegionIndex:
 
     def search(self, tiles: Tiles, k: int = REGION_CANDIDATES) -> np.ndarray:
         """[n, ≤ 2k] original rows of the query slices' best-matching training slices (-1 = none): each kind's
-        best k, taken from the kinds in turn (coarse first), without repeats."""
+        best k by tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without
+        repeats."""
         n = len(next(iter(tiles.values())))
         rankings = [index.ranked({key: tiles[key] for key in index.whiteners}) for index in self.kinds.values()]
         out = np.full((n, k * len(rankings)), -1, dtype=np.int64)
@@ -146,6 +149,16 @@ class RegionIndex:
             if whiteners and (folder / file).exists():
                 kinds[kind] = TileIndex(whiteners, prepare_loaded(faiss.read_index(str(folder / file)), REGION_NPROBE))
         return cls(kinds, rows)
+
+
+def tile_margins(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Margins [tiles, depth]: each query tile's hit cosines (``scores``, best first; ``ids`` -1 where there is
+    no hit) less the tile's deepest hit, i.e. how far a hit stands above the tile's typical neighbours; -inf where
+    there is no hit. A tile of background or generic tissue is about as near many training tiles as its best one,
+    a copied tile far nearer its source (docs/method.md §7.23)."""
+    found = ids >= 0
+    deepest = np.min(np.where(found, scores, np.inf), axis=1, keepdims=True)
+    return np.where(found, scores - deepest, -np.inf)
 
 
 def _flat(raw: np.ndarray) -> np.ndarray:

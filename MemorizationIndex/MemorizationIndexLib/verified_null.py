@@ -28,7 +28,7 @@ from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .encoders.tiles import COARSE_TILES, FINE_TILES
 from .preprocess import PreprocessSettings
-from .region_search import REGION_CANDIDATES, RegionIndex, Tiles
+from .region_search import REGION_CANDIDATES, REGION_DEPTH, RegionIndex, Tiles
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
 from .second_stage import (
@@ -181,6 +181,7 @@ def null_settings(regions: bool) -> dict:
         "null_blur": list(NULL_BLUR),
         "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
+        "region_ranking": [f"margin over the deepest of {REGION_DEPTH} hits"] if regions else 0,
     }
 
 
