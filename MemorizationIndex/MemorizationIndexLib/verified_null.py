@@ -181,7 +181,7 @@ def null_settings(regions: bool) -> dict:
         "null_blur": list(NULL_BLUR),
         "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
-        "region_ranking": [f"margin over the deepest of {REGION_DEPTH} hits"] if regions else 0,
+        "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
     }
 
 
