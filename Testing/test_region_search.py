@@ -13,7 +13,7 @@ from MemorizationIndexLib import region_search
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
 from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key, pool_tiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
-from MemorizationIndexLib.region_search import REGION_CANDIDATES, RegionIndex
+from MemorizationIndexLib.region_search import REGION_CANDIDATES, RegionHits, RegionIndex
 from MemorizationIndexLib.second_stage import with_region_candidates
 from MemorizationIndexLib.volumes import image_slices, read_image
 
@@ -32,12 +32,23 @@ def test_tiles_are_window_means_inside_the_map() -> None:
     assert len(set(FINE_TILES)) == 49
 
 
+def _hits(rows: list[list[int]]) -> RegionHits:
+    """Region hits of ``rows`` whose places are (row, position, row, position) for telling them apart."""
+    rows_ = np.array(rows)
+    places = np.stack([rows_, np.broadcast_to(np.arange(rows_.shape[1]), rows_.shape)] * 2, axis=-1).astype(float)
+    return RegionHits(rows_, np.where((rows_ >= 0)[..., None], places, np.nan))
+
+
 def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     listed = np.array([[4, 2, -1], [1, 3, 5]])
-    regions = np.array([[2, 7, 7], [9, -1, 1]])
-    assert with_region_candidates(listed, regions).tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]]
-    many = np.array([[4, 8, 2, 6, 9, 11], [-1, -1, -1, -1, -1, -1]])  # both kinds' rows: at most m are added
-    assert with_region_candidates(listed, many, 2).tolist() == [[4, 2, -1, 8, 6], [1, 3, 5, -1, -1]]
+    found = with_region_candidates(listed, _hits([[2, 7, 7], [9, -1, 1]]))
+    assert found.rows.tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]]
+    # Every candidate the region search named carries the places of its first naming; the others none.
+    assert found.places[0, 1].tolist() == [2, 0, 2, 0] and found.places[0, 3].tolist() == [7, 1, 7, 1]
+    assert found.places[1, 0].tolist() == [1, 2, 1, 2] and found.places[1, 3].tolist() == [9, 0, 9, 0]
+    assert np.isnan(found.places[0, 0]).all() and np.isnan(found.places[1, 4:]).all()
+    many = _hits([[4, 8, 2, 6, 9, 11], [-1, -1, -1, -1, -1, -1]])  # both kinds' rows: at most m are added
+    assert with_region_candidates(listed, many, 2).rows.tolist() == [[4, 2, -1, 8, 6], [1, 3, 5, -1, -1]]
 
 
 @pytest.fixture(scope="module")
@@ -122,17 +133,22 @@ def test_half_copies_find_their_source_among_the_region_candidates(
     _, query_tiles = embed_slices_and_tiles(
         encoder, _half_copies(reference, spine_slices["06"], sources), PreprocessSettings()
     )
-    found = regions.search(query_tiles)
+    named = regions.search(query_tiles)
+    found = named.rows
     assert found.shape == (len(sources), 2 * region_search.REGION_CANDIDATES)
+    assert named.places.shape == (*found.shape, 4) and np.isfinite(named.places[found >= 0]).all()
+    assert ((named.places[found >= 0] > 0) & (named.places[found >= 0] < 1)).all()  # tile centres
     hits = [rows[s] in found[i] for i, s in enumerate(sources)]
     assert np.mean(hits) >= 0.9, (np.mean(hits), len(hits))
     assert regions.consistent(100 + len(reference)) and not regions.consistent(100 + len(reference) - 1)
     regions.save(tmp_path)
     loaded = RegionIndex.load(tmp_path)
-    assert loaded is not None and np.array_equal(loaded.search(query_tiles), found)
+    again = None if loaded is None else loaded.search(query_tiles)
+    assert again is not None and np.array_equal(again.rows, found)
+    assert np.array_equal(again.places, named.places, equal_nan=True)
     assert RegionIndex.load(tmp_path / "elsewhere") is None
     monkeypatch.setattr(region_search, "IVF_MIN_VECTORS", 10)  # the large-reference kind finds the same sources
-    approximate = RegionIndex.fit(tiles, rows).search(query_tiles)
+    approximate = RegionIndex.fit(tiles, rows).search(query_tiles).rows
     assert np.mean([rows[s] in approximate[i] for i, s in enumerate(sources)]) >= np.mean(hits) - 0.1
 
 
@@ -147,8 +163,8 @@ def test_moved_patches_are_found_by_the_fine_tiles(encoder, spine_slices) -> Non
     both = RegionIndex.fit(tiles, rows)
     coarse = RegionIndex.fit({b: tiles[b] for b in encoder.blocks}, rows)
     assert list(both.kinds) == ["coarse", "fine"] and list(coarse.kinds) == ["coarse"]
-    found = both.search(query_tiles)
-    alone = coarse.search(query_tiles)
+    found = both.search(query_tiles).rows
+    alone = coarse.search(query_tiles).rows
     hits = np.mean([s in found[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
     hits_coarse = np.mean([s in alone[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
     assert hits >= 0.5 and hits >= hits_coarse + 0.2, (hits, hits_coarse, len(sources))
@@ -183,7 +199,7 @@ def test_background_tiles_do_not_crowd_out_pasted_brain_patches(
     copies = _moved_patches(reference, _brain_slices(brain_subjects[4], 3), sources, side=0.35, band=(0.25, 0.4))
     _, query_tiles = embed_slices_and_tiles(encoder, copies, PreprocessSettings())
     regions = RegionIndex.fit(tiles, rows)
-    hits = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles))])
+    hits = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles).rows)])
     monkeypatch.setattr(region_search, "tile_margins", lambda scores, ids: np.where(ids >= 0, scores, -np.inf))
-    by_cosine = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles))])
+    by_cosine = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles).rows)])
     assert hits >= 0.6 and hits >= by_cosine + 0.3, (hits, by_cosine, len(sources))

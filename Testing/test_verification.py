@@ -493,3 +493,40 @@ def test_roughness_falls_with_smoothing_and_reads_the_same_transposed(pair):
     blurred = [to_grid(ndimage.gaussian_filter(pair[0], sigma), settings).roughness for sigma in (1.0, 2.0, 4.0)]
     assert sharp.roughness > blurred[0] > blurred[1] > blurred[2]
     assert np.isnan(verification.roughness(np.zeros((GRID, GRID), np.float32), np.zeros((GRID, GRID), bool)))
+
+
+def _fractions(grid: verification.Grid, row: float, col: float) -> tuple[float, float]:
+    """A slice position (pixels) as fractions of the square its grid is cut from (as the encoder's tiles read it)."""
+    (top, left), side = grid.corner, grid.side
+    return (row - top) / side, (col - left) / side
+
+
+@pytest.mark.parametrize("side, move", [(0.35, (-0.2, 0.25)), (0.4, (-0.25, -0.2)), (0.4, (0.3, 0.0))])
+def test_a_patch_moved_elsewhere_is_found_where_the_region_tiles_say(shared_data: Path, side, move):
+    """A square of a lumbar spine slice pasted elsewhere over another person's slice, whose anatomy lies about where
+    the source's does: the whole slices' phase correlation then follows the host's anatomy, in place, and misses the
+    patch. The two tiles by which the region search named the source (their centres off the patch's by about half a
+    fine-tile step) put the in-place hypothesis where the patch went (method.md §7.25)."""
+    first, second, k = PAIRS["spine"]
+    source, other = (
+        scale_unit(image_slices(read_image(shared_data / name), 0)[k], PreprocessSettings()) for name in (first, second)
+    )
+    h, w = source.shape
+    size = int(side * min(h, w))
+    top, left = (h - size) // 2, (w - size) // 2
+    to_row, to_col = top + int(move[0] * h), left + int(move[1] * w)
+    copy = resize(other, source.shape, order=1, preserve_range=True).astype(np.float32)
+    copy[to_row : to_row + size, to_col : to_col + size] = source[top : top + size, left : left + size]
+    query, candidate = to_grids([copy, source])
+    off = 0.06 * size  # slice pixels: about half a step of the fine tiles
+    places = np.array(
+        [
+            *_fractions(query, to_row + size / 2 + off, to_col + size / 2),
+            *_fractions(candidate, top + size / 2, left + size / 2 - off),
+        ]
+    )
+    plain = verify(query, candidate)
+    [[found]] = verify_batch([query], [[candidate]], places=[[places]])
+    assert found.score >= 0.3 and found.score >= plain.score + 0.2, (found.score, plain.score)
+    box = (to_row, to_col, to_row + size, to_col + size)
+    assert found.box is not None and _box_iou(found.box, box) >= 0.5, (found.box, box)

@@ -15,7 +15,7 @@ from .grid_cache import GridCache
 from .reference_index import ReferenceIndex
 from .region_search import REGION_CANDIDATES, Tiles
 from .search import Neighbours
-from .second_stage import GridSource, Verified, candidates, slice_places, verify_slices
+from .second_stage import GridSource, Shortlist, Verified, candidates, slice_places, verify_slices
 from .verified_null import null_settings
 
 GRID_CACHE = 4096  # reference grids kept between query batches (about 1 MB each at most)
@@ -82,8 +82,8 @@ def shortlist_queries(
     *,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
-) -> np.ndarray:
-    """[n, index.candidates (+ region candidates)] candidate original rows of the query slices (-1 = none):
+) -> Shortlist:
+    """[n, index.candidates (+ region candidates)] candidates of the query slices (``second_stage.Shortlist``):
     the as-cut search and, for noisy slices, the smoothed view's, in the index, then the region search of the
     slices' ``tiles`` when the index has a region index (``tiles`` must then be given); ``as_cut`` is the audit's
     own search of the slices (``second_stage.search_depth(index.candidates)`` deep)."""
@@ -119,7 +119,7 @@ def verify_queries(
     """The best verified candidate of every query slice (:func:`shortlist_queries`, then
     ``second_stage.verify_slices`` against the reference grids)."""
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size, cancel=cancel)
-    return verify_slices(slices, shortlisted, grids, index.preprocessing, cancel)
+    return verify_slices(slices, shortlisted.rows, grids, index.preprocessing, cancel, shortlisted.places)
 
 
 class SecondStage:

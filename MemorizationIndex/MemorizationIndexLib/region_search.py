@@ -17,6 +17,7 @@ global features come from, so the search costs no extra one.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -38,6 +39,18 @@ WHITENERS_FILE = "region_whiteners.npz"
 INDEX_FILES = {"coarse": "regions.faiss", "fine": "regions_fine.faiss"}  # one FAISS index per kind of tile
 
 
+@dataclass(frozen=True)
+class RegionHits:
+    """The region search's proposals for query slices: ``rows`` [n, m] original reference rows, best first (-1 =
+    none), and ``places`` [n, m, 4]: the pair of tiles that gave each row its best margin, the (row, col) centre
+    of the query's tile and then of the training slice's, each in fractions of its slice's square (as the encoder
+    sees it; nan where there is no row). A copied region moved elsewhere shows as the move from one to the other
+    (docs/method.md §7.25)."""
+
+    rows: np.ndarray
+    places: np.ndarray
+
+
 def _kind(key: str) -> str:
     """The kind of tile (a key of :data:`INDEX_FILES`) a tile-features key holds."""
     return "fine" if is_fine(key) else "coarse"
@@ -49,7 +62,9 @@ class TileIndex:
 
     def __init__(self, whiteners: dict[str, ShrinkageWhitener], index: faiss.Index):
         self.whiteners, self.index = whiteners, index
-        self.n_tiles = len(windows_of(next(iter(whiteners))))
+        windows = np.array(windows_of(next(iter(whiteners))), dtype=np.float64)  # [T, 4]: top, bottom, left, right
+        self.n_tiles = len(windows)
+        self.centres = np.stack([windows[:, :2].mean(axis=1), windows[:, 2:].mean(axis=1)], axis=1)  # [T, 2]
 
     @classmethod
     def fit(cls, tiles: Tiles, make_whitener: Callable[[], ShrinkageWhitener]) -> TileIndex:
@@ -59,20 +74,26 @@ class TileIndex:
         kind = IVF if len(vectors) >= IVF_MIN_VECTORS else FLAT
         return cls(whiteners, build_block_index(vectors, kind, nprobe=REGION_NPROBE))
 
-    def ranked(self, tiles: Tiles) -> list[list[int]]:
-        """Per query slice, the indexed slices its tiles hit, best first: a slice's score is the best margin
-        (:func:`tile_margins`) of any of its tiles over the deepest hit of the query tile that hit it."""
+    def ranked(self, tiles: Tiles) -> list[list[tuple[int, np.ndarray]]]:
+        """Per query slice, (indexed slice, places [4]) of the slices its tiles hit, best first: a slice's score is
+        the best margin (:func:`tile_margins`) of any of its tiles over the deepest hit of the query tile that hit
+        it, and its places the centres of those two tiles (:class:`RegionHits`)."""
         n = len(next(iter(tiles.values())))
         scores, ids = self.index.search(_vectors(self.whiteners, tiles), REGION_DEPTH)
         margins = tile_margins(scores, ids).reshape(n, -1)
-        slices = np.where(ids >= 0, ids // self.n_tiles, -1).reshape(n, -1)
+        hits = ids.reshape(n, -1)
+        query_tile = np.arange(hits.shape[1]) // REGION_DEPTH
         out = []
         for i in range(n):
-            best: dict[int, float] = {}
-            for s, margin in zip(slices[i].tolist(), margins[i].tolist()):
-                if s >= 0 and margin > best.get(s, -np.inf):
-                    best[s] = margin
-            out.append(sorted(best, key=lambda s: -best[s]))
+            best: dict[int, tuple[float, int]] = {}  # slice -> (its best margin, where in the query's hits)
+            for j, (hit, margin) in enumerate(zip(hits[i].tolist(), margins[i].tolist())):
+                s = hit // self.n_tiles
+                if hit >= 0 and margin > best.get(s, (-np.inf, -1))[0]:
+                    best[s] = (margin, j)
+            order = sorted(best, key=lambda s: -best[s][0])
+            at = [best[s][1] for s in order]
+            places = np.concatenate([self.centres[query_tile[at]], self.centres[hits[i, at] % self.n_tiles]], axis=1)
+            out.append(list(zip(order, places)))
         return out
 
 
@@ -93,21 +114,22 @@ class RegionIndex:
             grouped.setdefault(_kind(key), {})[key] = raw
         return cls({kind: TileIndex.fit(grouped[kind], make_whitener) for kind in INDEX_FILES if kind in grouped}, rows)
 
-    def search(self, tiles: Tiles, k: int = REGION_CANDIDATES) -> np.ndarray:
-        """[n, ≤ 2k] original rows of the query slices' best-matching training slices (-1 = none): each kind's
-        best k by tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without
-        repeats."""
+    def search(self, tiles: Tiles, k: int = REGION_CANDIDATES) -> RegionHits:
+        """The query slices' best-matching training slices, [n, ≤ 2k] (:class:`RegionHits`): each kind's best k by
+        tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without repeats."""
         n = len(next(iter(tiles.values())))
         rankings = [index.ranked({key: tiles[key] for key in index.whiteners}) for index in self.kinds.values()]
-        out = np.full((n, k * len(rankings)), -1, dtype=np.int64)
+        rows = np.full((n, k * len(rankings)), -1, dtype=np.int64)
+        places = np.full((n, k * len(rankings), 4), np.nan)
         for i in range(n):
-            chosen: list[int] = []
+            chosen: dict[int, np.ndarray] = {}
             for position in range(k):
                 for ranking in rankings:
-                    if position < len(ranking[i]) and ranking[i][position] not in chosen:
-                        chosen.append(ranking[i][position])
-            out[i, : len(chosen)] = self.rows[chosen]
-        return out
+                    if position < len(ranking[i]) and ranking[i][position][0] not in chosen:
+                        chosen.setdefault(*ranking[i][position])
+            rows[i, : len(chosen)] = self.rows[list(chosen)]
+            places[i, : len(chosen)] = list(chosen.values()) if chosen else np.zeros((0, 4))
+        return RegionHits(rows, places)
 
     def consistent(self, n_rows: int) -> bool:
         """Whether every tile index holds its tiles of every indexed slice, and the slices are rows of an index

@@ -28,7 +28,7 @@ from .encoders.base import Encoder
 from .grid_cache import GridCache
 from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
-from .region_search import REGION_CANDIDATES
+from .region_search import REGION_CANDIDATES, RegionHits
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
 from .verification import (
@@ -67,6 +67,21 @@ class GridSource(Protocol):
     def __call__(self, rows: Sequence[int]) -> dict[int, Grid]:
         """{row: grid} of the rows whose pixels can be read."""
         ...
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """The candidates of query slices: ``rows`` [n, K] original reference rows (-1 = none), and ``places``
+    [n, K, 4] the tiles by which the region search named each one (``region_search.RegionHits``; nan where it
+    did not name the row)."""
+
+    rows: np.ndarray
+    places: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> Shortlist:
+        """Candidate rows the region search did not name."""
+        return cls(rows, np.full((*rows.shape, 4), np.nan))
 
 
 @dataclass(frozen=True)
@@ -139,17 +154,17 @@ def candidates(
     settings: PreprocessSettings,
     *,
     k: int = DEFAULT_CANDIDATES,
-    regions: np.ndarray | None = None,
+    regions: RegionHits | None = None,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
-) -> np.ndarray:
-    """[n, k (+ m)] candidate original rows of the slices: ``as_cut`` (the audit's own search, at least
-    :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view, then the
-    first :data:`REGION_CANDIDATES` of the region search's rows (``region_search.RegionIndex.search``) not
-    already among them."""
+) -> Shortlist:
+    """[n, k (+ m)] candidates of the slices: ``as_cut`` (the audit's own search, at least :func:`search_depth`
+    deep), merged for noisy slices with the search of their smoothed view, then the first
+    :data:`REGION_CANDIDATES` of the region search's rows (``region_search.RegionIndex.search``) not already
+    among them (:func:`with_region_candidates`)."""
     n = len(slices)
     if n == 0:
-        return np.zeros((0, k), dtype=np.int64)
+        return Shortlist.of(np.zeros((0, k), dtype=np.int64))
     hits = [view_hits(as_cut, original_row)]
     noisy = noisy_slices(slices, settings)
     if len(noisy):
@@ -161,17 +176,24 @@ def candidates(
         all_rows[noisy], all_scores[noisy] = rows, scores
         hits.append((all_rows, all_scores))
     listed = shortlist(hits, k)
-    return listed if regions is None else with_region_candidates(listed, regions)
+    return Shortlist.of(listed) if regions is None else with_region_candidates(listed, regions)
 
 
-def with_region_candidates(listed: np.ndarray, regions: np.ndarray, m: int = REGION_CANDIDATES) -> np.ndarray:
+def with_region_candidates(listed: np.ndarray, regions: RegionHits, m: int = REGION_CANDIDATES) -> Shortlist:
     """[n, k + m]: the candidates [n, k] followed by the first m of the region search's rows (in its order) that
-    are not among them (-1 = none)."""
-    out = np.full((len(listed), listed.shape[1] + m), -1, dtype=np.int64)
-    out[:, : listed.shape[1]] = listed
-    for i, rows in enumerate(regions):
-        added = [int(r) for r in dict.fromkeys(rows.tolist()) if r >= 0 and r not in listed[i]][:m]
-        out[i, listed.shape[1] : listed.shape[1] + len(added)] = added
+    are not among them (-1 = none); every candidate the region search named carries its tiles' places."""
+    out = Shortlist.of(np.full((len(listed), listed.shape[1] + m), -1, dtype=np.int64))
+    out.rows[:, : listed.shape[1]] = listed
+    for i, rows in enumerate(regions.rows):
+        named: dict[int, int] = {}  # row -> its first position in the region search's order
+        for position, r in enumerate(rows.tolist()):
+            if r >= 0:
+                named.setdefault(int(r), position)
+        added = [r for r in named if r not in listed[i]][:m]
+        out.rows[i, listed.shape[1] : listed.shape[1] + len(added)] = added
+        for j, r in enumerate(out.rows[i].tolist()):
+            if r in named:
+                out.places[i, j] = regions.places[i, named[r]]
     return out
 
 
@@ -206,15 +228,20 @@ def verify_slices(
     grids: GridSource,
     settings: PreprocessSettings,
     cancel: threading.Event | None = None,
+    places: np.ndarray | None = None,
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (the
     best-ranked among equal scores). Each neighbourhood's best-ranked candidate is verified first, its
     neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or could not be read).
+    ``places`` [n, k, 4]: the tiles by which the region search named each candidate (:class:`Shortlist`; none
+    when None), which say where a moved copy's in-place hypothesis is sought (``verification.verify_batch``).
 
     The slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
     threads (:mod:`pixel_threads`), each chunk asking ``grids`` for its reference grids, so that one
     thread makes grids while another verifies pairs; ``cancel`` is checked before each chunk."""
     listed = [[int(r) for r in rows if r >= 0] for rows in shortlisted]
+    tiles = np.full((*np.shape(shortlisted), 4), np.nan) if places is None else np.asarray(places, dtype=np.float64)
+    guides = [[pair for r, pair in zip(rows, pairs) if r >= 0] for rows, pairs in zip(shortlisted, tiles)]
     asked = [i for i, rows in enumerate(listed) if rows]
     leaders = {i: waits_for(listed[i], grids.places) for i in asked}
 
@@ -224,11 +251,11 @@ def verify_slices(
         chosen = [asked[j] for j in run]
         first = {i: [j for j, lead in enumerate(leaders[i]) if lead == j] for i in chosen}
         queries = dict(zip(chosen, to_grids([slices[i] for i in chosen], settings)))
-        found = _verify_positions(queries, listed, first, grids)
+        found = _verify_positions(queries, listed, guides, first, grids)
         then = {
             i: [j for j, lead in enumerate(leaders[i]) if lead != j and _verifies(found[i].get(lead))] for i in chosen
         }
-        for i, results in _verify_positions(queries, listed, then, grids).items():
+        for i, results in _verify_positions(queries, listed, guides, then, grids).items():
             found[i] |= results
         verified = {}
         for i, results in found.items():
@@ -254,14 +281,22 @@ def _verifies(leader: Verification | None) -> bool:
 
 
 def _verify_positions(
-    queries: dict[int, Grid], listed: list[list[int]], positions: dict[int, list[int]], grids: GridSource
+    queries: dict[int, Grid],
+    listed: list[list[int]],
+    guides: list[list[np.ndarray]],
+    positions: dict[int, list[int]],
+    grids: GridSource,
 ) -> dict[int, dict[int, Verification]]:
     """{query: {position: verification}} of the candidates at ``positions`` of each query's list whose
-    grids can be read (one batch)."""
+    grids can be read (one batch), each with its region tiles' places (``guides``, parallel to ``listed``)."""
     reference = grids(sorted({listed[i][j] for i, wanted in positions.items() for j in wanted}))
     usable = {i: [j for j in wanted if listed[i][j] in reference] for i, wanted in positions.items()}
     asked = [i for i, wanted in usable.items() if wanted]
-    results = verify_batch([queries[i] for i in asked], [[reference[listed[i][j]] for j in usable[i]] for i in asked])
+    results = verify_batch(
+        [queries[i] for i in asked],
+        [[reference[listed[i][j]] for j in usable[i]] for i in asked],
+        places=[[guides[i][j] for j in usable[i]] for i in asked],
+    )
     found: dict[int, dict[int, Verification]] = {i: {} for i in queries}
     for i, verified in zip(asked, results):
         found[i] = dict(zip(usable[i], verified))

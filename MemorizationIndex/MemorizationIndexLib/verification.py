@@ -39,6 +39,7 @@ from skimage.exposure import equalize_hist
 from skimage.filters import window
 from skimage.transform import resize
 
+from .encoders.tiles import FINE_STEP
 from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
@@ -55,7 +56,8 @@ EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-ex
 # with any parallel edge, whoever's it is, so they are not counted as reproduced near-exactly (method.md §7.22).
 EXACT_COHERENCE = 0.9
 SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
-SCORED = "best-ranked, in place"  # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`)
+# the hypotheses of a pair that are scored (:func:`_scored_hypotheses`, :func:`_moved_shifts`)
+SCORED = "best-ranked, in place, in place moved where the region tiles say"
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
@@ -76,6 +78,11 @@ MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 # NOISE_TARGET is higher), less 1% for rounding: a slice shown to lie below it needs no exact noise level.
 _QUIET = 0.99 * 0.5 * 2.0 * math.sqrt(math.pi) * CROP_NOISE_TARGET
 SUBPIXEL = 10  # the scored hypotheses' translations are refined to 1 / SUBPIXEL grid pixel (:func:`_refined_shifts`)
+# Grid pixels about a moved region's place (the region search's two tiles, method.md §7.25) within which its
+# in-place hypothesis takes its phase correlation's peak: one step of the fine tiles, the most two tiles on their
+# lattices can be off the move they share
+MOVED_SEARCH = GRID * FINE_STEP
+MOVED_WINDOW = GRID * FINE_STEP  # sigma (grid pixels) of the window about each of the two tiles they are compared in
 CHUNK_PAIRS = 64  # query-candidate pairs verified together (docs/performance.md: faster than 32, 48, 96 or 128)
 GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
@@ -756,14 +763,68 @@ def _aligned(images: np.ndarray, unique: np.ndarray, pairs: _Pairs, transposed: 
     """Every hypothesis applied to the candidates' images and masks (``unique`` [U, 2, GRID, GRID]): the turned
     and scaled candidates' images and masks moved by the whole-pixel translation that phase correlation finds
     against its query (of the query images [Q, GRID, GRID]; ``shifts`` int [P * _HYPOTHESES, 2]), and the
-    cross-power spectra that gave it (:func:`_refined_shifts`). Returns (images, masks, shifts, cross)."""
+    cross-power spectra that gave it (:func:`_refined_shifts`). Returns (images, masks, shifts, cross, and the
+    turned and scaled candidates' images before they were moved)."""
     sampled = (np.arange(len(pairs.query))[:, None] * _HYPOTHESES + _SAMPLED).ravel()
     maps = _inverse_maps(transposed[sampled], angles[sampled], scales[sampled])
     turned, turned_masks = (_with_twins(stack) for stack in _warped(unique[pairs.candidate], maps, len(_SAMPLED)))
     reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
     cross = reference * _whitened(_rfft2(turned)).conj()
     shifts = _phase_peaks(cross, (GRID, GRID))
-    return _shifted(turned, shifts), _shifted(turned_masks, shifts), shifts, cross
+    return _shifted(turned, shifts), _shifted(turned_masks, shifts), shifts, cross, turned
+
+
+def _moved_shifts(
+    images: np.ndarray, turned: np.ndarray, pairs: _Pairs, guided: np.ndarray, moves: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-pixel translations [G, 2] of the in-place candidates of the ``guided`` pairs [G] to where the region
+    search saw their copies (``moves`` [G, 6], :func:`_moved_in_place`), and the cross-power spectra that gave them.
+    The whole slices' phase correlation of a moved patch is ruled by the rest of the two slices (a host's anatomy,
+    in place), so the two are compared in Gaussian windows about their two tiles, and the peak is taken within
+    MOVED_SEARCH of the tiles' move."""
+    at = guided * _HYPOTHESES + IN_PLACE
+    query = _whitened(_rfft2(images[pairs.query[guided]] * _window(moves[:, 2:4])))
+    cross = query * _whitened(_rfft2(turned[at] * _window(moves[:, 4:6]))).conj()
+    return _peaks_near(cross, moves[:, :2]), cross
+
+
+def _window(centres: np.ndarray) -> np.ndarray:
+    """float32 [n, GRID, GRID] Gaussian windows of sigma MOVED_WINDOW about ``centres`` [n, 2] (row, col; grid
+    pixels)."""
+    ramp = np.arange(GRID, dtype=np.float32)
+    rows = np.exp(-0.5 * ((ramp[None, :] - centres[:, :1]) / MOVED_WINDOW) ** 2)
+    cols = np.exp(-0.5 * ((ramp[None, :] - centres[:, 1:]) / MOVED_WINDOW) ** 2)
+    return (rows[:, :, None] * cols[:, None, :]).astype(np.float32)
+
+
+def _moved_in_place(places: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[P, 6] per pair: the translation (row, col; grid pixels) that puts its candidate, at its in-place ``scales``
+    [P], where the region search saw it (``places`` [P, 4]: the centres of the query's tile and of the candidate's,
+    fractions of their squares, which the grids' squares approximate), the query tile's centre on the query's grid
+    and the candidate tile's centre on the scaled candidate's; nan where the pair has no places or where that
+    translation lies within MOVED_SEARCH of the in-place one (``offsets`` [P, 2]): a copy kept in place is left to
+    phase correlation."""
+    middle = (GRID - 1) / 2.0
+    query, candidate = places[:, :2] * GRID - 0.5, places[:, 2:] * GRID - 0.5
+    scaled = middle + scales[:, None] * (candidate - middle)
+    target = query - scaled
+    moved = np.abs(target - offsets).max(axis=1) > MOVED_SEARCH  # False where nan
+    return np.where(moved[:, None], np.concatenate([target, query, scaled], axis=1), np.nan)
+
+
+def _peaks_near(cross: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """int [n, 2] whole-pixel shifts, as :func:`_phase_peaks` finds them from cross-power spectra [n, ...], but
+    each the peak within MOVED_SEARCH of its target [n, 2], and unwrapped to the target's side: the surface is
+    periodic, and a region moved by more than half the grid is still moved that far."""
+    correlation = np.abs(_irfft2(cross, (GRID, GRID)))
+    out = np.empty((len(cross), 2), dtype=np.int64)
+    for k, (surface, target) in enumerate(zip(correlation, targets)):
+        # The shifts within reach of the target on each axis, and the surface row (column) each one reads.
+        near = [np.arange(math.ceil(t - MOVED_SEARCH), math.floor(t + MOVED_SEARCH) + 1) for t in target]
+        window = surface[np.ix_(near[0] % GRID, near[1] % GRID)]
+        r, c = np.unravel_index(np.argmax(window), window.shape)
+        out[k] = near[0][r], near[1][c]
+    return out
 
 
 def _with_twins(sampled: np.ndarray) -> np.ndarray:
@@ -828,30 +889,42 @@ def pair_chunks(sizes: Sequence[int], limit: int = CHUNK_PAIRS) -> list[range]:
 
 
 def verify_batch(
-    queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]], chunk_pairs: int = CHUNK_PAIRS
+    queries: Sequence[Grid],
+    candidates: Sequence[Sequence[Grid]],
+    chunk_pairs: int = CHUNK_PAIRS,
+    places: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> list[list[Verification]]:
     """Verify every query against its own candidates (in order), as :func:`verify` does each pair:
-    the pairs of consecutive queries are batched, ``chunk_pairs`` at most at a time."""
+    the pairs of consecutive queries are batched, ``chunk_pairs`` at most at a time. ``places``: per candidate,
+    the region search's two tiles [4] (``region_search.RegionHits``; nan, or None for all, where there are none),
+    which place a moved copy's in-place hypothesis (:func:`_moved_in_place`)."""
+    if places is None:
+        places = [[np.full(4, np.nan)] * len(listed) for listed in candidates]
     out: list[list[Verification]] = []
     for run in pair_chunks([len(listed) for listed in candidates], chunk_pairs):
-        out += _verify_chunk([queries[i] for i in run], [candidates[i] for i in run])
+        out += _verify_chunk([queries[i] for i in run], [candidates[i] for i in run], [places[i] for i in run])
     return out
 
 
-def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]]) -> list[list[Verification]]:
+def _verify_chunk(
+    queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]], places: Sequence[Sequence[np.ndarray]]
+) -> list[list[Verification]]:
     """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps
     of every pair and hypothesis are batched; each pair's best hypothesis by global correlation and its in-place
-    one (:func:`_scored_hypotheses`) are scored by :func:`_agreements`, and the higher scoring one is kept."""
+    one (:func:`_scored_hypotheses`), and for a pair whose copy the region search saw moved its in-place one moved
+    there (:func:`_moved_shifts`), are scored by :func:`_agreements`, and the highest scoring one is kept."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
         return out
     used, pairs = [queries[i] for i in asked], _Pairs.of([candidates[i] for i in asked])
     in_place_scales, in_place_offsets = _in_place(used, pairs)
+    tiles = np.array([pair for i in asked for pair in places[i]], dtype=np.float64).reshape(-1, 4)
+    moves = _moved_in_place(tiles, in_place_scales, in_place_offsets)
     transposed, angles, scales = _hypotheses(used, pairs, in_place_scales)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    moved, moved_masks, shifts, cross = _aligned(images, unique, pairs, transposed, angles, scales)
+    moved, moved_masks, shifts, cross, turned = _aligned(images, unique, pairs, transposed, angles, scales)
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
     pair_of, scored = _scored_hypotheses(ranks)
@@ -860,12 +933,19 @@ def _verify_chunk(queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]])
     offsets = in_place_offsets[scored // _HYPOTHESES]
     snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
     fine[snap] = offsets[snap]
+    # A pair whose copy the region search saw moved also scores its in-place hypothesis moved there.
+    guided = np.flatnonzero(np.isfinite(moves[:, 0]))
+    if len(guided):
+        moved_by, moved_cross = _moved_shifts(images, turned, pairs, guided, moves[guided])
+        pair_of = np.concatenate([pair_of, guided])
+        scored = np.concatenate([scored, guided * _HYPOTHESES + IN_PLACE])
+        fine = np.concatenate([fine, _refined_shifts(moved_cross, moved_by)])
     maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
     placed, placed_masks = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
     queries_at = owner[scored]
     structured = _two_dimensional(images)[queries_at]  # once per query, not per scored hypothesis
     scores, copied, reproduced = _agreements(images[queries_at], masks[queries_at], placed, placed_masks, structured)
-    chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless the other scores higher
+    chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless another scores higher
     for s, p in enumerate(pair_of):
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
             chosen[p] = s

@@ -50,6 +50,8 @@ from .verification import (
     EXACT_SHARE,
     GRID,
     HYPOTHESES,
+    MOVED_SEARCH,
+    MOVED_WINDOW,
     SCALE_RANGE,
     SCORED,
     SUBPIXEL,
@@ -176,6 +178,7 @@ def null_settings(regions: bool) -> dict:
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
         "subpixel": SUBPIXEL,
+        "moved_in_place": [MOVED_SEARCH, MOVED_WINDOW] if regions else 0,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
         "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
@@ -349,7 +352,7 @@ def verify_against(
         batch_size=batch_size,
         cancel=cancel,
     )
-    verified = verify_slices(queries.slices, shortlisted, grids, settings, cancel)
+    verified = verify_slices(queries.slices, shortlisted.rows, grids, settings, cancel, shortlisted.places)
     return VerifiedNull(
         np.array([v.score for v in verified]),
         np.asarray(as_cut.similarity, dtype=np.float64),

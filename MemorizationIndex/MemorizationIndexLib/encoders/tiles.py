@@ -22,7 +22,8 @@ def _windows(side: float, step: float) -> tuple[Window, ...]:
 
 _HALVES: tuple[Window, ...] = ((0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0))
 COARSE_TILES: tuple[Window, ...] = _windows(0.5, 0.25) + _HALVES
-FINE_TILES: tuple[Window, ...] = _windows(0.25, 0.125)
+FINE_STEP = 0.125  # the fine tiles' step, as a fraction of the side
+FINE_TILES: tuple[Window, ...] = _windows(0.25, FINE_STEP)
 _FINE_PREFIX = "fine:"
 
 
