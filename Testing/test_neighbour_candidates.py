@@ -28,6 +28,8 @@ def test_a_candidate_waits_for_the_best_ranked_of_its_neighbourhood() -> None:
     assert waits_for([3, 4], places) == [0, 1]
     assert waits_for([1, 0, 2], None) == [0, 1, 2]
     assert waits_for([], places) == []
+    named = [False, False, False, True, False, False]  # the region search named slice 10: it and 9 lead
+    assert waits_for([1, 4, 3, 0, 2, 5], places, named) == [0, 1, 2, 3, 0, 3]
     assert NEIGHBOUR_GATE <= MIN_COPY_SCORE / 2
 
 
@@ -77,3 +79,15 @@ def test_a_novel_slice_skips_the_neighbours_of_what_does_not_verify(brain_query_
     every = RecordedGrids(reference, None)
     [alone] = verify_slices([query[0]], np.array([[4, 5, 9, 10, -1]]), every, settings)
     assert every.asked == [4, 5, 9, 10] and alone.score >= found.score
+
+
+def test_a_candidate_the_region_search_named_does_not_wait(brain_query_and_reference, consecutive) -> None:
+    """Reference 5, named by the region search (its tiles' places are given), is verified although its
+    better-ranked neighbour 4 does not verify; 10 still waits for 9 (docs/method.md §7.26)."""
+    query, reference = brain_query_and_reference
+    settings = PreprocessSettings()
+    places = np.full((1, 4, 4), np.nan)
+    places[0, 1] = [0.5, 0.5, 0.5, 0.5]
+    grids = RecordedGrids(reference, consecutive)
+    [found] = verify_slices([query[0]], np.array([[4, 5, 9, 10]]), grids, settings, places=places)
+    assert grids.asked == [4, 5, 9] and found.score < NEIGHBOUR_GATE

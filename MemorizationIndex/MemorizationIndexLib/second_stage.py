@@ -206,14 +206,18 @@ def slice_places(provenance: Provenance) -> np.ndarray:
     return np.stack([volume, np.fromiter(provenance.slice, np.int64, len(provenance))], axis=1)
 
 
-def waits_for(rows: Sequence[int], places: np.ndarray | None) -> list[int]:
+def waits_for(rows: Sequence[int], places: np.ndarray | None, named: Sequence[bool] = ()) -> list[int]:
     """For candidates in rank order: the position of the candidate each one waits for, its own when it
     leads a neighbourhood. A candidate within NEIGHBOUR_SLICES of a better-ranked one of the same volume
-    joins that one's neighbourhood (neighbouring slices are near-duplicates; method.md §7.11)."""
+    joins that one's neighbourhood (neighbouring slices are near-duplicates; method.md §7.11), unless the
+    region search named it (``named`` [len(rows)], none when empty): a tile of the query matched that very
+    slice, and a copied region need not carry over to its neighbour (method.md §7.26)."""
     leader = list(range(len(rows)))
     if places is None:
         return leader
     for j, row in enumerate(rows):
+        if j < len(named) and named[j]:
+            continue
         for i in range(j):
             volume, position = places[rows[i]]
             if volume == places[row, 0] and abs(position - places[row, 1]) <= NEIGHBOUR_SLICES:
@@ -232,7 +236,8 @@ def verify_slices(
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (the
     best-ranked among equal scores). Each neighbourhood's best-ranked candidate is verified first, its
-    neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or could not be read).
+    neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or could not be read); a
+    candidate the region search named (finite ``places``) never waits.
     ``places`` [n, k, 4]: the tiles by which the region search named each candidate (:class:`Shortlist`; none
     when None), which say where a moved copy's in-place hypothesis is sought (``verification.verify_batch``).
 
@@ -243,7 +248,8 @@ def verify_slices(
     tiles = np.full((*np.shape(shortlisted), 4), np.nan) if places is None else np.asarray(places, dtype=np.float64)
     guides = [[pair for r, pair in zip(rows, pairs) if r >= 0] for rows, pairs in zip(shortlisted, tiles)]
     asked = [i for i, rows in enumerate(listed) if rows]
-    leaders = {i: waits_for(listed[i], grids.places) for i in asked}
+    named = [[bool(np.isfinite(pair).all()) for pair in pairs] for pairs in guides]
+    leaders = {i: waits_for(listed[i], grids.places, named[i]) for i in asked}
 
     def verify_chunk(run: range) -> dict[int, Verified]:
         if cancel is not None and cancel.is_set():

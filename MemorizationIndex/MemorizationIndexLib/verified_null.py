@@ -173,7 +173,7 @@ def null_settings(regions: bool) -> dict:
     and the region search (``regions``: whether the index has one)."""
     return {
         "views": list(VIEWS),
-        "neighbour_gate": NEIGHBOUR_GATE,
+        "neighbour_gate": [NEIGHBOUR_GATE, "region-named candidates do not wait"] if regions else NEIGHBOUR_GATE,
         "scale_range": list(SCALE_RANGE),
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
