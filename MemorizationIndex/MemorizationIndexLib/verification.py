@@ -48,9 +48,10 @@ WINDOW_SIGMA = 2.0  # local-correlation window (grid pixels)
 AGREEMENT = 0.7  # local correlation above which a pixel agrees
 EXACT = 0.95  # local correlation from which a pixel is reproduced near-exactly (copied, not look-alike anatomy)
 EXACT_SHARE = 0.3  # share of the smaller foreground that, reproduced near-exactly, scores 1 (method.md §7.16)
-# Grid pixels: a near-exact pixel's correlation window (1.5 WINDOW_SIGMA) lies inside the overlap. Near the
-# overlap's edge the windows are cut, and two people's scalp or body outline agree there by chance.
-EXACT_INSET = 3
+# Grid pixels a near-exact pixel lies inside the overlap: its correlation window is cut at the overlap's edge, where
+# two people's outlines agree by chance. One pixel, not the window's reach (1.5 WINDOW_SIGMA): straight outlines are
+# left out by EXACT_COHERENCE, and a copied region at the field's edge kept too little of itself (method.md §7.27).
+EXACT_INSET = 1
 EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-exact share is taken of (method.md §7.19)
 # Structure-tensor coherence from which a pixel's neighbourhood is one straight edge: such windows correlate near 1
 # with any parallel edge, whoever's it is, so they are not counted as reproduced near-exactly (method.md §7.22).
