@@ -503,6 +503,30 @@ def test_quadrants_at_the_field_edge_keep_their_near_exact_part(shared_data: Pat
     assert max(strangers) <= 0.05, np.round(strangers, 2)
 
 
+def test_a_quadrant_the_region_tiles_saw_in_place_is_scored_in_place(shared_data: Path):
+    """An upper-left quadrant of a lumbar slice copied in place over another person's slice: the whole slices'
+    phase correlation, ruled by the other person's anatomy, puts the in-place hypothesis elsewhere for most of these
+    (they score about 0 against their own source, method.md §7.28). When the region search's two tiles say the copy
+    is in place, the hypothesis is also scored exactly in place; the other person's slice stays near 0."""
+    settings = PreprocessSettings()
+    a, b = (image_slices(read_image(shared_data / f"spine/myosegmentum/{n}.nii.gz"), 0) for n in ("05", "06"))
+    n = min(len(a), len(b))
+    in_place = np.full(4, 0.25)  # the centres of the query's tile and the candidate's: the quadrant's centre
+    plain, guided, strangers = [], [], []
+    for k in range(n // 4, 3 * n // 4, max(1, n // 12)):
+        source, other = scale_unit(a[k], settings), scale_unit(b[k], settings)
+        host = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+        h, w = source.shape
+        query = host.copy()
+        query[: h // 2, : w // 2] = source[: h // 2, : w // 2]
+        grids = to_grids([query, source, host])
+        plain.append(verify_batch([grids[0]], [[grids[1]]])[0][0].score)
+        guided.append(verify_batch([grids[0]], [[grids[1]]], places=[[in_place]])[0][0].score)
+        strangers.append(verify_batch([grids[2]], [[grids[1]]], places=[[in_place]])[0][0].score)
+    assert len(guided) >= 8 and sum(score < 0.1 for score in plain) >= len(plain) // 2, np.round(plain, 2)
+    assert min(guided) >= 0.3 and max(strangers) <= 0.1, (np.round(guided, 2), np.round(strangers, 2))
+
+
 def test_roughness_falls_with_smoothing_and_reads_the_same_transposed(pair):
     settings = PreprocessSettings()
     sharp = to_grid(pair[0], settings)

@@ -58,7 +58,7 @@ EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-ex
 EXACT_COHERENCE = 0.9
 SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
 # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`, :func:`_moved_shifts`)
-SCORED = "best-ranked, in place, in place moved where the region tiles say"
+SCORED = "best-ranked, in place, in place moved where the region tiles say, exactly in place where they say in place"
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
@@ -913,7 +913,8 @@ def _verify_chunk(
     """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps
     of every pair and hypothesis are batched; each pair's best hypothesis by global correlation and its in-place
     one (:func:`_scored_hypotheses`), and for a pair whose copy the region search saw moved its in-place one moved
-    there (:func:`_moved_shifts`), are scored by :func:`_agreements`, and the highest scoring one is kept."""
+    there (:func:`_moved_shifts`), or, saw in place while phase correlation put it elsewhere, its in-place one exactly
+    in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
@@ -934,6 +935,12 @@ def _verify_chunk(
     offsets = in_place_offsets[scored // _HYPOTHESES]
     snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
     fine[snap] = offsets[snap]
+    # A pair whose copy the region search saw in place, phase correlation elsewhere, also scores it exactly in place.
+    put_back = _seen_in_place(tiles, moves)[scored // _HYPOTHESES] & (scored % _HYPOTHESES == IN_PLACE) & ~snap
+    if put_back.any():
+        pair_of = np.concatenate([pair_of, scored[put_back] // _HYPOTHESES])
+        scored = np.concatenate([scored, scored[put_back]])
+        fine = np.concatenate([fine, offsets[put_back]])
     # A pair whose copy the region search saw moved also scores its in-place hypothesis moved there.
     guided = np.flatnonzero(np.isfinite(moves[:, 0]))
     if len(guided):
@@ -964,6 +971,13 @@ def _verify_chunk(
         found = Verification(float(scores[chosen[p]]), alignment, mask, bounding_box(mask), float(most_reproduced[p]))
         out[asked[q]].append(found)
     return out
+
+
+def _seen_in_place(places: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """bool [P]: the pairs whose region tiles (``places`` [P, 4]) put the copy within MOVED_SEARCH of its in-place
+    alignment (``moves`` [P, 6] from :func:`_moved_in_place`, nan there). The whole slices' phase correlation can put
+    such a pair's in-place hypothesis far off, ruled by the rest of the slices (a host's anatomy; method.md §7.28)."""
+    return np.isfinite(places).all(axis=1) & ~np.isfinite(moves[:, 0])
 
 
 def _scored_hypotheses(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
