@@ -481,18 +481,26 @@ def test_half_copies_over_other_people_are_verified_in_place(shared_data: Path):
     assert len(scores) >= 36 and min(scores) >= 0.2, np.round(scores, 2)
 
 
+def _lumbar_pairs(shared_data: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ten middle sagittal slices of lumbar subject 05 in [0, 1], each with the same slice of subject 06 resized to it
+    (the person a partial copy is pasted over); their anatomy fills the field of view."""
+    settings = PreprocessSettings()
+    a, b = (image_slices(read_image(shared_data / f"spine/myosegmentum/{n}.nii.gz"), 0) for n in ("05", "06"))
+    n = min(len(a), len(b))
+    pairs = []
+    for k in range(n // 4, 3 * n // 4, max(1, n // 12)):
+        source, other = scale_unit(a[k], settings), scale_unit(b[k], settings)
+        pairs.append((source, resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)))
+    return pairs
+
+
 def test_quadrants_at_the_field_edge_keep_their_near_exact_part(shared_data: Path):
     """A lower quadrant of a lumbar slice, whose anatomy fills the field of view, copied in place over another
     person's slice: the copy meets the field's edge on two sides, where the near-exact pixels' inset
     (verification.EXACT_INSET) takes a band of it. With the inset of 3 grid pixels the median near-exact part
     of these 20 copies was 0.43; with 1 it is 0.52 (method.md §7.27). The other person's whole slice stays near 0."""
-    settings = PreprocessSettings()
-    a, b = (image_slices(read_image(shared_data / f"spine/myosegmentum/{n}.nii.gz"), 0) for n in ("05", "06"))
-    n = min(len(a), len(b))
     parts, strangers = [], []
-    for k in range(n // 4, 3 * n // 4, max(1, n // 12)):
-        source, other = scale_unit(a[k], settings), scale_unit(b[k], settings)
-        host = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    for source, host in _lumbar_pairs(shared_data):
         h, w = source.shape
         for cols in (slice(0, w // 2), slice(w // 2, w)):
             query = host.copy()
@@ -508,14 +516,9 @@ def test_a_quadrant_the_region_tiles_saw_in_place_is_scored_in_place(shared_data
     phase correlation, ruled by the other person's anatomy, puts the in-place hypothesis elsewhere for most of these
     (they score about 0 against their own source, method.md §7.28). When the region search's two tiles say the copy
     is in place, the hypothesis is also scored exactly in place; the other person's slice stays near 0."""
-    settings = PreprocessSettings()
-    a, b = (image_slices(read_image(shared_data / f"spine/myosegmentum/{n}.nii.gz"), 0) for n in ("05", "06"))
-    n = min(len(a), len(b))
     in_place = np.full(4, 0.25)  # the centres of the query's tile and the candidate's: the quadrant's centre
     plain, guided, strangers = [], [], []
-    for k in range(n // 4, 3 * n // 4, max(1, n // 12)):
-        source, other = scale_unit(a[k], settings), scale_unit(b[k], settings)
-        host = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    for source, host in _lumbar_pairs(shared_data):
         h, w = source.shape
         query = host.copy()
         query[: h // 2, : w // 2] = source[: h // 2, : w // 2]
