@@ -35,7 +35,8 @@ from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
-from MemorizationIndexLib.second_stage import Verified
+from MemorizationIndexLib.region_search import REGION_CANDIDATES
+from MemorizationIndexLib.second_stage import DEFAULT_CANDIDATES, Verified
 from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
@@ -329,7 +330,9 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
     )
     info = results["datasets"][0]
     assert info["verified_null"]["n"] >= 20 and 0 < info["verified_null"]["threshold"] <= 1
-    assert results["settings"]["verification"]["used"] and results["settings"]["verification"]["k"] == 6
+    verification = results["settings"]["verification"]
+    assert verification["used"] and verification["k"] == DEFAULT_CANDIDATES
+    assert verification["region_candidates"] == REGION_CANDIDATES
     two = {r["condition"]: r for r in results["two_stage"]}
     assert set(two) == {"clean", "transpose", "half"}
     for row in two.values():

@@ -306,16 +306,21 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         "novel flagged: over all duplicates of the largest level and every novel slice. Provenance top-1: global = "
         "the nearest reference is the true source (all copies); verified = the best verified candidate is the true "
         "source (flagged copies). Candidate recall: the true source is among the verified candidates (in brackets: "
-        f"among the first 1 / 3 / {k}, the global search's). Partial "
+        f"among the first {' / '.join(_recall_ranks(k))}, the global search's). Partial "
         "copies: IoU of the best verified candidate's copy box / mask with the copied pixels in the query's "
         "foreground (0 without a copy region), over all their copies.\n\n" + _table(header, rows)
     )
 
 
+def _recall_ranks(k: int) -> list[str]:
+    """The global candidates' ranks whose recall is shown: 1, 3 and k, each once, at most k."""
+    return list(dict.fromkeys(str(r) for r in (1, 3, k) if r <= k))
+
+
 def _recall(two: dict, k: int) -> str:
     """Candidate recall, with recall among the first 1, 3 and k (the global search's) candidates when recorded."""
     at = two.get("candidate_recall_at", {})
-    first = " / ".join(_f(at[r]) for r in ("1", "3", str(k)) if r in at)
+    first = " / ".join(_f(at[r]) for r in _recall_ranks(k) if r in at)
     return _f(two["candidate_recall"]) + (f" ({first})" if first else "")
 
 
