@@ -50,8 +50,8 @@ SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (met
 # verification smooths down to. Clean brain and spine slices read at most 0.018 (method.md §7.9).
 NOISY = 2.0 * NOISE_TARGET
 # Candidates the global search shortlists per query slice; the region search adds REGION_CANDIDATES more. Its deeper
-# ranks hold partial copies' sources, and a whole copy's source it names too, so fewer global ones lost none
-# (method.md §7.29).
+# ranks hold partial copies' sources, and it names whole copies' sources too: of 55 that the global search ranked
+# 4th-6th on the benchmark's captures, it named 54 (method.md §7.29).
 DEFAULT_CANDIDATES = 3
 SEARCH_DEPTH = len(REFERENCE_COPIES)  # hits searched per candidate wanted: an original's copies share it
 NEIGHBOUR_SLICES = 1  # a candidate this many slices or fewer from a better-ranked one of its volume waits for it
