@@ -45,9 +45,8 @@ def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     listed = np.array([[4, 2, -1], [1, 3, 5]])
     found = with_region_candidates(listed, _hits([[2, 7, 7], [9, -1, 1]]))
     assert found.rows.shape == (2, 3 + REGION_CANDIDATES)
-    assert (
-        found.rows[:, :6].tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]] and (found.rows[:, 6:] == -1).all()
-    )
+    assert found.rows[:, :6].tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]]
+    assert (found.rows[:, 6:] == -1).all()
     # Every candidate the region search named carries the places of its first naming; the others none.
     assert found.places[0, 1].tolist() == [2, 0, 2, 0] and found.places[0, 3].tolist() == [7, 1, 7, 1]
     assert found.places[1, 0].tolist() == [1, 2, 1, 2] and found.places[1, 3].tolist() == [9, 0, 9, 0]
@@ -64,6 +63,13 @@ def spine_slices(spine: dict[str, Path]) -> dict[str, list[np.ndarray]]:
         stack = image_slices(read_image(spine[name]), 0)
         out[name] = [stack[k] for k in np.flatnonzero(nonempty_mask(stack, PreprocessSettings()))]
     return out
+
+
+@pytest.fixture(scope="module")
+def spine_reference(encoder, spine_slices) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The reference slices (spine 01–03) and their tiles, embedded once for the tests that index them."""
+    reference = spine_slices["01"] + spine_slices["02"] + spine_slices["03"]
+    return reference, embed_slices_and_tiles(encoder, reference, PreprocessSettings())[1]
 
 
 def test_tiles_come_from_the_forward_pass_that_gives_the_features(encoder, spine_slices) -> None:
@@ -128,10 +134,9 @@ def _moved_patches(
 
 
 def test_half_copies_find_their_source_among_the_region_candidates(
-    encoder, spine_slices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    encoder, spine_slices, spine_reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reference = spine_slices["01"] + spine_slices["02"] + spine_slices["03"]
-    _, tiles = embed_slices_and_tiles(encoder, reference, PreprocessSettings())
+    reference, tiles = spine_reference
     rows = np.arange(100, 100 + len(reference))  # original rows need not start at 0
     regions = RegionIndex.fit(tiles, rows)
     sources = list(range(3, len(reference), 6))
@@ -157,9 +162,8 @@ def test_half_copies_find_their_source_among_the_region_candidates(
     assert np.mean([rows[s] in approximate[i] for i, s in enumerate(sources)]) >= np.mean(hits) - 0.1
 
 
-def test_moved_patches_are_found_by_the_fine_tiles(encoder, spine_slices) -> None:
-    reference = spine_slices["01"] + spine_slices["02"] + spine_slices["03"]
-    _, tiles = embed_slices_and_tiles(encoder, reference, PreprocessSettings())
+def test_moved_patches_are_found_by_the_fine_tiles(encoder, spine_slices, spine_reference) -> None:
+    reference, tiles = spine_reference
     rows = np.arange(len(reference))
     sources = list(range(2, len(reference), 3))
     _, query_tiles = embed_slices_and_tiles(
@@ -175,21 +179,21 @@ def test_moved_patches_are_found_by_the_fine_tiles(encoder, spine_slices) -> Non
     assert hits >= 0.5 and hits >= hits_coarse + 0.2, (hits, hits_coarse, len(sources))
 
 
-def test_the_region_candidates_name_whole_copies_and_moved_patches(encoder, spine_slices) -> None:
+def test_the_region_candidates_name_whole_copies_and_moved_patches(encoder, spine_slices, spine_reference) -> None:
     # The audit verifies 3 global candidates and up to REGION_CANDIDATES region ones (method.md §7.29): the region
     # search must name a whole copy's source as well (turned and blurred, as the global search may rank it low), and
     # its deeper ranks must hold moved patches' sources that its first 3 miss.
-    reference = spine_slices["01"] + spine_slices["02"] + spine_slices["03"]
-    _, tiles = embed_slices_and_tiles(encoder, reference, PreprocessSettings())
+    reference, tiles = spine_reference
     regions = RegionIndex.fit(tiles, np.arange(len(reference)))
     sources = list(range(2, len(reference), 3))
     whole = [ndimage.gaussian_filter(rotate(reference[s], 20.0), 1.5) for s in sources]
     patches = _moved_patches(reference, spine_slices["06"], sources, side=0.35)
     _, query_tiles = embed_slices_and_tiles(encoder, whole + patches, PreprocessSettings())
     found = regions.search(query_tiles).rows
-    named = np.array([s in found[i][:REGION_CANDIDATES] for i, s in enumerate(sources + sources)])
-    first = np.array([s in found[i][:3] for i, s in enumerate(sources + sources)])
-    whole_named, moved_named, moved_first = named[: len(sources)], named[len(sources) :], first[len(sources) :]
+    whole_named = np.array([s in found[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
+    moved = found[len(sources) :]
+    moved_named = np.array([s in moved[i][:REGION_CANDIDATES] for i, s in enumerate(sources)])
+    moved_first = np.array([s in moved[i][:3] for i, s in enumerate(sources)])
     assert whole_named.mean() >= 0.9, (whole_named.mean(), len(sources))
     # measured: 0.8 of 20 moved patches named among the first 6, 0.6 among the first 3
     assert moved_named.mean() >= max(0.7, moved_first.mean() + 0.1), (moved_named.mean(), moved_first.mean())
