@@ -709,9 +709,10 @@ def _second_stage_parts(
     index: ReferenceIndex, encoder: Encoder, slices: list, raw: dict, tiles: dict, n_real_slices: int
 ) -> dict[str, float]:
     """One pass of the second stage step by step, as verify_queries runs it (fresh grid cache), timed."""
-    from MemorizationIndexLib.embedding import embed_slices
+    from MemorizationIndexLib.embedding import embed_slices_and_tiles
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.second_stage import (
+        HEAVY_NOISE,
         noisy_slices,
         search_depth,
         shortlist,
@@ -732,9 +733,10 @@ def _second_stage_parts(
     noisy = noisy_slices(slices, settings)
     views = [smoothed_view(slices[i]) for i in noisy]
     lap("views_made")
-    hits = [view_hits(as_cut, original)]
+    hits, view_tiles = [view_hits(as_cut, original)], None
     if len(noisy):
-        found = index.search(index.whiten(embed_slices(encoder, views, settings)), k=depth)
+        view_raw, view_tiles = embed_slices_and_tiles(encoder, views, settings)
+        found = index.search(index.whiten(view_raw), k=depth)
         lap("views_embedding")
         rows_of, scores_of = view_hits(found, original)
         all_rows, all_scores = np.full((n, depth), -1), np.full((n, depth), -np.inf)
@@ -744,7 +746,11 @@ def _second_stage_parts(
         lap("views_embedding")
     rows = shortlist(hits, index.candidates)
     lap("view_searches")
-    listed = with_region_candidates(rows, index.regions.search(tiles))
+    regions = index.regions.search(tiles)
+    if view_tiles is not None:  # a noisy slice's region search takes its smoothed view's tiles too
+        heavy = noisy_slices([slices[i] for i in noisy], settings, HEAVY_NOISE)
+        regions = regions.with_view(noisy, index.regions.search(view_tiles), alone=heavy)
+    listed = with_region_candidates(rows, regions)
     rows = listed.rows
     lap("region_search")
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})

@@ -13,7 +13,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .grid_cache import GridCache
 from .reference_index import ReferenceIndex
-from .region_search import REGION_CANDIDATES, Tiles
+from .region_search import Tiles
 from .search import Neighbours
 from .second_stage import GridSource, Shortlist, Verified, candidates, slice_places, verify_slices
 from .verified_null import null_settings
@@ -99,7 +99,8 @@ def shortlist_queries(
         np.asarray(index.provenance.original_row),
         index.preprocessing,
         k=index.candidates,
-        regions=None if index.regions is None else index.regions.search(tiles, REGION_CANDIDATES),
+        search_regions=None if index.regions is None else index.regions.search,
+        tiles=tiles,
         batch_size=batch_size,
         cancel=cancel,
     )

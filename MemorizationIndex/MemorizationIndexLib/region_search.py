@@ -50,6 +50,27 @@ class RegionHits:
     rows: np.ndarray
     places: np.ndarray
 
+    def with_view(self, positions: np.ndarray, view: RegionHits, alone: np.ndarray) -> RegionHits:
+        """These hits, with the hits of another view of the query slices at ``positions`` (``view``'s i-th row is
+        the slice at ``positions[i]``'s) taken in turn with the slice's own, the view's first and without repeats;
+        for the i in ``alone``, the view's hits replace the slice's own."""
+        width = self.rows.shape[1] + view.rows.shape[1]
+        rows = np.full((len(self.rows), width), -1, dtype=np.int64)
+        places = np.full((len(self.rows), width, 4), np.nan)
+        rows[:, : self.rows.shape[1]], places[:, : self.rows.shape[1]] = self.rows, self.places
+        alone_ = set(np.asarray(alone, dtype=np.int64).tolist())
+        for i, q in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
+            rankings = [(view.rows[i], view.places[i])] + ([] if i in alone_ else [(self.rows[q], self.places[q])])
+            chosen: dict[int, np.ndarray] = {}
+            for position in range(width):
+                for ranked, where in rankings:
+                    if position < len(ranked) and ranked[position] >= 0:
+                        chosen.setdefault(int(ranked[position]), where[position])
+            rows[q], places[q] = -1, np.nan
+            rows[q, : len(chosen)] = list(chosen)
+            places[q, : len(chosen)] = list(chosen.values()) if chosen else np.zeros((0, 4))
+        return RegionHits(rows, places)
+
 
 def _kind(key: str) -> str:
     """The kind of tile (a key of :data:`INDEX_FILES`) a tile-features key holds."""

@@ -5,9 +5,10 @@ The global search ranks references by pooled features. Re-oriented copies (trans
 90°) are found there because the index holds those copies of every training slice
 (``transforms.REFERENCE_COPIES``); heavily noised copies are not, so a noisy query slice is also
 searched as a smoothed view, and the candidates of the two searches are merged by rank (each gets
-its share). Clean slices, the common case, cost no extra forward pass (§7.9). Candidates are
-aligned to the query and scored by :mod:`verification`; a candidate next to a better-ranked one of
-its volume (a near-duplicate slice) is verified only when that one verifies (§7.11). The same
+its share); so is its region search (§7.30). Clean slices, the common case, cost no extra forward
+pass (§7.9). Candidates are aligned to the query and scored by :mod:`verification`; a candidate
+next to a better-ranked one of its volume (a near-duplicate slice) is verified only when that one
+verifies (§7.11). The same
 functions serve the audit (against a loaded index) and the verified null at build time (against
 each split's reference), so the null goes through exactly the audit's pipeline.
 """
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from scipy import ndimage
 
-from .embedding import Cancelled, embed_slices
+from .embedding import Cancelled, embed_slices_and_tiles
 from .encoders.base import Encoder
 from .grid_cache import GridCache
 from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
-from .region_search import REGION_CANDIDATES, RegionHits
+from .region_search import REGION_CANDIDATES, RegionHits, Tiles
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
 from .verification import (
@@ -49,6 +50,10 @@ SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (met
 # White-noise level (unit intensities) from which a slice is also searched smoothed: twice the level that
 # verification smooths down to. Clean brain and spine slices read at most 0.018 (method.md §7.9).
 NOISY = 2.0 * NOISE_TARGET
+# White-noise level from which a noisy slice's region search takes its smoothed view's tiles alone: such noise swamps
+# the fine tiles of the slice as cut. A less noisy slice (a knee protocol's own noise reads 0.027-0.035) is
+# region-searched as cut and smoothed, the two taking the candidates in turn (method.md §7.30).
+HEAVY_NOISE = 2.0 * NOISY
 # Candidates the global search shortlists per query slice; the region search adds REGION_CANDIDATES more. Its deeper
 # ranks hold partial copies' sources, and it names whole copies' sources too: of 55 that the global search ranked
 # 4th-6th on the benchmark's captures, it named 54 (method.md §7.29).
@@ -60,6 +65,7 @@ NEIGHBOUR_SLICES = 1  # a candidate this many slices or fewer from a better-rank
 NEIGHBOUR_GATE = 0.1
 
 Searcher = Callable[[dict[str, np.ndarray], int], Neighbours]  # raw features, depth -> hits
+RegionSearcher = Callable[[Tiles], RegionHits]  # raw tile features of query slices -> the region search's hits
 
 
 class GridSource(Protocol):
@@ -101,14 +107,14 @@ class Verified:
     reproduced: float = 0.0
 
 
-def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings) -> np.ndarray:
+def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings, level: float = NOISY) -> np.ndarray:
     """Positions of the slices whose white-noise level (``verification.noise_level``) is at least
-    :data:`NOISY`: at least half their neighbour differences reach the median step of such noise
+    ``level``: at least half their neighbour differences reach the median step of such noise
     (``verification.steps_reaching``)."""
     noisy = [
         position
         for position, image in enumerate(slices)
-        if steps_reaching(scale_unit(np.asarray(image, dtype=np.float32), settings), NOISY) >= 0.5
+        if steps_reaching(scale_unit(np.asarray(image, dtype=np.float32), settings), level) >= 0.5
     ]
     return np.asarray(noisy, dtype=np.int64)
 
@@ -157,27 +163,36 @@ def candidates(
     settings: PreprocessSettings,
     *,
     k: int = DEFAULT_CANDIDATES,
-    regions: RegionHits | None = None,
+    search_regions: RegionSearcher | None = None,
+    tiles: Tiles | None = None,
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> Shortlist:
     """[n, k (+ m)] candidates of the slices: ``as_cut`` (the audit's own search, at least :func:`search_depth`
-    deep), merged for noisy slices with the search of their smoothed view, then the first
-    :data:`REGION_CANDIDATES` of the region search's rows (``region_search.RegionIndex.search``) not already
-    among them (:func:`with_region_candidates`)."""
+    deep), merged for noisy slices with the search of their smoothed view, then, given ``search_regions`` and the
+    slices' ``tiles``, the first :data:`REGION_CANDIDATES` of the region search's rows not already among them
+    (:func:`with_region_candidates`). A noisy slice's region search takes its smoothed view's tiles too (from the
+    forward pass that view gets anyway), first, and alone from :data:`HEAVY_NOISE` (method.md §7.30)."""
     n = len(slices)
     if n == 0:
         return Shortlist.of(np.zeros((0, k), dtype=np.int64))
+    regions = None if search_regions is None or tiles is None else search_regions(tiles)
     hits = [view_hits(as_cut, original_row)]
     noisy = noisy_slices(slices, settings)
     if len(noisy):
         views = [smoothed_view(slices[i]) for i in noisy]
-        raw = embed_slices(encoder, views, settings, batch_size=batch_size, cancel=cancel)
+        tiled = None if regions is not None else 0
+        raw, view_tiles = embed_slices_and_tiles(
+            encoder, views, settings, tiled=tiled, batch_size=batch_size, cancel=cancel
+        )
         rows, scores = view_hits(search(raw, search_depth(k)), original_row)
         all_rows = np.full((n, rows.shape[1]), -1, dtype=np.int64)
         all_scores = np.full((n, rows.shape[1]), -np.inf)
         all_rows[noisy], all_scores[noisy] = rows, scores
         hits.append((all_rows, all_scores))
+        if regions is not None and view_tiles is not None and search_regions is not None:
+            heavy = noisy_slices([slices[i] for i in noisy], settings, HEAVY_NOISE)
+            regions = regions.with_view(noisy, search_regions(view_tiles), alone=heavy)
     listed = shortlist(hits, k)
     return Shortlist.of(listed) if regions is None else with_region_candidates(listed, regions)
 

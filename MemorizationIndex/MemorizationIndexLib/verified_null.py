@@ -33,7 +33,9 @@ from .scoring import NullModel
 from .search import build_flat_index, search_blocks
 from .second_stage import (
     DEFAULT_CANDIDATES,
+    HEAVY_NOISE,
     NEIGHBOUR_GATE,
+    SMOOTH_SIGMA,
     VIEWS,
     GridSource,
     SliceGrids,
@@ -170,7 +172,7 @@ def null_settings(regions: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
     hypotheses tried and scored, their translations' precision, the near-exact regions' score, the null's blur
-    and the region search (``regions``: whether the index has one)."""
+    and the region search (``regions``: whether the index has one; a noisy slice's smoothed view is searched)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": [NEIGHBOUR_GATE, "region-named candidates do not wait"] if regions else NEIGHBOUR_GATE,
@@ -185,6 +187,7 @@ def null_settings(regions: bool) -> dict:
         "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
         "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
+        "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,
     }
 
 
@@ -335,11 +338,10 @@ def verify_against(
     queries = with_blurred_twins(queries, encoder, settings, rng, batch_size=batch_size, cancel=cancel)
     local_original = np.asarray(original_row)[reference_rows]
     as_cut = search(queries.features, search_depth(k))
-    regions = None
+    region_index = None
     if tiles is not None and queries.tiles is not None:
         originals = np.unique(local_original)
         region_index = RegionIndex.fit({b: raw[originals] for b, raw in tiles.items()}, originals, make_whitener)
-        regions = region_index.search(queries.tiles, REGION_CANDIDATES)
     shortlisted = candidates(
         encoder,
         queries.slices,
@@ -348,7 +350,8 @@ def verify_against(
         local_original,
         settings,
         k=k,
-        regions=regions,
+        search_regions=None if region_index is None else region_index.search,
+        tiles=queries.tiles,
         batch_size=batch_size,
         cancel=cancel,
     )
