@@ -712,7 +712,6 @@ def _second_stage_parts(
     from MemorizationIndexLib.embedding import embed_slices_and_tiles
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.second_stage import (
-        HEAVY_NOISE,
         noisy_slices,
         search_depth,
         shortlist,
@@ -720,6 +719,7 @@ def _second_stage_parts(
         verify_slices,
         view_hits,
         with_region_candidates,
+        with_smoothed_regions,
     )
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
@@ -747,9 +747,8 @@ def _second_stage_parts(
     rows = shortlist(hits, index.candidates)
     lap("view_searches")
     regions = index.regions.search(tiles)
-    if view_tiles is not None:  # a noisy slice's region search takes its smoothed view's tiles too
-        heavy = noisy_slices([slices[i] for i in noisy], settings, HEAVY_NOISE)
-        regions = regions.with_view(noisy, index.regions.search(view_tiles), alone=heavy)
+    if view_tiles is not None:
+        regions = with_smoothed_regions(regions, slices, noisy, index.regions.search(view_tiles), settings)
     listed = with_region_candidates(rows, regions)
     rows = listed.rows
     lap("region_search")

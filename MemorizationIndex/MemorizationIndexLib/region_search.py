@@ -60,16 +60,23 @@ class RegionHits:
         rows[:, : self.rows.shape[1]], places[:, : self.rows.shape[1]] = self.rows, self.places
         alone_ = set(np.asarray(alone, dtype=np.int64).tolist())
         for i, q in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
-            rankings = [(view.rows[i], view.places[i])] + ([] if i in alone_ else [(self.rows[q], self.places[q])])
-            chosen: dict[int, np.ndarray] = {}
-            for position in range(width):
-                for ranked, where in rankings:
-                    if position < len(ranked) and ranked[position] >= 0:
-                        chosen.setdefault(int(ranked[position]), where[position])
+            views = [(view.rows[i], view.places[i])] + ([] if i in alone_ else [(self.rows[q], self.places[q])])
+            chosen = in_turn([[(int(r), p) for r, p in zip(*v) if r >= 0] for v in views], width)
             rows[q], places[q] = -1, np.nan
             rows[q, : len(chosen)] = list(chosen)
             places[q, : len(chosen)] = list(chosen.values()) if chosen else np.zeros((0, 4))
         return RegionHits(rows, places)
+
+
+def in_turn(rankings: list[list[tuple[int, np.ndarray]]], depth: int) -> dict[int, np.ndarray]:
+    """{row: places} from the first ``depth`` entries of each ranking of (row, places), best first, taken from the
+    rankings in turn; a row keeps the places of its first entry."""
+    chosen: dict[int, np.ndarray] = {}
+    for position in range(depth):
+        for ranking in rankings:
+            if position < len(ranking):
+                chosen.setdefault(*ranking[position])
+    return chosen
 
 
 def _kind(key: str) -> str:
@@ -143,11 +150,7 @@ class RegionIndex:
         rows = np.full((n, k * len(rankings)), -1, dtype=np.int64)
         places = np.full((n, k * len(rankings), 4), np.nan)
         for i in range(n):
-            chosen: dict[int, np.ndarray] = {}
-            for position in range(k):
-                for ranking in rankings:
-                    if position < len(ranking[i]) and ranking[i][position][0] not in chosen:
-                        chosen.setdefault(*ranking[i][position])
+            chosen = in_turn([ranking[i] for ranking in rankings], k)
             rows[i, : len(chosen)] = self.rows[list(chosen)]
             places[i, : len(chosen)] = list(chosen.values()) if chosen else np.zeros((0, 4))
         return RegionHits(rows, places)

@@ -8,9 +8,9 @@ searched as a smoothed view, and the candidates of the two searches are merged b
 its share); so is its region search (§7.30). Clean slices, the common case, cost no extra forward
 pass (§7.9). Candidates are aligned to the query and scored by :mod:`verification`; a candidate
 next to a better-ranked one of its volume (a near-duplicate slice) is verified only when that one
-verifies (§7.11). The same
-functions serve the audit (against a loaded index) and the verified null at build time (against
-each split's reference), so the null goes through exactly the audit's pipeline.
+verifies (§7.11). The same functions serve the audit (against a loaded index) and the verified null
+at build time (against each split's reference), so the null goes through exactly the audit's
+pipeline.
 """
 
 from __future__ import annotations
@@ -191,10 +191,23 @@ def candidates(
         all_rows[noisy], all_scores[noisy] = rows, scores
         hits.append((all_rows, all_scores))
         if regions is not None and view_tiles is not None and search_regions is not None:
-            heavy = noisy_slices([slices[i] for i in noisy], settings, HEAVY_NOISE)
-            regions = regions.with_view(noisy, search_regions(view_tiles), alone=heavy)
+            regions = with_smoothed_regions(regions, slices, noisy, search_regions(view_tiles), settings)
     listed = shortlist(hits, k)
     return Shortlist.of(listed) if regions is None else with_region_candidates(listed, regions)
+
+
+def with_smoothed_regions(
+    regions: RegionHits,
+    slices: Sequence[np.ndarray],
+    noisy: np.ndarray,
+    smoothed: RegionHits,
+    settings: PreprocessSettings,
+) -> RegionHits:
+    """The region search's hits of the slices as cut (``regions``) with those of the smoothed views of the slices
+    at ``noisy`` (``smoothed``, in that order): taken in turn with a slice's own, the view's first, and alone
+    from :data:`HEAVY_NOISE` (method.md §7.30)."""
+    heavy = noisy_slices([slices[i] for i in noisy], settings, HEAVY_NOISE)
+    return regions.with_view(noisy, smoothed, alone=heavy)
 
 
 def with_region_candidates(listed: np.ndarray, regions: RegionHits, m: int = REGION_CANDIDATES) -> Shortlist:
