@@ -193,8 +193,8 @@ def test_mri_core_pools_patch_tokens(mri_core: MriCoreEncoder) -> None:
 
 
 def test_mri_core_tiles_are_patch_token_windows_from_the_same_pass(mri_core: MriCoreEncoder) -> None:
-    batch = _batch(2)
-    pooled, tiles = mri_core.embed_with_tiles(batch)
+    batch, whole = _batch(2), _batch(2, seed=1)  # whole: other slices, standing for the batch's whole fields of view
+    pooled, tiles = mri_core.embed_with_tiles(batch, whole)
     alone = mri_core.embed(batch)
     assert all(np.array_equal(pooled[b], alone[b]) for b in mri_core.blocks)
     maps = mri_core.model(mri_core.input_tensor(batch), mri_core.block_ids, maps=True)
@@ -207,7 +207,8 @@ def test_mri_core_tiles_are_patch_token_windows_from_the_same_pass(mri_core: Mri
     assert mri_core.region_block == mri_core.blocks[shallowest]
     fine = tiles[fine_key(mri_core.region_block)]
     assert fine.shape == (2, len(FINE_TILES), EMBED_DIM)
-    corner = maps[mri_core.block_ids[shallowest]][:, :, 10:, 10:].mean(dim=(2, 3))
+    whole_maps = mri_core.model(mri_core.input_tensor(whole), mri_core.block_ids, maps=True)
+    corner = whole_maps[mri_core.block_ids[shallowest]][:, :, 10:, 10:].mean(dim=(2, 3))  # from the other slices
     np.testing.assert_allclose(fine[:, -1], corner.detach().numpy(), rtol=1e-5)
 
 

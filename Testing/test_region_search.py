@@ -11,9 +11,10 @@ import torch
 from scipy import ndimage
 
 from MemorizationIndexLib import region_search
+from MemorizationIndexLib.augment_partial import quarter
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
-from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key, pool_tiles
-from MemorizationIndexLib.preprocess import PreprocessSettings, nonempty_mask
+from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key, is_fine, pool_tiles
+from MemorizationIndexLib.preprocess import PreprocessSettings, framed, nonempty_mask, prepare_batch, scale_unit
 from MemorizationIndexLib.region_search import REGION_CANDIDATES, RegionHits, RegionIndex
 from MemorizationIndexLib.search import Neighbours
 from MemorizationIndexLib.second_stage import candidates, noisy_slices, with_region_candidates
@@ -36,10 +37,11 @@ def test_tiles_are_window_means_inside_the_map() -> None:
 
 
 def _hits(rows: list[list[int]]) -> RegionHits:
-    """Region hits of ``rows`` whose places are (row, position, row, position) for telling them apart."""
+    """Region hits of ``rows`` whose places are (row, position, row, position) for telling them apart, framed
+    (fractions of the whole field of view) where the row is odd."""
     rows_ = np.array(rows)
     places = np.stack([rows_, np.broadcast_to(np.arange(rows_.shape[1]), rows_.shape)] * 2, axis=-1).astype(float)
-    return RegionHits(rows_, np.where((rows_ >= 0)[..., None], places, np.nan))
+    return RegionHits(rows_, np.where((rows_ >= 0)[..., None], places, np.nan), (rows_ >= 0) & (rows_ % 2 == 1))
 
 
 def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
@@ -52,6 +54,8 @@ def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     assert found.places[0, 1].tolist() == [2, 0, 2, 0] and found.places[0, 3].tolist() == [7, 1, 7, 1]
     assert found.places[1, 0].tolist() == [1, 2, 1, 2] and found.places[1, 3].tolist() == [9, 0, 9, 0]
     assert np.isnan(found.places[0, 0]).all() and np.isnan(found.places[1, 4:]).all()
+    assert found.framed[:, :4].tolist() == [[False, False, False, True], [True, False, False, True]]  # rows 7, 1, 9
+    assert not found.framed[:, 4:].any()
     many = _hits([[4, 8, 2, 6, 9, 11], [-1, -1, -1, -1, -1, -1]])  # both kinds' rows: at most m are added
     assert with_region_candidates(listed, many, 2).rows.tolist() == [[4, 2, -1, 8, 6], [1, 3, 5, -1, -1]]
 
@@ -64,6 +68,11 @@ def test_a_second_view_takes_the_region_candidates_in_turn_or_alone() -> None:
     assert np.array_equal(both.places[1, 2], view.places[0, 1])  # a row both name keeps the view's place
     assert np.array_equal(both.places[2, :2], view.places[1, [0, 2]]) and np.isnan(both.places[2, 2:]).all()
     assert np.array_equal(both.places[0, :3], mine.places[0]) and np.isnan(both.places[0, 3:]).all()
+    assert both.framed.tolist() == [
+        [False, False, True, False, False, False],  # rows 4, 2, 7
+        [True, True, True, False, True, False],  # rows 9, 1, 3, 0, 5
+        [False] * 6,  # rows 8, 6
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +104,21 @@ def test_tiles_come_from_the_forward_pass_that_gives_the_features(encoder, spine
         fine_key("stage4"): (7, 49, alone["stage4"].shape[1])
     }
     assert embed_slices_and_tiles(encoder, slices, PreprocessSettings(), tiled=0)[1] is None
+
+
+def test_fine_tiles_see_the_whole_field_of_view(encoder, brain_subjects: list[Path]) -> None:
+    """Coarse tiles come from the slice cropped to its foreground, as the global features do; fine tiles from the
+    slice in its whole field of view, where a partial copy keeps its place (method.md §7.31)."""
+    settings, slices = PreprocessSettings(), _brain_slices(brain_subjects[0], 40)[:3]
+    _, tiles = embed_slices_and_tiles(encoder, slices, settings)
+    cropped = prepare_batch(slices, encoder.input_size, settings)
+    whole = prepare_batch(slices, encoder.input_size, framed(settings))
+    assert not np.allclose(cropped, whole)  # a brain slice has margins that the crop takes away
+    with torch.inference_mode():
+        fine = pool_tiles(encoder.region_maps(whole), FINE_TILES).numpy()
+        coarse = pool_tiles(encoder.feature_maps(cropped)["stage5"], COARSE_TILES).numpy()
+    np.testing.assert_allclose(tiles[fine_key(encoder.region_block)], fine, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(tiles["stage5"], coarse, rtol=1e-4, atol=1e-6)
 
 
 def _hosts(reference: list[np.ndarray], other: list[np.ndarray], rows: list[int]) -> list[np.ndarray]:
@@ -261,7 +285,7 @@ def test_a_noisy_slice_is_region_searched_by_its_smoothed_view(encoder, brain_su
     noisy = []
     for row in sources:
         unit = np.clip(reference[row] / np.percentile(reference[row], 99.5), 0, 1).astype(np.float32)
-        noisy.append(np.hypot(unit + rng.normal(0, 0.13, unit.shape), rng.normal(0, 0.13, unit.shape)))
+        noisy.append(np.hypot(unit + rng.normal(0, 0.25, unit.shape), rng.normal(0, 0.25, unit.shape)))
     assert len(noisy_slices(noisy, PreprocessSettings())) == len(noisy)
     _, query_tiles = embed_slices_and_tiles(encoder, noisy, PreprocessSettings())
     shortlisted = candidates(
@@ -278,5 +302,31 @@ def test_a_noisy_slice_is_region_searched_by_its_smoothed_view(encoder, brain_su
     as_cut = with_region_candidates(np.full((len(noisy), 3), -1), regions.search(query_tiles)).rows
     smoothed_named = np.mean([s in shortlisted.rows[i] for i, s in enumerate(sources)])
     as_cut_named = np.mean([s in as_cut[i] for i, s in enumerate(sources)])
-    # measured (σ 0.12-0.14, three noise draws): 1.0 named from the smoothed view, 0.83-0.90 from the slice as cut
+    # measured: 1.0 named from the smoothed view, 0.87 from the slices as cut; at σ 0.13 and 0.18 both name all
+    # (since the fine tiles see the whole field of view, method.md §7.31; before, 0.83-0.90 as cut at σ 0.12-0.14)
     assert smoothed_named >= 0.95 and smoothed_named >= as_cut_named + 0.05, (smoothed_named, as_cut_named)
+
+
+def test_brain_quarter_copies_are_named_by_the_fine_tiles_of_the_whole_view(
+    encoder, brain_subjects: list[Path]
+) -> None:
+    """A quadrant of a training slice over someone else's slice (the benchmark's ``quarter``): the foreground crop
+    of the copy is not its source's (the other three quadrants decide it), while in the whole field of view the
+    quadrant sits where it sat in its source, so the fine tiles of the whole view rank the source first more often
+    than those of the crops (method.md §7.31)."""
+    settings = PreprocessSettings()
+    reference = [s for subject in brain_subjects[1:5] for s in _brain_slices(subject, 4)]
+    others = _brain_slices(brain_subjects[0], 3)
+    rows, rng = list(range(0, len(reference), 3)), np.random.default_rng(5)
+    copies = [
+        quarter(scale_unit(reference[row], settings), rng, scale_unit(others[(7 * j) % len(others)], settings))[0]
+        for j, row in enumerate(rows)
+    ]
+    fine = {key: t for key, t in embed_slices_and_tiles(encoder, reference, settings)[1].items() if is_fine(key)}
+    regions = RegionIndex.fit(fine, np.arange(len(reference)))
+    whole = embed_slices_and_tiles(encoder, copies, settings)[1]
+    batch = prepare_batch(copies, encoder.input_size, settings)
+    cropped = {key: encoder.embed_with_tiles(batch, batch)[1][key] for key in fine}  # fine tiles of the crops
+    first = [np.mean([r == hits[0] for r, hits in zip(rows, regions.search(t, 1).rows)]) for t in (whole, cropped)]
+    # measured: 1.0 of 26 ranked first from the whole view, 0.85 from the crops (within the first 6: 1.0 either way)
+    assert first[0] >= 0.95 and first[0] >= first[1] + 0.1, first

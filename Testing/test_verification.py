@@ -550,6 +550,22 @@ def _fractions(grid: verification.Grid, row: float, col: float) -> tuple[float, 
     return (row - top) / side, (col - left) / side
 
 
+def test_whole_view_places_are_carried_onto_the_grids(pair):
+    """The fine tiles' places are fractions of each slice's whole field of view centred in a square (the encoder's
+    view of it, ``preprocess.framed``); on the grids, cut from each slice's foreground, they name the same pixels."""
+    query = np.pad(pair[0][10:-30, 5:], ((40, 0), (0, 60)))  # an empty margin, which the grid's crop leaves out
+    candidate = pair[1][:, 20:-20]  # not square, and not the query's shape
+    grids = to_grids([query, candidate])
+    spots = [(0.4 * query.shape[0], 0.7 * query.shape[1]), (0.6 * candidate.shape[0], 0.3 * candidate.shape[1])]
+    whole = []
+    for (row, col), image in zip(spots, (query, candidate)):
+        side = max(image.shape)
+        whole += [(row + (side - image.shape[0]) // 2) / side, (col + (side - image.shape[1]) // 2) / side]
+    expected = [*_fractions(grids[0], *spots[0]), *_fractions(grids[1], *spots[1])]
+    np.testing.assert_allclose(verification.grid_places(np.array(whole), *grids), expected, atol=1e-9)
+    assert not np.allclose(whole, expected, atol=0.02)  # the two framings differ
+
+
 @pytest.mark.parametrize("side, move", [(0.35, (-0.2, 0.25)), (0.4, (-0.25, -0.2)), (0.4, (0.3, 0.0))])
 def test_a_patch_moved_elsewhere_is_found_where_the_region_tiles_say(shared_data: Path, side, move):
     """A square of a lumbar spine slice pasted elsewhere over another person's slice, whose anatomy lies about where

@@ -711,6 +711,7 @@ def _second_stage_parts(
     """One pass of the second stage step by step, as verify_queries runs it (fresh grid cache), timed."""
     from MemorizationIndexLib.embedding import embed_slices_and_tiles
     from MemorizationIndexLib.index_verification import ReferenceGrids
+    from MemorizationIndexLib.preprocess import framed, prepare_batch
     from MemorizationIndexLib.second_stage import (
         noisy_slices,
         search_depth,
@@ -726,6 +727,11 @@ def _second_stage_parts(
     original = np.asarray(index.provenance.original_row)
     whitened = index.whiten(raw)
     times, lap = _lapper()
+    whole_view = framed(settings)
+    with torch.inference_mode():  # the fine tiles' pass over the slices in their whole field of view, as batched
+        for start in range(0, n, AUDIT_BATCH):
+            encoder.region_maps(prepare_batch(slices[start : start + AUDIT_BATCH], encoder.input_size, whole_view))
+    lap("framed_tiles")
     index.search(whitened, k=5)
     lap("as_cut_search_k5")
     as_cut = index.search(whitened, k=depth)
@@ -756,7 +762,7 @@ def _second_stage_parts(
     reference = ReferenceGrids(index)(wanted)
     lap("reference_grids_alone")
     used = ReferenceGrids(index)
-    verify_slices(slices, rows, used, settings, places=listed.places)
+    verify_slices(slices, rows, used, settings, places=listed.places, framed=listed.framed)
     lap("verification")
     pairs = sum(sum(int(r) in reference for r in candidates_of if r >= 0) for candidates_of in rows)
     real = sum(r < n_real_slices for r in wanted)
@@ -774,6 +780,7 @@ def _verification_runs(index: ReferenceIndex, encoder: Encoder, image, n_real_sl
     """Interleaved rounds: the audit without the second stage, with it (a fresh stage each time, so
     no reference grid is reused across rounds, as in separate CLI runs), and its steps one by one."""
     from MemorizationIndexLib.audit import audit_image
+    from MemorizationIndexLib.embedding import embed_slices_and_tiles
     from MemorizationIndexLib.index_verification import SecondStage
     from MemorizationIndexLib.preprocess import nonempty_mask
     from MemorizationIndexLib.volumes import image_slices, resolve_axis
@@ -785,7 +792,7 @@ def _verification_runs(index: ReferenceIndex, encoder: Encoder, image, n_real_sl
 
     stack = image_slices(image, resolve_axis(image, index.axis))
     slices = [stack[k] for k in np.flatnonzero(nonempty_mask(stack, index.preprocessing))]
-    raw, tiles = encoder.embed_with_tiles(prepare_query(slices, encoder, index))
+    raw, tiles = embed_slices_and_tiles(encoder, slices, index.preprocessing)
     start = time.perf_counter()
     index.reference_slice(index.provenance.source[0], index.provenance.slice[0])
     thumbnails_s = time.perf_counter() - start  # the thumbnail file, read once per loaded index
@@ -803,14 +810,9 @@ def _verification_runs(index: ReferenceIndex, encoder: Encoder, image, n_real_sl
     return runs, parts, len(slices), thumbnails_s, flagged
 
 
-def prepare_query(slices: list, encoder: Encoder, index: ReferenceIndex) -> np.ndarray:
-    """The query slices prepared for the encoder, as the audit prepares them."""
-    from MemorizationIndexLib.preprocess import prepare_batch
-
-    return prepare_batch(slices, encoder.input_size, index.preprocessing)
-
-
+AUDIT_BATCH = 32  # slices per forward pass in audit_image (its default batch_size)
 STAGE_STEPS = (
+    "framed_tiles",
     "views_made",
     "views_embedding",
     "view_searches",

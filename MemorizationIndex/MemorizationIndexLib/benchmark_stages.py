@@ -75,7 +75,9 @@ def score_two_stage(
     ``tiles``: the slices' tile features (for the index's region search)."""
     as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size)
-    verified = verify_slices(slices, shortlisted.rows, grids, index.preprocessing, places=shortlisted.places)
+    verified = verify_slices(
+        slices, shortlisted.rows, grids, index.preprocessing, places=shortlisted.places, framed=shortlisted.framed
+    )
     verified_p = index.verified_null.verified_p_of(verified)
     flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p, np.array([v.score for v in verified]))
     return TwoStage(flag_p, flag_p < alpha, verified, shortlisted.rows, as_cut.similarity)

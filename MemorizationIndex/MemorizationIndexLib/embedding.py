@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .encoders.base import Encoder
-from .preprocess import PreprocessSettings, prepare_batch
+from .preprocess import PreprocessSettings, framed, prepare_batch
 from .region_search import Tiles
 
 ProgressCallback = Callable[[int, int], None]
@@ -45,9 +45,10 @@ def embed_slices_and_tiles(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> tuple[dict[str, np.ndarray], Tiles | None]:
-    """Raw features of 2D slices (as :func:`embed_slices`) and, from the same forward passes, the raw tile
-    features {key: float32 [tiled, tiles, D]} (``Encoder.tile_keys``) of the first ``tiled`` slices (all when
-    None); the tiles are None when the encoder has none (``Encoder.has_tiles``) or ``tiled`` is 0."""
+    """Raw features of 2D slices (as :func:`embed_slices`) and the raw tile features {key: float32 [tiled, tiles,
+    D]} (``Encoder.tile_keys``: coarse tiles from the same forward passes, fine tiles from the slices in their whole
+    field of view, ``preprocess.framed``) of the first ``tiled`` slices (all when None); the tiles are None when the
+    encoder has none (``Encoder.has_tiles``) or ``tiled`` is 0."""
     total = len(slices)
     tiled = total if tiled is None else min(int(tiled), total)
     if not encoder.has_tiles:
@@ -56,18 +57,22 @@ def embed_slices_and_tiles(
     tile_chunks: dict[str, list[np.ndarray]] = {key: [] for key in encoder.tile_keys}
     starts = list(range(0, total, batch_size))
 
-    def prepare(start: int) -> np.ndarray:
-        return prepare_batch(slices[start : start + batch_size], encoder.input_size, settings)
+    whole_view = framed(settings)
+
+    def prepare(start: int) -> tuple[np.ndarray, np.ndarray | None]:
+        part = slices[start : start + batch_size]
+        batch = prepare_batch(part, encoder.input_size, settings)
+        return batch, prepare_batch(part[: tiled - start], encoder.input_size, whole_view) if start < tiled else None
 
     # On a GPU, preprocess the next batch in a worker thread while the encoder runs on this one.
     # On a CPU the forward pass already keeps every core busy, and a second thread of work only
     # competes with it (measured: docs/performance.md), so batches are prepared in line.
     batches = (prepare(start) for start in starts) if str(encoder.device) == "cpu" else _prefetched(prepare, starts)
-    for start, batch in zip(starts, batches):
+    for start, (batch, whole) in zip(starts, batches):
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        if start < tiled:
-            embedded, tiles = encoder.embed_with_tiles(batch)
+        if whole is not None:
+            embedded, tiles = encoder.embed_with_tiles(batch, whole)
             for block, values in tiles.items():
                 tile_chunks[block].append(_finite(encoder, block, values[: tiled - start], start))
         else:

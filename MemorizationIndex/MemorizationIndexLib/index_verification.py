@@ -120,7 +120,9 @@ def verify_queries(
     """The best verified candidate of every query slice (:func:`shortlist_queries`, then
     ``second_stage.verify_slices`` against the reference grids)."""
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size, cancel=cancel)
-    return verify_slices(slices, shortlisted.rows, grids, index.preprocessing, cancel, shortlisted.places)
+    return verify_slices(
+        slices, shortlisted.rows, grids, index.preprocessing, cancel, shortlisted.places, shortlisted.framed
+    )
 
 
 class SecondStage:

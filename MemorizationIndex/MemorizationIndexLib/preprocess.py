@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -47,6 +47,13 @@ class PreprocessSettings:
     def from_dict(cls, values: dict) -> PreprocessSettings:
         """Inverse of :meth:`to_dict`."""
         return cls(**values)
+
+
+def framed(settings: PreprocessSettings) -> PreprocessSettings:
+    """The settings without the crop to the foreground: a slice in its whole field of view, as the region search's
+    fine tiles see it. A partial copy keeps its place in the field of view, while the crop's box depends on the
+    whole slice, the part someone else's included (docs/method.md §7.31)."""
+    return replace(settings, crop_to_foreground=False)
 
 
 def volume_reference_level(slices: np.ndarray, settings: PreprocessSettings) -> float:

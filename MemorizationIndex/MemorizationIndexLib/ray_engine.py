@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .encoders.tiles import is_fine
 from .errors import UserError
 from .index_build import (
     BuildOptions,
@@ -93,9 +94,11 @@ def _volume_rows(
     volume_index: int | None,
     copies: Sequence[str],
     size: int,
+    tiles: bool,
 ) -> list[dict]:
-    """Ray Data flat_map: one volume -> one row per kept slice and reference copy, with preprocessed pixels."""
-    from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch
+    """Ray Data flat_map: one volume -> one row per kept slice and reference copy, with preprocessed pixels (and
+    with ``tiles``, the slice's pixels in its whole field of view, ``preprocess.framed``, in every row of it)."""
+    from .preprocess import PreprocessSettings, framed, nonempty_mask, prepare_batch
     from .transforms import ORIGINAL, reference_copy
     from .volumes import axis_name, image_slices, read_image, resolve_axis
 
@@ -109,6 +112,7 @@ def _volume_rows(
     plane = axis_name(image, array_axis)
     rows = []
     for k in kept:
+        whole = {"framed": prepare_batch([stack[k]], size, framed(settings))[0, 0]} if tiles else {}
         for flip_id, copy in enumerate(copies):
             pixels = prepare_batch([reference_copy(stack[k], copy)], size, settings)[0, 0]
             rows.append(
@@ -121,6 +125,7 @@ def _volume_rows(
                     "plane": plane,
                     "pixels": pixels,
                 }
+                | whole
             )
     return rows
 
@@ -158,10 +163,11 @@ class _EmbedActor:
         columns = {c: np.asarray(batch[c]) for c in ("volume", "holdout", "slice", "flip", "array_axis")}
         columns["plane"] = np.asarray(batch["plane"]).astype(str)
         if self.tiles:
-            features, tiles = self.encoder.embed_with_tiles(pixels[:, None])
             as_cut = columns["flip"] == 0
+            whole = np.asarray(batch["framed"], dtype=np.float32)[as_cut]
+            features, tiles = self.encoder.embed_with_tiles(pixels[:, None], whole[:, None])
             columns |= {f"tile_{c}": columns[c][as_cut] for c in ("volume", "holdout", "slice")}
-            columns |= {f"tile/{b}": v[as_cut] for b, v in tiles.items()}
+            columns |= {f"tile/{b}": v if is_fine(b) else v[as_cut] for b, v in tiles.items()}
         else:
             features = self.encoder.embed(pixels[:, None])
         np.savez(path, **columns, **{f"feature/{b}": v for b, v in features.items()})
@@ -219,6 +225,7 @@ def _embed_volumes(
         "volume_index": options.volume_index,
         "copies": options.copies,
         "size": size,
+        "tiles": options.verification,
     }
     checkpoint = None if options.checkpoint is None else str(options.checkpoint)
     actor = {

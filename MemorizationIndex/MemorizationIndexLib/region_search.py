@@ -10,8 +10,9 @@ and every tile of a query slice is searched against the tiles of its kind, at an
 may have moved). A hit is ranked by its margin over the query tile's deepest hit: a tile of background or
 generic tissue is about as near many training tiles as its best one, so only a tile that stands out names a
 source. The training slices with the best margins, by each kind in turn, are added to the query's
-verification candidates (:data:`REGION_CANDIDATES`). The tiles come from the forward pass the
-global features come from, so the search costs no extra one.
+verification candidates (:data:`REGION_CANDIDATES`). The coarse tiles come from the forward pass the
+global features come from; the fine tiles from a pass, stopped at the shallowest block, over the slice in its
+whole field of view, where a partial copy keeps its place and scale (§7.31).
 """
 
 from __future__ import annotations
@@ -43,35 +44,51 @@ INDEX_FILES = {"coarse": "regions.faiss", "fine": "regions_fine.faiss"}  # one F
 class RegionHits:
     """The region search's proposals for query slices: ``rows`` [n, m] original reference rows, best first (-1 =
     none), and ``places`` [n, m, 4]: the pair of tiles that gave each row its best margin, the (row, col) centre
-    of the query's tile and then of the training slice's, each in fractions of its slice's square (as the encoder
-    sees it; nan where there is no row). A copied region moved elsewhere shows as the move from one to the other
-    (docs/method.md §7.25)."""
+    of the query's tile and then of the training slice's, each in fractions of its slice's square as the encoder
+    saw it (nan where there is no row): the square of the slice's foreground crop, or where ``framed`` [n, m] is
+    True (fine tiles), of its whole field of view (``preprocess.framed``). A copied region moved elsewhere shows
+    as the move from one to the other (docs/method.md §7.25)."""
 
     rows: np.ndarray
     places: np.ndarray
+    framed: np.ndarray
+
+    @classmethod
+    def of(cls, chosen: list[dict[int, Place]], width: int) -> RegionHits:
+        """Hits [len(chosen), width] from each query slice's {row: (places, framed)}, best first."""
+        rows = np.full((len(chosen), width), -1, dtype=np.int64)
+        places = np.full((len(chosen), width, 4), np.nan)
+        framed = np.zeros((len(chosen), width), dtype=bool)
+        for i, named in enumerate(chosen):
+            rows[i, : len(named)] = list(named)
+            for j, (place, whole) in enumerate(named.values()):
+                places[i, j], framed[i, j] = place, whole
+        return cls(rows, places, framed)
+
+    def ranking(self, i: int) -> list[tuple[int, Place]]:
+        """The i-th query slice's hits as (row, (places, framed)), best first."""
+        return [(int(r), (p, bool(f))) for r, p, f in zip(self.rows[i], self.places[i], self.framed[i]) if r >= 0]
 
     def with_view(self, positions: np.ndarray, view: RegionHits, alone: np.ndarray) -> RegionHits:
         """These hits, with the hits of another view of the query slices at ``positions`` (``view``'s i-th row is
         the slice at ``positions[i]``'s) taken in turn with the slice's own, the view's first and without repeats;
         for the i in ``alone``, the view's hits replace the slice's own."""
         width = self.rows.shape[1] + view.rows.shape[1]
-        rows = np.full((len(self.rows), width), -1, dtype=np.int64)
-        places = np.full((len(self.rows), width, 4), np.nan)
-        rows[:, : self.rows.shape[1]], places[:, : self.rows.shape[1]] = self.rows, self.places
+        chosen = [dict(self.ranking(q)) for q in range(len(self.rows))]
         alone_ = set(np.asarray(alone, dtype=np.int64).tolist())
         for i, q in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
-            views = [(view.rows[i], view.places[i])] + ([] if i in alone_ else [(self.rows[q], self.places[q])])
-            chosen = in_turn([[(int(r), p) for r, p in zip(*v) if r >= 0] for v in views], width)
-            rows[q], places[q] = -1, np.nan
-            rows[q, : len(chosen)] = list(chosen)
-            places[q, : len(chosen)] = list(chosen.values()) if chosen else np.zeros((0, 4))
-        return RegionHits(rows, places)
+            views = [view.ranking(i)] + ([] if i in alone_ else [self.ranking(q)])
+            chosen[q] = in_turn(views, width)
+        return RegionHits.of(chosen, width)
 
 
-def in_turn(rankings: list[list[tuple[int, np.ndarray]]], depth: int) -> dict[int, np.ndarray]:
-    """{row: places} from the first ``depth`` entries of each ranking of (row, places), best first, taken from the
-    rankings in turn; a row keeps the places of its first entry."""
-    chosen: dict[int, np.ndarray] = {}
+Place = tuple[np.ndarray, bool]  # a hit's tile centres [4] and whether they are fractions of the whole field of view
+
+
+def in_turn(rankings: list[list[tuple[int, Place]]], depth: int) -> dict[int, Place]:
+    """{row: place} from the first ``depth`` entries of each ranking of (row, place), best first, taken from the
+    rankings in turn; a row keeps the place of its first entry."""
+    chosen: dict[int, Place] = {}
     for position in range(depth):
         for ranking in rankings:
             if position < len(ranking):
@@ -102,10 +119,17 @@ class TileIndex:
         kind = IVF if len(vectors) >= IVF_MIN_VECTORS else FLAT
         return cls(whiteners, build_block_index(vectors, kind, nprobe=REGION_NPROBE))
 
+    @property
+    def framed(self) -> bool:
+        """Whether these tiles were pooled from the slices' whole fields of view (the fine tiles) rather than their
+        foreground crops (``encoders.tiles``)."""
+        return is_fine(next(iter(self.whiteners)))
+
     def ranked(self, tiles: Tiles) -> list[list[tuple[int, np.ndarray]]]:
         """Per query slice, (indexed slice, places [4]) of the slices its tiles hit, best first: a slice's score is
         the best margin (:func:`tile_margins`) of any of its tiles over the deepest hit of the query tile that hit
         it, and its places the centres of those two tiles (:class:`RegionHits`)."""
+        tiles = {key: tiles[key] for key in self.whiteners}
         n = len(next(iter(tiles.values())))
         scores, ids = self.index.search(_vectors(self.whiteners, tiles), REGION_DEPTH)
         margins = tile_margins(scores, ids).reshape(n, -1)
@@ -146,14 +170,11 @@ class RegionIndex:
         """The query slices' best-matching training slices, [n, ≤ 2k] (:class:`RegionHits`): each kind's best k by
         tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without repeats."""
         n = len(next(iter(tiles.values())))
-        rankings = [index.ranked({key: tiles[key] for key in index.whiteners}) for index in self.kinds.values()]
-        rows = np.full((n, k * len(rankings)), -1, dtype=np.int64)
-        places = np.full((n, k * len(rankings), 4), np.nan)
-        for i in range(n):
-            chosen = in_turn([ranking[i] for ranking in rankings], k)
-            rows[i, : len(chosen)] = self.rows[list(chosen)]
-            places[i, : len(chosen)] = list(chosen.values()) if chosen else np.zeros((0, 4))
-        return RegionHits(rows, places)
+        rankings = [
+            [[(int(self.rows[s]), (p, index.framed)) for s, p in hits] for hits in index.ranked(tiles)]
+            for index in self.kinds.values()
+        ]
+        return RegionHits.of([in_turn([ranking[i] for ranking in rankings], k) for i in range(n)], k * len(rankings))
 
     def consistent(self, n_rows: int) -> bool:
         """Whether every tile index holds its tiles of every indexed slice, and the slices are rows of an index

@@ -36,6 +36,7 @@ from .verification import (
     NOISE_TARGET,
     Grid,
     Verification,
+    grid_places,
     pair_chunks,
     steps_reaching,
     to_grids,
@@ -81,16 +82,17 @@ class GridSource(Protocol):
 @dataclass(frozen=True)
 class Shortlist:
     """The candidates of query slices: ``rows`` [n, K] original reference rows (-1 = none), and ``places``
-    [n, K, 4] the tiles by which the region search named each one (``region_search.RegionHits``; nan where it
-    did not name the row)."""
+    [n, K, 4] the tiles by which the region search named each one, in the framing ``framed`` [n, K] says
+    (``region_search.RegionHits``; nan where it did not name the row)."""
 
     rows: np.ndarray
     places: np.ndarray
+    framed: np.ndarray
 
     @classmethod
     def of(cls, rows: np.ndarray) -> Shortlist:
         """Candidate rows the region search did not name."""
-        return cls(rows, np.full((*rows.shape, 4), np.nan))
+        return cls(rows, np.full((*rows.shape, 4), np.nan), np.zeros(rows.shape, dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def with_region_candidates(listed: np.ndarray, regions: RegionHits, m: int = REG
         out.rows[i, listed.shape[1] : listed.shape[1] + len(added)] = added
         for j, r in enumerate(out.rows[i].tolist()):
             if r in named:
-                out.places[i, j] = regions.places[i, named[r]]
+                out.places[i, j], out.framed[i, j] = regions.places[i, named[r]], regions.framed[i, named[r]]
     return out
 
 
@@ -264,22 +266,28 @@ def verify_slices(
     settings: PreprocessSettings,
     cancel: threading.Event | None = None,
     places: np.ndarray | None = None,
+    framed: np.ndarray | None = None,
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (the
     best-ranked among equal scores). Each neighbourhood's best-ranked candidate is verified first, its
     neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or could not be read); a
     candidate the region search named (finite ``places``) never waits.
-    ``places`` [n, k, 4]: the tiles by which the region search named each candidate (:class:`Shortlist`; none
-    when None), which say where a moved copy's in-place hypothesis is sought (``verification.verify_batch``).
+    ``places`` [n, k, 4]: the tiles by which the region search named each candidate, in the framing ``framed``
+    [n, k] says (:class:`Shortlist`; none when None), which say where a moved copy's in-place hypothesis is
+    sought (``verification.verify_batch``).
 
     The slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
     threads (:mod:`pixel_threads`), each chunk asking ``grids`` for its reference grids, so that one
     thread makes grids while another verifies pairs; ``cancel`` is checked before each chunk."""
     listed = [[int(r) for r in rows if r >= 0] for rows in shortlisted]
     tiles = np.full((*np.shape(shortlisted), 4), np.nan) if places is None else np.asarray(places, dtype=np.float64)
-    guides = [[pair for r, pair in zip(rows, pairs) if r >= 0] for rows, pairs in zip(shortlisted, tiles)]
+    whole = np.zeros(np.shape(shortlisted), dtype=bool) if framed is None else np.asarray(framed, dtype=bool)
+    guides = [
+        [(pair, bool(f)) for r, pair, f in zip(rows, pairs, fs) if r >= 0]
+        for rows, pairs, fs in zip(shortlisted, tiles, whole)
+    ]
     asked = [i for i, rows in enumerate(listed) if rows]
-    named = [[bool(np.isfinite(pair).all()) for pair in pairs] for pairs in guides]
+    named = [[bool(np.isfinite(pair).all()) for pair, _ in pairs] for pairs in guides]
     leaders = {i: waits_for(listed[i], grids.places, named[i]) for i in asked}
 
     def verify_chunk(run: range) -> dict[int, Verified]:
@@ -320,19 +328,25 @@ def _verifies(leader: Verification | None) -> bool:
 def _verify_positions(
     queries: dict[int, Grid],
     listed: list[list[int]],
-    guides: list[list[np.ndarray]],
+    guides: list[list[tuple[np.ndarray, bool]]],
     positions: dict[int, list[int]],
     grids: GridSource,
 ) -> dict[int, dict[int, Verification]]:
     """{query: {position: verification}} of the candidates at ``positions`` of each query's list whose
-    grids can be read (one batch), each with its region tiles' places (``guides``, parallel to ``listed``)."""
+    grids can be read (one batch), each with its region tiles' places and whether they are fractions of the whole
+    fields of view (``guides``, parallel to ``listed``), carried onto the two grids."""
     reference = grids(sorted({listed[i][j] for i, wanted in positions.items() for j in wanted}))
     usable = {i: [j for j in wanted if listed[i][j] in reference] for i, wanted in positions.items()}
     asked = [i for i, wanted in usable.items() if wanted]
+
+    def on_grids(i: int, j: int) -> np.ndarray:
+        pair, whole = guides[i][j]
+        return grid_places(pair, queries[i], reference[listed[i][j]]) if whole else pair
+
     results = verify_batch(
         [queries[i] for i in asked],
         [[reference[listed[i][j]] for j in usable[i]] for i in asked],
-        places=[[guides[i][j] for j in usable[i]] for i in asked],
+        places=[[on_grids(i, j) for j in usable[i]] for i in asked],
     )
     found: dict[int, dict[int, Verification]] = {i: {} for i in queries}
     for i, verified in zip(asked, results):

@@ -1004,6 +1004,19 @@ def verify(query: Grid, candidate: Grid) -> Verification:
     return verify_many(query, [candidate])[0]
 
 
+def grid_places(places: np.ndarray, query: Grid, candidate: Grid) -> np.ndarray:
+    """Tile centres ``places`` [4] (row, col of the query's, then of the candidate's), given as fractions of each
+    slice's whole field of view centred in a square (``preprocess.framed``), as fractions of the two grids'
+    squares (which :func:`verify_batch`'s ``places`` are)."""
+    out = np.asarray(places, dtype=np.float64).copy()
+    for start, grid in ((0, query), (2, candidate)):
+        shape = np.array(grid.foreground.shape, dtype=np.float64)
+        side = shape.max()
+        corner = -((side - shape) // 2)  # the whole square's first pixel, in slice pixels (preprocess.to_square)
+        out[start : start + 2] = (corner + out[start : start + 2] * side - np.array(grid.corner)) / grid.side
+    return out
+
+
 def _grid_of(grid: Grid) -> np.ndarray:
     """[3, 3] map from slice pixels (column, row, 1) to grid pixels (resize maps pixel centres)."""
     k = GRID / grid.side

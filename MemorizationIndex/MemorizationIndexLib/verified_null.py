@@ -184,7 +184,7 @@ def null_settings(regions: bool) -> dict:
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
         "statistics": ["score", "near-exact part"],
         "null_blur": list(NULL_BLUR),
-        "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block"] if regions else 0,
+        "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block, whole view"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
         "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
         "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,
@@ -355,7 +355,9 @@ def verify_against(
         batch_size=batch_size,
         cancel=cancel,
     )
-    verified = verify_slices(queries.slices, shortlisted.rows, grids, settings, cancel, shortlisted.places)
+    verified = verify_slices(
+        queries.slices, shortlisted.rows, grids, settings, cancel, shortlisted.places, shortlisted.framed
+    )
     return VerifiedNull(
         np.array([v.score for v in verified]),
         np.asarray(as_cut.similarity, dtype=np.float64),

@@ -68,15 +68,23 @@ class Encoder(abc.ABC):
         tiles of :attr:`region_block`."""
         return self.blocks + (fine_key(self.region_block),)
 
-    def embed_with_tiles(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """:meth:`embed`'s features and, from the same forward pass, the tile features {key: float32
-        [N, tiles, D]} of :attr:`tile_keys` (``tiles.COARSE_TILES`` of every block, ``tiles.FINE_TILES`` of
-        :attr:`region_block`)."""
+    def region_maps(self, batch: np.ndarray) -> torch.Tensor:
+        """[N, C, H, W] maps of :attr:`region_block` (call under ``torch.inference_mode``); encoders that can
+        stop their forward pass there override this."""
+        return self.feature_maps(batch)[self.region_block]
+
+    def embed_with_tiles(
+        self, batch: np.ndarray, framed: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """:meth:`embed`'s features of ``batch`` [N, ...] and the tile features {key: float32 [rows, tiles, D]} of
+        :attr:`tile_keys`: ``tiles.COARSE_TILES`` of every block from the same forward pass (N rows), and
+        ``tiles.FINE_TILES`` of :attr:`region_block` from ``framed`` [M, ...], slices of the batch in their whole
+        field of view (``preprocess.framed``), by a pass that stops at that block (M rows)."""
         with torch.inference_mode():
             maps = self.feature_maps(batch)
             pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
             tiles = {b: pool_tiles(m, COARSE_TILES) for b, m in maps.items()}
-            tiles[fine_key(self.region_block)] = pool_tiles(maps[self.region_block], FINE_TILES)
+            tiles[fine_key(self.region_block)] = pool_tiles(self.region_maps(framed), FINE_TILES)
             return pooled, {key: t.float().cpu().numpy() for key, t in tiles.items()}
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:

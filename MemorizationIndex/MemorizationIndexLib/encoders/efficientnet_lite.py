@@ -230,3 +230,7 @@ class EfficientNetLite0Encoder(Encoder):
     def feature_maps(self, batch: np.ndarray) -> dict[str, torch.Tensor]:
         """{block: [N, C, H, W]} outputs of the blocks (call under ``torch.inference_mode``)."""
         return self.model(self.input_tensor(batch), self.blocks, maps=True)
+
+    def region_maps(self, batch: np.ndarray) -> torch.Tensor:
+        """[N, C, H, W] output of :attr:`region_block`, the forward pass stopped there."""
+        return self.model(self.input_tensor(batch), (self.region_block,), maps=True)[self.region_block]

@@ -283,3 +283,8 @@ class MriCoreEncoder(Encoder):
         """{block: [N, 768, grid, grid]} patch-token maps (call under ``torch.inference_mode``)."""
         maps = self.model(self.input_tensor(batch), self.block_ids, maps=True)
         return {b: maps[i] for b, i in zip(self.blocks, self.block_ids)}
+
+    def region_maps(self, batch: np.ndarray) -> torch.Tensor:
+        """[N, 768, grid, grid] token maps of :attr:`region_block`, the forward pass stopped there."""
+        block = min(self.block_ids)
+        return self.model(self.input_tensor(batch), (block,), maps=True)[block]

@@ -1,10 +1,12 @@
 """The tiles of a slice's feature maps, each pooled to one feature vector (the region search's features,
 region_search.py; docs/method.md §7.14, §7.20).
 
-Coarse tiles (windows of half the side at quarter steps, and the four halves) are pooled from every block.
-Fine tiles (windows of a quarter of the side at eighth steps) are pooled from the encoder's shallowest block
-only, whose features see the least of a window's surroundings: a fine tile can lie inside a copied region
-of any shape and place (a disc, a strip, a moved patch) and still match the same window of the source.
+Coarse tiles (windows of half the side at quarter steps, and the four halves) are pooled from every block of
+the slice as the global features see it, cropped to its foreground. Fine tiles (windows of a quarter of the side
+at eighth steps) are pooled from the encoder's shallowest block only, whose features see the least of a window's
+surroundings, and from the slice in its whole field of view (``preprocess.framed``): a fine tile can lie inside a
+copied region of any shape and place (a disc, a strip, a moved patch) and still match the same window of the
+source, at the same scale, whatever the rest of the slice makes of the foreground crop (docs/method.md §7.31).
 """
 
 from __future__ import annotations
