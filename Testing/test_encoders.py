@@ -192,7 +192,7 @@ def test_mri_core_pools_patch_tokens(mri_core: MriCoreEncoder) -> None:
         assert not np.allclose(feats, tokens.mean(dim=1).numpy(), atol=1e-7)
 
 
-def test_mri_core_tiles_are_patch_token_windows_from_the_same_pass(mri_core: MriCoreEncoder) -> None:
+def test_mri_core_tiles_are_patch_token_windows_of_their_passes(mri_core: MriCoreEncoder) -> None:
     batch, whole = _batch(2), _batch(2, seed=1)  # whole: other slices, standing for the batch's whole fields of view
     pooled, tiles = mri_core.embed_with_tiles(batch, whole)
     alone = mri_core.embed(batch)
