@@ -730,7 +730,7 @@ def _second_stage_parts(
     whole_view = framed(settings)
     with torch.inference_mode():  # the fine tiles' pass over the slices in their whole field of view, as batched
         for start in range(0, n, AUDIT_BATCH):
-            encoder.region_maps(prepare_batch(slices[start : start + AUDIT_BATCH], encoder.input_size, whole_view))
+            encoder.fine_tiles(prepare_batch(slices[start : start + AUDIT_BATCH], encoder.input_size, whole_view))
     lap("framed_tiles")
     index.search(whitened, k=5)
     lap("as_cut_search_k5")

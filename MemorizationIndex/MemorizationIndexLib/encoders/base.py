@@ -73,6 +73,11 @@ class Encoder(abc.ABC):
         stop their forward pass there override this."""
         return self.feature_maps(batch)[self.region_block]
 
+    def fine_tiles(self, framed: np.ndarray) -> torch.Tensor:
+        """[M, tiles, C] ``tiles.FINE_TILES`` of :attr:`region_block` for slices in their whole field of view
+        ``framed`` [M, ...] (``preprocess.framed``; call under ``torch.inference_mode``)."""
+        return pool_tiles(self.region_maps(framed), FINE_TILES)
+
     def embed_with_tiles(
         self, batch: np.ndarray, framed: np.ndarray
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -84,7 +89,7 @@ class Encoder(abc.ABC):
             maps = self.feature_maps(batch)
             pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
             tiles = {b: pool_tiles(m, COARSE_TILES) for b, m in maps.items()}
-            tiles[fine_key(self.region_block)] = pool_tiles(self.region_maps(framed), FINE_TILES)
+            tiles[fine_key(self.region_block)] = self.fine_tiles(framed)
             return pooled, {key: t.float().cpu().numpy() for key, t in tiles.items()}
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
