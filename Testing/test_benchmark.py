@@ -574,6 +574,32 @@ def test_partial_copy_masks_mark_exactly_the_copied_pixels(brain_pair):
         augment_condition(x, "half", np.random.default_rng(0))
 
 
+def test_partial_copies_carry_the_slices_anatomy(brain_pair):
+    """A half, quarter or pasted region is drawn among those carrying at least MIN_COPIED_SHARE of the slice's
+    anatomy, even for a slice whose anatomy lies in one corner (three quadrants empty); a slice without any region
+    that does keeps the draw carrying the most."""
+    x, _, other = brain_pair
+    anatomy = x >= partial.ANATOMY
+    cornered = np.zeros_like(x)
+    h, w = x.shape
+    cornered[: h // 3, : w // 3] = x[h // 3 : 2 * (h // 3), w // 3 : 2 * (w // 3)]
+    for image in (x, cornered):
+        anatomy = image >= partial.ANATOMY
+        for condition in ("half", "quarter", "paste"):
+            for a in _draws(condition, image, 20, other=other):
+                p = a.parameters
+                if condition == "paste":
+                    rows, cols = np.flatnonzero(a.copy_mask.any(axis=1)), np.flatnonzero(a.copy_mask.any(axis=0))
+                    top, left = int(p["src_top"]), int(p["src_left"])
+                    carried = anatomy[top : top + len(rows), left : left + len(cols)].sum()
+                else:
+                    carried = anatomy[a.copy_mask].sum()
+                assert carried >= partial.MIN_COPIED_SHARE * anatomy.sum(), (condition, p)
+    speck = np.zeros_like(x)
+    speck[0, 0] = 1.0  # one pixel of anatomy: no region carries a tenth of it but the one holding it
+    assert all(a.copy_mask[0, 0] for a in _draws("quarter", speck, 5, other=other))
+
+
 def test_chain_applies_three_distinct_families(brain_pair):
     x = brain_pair[0]
     for a in _draws("chain", x, 10):

@@ -4,6 +4,7 @@ p-values, and a real audit in which transposed copies are flagged and located.""
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from dataclasses import replace
@@ -12,14 +13,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from skimage.transform import resize
 
+from MemorizationIndexLib import second_stage
 from MemorizationIndexLib.audit import audit_paths
 from MemorizationIndexLib.audit_output import read_audit
 from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.index_verification import ReferenceGrids, unavailable_reason
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
-from MemorizationIndexLib.second_stage import noisy_slices, shortlist
+from MemorizationIndexLib.second_stage import SliceGrids, noisy_slices, shortlist, verify_slices
 from MemorizationIndexLib.verification import to_grid
 from MemorizationIndexLib.verified_null import VerifiedNull, flag_p
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
@@ -234,3 +237,25 @@ def test_reference_grids_are_made_once_across_threads_and_unreadable_rows_are_le
     small = ReferenceGrids(index, capacity=2)
     assert sorted(small([0, 1, 2])) == [0, 1, 2] and len(small) == 3  # a call's own rows are never evicted
     assert sorted(small([3])) == [3] and len(small) == 2
+
+
+def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(shared_data: Path, monkeypatch) -> None:
+    """A quadrant of a small slice near the top of one person's head copied over the middle slice of another
+    person's: ``verify_slices`` verifies its source again on the query cut to the source's square (its side under
+    1 / SQUARE_RATIO of the query grid's), which scores the copy far higher than the query's own grid does, and
+    locates it in the copied quadrant (method.md §7.32)."""
+    settings = PreprocessSettings()
+    images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
+    source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)
+    source = scale_unit(source_volume[int(0.84 * len(source_volume))], settings)
+    host = scale_unit(host_volume[len(host_volume) // 2], settings)
+    query = resize(host, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    h, w = source.shape
+    query[: h // 2, : w // 2] = source[: h // 2, : w // 2]
+    reference = [source, host]
+    [found] = verify_slices([query], np.array([[0, 1]]), SliceGrids(reference, settings, None), settings)
+    monkeypatch.setattr(second_stage, "SQUARE_RATIO", math.inf)
+    [plain] = verify_slices([query], np.array([[0, 1]]), SliceGrids(reference, settings, None), settings)
+    assert found.row == 0 and found.score >= plain.score + 0.2 and found.score >= 0.4, (found.score, plain.score)
+    mask = found.result.mask
+    assert mask[: h // 2, : w // 2].sum() >= 0.8 * mask.sum() > 0

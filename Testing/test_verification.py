@@ -20,6 +20,7 @@ from MemorizationIndexLib.verification import (
     SPECTRUM_GRID,
     _log_polar,
     _resized,
+    in_place_square,
     to_grid,
     to_grids,
     verify,
@@ -27,7 +28,7 @@ from MemorizationIndexLib.verification import (
     verify_candidates,
     verify_many,
 )
-from MemorizationIndexLib.volumes import image_slices, read_image
+from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 PAIRS = {  # anatomy: (file of the copied person, file of another person, slice index)
     "brain": ("brain/ds002748/sub-01_T1w.nii.gz", "brain/ds002748/sub-02_T1w.nii.gz", 75),
@@ -348,6 +349,22 @@ def test_to_grids_equals_to_grid_per_slice(pair, monkeypatch):
     assert to_grids([]) == []
 
 
+def test_a_grid_cut_to_the_foregrounds_own_square_is_that_grid(pair):
+    """``to_grids`` given each slice's own foreground square makes the grid ``to_grid`` makes (up to the few
+    foreground pixels of rows and columns under 1% foreground, which the square keeps and the foreground's crop
+    leaves out); a square reaching past the slice is zero-filled there, and one off the slice is refused."""
+    source, other = pair
+    grids = [to_grid(source), to_grid(other)]
+    for grid, again in zip(grids, to_grids([source, other], PreprocessSettings(), [(g.corner, g.side) for g in grids])):
+        assert np.mean(grid.mask == again.mask) >= 0.995 and np.mean(np.abs(grid.image - again.image)) <= 0.01
+        assert (grid.corner, grid.side) == (again.corner, again.side)
+    rows, cols = source.shape
+    wider = to_grids([source], PreprocessSettings(), [((-rows // 2, -cols // 2), 2 * max(rows, cols))])[0]
+    assert wider.side == 2 * max(rows, cols) and not wider.mask[: GRID // 5].any()
+    with pytest.raises(ValueError, match="outside the slice"):
+        to_grids([source], PreprocessSettings(), [((rows, 0), 10)])
+
+
 def test_counted_quiet_slices_make_the_same_grids(pair, monkeypatch):
     """A slice shown quiet by counting its neighbour differences gets the grid the exact noise level gives."""
     source, other = pair
@@ -479,6 +496,58 @@ def test_half_copies_over_other_people_are_verified_in_place(shared_data: Path):
             query[rows, cols] = source[rows, cols]
             scores.append(verify_candidates(query, [source])[0].score)
     assert len(scores) >= 36 and min(scores) >= 0.2, np.round(scores, 2)
+
+
+def test_a_small_slice_copied_into_a_large_host_is_verified_on_its_own_square(shared_data: Path):
+    """A quadrant of a slice near the top of one person's head (a small foreground) copied in place over the middle
+    slice of another person's (a large one): on the query's grid the copy covers a corner of 64 x 64 pixels too
+    small to reproduce near-exactly: these 16 copies scored 0–0.41 (median 0.27). Cut to the source's square carried
+    in place (``in_place_square``), the query gives the copy the whole grid: 0.41–0.75 (median 0.6). The host alone,
+    cut the same way, stays near 0 (method.md §7.32)."""
+    settings = PreprocessSettings()
+    images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
+    source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)
+    host = scale_unit(host_volume[len(host_volume) // 2], settings)
+    plain, own_square, strangers = [], [], []
+    for k in range(int(0.8 * len(source_volume)), int(0.86 * len(source_volume))):
+        source = scale_unit(source_volume[k], settings)
+        other = resize(host, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+        h, w = source.shape
+        for rows, cols in ((slice(0, h // 2), slice(0, w // 2)), (slice(h // 2, h), slice(w // 2, w))):
+            query = other.copy()
+            query[rows, cols] = source[rows, cols]
+            grid, candidate, stranger = to_grids([query, source, other])
+            square = in_place_square(grid, candidate)
+            assert square[1] < 0.75 * grid.side
+            cut, cut_stranger = to_grids([query, other], settings, [square, in_place_square(stranger, candidate)])
+            plain.append(verify_batch([grid], [[candidate]])[0][0].score)
+            own_square.append(verify_batch([cut], [[candidate]])[0][0].score)
+            strangers.append(verify_batch([cut_stranger], [[candidate]])[0][0].score)
+    assert len(plain) >= 8 and min(own_square) >= 0.35, np.round(own_square, 2)
+    assert np.median(own_square) >= np.median(plain) + 0.2, (np.round(plain, 2), np.round(own_square, 2))
+    assert max(strangers) <= 0.05, np.round(strangers, 2)
+
+
+def test_the_candidates_square_moves_where_the_region_tiles_saw_its_copy(pair):
+    """``in_place_square`` carries the candidate's square in place; when the two tiles put the candidate's tile
+    elsewhere in the query, the square moves so that the tile lands there, and a move within MOVED_SEARCH grid pixels
+    is left to the in-place alignment."""
+    source, other = pair
+    query, candidate = to_grids([other, np.ascontiguousarray(source[::2, ::2])])
+    (top, left), side = in_place_square(query, candidate)
+    ratio = side / candidate.side
+
+    def carried(square, fraction):  # where the square puts the candidate's tile at ``fraction`` of its grid square
+        return np.array(square[0]) + np.asarray(fraction) * candidate.side * ratio
+
+    seen = np.array([0.2, 0.7, 0.5, 0.5])  # the query's tile at (0.2, 0.7) of its square, the candidate's centred
+    moved = in_place_square(query, candidate, seen)
+    target = np.array(query.corner) + seen[:2] * query.side
+    assert moved[1] == side and np.abs(carried(moved, seen[2:]) - target).max() <= 1.0
+    here = carried(((top, left), side), [0.5, 0.5])
+    near = np.r_[(here + 1.0 - np.array(query.corner)) / query.side, 0.5, 0.5]
+    assert in_place_square(query, candidate, near) == ((top, left), side)
+    assert in_place_square(query, candidate, np.full(4, np.nan)) == ((top, left), side)
 
 
 def _lumbar_pairs(shared_data: Path) -> list[tuple[np.ndarray, np.ndarray]]:

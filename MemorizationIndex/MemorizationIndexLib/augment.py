@@ -27,8 +27,10 @@ parameter is drawn per slice from the range given, never tuned on results):
   same volume (equal odds where both exist).
 - ``half`` / ``quarter``: one half (top, bottom, left or right) / one quadrant of the slice, the rest from
   another person's slice resampled to its shape. ``paste``: a rectangle of the slice with sides U[0.3, 0.6] of
-  the slice's, from a random place, pasted at another random place of another person's slice. These three keep
-  the mask of the copied pixels (:attr:`Augmented.copy_mask`, query pixel coordinates).
+  the slice's, from a random place, pasted at another random place of another person's slice. The copied region is
+  drawn among those carrying at least a tenth of the slice's anatomy (unit intensity ≥ 0.1): an empty quadrant
+  copies nothing of the person. These three keep the mask of the copied pixels (:attr:`Augmented.copy_mask`, query
+  pixel coordinates).
 - ``chain``: 3 distinct families drawn from :data:`CHAIN_FAMILIES`, in random order, each with its own range.
 """
 

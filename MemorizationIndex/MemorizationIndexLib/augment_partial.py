@@ -4,7 +4,9 @@ the slice over someone else's slice) and between-slice interpolation with the sl
 
 Partial copies are ``family(slice01, rng, other) -> (image, parameters, mask)``: the output has the shape of
 ``slice01`` [h, w]; ``other`` (any shape) is resampled to it and fills everything outside the copied region;
-``mask`` [h, w] bool is True exactly on the output pixels taken from ``slice01`` (query pixel coordinates).
+``mask`` [h, w] bool is True exactly on the output pixels taken from ``slice01`` (query pixel coordinates). The
+copied region is drawn among those that carry at least MIN_COPIED_SHARE of the slice's anatomy: a quadrant of empty
+background copies nothing of the person (docs/method.md §7.32).
 """
 
 from __future__ import annotations
@@ -17,6 +19,25 @@ HALVES = ("top", "bottom", "left", "right")
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PASTE_SIDE = (0.3, 0.6)  # side of the pasted rectangle, as a fraction of each side of the slice
 NEIGHBOUR_WEIGHT = (0.2, 0.5)  # weight t of the neighbour slice in (1 - t) · slice + t · neighbour
+MIN_COPIED_SHARE = 0.1  # share of the slice's anatomy (unit intensity >= ANATOMY) a partial copy carries, at least
+ANATOMY = 0.1  # unit intensity from which a pixel is anatomy (preprocess.PreprocessSettings' background floor)
+MAX_DRAWS = 100  # pasted rectangles drawn at most; none carrying MIN_COPIED_SHARE: the one carrying the most is kept
+
+Region = tuple[slice, slice, Params]  # rows, columns and parameters of a region of a slice
+
+
+def _carried(slice01: np.ndarray, region: Region) -> float:
+    """The share of the slice's anatomy (unit intensity >= ANATOMY) inside the region."""
+    anatomy = np.asarray(slice01) >= ANATOMY
+    return float(anatomy[region[0], region[1]].sum() / max(int(anatomy.sum()), 1))
+
+
+def _one_carrying_anatomy(slice01: np.ndarray, rng: np.random.Generator, regions: list[Region]) -> Region:
+    """One of the regions at random among those carrying MIN_COPIED_SHARE of the slice's anatomy (when none does,
+    the one carrying the most)."""
+    shares = np.array([_carried(slice01, region) for region in regions])
+    allowed = np.flatnonzero(shares >= MIN_COPIED_SHARE)
+    return regions[int(rng.choice(allowed)) if allowed.size else int(np.argmax(shares))]
 
 
 def _host(slice01: np.ndarray, other: np.ndarray) -> np.ndarray:
@@ -35,47 +56,55 @@ def _copy_region(slice01: np.ndarray, other: np.ndarray, rows: slice, cols: slic
 
 
 def half(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, Params, np.ndarray]:
-    """One half of the slice (top, bottom, left or right, at random), the other half from ``other``."""
+    """One half of the slice (top, bottom, left or right, at random among those carrying MIN_COPIED_SHARE of its
+    anatomy), the other half from ``other``."""
     h, w = np.shape(slice01)
-    side = HALVES[int(rng.integers(len(HALVES)))]
-    rows = {"top": slice(0, h // 2), "bottom": slice(h // 2, h)}.get(side, slice(0, h))
-    cols = {"left": slice(0, w // 2), "right": slice(w // 2, w)}.get(side, slice(0, w))
+    rows_of = {"top": slice(0, h // 2), "bottom": slice(h // 2, h)}
+    cols_of = {"left": slice(0, w // 2), "right": slice(w // 2, w)}
+    regions: list[Region] = [
+        (rows_of.get(side, slice(0, h)), cols_of.get(side, slice(0, w)), {"half": side}) for side in HALVES
+    ]
+    rows, cols, params = _one_carrying_anatomy(slice01, rng, regions)
     out, mask = _copy_region(slice01, other, rows, cols)
-    return out, {"half": side}, mask
+    return out, params, mask
 
 
 def quarter(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, Params, np.ndarray]:
-    """One quadrant of the slice (at random), the other three from ``other``."""
+    """One quadrant of the slice (at random among those carrying MIN_COPIED_SHARE of its anatomy), the other three
+    from ``other``."""
     h, w = np.shape(slice01)
-    quadrant = QUADRANTS[int(rng.integers(len(QUADRANTS)))]
-    vertical, horizontal = quadrant.split("-")
-    rows = slice(0, h // 2) if vertical == "top" else slice(h // 2, h)
-    cols = slice(0, w // 2) if horizontal == "left" else slice(w // 2, w)
+    halves = {"top": slice(0, h // 2), "bottom": slice(h // 2, h), "left": slice(0, w // 2), "right": slice(w // 2, w)}
+    regions: list[Region] = []
+    for quadrant in QUADRANTS:
+        vertical, horizontal = quadrant.split("-")
+        regions.append((halves[vertical], halves[horizontal], {"quadrant": quadrant}))
+    rows, cols, params = _one_carrying_anatomy(slice01, rng, regions)
     out, mask = _copy_region(slice01, other, rows, cols)
-    return out, {"quadrant": quadrant}, mask
+    return out, params, mask
 
 
 def paste(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> tuple[np.ndarray, Params, np.ndarray]:
-    """A rectangle of the slice (sides U[PASTE_SIDE] of the slice's, at a random place) pasted at another random
-    place of ``other``."""
+    """A rectangle of the slice (sides U[PASTE_SIDE] of the slice's, at a random place carrying MIN_COPIED_SHARE of
+    its anatomy) pasted at another random place of ``other``."""
     x = np.asarray(slice01, np.float32)
     h, w = x.shape
-    fractions = rng.uniform(*PASTE_SIDE, size=2)
-    ph, pw = max(1, int(round(fractions[0] * h))), max(1, int(round(fractions[1] * w)))
-    src_top, src_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+
+    drawn: list[Region] = []
+    for _ in range(MAX_DRAWS):
+        fractions = rng.uniform(*PASTE_SIDE, size=2)
+        ph, pw = max(1, int(round(fractions[0] * h))), max(1, int(round(fractions[1] * w)))
+        top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        params = {"side_h": float(fractions[0]), "side_w": float(fractions[1]), "src_top": float(top)}
+        drawn.append((slice(top, top + ph), slice(left, left + pw), params | {"src_left": float(left)}))
+        if _carried(x, drawn[-1]) >= MIN_COPIED_SHARE:
+            break
+    rows, cols, params = max(drawn, key=lambda region: _carried(x, region))
+    ph, pw = rows.stop - rows.start, cols.stop - cols.start
     dst_top, dst_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     out, mask = _host(x, other), np.zeros(x.shape, dtype=bool)
-    out[dst_top : dst_top + ph, dst_left : dst_left + pw] = x[src_top : src_top + ph, src_left : src_left + pw]
+    out[dst_top : dst_top + ph, dst_left : dst_left + pw] = x[rows, cols]
     mask[dst_top : dst_top + ph, dst_left : dst_left + pw] = True
-    params: Params = {
-        "side_h": float(fractions[0]),
-        "side_w": float(fractions[1]),
-        "src_top": float(src_top),
-        "src_left": float(src_left),
-        "dst_top": float(dst_top),
-        "dst_left": float(dst_left),
-    }
-    return out, params, mask
+    return out, params | {"dst_top": float(dst_top), "dst_left": float(dst_left)}, mask
 
 
 def interpolate_neighbour(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -37,7 +37,9 @@ from .verification import (
     Grid,
     Verification,
     grid_places,
+    in_place_square,
     pair_chunks,
+    regrid_places,
     steps_reaching,
     to_grids,
     verify_batch,
@@ -64,6 +66,9 @@ NEIGHBOUR_SLICES = 1  # a candidate this many slices or fewer from a better-rank
 # Verified score of a neighbourhood's best-ranked candidate from which its waiting neighbours are verified
 # too: half of verified_null.MIN_COPY_SCORE, below which nothing is called a copy (method.md §7.11).
 NEIGHBOUR_GATE = 0.1
+# A verified candidate whose square, in place, and the query grid's differ in side by more than this is verified again
+# on a grid of the query cut to the candidate's square (method.md §7.32)
+SQUARE_RATIO = 1.25
 
 Searcher = Callable[[dict[str, np.ndarray], int], Neighbours]  # raw features, depth -> hits
 RegionSearcher = Callable[[Tiles], RegionHits]  # raw tile features of query slices -> the region search's hits
@@ -302,6 +307,7 @@ def verify_slices(
         }
         for i, results in _verify_positions(queries, listed, guides, then, grids).items():
             found[i] |= results
+        _verify_in_candidate_squares({i: slices[i] for i in chosen}, queries, listed, guides, found, grids, settings)
         verified = {}
         for i, results in found.items():
             if results:
@@ -352,6 +358,51 @@ def _verify_positions(
     for i, verified in zip(asked, results):
         found[i] = dict(zip(usable[i], verified))
     return found
+
+
+def _verify_in_candidate_squares(
+    slices: dict[int, np.ndarray],
+    queries: dict[int, Grid],
+    listed: list[list[int]],
+    guides: list[list[tuple[np.ndarray, bool]]],
+    found: dict[int, dict[int, Verification]],
+    grids: GridSource,
+    settings: PreprocessSettings,
+) -> None:
+    """Verify again, on a grid of the query cut to the candidate's own square carried in place (moved where the
+    region tiles saw a moved copy; ``verification.in_place_square``), each verified candidate whose square and the
+    query grid's differ by more than SQUARE_RATIO in side; keep the higher score (``found`` is updated). A training
+    slice copied into a larger host (a quarter of a small slice over a large one) otherwise fills a small part of
+    the query grid, with too few pixels to reproduce near-exactly (method.md §7.32)."""
+    reference = grids(sorted({listed[i][j] for i, results in found.items() for j in results}))
+    wanted, squares = [], []
+    for i, results in found.items():
+        for j in results:
+            candidate = reference.get(listed[i][j])
+            if candidate is None:
+                continue
+            pair, whole = guides[i][j]
+            on_grids = grid_places(pair, queries[i], candidate) if whole else pair
+            square = in_place_square(queries[i], candidate, on_grids)
+            if abs(math.log(square[1] / queries[i].side)) > math.log(SQUARE_RATIO) and _overlaps(square, slices[i]):
+                wanted.append((i, j, on_grids))
+                squares.append(square)
+    if not wanted:
+        return
+    cut = to_grids([slices[i] for i, _, _ in wanted], settings, squares)
+    placed = [[regrid_places(on_grids, queries[i], grid)] for (i, _, on_grids), grid in zip(wanted, cut)]
+    results = verify_batch(cut, [[reference[listed[i][j]]] for i, j, _ in wanted], places=placed)
+    for (i, j, _), [again] in zip(wanted, results):
+        first = found[i][j]
+        best = again if again.score > first.score else first
+        found[i][j] = replace(best, reproduced=max(first.reproduced, again.reproduced))
+
+
+def _overlaps(square: tuple[tuple[int, int], int], slice2d: np.ndarray) -> bool:
+    """Whether a square (corner (row, col), side) holds any pixel of the slice."""
+    (top, left), side = square
+    rows, cols = np.shape(slice2d)
+    return top < rows and left < cols and top + side > 0 and left + side > 0
 
 
 class SliceGrids(GridCache):

@@ -160,13 +160,20 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     return to_grids([slice2d], settings)[0]
 
 
-def to_grids(slices: Sequence[np.ndarray], settings: PreprocessSettings = PreprocessSettings()) -> list[Grid]:
+def to_grids(
+    slices: Sequence[np.ndarray],
+    settings: PreprocessSettings = PreprocessSettings(),
+    squares: Sequence[tuple[tuple[int, int], int]] | None = None,
+) -> list[Grid]:
     """:func:`to_grid` of every slice; the log-polar spectra of GRID_BATCH slices at a time are made
     together, their band-pass one matrix product per axis (under load, one threaded BLAS call per
-    slice costs far more than the product itself)."""
+    slice costs far more than the product itself). ``squares``: per slice, the square (corner (row, col), side;
+    slice pixels, reaching past the slice where it must) that its grid covers instead of its foreground's."""
     grids = []
+    wanted = [None] * len(slices) if squares is None else list(squares)
     for start in range(0, len(slices), GRID_BATCH):
-        parts = [_grid_parts(s, settings) for s in slices[start : start + GRID_BATCH]]
+        stop = start + GRID_BATCH
+        parts = [_grid_parts(s, settings, square) for s, square in zip(slices[start:stop], wanted[start:stop])]
         polar = _log_polar(np.stack([fine for *_, fine in parts])).astype(np.float32)
         spectra = _whitened(_rfft2(polar))
         grids += [
@@ -194,9 +201,12 @@ def roughness(image: np.ndarray, mask: np.ndarray) -> float:
     return step_var / spread if spread > 0 else math.nan
 
 
-def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
+def _grid_parts(
+    slice2d: np.ndarray, settings: PreprocessSettings, square: tuple[tuple[int, int], int] | None = None
+) -> tuple:
     """A slice's grid image and mask [GRID, GRID], (foreground, corner, side) and the crop resized to
-    the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`)."""
+    the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`); the grid covers ``square`` (corner, side)
+    when given, else the foreground's rows and columns centred in a square."""
     raw = np.asarray(slice2d, dtype=np.float32)
     window = robust_window(raw, settings)
     scaled = scale_unit(raw, settings, window)
@@ -204,12 +214,13 @@ def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
     smoothed = _denoised(raw, noise, CROP_NOISE_TARGET)
     unit = scaled_foreground(smoothed, settings, window if smoothed is raw else None)
     foreground = unit > 0
-    rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
-    if len(rows) < 2 or len(cols) < 2:
-        rows, cols = np.arange(unit.shape[0]), np.arange(unit.shape[1])
+    rows, cols = _square_rows(foreground) if square is None else _covered(square, unit.shape)
     h, w = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
-    side = int(max(h, w))
-    top, left = (side - h) // 2, (side - w) // 2
+    if square is None:
+        side = int(max(h, w))
+        top, left = (side - h) // 2, (side - w) // 2
+    else:
+        side, top, left = square[1], rows[0] - square[0][0], cols[0] - square[0][1]
     crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     small = _resized(crop, side, (top, left), GRID)
     mask = _smoothed(small, 1.0) > 0.05
@@ -222,6 +233,24 @@ def _grid_parts(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple:
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
     place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side)
     return image, mask, place, _resized(crop, side, (top, left), SPECTRUM_GRID)
+
+
+def _square_rows(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of a slice that hold foreground (all of them when fewer than two do)."""
+    rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
+    if len(rows) < 2 or len(cols) < 2:
+        return np.arange(foreground.shape[0]), np.arange(foreground.shape[1])
+    return rows, cols
+
+
+def _covered(square: tuple[tuple[int, int], int], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of a slice of ``shape`` inside ``square`` (corner, side; it must overlap the slice)."""
+    (top, left), side = square
+    rows = np.arange(max(top, 0), min(top + side, shape[0]))
+    cols = np.arange(max(left, 0), min(left + side, shape[1]))
+    if len(rows) == 0 or len(cols) == 0:
+        raise ValueError(f"the square {square} lies outside the slice of shape {shape}")
+    return rows, cols
 
 
 def noise_level(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> float:
@@ -1015,6 +1044,33 @@ def grid_places(places: np.ndarray, query: Grid, candidate: Grid) -> np.ndarray:
         corner = -((side - shape) // 2)  # the whole square's first pixel, in slice pixels (preprocess.to_square)
         out[start : start + 2] = (corner + out[start : start + 2] * side - np.array(grid.corner)) / grid.side
     return out
+
+
+def regrid_places(places: np.ndarray, old: Grid, new: Grid) -> np.ndarray:
+    """Tile centres ``places`` [4] whose query half is a fraction of the ``old`` query grid's square, with that half
+    as a fraction of the ``new`` grid's square (of the same slice); the candidate's half is kept."""
+    out = np.asarray(places, dtype=np.float64).copy()
+    out[:2] = (np.array(old.corner) + out[:2] * old.side - np.array(new.corner)) / new.side
+    return out
+
+
+def in_place_square(query: Grid, candidate: Grid, places: np.ndarray | None = None) -> tuple[tuple[int, int], int]:
+    """The candidate's grid square (corner (row, col), side) carried in place into the query slice's pixels: fields
+    of view of different sizes matched by their areas' ratio about their centres, as :func:`_in_place` maps them.
+    Where the region search's two tiles (``places`` [4], fractions of the two grids' squares as :func:`verify_batch`
+    takes them) put the candidate's tile more than MOVED_SEARCH query grid pixels from where that map puts it, the
+    square moves with the tile."""
+    ratio = math.sqrt(query.foreground.size / max(candidate.foreground.size, 1))
+    query_centre = (np.array(query.foreground.shape, dtype=np.float64) - 1.0) / 2.0
+    candidate_centre = (np.array(candidate.foreground.shape, dtype=np.float64) - 1.0) / 2.0
+    corner = query_centre + ratio * (np.array(candidate.corner, dtype=np.float64) - candidate_centre)
+    if places is not None and np.isfinite(places).all():
+        query_tile = np.array(query.corner) + np.asarray(places[:2]) * query.side
+        candidate_tile = np.array(candidate.corner) + np.asarray(places[2:]) * candidate.side
+        move = query_tile - (query_centre + ratio * (candidate_tile - candidate_centre))
+        if np.abs(move).max() > MOVED_SEARCH * query.side / GRID:
+            corner += move
+    return (int(round(corner[0])), int(round(corner[1]))), max(1, int(round(ratio * candidate.side)))
 
 
 def _grid_of(grid: Grid) -> np.ndarray:

@@ -36,6 +36,7 @@ from .second_stage import (
     HEAVY_NOISE,
     NEIGHBOUR_GATE,
     SMOOTH_SIGMA,
+    SQUARE_RATIO,
     VIEWS,
     GridSource,
     SliceGrids,
@@ -171,14 +172,16 @@ class VerifiedNull:
 def null_settings(regions: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
-    hypotheses tried and scored, their translations' precision, the near-exact regions' score, the null's blur
-    and the region search (``regions``: whether the index has one; a noisy slice's smoothed view is searched)."""
+    hypotheses tried and scored, the candidate squares' ratio, their translations' precision, the near-exact
+    regions' score, the null's blur and the region search (``regions``: whether the index has one; a noisy slice's
+    smoothed view is searched)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": [NEIGHBOUR_GATE, "region-named candidates do not wait"] if regions else NEIGHBOUR_GATE,
         "scale_range": list(SCALE_RANGE),
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
+        "candidate_squares": SQUARE_RATIO,
         "subpixel": SUBPIXEL,
         "moved_in_place": [MOVED_SEARCH, MOVED_WINDOW] if regions else 0,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
