@@ -66,8 +66,9 @@ NEIGHBOUR_SLICES = 1  # a candidate this many slices or fewer from a better-rank
 # Verified score of a neighbourhood's best-ranked candidate from which its waiting neighbours are verified
 # too: half of verified_null.MIN_COPY_SCORE, below which nothing is called a copy (method.md §7.11).
 NEIGHBOUR_GATE = 0.1
-# A verified candidate whose square, in place, and the query grid's differ in side by more than this is verified again
-# on a grid of the query cut to the candidate's square (method.md §7.32)
+# A verified candidate whose square, in place, is smaller than the query grid's by more than this (in side) is
+# verified again on a grid of the query cut to the candidate's square. Not a larger one: that cut would lower the
+# query's resolution, which raised the verified null's top scores (method.md §7.32).
 SQUARE_RATIO = 1.25
 
 Searcher = Callable[[dict[str, np.ndarray], int], Neighbours]  # raw features, depth -> hits
@@ -301,13 +302,15 @@ def verify_slices(
         chosen = [asked[j] for j in run]
         first = {i: [j for j, lead in enumerate(leaders[i]) if lead == j] for i in chosen}
         queries = dict(zip(chosen, to_grids([slices[i] for i in chosen], settings)))
-        found = _verify_positions(queries, listed, guides, first, grids)
+        found, reference = _verify_positions(queries, listed, guides, first, grids)
         then = {
             i: [j for j, lead in enumerate(leaders[i]) if lead != j and _verifies(found[i].get(lead))] for i in chosen
         }
-        for i, results in _verify_positions(queries, listed, guides, then, grids).items():
+        waited, read = _verify_positions(queries, listed, guides, then, grids)
+        for i, results in waited.items():
             found[i] |= results
-        _verify_in_candidate_squares({i: slices[i] for i in chosen}, queries, listed, guides, found, grids, settings)
+        cut_from = {i: slices[i] for i in chosen}
+        _verify_in_candidate_squares(cut_from, queries, listed, guides, found, reference | read, settings)
         verified = {}
         for i, results in found.items():
             if results:
@@ -337,10 +340,11 @@ def _verify_positions(
     guides: list[list[tuple[np.ndarray, bool]]],
     positions: dict[int, list[int]],
     grids: GridSource,
-) -> dict[int, dict[int, Verification]]:
+) -> tuple[dict[int, dict[int, Verification]], dict[int, Grid]]:
     """{query: {position: verification}} of the candidates at ``positions`` of each query's list whose
     grids can be read (one batch), each with its region tiles' places and whether they are fractions of the whole
-    fields of view (``guides``, parallel to ``listed``), carried onto the two grids."""
+    fields of view (``guides``, parallel to ``listed``), carried onto the two grids; and {row: grid} of those
+    candidates."""
     reference = grids(sorted({listed[i][j] for i, wanted in positions.items() for j in wanted}))
     usable = {i: [j for j in wanted if listed[i][j] in reference] for i, wanted in positions.items()}
     asked = [i for i, wanted in usable.items() if wanted]
@@ -357,7 +361,7 @@ def _verify_positions(
     found: dict[int, dict[int, Verification]] = {i: {} for i in queries}
     for i, verified in zip(asked, results):
         found[i] = dict(zip(usable[i], verified))
-    return found
+    return found, reference
 
 
 def _verify_in_candidate_squares(
@@ -366,25 +370,23 @@ def _verify_in_candidate_squares(
     listed: list[list[int]],
     guides: list[list[tuple[np.ndarray, bool]]],
     found: dict[int, dict[int, Verification]],
-    grids: GridSource,
+    reference: dict[int, Grid],
     settings: PreprocessSettings,
 ) -> None:
     """Verify again, on a grid of the query cut to the candidate's own square carried in place (moved where the
-    region tiles saw a moved copy; ``verification.in_place_square``), each verified candidate whose square and the
-    query grid's differ by more than SQUARE_RATIO in side; keep the higher score (``found`` is updated). A training
-    slice copied into a larger host (a quarter of a small slice over a large one) otherwise fills a small part of
-    the query grid, with too few pixels to reproduce near-exactly (method.md §7.32)."""
-    reference = grids(sorted({listed[i][j] for i, results in found.items() for j in results}))
+    region tiles saw a moved copy; ``verification.in_place_square``), each verified candidate whose square is
+    smaller than the query grid's by more than SQUARE_RATIO in side; keep the higher score (``found`` is updated). A
+    training slice copied into a larger host (a quarter of a small slice over a large one) otherwise fills a small
+    part of the query grid, with too few pixels to reproduce near-exactly (method.md §7.32). ``reference``: the
+    verified candidates' grids by row."""
     wanted, squares = [], []
     for i, results in found.items():
         for j in results:
-            candidate = reference.get(listed[i][j])
-            if candidate is None:
-                continue
+            candidate = reference[listed[i][j]]
             pair, whole = guides[i][j]
             on_grids = grid_places(pair, queries[i], candidate) if whole else pair
             square = in_place_square(queries[i], candidate, on_grids)
-            if abs(math.log(square[1] / queries[i].side)) > math.log(SQUARE_RATIO) and _overlaps(square, slices[i]):
+            if square[1] * SQUARE_RATIO < queries[i].side and _overlaps(square, slices[i]):
                 wanted.append((i, j, on_grids))
                 squares.append(square)
     if not wanted:

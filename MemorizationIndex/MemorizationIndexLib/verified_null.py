@@ -181,7 +181,7 @@ def null_settings(regions: bool) -> dict:
         "scale_range": list(SCALE_RANGE),
         "hypotheses": HYPOTHESES,
         "scored": SCORED,
-        "candidate_squares": SQUARE_RATIO,
+        "candidate_squares": [SQUARE_RATIO, "smaller ones"],
         "subpixel": SUBPIXEL,
         "moved_in_place": [MOVED_SEARCH, MOVED_WINDOW] if regions else 0,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
