@@ -8,7 +8,8 @@ searched as a smoothed view, and the candidates of the two searches are merged b
 its share); so is its region search (§7.30). Clean slices, the common case, cost no extra forward
 pass (§7.9). Candidates are aligned to the query and scored by :mod:`verification`; a candidate
 next to a better-ranked one of its volume (a near-duplicate slice) is verified only when that one
-verifies (§7.11). The same functions serve the audit (against a loaded index) and the verified null
+verifies (§7.11); a candidate much smaller than the query in place is verified again on the query cut to its own
+square (§7.32). The same functions serve the audit (against a loaded index) and the verified null
 at build time (against each split's reference), so the null goes through exactly the audit's
 pipeline.
 """
