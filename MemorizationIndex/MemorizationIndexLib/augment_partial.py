@@ -26,16 +26,21 @@ MAX_DRAWS = 100  # pasted rectangles drawn at most; none carrying MIN_COPIED_SHA
 Region = tuple[slice, slice, Params]  # rows, columns and parameters of a region of a slice
 
 
-def _carried(slice01: np.ndarray, region: Region) -> float:
-    """The share of the slice's anatomy (unit intensity >= ANATOMY) inside the region."""
-    anatomy = np.asarray(slice01) >= ANATOMY
+def _anatomy(slice01: np.ndarray) -> np.ndarray:
+    """bool [h, w]: the slice's anatomy (unit intensity >= ANATOMY)."""
+    return np.asarray(slice01) >= ANATOMY
+
+
+def _carried(anatomy: np.ndarray, region: Region) -> float:
+    """The share of a slice's anatomy (:func:`_anatomy`) inside the region."""
     return float(anatomy[region[0], region[1]].sum() / max(int(anatomy.sum()), 1))
 
 
 def _one_carrying_anatomy(slice01: np.ndarray, rng: np.random.Generator, regions: list[Region]) -> Region:
     """One of the regions at random among those carrying MIN_COPIED_SHARE of the slice's anatomy (when none does,
     the one carrying the most)."""
-    shares = np.array([_carried(slice01, region) for region in regions])
+    anatomy = _anatomy(slice01)
+    shares = np.array([_carried(anatomy, region) for region in regions])
     allowed = np.flatnonzero(shares >= MIN_COPIED_SHARE)
     return regions[int(rng.choice(allowed)) if allowed.size else int(np.argmax(shares))]
 
@@ -89,16 +94,19 @@ def paste(slice01: np.ndarray, rng: np.random.Generator, other: np.ndarray) -> t
     x = np.asarray(slice01, np.float32)
     h, w = x.shape
 
-    drawn: list[Region] = []
+    anatomy, best, most = _anatomy(x), None, -1.0
     for _ in range(MAX_DRAWS):
         fractions = rng.uniform(*PASTE_SIDE, size=2)
         ph, pw = max(1, int(round(fractions[0] * h))), max(1, int(round(fractions[1] * w)))
         top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         params = {"side_h": float(fractions[0]), "side_w": float(fractions[1]), "src_top": float(top)}
-        drawn.append((slice(top, top + ph), slice(left, left + pw), params | {"src_left": float(left)}))
-        if _carried(x, drawn[-1]) >= MIN_COPIED_SHARE:
+        region = (slice(top, top + ph), slice(left, left + pw), params | {"src_left": float(left)})
+        share = _carried(anatomy, region)
+        if share > most:
+            best, most = region, share
+        if share >= MIN_COPIED_SHARE:
             break
-    rows, cols, params = max(drawn, key=lambda region: _carried(x, region))
+    rows, cols, params = best
     ph, pw = rows.stop - rows.start, cols.stop - cols.start
     dst_top, dst_left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     out, mask = _host(x, other), np.zeros(x.shape, dtype=bool)
