@@ -579,7 +579,6 @@ def test_partial_copies_carry_the_slices_anatomy(brain_pair):
     anatomy, even for a slice whose anatomy lies in one corner (three quadrants empty); a slice without any region
     that does keeps the draw carrying the most."""
     x, _, other = brain_pair
-    anatomy = x >= partial.ANATOMY
     cornered = np.zeros_like(x)
     h, w = x.shape
     cornered[: h // 3, : w // 3] = x[h // 3 : 2 * (h // 3), w // 3 : 2 * (w // 3)]
