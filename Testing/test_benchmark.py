@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -30,7 +31,7 @@ from MemorizationIndexLib.baselines import (
     vendi,
 )
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
-from MemorizationIndexLib.benchmark_stages import TwoStage
+from MemorizationIndexLib.benchmark_stages import COPY_COLUMNS, TwoStage
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
@@ -138,7 +139,8 @@ def test_two_stage_score_follows_the_flag_and_breaks_its_ties():
     flag_p = np.array([1.0, 1.0, 1.0, 1e-6, 1.0, 0.5])
     verified = [Verified(v, -1, None) for v in (0.10, 0.15, 0.10, 0.05, 0.10, 0.0)]
     similarity = np.array([0.30, 0.20, 0.40, 0.10, 0.30, 0.90])
-    stage = TwoStage(flag_p, flag_p < 1e-3, verified, np.zeros((6, 1), dtype=np.int64), similarity)
+    shortlisted = np.zeros((6, 1), dtype=np.int64)
+    stage = TwoStage(flag_p, flag_p < 1e-3, verified, shortlisted, similarity, np.zeros((6, 1), dtype=bool))
     order = np.argsort(-stage.score, kind="stable")
     assert order.tolist() == [3, 5, 1, 2, 0, 4]  # flag_p first, then the verified score, then the similarity
     assert stage.score[0] == stage.score[4]  # equal in all three keys: tied
@@ -352,6 +354,21 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
     markdown = (tmp_path / "bench" / "results.md").read_text()
     table = markdown.split("## Both stages")[1].split("\n## ")[0]
     assert "| spine | clean |" in table and "| spine | half |" in table
+    assert "copy_rows" not in json.loads((tmp_path / "bench" / "results.json").read_text())
+    with open(tmp_path / "bench" / "copies.csv", newline="") as handle:
+        copies = list(csv.DictReader(handle))
+    assert tuple(copies[0]) == COPY_COLUMNS and len(copies) == 3 * 12
+    for condition, row in two.items():
+        mine = [c for c in copies if c["condition"] == condition]
+        assert [int(c["copy"]) for c in mine] == list(range(12)) and {c["dataset"] for c in mine} == {"spine"}
+        assert sum(c["flagged"] == "True" for c in mine) == row["n_flagged"]
+        assert np.mean([c["source_rank"] != "" for c in mine]) == row["candidate_recall"]
+        assert all(float(c["flag_p"]) < 0.01 for c in mine if c["flagged"] == "True")
+        assert all((c["copy_box_iou"] != "") == (condition == "half") for c in mine)
+    clean = [c for c in copies if c["condition"] == "clean"]
+    assert all(c["verified_is_source"] == "True" and c["source_file"] == c["verified_file"] for c in clean)
+    assert all(set(json.loads(c["edit"])) == {"parameter"} for c in clean)
+    assert all(set(json.loads(c["edit"])) == {"half"} for c in copies if c["condition"] == "half")
     assert "two_stage mean / min" in markdown.split("## Sample-level detection, AUROC")[1].split("\n## ")[0]
 
 

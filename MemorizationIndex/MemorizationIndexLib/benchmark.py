@@ -17,6 +17,8 @@ Levels are nested (the duplicates of 5% are among those of 15%, ...) and every d
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import shlex
 import tempfile
@@ -41,7 +43,7 @@ from .augment import (
 from .augment_geometry import Params
 from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
 from .benchmark_report import render_markdown
-from .benchmark_stages import TwoStage, score_two_stage, two_stage_figures
+from .benchmark_stages import COPY_COLUMNS, TwoStage, copy_rows, score_two_stage, two_stage_figures
 from .embedding import embed_slices_and_tiles
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
@@ -64,6 +66,7 @@ DEFAULT_SLICES_PER_SPLIT = 250
 PIXEL_SIZE = 64
 PAPER_NULL_SPLITS = 10
 METHODS = ("mi", "two_stage", "mi_paper", "cosine_raw", "pixel_corr")
+COPIES_FILE = "copies.csv"  # per copy: how both stages saw it (benchmark_stages.copy_rows)
 
 Log = Callable[[str], None]
 
@@ -615,6 +618,7 @@ def evaluate_dataset(
     out["false_positive_rate"], out["false_positive_rate_by_condition"] = _false_positive_rate(prepared, scored)
     out["copies"] = _copies_found(prepared, scored)
     out["two_stage"] = _two_stage_rows(prepared, scored, preprocessing)
+    out["copy_rows"] = _copy_rows(prepared, scored, preprocessing)
     out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
     null_info = out["info"]["null"]
     rates = ", ".join(f"{r['group']} {r['value']:.4f}" for r in out["false_positive_rate"])
@@ -690,6 +694,24 @@ def _two_stage_rows(prepared: PreparedDataset, scored: _ConditionScores, setting
     ]
 
 
+def _copy_rows(prepared: PreparedDataset, scored: _ConditionScores, settings: PreprocessSettings) -> list[dict]:
+    """Per condition, one row per duplicate of the largest level: how both stages saw it (``copies.csv``)."""
+    return [
+        {"dataset": prepared.name, "condition": condition, **row}
+        for condition, two in scored.two_stage.items()
+        for row in copy_rows(
+            two,
+            prepared.n,
+            prepared.duplicate_rows,
+            prepared.reference_provenance,
+            prepared.parameters[condition],
+            truth=prepared.copy_masks.get(condition),
+            queries=prepared.queries[condition],
+            settings=settings,
+        )
+    ]
+
+
 def _dataset_info(prepared: PreparedDataset, index, alpha: float, paper_null: NullModel | None) -> dict:
     """The dataset's description in results.json: subjects, sizes, nulls and thresholds."""
     threshold = index.null_model.threshold(alpha)
@@ -728,6 +750,7 @@ def _empty_results() -> dict:
         "false_positive_rate": [],
         "false_positive_rate_by_condition": [],
         "two_stage": [],
+        "copy_rows": [],
         "datasets": [],
     }
 
@@ -742,6 +765,7 @@ def _add_dataset(results: dict, part: dict, spec: DatasetSpec, t0: float) -> Non
         "false_positive_rate",
         "false_positive_rate_by_condition",
         "two_stage",
+        "copy_rows",
     ):
         results[key] += part[key]
     results["datasets"].append(
@@ -773,7 +797,7 @@ def run_benchmark(
     command: str | None = None,
     log: Log = lambda m: None,
 ) -> dict:
-    """Run the whole benchmark and write ``results.json`` and ``results.md`` into ``out_dir``;
+    """Run the whole benchmark and write ``results.json``, ``results.md`` and ``copies.csv`` into ``out_dir``;
     ``verification=False`` scores the global stage alone."""
     started = time.perf_counter()
     if encoder is None:
@@ -817,7 +841,7 @@ def run_benchmark(
 def _write_results(
     results: dict, out_path: Path, info: EncoderInfo, preprocessing: PreprocessSettings, run: dict
 ) -> None:
-    """(Re)write results.json and results.md with the datasets done so far; ``run``: the run's levels,
+    """(Re)write results.json, results.md and copies.csv with the datasets done so far; ``run``: the run's levels,
     conditions, slices_per_split, seed, alpha, verification, command and start (``time.perf_counter``)."""
     results.update(
         {
@@ -850,13 +874,25 @@ def _write_results(
             "runtime_seconds": time.perf_counter() - run["started"],
         }
     )
+    summary = {key: value for key, value in results.items() if key != "copy_rows"}
     for name, text in (
-        ("results.json", json.dumps(_jsonable(results), indent=1, sort_keys=True) + "\n"),
-        ("results.md", render_markdown(results)),
+        ("results.json", json.dumps(_jsonable(summary), indent=1, sort_keys=True) + "\n"),
+        ("results.md", render_markdown(summary)),
+        (COPIES_FILE, _copies_csv(results["copy_rows"])),
     ):
         tmp = out_path / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out_path / name)
+
+
+def _copies_csv(rows: Sequence[dict]) -> str:
+    """``copies.csv``: one row per copy of the largest level of every condition (:data:`COPY_COLUMNS`; only the
+    header when the second stage did not run)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COPY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def _verification_settings(used: bool) -> dict:
@@ -1045,7 +1081,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
         metavar="NAME=REGEX",
         help="subject id of each file of dataset NAME: regex on its path",
     )
-    parser.add_argument("--out", required=True, help="output folder for results.json and results.md")
+    parser.add_argument("--out", required=True, help="output folder for results.json, results.md and copies.csv")
     parser.add_argument(
         "--encoder",
         default="default",

@@ -10,12 +10,15 @@ assumes it holds (its novel slices come from the same acquisition as the referen
 
 Per condition: copies flagged, provenance of the verified candidate among flagged copies, novel
 slices flagged, recall of the true source among the candidates and, for partial copies, how well
-the copy box and mask of the verified candidate match the copied region.
+the copy box and mask of the verified candidate match the copied region. Per copy (:func:`copy_rows`, the
+benchmark's ``copies.csv``): its edit, where its true source ranked among the candidates and whether the region
+search named it, its flag and its best verified candidate, so a missed copy can be traced to the stage that lost it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,19 +34,37 @@ from .verification import bounding_box
 from .verified_null import flag_p as combined_p
 
 LOCATED_IOU = 0.5  # a partial copy is located when its copy box has at least this IoU with the copied region
+COPY_COLUMNS = (
+    "dataset",
+    "condition",
+    "copy",
+    "source_file",
+    "source_slice",
+    "edit",
+    "source_rank",
+    "source_named_by_region",
+    "flagged",
+    "flag_p",
+    "verified_score",
+    "verified_file",
+    "verified_slice",
+    "verified_is_source",
+    "copy_box_iou",
+)
 
 
 @dataclass(frozen=True)
 class TwoStage:
     """Both stages of one condition's query rows: the flag's p-value [rows], the flag [rows], the
-    best verified candidate of each row, the candidates' original rows [rows, k] (-1 = none) and the
-    global similarity [rows]."""
+    best verified candidate of each row, the candidates' original rows [rows, k] (-1 = none), the
+    global similarity [rows] and whether the region search named each candidate [rows, k]."""
 
     flag_p: np.ndarray
     flagged: np.ndarray
     verified: list[Verified]
     shortlisted: np.ndarray
     similarity: np.ndarray
+    named: np.ndarray
 
     @property
     def score(self) -> np.ndarray:
@@ -80,7 +101,8 @@ def score_two_stage(
     )
     verified_p = index.verified_null.verified_p_of(verified)
     flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p, np.array([v.score for v in verified]))
-    return TwoStage(flag_p, flag_p < alpha, verified, shortlisted.rows, as_cut.similarity)
+    named = np.isfinite(shortlisted.places).all(axis=-1)
+    return TwoStage(flag_p, flag_p < alpha, verified, shortlisted.rows, as_cut.similarity, named)
 
 
 def box_iou(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> float:
@@ -146,3 +168,45 @@ def two_stage_figures(
             "mask_iou_mean": float(ious[:, 1].mean()),
         }
     return figures
+
+
+def copy_rows(
+    stage: TwoStage,
+    n: int,
+    true_rows: np.ndarray,
+    provenance: Provenance,
+    edits: Sequence[dict],
+    *,
+    truth: Sequence[np.ndarray] | None = None,
+    queries: Sequence[np.ndarray] = (),
+    settings: PreprocessSettings = PreprocessSettings(),
+) -> list[dict]:
+    """One row per copy of a condition (:data:`COPY_COLUMNS` less dataset and condition): the novel rows come
+    first (``n``), then the copies of the original reference rows ``true_rows``, each with its ``edits``
+    (parameters, as every query row has them); ``truth``: the copied-pixel masks of partial copies. The source's
+    rank among the candidates is 1-based, empty when it was not a candidate."""
+    rows = []
+    for j, true_row in enumerate(true_rows):
+        at, verified = n + j, stage.verified[n + j]
+        listed = np.flatnonzero(stage.shortlisted[at] == true_row)
+        found = (provenance.source[verified.row], provenance.slice[verified.row]) if verified.row >= 0 else ("", "")
+        source = (provenance.source[true_row], provenance.slice[true_row])
+        iou = copy_iou(verified, truth[at], queries[at], settings)[0] if truth is not None else ""
+        rows.append(
+            {
+                "copy": j,
+                "source_file": source[0],
+                "source_slice": source[1],
+                "edit": json.dumps(edits[at], sort_keys=True, default=float),
+                "source_rank": int(listed[0]) + 1 if listed.size else "",
+                "source_named_by_region": bool(stage.named[at, listed[0]]) if listed.size else "",
+                "flagged": bool(stage.flagged[at]),
+                "flag_p": float(stage.flag_p[at]),
+                "verified_score": float(verified.score),
+                "verified_file": found[0],
+                "verified_slice": found[1],
+                "verified_is_source": found == source,
+                "copy_box_iou": iou,
+            }
+        )
+    return rows
