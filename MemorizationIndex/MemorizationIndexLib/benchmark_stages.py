@@ -17,8 +17,8 @@ search named it, its flag and its best verified candidate, so a missed copy can 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
