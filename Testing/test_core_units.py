@@ -401,7 +401,7 @@ def test_a_single_persons_verified_null_keeps_the_slabs_next_to_the_held_out_one
     def recorded(queries, features, reference_rows, *args, **kwargs):
         held = queries.features["b"][:, 0].astype(int)  # each row's feature is its row number
         splits.append((held, np.asarray(reference_rows)))
-        return verified_null.VerifiedNull(*(np.zeros(len(held)) for _ in range(4)))
+        return verified_null.VerifiedNull(*(np.zeros(len(held)) for _ in range(5)))
 
     monkeypatch.setattr(verified_null, "verify_against", recorded)
     features = {"b": np.arange(40, dtype=np.float32)[:, None].repeat(4, axis=1)}

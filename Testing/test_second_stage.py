@@ -49,7 +49,8 @@ def test_only_noisy_slices_are_searched_smoothed(spine: dict[str, Path]) -> None
 
 def test_verified_p_values_are_calibrated_and_reach_small_values_above_the_null() -> None:
     rng = np.random.default_rng(0)
-    null = VerifiedNull(rng.beta(2, 12, 300), rng.random(300), np.full(300, np.nan), np.zeros(300))
+    scores = rng.beta(2, 12, 300)
+    null = VerifiedNull(scores, rng.random(300), np.full(300, np.nan), np.zeros(300), scores)
     fresh = rng.beta(2, 12, 200_000)
     p = null.verified_p(fresh, np.nan, 0.0)
     for alpha in (0.05, 0.01, 0.002):
@@ -66,7 +67,7 @@ def test_each_score_is_compared_with_the_null_band_of_its_roughness() -> None:
     rng = np.random.default_rng(0)
     roughness = np.concatenate([rng.uniform(0.05, 0.12, 300), rng.uniform(0.15, 0.35, 300)])
     scores = np.concatenate([rng.beta(6, 10, 300), rng.beta(2, 14, 300)])  # smooth slices score higher
-    null = VerifiedNull(scores, rng.random(600), roughness, np.zeros(600))
+    null = VerifiedNull(scores, rng.random(600), roughness, np.zeros(600), scores)
     bands = null.thresholds(1e-3)
     assert len(bands) == len(null.edges()) + 1 == 4  # MAX_BANDS bands of at least MIN_BAND scores
     assert bands[0]["roughness_from"] is None and bands[-1]["roughness_to"] is None
@@ -77,7 +78,7 @@ def test_each_score_is_compared_with_the_null_band_of_its_roughness() -> None:
     banded_smooth = (null.verified_p(smooth_novel, 0.08, 0.0) < 0.01).mean()
     assert banded_smooth <= 0.015 and (null.verified_p(sharp_novel, 0.3, 0.0) < 0.01).mean() <= 0.015
     pooled = VerifiedNull(
-        scores, rng.random(600), np.full(600, np.nan), np.zeros(600)
+        scores, rng.random(600), np.full(600, np.nan), np.zeros(600), scores
     )  # one band, as an index without roughness
     assert len(pooled.thresholds(1e-3)) == 1
     assert (pooled.verified_p(smooth_novel, np.nan, 0.0) < 0.01).mean() >= 2 * banded_smooth
@@ -93,7 +94,7 @@ def test_a_near_exact_part_is_tested_against_its_own_null() -> None:
     n = 600
     reproduced = np.where(rng.random(n) < 0.2, rng.beta(2, 20, n), 0.0)  # most null slices reproduce nothing
     scores = np.maximum(rng.beta(4, 14, n), reproduced)  # the score is the larger of its two parts
-    null = VerifiedNull(scores, rng.random(n), np.full(n, np.nan), reproduced)
+    null = VerifiedNull(scores, rng.random(n), np.full(n, np.nan), reproduced, scores)
     band = null.thresholds(1e-3)[0]
     assert band["reproduced_threshold"] < band["threshold"]
     quarter = np.array([0.5 * (band["reproduced_threshold"] + band["threshold"])])

@@ -441,6 +441,7 @@ def build_index_from_features(
             "verified_null_similarity": verified_null.global_similarity,
             "verified_null_roughness": verified_null.roughness,
             "verified_null_reproduced": verified_null.reproduced,
+            "verified_null_bent": verified_null.bent,
         }
     write_folder(
         out_dir, lambda tmp: _write_index(tmp, config, provenance, whiteners, indexes, calibration, thumbnails, regions)

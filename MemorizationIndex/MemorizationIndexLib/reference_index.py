@@ -261,6 +261,9 @@ class ReferenceIndex:
                     np.asarray(data["verified_null_similarity"], dtype=np.float64),
                     _roughness(data),
                     _reproduced(data),
+                    np.asarray(data["verified_null_bent"], dtype=np.float64)
+                    if "verified_null_bent" in data.files
+                    else np.asarray(data["verified_null_scores"], dtype=np.float64),
                 )
         if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
             raise UserError(f"index {path}: its calibration null is empty or not finite; rebuild it")

@@ -107,13 +107,15 @@ class Verified:
     """The best verified candidate of one query slice: ``row`` is its original reference row (-1 and
     score 0 when there was no candidate); ``roughness``: the query's grid roughness
     (``verification.roughness``, nan when it was not verified), which picks its verified null band;
-    ``reproduced``: the largest near-exact part (``Verification.reproduced``) among its verified candidates."""
+    ``reproduced``: the largest near-exact part (``Verification.reproduced``) among its verified candidates;
+    ``bent``: the largest bent score (``Verification.bent``) among them."""
 
     score: float
     row: int
     result: Verification | None
     roughness: float = math.nan
     reproduced: float = 0.0
+    bent: float = 0.0
 
 
 def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings, level: float = NOISY) -> np.ndarray:
@@ -317,8 +319,9 @@ def verify_slices(
             if results:
                 j = max(sorted(results), key=lambda position: results[position].score)  # the first of equal scores
                 reproduced = max(result.reproduced for result in results.values())
+                bent = max(result.bent for result in results.values())
                 verified[i] = Verified(
-                    float(results[j].score), listed[i][j], results[j], queries[i].roughness, reproduced
+                    float(results[j].score), listed[i][j], results[j], queries[i].roughness, reproduced, bent
                 )
         return verified
 
@@ -398,7 +401,9 @@ def _verify_in_candidate_squares(
     for (i, j, _), [again] in zip(wanted, results):
         first = found[i][j]
         best = again if again.score > first.score else first
-        found[i][j] = replace(best, reproduced=max(first.reproduced, again.reproduced))
+        found[i][j] = replace(
+            best, reproduced=max(first.reproduced, again.reproduced), bent=max(first.bent, again.bent)
+        )
 
 
 def _overlaps(square: tuple[tuple[int, int], int], slice2d: np.ndarray) -> bool:

@@ -37,6 +37,7 @@ import torch
 from scipy import fft, ndimage, sparse
 from skimage.exposure import equalize_hist
 from skimage.filters import window
+from skimage.registration import optical_flow_ilk
 from skimage.transform import resize
 
 from .encoders.tiles import FINE_STEP
@@ -84,6 +85,17 @@ SUBPIXEL = 10  # the scored hypotheses' translations are refined to 1 / SUBPIXEL
 # lattices can be off the move they share
 MOVED_SEARCH = GRID * FINE_STEP
 MOVED_WINDOW = GRID * FINE_STEP  # sigma (grid pixels) of the window about each of the two tiles they are compared in
+# A pair whose best hypothesis scores at least BEND_GATE is also bent onto its query and scored again
+# (``Verification.bent``): a generator's copy can be bent smoothly (an elastic warp, alone or stacked with a zoom, a
+# turn or noise), which no similarity map undoes. The bend is scikit-image's iterative Lucas-Kanade optical flow of
+# the aligned candidate (BEND_WARPS warps), averaged over BEND_SIGMA grid pixels (twice the correlation window: only
+# bends smoother than the windows that score agreement are undone) and cut to BEND_MAX grid pixels (1/16 of the
+# grid). Bending makes other people's anatomy agree more too, so the bent score is tested against the null's own bent
+# scores, beside the score and its near-exact part (``verified_null.VerifiedNull``; docs/method.md §7.34).
+BEND_GATE = 0.1
+BEND_SIGMA = 2.0 * WINDOW_SIGMA
+BEND_MAX = 4.0
+BEND_WARPS = 3
 CHUNK_PAIRS = 64  # query-candidate pairs verified together (docs/performance.md: faster than 32, 48, 96 or 128)
 GRID_BATCH = 64  # slices whose log-polar spectra are made together (:func:`to_grids`)
 
@@ -143,6 +155,8 @@ class Verification:
     reproduced: the share of the smaller foreground (at least EXACT_FLOOR grid pixels) reproduced near-exactly,
         over EXACT_SHARE (at most 1; the score's second part, which has a null of its own:
         ``verified_null.VerifiedNull``).
+    bent: the higher of the score and the score of the aligned candidate bent onto the query (BEND_GATE), which has
+        a null of its own too.
     """
 
     score: float
@@ -150,6 +164,7 @@ class Verification:
     mask: np.ndarray
     box: tuple[int, int, int, int] | None
     reproduced: float = 0.0
+    bent: float = 0.0
 
 
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
@@ -988,6 +1003,13 @@ def _verify_chunk(
             chosen[p] = s
     most_reproduced = np.zeros(len(ranks))
     np.maximum.at(most_reproduced, pair_of, reproduced)
+    bent = scores[chosen].astype(np.float64)
+    gated = np.flatnonzero(bent >= BEND_GATE)
+    if len(gated):
+        rows, at = chosen[gated], queries_at[chosen[gated]]
+        moved_on, moved_on_masks = _bent(images[at], masks[at], placed[rows], placed_masks[rows])
+        bent_scores, _, _ = _agreements(images[at], masks[at], moved_on, moved_on_masks, structured[rows])
+        bent[gated] = np.maximum(bent[gated], bent_scores)
     to_query = [np.linalg.inv(_grid_of(query)) for query in used]
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
@@ -997,9 +1019,37 @@ def _verify_chunk(
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
         mask = _to_slice(copied[chosen[p]], query)
-        found = Verification(float(scores[chosen[p]]), alignment, mask, bounding_box(mask), float(most_reproduced[p]))
+        found = Verification(
+            float(scores[chosen[p]]), alignment, mask, bounding_box(mask), float(most_reproduced[p]), float(bent[p])
+        )
         out[asked[q]].append(found)
     return out
+
+
+def _bent(
+    query: np.ndarray, query_masks: np.ndarray, placed: np.ndarray, placed_masks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned candidates' images and masks [n, GRID, GRID] bent onto their queries' (the same shapes): each one's
+    optical flow onto its query, averaged in Gaussian windows of BEND_SIGMA over the two foregrounds' overlap and cut
+    to BEND_MAX pixels, applied bilinearly, zeros outside (the bent mask above one half)."""
+    flows = np.stack([optical_flow_ilk(q, p, num_warp=BEND_WARPS) for q, p in zip(query, placed)]).astype(np.float32)
+    overlap = (query_masks & placed_masks).astype(np.float32)[:, None]
+    flows = _smoothed(flows * overlap, BEND_SIGMA, "constant") / np.maximum(
+        _smoothed(overlap, BEND_SIGMA, "constant"), 1e-3
+    )
+    flows *= np.minimum(1.0, BEND_MAX / np.maximum(np.hypot(flows[:, 0], flows[:, 1]), 1e-6))[:, None]
+    columns, rows = (ramp.reshape(GRID, GRID).numpy() for ramp in _base_grid())
+    to_unit = 2.0 / (GRID - 1)
+    sampling = np.stack([columns + flows[:, 1] * to_unit, rows + flows[:, 0] * to_unit], axis=-1)
+    with torch.no_grad():
+        moved = torch.nn.functional.grid_sample(
+            torch.from_numpy(np.stack([placed, placed_masks], axis=1).astype(np.float32)),
+            torch.from_numpy(sampling.astype(np.float32)),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=True,
+        ).numpy()
+    return moved[:, 0], moved[:, 1] > 0.5
 
 
 def _seen_in_place(places: np.ndarray, moves: np.ndarray) -> np.ndarray:

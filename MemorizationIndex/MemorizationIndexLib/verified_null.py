@@ -79,7 +79,7 @@ MAX_BANDS = 4
 class VerifiedNull:
     """Verified scores [n] of the null's slices, their global similarities [n], their grids'
     roughness [n] (``verification.roughness``; nan where a slice had no candidate) and their near-exact
-    parts [n] (``second_stage.Verified.reproduced``).
+    parts [n] (``second_stage.Verified.reproduced``) and their bent scores [n] (``second_stage.Verified.bent``).
 
     The null is split at quantiles of its roughness into bands of at least ``MIN_BAND`` scores (at most
     ``MAX_BANDS``; one band for a small null). In each band, verified p-values are empirical up to the
@@ -88,14 +88,15 @@ class VerifiedNull:
     small null (a few subjects give only a few hundred distinct held-out slices) still reach
     alpha = 1e-3 for scores far above it.
 
-    A slice is tested on its score and its near-exact part together, each scaled by its own null's tail in
-    the band (:class:`_Statistic`).
+    A slice is tested on its score, its near-exact part and its bent score together, each scaled by its own
+    null's tail in the band (:class:`_Statistic`).
     """
 
     scores: np.ndarray
     global_similarity: np.ndarray
     roughness: np.ndarray
     reproduced: np.ndarray
+    bent: np.ndarray
 
     def edges(self) -> np.ndarray:
         """The roughness values [bands - 1] that split the null into bands, ascending."""
@@ -109,29 +110,25 @@ class VerifiedNull:
         roughness = np.asarray(roughness, dtype=np.float64)
         return np.where(np.isnan(roughness), len(edges), np.searchsorted(edges, roughness, side="right"))
 
-    def band_scores(self, band: int) -> np.ndarray:
-        """The null's verified scores in one band."""
-        return self.scores[self.band(self.roughness) == band]
-
-    def band_reproduced(self, band: int) -> np.ndarray:
-        """The null's near-exact parts in one band."""
-        return self.reproduced[self.band(self.roughness) == band]
-
     def _band_statistic(self, band: int) -> _Statistic:
         """The combined statistic of one band (:class:`_Statistic`)."""
-        return _Statistic.of(self.band_scores(band), self.band_reproduced(band))
+        chosen = self.band(self.roughness) == band
+        return _Statistic.of(self.scores[chosen], self.reproduced[chosen], self.bent[chosen])
 
-    def verified_p(self, scores: np.ndarray, roughness: np.ndarray, reproduced: np.ndarray) -> np.ndarray:
-        """P-values of verified scores with their near-exact parts, against the null band of each one's
-        roughness (:class:`_Statistic`)."""
+    def verified_p(
+        self, scores: np.ndarray, roughness: np.ndarray, reproduced: np.ndarray, bent: np.ndarray | None = None
+    ) -> np.ndarray:
+        """P-values of verified scores with their near-exact parts and bent scores (None: not bent, the scores
+        themselves), against the null band of each one's roughness (:class:`_Statistic`)."""
         scores = np.asarray(scores, dtype=np.float64)
         reproduced = np.broadcast_to(np.asarray(reproduced, dtype=np.float64), scores.shape)
+        bent = scores if bent is None else np.broadcast_to(np.asarray(bent, dtype=np.float64), scores.shape)
         bands = self.band(np.broadcast_to(np.asarray(roughness, dtype=np.float64), scores.shape))
         p = np.ones(scores.shape)
         for band in np.unique(bands):
             chosen = bands == band
             statistic = self._band_statistic(int(band))
-            p[chosen] = _tail_p(statistic.null, statistic(scores[chosen], reproduced[chosen]))
+            p[chosen] = _tail_p(statistic.null, statistic(scores[chosen], reproduced[chosen], bent[chosen]))
         return p
 
     def verified_p_of(self, verified: Sequence[Verified]) -> np.ndarray:
@@ -140,18 +137,19 @@ class VerifiedNull:
             np.array([v.score for v in verified]),
             np.array([v.roughness for v in verified]),
             np.array([v.reproduced for v in verified]),
+            np.array([v.bent for v in verified]),
         )
 
     def thresholds(self, alpha: float) -> list[dict]:
         """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size,
         the verified score above which a slice of that band counts as a copy at ``alpha`` whatever its
-        near-exact part, and the near-exact part above which it does whatever its score (each at least
-        ``MIN_COPY_SCORE``)."""
+        near-exact part and bent score, the near-exact part above which it does whatever its score, and the bent
+        score above which it does (each at least ``MIN_COPY_SCORE``)."""
         edges = [None, *self.edges().tolist(), None]
         bands = []
         for band in range(len(edges) - 1):
             statistic = self._band_statistic(band)
-            score, part = statistic.levels(_tail_level(statistic.null, alpha))
+            score, part, bent = statistic.levels(_tail_level(statistic.null, alpha))
             bands.append(
                 {
                     "roughness_from": edges[band],
@@ -159,6 +157,7 @@ class VerifiedNull:
                     "n": int(len(statistic.null)),
                     "threshold": max(score, MIN_COPY_SCORE),
                     "reproduced_threshold": max(part, MIN_COPY_SCORE),
+                    "bent_threshold": max(bent, MIN_COPY_SCORE),
                 }
             )
         return bands
@@ -219,36 +218,39 @@ def _tail_level(null: np.ndarray, alpha: float) -> float:
 
 @dataclass(frozen=True)
 class _Statistic:
-    """The statistic a verified slice is tested on within one null band: the larger of its score and its
-    near-exact part, each in units of its own null's tail, (x − u) / scale with u the null's TAIL_QUANTILE and
-    scale its mean exceedance (the parts' at least the scores'; a near-exact part under ``MIN_COPY_SCORE`` does
-    not count). Other people's look-alike anatomy gives the scores a long tail while few of them reproduce a
-    region near-exactly, so a copied quarter whose score lies within the first tail can stand far above the
-    second; where the parts add nothing, the statistic is the score's (docs/method.md §7.19). ``null``: the
-    band's own values of it."""
+    """The statistic a verified slice is tested on within one null band: the largest of its score, its
+    near-exact part and its bent score, each in units of its own null's tail, (x − u) / scale with u the null's
+    TAIL_QUANTILE and scale its mean exceedance (the parts' and bent scores' at least the scores'; a near-exact part
+    under ``MIN_COPY_SCORE`` does not count). Other people's look-alike anatomy gives the scores a long tail while
+    few of them reproduce a region near-exactly, so a copied quarter whose score lies within the first tail can
+    stand far above the second (docs/method.md §7.19); bending makes look-alike anatomy agree more, so the bent
+    scores' tail is longer still, and a bent copy stands above it where its unbent score does not (§7.34). Where the
+    other parts add nothing, the statistic is the score's. ``null``: the band's own values of it."""
 
     score_tail: tuple[float, float]
     part_tail: tuple[float, float]
+    bent_tail: tuple[float, float]
     null: np.ndarray
 
     @classmethod
-    def of(cls, scores: np.ndarray, parts: np.ndarray) -> _Statistic:
-        """The statistic of a null band's scores and near-exact parts."""
-        (u, _, scale), (part_u, _, part_scale) = _tail(scores), _tail(parts)
+    def of(cls, scores: np.ndarray, parts: np.ndarray, bent: np.ndarray) -> _Statistic:
+        """The statistic of a null band's scores, near-exact parts and bent scores."""
+        (u, _, scale), (part_u, _, part_scale), (bent_u, _, bent_scale) = _tail(scores), _tail(parts), _tail(bent)
         # A null whose parts are (almost) all 0 says little about their spread: never finer than the scores'.
-        unfitted = cls((u, scale), (part_u, max(part_scale, scale)), np.zeros(0))
-        return replace(unfitted, null=unfitted(scores, parts))
+        unfitted = cls((u, scale), (part_u, max(part_scale, scale)), (bent_u, max(bent_scale, scale)), np.zeros(0))
+        return replace(unfitted, null=unfitted(scores, parts, bent))
 
-    def __call__(self, scores: np.ndarray, parts: np.ndarray) -> np.ndarray:
-        """The statistic [n] of scores and their near-exact parts [n]."""
-        (u, scale), (part_u, part_scale) = self.score_tail, self.part_tail
+    def __call__(self, scores: np.ndarray, parts: np.ndarray, bent: np.ndarray) -> np.ndarray:
+        """The statistic [n] of scores, their near-exact parts and their bent scores [n]."""
+        (u, scale), (part_u, part_scale), (bent_u, bent_scale) = self.score_tail, self.part_tail, self.bent_tail
         by_part = np.where(np.asarray(parts) >= MIN_COPY_SCORE, (np.asarray(parts) - part_u) / part_scale, -np.inf)
-        return np.maximum((np.asarray(scores, dtype=np.float64) - u) / scale, by_part)
+        by_bend = (np.asarray(bent, dtype=np.float64) - bent_u) / bent_scale
+        return np.maximum.reduce([(np.asarray(scores, dtype=np.float64) - u) / scale, by_part, by_bend])
 
-    def levels(self, level: float) -> tuple[float, float]:
-        """The score, and the near-exact part, at which the statistic reaches ``level``."""
-        (u, scale), (part_u, part_scale) = self.score_tail, self.part_tail
-        return u + scale * level, part_u + part_scale * level
+    def levels(self, level: float) -> tuple[float, float, float]:
+        """The score, the near-exact part and the bent score at which the statistic reaches ``level``."""
+        (u, scale), (part_u, part_scale), (bent_u, bent_scale) = self.score_tail, self.part_tail, self.bent_tail
+        return u + scale * level, part_u + part_scale * level, bent_u + bent_scale * level
 
 
 def evidence_p(verified_p: np.ndarray, verified_score: np.ndarray) -> np.ndarray:
@@ -366,6 +368,7 @@ def verify_against(
         np.asarray(as_cut.similarity, dtype=np.float64),
         np.array([v.roughness for v in verified], dtype=np.float64),
         np.array([v.reproduced for v in verified], dtype=np.float64),
+        np.array([v.bent for v in verified], dtype=np.float64),
     )
 
 
