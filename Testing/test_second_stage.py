@@ -107,6 +107,27 @@ def test_a_near_exact_part_is_tested_against_its_own_null() -> None:
         assert (p < alpha).mean() <= 2 * alpha, alpha
 
 
+def test_a_bent_score_is_tested_against_the_nulls_own_bent_scores() -> None:
+    """Bending raises other people's scores too, so the null's bent scores have a longer tail than its scores: a
+    bent copy above that tail is a copy whatever its aligned score, a bent score within it is not, and the combined
+    statistic stays calibrated."""
+    rng = np.random.default_rng(1)
+    n = 600
+    scores = rng.beta(3, 14, n)
+    bent = np.minimum(1.0, scores + rng.exponential(0.08, n))  # bending never lowers a score
+    null = VerifiedNull(scores, rng.random(n), np.full(n, np.nan), np.zeros(n), bent)
+    band = null.thresholds(1e-3)[0]
+    assert band["bent_threshold"] > band["threshold"]
+    low = np.array([0.25])
+    assert null.verified_p(low, np.nan, 0.0, np.array([band["bent_threshold"] + 0.02]))[0] < 1e-3
+    assert null.verified_p(low, np.nan, 0.0, np.array([band["threshold"]]))[0] > 1e-3
+    assert null.verified_p(low, np.nan, 0.0)[0] == null.verified_p(low, np.nan, 0.0, low)[0]  # None: not bent
+    fresh = rng.beta(3, 14, 200_000)
+    p = null.verified_p(fresh, np.nan, 0.0, np.minimum(1.0, fresh + rng.exponential(0.08, 200_000)))
+    for alpha in (0.05, 0.01, 0.002):
+        assert (p < alpha).mean() <= 2 * alpha, alpha
+
+
 def test_flag_p_is_twice_the_smaller_p_value_and_needs_a_fifth_of_the_slice_copied() -> None:
     global_p, verified_p = np.array([0.3, 0.0004, 0.9, 0.3]), np.array([0.01, 0.5, 0.8, 1e-6])
     scores = np.array([0.5, 0.1, 0.3, 0.15])  # the last is rare among the null but copies < 1/5

@@ -170,7 +170,7 @@ def score_slices(
 def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex) -> np.ndarray | None:
     """Copy a slice's best verified candidate into its score; returns its copy mask (None if empty)."""
     score.verified_score, score.roughness = verified.score, verified.roughness
-    score.verified_reproduced = verified.reproduced
+    score.verified_reproduced, score.verified_bent = verified.reproduced, verified.bent
     result = verified.result
     if result is None:
         return None
@@ -204,13 +204,15 @@ def finalize_flags(
     if stage.used:
         verified_null = index.verified_null
         verified_score = np.array([s.verified_score for s in scores])
-        roughness, reproduced = (
+        roughness, reproduced, bent = (
             np.array([s.roughness for s in scores]),
             np.array([s.verified_reproduced for s in scores]),
+            np.array([s.verified_bent for s in scores]),
         )
-        verified_p = verified_null.verified_p(verified_score, roughness, np.nan_to_num(reproduced))
-        evidence = evidence_p(verified_p, verified_score)
-        flag_p = combined_p(global_p, verified_p, verified_score) if check.global_flags_valid else evidence
+        bent = np.where(np.isnan(bent), verified_score, bent)  # a slice scored before the bend: not bent
+        verified_p = verified_null.verified_p(verified_score, roughness, np.nan_to_num(reproduced), bent)
+        evidence = evidence_p(verified_p, bent)
+        flag_p = combined_p(global_p, verified_p, bent) if check.global_flags_valid else evidence
     else:
         verified_p = np.full(len(scores), np.nan)
         flag_p = global_p if check.global_flags_valid else np.ones(len(scores))

@@ -39,6 +39,7 @@ VERIFICATION_COLUMNS = (
     "copy_box",
     "roughness",
     "verified_reproduced",
+    "verified_bent",
 )
 SLICE_COLUMNS = _GLOBAL_COLUMNS + VERIFICATION_COLUMNS
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
@@ -63,7 +64,9 @@ FOLDER_FORMAT = (
         "slice's verification grid roughness (smaller = smoother; nan when not verified), which picks the band "
         "of the verified null its verified_p comes from; verified_reproduced in [0, 1]: the verified score's "
         "near-exact part (the share of the smaller foreground, at least half the grid, reproduced near-exactly, "
-        "over verification.EXACT_SHARE), which verified_p also tests against a null of its own.",
+        "over verification.EXACT_SHARE), which verified_p also tests against a null of its own; verified_bent in "
+        "[0, 1]: the higher of the verified score and the score of the candidate bent onto the slice "
+        "(verification.BEND_GATE), which verified_p tests against the null's own bent scores.",
     ),
     ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
     (
@@ -117,6 +120,7 @@ class SliceScore:
     copy_box: tuple[int, int, int, int] | None = None
     roughness: float = math.nan
     verified_reproduced: float = math.nan
+    verified_bent: float = math.nan
 
     @property
     def verified(self) -> bool:
@@ -202,6 +206,7 @@ def slice_row(volume: str, score: SliceScore) -> list[str | int]:
         format_box(score.copy_box),
         format_value(score.roughness),
         format_value(score.verified_reproduced),
+        format_value(score.verified_bent),
     ]
 
 
@@ -379,6 +384,7 @@ def _verification_fields(record: dict[str, str]) -> dict[str, Any]:
         "copy_box": parse_box(get["copy_box"]),
         "roughness": float(get["roughness"]) if get["roughness"].strip() else math.nan,
         "verified_reproduced": _unit_or_nan(get["verified_reproduced"], "verified_reproduced"),
+        "verified_bent": _unit_or_nan(get["verified_bent"], "verified_bent"),
     }
 
 

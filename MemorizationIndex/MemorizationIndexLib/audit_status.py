@@ -27,6 +27,7 @@ class AuditStatus:
     verified_threshold: float | None = None
     sharpest_threshold: float | None = None
     reproduced_threshold: float | None = None
+    bent_threshold: float | None = None
     null_n: int | None = None
     calibrated: bool | None = None
     calibration_reason: str = ""
@@ -54,6 +55,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
     verification = summary.get("verification") or {}
     calibration = summary.get("calibration") or {}
     parts = [_number(band.get("reproduced_threshold")) for band in verification.get("bands") or []]
+    bends = [_number(band.get("bent_threshold")) for band in verification.get("bands") or []]
     holds = calibration.get("holds") if calibration else None
     return AuditStatus(
         alpha=float(summary["threshold"]["alpha"]),
@@ -63,6 +65,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
         verified_threshold=_number(verification.get("threshold")),
         sharpest_threshold=_number((verification.get("bands") or [{}])[-1].get("threshold")),
         reproduced_threshold=max((part for part in parts if part is not None), default=None),
+        bent_threshold=max((bend for bend in bends if bend is not None), default=None),
         null_n=verification.get("null_n"),
         calibrated=holds if calibration_holds is None else calibration_holds,
         calibration_reason=str(calibration.get("reason", "")),
@@ -96,6 +99,11 @@ def _verification_sentence(status: AuditStatus) -> str:
             threshold += (
                 " So is a slice whose region reproduced near-exactly scores above "
                 f"{status.reproduced_threshold:.3g} by itself (verified_reproduced)."
+            )
+        if status.bent_threshold is not None:
+            threshold += (
+                " So is a slice whose candidate, bent smoothly onto it, scores above "
+                f"{status.bent_threshold:.3g} (verified_bent)."
             )
     return f"Verification ran: every slice was aligned pixel by pixel with{against}.{threshold}"
 

@@ -636,11 +636,17 @@ def _part_text(reproduced: float) -> str:
     return f", near-exact part {reproduced:.3g}" if math.isfinite(reproduced) and reproduced > 0 else ""
 
 
+def _bent_text(score: float, bent: float) -> str:
+    """The bent score, when bending the candidate onto the slice scored higher than the alignment alone."""
+    return f", bent {bent:.3g}" if math.isfinite(bent) and bent > score else ""
+
+
 def _verified_line(r: SliceRow) -> str:
     if not r.verified:
         return ""
     return (
-        f"<br>verified score = {r.verified_score:.3g}{_part_text(r.verified_reproduced)} "
+        f"<br>verified score = {r.verified_score:.3g}{_part_text(r.verified_reproduced)}"
+        f"{_bent_text(r.verified_score, r.verified_bent)} "
         f"(p = {r.verified_p:.3g}; flag p = {r.flag_p:.3g}) "
         f"\u00b7 transform: {_e(copy_transform_text(r.copy_transposed, r.copy_angle, r.copy_scale))} "
         f"\u00b7 copy box: {_e(box_text(r.copy_box))}"

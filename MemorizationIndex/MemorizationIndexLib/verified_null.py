@@ -46,6 +46,10 @@ from .second_stage import (
     verify_slices,
 )
 from .verification import (
+    BEND_GATE,
+    BEND_MAX,
+    BEND_SIGMA,
+    BEND_WARPS,
     EXACT,
     EXACT_COHERENCE,
     EXACT_FLOOR,
@@ -184,7 +188,8 @@ def null_settings(regions: bool) -> dict:
         "subpixel": SUBPIXEL,
         "moved_in_place": [MOVED_SEARCH, MOVED_WINDOW] if regions else 0,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
-        "statistics": ["score", "near-exact part"],
+        "statistics": ["score", "near-exact part", "bent score"],
+        "bend": [BEND_GATE, BEND_SIGMA, BEND_MAX, BEND_WARPS],
         "null_blur": list(NULL_BLUR),
         "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block, whole view"] if regions else 0,
         "region_candidates": REGION_CANDIDATES if regions else 0,
