@@ -209,7 +209,6 @@ def finalize_flags(
             np.array([s.verified_reproduced for s in scores]),
             np.array([s.verified_bent for s in scores]),
         )
-        bent = np.where(np.isnan(bent), verified_score, bent)  # a slice scored before the bend: not bent
         verified_p = verified_null.verified_p(verified_score, roughness, np.nan_to_num(reproduced), bent)
         evidence = evidence_p(verified_p, bent)
         flag_p = combined_p(global_p, verified_p, bent) if check.global_flags_valid else evidence
