@@ -90,7 +90,7 @@ def test_scores_round_trip_through_the_files(tmp_path: Path) -> None:
     lines = (tmp_path / "new" / "audit" / "slices.csv").read_text(encoding="utf-8").split("\n")
     assert lines[0] == ",".join(SLICE_COLUMNS) and lines[-1] == ""
     assert (
-        lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6,nan,nan,nan,,-1,0,0,1,,nan,nan'
+        lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6,nan,nan,nan,,-1,0,0,1,,nan,nan,nan'
     )
     assert (
         (tmp_path / "new" / "audit" / "neighbors.csv")
@@ -178,7 +178,7 @@ def _verified_volumes() -> tuple[list[_Volume], dict[tuple[str, int], np.ndarray
     copy.copy_source, copy.copy_slice, copy.copy_transposed = "t,1.nii.gz", 9, True
     copy.copy_angle, copy.copy_scale, copy.copy_box = 90.0, 1.04, (2, 3, 10, 12)
     copy.roughness = 0.1234567
-    copy.verified_reproduced = 0.4567891
+    copy.verified_reproduced, copy.verified_bent = 0.4567891, 0.9123456
     mask = np.zeros((16, 20), dtype=bool)
     mask[2:10, 3:12] = True
     return volumes, {("gen/a.nii.gz", 3): mask, ('b "quoted".nrrd', 1): np.eye(5, dtype=bool)}
@@ -201,18 +201,18 @@ def test_verification_columns_and_copy_masks_round_trip(tmp_path: Path) -> None:
         1.04,
     )
     assert row.copy_box == (2, 3, 10, 12) and row.verified and row.roughness == 0.123457
-    assert row.verified_reproduced == 0.456789
+    assert (row.verified_reproduced, row.verified_bent) == (0.456789, 0.912346)
     plain = read.rows[0]
     assert np.isnan(plain.verified_score) and plain.copy_box is None and not plain.verified
     assert (plain.copy_source, plain.copy_slice, plain.copy_transposed, plain.copy_scale) == ("", -1, False, 1.0)
-    assert np.isnan(plain.roughness) and np.isnan(plain.verified_reproduced)
+    assert np.isnan(plain.roughness) and np.isnan(plain.verified_reproduced) and np.isnan(plain.verified_bent)
     assert set(read.copy_masks) == set(masks)
     for key, mask in masks.items():
         assert read.copy_masks[key].dtype == bool
         np.testing.assert_array_equal(read.copy_masks[key], mask)
     assert read.summary["verification"]["views"] == ["cut", "T"] and read.summary["calibration"]["holds"] is False
     line = (tmp_path / "slices.csv").read_text(encoding="utf-8").split("\n")[2]
-    assert line.endswith(',"t,1.nii.gz",9,1,90,1.04,2 3 10 12,0.123457,0.456789')
+    assert line.endswith(',"t,1.nii.gz",9,1,90,1.04,2 3 10 12,0.123457,0.456789,0.912346')
     with np.load(tmp_path / "copy_masks.npz") as data:
         assert sorted(data.files) == ["1", "3"]  # row numbers in slices.csv
 

@@ -210,8 +210,8 @@ def finalize_flags(
             np.array([s.verified_bent for s in scores]),
         )
         verified_p = verified_null.verified_p(verified_score, roughness, np.nan_to_num(reproduced), bent)
-        evidence = evidence_p(verified_p, bent)
-        flag_p = combined_p(global_p, verified_p, bent) if check.global_flags_valid else evidence
+        evidence = evidence_p(verified_p, verified_score)
+        flag_p = combined_p(global_p, verified_p, verified_score) if check.global_flags_valid else evidence
     else:
         verified_p = np.full(len(scores), np.nan)
         flag_p = global_p if check.global_flags_valid else np.ones(len(scores))
