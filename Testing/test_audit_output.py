@@ -90,7 +90,8 @@ def test_scores_round_trip_through_the_files(tmp_path: Path) -> None:
     lines = (tmp_path / "new" / "audit" / "slices.csv").read_text(encoding="utf-8").split("\n")
     assert lines[0] == ",".join(SLICE_COLUMNS) and lines[-1] == ""
     assert (
-        lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6,nan,nan,nan,,-1,0,0,1,,nan,nan,nan'
+        lines[2] == 'gen/a.nii.gz,3,0.617284,1.47222,0.95,-0.9,0.333333,1,"t,1.nii.gz",6,'
+        "nan,nan,nan,,-1,0,0,1,,nan,nan,nan"
     )
     assert (
         (tmp_path / "new" / "audit" / "neighbors.csv")

@@ -103,7 +103,7 @@ def _verification_sentence(status: AuditStatus) -> str:
         if status.bent_threshold is not None:
             threshold += (
                 " So is a slice whose candidate, bent smoothly onto it, scores above "
-                f"{status.bent_threshold:.3g} (verified_bent)."
+                f"{status.bent_threshold:.3g} (verified_bent), if a fifth of the slice agrees before the bend."
             )
     return f"Verification ran: every slice was aligned pixel by pixel with{against}.{threshold}"
 

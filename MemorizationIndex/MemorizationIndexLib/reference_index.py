@@ -261,9 +261,7 @@ class ReferenceIndex:
                     np.asarray(data["verified_null_similarity"], dtype=np.float64),
                     _roughness(data),
                     _reproduced(data),
-                    np.asarray(data["verified_null_bent"], dtype=np.float64)
-                    if "verified_null_bent" in data.files
-                    else np.asarray(data["verified_null_scores"], dtype=np.float64),
+                    _bent(data),
                 )
         if null_similarity.ndim != 1 or len(null_similarity) < 2 or not np.isfinite(null_similarity).all():
             raise UserError(f"index {path}: its calibration null is empty or not finite; rebuild it")
@@ -358,6 +356,14 @@ def _reproduced(calibration: np.lib.npyio.NpzFile) -> np.ndarray:
     if "verified_null_reproduced" in calibration.files:
         return np.asarray(calibration["verified_null_reproduced"], dtype=np.float64)
     return np.zeros(len(calibration["verified_null_scores"]))
+
+
+def _bent(calibration: np.lib.npyio.NpzFile) -> np.ndarray:
+    """The verified null's bent scores in calibration.npz; its scores for an index built before they were
+    recorded (such an index must be rebuilt to verify, ``index_verification.unavailable_reason``)."""
+    if "verified_null_bent" in calibration.files:
+        return np.asarray(calibration["verified_null_bent"], dtype=np.float64)
+    return np.asarray(calibration["verified_null_scores"], dtype=np.float64)
 
 
 def write_manifest(folder: Path) -> str:

@@ -148,7 +148,8 @@ class VerifiedNull:
         """Per band, smoothest first: its roughness range [from, to) (None at the open ends), its size,
         the verified score above which a slice of that band counts as a copy at ``alpha`` whatever its
         near-exact part and bent score, the near-exact part above which it does whatever its score, and the bent
-        score above which it does (each at least ``MIN_COPY_SCORE``)."""
+        score above which it does (each at least ``MIN_COPY_SCORE``; a flag also needs the score itself to reach
+        ``MIN_COPY_SCORE``, :func:`evidence_p`)."""
         edges = [None, *self.edges().tolist(), None]
         bands = []
         for band in range(len(edges) - 1):
