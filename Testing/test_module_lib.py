@@ -398,14 +398,16 @@ def test_summary_html(tmp_path):
             "verification": {
                 "used": True,
                 "threshold": 0.41,
-                "bands": [b | {"reproduced_threshold": 0.2} for b in bands],
+                "bands": [
+                    b | {"reproduced_threshold": 0.2, "bent_threshold": 0.5 + i / 10} for i, b in enumerate(bands)
+                ],
             },
         }
     )
-    assert two_parts.reproduced_threshold == 0.2
-    assert "region reproduced near-exactly scores above 0.2 by itself" in results_html.summary_html(
-        _summary(status=two_parts)
-    )
+    assert (two_parts.reproduced_threshold, two_parts.bent_threshold) == (0.2, 0.6)
+    text = results_html.summary_html(_summary(status=two_parts))
+    assert "region reproduced near-exactly scores above 0.2 by itself" in text
+    assert "bent smoothly onto it, scores above 0.6 (verified_bent), if a fifth of the slice agrees" in text
     banded = audit_status(
         {"threshold": {"alpha": 0.001}, "verification": {"used": True, "k": 6, "threshold": 0.41, "bands": bands}}
     )
@@ -416,3 +418,4 @@ def test_summary_html(tmp_path):
     assert one_band.sharpest_threshold is None
     assert "sharpest" not in results_html.summary_html(_summary(status=one_band))
     assert banded.reproduced_threshold is None and "near-exactly" not in text
+    assert banded.bent_threshold is None and "bent" not in text

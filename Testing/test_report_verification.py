@@ -67,6 +67,7 @@ def _write(out: Path, pixels: dict, *, verification: dict, calibration: dict, co
         copy_scale=1.0,
         copy_box=(4, 6, 20, 26),
         verified_reproduced=0.88,
+        verified_bent=0.97,
     )
     scores = [_score(k, 0.5 + 0.01 * k, False) for k in (0, 1, 3, 4, 5)]
     summary = {
@@ -120,7 +121,8 @@ def test_verified_copy_shows_mask_box_and_the_verified_training_slice(tmp_path: 
     assert "A verified score above 0.5 is a copy at \u03b1 = 0.001 on its own" in plain
     assert "The calibration holds for these inputs" in plain and "Flags combine the verified score" in plain
     first = text[text.index('id="ev1"') : text.index('id="ev2"')]
-    assert "verified score = 0.91, near-exact part 0.88" in first and "transposed, 90\u00b0, \u00d71.00" in first
+    assert "verified score = 0.91, near-exact part 0.88, bent 0.97 (p = " in first
+    assert "transposed, 90\u00b0, \u00d71.00" in first
     assert "copy box: rows 4\u201319, columns 6\u201325" in first and "t/copy.nii.gz" in first
     assert "pixel correlation r = 1.000" in first  # the training slice turned as verified is the query
     assert "verified training slice" in first and "query (copy marked)" in first
