@@ -401,13 +401,14 @@ def test_summary_html(tmp_path):
                 "bands": [
                     b | {"reproduced_threshold": 0.2, "bent_threshold": 0.5 + i / 10} for i, b in enumerate(bands)
                 ],
+                "min_copy_score": 0.25,
             },
         }
     )
     assert (two_parts.reproduced_threshold, two_parts.bent_threshold) == (0.2, 0.6)
     text = results_html.summary_html(_summary(status=two_parts))
     assert "region reproduced near-exactly scores above 0.2 by itself" in text
-    assert "bent smoothly onto it, scores above 0.6 (verified_bent), if a fifth of the slice agrees" in text
+    assert "scores above 0.6 (verified_bent), if its score before the bend is high enough (at least 0.25)." in text
     banded = audit_status(
         {"threshold": {"alpha": 0.001}, "verification": {"used": True, "k": 6, "threshold": 0.41, "bands": bands}}
     )

@@ -24,7 +24,7 @@ from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.second_stage import SliceGrids, noisy_slices, shortlist, verify_slices
 from MemorizationIndexLib.verification import to_grid
-from MemorizationIndexLib.verified_null import VerifiedNull, flag_p
+from MemorizationIndexLib.verified_null import MIN_COPY_SCORE, VerifiedNull, flag_p
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 
@@ -164,6 +164,7 @@ def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path]
 def test_transposed_copies_are_flagged_and_located(stage_audit: dict) -> None:
     out = stage_audit["out"]
     assert out.summary["verification"]["used"] is True, out.summary["verification"]
+    assert out.summary["verification"]["min_copy_score"] == MIN_COPY_SCORE  # the status sentence names it
     copies = out.rows[:3]
     assert all(row.flagged for row in copies), [(row.p_value, row.verified_score, row.flag_p) for row in copies]
     assert [row.copy_source for row in copies] == [stage_audit["source"]] * 3

@@ -26,7 +26,7 @@ from .region_search import Tiles
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .search import Neighbours
 from .second_stage import VIEWS, Verified, search_depth
-from .verified_null import evidence_p
+from .verified_null import MIN_COPY_SCORE, evidence_p
 from .verified_null import flag_p as combined_p
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
@@ -391,7 +391,11 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
     }
     if null is None:
         return block
-    return block | {"threshold": null.threshold(alpha / 2), "bands": null.thresholds(alpha / 2)}
+    return block | {
+        "threshold": null.threshold(alpha / 2),
+        "bands": null.thresholds(alpha / 2),
+        "min_copy_score": MIN_COPY_SCORE,
+    }
 
 
 def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:

@@ -79,8 +79,10 @@ FOLDER_FORMAT = (
         "threshold: float (verified score above which a slice is flagged on verification alone at alpha / 2, "
         "the Bonferroni share, whatever its roughness), bands: [{roughness_from, roughness_to (null at the open "
         "ends), n, threshold, reproduced_threshold (the near-exact part above which a slice is flagged whatever "
-        "its score; absent before it)}] (the same per band of the verified null, smoothest first; absent before "
-        "bands)}, "
+        "its score; absent before it), bent_threshold (the bent score above which a slice is flagged whatever its "
+        "score; absent before it)}] (the same per band of the verified null, smoothest first; absent before "
+        "bands), min_copy_score: float (the verified score before any bend that a flag on verification needs at "
+        "least; absent before it)}, "
         '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
@@ -471,6 +473,7 @@ _STATUS_BLOCKS = {  # block: {key: (types, required)}
         "views": (list, False),
         "null_n": (int, False),
         "threshold": (_NUMBER, False),
+        "min_copy_score": (_NUMBER, False),
     },
     "calibration": {
         "holds": (bool, True),

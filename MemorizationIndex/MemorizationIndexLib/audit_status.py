@@ -28,6 +28,7 @@ class AuditStatus:
     sharpest_threshold: float | None = None
     reproduced_threshold: float | None = None
     bent_threshold: float | None = None
+    min_copy_score: float | None = None
     null_n: int | None = None
     calibrated: bool | None = None
     calibration_reason: str = ""
@@ -66,6 +67,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
         sharpest_threshold=_number((verification.get("bands") or [{}])[-1].get("threshold")),
         reproduced_threshold=max((part for part in parts if part is not None), default=None),
         bent_threshold=max((bend for bend in bends if bend is not None), default=None),
+        min_copy_score=_number(verification.get("min_copy_score")),
         null_n=verification.get("null_n"),
         calibrated=holds if calibration_holds is None else calibration_holds,
         calibration_reason=str(calibration.get("reason", "")),
@@ -101,9 +103,10 @@ def _verification_sentence(status: AuditStatus) -> str:
                 f"{status.reproduced_threshold:.3g} by itself (verified_reproduced)."
             )
         if status.bent_threshold is not None:
+            unbent = "" if status.min_copy_score is None else f" (at least {status.min_copy_score:.3g})"
             threshold += (
                 " So is a slice whose candidate, bent smoothly onto it, scores above "
-                f"{status.bent_threshold:.3g} (verified_bent), if a fifth of the slice agrees before the bend."
+                f"{status.bent_threshold:.3g} (verified_bent), if its score before the bend is high enough{unbent}."
             )
     return f"Verification ran: every slice was aligned pixel by pixel with{against}.{threshold}"
 
