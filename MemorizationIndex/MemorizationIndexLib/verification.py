@@ -57,7 +57,7 @@ EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-ex
 # Structure-tensor coherence from which a pixel's neighbourhood is one straight edge: such windows correlate near 1
 # with any parallel edge, whoever's it is, so they are not counted as reproduced near-exactly (method.md §7.22).
 EXACT_COHERENCE = 0.9
-SCALE_RANGE = (0.6, 1.7)  # scales outside are not proposed by the log-polar estimate (method.md §7.12)
+SCALE_RANGE = (0.45, 2.2)  # scales outside are not proposed by the log-polar estimate (method.md §7.12, §7.36)
 # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`, :func:`_moved_shifts`, :func:`_seen_in_place`)
 SCORED = "best-ranked, in place, in place moved where the region tiles say, exactly in place where they say in place"
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
