@@ -402,13 +402,15 @@ def test_summary_html(tmp_path):
                     b | {"reproduced_threshold": 0.2, "bent_threshold": 0.5 + i / 10} for i, b in enumerate(bands)
                 ],
                 "min_copy_score": 0.25,
+                "min_bent_score": 0.45,
             },
         }
     )
     assert (two_parts.reproduced_threshold, two_parts.bent_threshold) == (0.2, 0.6)
     text = results_html.summary_html(_summary(status=two_parts))
     assert "region reproduced near-exactly scores above 0.2 by itself" in text
-    assert "scores above 0.6 (verified_bent), if its score before the bend is high enough (at least 0.25)." in text
+    floors = "if its score before the bend is at least 0.25 or its bent score at least 0.45."
+    assert f"scores above 0.6 (verified_bent), {floors}" in text
     banded = audit_status(
         {"threshold": {"alpha": 0.001}, "verification": {"used": True, "k": 6, "threshold": 0.41, "bands": bands}}
     )

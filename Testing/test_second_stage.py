@@ -24,7 +24,7 @@ from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.second_stage import SliceGrids, noisy_slices, shortlist, verify_slices
 from MemorizationIndexLib.verification import to_grid
-from MemorizationIndexLib.verified_null import MIN_COPY_SCORE, VerifiedNull, flag_p
+from MemorizationIndexLib.verified_null import MIN_BENT_SCORE, MIN_COPY_SCORE, VerifiedNull, flag_p
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 
@@ -131,7 +131,15 @@ def test_a_bent_score_is_tested_against_the_nulls_own_bent_scores() -> None:
 def test_flag_p_is_twice_the_smaller_p_value_and_needs_a_fifth_of_the_slice_copied() -> None:
     global_p, verified_p = np.array([0.3, 0.0004, 0.9, 0.3]), np.array([0.01, 0.5, 0.8, 1e-6])
     scores = np.array([0.5, 0.1, 0.3, 0.15])  # the last is rare among the null but copies < 1/5
-    assert flag_p(global_p, verified_p, scores).tolist() == pytest.approx([0.02, 0.0008, 1, 0.6])
+    assert flag_p(global_p, verified_p, scores, scores).tolist() == pytest.approx([0.02, 0.0008, 1, 0.6])
+
+
+def test_a_bent_score_of_twice_the_floor_is_evidence_whatever_the_score_before_the_bend() -> None:
+    global_p, verified_p = np.full(4, 0.3), np.full(4, 1e-6)  # each rare among the null
+    scores = np.full(4, 0.15)  # under MIN_COPY_SCORE before the bend
+    bent = np.array([0.15, MIN_BENT_SCORE - 0.01, MIN_BENT_SCORE, 1.0])
+    assert MIN_BENT_SCORE == 2 * MIN_COPY_SCORE
+    assert flag_p(global_p, verified_p, scores, bent).tolist() == pytest.approx([0.6, 0.6, 2e-6, 2e-6])
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +173,7 @@ def test_transposed_copies_are_flagged_and_located(stage_audit: dict) -> None:
     out = stage_audit["out"]
     assert out.summary["verification"]["used"] is True, out.summary["verification"]
     assert out.summary["verification"]["min_copy_score"] == MIN_COPY_SCORE  # the status sentence names it
+    assert out.summary["verification"]["min_bent_score"] == MIN_BENT_SCORE
     copies = out.rows[:3]
     assert all(row.flagged for row in copies), [(row.p_value, row.verified_score, row.flag_p) for row in copies]
     assert [row.copy_source for row in copies] == [stage_audit["source"]] * 3

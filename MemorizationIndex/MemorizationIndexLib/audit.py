@@ -26,7 +26,7 @@ from .region_search import Tiles
 from .scoring import Threshold, mi_from_z, oni_from_z
 from .search import Neighbours
 from .second_stage import VIEWS, Verified, search_depth
-from .verified_null import MIN_COPY_SCORE, evidence_p
+from .verified_null import MIN_BENT_SCORE, MIN_COPY_SCORE, evidence_p
 from .verified_null import flag_p as combined_p
 from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
 
@@ -210,8 +210,8 @@ def finalize_flags(
             np.array([s.verified_bent for s in scores]),
         )
         verified_p = verified_null.verified_p(verified_score, roughness, np.nan_to_num(reproduced), bent)
-        evidence = evidence_p(verified_p, verified_score)
-        flag_p = combined_p(global_p, verified_p, verified_score) if check.global_flags_valid else evidence
+        evidence = evidence_p(verified_p, verified_score, bent)
+        flag_p = combined_p(global_p, verified_p, verified_score, bent) if check.global_flags_valid else evidence
     else:
         verified_p = np.full(len(scores), np.nan)
         flag_p = global_p if check.global_flags_valid else np.ones(len(scores))
@@ -395,6 +395,7 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
         "threshold": null.threshold(alpha / 2),
         "bands": null.thresholds(alpha / 2),
         "min_copy_score": MIN_COPY_SCORE,
+        "min_bent_score": MIN_BENT_SCORE,
     }
 
 

@@ -82,7 +82,8 @@ FOLDER_FORMAT = (
         "its score; absent before it), bent_threshold (the bent score above which a slice is flagged whatever its "
         "score; absent before it)}] (the same per band of the verified null, smoothest first; absent before "
         "bands), min_copy_score: float (the verified score before any bend that a flag on verification needs at "
-        "least; absent before it)}, "
+        "least unless its bent score reaches min_bent_score; absent before it), min_bent_score: float (absent "
+        "before it)}, "
         '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
@@ -474,6 +475,7 @@ _STATUS_BLOCKS = {  # block: {key: (types, required)}
         "null_n": (int, False),
         "threshold": (_NUMBER, False),
         "min_copy_score": (_NUMBER, False),
+        "min_bent_score": (_NUMBER, False),
     },
     "calibration": {
         "holds": (bool, True),

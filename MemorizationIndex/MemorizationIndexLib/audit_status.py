@@ -29,6 +29,7 @@ class AuditStatus:
     reproduced_threshold: float | None = None
     bent_threshold: float | None = None
     min_copy_score: float | None = None
+    min_bent_score: float | None = None
     null_n: int | None = None
     calibrated: bool | None = None
     calibration_reason: str = ""
@@ -68,6 +69,7 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
         reproduced_threshold=max((part for part in parts if part is not None), default=None),
         bent_threshold=max((bend for bend in bends if bend is not None), default=None),
         min_copy_score=_number(verification.get("min_copy_score")),
+        min_bent_score=_number(verification.get("min_bent_score")),
         null_n=verification.get("null_n"),
         calibrated=holds if calibration_holds is None else calibration_holds,
         calibration_reason=str(calibration.get("reason", "")),
@@ -103,12 +105,21 @@ def _verification_sentence(status: AuditStatus) -> str:
                 f"{status.reproduced_threshold:.3g} by itself (verified_reproduced)."
             )
         if status.bent_threshold is not None:
-            unbent = "" if status.min_copy_score is None else f" (at least {status.min_copy_score:.3g})"
             threshold += (
                 " So is a slice whose candidate, bent smoothly onto it, scores above "
-                f"{status.bent_threshold:.3g} (verified_bent), if its score before the bend is high enough{unbent}."
+                f"{status.bent_threshold:.3g} (verified_bent), {_bend_floor(status)}."
             )
     return f"Verification ran: every slice was aligned pixel by pixel with{against}.{threshold}"
+
+
+def _bend_floor(status: AuditStatus) -> str:
+    """The clause on what a bent score needs besides its threshold (summary.json's floors, when it has them)."""
+    if status.min_copy_score is None:
+        return "if its score before the bend is high enough"
+    unbent = f"if its score before the bend is at least {status.min_copy_score:.3g}"
+    return (
+        unbent if status.min_bent_score is None else f"{unbent} or its bent score at least {status.min_bent_score:.3g}"
+    )
 
 
 def _calibration_sentence(status: AuditStatus) -> str:

@@ -100,7 +100,12 @@ def score_two_stage(
         slices, shortlisted.rows, grids, index.preprocessing, places=shortlisted.places, framed=shortlisted.framed
     )
     verified_p = index.verified_null.verified_p_of(verified)
-    flag_p = combined_p(np.array([r["p_value"] for r in rows]), verified_p, np.array([v.score for v in verified]))
+    flag_p = combined_p(
+        np.array([r["p_value"] for r in rows]),
+        verified_p,
+        np.array([v.score for v in verified]),
+        np.array([v.bent for v in verified]),
+    )
     named = np.isfinite(shortlisted.places).all(axis=-1)
     return TwoStage(flag_p, flag_p < alpha, verified, shortlisted.rows, as_cut.similarity, named)
 
