@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from skimage.transform import resize
+from scipy import ndimage
+from skimage.transform import resize, rotate
 
 from MemorizationIndexLib import second_stage
 from MemorizationIndexLib.audit import audit_paths
@@ -204,6 +205,42 @@ def test_half_copies_are_flagged_with_their_source_and_located_in_the_copied_hal
         top, _, bottom, _ = row.copy_box
         inside = max(0, min(bottom, stage_audit["half"]) - top) / (bottom - top)
         assert inside > 0.8, (row.copy_box, stage_audit["half"])
+
+
+def _bent_and_turned(slice2d: np.ndarray, wavelength: float, amplitude: float, degrees: float) -> np.ndarray:
+    """The slice (scaled to its maximum) bent by a sinusoidal displacement field (wavelength and largest displacement
+    as fractions of the side), then turned."""
+    unit = slice2d.astype(np.float64) / float(slice2d.max())
+    rows, cols = np.mgrid[: unit.shape[0], : unit.shape[1]].astype(np.float64)
+    shift = amplitude * min(unit.shape)
+    bent = ndimage.map_coordinates(
+        unit,
+        [
+            rows + shift * np.sin(2 * np.pi * cols / (wavelength * unit.shape[1])),
+            cols + shift * np.cos(2 * np.pi * rows / (wavelength * unit.shape[0])),
+        ],
+        order=1,
+        mode="constant",
+    )
+    return rotate(bent, degrees).astype(np.float32)
+
+
+def test_a_copy_that_agrees_only_once_bent_is_flagged_on_its_bent_score(
+    stage_audit: dict, spine: dict[str, Path], tmp_path: Path
+) -> None:
+    """A training slice bent and turned by 15 degrees aligns rigidly to under a fifth of itself but agrees once bent:
+    its bent score is evidence by itself (MIN_BENT_SCORE); the same edit of another person's slice is not flagged."""
+    index: ReferenceIndex = stage_audit["index"]
+    axis = index.provenance.array_axis[0]
+    source = image_slices(read_image(spine["02"]), axis)[4]
+    novel = [image_slices(read_image(spine["06"]), axis)[k] for k in (4, 8)]
+    queries = [_bent_and_turned(s, 0.7, 0.04, -15.0) for s in [source, *novel]]
+    np.save(tmp_path / "bent.npy", np.stack(queries))
+    audit_paths(index, [tmp_path / "bent.npy"], tmp_path / "out")
+    copy, *others = read_audit(tmp_path / "out").rows
+    assert copy.verified_score < MIN_COPY_SCORE <= MIN_BENT_SCORE <= copy.verified_bent, copy
+    assert copy.flagged and (copy.copy_source, copy.copy_slice) == (stage_audit["source"], 4), copy
+    assert not any(row.flagged for row in others), [(row.verified_score, row.verified_bent) for row in others]
 
 
 def test_second_stage_says_why_it_cannot_run(stage_audit: dict, tmp_path: Path) -> None:
