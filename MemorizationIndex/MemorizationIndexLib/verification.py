@@ -60,6 +60,7 @@ EXACT_COHERENCE = 0.9
 SCALE_RANGE = (0.45, 2.2)  # scales outside are not proposed by the log-polar estimate (method.md §7.12, §7.36)
 # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`, :func:`_moved_shifts`, :func:`_seen_in_place`)
 SCORED = "best-ranked, in place, in place moved where the region tiles say, exactly in place where they say in place"
+LOOSE_SHARE = "of the candidate's whole foreground at its scale"  # what loose agreement is a share of (_agreements)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
@@ -611,6 +612,7 @@ def _agreements(
     moved: np.ndarray,
     moved_mask: np.ndarray,
     two_dimensional: np.ndarray | None = None,
+    whole: np.ndarray | None = None,
 ) -> tuple:
     """Scores [n], copy masks [n, GRID, GRID] (grid pixels) and the near-exact part of the scores [n] of
     aligned candidates against their queries' images and masks [n, GRID, GRID]. The score is the larger of
@@ -619,7 +621,10 @@ def _agreements(
 
     - the largest agreeing region, each of its pixels counted by how far its local correlation rises
       above AGREEMENT (1 for a perfect match, :func:`_strength`): another person's loosely similar
-      anatomy counts less than an exact (partial) copy;
+      anatomy counts less than an exact (partial) copy. Given ``whole`` [n], each candidate's whole foreground
+      in grid pixels at its hypothesis' scale, this share is of the smaller of the query's foreground and that
+      (not only of the part the alignment leaves on the grid): a candidate moved mostly off the grid agrees
+      loosely in a corner by chance (method.md §7.40);
     - the largest region reproduced near-exactly (:func:`_exact_regions`), over EXACT_SHARE and at most
       1: a copied quarter or patch scores by itself, not diluted by the rest of the slice (its share is of
       EXACT_FLOOR grid pixels at least: the grid enlarges a small foreground to its size).
@@ -639,7 +644,10 @@ def _agreements(
     if some.any():
         exact[some] = _largest_regions(exact[some])
     smaller = np.maximum(np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2))), 1)
-    weighted = (_strength(correlation) * largest).sum(axis=(1, 2)) / smaller
+    loose = smaller
+    if whole is not None:
+        loose = np.maximum(np.minimum(mask.sum(axis=(1, 2)), np.maximum(whole, moved_mask.sum(axis=(1, 2)))), 1)
+    weighted = (_strength(correlation) * largest).sum(axis=(1, 2)) / loose
     # The grid enlarges a small foreground to its size: a near-exact share of it is weighed as one of EXACT_FLOOR.
     reproduced = np.minimum(exact.sum(axis=(1, 2)) / np.maximum(smaller, EXACT_FLOOR) / EXACT_SHARE, 1.0)
     by_exact = reproduced > weighted
@@ -996,7 +1004,10 @@ def _verify_chunk(
     placed, placed_masks = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
     queries_at = owner[scored]
     structured = _two_dimensional(images)[queries_at]  # once per query, not per scored hypothesis
-    scores, copied, reproduced = _agreements(images[queries_at], masks[queries_at], placed, placed_masks, structured)
+    whole = unique[pairs.candidate[scored // _HYPOTHESES], 1].sum(axis=(1, 2)) * scales[scored] ** 2
+    scores, copied, reproduced = _agreements(
+        images[queries_at], masks[queries_at], placed, placed_masks, structured, whole
+    )
     chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless another scores higher
     for s, p in enumerate(pair_of):
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
@@ -1008,7 +1019,7 @@ def _verify_chunk(
     if len(gated):
         rows, at = chosen[gated], queries_at[chosen[gated]]
         moved_on, moved_on_masks = _bent(images[at], masks[at], placed[rows], placed_masks[rows])
-        bent_scores, _, _ = _agreements(images[at], masks[at], moved_on, moved_on_masks, structured[rows])
+        bent_scores, _, _ = _agreements(images[at], masks[at], moved_on, moved_on_masks, structured[rows], whole[rows])
         bent[gated] = np.maximum(bent[gated], bent_scores)
     to_query = [np.linalg.inv(_grid_of(query)) for query in used]
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
