@@ -278,7 +278,9 @@ def test_a_small_foreground_reproduced_near_exactly_is_weighed_as_half_the_grid(
         mask = np.zeros((1, GRID, GRID), dtype=bool)
         mask[0, 2 : 2 + side, 2 : 2 + side] = True
         image = np.where(mask, texture, 0.0).astype(np.float32)
-        scores, _, part = verification._agreements(image, mask, image.copy(), mask.copy())
+        whole = mask.sum(axis=(1, 2)).astype(np.float64)  # the candidate is the slice itself, in place
+        two_dimensional = verification._two_dimensional(image)
+        scores, _, part = verification._agreements(image, mask, image.copy(), mask.copy(), two_dimensional, whole)
         exact = verification._exact_regions(np.ones_like(image), mask).sum()
         share_of = max(side * side, verification.EXACT_FLOOR)
         assert part[0] == pytest.approx(min(exact / share_of / verification.EXACT_SHARE, 1.0), rel=0.02), side

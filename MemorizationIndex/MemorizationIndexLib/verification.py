@@ -611,8 +611,8 @@ def _agreements(
     mask: np.ndarray,
     moved: np.ndarray,
     moved_mask: np.ndarray,
-    two_dimensional: np.ndarray | None = None,
-    whole: np.ndarray | None = None,
+    two_dimensional: np.ndarray,
+    whole: np.ndarray,
 ) -> tuple:
     """Scores [n], copy masks [n, GRID, GRID] (grid pixels) and the near-exact part of the scores [n] of
     aligned candidates against their queries' images and masks [n, GRID, GRID]. The score is the larger of
@@ -621,7 +621,7 @@ def _agreements(
 
     - the largest agreeing region, each of its pixels counted by how far its local correlation rises
       above AGREEMENT (1 for a perfect match, :func:`_strength`): another person's loosely similar
-      anatomy counts less than an exact (partial) copy. Given ``whole`` [n], each candidate's whole foreground
+      anatomy counts less than an exact (partial) copy. With ``whole`` [n], each candidate's whole foreground
       in grid pixels at its hypothesis' scale, this share is of the smaller of the query's foreground and that
       (not only of the part the alignment leaves on the grid): a candidate moved mostly off the grid agrees
       loosely in a corner by chance (method.md §7.40);
@@ -631,22 +631,19 @@ def _agreements(
 
     The copy mask is the largest agreeing region, or, when the near-exact share scores higher, the
     agreeing region that holds the near-exact one (its inset does not shrink the map). ``two_dimensional``:
-    :func:`_two_dimensional` of ``image`` (made here when None; a caller scoring several hypotheses of one
-    query makes it once per query)."""
+    :func:`_two_dimensional` of ``image`` (a caller scoring several hypotheses of one query makes it once per
+    query)."""
     overlap = mask & moved_mask
     correlation = local_correlation(image, moved, overlap)
     agree = _closed(correlation >= AGREEMENT) & overlap
     agree &= (overlap.sum(axis=(1, 2)) >= GRID * GRID // 50)[:, None, None]
     largest = _largest_regions(agree)
-    structured = _two_dimensional(image) if two_dimensional is None else two_dimensional
-    exact = _exact_regions(correlation, overlap) & agree & structured
+    exact = _exact_regions(correlation, overlap) & agree & two_dimensional
     some = exact.any(axis=(1, 2))  # most pairs have no near-exact pixel: only the others are labelled
     if some.any():
         exact[some] = _largest_regions(exact[some])
     smaller = np.maximum(np.minimum(mask.sum(axis=(1, 2)), moved_mask.sum(axis=(1, 2))), 1)
-    loose = smaller
-    if whole is not None:
-        loose = np.maximum(np.minimum(mask.sum(axis=(1, 2)), np.maximum(whole, moved_mask.sum(axis=(1, 2)))), 1)
+    loose = np.maximum(np.minimum(mask.sum(axis=(1, 2)), np.maximum(whole, moved_mask.sum(axis=(1, 2)))), 1)
     weighted = (_strength(correlation) * largest).sum(axis=(1, 2)) / loose
     # The grid enlarges a small foreground to its size: a near-exact share of it is weighed as one of EXACT_FLOOR.
     reproduced = np.minimum(exact.sum(axis=(1, 2)) / np.maximum(smaller, EXACT_FLOOR) / EXACT_SHARE, 1.0)
