@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from scipy import ndimage
+from bend_helpers import bent_copy
 from skimage.transform import resize, rotate
 
 from MemorizationIndexLib import second_stage
@@ -207,24 +207,6 @@ def test_half_copies_are_flagged_with_their_source_and_located_in_the_copied_hal
         assert inside > 0.8, (row.copy_box, stage_audit["half"])
 
 
-def _bent_and_turned(slice2d: np.ndarray, wavelength: float, amplitude: float, degrees: float) -> np.ndarray:
-    """The slice (scaled to its maximum) bent by a sinusoidal displacement field (wavelength and largest displacement
-    as fractions of the side), then turned."""
-    unit = slice2d.astype(np.float64) / float(slice2d.max())
-    rows, cols = np.mgrid[: unit.shape[0], : unit.shape[1]].astype(np.float64)
-    shift = amplitude * min(unit.shape)
-    bent = ndimage.map_coordinates(
-        unit,
-        [
-            rows + shift * np.sin(2 * np.pi * cols / (wavelength * unit.shape[1])),
-            cols + shift * np.cos(2 * np.pi * rows / (wavelength * unit.shape[0])),
-        ],
-        order=1,
-        mode="constant",
-    )
-    return rotate(bent, degrees).astype(np.float32)
-
-
 def test_a_copy_that_agrees_only_once_bent_is_flagged_on_its_bent_score(
     stage_audit: dict, spine: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -234,7 +216,8 @@ def test_a_copy_that_agrees_only_once_bent_is_flagged_on_its_bent_score(
     axis = index.provenance.array_axis[0]
     source = image_slices(read_image(spine["02"]), axis)[4]
     novel = [image_slices(read_image(spine["06"]), axis)[k] for k in (4, 8)]
-    queries = [_bent_and_turned(s, 0.7, 0.04, -15.0) for s in [source, *novel]]
+    # Turned with zeros outside: an edge-padded turn smears the field-filling slice's border.
+    queries = [rotate(bent_copy(s / float(s.max()), 0.7, 0.04, 0.0), -15.0) for s in [source, *novel]]
     np.save(tmp_path / "bent.npy", np.stack(queries))
     audit_paths(index, [tmp_path / "bent.npy"], tmp_path / "out")
     copy, *others = read_audit(tmp_path / "out").rows

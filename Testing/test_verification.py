@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bend_helpers import bent_copy
 from scipy import ndimage
 from skimage.filters import difference_of_gaussians, window
 from skimage.transform import resize
@@ -685,31 +686,13 @@ def test_a_patch_moved_elsewhere_is_found_where_the_region_tiles_say(shared_data
     assert found.box is not None and _box_iou(found.box, box) >= 0.5, (found.box, box)
 
 
-def _bent_copy(source: np.ndarray, wavelength: float, amplitude: float, degrees: float) -> np.ndarray:
-    """The slice bent by a sinusoidal displacement field (wavelength and largest displacement as fractions of the
-    side), then turned."""
-    h, w = source.shape
-    rows, cols = np.mgrid[:h, :w].astype(np.float64)
-    shift = amplitude * min(h, w)
-    bent = ndimage.map_coordinates(
-        source,
-        [
-            rows + shift * np.sin(2 * np.pi * cols / (wavelength * w)),
-            cols + shift * np.cos(2 * np.pi * rows / (wavelength * h)),
-        ],
-        order=1,
-        mode="constant",
-    )
-    return rotate(bent, degrees).astype(np.float32)
-
-
 def test_a_bent_copy_scores_higher_bent_than_aligned(pair):
     """A copy bent smoothly and turned: no similarity map undoes the bend, bending the candidate onto it does
     (scores 0.13–0.53 aligned, 0.69–1 bent, when written). The bent score is never below the score, and another
     person's slice at the same position stays far under the copies."""
     source, other = pair
     bends = [(0.7, 0.02, 5.0), (0.6, 0.02, 0.0), (0.9, 0.03, 3.0)]
-    found = [verify_candidates(_bent_copy(source, *bend), [source, other]) for bend in bends]
+    found = [verify_candidates(bent_copy(source, *bend), [source, other]) for bend in bends]
     for copy, stranger in found:
         assert copy.bent >= copy.score and stranger.bent >= stranger.score
     assert min(copy.bent - copy.score for copy, _ in found) > 0.15
