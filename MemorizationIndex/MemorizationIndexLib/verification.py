@@ -37,10 +37,10 @@ import torch
 from scipy import fft, ndimage, sparse
 from skimage.exposure import equalize_hist
 from skimage.filters import window
-from skimage.registration import optical_flow_ilk
 from skimage.transform import resize
 
 from .encoders.tiles import FINE_STEP
+from .optical_flow import batched_ilk
 from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
@@ -88,11 +88,12 @@ MOVED_SEARCH = GRID * FINE_STEP
 MOVED_WINDOW = GRID * FINE_STEP  # sigma (grid pixels) of the window about each of the two tiles they are compared in
 # A pair whose best hypothesis scores at least BEND_GATE is also bent onto its query and scored again
 # (``Verification.bent``): a generator's copy can be bent smoothly (an elastic warp, alone or stacked with a zoom, a
-# turn or noise), which no similarity map undoes. The bend is scikit-image's iterative Lucas-Kanade optical flow of
-# the aligned candidate (BEND_WARPS warps), averaged over BEND_SIGMA grid pixels (twice the correlation window: only
-# bends smoother than the windows that score agreement are undone) and cut to BEND_MAX grid pixels (1/16 of the
-# grid). Bending makes other people's anatomy agree more too, so the bent score is tested against the null's own bent
-# scores, beside the score and its near-exact part (``verified_null.VerifiedNull``; docs/method.md §7.34).
+# turn or noise), which no similarity map undoes. The bend is the iterative Lucas-Kanade optical flow of the aligned
+# candidate (BEND_WARPS warps; scikit-image's ``optical_flow_ilk``, run on all pairs at once: ``optical_flow``),
+# averaged over BEND_SIGMA grid pixels (twice the correlation window: only bends smoother than the windows that score
+# agreement are undone) and cut to BEND_MAX grid pixels (1/16 of the grid). Bending makes other people's anatomy agree
+# more too, so the bent score is tested against the null's own bent scores, beside the score and its near-exact part
+# (``verified_null.VerifiedNull``; docs/method.md §7.34).
 BEND_GATE = 0.1
 BEND_SIGMA = 2.0 * WINDOW_SIGMA
 BEND_MAX = 4.0
@@ -1040,7 +1041,7 @@ def _bent(
     """Aligned candidates' images and masks [n, GRID, GRID] bent onto their queries' (the same shapes): each one's
     optical flow onto its query, averaged in Gaussian windows of BEND_SIGMA over the two foregrounds' overlap and cut
     to BEND_MAX pixels, applied bilinearly, zeros outside (the bent mask above one half)."""
-    flows = np.stack([optical_flow_ilk(q, p, num_warp=BEND_WARPS) for q, p in zip(query, placed)]).astype(np.float32)
+    flows = batched_ilk(query, placed, num_warp=BEND_WARPS)
     overlap = (query_masks & placed_masks).astype(np.float32)[:, None]
     flows = _smoothed(flows * overlap, BEND_SIGMA, "constant") / np.maximum(
         _smoothed(overlap, BEND_SIGMA, "constant"), 1e-3
