@@ -4,8 +4,8 @@ scikit-image's ``optical_flow_ilk`` (Le Besnerais and Champagnat, 2005) solves o
 most of its 4 ms is the overhead of some hundred small array calls. :func:`batched_ilk` runs the same steps on a
 stack of pairs: a pyramid of halved images (a Gaussian, then bilinear halving), at each level ``num_warp`` times the
 moving image warped by the flow so far (bilinear, edges repeated), its gradients, and per pixel the 2×2 system of
-gradient products summed over a (2 radius + 1)² window (mirrored edges), solved in closed form; the coarse flow goes
-to the next level by nearest-neighbour zoom. The linear steps (smoothing, halving, window sums, zoom) are the
+gradient products averaged over a (2 radius + 1)² window (mirrored edges), solved in closed form; the coarse flow goes
+to the next level by nearest-neighbour zoom. The linear steps (smoothing, halving, window means, zoom) are the
 matrices scikit-image's and SciPy's own calls apply, built once per size by applying those calls to unit vectors,
 so the flows equal ``optical_flow_ilk``'s up to float rounding (``Testing/test_optical_flow.py``).
 """
@@ -37,7 +37,7 @@ def _halving(side: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _window_sums(side: int, radius: int) -> np.ndarray:
+def _window_means(side: int, radius: int) -> np.ndarray:
     """float32 [side, side]: ``ndimage.uniform_filter1d(size=2 radius + 1, mode='mirror')`` as a matrix."""
     return ndimage.uniform_filter1d(np.eye(side), 2 * radius + 1, axis=0, mode="mirror").astype(np.float32)
 
@@ -70,7 +70,7 @@ def _both_axes(images: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 def _ilk(reference: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int, num_warp: int) -> np.ndarray:
     """One pyramid level: ``num_warp`` iterations of the local 2×2 systems from the flow [n, 2, side, side] so far."""
     side = reference.shape[-1]
-    sums = _window_sums(side, radius)
+    means = _window_means(side, radius)
     ramp = torch.arange(side, dtype=torch.float32)
     to_unit = 2.0 / (side - 1)
     stack = torch.from_numpy(np.ascontiguousarray(moving, dtype=np.float32))[:, None]
@@ -87,7 +87,7 @@ def _ilk(reference: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: in
         products = np.stack(
             [grad_rows * grad_rows, grad_rows * grad_cols, grad_cols * grad_cols, grad_rows * error, grad_cols * error]
         )
-        a, b, c, e, f = _both_axes(products, sums)
+        a, b, c, e, f = _both_axes(products, means)
         det = a * c - b * b
         solvable = np.abs(det) >= SINGULAR
         det = np.where(solvable, det, 1.0)
