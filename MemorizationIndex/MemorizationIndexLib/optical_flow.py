@@ -19,6 +19,8 @@ import torch
 from scipy import ndimage
 from skimage.transform import pyramid_reduce
 
+from .separable import separable
+
 MIN_LEVEL = 16  # no pyramid level smaller than this (scikit-image's default); levels halve the side
 SINGULAR = 1e-14  # a window's 2×2 system with a determinant smaller than this gives no flow (as scikit-image)
 
@@ -55,16 +57,8 @@ def _pyramid(images: np.ndarray) -> list[np.ndarray]:
     levels = [images]
     while levels[-1].shape[-1] > 2 * MIN_LEVEL:
         halve = _halving(levels[-1].shape[-1])
-        levels.append(np.ascontiguousarray(np.matmul(np.matmul(halve, levels[-1]), halve.T)))
+        levels.append(separable(levels[-1], halve, halve))
     return levels[::-1]
-
-
-def _both_axes(images: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``matrix @ image @ matrix.T`` for every image of a stack [..., side, side], as two large products."""
-    shape, side = images.shape, images.shape[-1]
-    across = images.reshape(-1, side) @ matrix.T
-    down = across.reshape(-1, side, side).transpose(0, 2, 1).reshape(-1, side) @ matrix.T
-    return down.reshape(-1, side, side).transpose(0, 2, 1).reshape(shape)
 
 
 def _ilk(reference: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: int, num_warp: int) -> np.ndarray:
@@ -87,7 +81,7 @@ def _ilk(reference: np.ndarray, moving: np.ndarray, flow: np.ndarray, radius: in
         products = np.stack(
             [grad_rows * grad_rows, grad_rows * grad_cols, grad_cols * grad_cols, grad_rows * error, grad_cols * error]
         )
-        a, b, c, e, f = _both_axes(products, means)
+        a, b, c, e, f = separable(products.reshape(-1, side, side), means, means).reshape(products.shape)
         det = a * c - b * b
         solvable = np.abs(det) >= SINGULAR
         det = np.where(solvable, det, 1.0)

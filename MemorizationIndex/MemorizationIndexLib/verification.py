@@ -42,6 +42,7 @@ from skimage.transform import resize
 from .encoders.tiles import FINE_STEP
 from .optical_flow import batched_ilk
 from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
+from .separable import separable
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
@@ -383,10 +384,8 @@ def _smoothed(stack: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndar
 def _smoothed_together(stack: np.ndarray, sigma: float, mode: str) -> np.ndarray:
     """:func:`_smoothed` of a stack [n, rows, cols] as one matrix product per axis (the same sums as
     one product per image; fewer, larger BLAS calls)."""
-    n, rows, cols = stack.shape
-    down = _gaussian_matrix(rows, sigma, mode) @ stack.transpose(1, 0, 2).reshape(rows, n * cols)
-    across = down.reshape(rows, n, cols).transpose(1, 0, 2).reshape(n * rows, cols)
-    return (across @ _gaussian_matrix(cols, sigma, mode).T).reshape(n, rows, cols)
+    _, rows, cols = stack.shape
+    return separable(stack, _gaussian_matrix(rows, sigma, mode), _gaussian_matrix(cols, sigma, mode))
 
 
 @lru_cache(maxsize=1)
