@@ -287,3 +287,44 @@ def test_resolve_device() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="cuda"):
             resolve_device("cuda")
+
+
+# ---------------------------------------------------------------- precision on CUDA
+
+
+@pytest.mark.parametrize("name", ["default", "mri-core"])
+def test_forward_passes_run_without_tf32_and_restore_the_settings(
+    name: str, lite_all: EfficientNetLite0Encoder, mri_core: MriCoreEncoder
+) -> None:
+    """TF32 would make CUDA features differ from CPU ones by ~1e-3; the user's own settings come back after."""
+    encoder = lite_all if name == "default" else mri_core
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    seen: list[tuple[bool, bool]] = []
+    first = next(m for m in encoder.model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first.register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+    )
+    try:
+        encoder.embed_with_tiles(_batch(1), _batch(1, seed=1))
+        after = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    finally:
+        hook.remove()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen and all(flags == (False, False) for flags in seen)
+    assert after == (True, True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_features_equal_cpu_features(teacher_ckpt: tuple[Path, dict[str, torch.Tensor]]) -> None:
+    """An index built on a GPU is audited on a CPU (and back): both must give the same features and tiles."""
+    batch, framed = _batch(4), _batch(4, seed=1)
+    for name, checkpoint in (("default", None), ("mri-core", teacher_ckpt[0])):
+        on = {
+            d: load_encoder(name, checkpoint=checkpoint, device=d).embed_with_tiles(batch, framed)
+            for d in ("cpu", "cuda")
+        }
+        for cpu, cuda in zip(on["cpu"], on["cuda"]):
+            for key in cpu:
+                scale = float(np.abs(cpu[key]).max())
+                np.testing.assert_allclose(cuda[key], cpu[key], rtol=0, atol=2e-5 * scale, err_msg=f"{name} {key}")

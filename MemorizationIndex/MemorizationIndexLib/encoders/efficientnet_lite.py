@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import Encoder, file_sha256, grayscale_first_layer
+from .base import Encoder, file_sha256, full_float32, grayscale_first_layer
 
 DEFAULT_BLOCKS: tuple[str, ...] = ("stage4", "stage5", "stage6")
 
@@ -156,6 +156,7 @@ class EfficientNetLite0(nn.Module):
         for block in self._blocks:
             block.fold_batch_norms()
 
+    @full_float32()
     def forward(self, x: torch.Tensor, blocks: Sequence[str], maps: bool = False) -> dict[str, torch.Tensor]:
         """Return {block: [N, C] spatial mean} for ``blocks`` ([N, C, H, W] maps with ``maps``), stopping
         after the deepest one."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import Encoder, file_sha256, grayscale_first_layer
+from .base import Encoder, file_sha256, full_float32, grayscale_first_layer
 
 EMBED_DIM = 768
 DEPTH = 12
@@ -123,6 +123,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(EMBED_DIM, NUM_HEADS, layerscale) for _ in range(DEPTH))
         self.norm = nn.LayerNorm(EMBED_DIM, eps=LN_EPS)
 
+    @full_float32()
     def forward(self, x: torch.Tensor, block_ids: Sequence[int], maps: bool = False) -> dict[int, torch.Tensor]:
         """Return {block index: [N, C] mean over patch tokens} ([N, C, grid, grid] token maps with ``maps``),
         stopping after the deepest one."""
