@@ -29,8 +29,9 @@ def full_float32() -> Iterator[None]:
     """Run CUDA convolutions and matrix products in full float32, not TF32, restoring the settings after.
 
     cuDNN convolutions use TF32 by default: on an H200 the default encoder's features then differed from the CPU's
-    by up to 2e-3 of their largest value, against 8e-7 in full float32 at 16% less throughput (docs/performance.md).
-    An index built on one device and audited on another must compare the same features. No effect on CPU."""
+    by up to 2e-3 of their largest value, against 8e-7 in full float32 at about 15% less throughput
+    (docs/performance.md). An index built on one device and audited on another must compare the same features.
+    No effect on CPU."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
