@@ -16,7 +16,7 @@ import pytest
 from bend_helpers import bent_copy
 from skimage.transform import resize, rotate
 
-from MemorizationIndexLib import second_stage
+from MemorizationIndexLib import second_stage, verification
 from MemorizationIndexLib.audit import audit_paths
 from MemorizationIndexLib.audit_output import read_audit
 from MemorizationIndexLib.index_build import BuildOptions, build_index
@@ -295,7 +295,9 @@ def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(s
     """A quadrant of a small slice near the top of one person's head copied over the middle slice of another
     person's: ``verify_slices`` verifies its source again on the query cut to the source's square (its side under
     1 / SQUARE_RATIO of the query grid's), which scores the copy far higher than the query's own grid does, and
-    locates it in the copied quadrant (method.md §7.32)."""
+    locates it in the copied quadrant (method.md §7.32). On the grid alone: at the slice's own resolution the copy
+    scores 1 either way (method.md §7.44)."""
+    monkeypatch.setattr(verification, "NATIVE_GATE", 2.0)
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
     source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)

@@ -29,6 +29,7 @@ from MemorizationIndexLib.verification import (
     verify_candidates,
     verify_many,
 )
+from MemorizationIndexLib.verified_null import MIN_COPY_SCORE
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
 PAIRS = {  # anatomy: (file of the copied person, file of another person, slice index)
@@ -189,6 +190,55 @@ def test_quarter_copy_scores_by_its_near_exact_region_and_is_located(pair):
     rows = np.flatnonzero((source[h // 2 :, w // 2 :] > 0.1).any(axis=1)) + h // 2
     cols = np.flatnonzero((source[h // 2 :, w // 2 :] > 0.1).any(axis=0)) + w // 2
     assert _box_iou(quarter.box, (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)) >= 0.5
+
+
+def _pasted(source: np.ndarray, host: np.ndarray, side: float = 0.35) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A rectangle of ``side`` of each side of the source's field, about its foreground's centre, pasted a fifth of
+    the field down and right of where it was over the host; and the pasted box (row0, col0, row1, col1)."""
+    h, w = source.shape
+    rows, cols = np.nonzero(source > 0.1)
+    rh, rw = int(side * h), int(side * w)
+    top, left = int(rows.mean()) - rh // 2, int(cols.mean()) - rw // 2
+    to_top, to_left = min(top + h // 5, h - rh), min(left + w // 5, w - rw)
+    query = host.copy()
+    query[to_top : to_top + rh, to_left : to_left + rw] = source[top : top + rh, left : left + rw]
+    return query, (to_top, to_left, to_top + rh, to_left + rw)
+
+
+def test_a_pasted_patch_is_reproduced_near_exactly_at_the_slices_own_resolution(pair, monkeypatch):
+    """A small rectangle of a training slice pasted elsewhere over another person's slice: on the grid it spans a
+    quarter of the grid's side or less, and its near-exact part there is small. With the candidate's own pixels, at the
+    query's resolution (verification.native_part), it is reproduced near-exactly and scores as a copy by itself, in the
+    pasted box; the other person's whole slice does not (method.md §7.44)."""
+    source, other = pair
+    host = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    query, box = _pasted(source, host)
+    pasted = verify_candidates(query, [source])[0]
+    stranger = verify_candidates(host, [source])[0]
+    monkeypatch.setattr(verification, "NATIVE_GATE", 2.0)  # the grid alone
+    on_grid = verify_candidates(query, [source])[0]
+    assert pasted.reproduced >= 0.5 and pasted.reproduced >= on_grid.reproduced + 0.2, (pasted, on_grid.reproduced)
+    assert pasted.score >= pasted.reproduced and stranger.reproduced < MIN_COPY_SCORE
+    assert _box_iou(pasted.box, box) >= 0.3
+
+
+def test_a_shared_smooth_ramp_is_not_reproduced_near_exactly_under_noise(pair):
+    """Two people's slices with the same smooth intensity ramp over a band of rows (as a receive coil's falloff
+    gives): in windows of two pixels any two ramps correlate near-exactly, so the near-exact test skips pixels where
+    either slice's structure is one straight edge. Noise added to the query alone hides the ramp's edge in the query;
+    the candidate's own structure still rules it out (method.md §7.44)."""
+    source, other = pair
+    host = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    h, w = source.shape
+    band = slice(h // 2, h // 2 + 32)
+    ramp = np.linspace(0.2, 0.9, 32, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+    source, host = source.copy(), host.copy()
+    source[band], host[band] = ramp, ramp
+    noisy = host + np.random.default_rng(0).normal(0.0, 0.01, host.shape).astype(np.float32)
+    query, candidate = to_grids([noisy, source])
+    found = verify_many(query, [candidate])[0]
+    part, region = verification.native_part(query, candidate, found.alignment, found.mask)
+    assert part < MIN_COPY_SCORE and region[band].sum() <= 0.02 * region[band].size, part
 
 
 def _corners(h: int, w: int) -> np.ndarray:
@@ -518,12 +568,14 @@ def test_half_copies_over_other_people_are_verified_in_place(shared_data: Path):
     assert len(scores) >= 36 and min(scores) >= 0.2, np.round(scores, 2)
 
 
-def test_a_small_slice_copied_into_a_large_host_is_verified_on_its_own_square(shared_data: Path):
+def test_a_small_slice_copied_into_a_large_host_is_verified_on_its_own_square(shared_data: Path, monkeypatch):
     """A quadrant of a slice near the top of one person's head (a small foreground) copied in place over the middle
     slice of another person's (a large one): on the query's grid the copy covers a corner of 64 x 64 pixels too
     small to reproduce near-exactly: these 16 copies scored 0–0.41 (median 0.27). Cut to the source's square carried
     in place (``in_place_square``), the query gives the copy the whole grid: 0.41–0.75 (median 0.6). The host alone,
-    cut the same way, stays near 0 (method.md §7.32)."""
+    cut the same way, stays near 0 (method.md §7.32). On the grid alone: at the slice's own resolution most of these
+    copies score 1 either way (method.md §7.44)."""
+    monkeypatch.setattr(verification, "NATIVE_GATE", 2.0)
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
     source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)

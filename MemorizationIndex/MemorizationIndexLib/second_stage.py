@@ -277,10 +277,10 @@ def verify_slices(
     places: np.ndarray | None = None,
     framed: np.ndarray | None = None,
 ) -> list[Verified]:
-    """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (the
-    best-ranked among equal scores). Each neighbourhood's best-ranked candidate is verified first, its
-    neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or could not be read); a
-    candidate the region search named (finite ``places``) never waits.
+    """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (among equal
+    scores, the one scoring higher on the grid alone, then the best-ranked). Each neighbourhood's best-ranked
+    candidate is verified first, its neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or
+    could not be read); a candidate the region search named (finite ``places``) never waits.
     ``places`` [n, k, 4]: the tiles by which the region search named each candidate, in the framing ``framed``
     [n, k] says (:class:`Shortlist`; none when None), which say where a moved copy's in-place hypothesis is
     sought (``verification.verify_batch``).
@@ -317,7 +317,8 @@ def verify_slices(
         verified = {}
         for i, results in found.items():
             if results:
-                j = max(sorted(results), key=lambda position: results[position].score)  # the first of equal scores
+                # The first of equal scores on both counts (verification.Verification.on_grid).
+                j = max(sorted(results), key=lambda position: (results[position].score, results[position].on_grid))
                 reproduced = max(result.reproduced for result in results.values())
                 bent = max(result.bent for result in results.values())
                 verified[i] = Verified(

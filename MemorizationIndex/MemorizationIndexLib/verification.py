@@ -15,7 +15,8 @@ agreeing pixel is weighted by how far its correlation rises above the agreement 
 ≈ 1, another person's similar anatomy ≈ 0.3). The largest agreeing region is the copy mask. A region
 reproduced near-exactly (local correlation ≥ EXACT, where the structure is not one straight edge, which
 agrees with any parallel edge) scores by its own share of the foreground, so that a copied quarter or
-pasted patch is not outscored by a whole slice of loose look-alike anatomy. A noisy
+pasted patch is not outscored by a whole slice of loose look-alike anatomy; a pair that agrees at all is
+also checked for such a region at the query's own resolution, with the candidate's own pixels. A noisy
 slice is smoothed by its estimated noise level before it is cropped and put on the grid.
 
 Many queries are verified against their candidates at once (:func:`verify_batch`), in chunks of
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 from scipy import fft, ndimage, sparse
 from skimage.exposure import equalize_hist
 from skimage.filters import window
+from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
 from .encoders.tiles import FINE_STEP
@@ -96,6 +98,16 @@ MOVED_WINDOW = GRID * FINE_STEP  # sigma (grid pixels) of the window about each 
 # more too, so the bent score is tested against the null's own bent scores, beside the score and its near-exact part
 # (``verified_null.VerifiedNull``; docs/method.md §7.34).
 BEND_GATE = 0.1
+# A pair scoring at least NATIVE_GATE is also checked at the query slice's own resolution (:func:`native_part`): the
+# grid sees a small pasted patch at a quarter of its resolution or less, too coarse for its pixels to correlate
+# near-exactly (method.md §7.44). A near-exact region of NATIVE_SHARE of the smaller foreground (at least half the
+# field of view) scores 1, so one of a fiftieth reaches verified_null.MIN_COPY_SCORE.
+NATIVE_GATE = BEND_GATE
+NATIVE_SHARE = 0.1
+NATIVE_WINDOW = 2.0  # local-correlation window (slice pixels) at the slice's own resolution
+NATIVE_SHIFT = 2.0  # slice pixels: the largest residual translation the native check corrects (:func:`native_part`)
+NATIVE_SUBPIXEL = 20  # that translation's precision: 1 / NATIVE_SUBPIXEL slice pixel
+NATIVE_TAPER = 4.0  # sigma (slice pixels) of the taper of the region that translation is sought in
 BEND_SIGMA = 2.0 * WINDOW_SIGMA
 BEND_MAX = 4.0
 BEND_WARPS = 3
@@ -116,6 +128,7 @@ class Grid:
     foreground: bool [rows, cols], the slice's own foreground (after the background floor).
     corner: (row, col) of the square's first pixel in slice pixels; side: its side in slice pixels.
     roughness: :func:`roughness` of ``image`` (smaller = smoother).
+    unit: float32 [rows, cols], the slice robust-scaled to [0, 1] at its own resolution (:func:`native_part`).
     """
 
     image: np.ndarray
@@ -126,6 +139,7 @@ class Grid:
     corner: tuple[int, int]
     side: int
     roughness: float
+    unit: np.ndarray
 
     @property
     def polar(self) -> np.ndarray:
@@ -152,14 +166,16 @@ class Verification:
     """One candidate verified against the query.
 
     score: share of the smaller foreground of the two aligned slices in which they agree, graded by how
-        well, or the share reproduced near-exactly over EXACT_SHARE when that is higher; in [0, 1].
+        well, or its near-exact part (``reproduced``) when that is higher; in [0, 1].
     mask: bool [rows, cols] of the query: the copied region (empty when none).
     box: (row0, col0, row1, col1) of the mask in query pixels (ends exclusive), None when empty.
     reproduced: the share of the smaller foreground (at least EXACT_FLOOR grid pixels) reproduced near-exactly,
-        over EXACT_SHARE (at most 1; the score's second part, which has a null of its own:
-        ``verified_null.VerifiedNull``).
+        over EXACT_SHARE, or at the slice's own resolution (:func:`native_part`) when that is higher (at most 1; the
+        score's second part, which has a null of its own: ``verified_null.VerifiedNull``).
     bent: the higher of the score and the score of the aligned candidate bent onto the query (BEND_GATE), which has
         a null of its own too.
+    on_grid: the score on the grid alone, before the near-exact part at the slice's own resolution (which reaches 1
+        for two references that differ only in contrast, such as two echoes of one slice): it breaks ties of scores.
     """
 
     score: float
@@ -168,6 +184,7 @@ class Verification:
     box: tuple[int, int, int, int] | None
     reproduced: float = 0.0
     bent: float = 0.0
+    on_grid: float = 0.0
 
 
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
@@ -195,7 +212,7 @@ def to_grids(
         polar = _log_polar(np.stack([fine for *_, fine in parts])).astype(np.float32)
         spectra = _whitened(_rfft2(polar))
         grids += [
-            Grid(image, mask, *maps, *place, roughness(image, mask))
+            Grid(image, mask, *maps, *place[:3], roughness(image, mask), place[3])
             for (image, mask, place, _), *maps in zip(parts, polar, spectra)
         ]
     return grids
@@ -222,9 +239,9 @@ def roughness(image: np.ndarray, mask: np.ndarray) -> float:
 def _grid_parts(
     slice2d: np.ndarray, settings: PreprocessSettings, square: tuple[tuple[int, int], int] | None = None
 ) -> tuple:
-    """A slice's grid image and mask [GRID, GRID], (foreground, corner, side) and the crop resized to
-    the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`); the grid covers ``square`` (corner, side)
-    when given, else the foreground's rows and columns centred in a square."""
+    """A slice's grid image and mask [GRID, GRID], (foreground, corner, side, robust-scaled slice) and the crop resized
+    to the spectrum grid [SPECTRUM_GRID, SPECTRUM_GRID] (see :func:`to_grid`); the grid covers ``square`` (corner,
+    side) when given, else the foreground's rows and columns centred in a square."""
     raw = np.asarray(slice2d, dtype=np.float32)
     window = robust_window(raw, settings)
     scaled = scale_unit(raw, settings, window)
@@ -249,7 +266,7 @@ def _grid_parts(
     image = np.zeros_like(small)
     if mask.any():
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
-    place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side)
+    place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side, scaled)
     return image, mask, place, _resized(crop, side, (top, left), SPECTRUM_GRID)
 
 
@@ -1027,11 +1044,109 @@ def _verify_chunk(
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
         alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
         mask = _to_slice(copied[chosen[p]], query)
+        score = float(scores[chosen[p]])
         found = Verification(
-            float(scores[chosen[p]]), alignment, mask, bounding_box(mask), float(most_reproduced[p]), float(bent[p])
+            score, alignment, mask, bounding_box(mask), float(most_reproduced[p]), float(bent[p]), on_grid=score
         )
-        out[asked[q]].append(found)
+        out[asked[q]].append(_with_native_part(found, query, pairs.unique[c]))
     return out
+
+
+def _with_native_part(found: Verification, query: Grid, candidate: Grid) -> Verification:
+    """A verification scoring at least NATIVE_GATE with its near-exact part raised to :func:`native_part` where that
+    is higher, its score and bent score with it; its copy mask becomes the native region where it had none."""
+    if found.score < NATIVE_GATE:
+        return found
+    part, region = native_part(query, candidate, found.alignment, found.mask)
+    if part <= found.reproduced:
+        return found
+    mask = found.mask if found.mask.any() else region
+    return replace(
+        found,
+        score=max(found.score, part),
+        mask=mask,
+        box=bounding_box(mask),
+        reproduced=part,
+        bent=max(found.bent, part),
+    )
+
+
+def native_part(
+    query: Grid, candidate: Grid, alignment: Alignment, copied: np.ndarray | None = None
+) -> tuple[float, np.ndarray]:
+    """The near-exact part at the query slice's own resolution, and its region bool [rows, cols] of the query.
+
+    The candidate's own pixels (``Grid.unit``) are carried onto the query's by ``alignment.matrix``, then moved by the
+    translation that phase correlation at the slice's resolution finds in the copied region (``copied``, the grid's
+    copy mask; the two foregrounds' overlap where it is empty or None), when that is at most NATIVE_SHIFT pixels: the
+    grid's alignment is exact to a fraction of a grid pixel, several of the slice's, and a noisy copy's pixels
+    correlate near-exactly only within a fraction of one. The part is the largest region, more than a pixel inside
+    both foregrounds, whose local correlation (Gaussian windows of NATIVE_WINDOW pixels) is at least EXACT where
+    neither slice's structure is one straight edge (a smooth ramp is one at this scale; noise added to the query
+    alone would hide it there): its share of the smaller foreground (at least half the query's field
+    of view: a small foreground's few near-exact pixels are look-alike anatomy as often as not) over NATIVE_SHARE, at
+    most 1."""
+    to_candidate = np.linalg.inv(alignment.matrix)[[1, 0, 2]][:, [1, 0, 2]]  # query (row, col, 1) -> candidate's
+    inside = _carried(candidate.foreground.astype(np.float32), to_candidate, query.unit.shape) > 0.5
+    overlap = query.foreground & inside
+    region = overlap if copied is None or not copied.any() else copied & overlap
+    shift = _residual_shift(query.unit, _carried(candidate.unit, to_candidate, query.unit.shape), region)
+    to_candidate[:2, 2] -= to_candidate[:2, :2] @ shift
+    moved = _carried(candidate.unit, to_candidate, query.unit.shape)
+    correlation = _native_correlation(query.unit, moved, overlap)
+    structured = _native_two_dimensional(query.unit) & _native_two_dimensional(moved)
+    exact = _closed((correlation >= EXACT)[None]) & _shrunk(overlap[None]) & structured[None]
+    if not exact.any():
+        return 0.0, np.zeros(query.unit.shape, dtype=bool)
+    largest = _largest_regions(exact)[0]
+    candidate_pixels = float(candidate.foreground.sum()) * abs(float(np.linalg.det(alignment.matrix[:2, :2])))
+    smaller = max(min(float(query.foreground.sum()), candidate_pixels), query.foreground.size / 2)
+    return min(float(largest.sum()) / smaller / NATIVE_SHARE, 1.0), largest
+
+
+def _carried(image: np.ndarray, to_source: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``image`` resampled (bilinear, zeros outside) onto ``shape`` through ``to_source`` [3, 3], the map from the
+    target's (row, col, 1) to the image's."""
+    return ndimage.affine_transform(image, to_source[:2, :2], to_source[:2, 2], shape, order=1)
+
+
+def _residual_shift(fixed: np.ndarray, moved: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The (row, col) translation [2] that puts ``moved`` onto ``fixed`` within ``region`` (the cross-correlation
+    peak of both, less their means and tapered by the region blurred by NATIVE_TAPER, to 1 / NATIVE_SUBPIXEL pixel);
+    zeros when it exceeds NATIVE_SHIFT pixels or the region is empty."""
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if len(rows) < 2 or len(cols) < 2:
+        return np.zeros(2)
+    box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    taper = ndimage.gaussian_filter(region.astype(np.float32), NATIVE_TAPER)[box]
+    weight = max(float(taper.sum()), 1e-6)
+    a, b = fixed[box], moved[box]
+    a, b = (a - float((a * taper).sum()) / weight) * taper, (b - float((b * taper).sum()) / weight) * taper
+    shift, _, _ = phase_cross_correlation(a, b, upsample_factor=NATIVE_SUBPIXEL, normalization=None)
+    return np.zeros(2) if np.abs(shift).max() > NATIVE_SHIFT else np.asarray(shift, dtype=np.float64)
+
+
+def _native_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """:func:`local_correlation` of two slices [rows, cols] in windows of NATIVE_WINDOW pixels (one filter call
+    for the six windowed sums: at a slice's own size this is cheaper than the grid's matrix products)."""
+    w = weight.astype(np.float32)
+    sums = ndimage.gaussian_filter(
+        np.stack([w, a * w, b * w, a * a * w, b * b * w, a * b * w]), (0, NATIVE_WINDOW, NATIVE_WINDOW)
+    )
+    ma, mb, maa, mbb, mab = sums[1:] / np.maximum(sums[0], 1e-6)
+    va, vb = maa - ma * ma, mbb - mb * mb
+    informative = (va > _MIN_VARIANCE) & (vb > _MIN_VARIANCE) & weight
+    return (mab - ma * mb) / np.sqrt(np.maximum(va * vb, 1e-12)) * informative
+
+
+def _native_two_dimensional(image: np.ndarray) -> np.ndarray:
+    """:func:`_two_dimensional` of one slice [rows, cols] in windows of NATIVE_WINDOW pixels."""
+    rows, cols = np.gradient(image)
+    rr, cc, rc = ndimage.gaussian_filter(
+        np.stack([rows * rows, cols * cols, rows * cols]), (0, NATIVE_WINDOW, NATIVE_WINDOW)
+    )
+    trace = rr + cc
+    return ((rr - cc) ** 2 + 4.0 * rc * rc) / np.maximum(trace * trace, 1e-12) < EXACT_COHERENCE
 
 
 def _bent(

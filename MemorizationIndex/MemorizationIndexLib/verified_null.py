@@ -60,6 +60,12 @@ from .verification import (
     LOOSE_SHARE,
     MOVED_SEARCH,
     MOVED_WINDOW,
+    NATIVE_GATE,
+    NATIVE_SHARE,
+    NATIVE_SHIFT,
+    NATIVE_SUBPIXEL,
+    NATIVE_TAPER,
+    NATIVE_WINDOW,
     SCALE_RANGE,
     SCORED,
     SUBPIXEL,
@@ -181,8 +187,8 @@ def null_settings(regions: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
     hypotheses tried and scored, the candidate squares' ratio, their translations' precision, the near-exact
-    regions' score, the null's blur and the region search (``regions``: whether the index has one; a noisy slice's
-    smoothed view is searched)."""
+    regions' score on the grid and at the slices' own resolution, the null's blur and the region search
+    (``regions``: whether the index has one; a noisy slice's smoothed view is searched)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": [NEIGHBOUR_GATE, "region-named candidates do not wait"] if regions else NEIGHBOUR_GATE,
@@ -194,6 +200,7 @@ def null_settings(regions: bool) -> dict:
         "subpixel": SUBPIXEL,
         "moved_in_place": [MOVED_SEARCH, MOVED_WINDOW] if regions else 0,
         "exact": [EXACT, EXACT_SHARE, EXACT_INSET, EXACT_FLOOR, EXACT_COHERENCE],
+        "native_exact": [NATIVE_GATE, NATIVE_SHARE, NATIVE_WINDOW, NATIVE_SHIFT, NATIVE_SUBPIXEL, NATIVE_TAPER],
         "statistics": ["score", "near-exact part", "bent score"],
         "bend": [BEND_GATE, BEND_SIGMA, BEND_MAX, BEND_WARPS],
         "null_blur": list(NULL_BLUR),
