@@ -128,7 +128,8 @@ class Grid:
     foreground: bool [rows, cols], the slice's own foreground (after the background floor).
     corner: (row, col) of the square's first pixel in slice pixels; side: its side in slice pixels.
     roughness: :func:`roughness` of ``image`` (smaller = smoother).
-    unit: float32 [rows, cols], the slice robust-scaled to [0, 1] at its own resolution (:func:`native_part`).
+    unit: float16 [rows, cols], the slice robust-scaled to [0, 1] at its own resolution (:func:`native_part`; half
+        precision, steps of at most 2⁻¹¹, halves what a cached grid holds).
     """
 
     image: np.ndarray
@@ -266,7 +267,7 @@ def _grid_parts(
     image = np.zeros_like(small)
     if mask.any():
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
-    place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side, scaled)
+    place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side, scaled.astype(np.float16))
     return image, mask, place, _resized(crop, side, (top, left), SPECTRUM_GRID)
 
 
@@ -1087,17 +1088,18 @@ def native_part(
     of view: a small foreground's few near-exact pixels are look-alike anatomy as often as not) over NATIVE_SHARE, at
     most 1."""
     to_candidate = np.linalg.inv(alignment.matrix)[[1, 0, 2]][:, [1, 0, 2]]  # query (row, col, 1) -> candidate's
-    inside = _carried(candidate.foreground.astype(np.float32), to_candidate, query.unit.shape) > 0.5
+    fixed, own = query.unit.astype(np.float32), candidate.unit.astype(np.float32)
+    inside = _carried(candidate.foreground.astype(np.float32), to_candidate, fixed.shape) > 0.5
     overlap = query.foreground & inside
     region = overlap if copied is None or not copied.any() else copied & overlap
-    shift = _residual_shift(query.unit, _carried(candidate.unit, to_candidate, query.unit.shape), region)
+    shift = _residual_shift(fixed, _carried(own, to_candidate, fixed.shape), region)
     to_candidate[:2, 2] -= to_candidate[:2, :2] @ shift
-    moved = _carried(candidate.unit, to_candidate, query.unit.shape)
-    correlation = _native_correlation(query.unit, moved, overlap)
-    structured = _native_two_dimensional(query.unit) & _native_two_dimensional(moved)
+    moved = _carried(own, to_candidate, fixed.shape)
+    correlation = _native_correlation(fixed, moved, overlap)
+    structured = _native_two_dimensional(fixed) & _native_two_dimensional(moved)
     exact = _closed((correlation >= EXACT)[None]) & _shrunk(overlap[None]) & structured[None]
     if not exact.any():
-        return 0.0, np.zeros(query.unit.shape, dtype=bool)
+        return 0.0, np.zeros(fixed.shape, dtype=bool)
     largest = _largest_regions(exact)[0]
     candidate_pixels = float(candidate.foreground.sum()) * abs(float(np.linalg.det(alignment.matrix[:2, :2])))
     smaller = max(min(float(query.foreground.sum()), candidate_pixels), query.foreground.size / 2)
