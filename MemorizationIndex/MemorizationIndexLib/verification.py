@@ -29,7 +29,7 @@ closing, largest regions); the resizes, band-pass and Gaussian windows are linea
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -45,6 +45,8 @@ from .encoders.tiles import FINE_STEP
 from .optical_flow import batched_ilk
 from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
 from .separable import separable
+
+Smoother = Callable[[np.ndarray, float], np.ndarray]  # (image stack, sigma) -> the stack filtered by that Gaussian
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
 SPECTRUM_GRID = 128  # side of the grid whose spectrum gives rotation and scale
@@ -585,18 +587,21 @@ def _shifted(stack: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return out
 
 
-def local_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: float = WINDOW_SIGMA) -> np.ndarray:
+def local_correlation(
+    a: np.ndarray, b: np.ndarray, weight: np.ndarray, sigma: float = WINDOW_SIGMA, smooth: Smoother | None = None
+) -> np.ndarray:
     """Gaussian-windowed correlation of two [..., n, m] images over the pixels where ``weight`` is set.
 
     Windows are normalised by the weight they hold, so pixels outside ``weight`` never contribute;
-    where either image is locally flat the correlation is 0 (no evidence)."""
+    where either image is locally flat the correlation is 0 (no evidence). ``smooth``: the Gaussian filter of an
+    image stack (:func:`_smoothed` when None, for grids; :func:`_filtered` for slices at their own size)."""
     w = weight.astype(np.float32)
     products = np.empty((6, *w.shape), dtype=np.float32)  # w, a w, b w, a² w, b² w, a b w
     products[0] = w
     for out, (x, y) in zip(products[1:], ((a, w), (b, w), (a, a), (b, b), (a, b))):
         np.multiply(x, y, out=out)
     products[3:] *= w
-    sums = _smoothed(products, sigma)
+    sums = (smooth or _smoothed)(products, sigma)
     ma, mb, maa, mbb, mab = sums[1:] / np.maximum(sums[0], 1e-6)
     va, vb = maa - ma * ma, mbb - mb * mb
     cov = mab - ma * mb
@@ -683,12 +688,13 @@ def _exact_regions(correlation: np.ndarray, overlap: np.ndarray) -> np.ndarray:
     return _closed(correlation >= EXACT) & inside
 
 
-def _two_dimensional(images: np.ndarray) -> np.ndarray:
+def _two_dimensional(images: np.ndarray, sigma: float = WINDOW_SIGMA, smooth: Smoother | None = None) -> np.ndarray:
     """bool [n, GRID, GRID]: the pixels of a stack of grid images whose local structure is not a single straight
     edge: the coherence ((λ1 − λ2) / (λ1 + λ2))² of the structure tensor (gradient products in Gaussian windows of
-    WINDOW_SIGMA) is below EXACT_COHERENCE (flat pixels count as two-dimensional: they carry no edge)."""
+    ``sigma``) is below EXACT_COHERENCE (flat pixels count as two-dimensional: they carry no edge). ``smooth``: as
+    :func:`local_correlation`'s (slices at their own size: :func:`_filtered`)."""
     rows, cols = np.gradient(images, axis=(1, 2))
-    rr, cc, rc = _smoothed(np.stack([rows * rows, cols * cols, rows * cols]), WINDOW_SIGMA)
+    rr, cc, rc = (smooth or _smoothed)(np.stack([rows * rows, cols * cols, rows * cols]), sigma)
     trace = rr + cc
     coherence = ((rr - cc) ** 2 + 4.0 * rc * rc) / np.maximum(trace * trace, 1e-12)
     return coherence < EXACT_COHERENCE
@@ -1095,9 +1101,9 @@ def native_part(
     shift = _residual_shift(fixed, _carried(own, to_candidate, fixed.shape), region)
     to_candidate[:2, 2] -= to_candidate[:2, :2] @ shift
     moved = _carried(own, to_candidate, fixed.shape)
-    correlation = _native_correlation(fixed, moved, overlap)
-    structured = _native_two_dimensional(fixed) & _native_two_dimensional(moved)
-    exact = _closed((correlation >= EXACT)[None]) & _shrunk(overlap[None]) & structured[None]
+    correlation = local_correlation(fixed[None], moved[None], overlap[None], NATIVE_WINDOW, _filtered)
+    structured = _two_dimensional(np.stack([fixed, moved]), NATIVE_WINDOW, _filtered).all(axis=0, keepdims=True)
+    exact = _closed(correlation >= EXACT) & _shrunk(overlap[None]) & structured
     if not exact.any():
         return 0.0, np.zeros(fixed.shape, dtype=bool)
     largest = _largest_regions(exact)[0]
@@ -1128,27 +1134,10 @@ def _residual_shift(fixed: np.ndarray, moved: np.ndarray, region: np.ndarray) ->
     return np.zeros(2) if np.abs(shift).max() > NATIVE_SHIFT else np.asarray(shift, dtype=np.float64)
 
 
-def _native_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """:func:`local_correlation` of two slices [rows, cols] in windows of NATIVE_WINDOW pixels (one filter call
-    for the six windowed sums: at a slice's own size this is cheaper than the grid's matrix products)."""
-    w = weight.astype(np.float32)
-    sums = ndimage.gaussian_filter(
-        np.stack([w, a * w, b * w, a * a * w, b * b * w, a * b * w]), (0, NATIVE_WINDOW, NATIVE_WINDOW)
-    )
-    ma, mb, maa, mbb, mab = sums[1:] / np.maximum(sums[0], 1e-6)
-    va, vb = maa - ma * ma, mbb - mb * mb
-    informative = (va > _MIN_VARIANCE) & (vb > _MIN_VARIANCE) & weight
-    return (mab - ma * mb) / np.sqrt(np.maximum(va * vb, 1e-12)) * informative
-
-
-def _native_two_dimensional(image: np.ndarray) -> np.ndarray:
-    """:func:`_two_dimensional` of one slice [rows, cols] in windows of NATIVE_WINDOW pixels."""
-    rows, cols = np.gradient(image)
-    rr, cc, rc = ndimage.gaussian_filter(
-        np.stack([rows * rows, cols * cols, rows * cols]), (0, NATIVE_WINDOW, NATIVE_WINDOW)
-    )
-    trace = rr + cc
-    return ((rr - cc) ** 2 + 4.0 * rc * rc) / np.maximum(trace * trace, 1e-12) < EXACT_COHERENCE
+def _filtered(stack: np.ndarray, sigma: float) -> np.ndarray:
+    """``ndimage.gaussian_filter`` of every image of a stack [..., rows, cols] (at a slice's own size, cheaper than
+    :func:`_smoothed`'s matrix products)."""
+    return ndimage.gaussian_filter(stack, (0,) * (stack.ndim - 2) + (sigma, sigma))
 
 
 def _bent(
