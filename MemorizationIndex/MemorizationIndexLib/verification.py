@@ -64,7 +64,10 @@ EXACT_FLOOR = GRID * GRID // 2  # grid pixels: the smallest foreground a near-ex
 EXACT_COHERENCE = 0.9
 SCALE_RANGE = (0.45, 2.2)  # scales outside are not proposed by the log-polar estimate (method.md §7.12, §7.36)
 # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`, :func:`_moved_shifts`, :func:`_seen_in_place`)
-SCORED = "best-ranked, in place, in place moved where the region tiles say, exactly in place where they say in place"
+SCORED = (  # the hypotheses scored per pair (an index's verified null records them: method.md §7.45)
+    "best-ranked, in place, in place moved where the region tiles say, exactly in place where they say in place, "
+    "in place at the phase correlation's strongest peak away from in place by its near-exact part at full resolution"
+)
 LOOSE_SHARE = "of the candidate's whole foreground at its scale"  # what loose agreement is a share of (_agreements)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
 _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies, left out
@@ -838,14 +841,14 @@ def _aligned(images: np.ndarray, unique: np.ndarray, pairs: _Pairs, transposed: 
     and scaled candidates' images and masks moved by the whole-pixel translation that phase correlation finds
     against its query (of the query images [Q, GRID, GRID]; ``shifts`` int [P * _HYPOTHESES, 2]), and the
     cross-power spectra that gave it (:func:`_refined_shifts`). Returns (images, masks, shifts, cross, and the
-    turned and scaled candidates' images before they were moved)."""
+    turned and scaled candidates' images and masks before they were moved)."""
     sampled = (np.arange(len(pairs.query))[:, None] * _HYPOTHESES + _SAMPLED).ravel()
     maps = _inverse_maps(transposed[sampled], angles[sampled], scales[sampled])
     turned, turned_masks = (_with_twins(stack) for stack in _warped(unique[pairs.candidate], maps, len(_SAMPLED)))
     reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
     cross = reference * _whitened(_rfft2(turned)).conj()
     shifts = _phase_peaks(cross, (GRID, GRID))
-    return _shifted(turned, shifts), _shifted(turned_masks, shifts), shifts, cross, turned
+    return _shifted(turned, shifts), _shifted(turned_masks, shifts), shifts, cross, turned, turned_masks
 
 
 def _moved_shifts(
@@ -899,6 +902,65 @@ def _peaks_near(cross: np.ndarray, targets: np.ndarray) -> np.ndarray:
         r, c = np.unravel_index(np.argmax(window), window.shape)
         out[k] = near[0][r], near[1][c]
     return out
+
+
+def _wrapped_distance(shifts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[n] the largest per-axis distance between translations ``shifts`` and ``offsets`` [n, 2] (grid pixels) on the
+    periodic phase-correlation surface."""
+    return np.abs((np.asarray(shifts) - offsets + GRID / 2) % GRID - GRID / 2).max(axis=1)
+
+
+def _peaks_away(cross: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """int [n, 2] whole-pixel shifts, as :func:`_phase_peaks` finds them from cross-power spectra [n, ...] and wraps
+    them, but each the peak farther than MOVED_SEARCH from its in-place translation ``offsets`` [n, 2]."""
+    correlation = np.abs(_irfft2(cross, (GRID, GRID)))
+    lags = np.arange(GRID)
+    lags = np.where(lags > GRID // 2, lags - GRID, lags)
+    near = [
+        np.abs((lags[None, :] - offsets[:, axis, None] + GRID / 2) % GRID - GRID / 2) <= MOVED_SEARCH for axis in (0, 1)
+    ]
+    correlation[near[0][:, :, None] & near[1][:, None, :]] = -1.0
+    flat = correlation.reshape(len(correlation), -1).argmax(axis=1)
+    return lags[np.stack(np.unravel_index(flat, (GRID, GRID)), axis=1)]
+
+
+def _agreement_moves(
+    images: np.ndarray, masks: np.ndarray, moving: np.ndarray, moving_masks: np.ndarray, shifts: np.ndarray
+) -> np.ndarray:
+    """[n, 6] per moving image and its whole-pixel shift [n, 2] onto its query image (stacks [n, GRID, GRID]), as
+    :func:`_moved_in_place` gives a moved copy: the shift, the centre (row, col) of where the two agree once moved
+    (local correlation above AGREEMENT over both foregrounds, weighted by how far above) on the query's grid, and that
+    centre on the moving image's; nan where they agree nowhere. Phase correlation's surface is periodic, so a region
+    moved by more than half the grid peaks where one moved less the other way: the shift is also tried one grid side
+    the other way on either axis (where that leaves at least a quarter of the side shared), and the one with the most
+    agreement is kept."""
+    tried = [
+        [(r, c) for r in _both_ways(int(row)) for c in _both_ways(int(col))] for row, col in np.asarray(shifts).tolist()
+    ]
+    owner = np.repeat(np.arange(len(tried)), [len(t) for t in tried])
+    flat = np.array([t for ways in tried for t in ways], dtype=np.int64).reshape(-1, 2)
+    placed, placed_masks = _shifted(moving[owner], flat), _shifted(moving_masks[owner], flat) > 0.5
+    correlation = local_correlation(images[owner], placed, (masks[owner] > 0.5) & placed_masks)
+    weight = np.maximum(correlation - AGREEMENT, 0.0)
+    total = weight.sum(axis=(1, 2))
+    out = np.full((len(tried), 6), np.nan)
+    ramp = np.arange(GRID, dtype=np.float64)
+    start = 0
+    for k, ways in enumerate(tried):
+        best = start + int(np.argmax(total[start : start + len(ways)]))
+        start += len(ways)
+        out[k, :2] = flat[best]
+        if total[best] > 0:
+            centre = np.array([weight[best].sum(axis=1) @ ramp, weight[best].sum(axis=0) @ ramp]) / total[best]
+            out[k, 2:] = np.concatenate([centre, centre - flat[best]])
+    return out
+
+
+def _both_ways(shift: int) -> list[int]:
+    """A whole-pixel shift on one axis of the periodic grid, and the same one grid side the other way where that
+    leaves at least a quarter of the side shared."""
+    other = shift - GRID * int(np.sign(shift))
+    return [shift, other] if shift and abs(other) <= GRID - GRID // 4 else [shift]
 
 
 def _with_twins(sampled: np.ndarray) -> np.ndarray:
@@ -987,7 +1049,9 @@ def _verify_chunk(
     of every pair and hypothesis are batched; each pair's best hypothesis by global correlation and its in-place
     one (:func:`_scored_hypotheses`), and for a pair whose copy the region search saw moved its in-place one moved
     there (:func:`_moved_shifts`), or, saw in place while phase correlation put it elsewhere, its in-place one exactly
-    in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept."""
+    in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept. The
+    in-place hypothesis moved to its phase correlation's strongest peak away from in place counts only by its
+    near-exact part at the slice's own resolution (:func:`_with_moved_native_part`)."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
@@ -999,7 +1063,10 @@ def _verify_chunk(
     transposed, angles, scales = _hypotheses(used, pairs, in_place_scales)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    moved, moved_masks, shifts, cross, turned = _aligned(images, unique, pairs, transposed, angles, scales)
+    moved, moved_masks, shifts, cross, turned, turned_masks = _aligned(
+        images, unique, pairs, transposed, angles, scales
+    )
+    in_place = np.arange(len(pairs.query)) * _HYPOTHESES + IN_PLACE
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
     pair_of, scored = _scored_hypotheses(ranks)
@@ -1021,6 +1088,26 @@ def _verify_chunk(
         pair_of = np.concatenate([pair_of, guided])
         scored = np.concatenate([scored, guided * _HYPOTHESES + IN_PLACE])
         fine = np.concatenate([fine, _refined_shifts(moved_cross, moved_by)])
+    # Every pair also tries its in-place hypothesis where its phase correlation peaks farthest from in place: the
+    # strongest peak away from in place, on the side of the periodic surface where the two agree, refined in windows
+    # about where they agree. A region copied and moved (a pasted patch) correlates there, however a host's anatomy
+    # rules the rest of the slices. This move counts only by its near-exact part at the slice's own resolution
+    # (:func:`_with_moved_native_part`): a look-alike moved there can agree loosely, a copy is reproduced (§7.45).
+    away = np.where(
+        (_wrapped_distance(shifts[in_place], in_place_offsets) <= MOVED_SEARCH)[:, None],
+        _peaks_away(cross[in_place], in_place_offsets),
+        shifts[in_place],
+    )
+    found_moves = _agreement_moves(
+        images[pairs.query], masks[pairs.query], turned[in_place], turned_masks[in_place], away
+    )
+    roaming = np.flatnonzero(np.isfinite(found_moves[:, 2]))
+    first_away = len(scored)
+    if len(roaming):
+        roamed_by, roamed_cross = _moved_shifts(images, turned, pairs, roaming, found_moves[roaming])
+        pair_of = np.concatenate([pair_of, roaming])
+        scored = np.concatenate([scored, in_place[roaming]])
+        fine = np.concatenate([fine, _refined_shifts(roamed_cross, roamed_by)])
     maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
     placed, placed_masks = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
     queries_at = owner[scored]
@@ -1030,11 +1117,15 @@ def _verify_chunk(
         images[queries_at], masks[queries_at], placed, placed_masks, structured, whole
     )
     chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless another scores higher
+    away_of = np.full(len(ranks), -1, dtype=np.intp)
     for s, p in enumerate(pair_of):
+        if s >= first_away:
+            away_of[p] = s
+            continue
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
             chosen[p] = s
     most_reproduced = np.zeros(len(ranks))
-    np.maximum.at(most_reproduced, pair_of, reproduced)
+    np.maximum.at(most_reproduced, pair_of[:first_away], reproduced[:first_away])
     bent = scores[chosen].astype(np.float64)
     gated = np.flatnonzero(bent >= BEND_GATE)
     if len(gated):
@@ -1044,18 +1135,34 @@ def _verify_chunk(
         bent[gated] = np.maximum(bent[gated], bent_scores)
     to_query = [np.linalg.inv(_grid_of(query)) for query in used]
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
-    for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
-        query, h = used[q], scored[chosen[p]]
-        shift = (float(fine[chosen[p], 0]), float(fine[chosen[p], 1]))
-        on_grid = _transform(angles[h], scales[h], shift)
+
+    def alignment_of(s: int, q: int, c: int) -> Alignment:
+        # The s-th scored hypothesis's map from the candidate's slice pixels to the query's.
+        h = scored[s]
+        on_grid = _transform(angles[h], scales[h], (float(fine[s, 0]), float(fine[s, 1])))
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
-        alignment = Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
+        return Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
+
+    for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
+        query, candidate = used[q], pairs.unique[c]
         mask = _to_slice(copied[chosen[p]], query)
         score = float(scores[chosen[p]])
         found = Verification(
-            score, alignment, mask, bounding_box(mask), float(most_reproduced[p]), float(bent[p]), on_grid=score
+            score,
+            alignment_of(chosen[p], q, c),
+            mask,
+            bounding_box(mask),
+            float(most_reproduced[p]),
+            float(bent[p]),
+            on_grid=score,
         )
-        out[asked[q]].append(_with_native_part(found, query, pairs.unique[c]))
+        result = _with_native_part(found, query, candidate)
+        a = away_of[p]
+        if a >= 0 and scores[a] >= NATIVE_GATE:
+            result = _with_moved_native_part(
+                result, query, candidate, alignment_of(a, q, c), _to_slice(copied[a], query)
+            )
+        out[asked[q]].append(result)
     return out
 
 
@@ -1076,6 +1183,19 @@ def _with_native_part(found: Verification, query: Grid, candidate: Grid) -> Veri
         reproduced=part,
         bent=max(found.bent, part),
     )
+
+
+def _with_moved_native_part(
+    found: Verification, query: Grid, candidate: Grid, moved: Alignment, copied: np.ndarray
+) -> Verification:
+    """``found``, or where it is higher, the near-exact part at the query's own resolution (:func:`native_part`) of the
+    candidate carried by the ``moved`` alignment (the in-place hypothesis moved to its phase correlation's strongest
+    peak away from in place, whose grid copy mask is ``copied``), as the pair's verification: that alignment, the part
+    as its score and near-exact part, its region as the copy mask; the bent score at least that part."""
+    part, region = native_part(query, candidate, moved, copied)
+    if part <= found.score:
+        return found
+    return Verification(part, moved, region, bounding_box(region), part, max(found.bent, part), on_grid=found.on_grid)
 
 
 def native_part(
