@@ -904,10 +904,15 @@ def _peaks_near(cross: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return out
 
 
+def _periodic_gap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| (grid pixels, elementwise) on the periodic phase-correlation surface."""
+    return np.abs((np.asarray(a) - b + GRID / 2) % GRID - GRID / 2)
+
+
 def _wrapped_distance(shifts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """[n] the largest per-axis distance between translations ``shifts`` and ``offsets`` [n, 2] (grid pixels) on the
     periodic phase-correlation surface."""
-    return np.abs((np.asarray(shifts) - offsets + GRID / 2) % GRID - GRID / 2).max(axis=1)
+    return _periodic_gap(shifts, offsets).max(axis=1)
 
 
 def _peaks_away(cross: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -916,9 +921,7 @@ def _peaks_away(cross: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     correlation = np.abs(_irfft2(cross, (GRID, GRID)))
     lags = np.arange(GRID)
     lags = np.where(lags > GRID // 2, lags - GRID, lags)
-    near = [
-        np.abs((lags[None, :] - offsets[:, axis, None] + GRID / 2) % GRID - GRID / 2) <= MOVED_SEARCH for axis in (0, 1)
-    ]
+    near = [_periodic_gap(lags[None, :], offsets[:, axis, None]) <= MOVED_SEARCH for axis in (0, 1)]
     correlation[near[0][:, :, None] & near[1][:, None, :]] = -1.0
     flat = correlation.reshape(len(correlation), -1).argmax(axis=1)
     return lags[np.stack(np.unravel_index(flat, (GRID, GRID)), axis=1)]
