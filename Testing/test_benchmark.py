@@ -36,7 +36,7 @@ from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
-from MemorizationIndexLib.region_search import REGION_CANDIDATES
+from MemorizationIndexLib.region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES
 from MemorizationIndexLib.second_stage import DEFAULT_CANDIDATES, Verified
 from MemorizationIndexLib.transforms import rotate
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
@@ -335,6 +335,7 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
     verification = results["settings"]["verification"]
     assert verification["used"] and verification["k"] == DEFAULT_CANDIDATES
     assert verification["region_candidates"] == REGION_CANDIDATES
+    assert verification["native_only_candidates"] == NATIVE_ONLY_CANDIDATES
     two = {r["condition"]: r for r in results["two_stage"]}
     assert set(two) == {"clean", "transpose", "half"}
     for row in two.values():

@@ -15,7 +15,7 @@ from MemorizationIndexLib.augment_partial import quarter
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
 from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key, is_fine, pool_tiles
 from MemorizationIndexLib.preprocess import PreprocessSettings, framed, nonempty_mask, prepare_batch, scale_unit
-from MemorizationIndexLib.region_search import REGION_CANDIDATES, RegionHits, RegionIndex
+from MemorizationIndexLib.region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, RegionHits, RegionIndex
 from MemorizationIndexLib.search import Neighbours
 from MemorizationIndexLib.second_stage import candidates, noisy_slices, with_region_candidates
 from MemorizationIndexLib.transforms import rotate
@@ -47,7 +47,11 @@ def _hits(rows: list[list[int]]) -> RegionHits:
 def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     listed = np.array([[4, 2, -1], [1, 3, 5]])
     found = with_region_candidates(listed, _hits([[2, 7, 7], [9, -1, 1]]))
-    assert found.rows.shape == (2, 3 + REGION_CANDIDATES)
+    assert found.rows.shape == (2, 3 + REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES)
+    # The last NATIVE_ONLY_CANDIDATES places count only by their near-exact part (method.md §7.46).
+    assert (
+        found.native_only[:, 3 + REGION_CANDIDATES :].all() and not found.native_only[:, : 3 + REGION_CANDIDATES].any()
+    )
     assert found.rows[:, :6].tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]]
     assert (found.rows[:, 6:] == -1).all()
     # Every candidate the region search named carries the places of its first naming; the others none.
@@ -56,8 +60,10 @@ def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     assert np.isnan(found.places[0, 0]).all() and np.isnan(found.places[1, 4:]).all()
     assert found.framed[:, :4].tolist() == [[False, False, False, True], [True, False, False, True]]  # rows 7, 1, 9
     assert not found.framed[:, 4:].any()
-    many = _hits([[4, 8, 2, 6, 9, 11], [-1, -1, -1, -1, -1, -1]])  # both kinds' rows: at most m are added
-    assert with_region_candidates(listed, many, 2).rows.tolist() == [[4, 2, -1, 8, 6], [1, 3, 5, -1, -1]]
+    many = _hits([[4, 8, 2, 6, 9, 11], [-1, -1, -1, -1, -1, -1]])  # both kinds' rows: at most m + extra are added
+    fewer = with_region_candidates(listed, many, 2, 1)
+    assert fewer.rows.tolist() == [[4, 2, -1, 8, 6, 9], [1, 3, 5, -1, -1, -1]]
+    assert fewer.native_only.tolist() == [[False] * 5 + [True]] * 2
 
 
 def test_a_second_view_takes_the_region_candidates_in_turn_or_alone() -> None:
@@ -180,7 +186,7 @@ def test_half_copies_find_their_source_among_the_region_candidates(
     )
     named = regions.search(query_tiles)
     found = named.rows
-    assert found.shape == (len(sources), 2 * region_search.REGION_CANDIDATES)
+    assert found.shape == (len(sources), 2 * (REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES))
     assert named.places.shape == (*found.shape, 4) and np.isfinite(named.places[found >= 0]).all()
     assert ((named.places[found >= 0] > 0) & (named.places[found >= 0] < 1)).all()  # tile centres
     hits = [rows[s] in found[i] for i, s in enumerate(sources)]

@@ -313,3 +313,29 @@ def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(s
     assert found.row == 0 and found.score >= plain.score + 0.2 and found.score >= 0.4, (found.score, plain.score)
     mask = found.result.mask
     assert mask[: h // 2, : w // 2].sum() >= 0.8 * mask.sum() > 0
+
+
+def test_a_native_only_candidate_counts_only_by_its_near_exact_part(shared_data: Path) -> None:
+    """A candidate marked native-only counts only where its near-exact part at the query's own resolution is its
+    verification, and then by that part alone: a quadrant copied over another person's slice is found by it (1 on
+    every count, 0.31 on the grid when written), while a slice three slices away in the same volume, which agrees
+    loosely on the grid (0.23 when written) and is reproduced nowhere, is not verified at all (method.md §7.46)."""
+    settings = PreprocessSettings()
+    images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
+    source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)
+    at = int(0.84 * len(source_volume))
+    source = scale_unit(source_volume[at], settings)
+    host = scale_unit(host_volume[len(host_volume) // 2], settings)
+    copy = resize(host, source.shape, order=1, anti_aliasing=True).astype(np.float32)
+    h, w = source.shape
+    copy[: h // 2, : w // 2] = source[: h // 2, : w // 2]
+    neighbour = scale_unit(source_volume[at - 3], settings)
+    grids = SliceGrids([source], settings, None)
+    only = np.array([[True]])
+    [found] = verify_slices([copy], np.array([[0]]), grids, settings, native_only=only)
+    assert found.row == 0 and found.score >= 0.5 and found.score == found.reproduced == found.bent, found
+    assert found.result is not None and found.result.on_grid < found.score
+    [loose] = verify_slices([neighbour], np.array([[0]]), grids, settings)
+    [dropped] = verify_slices([neighbour], np.array([[0]]), grids, settings, native_only=only)
+    assert loose.row == 0 and loose.score >= 0.15, loose.score
+    assert dropped.row == -1 and dropped.score == 0.0 and dropped.result is None

@@ -24,7 +24,7 @@ Sections
             without the second stage (interleaved rounds, median of the per-round ratios; issue 12:
             at most 1.5x wanted), and the second stage step by step (views embedding, view
             searches, then verification: reference grids, query grids and pairs together on the
-            pixel-work threads, as verify_slices runs them; the reference grids are also timed
+            pixel-work threads, as verify_shortlist runs them; the reference grids are also timed
             alone, on one thread, outside the step sum). The reference: 4 real
             brain subjects' coronal slices with their reference copies, embedded, plus synthetic
             feature vectors up to the audit reference's size whose provenance cycles over those
@@ -717,7 +717,7 @@ def _second_stage_parts(
         search_depth,
         shortlist,
         smoothed_view,
-        verify_slices,
+        verify_shortlist,
         view_hits,
         with_region_candidates,
         with_smoothed_regions,
@@ -762,7 +762,7 @@ def _second_stage_parts(
     reference = ReferenceGrids(index)(wanted)
     lap("reference_grids_alone")
     used = ReferenceGrids(index)
-    verify_slices(slices, rows, used, settings, places=listed.places, framed=listed.framed)
+    verify_shortlist(slices, listed, used, settings)
     lap("verification")
     pairs = sum(sum(int(r) in reference for r in candidates_of if r >= 0) for candidates_of in rows)
     real = sum(r < n_real_slices for r in wanted)

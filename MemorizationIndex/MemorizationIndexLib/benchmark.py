@@ -52,7 +52,7 @@ from .index_build import build_index_from_features, subject_of
 from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
 from .reference_index import EncoderInfo, Provenance
-from .region_search import REGION_CANDIDATES, Tiles
+from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, Tiles
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
 from .second_stage import DEFAULT_CANDIDATES, VIEWS, SliceGrids, search_depth, slice_places
@@ -901,6 +901,7 @@ def _verification_settings(used: bool) -> dict:
         "used": used,
         "k": DEFAULT_CANDIDATES,
         "region_candidates": REGION_CANDIDATES if used else 0,
+        "native_only_candidates": NATIVE_ONLY_CANDIDATES if used else 0,
         "views": list(VIEWS),
         "flag": "flag_p < alpha, flag_p = verified_null.flag_p (Bonferroni) of the global and verified p-values"
         if used

@@ -290,11 +290,14 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
     ]
     k = results["settings"]["verification"]["k"]
     regions = results["settings"]["verification"].get("region_candidates", 0)
+    native_only = results["settings"]["verification"].get("native_only_candidates", 0)
     added = (
         f" and up to {regions} more from the region search (tiles of the slice, docs/method.md §7.14)"
         if regions
         else ""
     )
+    if native_only:
+        added += f", then up to {native_only} more that count only by their near-exact part (docs/method.md §7.46)"
     return (
         "## Both stages: the shipped flag\n\nEvery query slice goes through the audit's two stages: the global "
         f"search, {k} candidate reference slices (as cut; noisy slices also smoothed){added}, pixel verification "

@@ -3,7 +3,7 @@
 Every condition's queries go through the audit's functions: the global search
 (``audit.score_features``), candidates searched in the benchmark index (smoothed views of noisy slices too)
 (``index_verification.shortlist_queries``), pixel verification against the benchmark's reference
-slices (``second_stage.verify_slices``) and the flag that combines both stages with the verified
+slices (``second_stage.verify_shortlist``) and the flag that combines both stages with the verified
 null (``verified_null.flag_p``, Bonferroni; flagged = flag_p < alpha). The audit uses the combined p-value only
 when the global calibration holds for the audited input (``audit.finalize_flags``); the benchmark
 assumes it holds (its novel slices come from the same acquisition as the reference).
@@ -29,7 +29,7 @@ from .preprocess import PreprocessSettings, scaled_foreground
 from .reference_index import Provenance, ReferenceIndex
 from .region_search import Tiles
 from .search import Neighbours
-from .second_stage import GridSource, Verified, verify_slices
+from .second_stage import GridSource, Verified, verify_shortlist
 from .verification import bounding_box
 from .verified_null import flag_p as combined_p
 
@@ -96,9 +96,7 @@ def score_two_stage(
     ``tiles``: the slices' tile features (for the index's region search)."""
     as_cut = Neighbours(np.array([r["similarity"] for r in rows]), ids, scores)
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size)
-    verified = verify_slices(
-        slices, shortlisted.rows, grids, index.preprocessing, places=shortlisted.places, framed=shortlisted.framed
-    )
+    verified = verify_shortlist(slices, shortlisted, grids, index.preprocessing)
     verified_p = index.verified_null.verified_p_of(verified)
     flag_p = combined_p(
         np.array([r["p_value"] for r in rows]),

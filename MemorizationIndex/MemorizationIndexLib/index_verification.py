@@ -15,7 +15,7 @@ from .grid_cache import GridCache
 from .reference_index import ReferenceIndex
 from .region_search import Tiles
 from .search import Neighbours
-from .second_stage import GridSource, Shortlist, Verified, candidates, slice_places, verify_slices
+from .second_stage import GridSource, Shortlist, Verified, candidates, slice_places, verify_shortlist
 from .verified_null import null_settings
 
 GRID_CACHE = 4096  # reference grids kept between query batches (0.4 MB for a 256 x 256 slice, 1 MB for 512 x 512)
@@ -118,11 +118,9 @@ def verify_queries(
     cancel: threading.Event | None = None,
 ) -> list[Verified]:
     """The best verified candidate of every query slice (:func:`shortlist_queries`, then
-    ``second_stage.verify_slices`` against the reference grids)."""
+    ``second_stage.verify_shortlist`` against the reference grids)."""
     shortlisted = shortlist_queries(index, encoder, slices, as_cut, tiles, batch_size=batch_size, cancel=cancel)
-    return verify_slices(
-        slices, shortlisted.rows, grids, index.preprocessing, cancel, shortlisted.places, shortlisted.framed
-    )
+    return verify_shortlist(slices, shortlisted, grids, index.preprocessing, cancel)
 
 
 class SecondStage:

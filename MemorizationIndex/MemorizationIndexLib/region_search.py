@@ -31,6 +31,8 @@ from .whitening import ShrinkageWhitener
 Tiles = dict[str, np.ndarray]  # tile key (encoders.tiles) -> float32 [slices, tiles, channels]: raw tile features
 
 REGION_CANDIDATES = 6  # training slices the region search adds to a query slice's candidates; method.md §7.29
+# Further training slices it adds that count only by their near-exact part at the slice's own resolution (§7.46)
+NATIVE_ONLY_CANDIDATES = 3
 REGION_DEPTH = 8  # tile hits searched per query tile; the deepest is the tile's level (:func:`tile_margins`)
 IVF_MIN_VECTORS = 20_000  # tile vectors from which a tile index is IVF (exact re-scoring of the hits)
 # IVF cells scanned per query tile: the hits only propose candidates to verify; on docs/performance.md's
@@ -166,7 +168,7 @@ class RegionIndex:
             grouped.setdefault(_kind(key), {})[key] = raw
         return cls({kind: TileIndex.fit(grouped[kind], make_whitener) for kind in INDEX_FILES if kind in grouped}, rows)
 
-    def search(self, tiles: Tiles, k: int = REGION_CANDIDATES) -> RegionHits:
+    def search(self, tiles: Tiles, k: int = REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES) -> RegionHits:
         """The query slices' best-matching training slices, [n, ≤ 2k] (:class:`RegionHits`): each kind's best k by
         tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without repeats."""
         n = len(next(iter(tiles.values())))

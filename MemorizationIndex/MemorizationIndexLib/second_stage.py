@@ -30,7 +30,7 @@ from .encoders.base import Encoder
 from .grid_cache import GridCache
 from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit
-from .region_search import REGION_CANDIDATES, RegionHits, Tiles
+from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, RegionHits, Tiles
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
 from .verification import (
@@ -60,7 +60,8 @@ NOISY = 2.0 * NOISE_TARGET
 HEAVY_NOISE = 2.0 * NOISY
 # Candidates the global search shortlists per query slice; the region search adds REGION_CANDIDATES more. Its deeper
 # ranks hold partial copies' sources, and it names whole copies' sources too: of 55 that the global search ranked
-# 4th-6th on the benchmark's captures, it named 54 (method.md §7.29).
+# 4th-6th on the benchmark's captures, it named 54 (method.md §7.29). It then adds NATIVE_ONLY_CANDIDATES more, which
+# count only by their near-exact part at the slice's own resolution (method.md §7.46).
 DEFAULT_CANDIDATES = 3
 SEARCH_DEPTH = len(REFERENCE_COPIES)  # hits searched per candidate wanted: an original's copies share it
 NEIGHBOUR_SLICES = 1  # a candidate this many slices or fewer from a better-ranked one of its volume waits for it
@@ -90,16 +91,19 @@ class GridSource(Protocol):
 class Shortlist:
     """The candidates of query slices: ``rows`` [n, K] original reference rows (-1 = none), and ``places``
     [n, K, 4] the tiles by which the region search named each one, in the framing ``framed`` [n, K] says
-    (``region_search.RegionHits``; nan where it did not name the row)."""
+    (``region_search.RegionHits``; nan where it did not name the row); ``native_only`` [n, K]: the candidates that
+    count only by their near-exact part at the query's own resolution (:func:`verify_slices`)."""
 
     rows: np.ndarray
     places: np.ndarray
     framed: np.ndarray
+    native_only: np.ndarray
 
     @classmethod
     def of(cls, rows: np.ndarray) -> Shortlist:
         """Candidate rows the region search did not name."""
-        return cls(rows, np.full((*rows.shape, 4), np.nan), np.zeros(rows.shape, dtype=bool))
+        none = np.zeros(rows.shape, dtype=bool)
+        return cls(rows, np.full((*rows.shape, 4), np.nan), none, none.copy())
 
 
 @dataclass(frozen=True)
@@ -179,11 +183,12 @@ def candidates(
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> Shortlist:
-    """[n, k (+ m)] candidates of the slices: ``as_cut`` (the audit's own search, at least :func:`search_depth`
+    """[n, k (+ m + extra)] candidates of the slices: ``as_cut`` (the audit's own search, at least :func:`search_depth`
     deep), merged for noisy slices with the search of their smoothed view, then, given ``search_regions`` and the
-    slices' ``tiles``, the first :data:`REGION_CANDIDATES` of the region search's rows not already among them
-    (:func:`with_region_candidates`). A noisy slice's region search takes its smoothed view's tiles too (from the
-    forward pass that view gets anyway), first, and alone from :data:`HEAVY_NOISE` (method.md §7.30)."""
+    slices' ``tiles``, the first :data:`REGION_CANDIDATES` of the region search's rows not already among them, then
+    :data:`NATIVE_ONLY_CANDIDATES` more, native-only (:func:`with_region_candidates`). A noisy slice's region search
+    takes its smoothed view's tiles too (from the forward pass that view gets anyway), first, and alone from
+    :data:`HEAVY_NOISE` (method.md §7.30)."""
     n = len(slices)
     if n == 0:
         return Shortlist.of(np.zeros((0, k), dtype=np.int64))
@@ -221,17 +226,21 @@ def with_smoothed_regions(
     return regions.with_view(noisy, smoothed, alone=heavy)
 
 
-def with_region_candidates(listed: np.ndarray, regions: RegionHits, m: int = REGION_CANDIDATES) -> Shortlist:
-    """[n, k + m]: the candidates [n, k] followed by the first m of the region search's rows (in its order) that
-    are not among them (-1 = none); every candidate the region search named carries its tiles' places."""
-    out = Shortlist.of(np.full((len(listed), listed.shape[1] + m), -1, dtype=np.int64))
+def with_region_candidates(
+    listed: np.ndarray, regions: RegionHits, m: int = REGION_CANDIDATES, extra: int = NATIVE_ONLY_CANDIDATES
+) -> Shortlist:
+    """[n, k + m + extra]: the candidates [n, k] followed by the first m + extra of the region search's rows (in its
+    order) that are not among them (-1 = none), the last ``extra`` places native-only (:class:`Shortlist`); every
+    candidate the region search named carries its tiles' places."""
+    out = Shortlist.of(np.full((len(listed), listed.shape[1] + m + extra), -1, dtype=np.int64))
     out.rows[:, : listed.shape[1]] = listed
+    out.native_only[:, listed.shape[1] + m :] = True
     for i, rows in enumerate(regions.rows):
         named: dict[int, int] = {}  # row -> its first position in the region search's order
         for position, r in enumerate(rows.tolist()):
             if r >= 0:
                 named.setdefault(int(r), position)
-        added = [r for r in named if r not in listed[i]][:m]
+        added = [r for r in named if r not in listed[i]][: m + extra]
         out.rows[i, listed.shape[1] : listed.shape[1] + len(added)] = added
         for j, r in enumerate(out.rows[i].tolist()):
             if r in named:
@@ -276,6 +285,7 @@ def verify_slices(
     cancel: threading.Event | None = None,
     places: np.ndarray | None = None,
     framed: np.ndarray | None = None,
+    native_only: np.ndarray | None = None,
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (among equal
     scores, the one scoring higher on the grid alone, then the best-ranked). Each neighbourhood's best-ranked
@@ -283,7 +293,10 @@ def verify_slices(
     could not be read); a candidate the region search named (finite ``places``) never waits.
     ``places`` [n, k, 4]: the tiles by which the region search named each candidate, in the framing ``framed``
     [n, k] says (:class:`Shortlist`; none when None), which say where a moved copy's in-place hypothesis is
-    sought (``verification.verify_batch``).
+    sought (``verification.verify_batch``). A candidate set in ``native_only`` [n, k] (none when None) counts only
+    where its near-exact part at the query's own resolution (``verification.native_part``) is its verification,
+    above its grid's score and near-exact part, and then by that part alone (:func:`_counted`): a look-alike agrees
+    loosely on the grid, a copy is reproduced (method.md §7.46).
 
     The slices are verified in chunks of batched pairs (``verification.pair_chunks``) on the pixel-work
     threads (:mod:`pixel_threads`), each chunk asking ``grids`` for its reference grids, so that one
@@ -298,6 +311,8 @@ def verify_slices(
     asked = [i for i, rows in enumerate(listed) if rows]
     named = [[bool(np.isfinite(pair).all()) for pair, _ in pairs] for pairs in guides]
     leaders = {i: waits_for(listed[i], grids.places, named[i]) for i in asked}
+    only = np.zeros(np.shape(shortlisted), dtype=bool) if native_only is None else np.asarray(native_only, dtype=bool)
+    natives = [[bool(o) for r, o in zip(rows, os_) if r >= 0] for rows, os_ in zip(shortlisted, only)]
 
     def verify_chunk(run: range) -> dict[int, Verified]:
         if cancel is not None and cancel.is_set():
@@ -314,6 +329,8 @@ def verify_slices(
             found[i] |= results
         cut_from = {i: slices[i] for i in chosen}
         _verify_in_candidate_squares(cut_from, queries, listed, guides, found, reference | read, settings)
+        for i in chosen:
+            found[i] = _counted(found[i], natives[i])
         verified = {}
         for i, results in found.items():
             if results:
@@ -331,6 +348,39 @@ def verify_slices(
         for i, best in verified.items():
             out[i] = best
     return out
+
+
+def _counted(results: dict[int, Verification], native_only: list[bool]) -> dict[int, Verification]:
+    """The verifications {position: verification} that count: a native-only candidate's (``native_only`` by
+    position) only where its near-exact part at the slice's own resolution raised its score above the grid's, as
+    that part alone (its score, near-exact part and bent score)."""
+    out = {}
+    for j, result in results.items():
+        if not native_only[j]:
+            out[j] = result
+        elif result.score > result.on_grid:
+            out[j] = replace(result, reproduced=result.score, bent=result.score)
+    return out
+
+
+def verify_shortlist(
+    slices: Sequence[np.ndarray],
+    shortlisted: Shortlist,
+    grids: GridSource,
+    settings: PreprocessSettings,
+    cancel: threading.Event | None = None,
+) -> list[Verified]:
+    """:func:`verify_slices` of the slices against their :class:`Shortlist`."""
+    return verify_slices(
+        slices,
+        shortlisted.rows,
+        grids,
+        settings,
+        cancel,
+        shortlisted.places,
+        shortlisted.framed,
+        shortlisted.native_only,
+    )
 
 
 def _verifies(leader: Verification | None) -> bool:

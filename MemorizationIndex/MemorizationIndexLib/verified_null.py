@@ -28,7 +28,7 @@ from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .encoders.tiles import COARSE_TILES, FINE_TILES
 from .preprocess import PreprocessSettings
-from .region_search import REGION_CANDIDATES, REGION_DEPTH, RegionIndex, Tiles
+from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, REGION_DEPTH, RegionIndex, Tiles
 from .scoring import NullModel
 from .search import build_flat_index, search_blocks
 from .second_stage import (
@@ -43,7 +43,7 @@ from .second_stage import (
     Verified,
     candidates,
     search_depth,
-    verify_slices,
+    verify_shortlist,
 )
 from .verification import (
     BEND_GATE,
@@ -146,7 +146,7 @@ class VerifiedNull:
         return p
 
     def verified_p_of(self, verified: Sequence[Verified]) -> np.ndarray:
-        """:meth:`verified_p` of second-stage results (``second_stage.verify_slices``)."""
+        """:meth:`verified_p` of second-stage results (``second_stage.verify_shortlist``)."""
         return self.verified_p(
             np.array([v.score for v in verified]),
             np.array([v.roughness for v in verified]),
@@ -205,7 +205,7 @@ def null_settings(regions: bool) -> dict:
         "bend": [BEND_GATE, BEND_SIGMA, BEND_MAX, BEND_WARPS],
         "null_blur": list(NULL_BLUR),
         "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block, whole view"] if regions else 0,
-        "region_candidates": REGION_CANDIDATES if regions else 0,
+        "region_candidates": [REGION_CANDIDATES, NATIVE_ONLY_CANDIDATES, "native part only"] if regions else 0,
         "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
         "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,
     }
@@ -382,9 +382,7 @@ def verify_against(
         batch_size=batch_size,
         cancel=cancel,
     )
-    verified = verify_slices(
-        queries.slices, shortlisted.rows, grids, settings, cancel, shortlisted.places, shortlisted.framed
-    )
+    verified = verify_shortlist(queries.slices, shortlisted, grids, settings, cancel)
     return VerifiedNull(
         np.array([v.score for v in verified]),
         np.asarray(as_cut.similarity, dtype=np.float64),
