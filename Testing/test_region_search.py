@@ -306,10 +306,13 @@ def test_a_noisy_slice_is_region_searched_by_its_smoothed_view(encoder, brain_su
         tiles=query_tiles,
     )
     as_cut = with_region_candidates(np.full((len(noisy), 3), -1), regions.search(query_tiles)).rows
-    smoothed_named = np.mean([s in shortlisted.rows[i] for i, s in enumerate(sources)])
-    as_cut_named = np.mean([s in as_cut[i] for i, s in enumerate(sources)])
-    # measured: 1.0 named from the smoothed view, 0.87 from the slices as cut; at σ 0.13 and 0.18 both name all
-    # (since the fine tiles see the whole field of view, method.md §7.31; before, 0.83-0.90 as cut at σ 0.12-0.14)
+    # Among the candidates that count as any (the native-only ones come last; method.md §7.46): measured 1.0 named
+    # from the smoothed view, 0.87 from the slices as cut (0.97 with six native-only ones too); at σ 0.13 and 0.18
+    # both name all (since the fine tiles see the whole field of view, method.md §7.31; before, 0.83-0.90 as cut at
+    # σ 0.12-0.14)
+    counted = 3 + REGION_CANDIDATES
+    smoothed_named = np.mean([s in shortlisted.rows[i][:counted] for i, s in enumerate(sources)])
+    as_cut_named = np.mean([s in as_cut[i][:counted] for i, s in enumerate(sources)])
     assert smoothed_named >= 0.95 and smoothed_named >= as_cut_named + 0.05, (smoothed_named, as_cut_named)
 
 

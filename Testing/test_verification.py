@@ -781,3 +781,18 @@ def test_a_bent_copy_scores_higher_bent_than_aligned(pair):
         assert copy.bent >= copy.score and stranger.bent >= stranger.score
     assert min(copy.bent - copy.score for copy, _ in found) > 0.15
     assert min(copy.bent for copy, _ in found) > 5 * max(stranger.bent for _, stranger in found)
+
+
+def test_a_pair_not_marked_for_the_bend_keeps_its_verification_unbent(pair):
+    """A pair that ``verify_batch`` is told not to bend (a native-only candidate, whose bent score the second stage
+    replaces; method.md §7.47) gets the same verification as when bent, but for a bent score equal to its score."""
+    source, other = pair
+    query = to_grid(bent_copy(source, 0.7, 0.02, 5.0))
+    candidates = [to_grid(source), to_grid(other)]
+    [bent] = verify_batch([query], [candidates])
+    [unbent] = verify_batch([query], [candidates], bend=[[False, True]])
+    assert bent[0].bent > bent[0].score + 0.15
+    assert unbent[0].bent == unbent[0].score == bent[0].score
+    assert np.array_equal(unbent[0].alignment.matrix, bent[0].alignment.matrix)
+    assert np.array_equal(unbent[0].mask, bent[0].mask)
+    assert unbent[1].bent == bent[1].bent and unbent[1].score == bent[1].score

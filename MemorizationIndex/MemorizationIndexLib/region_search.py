@@ -31,8 +31,8 @@ from .whitening import ShrinkageWhitener
 Tiles = dict[str, np.ndarray]  # tile key (encoders.tiles) -> float32 [slices, tiles, channels]: raw tile features
 
 REGION_CANDIDATES = 6  # training slices the region search adds to a query slice's candidates; method.md §7.29
-# Further training slices it adds that count only by their near-exact part at the slice's own resolution (§7.46)
-NATIVE_ONLY_CANDIDATES = 3
+# Further training slices it adds that count only by their near-exact part at the slice's own resolution (§7.46, §7.47)
+NATIVE_ONLY_CANDIDATES = 6
 REGION_DEPTH = 8  # tile hits searched per query tile; the deepest is the tile's level (:func:`tile_margins`)
 IVF_MIN_VECTORS = 20_000  # tile vectors from which a tile index is IVF (exact re-scoring of the hits)
 # IVF cells scanned per query tile: the hits only propose candidates to verify; on docs/performance.md's

@@ -312,7 +312,7 @@ def verify_slices(
     named = [[bool(np.isfinite(pair).all()) for pair, _ in pairs] for pairs in guides]
     leaders = {i: waits_for(listed[i], grids.places, named[i]) for i in asked}
     only = np.zeros(np.shape(shortlisted), dtype=bool) if native_only is None else np.asarray(native_only, dtype=bool)
-    natives = [[bool(o) for r, o in zip(rows, os_) if r >= 0] for rows, os_ in zip(shortlisted, only)]
+    natives = [[bool(o) for r, o in zip(rows, marks) if r >= 0] for rows, marks in zip(shortlisted, only)]
 
     def verify_chunk(run: range) -> dict[int, Verified]:
         if cancel is not None and cancel.is_set():
@@ -320,15 +320,15 @@ def verify_slices(
         chosen = [asked[j] for j in run]
         first = {i: [j for j, lead in enumerate(leaders[i]) if lead == j] for i in chosen}
         queries = dict(zip(chosen, to_grids([slices[i] for i in chosen], settings)))
-        found, reference = _verify_positions(queries, listed, guides, first, grids)
+        found, reference = _verify_positions(queries, listed, guides, natives, first, grids)
         then = {
             i: [j for j, lead in enumerate(leaders[i]) if lead != j and _verifies(found[i].get(lead))] for i in chosen
         }
-        waited, read = _verify_positions(queries, listed, guides, then, grids)
+        waited, read = _verify_positions(queries, listed, guides, natives, then, grids)
         for i, results in waited.items():
             found[i] |= results
         cut_from = {i: slices[i] for i in chosen}
-        _verify_in_candidate_squares(cut_from, queries, listed, guides, found, reference | read, settings)
+        _verify_in_candidate_squares(cut_from, queries, listed, guides, natives, found, reference | read, settings)
         for i in chosen:
             found[i] = _counted(found[i], natives[i])
         verified = {}
@@ -393,13 +393,15 @@ def _verify_positions(
     queries: dict[int, Grid],
     listed: list[list[int]],
     guides: list[list[tuple[np.ndarray, bool]]],
+    natives: list[list[bool]],
     positions: dict[int, list[int]],
     grids: GridSource,
 ) -> tuple[dict[int, dict[int, Verification]], dict[int, Grid]]:
     """{query: {position: verification}} of the candidates at ``positions`` of each query's list whose
     grids can be read (one batch), each with its region tiles' places and whether they are fractions of the whole
     fields of view (``guides``, parallel to ``listed``), carried onto the two grids; and {row: grid} of those
-    candidates."""
+    candidates. The native-only candidates (``natives``, parallel to ``listed``) get no bend: :func:`_counted`
+    replaces their bent score."""
     reference = grids(sorted({listed[i][j] for i, wanted in positions.items() for j in wanted}))
     usable = {i: [j for j in wanted if listed[i][j] in reference] for i, wanted in positions.items()}
     asked = [i for i, wanted in usable.items() if wanted]
@@ -412,6 +414,7 @@ def _verify_positions(
         [queries[i] for i in asked],
         [[reference[listed[i][j]] for j in usable[i]] for i in asked],
         places=[[on_grids(i, j) for j in usable[i]] for i in asked],
+        bend=[[not natives[i][j] for j in usable[i]] for i in asked],
     )
     found: dict[int, dict[int, Verification]] = {i: {} for i in queries}
     for i, verified in zip(asked, results):
@@ -424,6 +427,7 @@ def _verify_in_candidate_squares(
     queries: dict[int, Grid],
     listed: list[list[int]],
     guides: list[list[tuple[np.ndarray, bool]]],
+    natives: list[list[bool]],
     found: dict[int, dict[int, Verification]],
     reference: dict[int, Grid],
     settings: PreprocessSettings,
@@ -433,7 +437,7 @@ def _verify_in_candidate_squares(
     smaller than the query grid's by more than SQUARE_RATIO in side; keep the higher score (``found`` is updated). A
     training slice copied into a larger host (a quarter of a small slice over a large one) otherwise fills a small
     part of the query grid, with too few pixels to reproduce near-exactly (method.md §7.32). ``reference``: the
-    verified candidates' grids by row."""
+    verified candidates' grids by row; ``natives``: the native-only candidates by position, which get no bend."""
     wanted, squares = [], []
     for i, results in found.items():
         for j in results:
@@ -448,7 +452,12 @@ def _verify_in_candidate_squares(
         return
     cut = to_grids([slices[i] for i, _, _ in wanted], settings, squares)
     placed = [[regrid_places(on_grids, queries[i], grid)] for (i, _, on_grids), grid in zip(wanted, cut)]
-    results = verify_batch(cut, [[reference[listed[i][j]]] for i, j, _ in wanted], places=placed)
+    results = verify_batch(
+        cut,
+        [[reference[listed[i][j]]] for i, j, _ in wanted],
+        places=placed,
+        bend=[[not natives[i][j]] for i, j, _ in wanted],
+    )
     for (i, j, _), [again] in zip(wanted, results):
         first = found[i][j]
         best = again if again.score > first.score else first

@@ -1032,21 +1032,30 @@ def verify_batch(
     candidates: Sequence[Sequence[Grid]],
     chunk_pairs: int = CHUNK_PAIRS,
     places: Sequence[Sequence[np.ndarray]] | None = None,
+    bend: Sequence[Sequence[bool]] | None = None,
 ) -> list[list[Verification]]:
     """Verify every query against its own candidates (in order), as :func:`verify` does each pair:
     the pairs of consecutive queries are batched, ``chunk_pairs`` at most at a time. ``places``: per candidate,
     the region search's two tiles [4] (``region_search.RegionHits``; nan, or None for all, where there are none),
-    which place a moved copy's in-place hypothesis (:func:`_moved_in_place`)."""
+    which place a moved copy's in-place hypothesis (:func:`_moved_in_place`). ``bend``: per candidate, whether its
+    bent score is sought (:func:`_bent`; all when None); where not, the bent score is the verified score."""
     if places is None:
         places = [[np.full(4, np.nan)] * len(listed) for listed in candidates]
+    if bend is None:
+        bend = [[True] * len(listed) for listed in candidates]
     out: list[list[Verification]] = []
     for run in pair_chunks([len(listed) for listed in candidates], chunk_pairs):
-        out += _verify_chunk([queries[i] for i in run], [candidates[i] for i in run], [places[i] for i in run])
+        out += _verify_chunk(
+            [queries[i] for i in run], [candidates[i] for i in run], [places[i] for i in run], [bend[i] for i in run]
+        )
     return out
 
 
 def _verify_chunk(
-    queries: Sequence[Grid], candidates: Sequence[Sequence[Grid]], places: Sequence[Sequence[np.ndarray]]
+    queries: Sequence[Grid],
+    candidates: Sequence[Sequence[Grid]],
+    places: Sequence[Sequence[np.ndarray]],
+    bend: Sequence[Sequence[bool]],
 ) -> list[list[Verification]]:
     """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps
     of every pair and hypothesis are batched; each pair's best hypothesis by global correlation and its in-place
@@ -1054,7 +1063,8 @@ def _verify_chunk(
     there (:func:`_moved_shifts`), or, saw in place while phase correlation put it elsewhere, its in-place one exactly
     in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept. The
     in-place hypothesis moved to its phase correlation's strongest peak away from in place counts only by its
-    near-exact part at the slice's own resolution (:func:`_with_moved_native_part`)."""
+    near-exact part at the slice's own resolution (:func:`_with_moved_native_part`). The pairs that ``bend`` marks and
+    that score at least BEND_GATE are bent too (:func:`_bent`)."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
@@ -1130,7 +1140,8 @@ def _verify_chunk(
     most_reproduced = np.zeros(len(ranks))
     np.maximum.at(most_reproduced, pair_of[:first_away], reproduced[:first_away])
     bent = scores[chosen].astype(np.float64)
-    gated = np.flatnonzero(bent >= BEND_GATE)
+    wanted = np.array([wants for i in asked for wants in bend[i]], dtype=bool)
+    gated = np.flatnonzero((bent >= BEND_GATE) & wanted)
     if len(gated):
         rows, at = chosen[gated], queries_at[chosen[gated]]
         moved_on, moved_on_masks = _bent(images[at], masks[at], placed[rows], placed_masks[rows])
