@@ -1183,7 +1183,7 @@ def _verify_chunk(
 def _with_native_part(found: Verification, query: Grid, candidate: Grid) -> Verification:
     """A verification scoring at least NATIVE_GATE with its near-exact part raised to :func:`native_part` where that
     is higher, its score and bent score with it; its copy mask becomes the native region where it had none."""
-    if found.score < NATIVE_GATE:
+    if found.score < NATIVE_GATE or found.reproduced >= 1.0:  # the part is at most 1
         return found
     part, region = native_part(query, candidate, found.alignment, found.mask)
     if part <= found.reproduced:
@@ -1206,6 +1206,8 @@ def _with_moved_native_part(
     candidate carried by the ``moved`` alignment (the in-place hypothesis moved to its phase correlation's strongest
     peak away from in place, whose grid copy mask is ``copied``), as the pair's verification: that alignment, the part
     as its score and near-exact part, its region as the copy mask; the bent score at least that part."""
+    if found.score >= 1.0:  # the part is at most 1
+        return found
     part, region = native_part(query, candidate, moved, copied)
     if part <= found.score:
         return found
@@ -1232,15 +1234,24 @@ def native_part(
     inside = _carried(candidate.foreground.astype(np.float32), to_candidate, fixed.shape) > 0.5
     overlap = query.foreground & inside
     region = overlap if copied is None or not copied.any() else copied & overlap
-    shift = _residual_shift(fixed, _carried(own, to_candidate, fixed.shape), region)
-    to_candidate[:2, 2] -= to_candidate[:2, :2] @ shift
     moved = _carried(own, to_candidate, fixed.shape)
+    shift = _residual_shift(fixed, moved, region)
+    if shift.any():
+        to_candidate[:2, 2] -= to_candidate[:2, :2] @ shift
+        moved = _carried(own, to_candidate, fixed.shape)
+    largest = np.zeros(fixed.shape, dtype=bool)
+    bounds = bounding_box(overlap)
+    if bounds is None:
+        return 0.0, largest
+    # The overlap and what the filters read about it (their reach and the gradient's step): the same values.
+    box = _widened(bounds, _reach(NATIVE_WINDOW) + 1, fixed.shape)
+    fixed, moved, overlap = fixed[box], moved[box], overlap[box]
     correlation = local_correlation(fixed[None], moved[None], overlap[None], NATIVE_WINDOW, _filtered)
     structured = _two_dimensional(np.stack([fixed, moved]), NATIVE_WINDOW, _filtered).all(axis=0, keepdims=True)
     exact = _closed(correlation >= EXACT) & _shrunk(overlap[None]) & structured
     if not exact.any():
-        return 0.0, np.zeros(fixed.shape, dtype=bool)
-    largest = _largest_regions(exact)[0]
+        return 0.0, largest
+    largest[box] = _largest_regions(exact)[0]
     candidate_pixels = float(candidate.foreground.sum()) * abs(float(np.linalg.det(alignment.matrix[:2, :2])))
     smaller = max(min(float(query.foreground.sum()), candidate_pixels), query.foreground.size / 2)
     return min(float(largest.sum()) / smaller / NATIVE_SHARE, 1.0), largest
@@ -1260,12 +1271,31 @@ def _residual_shift(fixed: np.ndarray, moved: np.ndarray, region: np.ndarray) ->
     if len(rows) < 2 or len(cols) < 2:
         return np.zeros(2)
     box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    taper = ndimage.gaussian_filter(region.astype(np.float32), NATIVE_TAPER)[box]
+    taper = _filtered_in_box(region.astype(np.float32), NATIVE_TAPER, box)
     weight = max(float(taper.sum()), 1e-6)
     a, b = fixed[box], moved[box]
     a, b = (a - float((a * taper).sum()) / weight) * taper, (b - float((b * taper).sum()) / weight) * taper
     shift, _, _ = phase_cross_correlation(a, b, upsample_factor=NATIVE_SUBPIXEL, normalization=None)
     return np.zeros(2) if np.abs(shift).max() > NATIVE_SHIFT else np.asarray(shift, dtype=np.float64)
+
+
+def _reach(sigma: float) -> int:
+    """Pixels an ``ndimage.gaussian_filter`` of ``sigma`` reads on either side (its default truncation at 4 sigma)."""
+    return int(4.0 * sigma + 0.5)
+
+
+def _widened(bounds: tuple[int, int, int, int], margin: int, shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The box ``bounds`` (row0, col0, row1, col1; ends exclusive) widened by ``margin`` pixels, cut to ``shape``."""
+    (top, left, bottom, right), (rows, cols) = bounds, shape
+    return np.s_[max(top - margin, 0) : min(bottom + margin, rows), max(left - margin, 0) : min(right + margin, cols)]
+
+
+def _filtered_in_box(image: np.ndarray, sigma: float, box: tuple[slice, slice]) -> np.ndarray:
+    """``ndimage.gaussian_filter(image, sigma)[box]``, filtering only the box and the filter's reach about it (the
+    same values: each pixel sums the same neighbours in the same order)."""
+    wide = _widened((box[0].start, box[1].start, box[0].stop, box[1].stop), _reach(sigma), image.shape)
+    inner = tuple(slice(b.start - w.start, b.stop - w.start) for b, w in zip(box, wide))
+    return ndimage.gaussian_filter(image[wide], sigma)[inner]
 
 
 def _filtered(stack: np.ndarray, sigma: float) -> np.ndarray:
