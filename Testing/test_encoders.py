@@ -25,7 +25,7 @@ from MemorizationIndexLib.encoders.mri_core import (
     VisionTransformer,
     interpolate_pos_embed,
 )
-from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_TILES, fine_key
+from MemorizationIndexLib.encoders.tiles import COARSE_TILES, FINE_QUERY_TILES, fine_key
 from MemorizationIndexLib.errors import UserError
 
 SIZE = 224
@@ -206,7 +206,7 @@ def test_mri_core_tiles_are_patch_token_windows_of_their_passes(mri_core: MriCor
     shallowest = mri_core.block_ids.index(min(mri_core.block_ids))
     assert mri_core.region_block == mri_core.blocks[shallowest]
     fine = tiles[fine_key(mri_core.region_block)]
-    assert fine.shape == (2, len(FINE_TILES), EMBED_DIM)
+    assert fine.shape == (2, len(FINE_QUERY_TILES), EMBED_DIM)
     whole_maps = mri_core.model(mri_core.input_tensor(whole), mri_core.block_ids, maps=True)
     corner = whole_maps[mri_core.block_ids[shallowest]][:, :, 10:, 10:].mean(dim=(2, 3))  # from the other slices
     np.testing.assert_allclose(fine[:, -1], corner.detach().numpy(), rtol=1e-5)

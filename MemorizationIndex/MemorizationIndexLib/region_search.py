@@ -9,22 +9,23 @@ a copied region of any shape). Every tile of a training slice as cut is indexed,
 and every tile of a query slice is searched against the tiles of its kind, at any position (a copied region
 may have moved). A hit is ranked by its margin over the query tile's deepest hit: a tile of background or
 generic tissue is about as near many training tiles as its best one, so only a tile that stands out names a
-source. The training slices with the best margins, by each kind in turn, are added to the query's
-verification candidates (:data:`REGION_CANDIDATES`). The coarse tiles come from the forward pass the
-global features come from; the fine tiles from a pass, stopped at the shallowest block, over the slice in its
-whole field of view, where a partial copy keeps its place and scale (§7.31).
+source. A query slice's fine tiles lie at half the step of those indexed, so that a copied region moved anywhere
+has a window near one of its source's (§7.48). The training slices with the best margins, by each kind in turn, are
+added to the query's verification candidates (:data:`REGION_CANDIDATES`). The coarse tiles come from the forward
+pass the global features come from; the fine tiles from a pass, stopped at the shallowest block, over the slice in
+its whole field of view, where a partial copy keeps its place and scale (§7.31).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from .encoders.tiles import is_fine, windows_of
+from .encoders.tiles import Window, indexed, indexed_windows_of, is_fine, windows_of
 from .search import FLAT, IVF, build_block_index, prepare_loaded
 from .whitening import ShrinkageWhitener
 
@@ -109,13 +110,16 @@ class TileIndex:
 
     def __init__(self, whiteners: dict[str, ShrinkageWhitener], index: faiss.Index):
         self.whiteners, self.index = whiteners, index
-        windows = np.array(windows_of(next(iter(whiteners))), dtype=np.float64)  # [T, 4]: top, bottom, left, right
-        self.n_tiles = len(windows)
-        self.centres = np.stack([windows[:, :2].mean(axis=1), windows[:, 2:].mean(axis=1)], axis=1)  # [T, 2]
+        key = next(iter(whiteners))
+        self.centres = _centres(indexed_windows_of(key))  # [T, 2] of the indexed tiles
+        self.n_tiles = len(self.centres)
+        self.query_centres = _centres(windows_of(key))  # of a query slice's tiles
 
     @classmethod
     def fit(cls, tiles: Tiles, make_whitener: Callable[[], ShrinkageWhitener]) -> TileIndex:
-        """Whiteners fitted on raw tiles of one kind, and their index."""
+        """Whiteners fitted on the indexed tiles (``encoders.tiles.indexed``) of raw tiles of one kind, and their
+        index."""
+        tiles = {key: indexed(key, raw) for key, raw in tiles.items()}
         whiteners = {key: make_whitener().fit(_flat(raw)) for key, raw in tiles.items()}
         vectors = _vectors(whiteners, tiles)
         kind = IVF if len(vectors) >= IVF_MIN_VECTORS else FLAT
@@ -130,8 +134,11 @@ class TileIndex:
     def ranked(self, tiles: Tiles) -> list[list[tuple[int, np.ndarray]]]:
         """Per query slice, (indexed slice, places [4]) of the slices its tiles hit, best first: a slice's score is
         the best margin (:func:`tile_margins`) of any of its tiles over the deepest hit of the query tile that hit
-        it, and its places the centres of those two tiles (:class:`RegionHits`)."""
+        it, and its places the centres of those two tiles (:class:`RegionHits`). A query slice has the tiles
+        ``encoders.tiles.windows_of`` says; the index holds ``indexed_windows_of`` of each training slice."""
         tiles = {key: tiles[key] for key in self.whiteners}
+        if any(raw.shape[1] != len(self.query_centres) for raw in tiles.values()):
+            raise ValueError(f"query slices need {len(self.query_centres)} tiles of each key; re-embed them")
         n = len(next(iter(tiles.values())))
         scores, ids = self.index.search(_vectors(self.whiteners, tiles), REGION_DEPTH)
         margins = tile_margins(scores, ids).reshape(n, -1)
@@ -146,7 +153,9 @@ class TileIndex:
                     best[s] = (margin, j)
             order = sorted(best, key=lambda s: -best[s][0])
             at = [best[s][1] for s in order]
-            places = np.concatenate([self.centres[query_tile[at]], self.centres[hits[i, at] % self.n_tiles]], axis=1)
+            places = np.concatenate(
+                [self.query_centres[query_tile[at]], self.centres[hits[i, at] % self.n_tiles]], axis=1
+            )
             out.append(list(zip(order, places)))
         return out
 
@@ -228,6 +237,12 @@ def tile_margins(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
     found = ids >= 0
     deepest = np.min(np.where(found, scores, np.inf), axis=1, keepdims=True)
     return np.where(found, scores - deepest, -np.inf)
+
+
+def _centres(windows: Sequence[Window]) -> np.ndarray:
+    """[T, 2] (row, col) centres of windows (fractions of the side)."""
+    spans = np.array(windows, dtype=np.float64)  # [T, 4]: top, bottom, left, right
+    return np.stack([spans[:, :2].mean(axis=1), spans[:, 2:].mean(axis=1)], axis=1)
 
 
 def _flat(raw: np.ndarray) -> np.ndarray:

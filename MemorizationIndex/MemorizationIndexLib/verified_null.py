@@ -26,7 +26,7 @@ from scipy import ndimage
 from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
-from .encoders.tiles import COARSE_TILES, FINE_TILES
+from .encoders.tiles import COARSE_TILES, FINE_QUERY_TILES, FINE_TILES
 from .preprocess import PreprocessSettings
 from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, REGION_DEPTH, RegionIndex, Tiles
 from .scoring import NullModel
@@ -204,7 +204,11 @@ def null_settings(regions: bool) -> dict:
         "statistics": ["score", "near-exact part", "bent score"],
         "bend": [BEND_GATE, BEND_SIGMA, BEND_MAX, BEND_WARPS],
         "null_blur": list(NULL_BLUR),
-        "region_tiles": [len(COARSE_TILES), len(FINE_TILES), "fine: shallowest block, whole view"] if regions else 0,
+        "region_tiles": (
+            [len(COARSE_TILES), len(FINE_TILES), len(FINE_QUERY_TILES), "fine: shallowest block, whole view; queries"]
+            if regions
+            else 0
+        ),
         "region_candidates": [REGION_CANDIDATES, NATIVE_ONLY_CANDIDATES, "native part only"] if regions else 0,
         "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
         "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,

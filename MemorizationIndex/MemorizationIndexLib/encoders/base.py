@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tiles import COARSE_TILES, FINE_TILES, fine_key, pool_tiles
+from .tiles import COARSE_TILES, FINE_QUERY_TILES, fine_key, pool_tiles
 
 
 def file_sha256(path: str | Path) -> str:
@@ -92,16 +92,16 @@ class Encoder(abc.ABC):
         return self.feature_maps(batch)[self.region_block]
 
     def fine_tiles(self, framed: np.ndarray) -> torch.Tensor:
-        """[M, tiles, C] ``tiles.FINE_TILES`` of :attr:`region_block` for slices in their whole field of view
+        """[M, tiles, C] ``tiles.FINE_QUERY_TILES`` of :attr:`region_block` for slices in their whole field of view
         ``framed`` [M, ...] (``preprocess.framed``; call under ``torch.inference_mode``)."""
-        return pool_tiles(self.region_maps(framed), FINE_TILES)
+        return pool_tiles(self.region_maps(framed), FINE_QUERY_TILES)
 
     def embed_with_tiles(
         self, batch: np.ndarray, framed: np.ndarray
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """:meth:`embed`'s features of ``batch`` [N, ...] and the tile features {key: float32 [rows, tiles, D]} of
         :attr:`tile_keys`: ``tiles.COARSE_TILES`` of every block from the same forward pass (N rows), and
-        ``tiles.FINE_TILES`` of :attr:`region_block` from ``framed`` [M, ...], slices of the batch in their whole
+        ``tiles.FINE_QUERY_TILES`` of :attr:`region_block` from ``framed`` [M, ...], slices of the batch in their whole
         field of view (``preprocess.framed``), by a pass that stops at that block (M rows)."""
         with torch.inference_mode():
             maps = self.feature_maps(batch)

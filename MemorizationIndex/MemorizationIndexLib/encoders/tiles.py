@@ -3,14 +3,16 @@ region_search.py; docs/method.md §7.14, §7.20).
 
 Coarse tiles (windows of half the side at quarter steps, and the four halves) are pooled from every block of
 the slice as the global features see it, cropped to its foreground. Fine tiles (windows of a quarter of the side
-at eighth steps) are pooled from the encoder's shallowest block only, whose features see the least of a window's
-surroundings, and from the slice in its whole field of view (``preprocess.framed``): a fine tile can lie inside a
-copied region of any shape and place (a disc, a strip, a moved patch) and still match the same window of the
-source, at the same scale, whatever the rest of the slice makes of the foreground crop (docs/method.md §7.31).
+at sixteenth steps, of which a region index holds those at eighth steps) are pooled from the encoder's shallowest
+block only, whose features see the least of a window's surroundings, and from the slice in its whole field of view
+(``preprocess.framed``): a fine tile can lie inside a copied region of any shape and place (a disc, a strip, a moved
+patch) and still match the same window of the source, at the same scale, whatever the rest of the slice makes of the
+foreground crop (docs/method.md §7.31, §7.48).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 Window = tuple[float, float, float, float]  # (top, bottom, left, right) as fractions of the map's height and width
@@ -24,8 +26,12 @@ def _windows(side: float, step: float) -> tuple[Window, ...]:
 
 _HALVES: tuple[Window, ...] = ((0.0, 0.5, 0.0, 1.0), (0.5, 1.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.5), (0.0, 1.0, 0.5, 1.0))
 COARSE_TILES: tuple[Window, ...] = _windows(0.5, 0.25) + _HALVES
-FINE_STEP = 0.125  # the fine tiles' step, as a fraction of the side
-FINE_TILES: tuple[Window, ...] = _windows(0.25, FINE_STEP)
+FINE_STEP = 0.125  # the indexed fine tiles' step, as a fraction of the side
+FINE_TILES: tuple[Window, ...] = _windows(0.25, FINE_STEP)  # the fine tiles a region index holds of a training slice
+# A slice's fine tiles are pooled at half that step, FINE_TILES among them: a copied region moved anywhere then has a
+# window within a sixteenth of the side of one the index holds of its source (docs/method.md §7.48).
+FINE_QUERY_TILES: tuple[Window, ...] = _windows(0.25, FINE_STEP / 2)
+INDEXED_FINE = tuple(FINE_QUERY_TILES.index(window) for window in FINE_TILES)  # their places among FINE_QUERY_TILES
 _FINE_PREFIX = "fine:"
 
 
@@ -45,8 +51,19 @@ def block_of(key: str) -> str:
 
 
 def windows_of(key: str) -> tuple[Window, ...]:
-    """The tiles a tile-features key holds."""
+    """The tiles a tile-features key holds of a slice (a region index holds :func:`indexed_windows_of` of them)."""
+    return FINE_QUERY_TILES if is_fine(key) else COARSE_TILES
+
+
+def indexed_windows_of(key: str) -> tuple[Window, ...]:
+    """The tiles of a tile-features key that a region index holds of a training slice."""
     return FINE_TILES if is_fine(key) else COARSE_TILES
+
+
+def indexed(key: str, raw: np.ndarray) -> np.ndarray:
+    """[..., slices, indexed tiles, C]: the tiles of raw tile features [..., slices, tiles, C] of a key that a region
+    index holds (:func:`indexed_windows_of`)."""
+    return raw[..., INDEXED_FINE, :] if is_fine(key) else raw
 
 
 def _span(start: float, stop: float, size: int) -> slice:
