@@ -360,7 +360,7 @@ def _resize_matrix(side: int, size: int) -> sparse.csc_array:
     anti-aliasing (sigma (side / size - 1) / 2, radius round(4 sigma), ``mode="mirror"``) followed by
     linear interpolation at the pixel centres (``zoom(order=1, grid_mode=True, mode="mirror")``)."""
     sigma = max(0.0, (side / size - 1) / 2)
-    offsets = np.arange(-int(4.0 * sigma + 0.5), int(4.0 * sigma + 0.5) + 1)
+    offsets = np.arange(-_reach(sigma), _reach(sigma) + 1)
     kernel = np.exp(-0.5 * offsets**2 / max(sigma, 1e-12) ** 2)
     position = (np.arange(size) + 0.5) * side / size - 0.5
     low = np.floor(position).astype(int)
