@@ -80,6 +80,27 @@ def test_a_region_index_holds_the_indexed_fine_tiles_and_places_the_query_tiles_
         regions.search({key: query[key][:, list(INDEXED_FINE)]})
 
 
+def test_a_slice_named_by_both_kinds_keeps_the_fine_tiles_places() -> None:
+    """A query whose one coarse tile and one fine tile copy training slice 7's: the coarse kind names it first, and it
+    keeps the fine tiles' places, framed in the whole view (closer to a moved copy's; method.md §7.49)."""
+    rng = np.random.default_rng(2)
+    coarse, fine = "stage4", fine_key("stage4")
+    tiles = {
+        coarse: rng.normal(size=(30, len(COARSE_TILES), 16)).astype(np.float32),
+        fine: rng.normal(size=(30, len(FINE_QUERY_TILES), 16)).astype(np.float32),
+    }
+    regions = RegionIndex.fit(tiles, np.arange(30))
+    query = {key: 0.1 * rng.normal(size=(1, *raw.shape[1:])).astype(np.float32) for key, raw in tiles.items()}
+    query[coarse][0, 3] = tiles[coarse][7, 5]
+    query[fine][0, 40] = tiles[fine][7, INDEXED_FINE[9]]
+    named = regions.search(query)
+    assert named.rows[0, 0] == 7 and named.framed[0, 0] and list(named.rows[0]).count(7) == 1
+    top, bottom, left, right = FINE_QUERY_TILES[40]
+    assert named.places[0, 0, :2].tolist() == [(top + bottom) / 2, (left + right) / 2]
+    top, bottom, left, right = FINE_TILES[9]
+    assert named.places[0, 0, 2:].tolist() == [(top + bottom) / 2, (left + right) / 2]
+
+
 def _hits(rows: list[list[int]]) -> RegionHits:
     """Region hits of ``rows`` whose places are (row, position, row, position) for telling them apart, framed
     (fractions of the whole field of view) where the row is odd."""

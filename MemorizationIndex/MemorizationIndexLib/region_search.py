@@ -179,13 +179,18 @@ class RegionIndex:
 
     def search(self, tiles: Tiles, k: int = REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES) -> RegionHits:
         """The query slices' best-matching training slices, [n, ≤ 2k] (:class:`RegionHits`): each kind's best k by
-        tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without repeats."""
+        tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without repeats. A row
+        among both kinds' best k keeps the fine tiles' places: a quarter of the side at sixteenth steps of the whole
+        view place a moved copy closer than windows of half the side at quarter steps of the crop (method.md §7.49)."""
         n = len(next(iter(tiles.values())))
-        rankings = [
-            [[(int(self.rows[s]), (p, index.framed)) for s, p in hits] for hits in index.ranked(tiles)]
-            for index in self.kinds.values()
-        ]
-        return RegionHits.of([in_turn([ranking[i] for ranking in rankings], k) for i in range(n)], k * len(rankings))
+        rankings = {
+            kind: [[(int(self.rows[s]), (p, index.framed)) for s, p in hits] for hits in index.ranked(tiles)]
+            for kind, index in self.kinds.items()
+        }
+        chosen = [in_turn([ranking[i] for ranking in rankings.values()], k) for i in range(n)]
+        for named, finest in zip(chosen, rankings.get("fine", [])):
+            named.update(finest[:k])  # rows already named keep their order
+        return RegionHits.of(chosen, k * len(rankings))
 
     def consistent(self, n_rows: int) -> bool:
         """Whether every tile index holds its tiles of every indexed slice, and the slices are rows of an index

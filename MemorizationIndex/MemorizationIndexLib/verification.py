@@ -66,7 +66,8 @@ SCALE_RANGE = (0.45, 2.2)  # scales outside are not proposed by the log-polar es
 # the hypotheses of a pair that are scored (:func:`_scored_hypotheses`, :func:`_moved_shifts`, :func:`_seen_in_place`)
 SCORED = (  # the hypotheses scored per pair (an index's verified null records them: method.md §7.45)
     "best-ranked, in place, in place moved where the region tiles say, exactly in place where they say in place, "
-    "in place at the phase correlation's strongest peak away from in place by its near-exact part at full resolution"
+    "in place at the phase correlation's strongest peak away from in place by its near-exact part at full resolution, "
+    "in place at the peak near the region tiles' small move by its near-exact part at full resolution"
 )
 LOOSE_SHARE = "of the candidate's whole foreground at its scale"  # what loose agreement is a share of (_agreements)
 _POLAR_ROWS = 360  # one row per degree; the magnitude spectrum repeats after 180 rows
@@ -93,6 +94,9 @@ SUBPIXEL = 10  # the scored hypotheses' translations are refined to 1 / SUBPIXEL
 # in-place hypothesis takes its phase correlation's peak: one step of the fine tiles, the most two tiles on their
 # lattices can be off the move they share
 MOVED_SEARCH = GRID * FINE_STEP
+# Grid pixels within which an in-place hypothesis's translation is in place: it is then put exactly there, and a
+# move near the region tiles' that falls within it is not tried again (:func:`_moved_near`)
+IN_PLACE_SNAP = 1.0
 MOVED_WINDOW = GRID * FINE_STEP  # sigma (grid pixels) of the window about each of the two tiles they are compared in
 # A pair whose best hypothesis scores at least BEND_GATE is also bent onto its query and scored again
 # (``Verification.bent``): a generator's copy can be bent smoothly (an elastic warp, alone or stacked with a zoom, a
@@ -874,19 +878,38 @@ def _window(centres: np.ndarray) -> np.ndarray:
     return (rows[:, :, None] * cols[:, None, :]).astype(np.float32)
 
 
-def _moved_in_place(places: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _tile_moves(places: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """[P, 6] per pair: the translation (row, col; grid pixels) that puts its candidate, at its in-place ``scales``
     [P], where the region search saw it (``places`` [P, 4]: the centres of the query's tile and of the candidate's,
     fractions of their squares, which the grids' squares approximate), the query tile's centre on the query's grid
-    and the candidate tile's centre on the scaled candidate's; nan where the pair has no places or where that
-    translation lies within MOVED_SEARCH of the in-place one (``offsets`` [P, 2]): a copy kept in place is left to
-    phase correlation."""
+    and the candidate tile's centre on the scaled candidate's; nan where the pair has no places."""
     middle = (GRID - 1) / 2.0
     query, candidate = places[:, :2] * GRID - 0.5, places[:, 2:] * GRID - 0.5
     scaled = middle + scales[:, None] * (candidate - middle)
-    target = query - scaled
-    moved = np.abs(target - offsets).max(axis=1) > MOVED_SEARCH  # False where nan
-    return np.where(moved[:, None], np.concatenate([target, query, scaled], axis=1), np.nan)
+    return np.concatenate([query - scaled, query, scaled], axis=1)
+
+
+def _moved_in_place(places: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """:func:`_tile_moves` of the pairs, nan where the pair has no places or where the tiles' translation lies within
+    MOVED_SEARCH of the in-place one (``offsets`` [P, 2]): a copy kept in place is left to phase correlation."""
+    moves = _tile_moves(places, scales)
+    moved = np.abs(moves[:, :2] - offsets).max(axis=1) > MOVED_SEARCH  # False where nan
+    return np.where(moved[:, None], moves, np.nan)
+
+
+def _moved_near(
+    images: np.ndarray, turned: np.ndarray, pairs: _Pairs, near: np.ndarray, moves: np.ndarray, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs among ``near`` [N] (seen in place by the region tiles, :func:`_seen_in_place`) whose in-place
+    candidate, compared with the query in windows about the two tiles (``moves`` [N, 6], :func:`_tile_moves`), peaks
+    more than IN_PLACE_SNAP from its in-place translation ``offsets`` [N, 2], and those peaks refined [n, 2]. A patch
+    pasted a little off its place (less than MOVED_SEARCH, which the tiles cannot tell from in place) lies there."""
+    if not len(near):
+        return near, np.zeros((0, 2))
+    shifts, cross = _moved_shifts(images, turned, pairs, near, moves)
+    fine = _refined_shifts(cross, shifts)
+    off = np.abs(fine - offsets).max(axis=1) > IN_PLACE_SNAP
+    return near[off], fine[off]
 
 
 def _peaks_near(cross: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -1062,7 +1085,8 @@ def _verify_chunk(
     one (:func:`_scored_hypotheses`), and for a pair whose copy the region search saw moved its in-place one moved
     there (:func:`_moved_shifts`), or, saw in place while phase correlation put it elsewhere, its in-place one exactly
     in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept. The
-    in-place hypothesis moved to its phase correlation's strongest peak away from in place counts only by its
+    in-place hypothesis moved to its phase correlation's strongest peak away from in place, and for a pair seen in
+    place to the peak near the tiles' move where that is off in place (:func:`_moved_near`), count only by their
     near-exact part at the slice's own resolution (:func:`_with_moved_native_part`). The pairs that ``bend`` marks and
     that score at least BEND_GATE are bent too (:func:`_bent`)."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
@@ -1086,7 +1110,7 @@ def _verify_chunk(
     fine = _refined_shifts(cross[scored], shifts[scored])
     # An in-place hypothesis whose whole-pixel translation lies within a pixel of its exact one is put exactly there.
     offsets = in_place_offsets[scored // _HYPOTHESES]
-    snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= 1.0)
+    snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= IN_PLACE_SNAP)
     fine[snap] = offsets[snap]
     # A pair whose copy the region search saw in place, phase correlation elsewhere, also scores it exactly in place.
     put_back = _seen_in_place(tiles, moves)[scored // _HYPOTHESES] & (scored % _HYPOTHESES == IN_PLACE) & ~snap
@@ -1121,6 +1145,16 @@ def _verify_chunk(
         pair_of = np.concatenate([pair_of, roaming])
         scored = np.concatenate([scored, in_place[roaming]])
         fine = np.concatenate([fine, _refined_shifts(roamed_cross, roamed_by)])
+    # A pair whose copy the region tiles saw in place also tries its in-place hypothesis at the peak near the tiles'
+    # move, in windows about them, where that is off in place: a patch pasted a little off its place. It counts only by
+    # its near-exact part at the slice's own resolution, as the move away from in place does.
+    near = np.flatnonzero(_seen_in_place(tiles, moves))
+    nudged, nudged_by = _moved_near(
+        images, turned, pairs, near, _tile_moves(tiles[near], in_place_scales[near]), in_place_offsets[near]
+    )
+    pair_of = np.concatenate([pair_of, nudged])
+    scored = np.concatenate([scored, in_place[nudged]])
+    fine = np.concatenate([fine, nudged_by])
     maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
     placed, placed_masks = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
     queries_at = owner[scored]
@@ -1130,10 +1164,10 @@ def _verify_chunk(
         images[queries_at], masks[queries_at], placed, placed_masks, structured, whole
     )
     chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless another scores higher
-    away_of = np.full(len(ranks), -1, dtype=np.intp)
+    moved_only: list[list[int]] = [[] for _ in ranks]  # per pair: its hypotheses counted by their near-exact part
     for s, p in enumerate(pair_of):
         if s >= first_away:
-            away_of[p] = s
+            moved_only[p].append(s)
             continue
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
             chosen[p] = s
@@ -1171,11 +1205,11 @@ def _verify_chunk(
             on_grid=score,
         )
         result = _with_native_part(found, query, candidate)
-        a = away_of[p]
-        if a >= 0 and scores[a] >= NATIVE_GATE:
-            result = _with_moved_native_part(
-                result, query, candidate, alignment_of(a, q, c), _to_slice(copied[a], query)
-            )
+        for a in moved_only[p]:
+            if scores[a] >= NATIVE_GATE:
+                result = _with_moved_native_part(
+                    result, query, candidate, alignment_of(a, q, c), _to_slice(copied[a], query)
+                )
         out[asked[q]].append(result)
     return out
 
