@@ -716,15 +716,7 @@ def test_a_patch_moved_elsewhere_is_found_where_the_region_tiles_say(shared_data
     (method.md §7.25)."""
     copy, source, box = _moved_patch(shared_data, side, move)
     query, candidate = to_grids([copy, source])
-    (to_row, to_col, _, _), size = box, box[2] - box[0]
-    top, left = (source.shape[0] - size) // 2, (source.shape[1] - size) // 2
-    off = 0.06 * size  # slice pixels: about half a step of the fine tiles
-    places = np.array(
-        [
-            *_fractions(query, to_row + size / 2 + off, to_col + size / 2),
-            *_fractions(candidate, top + size / 2, left + size / 2 - off),
-        ]
-    )
+    places = _patch_tiles(query, candidate, source.shape, box)
     plain = verify(query, candidate)
     [[found]] = verify_batch([query], [[candidate]], places=[[places]])
     assert found.on_grid >= 0.3 and found.on_grid >= plain.on_grid + 0.2, (found.on_grid, plain.on_grid)
@@ -768,11 +760,7 @@ def test_patches_moved_a_little_are_found_near_where_the_region_tiles_say(shared
         for move in moves:
             copy, source, box = _moved_patch(shared_data, side, move)
             query, candidate, host = to_grids([copy, source, _host_of(shared_data, source.shape)])
-            (to_row, to_col, _, _), size = box, box[2] - box[0]
-            top, left = (source.shape[0] - size) // 2, (source.shape[1] - size) // 2
-            off = 0.06 * size  # slice pixels: about half a step of the fine tiles
-            centres = [(to_row + size / 2 + off, to_col + size / 2), (top + size / 2, left + size / 2 - off)]
-            places = np.array([*_fractions(query, *centres[0]), *_fractions(candidate, *centres[1])])
+            places = _patch_tiles(query, candidate, source.shape, box)
             [[copied]] = verify_batch([query], [[candidate]], places=[[places]])
             [[stranger]] = verify_batch([host], [[candidate]], places=[[places]])
             assert stranger.score < MIN_COPY_SCORE, (side, move, stranger.score)
@@ -780,6 +768,23 @@ def test_patches_moved_a_little_are_found_near_where_the_region_tiles_say(shared
             located.append(_box_iou(copied.box, box) if copied.box is not None else 0.0)
     assert min(found) >= 0.5, np.round(found, 2)
     assert sum(iou >= 0.5 for iou in located) >= len(located) - 2, np.round(located, 2)
+
+
+def _patch_tiles(
+    query: verification.Grid, candidate: verification.Grid, shape: tuple[int, ...], box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """The region tiles' places [4] of a patch from the centre of a source slice of ``shape`` pasted at ``box``
+    (:func:`_moved_patch`), as fractions of the two grids' squares: each tile about half a fine-tile step off the
+    patch's centre, as the region search's lattices leave them."""
+    (to_row, to_col, _, _), size = box, box[2] - box[0]
+    top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+    off = 0.06 * size  # slice pixels: about half a step of the fine tiles
+    return np.array(
+        [
+            *_fractions(query, to_row + size / 2 + off, to_col + size / 2),
+            *_fractions(candidate, top + size / 2, left + size / 2 - off),
+        ]
+    )
 
 
 def _host_of(shared_data: Path, shape: tuple[int, ...]) -> np.ndarray:
