@@ -297,7 +297,7 @@ def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(s
     1 / SQUARE_RATIO of the query grid's), which scores the copy far higher than the query's own grid does, and
     locates it in the copied quadrant (method.md §7.32). On the grid alone: at the slice's own resolution the copy
     scores 1 either way (method.md §7.44)."""
-    monkeypatch.setattr(verification, "NATIVE_GATE", 2.0)
+    monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
     source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)

@@ -215,7 +215,7 @@ def test_a_pasted_patch_is_reproduced_near_exactly_at_the_slices_own_resolution(
     query, box = _pasted(source, host)
     pasted = verify_candidates(query, [source])[0]
     stranger = verify_candidates(host, [source])[0]
-    monkeypatch.setattr(verification, "NATIVE_GATE", 2.0)  # the grid alone
+    monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
     on_grid = verify_candidates(query, [source])[0]
     assert pasted.reproduced >= 0.5 and pasted.reproduced >= on_grid.reproduced + 0.2, (pasted, on_grid.reproduced)
     assert pasted.score >= pasted.reproduced and stranger.reproduced < MIN_COPY_SCORE
@@ -239,6 +239,27 @@ def test_a_shared_smooth_ramp_is_not_reproduced_near_exactly_under_noise(pair):
     found = verify_many(query, [candidate])[0]
     part, region = verification.native_part(query, candidate, found.alignment, found.mask)
     assert part < MIN_COPY_SCORE and region[band].sum() <= 0.02 * region[band].size, part
+
+
+@pytest.mark.parametrize("source_slice", [8, 15])
+def test_fine_texture_copied_in_place_is_checked_at_the_slices_own_resolution(shared_data: Path, source_slice):
+    """A knee quadrant copied in place over another person's knee: its fine texture agrees on the 64-pixel grid too
+    little for the score to reach NATIVE_GATE, but a few of its grid pixels correlate near-exactly, so it is checked
+    at the slice's own resolution, where it is reproduced and scores as a copy; slices of the same knee six away do
+    not (method.md §7.50)."""
+    settings = PreprocessSettings()
+    knee = shared_data / "knee"
+    sources = image_slices(read_image(knee / "pymskt-s02/MESE_echo4_TE25.2ms.nii.gz"), 0)
+    host = scale_unit(image_slices(read_image(knee / "pykneer-s01/DESS_echo1.nii.gz"), 0)[43], settings)
+    source = scale_unit(sources[source_slice], settings)
+    h, w = source.shape
+    query = host.copy()
+    query[h // 2 :, : w // 2] = source[h // 2 :, : w // 2]
+    grid = to_grid(query, settings)
+    copy = verify(grid, to_grid(source, settings))
+    assert copy.on_grid < verification.NATIVE_GATE and copy.score >= 0.5 and copy.reproduced == copy.score, copy
+    for other in (source_slice - 6, source_slice + 6):
+        assert verify(grid, to_grid(scale_unit(sources[other], settings), settings)).score < MIN_COPY_SCORE
 
 
 def _corners(h: int, w: int) -> np.ndarray:
@@ -575,7 +596,7 @@ def test_a_small_slice_copied_into_a_large_host_is_verified_on_its_own_square(sh
     in place (``in_place_square``), the query gives the copy the whole grid: 0.41–0.75 (median 0.6). The host alone,
     cut the same way, stays near 0 (method.md §7.32). On the grid alone: at the slice's own resolution most of these
     copies score 1 either way (method.md §7.44)."""
-    monkeypatch.setattr(verification, "NATIVE_GATE", 2.0)
+    monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
     source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)

@@ -107,10 +107,12 @@ MOVED_WINDOW = GRID * FINE_STEP  # sigma (grid pixels) of the window about each 
 # more too, so the bent score is tested against the null's own bent scores, beside the score and its near-exact part
 # (``verified_null.VerifiedNull``; docs/method.md §7.34).
 BEND_GATE = 0.1
-# A pair scoring at least NATIVE_GATE is also checked at the query slice's own resolution (:func:`native_part`): the
-# grid sees a small pasted patch at a quarter of its resolution or less, too coarse for its pixels to correlate
-# near-exactly (method.md §7.44). A near-exact region of NATIVE_SHARE of the smaller foreground (at least half the
-# field of view) scores 1, so one of a fiftieth reaches verified_null.MIN_COPY_SCORE.
+# A pair scoring at least NATIVE_GATE, or reproducing any grid pixel near-exactly, is also checked at the query slice's
+# own resolution (:func:`native_part`, :func:`_checked_natively`): the grid sees a small pasted patch at a quarter of
+# its resolution or less, too coarse for its pixels to correlate near-exactly (method.md §7.44), and fine texture
+# copied in place can agree on it too little to reach the gate (§7.50). A near-exact region of NATIVE_SHARE of the
+# smaller foreground (at least half the field of view) scores 1, so one of a fiftieth reaches
+# verified_null.MIN_COPY_SCORE.
 NATIVE_GATE = BEND_GATE
 NATIVE_SHARE = 0.1
 NATIVE_WINDOW = 2.0  # local-correlation window (slice pixels) at the slice's own resolution
@@ -1204,9 +1206,11 @@ def _verify_chunk(
             float(bent[p]),
             on_grid=score,
         )
-        result = _with_native_part(found, query, candidate)
+        result = found
+        if _checked_natively(score, reproduced[chosen[p]]):
+            result = _with_native_part(found, query, candidate)
         for a in moved_only[p]:
-            if scores[a] >= NATIVE_GATE:
+            if _checked_natively(scores[a]):
                 result = _with_moved_native_part(
                     result, query, candidate, alignment_of(a, q, c), _to_slice(copied[a], query)
                 )
@@ -1214,10 +1218,19 @@ def _verify_chunk(
     return out
 
 
+def _checked_natively(score: float, reproduced: float = 0.0) -> bool:
+    """Whether a scored hypothesis is checked at the query slice's own resolution (:func:`native_part`): its grid
+    score reaches NATIVE_GATE, or some of its grid pixels are reproduced near-exactly (``reproduced`` > 0, its
+    near-exact part on the grid; a pair's chosen hypothesis passes it, the moves that count only by their near-exact
+    part do not, method.md §7.50). Fine texture copied in place can agree on the 64-pixel grid too little to reach
+    the gate while a few of its grid pixels correlate near-exactly."""
+    return bool(score >= NATIVE_GATE or reproduced > 0.0)
+
+
 def _with_native_part(found: Verification, query: Grid, candidate: Grid) -> Verification:
-    """A verification scoring at least NATIVE_GATE with its near-exact part raised to :func:`native_part` where that
-    is higher, its score and bent score with it; its copy mask becomes the native region where it had none."""
-    if found.score < NATIVE_GATE or found.reproduced >= 1.0:  # the part is at most 1
+    """A verification with its near-exact part raised to :func:`native_part` where that is higher, its score and bent
+    score with it; its copy mask becomes the native region where it had none."""
+    if found.reproduced >= 1.0:  # the part is at most 1
         return found
     part, region = native_part(query, candidate, found.alignment, found.mask)
     if part <= found.reproduced:
@@ -1281,8 +1294,9 @@ def native_part(
     box = _widened(bounds, _reach(NATIVE_WINDOW) + 1, fixed.shape)
     fixed, moved, overlap = fixed[box], moved[box], overlap[box]
     correlation = local_correlation(fixed[None], moved[None], overlap[None], NATIVE_WINDOW, _filtered)
-    structured = _two_dimensional(np.stack([fixed, moved]), NATIVE_WINDOW, _filtered).all(axis=0, keepdims=True)
-    exact = _closed(correlation >= EXACT) & _shrunk(overlap[None]) & structured
+    exact = _closed(correlation >= EXACT) & _shrunk(overlap[None])
+    if exact.any():  # the structure tensors only where some pixel correlates near-exactly (the same result)
+        exact &= _two_dimensional(np.stack([fixed, moved]), NATIVE_WINDOW, _filtered).all(axis=0, keepdims=True)
     if not exact.any():
         return 0.0, largest
     largest[box] = _largest_regions(exact)[0]
