@@ -88,6 +88,14 @@ def test_spine_against_a_knee_index_is_not_flagged(spine_against_knee):
     assert summary["overall"]["flagged_fraction"] <= 0.01, summary["overall"]
 
 
+def test_an_index_of_one_training_subject_is_said_to_have_nulls_that_run_low(spine_against_knee):
+    """The knee index holds one person and no --holdout data: its nulls come from held-out splits of that person,
+    which run low (docs/method.md §3), and the audit's summary says so."""
+    _, _, summary = spine_against_knee
+    assert summary["calibration"]["training_subjects"] == 1
+    assert summary["calibration"]["few_training_subjects"] is True
+
+
 def test_spine_against_a_knee_index_mismatch_is_named(spine_against_knee):
     """Since the index holds transposed and +/-90 degree copies (docs/method.md §7.9) the spine's
     similarities sit inside the null's limit (median z -0.86 against 1.04); its features lie

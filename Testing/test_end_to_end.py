@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -47,8 +49,9 @@ def brain_audit(tmp_path_factory: pytest.TempPathFactory, brain_subjects: list[P
     copies = sitk.GetImageFromArray(np.stack(slices).astype(np.float32))
     copies.SetSpacing((0.87, 0.87, 1.0))
     sitk.WriteImage(copies, str(work / "copies.nii.gz"))
-    assert (
-        main(
+    warnings = io.StringIO()
+    with contextlib.redirect_stderr(warnings):
+        audited = main(
             [
                 "audit",
                 str(work / "index"),
@@ -59,8 +62,7 @@ def brain_audit(tmp_path_factory: pytest.TempPathFactory, brain_subjects: list[P
                 "--no-report",
             ]
         )
-        == 0
-    )
+    assert audited == 0
     with open(work / "audit" / "slices.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     return {
@@ -70,6 +72,7 @@ def brain_audit(tmp_path_factory: pytest.TempPathFactory, brain_subjects: list[P
         "copies": str(work / "copies.nii.gz"),
         "work": work,
         "summary": json.loads((work / "audit" / "summary.json").read_text()),
+        "audit_stderr": warnings.getvalue(),
     }
 
 
@@ -99,6 +102,15 @@ def test_other_people_are_rarely_flagged(brain_audit: dict) -> None:
     others = [r for r in brain_audit["rows"] if r["volume"] != brain_audit["copies"]]
     assert len(others) > 200
     assert np.mean([r["flagged"] == "1" for r in others]) <= 0.02
+
+
+def test_an_index_of_four_subjects_is_said_to_have_nulls_that_run_low(brain_audit: dict) -> None:
+    """Four training subjects and no --holdout data: the audit warns that its nulls run low (docs/method.md §3), on
+    stderr and in summary.json."""
+    calibration = brain_audit["summary"]["calibration"]
+    assert calibration["training_subjects"] == TRAIN_SUBJECTS and calibration["few_training_subjects"] is True
+    assert f"warning: only {TRAIN_SUBJECTS} training subject(s)" in brain_audit["audit_stderr"]
+    assert "--holdout" in brain_audit["audit_stderr"]
 
 
 def test_summary_reports_the_threshold_and_null(brain_audit: dict) -> None:

@@ -417,6 +417,11 @@ def test_summary_html(tmp_path):
     assert (banded.verified_threshold, banded.sharpest_threshold) == (0.41, 0.32)
     text = results_html.summary_html(_summary(status=banded))
     assert "A verified score above 0.41 is a copy" in text and "the sharpest need only 0.32" in text
+    few = audit_status(
+        {"threshold": {"alpha": 0.001}, "calibration": {"holds": True, "reason": "", "few_training_subjects": True}}
+    )
+    text = results_html.summary_html(_summary(status=few))
+    assert "nulls come from held-out splits of few training subjects" in text and "--holdout" in text
     one_band = audit_status({"threshold": {"alpha": 0.001}, "verification": {"used": True, "threshold": 0.41}})
     assert one_band.sharpest_threshold is None
     assert "sharpest" not in results_html.summary_html(_summary(status=one_band))

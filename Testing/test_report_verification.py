@@ -98,6 +98,7 @@ FAR_ABOVE = (
     "scanner than the reference, or a wholly copied input; only verified copies are flagged"
 )
 NOT_HOLDS = {"holds": False, "reason": FAR_ABOVE, "median_z": 1.83, "limit_z": 1.2}
+FEW_SUBJECTS = {"training_subjects": 3, "few_training_subjects": True}
 UNREACHABLE = "the reference volumes are not reachable and the index has no thumbnails"
 NOT_USED = {"used": False, "reason": UNREACHABLE}
 
@@ -144,6 +145,16 @@ def test_calibration_that_does_not_hold_is_said_and_flags_rest_on_verification(t
     assert "Copies of training slices verified pixel by pixel (the global calibration does not hold)" in plain
     assert f"The calibration does not hold for these inputs: {FAR_ABOVE}." in plain
     assert "Flags rest on the verified score alone" in plain
+
+
+def test_an_index_of_few_training_subjects_is_named_in_the_verdict(tmp_path: Path, pixels) -> None:
+    _write(tmp_path, pixels, verification=USED, calibration=HOLDS | FEW_SUBJECTS)
+    text, plain = _render(tmp_path, pixels)
+    assert "The index's nulls come from held-out splits of only 3 training subjects" in plain
+    assert "flagged more often than \u03b1 = 0.001" in plain and "--holdout" in plain
+    _write(tmp_path, pixels, verification=USED, calibration=HOLDS | {"training_subjects": 12})
+    _, plain = _render(tmp_path, pixels)
+    assert "training subjects" not in plain
 
 
 def test_no_flag_under_a_failed_calibration_is_not_a_clean_bill(tmp_path: Path, pixels) -> None:

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from . import __version__
 from .audit_output import Neighbour, SliceScore, check_output_dir, evidence_order, write_audit
+from .calibration import few_training_subjects
 from .calibration_check import CalibrationCheck, check_calibration
 from .embedding import ProgressCallback, embed_slices_and_tiles
 from .encoders.base import Encoder
@@ -402,7 +403,8 @@ def _verification_block(index: ReferenceIndex, stage: SecondStage | None, alpha:
 def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
     """summary.json's ``calibration``: does the global null describe the audited inputs? (every
     volume or set on its own, which decides its flags, and all slices together, which only informs;
-    both by similarity and, when every input has them, by feature energy)."""
+    both by similarity and, when every input has them, by feature energy), and how many training subjects the
+    index's nulls come from (few make them run low: :func:`calibration.few_training_subjects`)."""
     failing = [a for a in audits if a.calibration is not None and not a.calibration.holds]
     similarity = np.array([s.similarity for a in audits for s in a.scores])
     energies = [a.energy for a in audits if a.energy is not None]
@@ -413,11 +415,14 @@ def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
     ]
     if not every.holds and len(audits) > 1:
         reasons.append(f"all inputs together: {every.reason}")
+    subjects = len(set(index.provenance.subject))
     return {
         "holds": not failing and every.holds,
         "reason": "; ".join(reasons),
         "median_z": every.median_z,
         "limit_z": every.limit_z,
+        "training_subjects": subjects,
+        "few_training_subjects": few_training_subjects(index.null_type, subjects),
     }
 
 

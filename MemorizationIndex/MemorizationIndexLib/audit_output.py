@@ -86,7 +86,10 @@ FOLDER_FORMAT = (
         "bands), min_copy_score: float (the verified score before any bend that a flag on verification needs at "
         "least unless its bent score reaches min_bent_score; absent before it), min_bent_score: float (absent "
         "before it)}, "
-        '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float}.',
+        '"calibration" {holds: bool, reason: str ("" when it holds), median_z: float, limit_z: float, '
+        "training_subjects: int (the index's distinct training subjects; absent before it), few_training_subjects: "
+        "bool (its nulls come from held-out splits of fewer than calibration.FEW_SUBJECTS of them, so they run low "
+        "and people in no index are flagged more often than alpha; absent before it)}.",
     ),
     ("null_similarity.npy", "float [n]: the null's global similarity scores."),
     (
@@ -484,6 +487,8 @@ _STATUS_BLOCKS = {  # block: {key: (types, required)}
         "reason": (str, True),
         "median_z": (_NUMBER, False),
         "limit_z": (_NUMBER, False),
+        "training_subjects": (int, False),
+        "few_training_subjects": (bool, False),
     },
 }
 

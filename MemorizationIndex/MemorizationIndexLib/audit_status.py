@@ -35,6 +35,8 @@ class AuditStatus:
     calibration_reason: str = ""
     median_z: float | None = None
     limit_z: float | None = None
+    training_subjects: int | None = None
+    few_training_subjects: bool = False
 
     @property
     def global_flags_trusted(self) -> bool:
@@ -75,6 +77,8 @@ def audit_status(summary: Mapping[str, Any], calibration_holds: bool | None = No
         calibration_reason=str(calibration.get("reason", "")),
         median_z=_number(calibration.get("median_z")),
         limit_z=_number(calibration.get("limit_z")),
+        training_subjects=calibration.get("training_subjects"),
+        few_training_subjects=bool(calibration.get("few_training_subjects", False)),
     )
 
 
@@ -132,6 +136,17 @@ def _calibration_sentence(status: AuditStatus) -> str:
     return f"The calibration does not hold for these inputs: {reason.rstrip('.')}."
 
 
+def _few_subjects_sentence(status: AuditStatus) -> str:
+    subjects = status.training_subjects
+    count = f"only {subjects} training subject{'' if subjects == 1 else 's'}" if subjects else "few training subjects"
+    return (
+        f"The index's nulls come from held-out splits of {count}: each split leaves a much smaller reference than "
+        "the one audited against, so the nulls run low and slices of people in no index are flagged more often than "
+        f"\u03b1 = {status.alpha:.2g}. Rebuild the index with more subjects or with --holdout scans never used in "
+        "training before drawing conclusions."
+    )
+
+
 def flags_basis(status: AuditStatus) -> str:
     """What the flags rest on, in one sentence ("" when summary.json does not say)."""
     if status.verified is None and status.calibrated is None:
@@ -165,6 +180,8 @@ def status_lines(status: AuditStatus) -> list[tuple[str, bool]]:
         lines.append((_verification_sentence(status), not status.verified))
     if status.calibrated is not None:
         lines.append((_calibration_sentence(status), not status.calibrated))
+    if status.few_training_subjects:
+        lines.append((_few_subjects_sentence(status), True))
     basis = flags_basis(status)
     return lines + ([(basis, not status.global_flags_trusted)] if basis else [])
 

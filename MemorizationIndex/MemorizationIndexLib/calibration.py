@@ -15,6 +15,16 @@ DEFAULT_NULL_SPLITS = 10
 DEFAULT_QUERY_FRACTION = 0.1
 MIN_NULL_SCORES = 2000  # enough scores that alpha = 1e-3 is attainable
 MAX_QUERIES_PER_SPLIT = 5000  # keeps the null linear in reference size for large references
+# Below this many training subjects, a train-split null (global or verified) is measured to run low: each split leaves
+# a much smaller reference than the audit's, so people in no index are flagged more often than alpha (docs/method.md
+# §3; docs/performance.md: 2 of 180 slices of a person in no index at alpha = 0.001 against a 4-subject index).
+FEW_SUBJECTS = 5
+
+
+def few_training_subjects(null_type: str, subjects: int) -> bool:
+    """Whether an index's nulls come from held-out splits of fewer than FEW_SUBJECTS training subjects (a holdout
+    null does not depend on them)."""
+    return null_type != NULL_HOLDOUT and subjects < FEW_SUBJECTS
 
 
 def split_groups(groups: np.ndarray, places: np.ndarray | None = None, slab_count: int = 10) -> np.ndarray:

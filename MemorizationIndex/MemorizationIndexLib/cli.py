@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .allocator import keep_freed_memory
+from .calibration import few_training_subjects
 from .errors import UserError
 from .protocol import PROGRESS_ENV, format_error, format_progress
 from .second_stage import DEFAULT_CANDIDATES
@@ -18,8 +19,8 @@ from .volumes import AXIS_CHOICES
 
 if TYPE_CHECKING:
     from .audit import SetAudit, VolumeAudit
+    from .reference_index import ReferenceIndex
 
-FEW_SUBJECTS = 5  # below this, the train-split null is measured to run low (docs/method.md)
 DEBUG_ENV = "MEMORIZATION_INDEX_DEBUG"
 
 
@@ -105,14 +106,7 @@ def _build_index(args: argparse.Namespace) -> int:
     else:
         index = build_index(args.train, args.out, options, progress=make_progress("embedding"))
     null = index.config["null"]
-    subjects = len(set(index.provenance.subject))
-    if null["type"] != "holdout" and subjects < FEW_SUBJECTS:
-        print(
-            f"warning: only {subjects} training subject(s): each null split leaves a much smaller reference, so the "
-            f"null runs low and novel slices are flagged more often than alpha; pass --holdout with real scans never "
-            f"used in training",
-            file=sys.stderr,
-        )
+    _warn_few_subjects(index)
     print(
         f"index {index.index_id} written to {index.path}: {index.n_reference_slices} reference slices "
         f"({index.config['n_vectors']} vectors with their flipped and rotated copies), encoder {index.encoder_id}, "
@@ -120,6 +114,18 @@ def _build_index(args: argparse.Namespace) -> int:
         f"(n={null['n']}, mean={null['mean']:.4f}, std={null['std']:.4f})"
     )
     return 0
+
+
+def _warn_few_subjects(index: ReferenceIndex) -> None:
+    """A warning on stderr when the index's nulls come from held-out splits of few training subjects."""
+    subjects = len(set(index.provenance.subject))
+    if few_training_subjects(index.null_type, subjects):
+        print(
+            f"warning: only {subjects} training subject(s): each null split leaves a much smaller reference, so the "
+            f"nulls run low and novel slices are flagged more often than alpha; pass --holdout with real scans never "
+            f"used in training",
+            file=sys.stderr,
+        )
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -156,6 +162,7 @@ def _audit(args: argparse.Namespace) -> int:
     if sets:
         _print_sets(sets)
     print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f}); outputs in {args.out}")
+    _warn_few_subjects(index)
     return 0
 
 
