@@ -154,7 +154,7 @@ def test_an_index_of_few_training_subjects_is_named_in_the_verdict(tmp_path: Pat
     assert "flagged more often than \u03b1 = 0.001" in plain and "--holdout" in plain
     _write(tmp_path, pixels, verification=USED, calibration=HOLDS | {"training_subjects": 12})
     _, plain = _render(tmp_path, pixels)
-    assert "training subjects" not in plain
+    assert "nulls come from held-out splits" not in plain
 
 
 def test_no_flag_under_a_failed_calibration_is_not_a_clean_bill(tmp_path: Path, pixels) -> None:
