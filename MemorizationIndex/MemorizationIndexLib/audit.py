@@ -415,14 +415,13 @@ def _calibration_block(audits: Sequence[Audit], index: ReferenceIndex) -> dict:
     ]
     if not every.holds and len(audits) > 1:
         reasons.append(f"all inputs together: {every.reason}")
-    subjects = len(set(index.provenance.subject))
     return {
         "holds": not failing and every.holds,
         "reason": "; ".join(reasons),
         "median_z": every.median_z,
         "limit_z": every.limit_z,
-        "training_subjects": subjects,
-        "few_training_subjects": few_training_subjects(index.null_type, subjects),
+        "training_subjects": index.n_subjects,
+        "few_training_subjects": few_training_subjects(index.null_type, index.n_subjects),
     }
 
 

@@ -118,12 +118,11 @@ def _build_index(args: argparse.Namespace) -> int:
 
 def _warn_few_subjects(index: ReferenceIndex) -> None:
     """A warning on stderr when the index's nulls come from held-out splits of few training subjects."""
-    subjects = len(set(index.provenance.subject))
-    if few_training_subjects(index.null_type, subjects):
+    if few_training_subjects(index.null_type, index.n_subjects):
         print(
-            f"warning: only {subjects} training subject(s): each null split leaves a much smaller reference, so the "
-            f"nulls run low and novel slices are flagged more often than alpha; pass --holdout with real scans never "
-            f"used in training",
+            f"warning: only {index.n_subjects} training subject(s): each null split leaves a much smaller reference, "
+            "so the nulls run low and novel slices are flagged more often than alpha; pass --holdout with real scans "
+            "never used in training",
             file=sys.stderr,
         )
 

@@ -184,6 +184,11 @@ class ReferenceIndex:
         return sum(1 for flip in self.provenance.flip if flip == ORIGINAL)
 
     @property
+    def n_subjects(self) -> int:
+        """Number of distinct training subjects."""
+        return len(set(self.provenance.subject))
+
+    @property
     def null_model(self) -> NullModel:
         """The calibration null."""
         return NullModel(self.null_similarity)
