@@ -34,6 +34,7 @@ from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_ben
 from MemorizationIndexLib.benchmark_stages import COPY_COLUMNS, TwoStage
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
+from MemorizationIndexLib.patch_search import PATCH_CANDIDATES
 from MemorizationIndexLib.pearson import max_pixel_correlation, pixel_correlation
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES
@@ -335,6 +336,7 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
     verification = results["settings"]["verification"]
     assert verification["used"] and verification["k"] == DEFAULT_CANDIDATES
     assert verification["region_candidates"] == REGION_CANDIDATES
+    assert verification["patch_candidates"] == PATCH_CANDIDATES
     assert verification["native_only_candidates"] == NATIVE_ONLY_CANDIDATES
     two = {r["condition"]: r for r in results["two_stage"]}
     assert set(two) == {"clean", "transpose", "half"}

@@ -3,6 +3,7 @@ reference slices' tiles, and the candidates it adds for partial copies."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from MemorizationIndexLib import region_search
+from MemorizationIndexLib import patch_search, region_search
 from MemorizationIndexLib.augment_partial import quarter
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
 from MemorizationIndexLib.encoders.tiles import (
@@ -18,12 +19,15 @@ from MemorizationIndexLib.encoders.tiles import (
     FINE_QUERY_TILES,
     FINE_TILES,
     INDEXED_FINE,
+    PIXEL_GRID,
+    PIXEL_KEY,
     fine_key,
     indexed,
     indexed_windows_of,
     is_fine,
     pool_tiles,
 )
+from MemorizationIndexLib.patch_search import PATCH_CANDIDATES
 from MemorizationIndexLib.preprocess import PreprocessSettings, framed, nonempty_mask, prepare_batch, scale_unit
 from MemorizationIndexLib.region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, RegionHits, RegionIndex
 from MemorizationIndexLib.search import Neighbours
@@ -101,6 +105,12 @@ def test_a_slice_named_by_both_kinds_keeps_the_fine_tiles_places() -> None:
     assert named.places[0, 0, 2:].tolist() == [(top + bottom) / 2, (left + right) / 2]
 
 
+def _tile_kinds(tiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The encoder's tiles alone, without the slices' small images: a region index of them has no patch search, for
+    the tests of what the tiles themselves name."""
+    return {key: raw for key, raw in tiles.items() if key != PIXEL_KEY}
+
+
 def _hits(rows: list[list[int]]) -> RegionHits:
     """Region hits of ``rows`` whose places are (row, position, row, position) for telling them apart, framed
     (fractions of the whole field of view) where the row is odd."""
@@ -112,11 +122,14 @@ def _hits(rows: list[list[int]]) -> RegionHits:
 def test_region_candidates_follow_the_global_ones_without_repeats() -> None:
     listed = np.array([[4, 2, -1], [1, 3, 5]])
     found = with_region_candidates(listed, _hits([[2, 7, 7], [9, -1, 1]]))
-    assert found.rows.shape == (2, 3 + REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES)
+    counted = 3 + REGION_CANDIDATES
+    assert found.rows.shape == (2, counted + NATIVE_ONLY_CANDIDATES)
     # The last NATIVE_ONLY_CANDIDATES places count only by their near-exact part (method.md §7.46).
-    assert (
-        found.native_only[:, 3 + REGION_CANDIDATES :].all() and not found.native_only[:, : 3 + REGION_CANDIDATES].any()
-    )
+    assert found.native_only[:, counted:].all() and not found.native_only[:, :counted].any()
+    # The patch search's rows lead the region search's, in places of their own (method.md §7.52).
+    patched = with_region_candidates(listed, replace(_hits([[2, 7, 7], [9, -1, 1]]), patched=PATCH_CANDIDATES))
+    assert patched.rows.shape == (2, counted + PATCH_CANDIDATES + NATIVE_ONLY_CANDIDATES)
+    assert not patched.native_only[:, : counted + PATCH_CANDIDATES].any()
     assert found.rows[:, :6].tolist() == [[4, 2, -1, 7, -1, -1], [1, 3, 5, 9, -1, -1]]
     assert (found.rows[:, 6:] == -1).all()
     # Every candidate the region search named carries the places of its first naming; the others none.
@@ -144,6 +157,7 @@ def test_a_second_view_takes_the_region_candidates_in_turn_or_alone() -> None:
         [True, True, True, False, True, False],  # rows 9, 1, 3, 0, 5
         [False] * 6,  # rows 8, 6
     ]
+    assert both.patched == 0 and mine.with_view(np.array([1]), replace(view, patched=3), np.array([])).patched == 3
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +183,11 @@ def test_tiles_come_from_the_forward_pass_that_gives_the_features(encoder, spine
     alone = embed_slices(encoder, slices, PreprocessSettings(), batch_size=4)
     assert all(np.array_equal(features[b], alone[b]) for b in encoder.blocks)
     assert encoder.region_block == "stage4"  # the shallowest of stage4..stage6: the most local features
-    assert encoder.tile_keys == encoder.blocks + (fine_key("stage4"),)
+    assert encoder.tile_keys == encoder.blocks + (fine_key("stage4"), PIXEL_KEY)
     shapes = {b: (7, len(COARSE_TILES), alone[b].shape[1]) for b in encoder.blocks}
     assert {key: t.shape for key, t in tiles.items()} == shapes | {
-        fine_key("stage4"): (7, len(FINE_QUERY_TILES), alone["stage4"].shape[1])
+        fine_key("stage4"): (7, len(FINE_QUERY_TILES), alone["stage4"].shape[1]),
+        PIXEL_KEY: (7, 1, PIXEL_GRID * PIXEL_GRID),
     }
     assert embed_slices_and_tiles(encoder, slices, PreprocessSettings(), tiled=0)[1] is None
 
@@ -251,19 +266,20 @@ def test_half_copies_find_their_source_among_the_region_candidates(
     )
     named = regions.search(query_tiles)
     found = named.rows
-    assert found.shape == (len(sources), 2 * (REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES))
+    assert found.shape == (len(sources), PATCH_CANDIDATES + 2 * (REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES))
     assert named.places.shape == (*found.shape, 4) and np.isfinite(named.places[found >= 0]).all()
     assert ((named.places[found >= 0] > 0) & (named.places[found >= 0] < 1)).all()  # tile centres
     hits = [rows[s] in found[i] for i, s in enumerate(sources)]
     assert np.mean(hits) >= 0.9, (np.mean(hits), len(hits))
     assert regions.consistent(100 + len(reference)) and not regions.consistent(100 + len(reference) - 1)
-    regions.save(tmp_path)
+    regions.save(tmp_path, with_patches=True)
     loaded = RegionIndex.load(tmp_path)
     again = None if loaded is None else loaded.search(query_tiles)
     assert again is not None and np.array_equal(again.rows, found)
     assert np.array_equal(again.places, named.places, equal_nan=True)
     assert RegionIndex.load(tmp_path / "elsewhere") is None
     monkeypatch.setattr(region_search, "IVF_MIN_VECTORS", 10)  # the large-reference kind finds the same sources
+    monkeypatch.setattr(patch_search, "IVF_MIN_PATCHES", 10)
     approximate = RegionIndex.fit(tiles, rows).search(query_tiles).rows
     assert np.mean([rows[s] in approximate[i] for i, s in enumerate(sources)]) >= np.mean(hits) - 0.1
 
@@ -291,6 +307,7 @@ def test_moved_patches_off_the_indexed_tiles_are_named_by_the_query_tiles_betwee
     # A patch moved anywhere rarely lands on the indexed tiles' lattice; a query's fine tiles at half its step put a
     # window within a sixteenth of the side of one the index holds of the source (method.md §7.48).
     reference, tiles = spine_reference
+    tiles = _tile_kinds(tiles)
     regions = RegionIndex.fit(tiles, np.arange(len(reference)))
     sources = list(range(1, len(reference), 2))
     patches = _moved_patches(reference, spine_slices["06"], sources, side=0.3)
@@ -310,7 +327,7 @@ def test_the_region_candidates_name_whole_copies_and_moved_patches(encoder, spin
     # search must name a whole copy's source as well (turned and blurred, as the global search may rank it low), and
     # its deeper ranks must hold moved patches' sources that its first 3 miss.
     reference, tiles = spine_reference
-    regions = RegionIndex.fit(tiles, np.arange(len(reference)))
+    regions = RegionIndex.fit(_tile_kinds(tiles), np.arange(len(reference)))
     sources = list(range(2, len(reference), 3))
     whole = [ndimage.gaussian_filter(rotate(reference[s], 20.0), 1.5) for s in sources]
     patches = _moved_patches(reference, spine_slices["06"], sources, side=0.35)
@@ -353,7 +370,7 @@ def test_background_tiles_do_not_crowd_out_pasted_brain_patches(
     sources = list(range(1, len(reference), 2))
     copies = _moved_patches(reference, _brain_slices(brain_subjects[4], 3), sources, side=0.35, band=(0.25, 0.4))
     _, query_tiles = embed_slices_and_tiles(encoder, copies, PreprocessSettings())
-    regions = RegionIndex.fit(tiles, rows)
+    regions = RegionIndex.fit(_tile_kinds(tiles), rows)
     hits = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles).rows)])
     monkeypatch.setattr(region_search, "tile_margins", lambda scores, ids: np.where(ids >= 0, scores, -np.inf))
     by_cosine = np.mean([s in found for s, found in zip(sources, regions.search(query_tiles).rows)])
@@ -372,7 +389,7 @@ def test_a_noisy_slice_is_region_searched_by_its_smoothed_view(encoder, brain_su
     global search anyway, names the source among the region candidates (method.md §7.30)."""
     reference = [s for subject in brain_subjects[1:5] for s in _brain_slices(subject, 1)]  # neighbours included
     _, tiles = embed_slices_and_tiles(encoder, reference, PreprocessSettings())
-    regions = RegionIndex.fit(tiles, np.arange(len(reference)))
+    regions = RegionIndex.fit(_tile_kinds(tiles), np.arange(len(reference)))
     sources = list(range(1, len(reference), 10))
     rng = np.random.default_rng(2)
     noisy = []
@@ -427,3 +444,32 @@ def test_brain_quarter_copies_are_named_by_the_fine_tiles_of_the_whole_view(
     # measured: 1.0 of 26 ranked first from the whole view, 0.92 from the crops (0.85 before the query's fine tiles lay
     # at half the indexed step, method.md §7.48; within the first 6: 1.0 either way)
     assert first[0] >= 0.95 and first[0] >= first[1] + 0.05, first
+
+
+def _named_first(tiles: dict[str, np.ndarray], query_tiles: dict[str, np.ndarray], sources: list[int]) -> float:
+    """The share of queries whose source is among the first PATCH_CANDIDATES rows of a region search of ``tiles``."""
+    found = RegionIndex.fit(tiles, np.arange(len(next(iter(tiles.values()))))).search(query_tiles).rows
+    return float(np.mean([s in found[i][:PATCH_CANDIDATES] for i, s in enumerate(sources)]))
+
+
+def test_pasted_patches_are_named_first_by_their_own_pixels(
+    encoder, spine_slices, spine_reference, brain_subjects: list[Path]
+) -> None:
+    """A pasted region keeps its source's pixels while the tiles' features see the host around it: the patch search
+    names the source among its first PATCH_CANDIDATES rows, which lead the region search's (method.md §7.52)."""
+    reference, tiles = spine_reference
+    sources = list(range(1, len(reference), 2))
+    copies = _moved_patches(reference, spine_slices["06"], sources, side=0.3)
+    query_tiles = embed_slices_and_tiles(encoder, copies, PreprocessSettings())[1]
+    named, by_tiles = _named_first(tiles, query_tiles, sources), _named_first(_tile_kinds(tiles), query_tiles, sources)
+    # measured: 0.90 of 30 spine patches, against 0.37 by the tiles' first rows
+    assert named >= 0.8 and named >= by_tiles + 0.3, (named, by_tiles)
+    brain = _brain_slices(brain_subjects[1], 3) + _brain_slices(brain_subjects[2], 3)
+    brain_tiles = embed_slices_and_tiles(encoder, brain, PreprocessSettings())[1]
+    sources = list(range(1, len(brain), 2))
+    pasted = _moved_patches(brain, _brain_slices(brain_subjects[4], 3), sources, side=0.3, band=(0.25, 0.4))
+    query_tiles = embed_slices_and_tiles(encoder, pasted, PreprocessSettings())[1]
+    named = _named_first(brain_tiles, query_tiles, sources)
+    by_tiles = _named_first(_tile_kinds(brain_tiles), query_tiles, sources)
+    # measured: 0.88 of 26 brain patches, against 0.08
+    assert named >= 0.8 and named >= by_tiles + 0.3, (named, by_tiles)

@@ -556,12 +556,15 @@ VERIFY_SUBJECTS = 4  # real reference subjects (sub-02 ..); sub-01 is the query,
 VERIFY_NULL_SLICES = 300  # held-out slices of the verified null (build_index verifies up to 1000)
 
 
-def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, dict, Provenance, dict, VerifiedNull, int]:
+def _real_reference(
+    encoder: Encoder, paths: list[Path], patches: bool
+) -> tuple[dict, dict, Provenance, dict, VerifiedNull, int]:
     """Real brain slices with their reference copies, embedded as build_index does (with the tiles of the
     slices as cut); thumbnails of the slices; a verified null of held-out subject splits (verified_null.py,
-    as build_index computes it)."""
+    as build_index computes it), with the patch search when ``patches`` (as the index it is for will have it)."""
     from MemorizationIndexLib.calibration import DEFAULT_QUERY_FRACTION
     from MemorizationIndexLib.embedding import embed_slices_and_tiles
+    from MemorizationIndexLib.encoders.tiles import PIXEL_KEY
     from MemorizationIndexLib.index_build import BuildOptions, _with_copies, collect_slices
     from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
     from MemorizationIndexLib.second_stage import SliceGrids, slice_places
@@ -583,7 +586,7 @@ def _real_reference(encoder: Encoder, paths: list[Path]) -> tuple[dict, dict, Pr
         lambda: ShrinkageWhitener(seed=0),
         query_fraction=DEFAULT_QUERY_FRACTION,
         seed=0,
-        tiles=tiles,
+        tiles=tiles if patches else {key: raw for key, raw in tiles.items() if key != PIXEL_KEY},
         n_queries=VERIFY_NULL_SLICES,
     )
     return features, tiles, provenance, thumbnails, null, len(train.slices)
@@ -597,13 +600,16 @@ def _padded(
     (``BuildOptions().copies``), which point at it. A synthetic slice's provenance is one of the real
     slices in turn, so a candidate among them is verified against that real slice's pixels (its grid
     made for its own row, as a distinct reference slice's would be). Every synthetic original also gets
-    synthetic tiles, so the region index holds the tiles of every original slice, real or synthetic."""
-    from MemorizationIndexLib.encoders.tiles import block_of
+    synthetic tiles, so the region index holds the tiles of every original slice, real or synthetic, and the small
+    image of the real slice it cycles over with noise of its own, so the patch index holds as many patches."""
+    from MemorizationIndexLib.encoders.tiles import PIXEL_KEY, block_of
     from MemorizationIndexLib.index_build import BuildOptions
     from MemorizationIndexLib.reference_index import Provenance
 
     n_real, copies = len(provenance), BuildOptions().copies
     pad = n_reference - n_real
+    if pad <= 0:  # the real slices alone (they are never cut)
+        return features, tiles, provenance
     synthetic = {b: np.concatenate([f[b] for _, f in Synthetic(seed=5).rows(pad)]) for b in DIMS}
     padded = Provenance()
     p = provenance
@@ -618,6 +624,11 @@ def _padded(
     n_synthetic_slices = -(-pad // len(copies))
     padded_tiles = {}
     for key, real in tiles.items():
+        if key == PIXEL_KEY:  # the small image of the real slice it cycles over, with noise of its own
+            noise = np.random.default_rng(7).normal(0.0, 0.01, (n_synthetic_slices, *real.shape[1:]))
+            cycled = real[np.arange(n_synthetic_slices) % n_originals]
+            padded_tiles[key] = np.concatenate([real, np.clip(cycled + noise, 0, 1).astype(np.float32)])
+            continue
         per_tile = [
             np.concatenate([f[block_of(key)] for _, f in Synthetic(seed=100 + t).rows(n_synthetic_slices)])
             for t in range(real.shape[1])
@@ -629,15 +640,17 @@ def _padded(
 def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> tuple[ReferenceIndex, dict]:
     """The 100k index with a verified null and thumbnails (real part + synthetic padding), and what it holds."""
     from MemorizationIndexLib.embedding import embed_slices
-    from MemorizationIndexLib.index_build import build_index_from_features, collect_slices
+    from MemorizationIndexLib.index_build import BuildOptions, build_index_from_features, collect_slices
+    from MemorizationIndexLib.patch_search import PATCH_MAX_SLICES
     from MemorizationIndexLib.preprocess import PreprocessSettings
     from MemorizationIndexLib.reference_index import EncoderInfo
     from MemorizationIndexLib.transforms import ORIGINAL
 
     start = time.perf_counter()
     paths = sorted(BRAIN.glob("sub-*_T1w.nii.gz"))
+    copies = len(BuildOptions().copies)
     features, tiles, provenance, thumbnails, null, n_originals = _real_reference(
-        encoder, paths[1 : 1 + VERIFY_SUBJECTS]
+        encoder, paths[1 : 1 + VERIFY_SUBJECTS], patches=-(-n_reference // copies) <= PATCH_MAX_SLICES
     )
     holdout = collect_slices(paths[-1:], axis=VERIFY_AXIS, preprocessing=PreprocessSettings())
     holdout_features = embed_slices(encoder, holdout.slices, PreprocessSettings())
@@ -660,6 +673,7 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
         "n_reference": n_reference,
         "n_reference_slices": n_slices,
         "n_region_tiles": sum(kind.index.ntotal for kind in index.regions.kinds.values()),  # tile vectors
+        "n_patches": 0 if index.regions.patches is None else index.regions.patches.index.ntotal,  # pixel patches
         "n_real_vectors": n_real,
         "n_real_slices": n_originals,
         "n_real_subjects": VERIFY_SUBJECTS,
@@ -758,6 +772,9 @@ def _second_stage_parts(
     listed = with_region_candidates(rows, regions)
     rows = listed.rows
     lap("region_search")
+    if index.regions.patches is not None:  # the patch search alone, again (its time is part of the region search's)
+        index.regions.patches.ranked(tiles)
+    lap("patch_search_alone")
     wanted = sorted({int(r) for r in rows.ravel() if r >= 0})
     reference = ReferenceGrids(index)(wanted)
     lap("reference_grids_alone")
@@ -838,7 +855,8 @@ def bench_verification(out: Path, n_reference: int, rounds: int) -> dict:
     for p in parts:
         p["as_cut_search_extra"] = p["as_cut_search_deep"] - p["as_cut_search_k5"]
     ratios = [w / wo for w, wo in zip(runs["with"], runs["without"])]
-    steps = {name: float(np.median([p[name] for p in parts])) for name in (*STAGE_STEPS, "reference_grids_alone")}
+    alone = ("reference_grids_alone", "patch_search_alone")
+    steps = {name: float(np.median([p[name] for p in parts])) for name in (*STAGE_STEPS, *alone)}
     result |= {
         "n_query_slices": n_query,
         "candidates": index.candidates,
@@ -1202,7 +1220,8 @@ def _verification_lines(v: dict) -> list[str]:
         "  second stage, step by step (medians): "
         + ", ".join(f"{name.replace('_', ' ')} {steps[name]:.2f} s" for name in STAGE_STEPS)
         + f"; sum {v['steps_sum_s']:.2f} s; reference grids alone (one thread, not in the sum) "
-        f"{steps['reference_grids_alone']:.2f} s",
+        f"{steps['reference_grids_alone']:.2f} s; patch search alone (part of the region search) "
+        f"{steps.get('patch_search_alone', float('nan')):.2f} s over {v.get('n_patches', 0):,} indexed patches",
         f"  per audit: {v['reference_grids_per_audit']} candidate reference slices "
         f"({v['real_reference_grids_per_audit']} of the real slices' own rows; "
         f"{v.get('reference_grids_made_per_audit', '?')} of them made into grids: the rest waited for a "

@@ -49,6 +49,7 @@ from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
 from .index_build import build_index_from_features, subject_of
+from .patch_search import PATCH_CANDIDATES
 from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
 from .reference_index import EncoderInfo, Provenance
@@ -900,6 +901,7 @@ def _verification_settings(used: bool) -> dict:
     return {
         "used": used,
         "k": DEFAULT_CANDIDATES,
+        "patch_candidates": PATCH_CANDIDATES if used else 0,
         "region_candidates": REGION_CANDIDATES if used else 0,
         "native_only_candidates": NATIVE_ONLY_CANDIDATES if used else 0,
         "views": list(VIEWS),

@@ -290,12 +290,11 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
     ]
     k = results["settings"]["verification"]["k"]
     regions = results["settings"]["verification"].get("region_candidates", 0)
+    patches = results["settings"]["verification"].get("patch_candidates", 0)
     native_only = results["settings"]["verification"].get("native_only_candidates", 0)
-    added = (
-        f" and up to {regions} more from the region search (tiles of the slice, docs/method.md §7.14)"
-        if regions
-        else ""
-    )
+    added = f", up to {patches} from the patch search (the slice's own pixels, docs/method.md §7.52)" if patches else ""
+    if regions:
+        added += f" and up to {regions} more from the region search (tiles of the slice, docs/method.md §7.14)"
     if native_only:
         added += f", then up to {native_only} more that count only by their near-exact part (docs/method.md §7.46)"
     return (

@@ -13,6 +13,7 @@ from . import __version__
 from .allocator import keep_freed_memory
 from .calibration import few_training_subjects
 from .errors import UserError
+from .patch_search import PATCH_MAX_SLICES
 from .protocol import PROGRESS_ENV, format_error, format_progress
 from .second_stage import DEFAULT_CANDIDATES
 from .volumes import AXIS_CHOICES
@@ -107,6 +108,12 @@ def _build_index(args: argparse.Namespace) -> int:
         index = build_index(args.train, args.out, options, progress=make_progress("embedding"))
     null = index.config["null"]
     _warn_few_subjects(index)
+    if index.regions is not None and not index.config["verification"].get("patch_search"):
+        print(
+            f"note: {index.n_reference_slices} reference slices, more than {PATCH_MAX_SLICES}: the index has no patch "
+            "search, so pasted regions are sought by the region tiles alone (docs/method.md §7.52)",
+            file=sys.stderr,
+        )
     print(
         f"index {index.index_id} written to {index.path}: {index.n_reference_slices} reference slices "
         f"({index.config['n_vectors']} vectors with their flipped and rotated copies), encoder {index.encoder_id}, "
@@ -256,7 +263,9 @@ def _add_build_parser(sub) -> None:
         "turned copies (8x fewer vectors; such copies of training slices are then missed)",
     )
     build.add_argument(
-        "--store-thumbnails", action="store_true", help="also store 8-bit reference slices in the index (pixels!)"
+        "--store-thumbnails",
+        action="store_true",
+        help="also store 8-bit reference slices and the patch search's pixel patches in the index (pixels!)",
     )
     build.add_argument(
         "--no-verification",

@@ -32,6 +32,7 @@ from .embedding import ProgressCallback, embed_slices_and_tiles
 from .encoders import load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
+from .patch_search import within_limit
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import MANIFEST, EncoderInfo, Provenance, ReferenceIndex, write_manifest
 from .region_search import RegionIndex, Tiles
@@ -427,10 +428,11 @@ def build_index_from_features(
     )
     regions = None
     if verified_null is not None:
+        tiles = within_limit(tiles)
         regions = None if tiles is None else RegionIndex.fit(tiles, original_rows, lambda: ShrinkageWhitener(seed=seed))
         config["verification"] = {
             "k": candidates,
-            **null_settings(regions is not None),
+            **null_settings(regions is not None, patches=regions is not None and regions.patches is not None),
             "n": int(len(verified_null.scores)),
         }
     check_index_output(out_dir, overwrite)
@@ -514,5 +516,5 @@ def _write_index(
     if thumbnails is not None:
         np.savez_compressed(folder / "thumbnails.npz", **{str(row): image for row, image in thumbnails.items()})
     if regions is not None:
-        regions.save(folder)
+        regions.save(folder, with_patches=thumbnails is not None)
     write_manifest(folder)

@@ -29,7 +29,8 @@ def unavailable_reason(index: ReferenceIndex) -> str:
             "the index has no verified null (built without verification, from features alone, or by an older "
             "version); rebuild it with build-index to verify copies"
         )
-    made, now = index.config.get("verification", {}), null_settings(index.regions is not None)
+    made = index.config.get("verification", {})
+    now = null_settings(index.regions is not None, patches=bool(made.get("patch_search")))
     changed = [f"{key} {made.get(key)} (now {value})" for key, value in now.items() if made.get(key) != value]
     if changed:
         return (

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoders.tiles import is_fine
+from .encoders.tiles import is_framed
 from .errors import UserError
 from .index_build import (
     BuildOptions,
@@ -167,7 +167,7 @@ class _EmbedActor:
             whole = np.asarray(batch["framed"], dtype=np.float32)[as_cut]
             features, tiles = self.encoder.embed_with_tiles(pixels[:, None], whole[:, None])
             columns |= {f"tile_{c}": columns[c][as_cut] for c in ("volume", "holdout", "slice")}
-            columns |= {f"tile/{b}": v if is_fine(b) else v[as_cut] for b, v in tiles.items()}
+            columns |= {f"tile/{b}": v if is_framed(b) else v[as_cut] for b, v in tiles.items()}
         else:
             features = self.encoder.embed(pixels[:, None])
         np.savez(path, **columns, **{f"feature/{b}": v for b, v in features.items()})

@@ -16,6 +16,9 @@ Layout (every file's sha256 is in ``manifest.json``, verified on load)::
                         their fine tiles, with region_whiteners.npz
                         (their whiteners and original rows); absent when the encoder has no feature maps
                         or the index was built before it (region_search.py)
+    regions_patch.faiss only with store_thumbnails: the patch search's pixel patches of the reference slices as cut,
+                        with region_patches.npz (their slices and places); without it an audit makes them from
+                        the training volumes (patch_search.py)
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ import numpy as np
 from .calibration import feature_energy
 from .encoders import load_encoder
 from .encoders.base import Encoder, file_sha256
+from .encoders.tiles import PIXEL_GRID, pixel_tiles
 from .errors import UserError
-from .preprocess import PreprocessSettings
+from .preprocess import PreprocessSettings, framed, prepare_batch
 from .region_search import RegionIndex
 from .scoring import NullModel
 from .search import Neighbours, prepare_loaded, search_blocks
@@ -77,6 +81,9 @@ class EncoderInfo:
             tuple(encoder.blocks),
             str(checkpoint) if checkpoint else None,
         )
+
+
+SMALL_IMAGE_BATCH = 256  # reference slices read and averaged down together (:meth:`ReferenceIndex.small_images`)
 
 
 @dataclass
@@ -275,6 +282,8 @@ class ReferenceIndex:
         loaded = cls(path, config, provenance, whiteners, indexes, null_similarity, manifest["index_id"])
         loaded.verified_null = verified
         loaded.regions = _region_index(path, len(provenance))
+        if loaded.regions is not None and loaded.regions.patches is None and config["verification"].get("patch_search"):
+            loaded.regions.small_images = loaded.small_images  # made from the training volumes when first needed
         loaded.null_energy = null_energy if null_energy is not None and np.isfinite(null_energy).all() else None
         return loaded
 
@@ -334,6 +343,25 @@ class ReferenceIndex:
                         self._thumbnails = {k: data[k] for k in data.files}
             return self._thumbnails[str(row)].astype(np.float32) / 255.0
         return self._volume_cache.slice(source, prov.array_axis[row], slice_index)
+
+    def small_images(self) -> np.ndarray:
+        """float32 [slices, 1, PIXEL_GRID²]: the small images (``encoders.tiles.pixel_tiles``) of the region index's
+        slices, as the encoder's framed input gives them, from the reference pixels (:meth:`reference_slice`); an
+        unreadable slice's is empty (it has no patches)."""
+        size, settings = int(self.config["encoder"]["input_size"]), framed(self.preprocessing)
+        rows = self.regions.rows if self.regions is not None else np.zeros(0, dtype=np.int64)
+        out = np.zeros((len(rows), 1, PIXEL_GRID * PIXEL_GRID), dtype=np.float32)
+        for start in range(0, len(rows), SMALL_IMAGE_BATCH):
+            part = rows[start : start + SMALL_IMAGE_BATCH].tolist()
+            read = [
+                (i, self.reference_slice(self.provenance.source[r], self.provenance.slice[r]))
+                for i, r in enumerate(part)
+            ]
+            found = [(i, image) for i, image in read if image is not None]
+            if found:
+                images = pixel_tiles(prepare_batch([image for _, image in found], size, settings))
+                out[[start + i for i, _ in found]] = images
+        return out
 
 
 def _region_index(path: Path, n_rows: int) -> RegionIndex | None:

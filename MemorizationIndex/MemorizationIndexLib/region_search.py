@@ -13,11 +13,13 @@ source. A query slice's fine tiles lie at half the step of those indexed, so tha
 has a window near one of its source's (§7.48). The training slices with the best margins, by each kind in turn, are
 added to the query's verification candidates (:data:`REGION_CANDIDATES`). The coarse tiles come from the forward
 pass the global features come from; the fine tiles from a pass, stopped at the shallowest block, over the slice in
-its whole field of view, where a partial copy keeps its place and scale (§7.31).
+its whole field of view, where a partial copy keeps its place and scale (§7.31). The training slices that the query's
+own pixel patches name (``patch_search``, §7.52) come first.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .encoders.tiles import Window, indexed, indexed_windows_of, is_fine, windows_of
+from .encoders.tiles import PIXEL_KEY, Window, indexed, indexed_windows_of, is_fine, windows_of
+from .patch_search import PATCH_CANDIDATES, PatchIndex
 from .search import FLAT, IVF, build_block_index, prepare_loaded
 from .whitening import ShrinkageWhitener
 
@@ -50,15 +53,18 @@ class RegionHits:
     of the query's tile and then of the training slice's, each in fractions of its slice's square as the encoder
     saw it (nan where there is no row): the square of the slice's foreground crop, or where ``framed`` [n, m] is
     True (fine tiles), of its whole field of view (``preprocess.framed``). A copied region moved elsewhere shows
-    as the move from one to the other (docs/method.md §7.25)."""
+    as the move from one to the other (docs/method.md §7.25). ``patched``: how many of a slice's first rows the
+    patch search named (``patch_search``; 0 without one), ahead of the tiles'."""
 
     rows: np.ndarray
     places: np.ndarray
     framed: np.ndarray
+    patched: int = 0
 
     @classmethod
-    def of(cls, chosen: list[dict[int, Place]], width: int) -> RegionHits:
-        """Hits [len(chosen), width] from each query slice's {row: (places, framed)}, best first."""
+    def of(cls, chosen: list[dict[int, Place]], width: int, patched: int = 0) -> RegionHits:
+        """Hits [len(chosen), width] from each query slice's {row: (places, framed)}, best first; ``patched`` as
+        the class says."""
         rows = np.full((len(chosen), width), -1, dtype=np.int64)
         places = np.full((len(chosen), width, 4), np.nan)
         framed = np.zeros((len(chosen), width), dtype=bool)
@@ -66,7 +72,7 @@ class RegionHits:
             rows[i, : len(named)] = list(named)
             for j, (place, whole) in enumerate(named.values()):
                 places[i, j], framed[i, j] = place, whole
-        return cls(rows, places, framed)
+        return cls(rows, places, framed, patched)
 
     def ranking(self, i: int) -> list[tuple[int, Place]]:
         """The i-th query slice's hits as (row, (places, framed)), best first."""
@@ -82,7 +88,7 @@ class RegionHits:
         for i, q in enumerate(np.asarray(positions, dtype=np.int64).tolist()):
             views = [view.ranking(i)] + ([] if i in alone_ else [self.ranking(q)])
             chosen[q] = in_turn(views, width)
-        return RegionHits.of(chosen, width)
+        return RegionHits.of(chosen, width, max(self.patched, view.patched))
 
 
 Place = tuple[np.ndarray, bool]  # a hit's tile centres [4] and whether they are fractions of the whole field of view
@@ -100,8 +106,9 @@ def in_turn(rankings: list[list[tuple[int, Place]]], depth: int) -> dict[int, Pl
 
 
 def _kind(key: str) -> str:
-    """The kind of tile (a key of :data:`INDEX_FILES`) a tile-features key holds."""
-    return "fine" if is_fine(key) else "coarse"
+    """The kind of tile a tile-features key holds: a key of :data:`INDEX_FILES`, or ``patch`` for the slices' small
+    images (the patch search's)."""
+    return "patch" if key == PIXEL_KEY else "fine" if is_fine(key) else "coarse"
 
 
 class TileIndex:
@@ -161,27 +168,43 @@ class TileIndex:
 
 
 class RegionIndex:
-    """The coarse and fine tile indexes of the training slices as cut; ``rows[s]`` is the original reference
-    row of the s-th indexed slice."""
+    """The coarse and fine tile indexes of the training slices as cut, and their pixel patches' index (``patches``;
+    None without one); ``rows[s]`` is the original reference row of the s-th indexed slice."""
 
-    def __init__(self, kinds: dict[str, TileIndex], rows: np.ndarray):
-        self.kinds, self.rows = kinds, np.asarray(rows, dtype=np.int64)
+    def __init__(self, kinds: dict[str, TileIndex], rows: np.ndarray, patches: PatchIndex | None = None):
+        self.kinds, self.rows, self.patches = kinds, np.asarray(rows, dtype=np.int64), patches
+        # The small images of the indexed slices, read when the patch search is first needed (an index saved without
+        # pixels: :meth:`save`); None when there is nothing to read them from.
+        self.small_images: Callable[[], np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def patch_index(self) -> PatchIndex | None:
+        """The patch index: the saved one, else one made once from :attr:`small_images` (None without either)."""
+        with self._lock:
+            if self.patches is None and self.small_images is not None:
+                self.patches, self.small_images = PatchIndex.fit(self.small_images()), None
+            return self.patches
 
     @classmethod
     def fit(
         cls, tiles: Tiles, rows: np.ndarray, make_whitener: Callable[[], ShrinkageWhitener] = ShrinkageWhitener
     ) -> RegionIndex:
-        """The tile indexes of the slices at original ``rows`` (raw ``tiles`` of every key)."""
+        """The tile indexes of the slices at original ``rows`` (raw ``tiles`` of every key), and their patches'
+        index when the tiles hold their small images (``encoders.tiles.PIXEL_KEY``)."""
         grouped: dict[str, Tiles] = {}
         for key, raw in tiles.items():
             grouped.setdefault(_kind(key), {})[key] = raw
-        return cls({kind: TileIndex.fit(grouped[kind], make_whitener) for kind in INDEX_FILES if kind in grouped}, rows)
+        kinds = {kind: TileIndex.fit(grouped[kind], make_whitener) for kind in INDEX_FILES if kind in grouped}
+        return cls(kinds, rows, PatchIndex.fit(tiles[PIXEL_KEY]) if PIXEL_KEY in tiles else None)
 
     def search(self, tiles: Tiles, k: int = REGION_CANDIDATES + NATIVE_ONLY_CANDIDATES) -> RegionHits:
-        """The query slices' best-matching training slices, [n, ≤ 2k] (:class:`RegionHits`): each kind's best k by
-        tile margin (:meth:`TileIndex.ranked`), taken from the kinds in turn (coarse first), without repeats. A row
-        among both kinds' best k keeps the fine tiles' places: a quarter of the side at sixteenth steps of the whole
-        view place a moved copy closer than windows of half the side at quarter steps of the crop (method.md §7.49)."""
+        """The query slices' best-matching training slices, [n, ≤ PATCH_CANDIDATES + 2k] (:class:`RegionHits`): the
+        patch search's best PATCH_CANDIDATES (:meth:`PatchIndex.ranked`) when the index has one and the tiles hold
+        the slices' small images, then each tile kind's best k by tile margin (:meth:`TileIndex.ranked`), taken from
+        the kinds in turn (coarse first), without repeats. A row the patch search named keeps its patches' places; a
+        row among both tile kinds' best k keeps the fine tiles' places: a quarter of the side at sixteenth steps of
+        the whole view place a moved copy closer than windows of half the side at quarter steps of the crop
+        (method.md §7.49)."""
         n = len(next(iter(tiles.values())))
         rankings = {
             kind: [[(int(self.rows[s]), (p, index.framed)) for s, p in hits] for hits in index.ranked(tiles)]
@@ -190,16 +213,27 @@ class RegionIndex:
         chosen = [in_turn([ranking[i] for ranking in rankings.values()], k) for i in range(n)]
         for named, finest in zip(chosen, rankings.get("fine", [])):
             named.update(finest[:k])  # rows already named keep their order
-        return RegionHits.of(chosen, k * len(rankings))
+        patches = self.patch_index() if PIXEL_KEY in tiles else None
+        if patches is None:
+            return RegionHits.of(chosen, k * len(rankings))
+        patched = patches.ranked(tiles)
+        for i, hits in enumerate(patched):
+            first: dict[int, Place] = {int(self.rows[s]): (p, PatchIndex.framed) for s, p in hits[:PATCH_CANDIDATES]}
+            chosen[i] = first | {row: place for row, place in chosen[i].items() if row not in first}
+        return RegionHits.of(chosen, PATCH_CANDIDATES + k * len(rankings), PATCH_CANDIDATES)
 
     def consistent(self, n_rows: int) -> bool:
         """Whether every tile index holds its tiles of every indexed slice, and the slices are rows of an index
         of ``n_rows``."""
         sizes = all(index.index.ntotal == len(self.rows) * index.n_tiles for index in self.kinds.values())
-        return sizes and bool(np.all((self.rows >= 0) & (self.rows < n_rows)))
+        patches = self.patches is None or self.patches.consistent(len(self.rows))
+        return sizes and patches and bool(np.all((self.rows >= 0) & (self.rows < n_rows)))
 
-    def save(self, folder: str | Path) -> None:
-        """Write the tile indexes and their whiteners into ``folder``."""
+    def save(self, folder: str | Path, with_patches: bool) -> None:
+        """Write the tile indexes and their whiteners into ``folder``, and the patch index when ``with_patches``: its
+        patches are the training slices' own pixels, which an index holds only when its user asks for them
+        (``--store-thumbnails``); without them an audit makes the patch index from the training volumes
+        (:attr:`small_images`)."""
         folder = Path(folder)
         for kind, index in self.kinds.items():
             faiss.write_index(index.index, str(folder / INDEX_FILES[kind]))
@@ -210,6 +244,8 @@ class RegionIndex:
             for name, value in w.state().items()
         }
         np.savez(folder / WHITENERS_FILE, rows=self.rows, **arrays)
+        if with_patches and self.patches is not None:
+            self.patches.save(folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> RegionIndex | None:
@@ -231,7 +267,7 @@ class RegionIndex:
             }
             if whiteners and (folder / file).exists():
                 kinds[kind] = TileIndex(whiteners, prepare_loaded(faiss.read_index(str(folder / file)), REGION_NPROBE))
-        return cls(kinds, rows)
+        return cls(kinds, rows, PatchIndex.load(folder))
 
 
 def tile_margins(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -227,11 +227,13 @@ def with_smoothed_regions(
 
 
 def with_region_candidates(
-    listed: np.ndarray, regions: RegionHits, m: int = REGION_CANDIDATES, extra: int = NATIVE_ONLY_CANDIDATES
+    listed: np.ndarray, regions: RegionHits, m: int | None = None, extra: int = NATIVE_ONLY_CANDIDATES
 ) -> Shortlist:
     """[n, k + m + extra]: the candidates [n, k] followed by the first m + extra of the region search's rows (in its
-    order) that are not among them (-1 = none), the last ``extra`` places native-only (:class:`Shortlist`); every
-    candidate the region search named carries its tiles' places."""
+    order: the patch search's first, ``RegionIndex.search``) that are not among them (-1 = none), the last ``extra``
+    places native-only (:class:`Shortlist`); every candidate the region search named carries its tiles' places. ``m``
+    is REGION_CANDIDATES and the places the patch search may fill (``RegionHits.patched``) unless given."""
+    m = REGION_CANDIDATES + regions.patched if m is None else m
     out = Shortlist.of(np.full((len(listed), listed.shape[1] + m + extra), -1, dtype=np.int64))
     out.rows[:, : listed.shape[1]] = listed
     out.native_only[:, listed.shape[1] + m :] = True

@@ -26,7 +26,16 @@ from scipy import ndimage
 from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
-from .encoders.tiles import COARSE_TILES, FINE_QUERY_TILES, FINE_TILES
+from .encoders.tiles import COARSE_TILES, FINE_QUERY_TILES, FINE_TILES, PIXEL_GRID
+from .patch_search import (
+    MOVE_BIN,
+    PATCH_CANDIDATES,
+    PATCH_CELLS,
+    PATCH_DEPTH,
+    PATCH_MIN_STD,
+    PATCH_STEP,
+    within_limit,
+)
 from .preprocess import PreprocessSettings
 from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, REGION_DEPTH, RegionIndex, Tiles
 from .scoring import NullModel
@@ -183,12 +192,12 @@ class VerifiedNull:
         return max(band["threshold"] for band in self.thresholds(alpha))
 
 
-def null_settings(regions: bool) -> dict:
+def null_settings(regions: bool, patches: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
     hypotheses tried and scored, the candidate squares' ratio, their translations' precision, the near-exact
-    regions' score on the grid and at the slices' own resolution, the null's blur and the region search
-    (``regions``: whether the index has one; a noisy slice's smoothed view is searched)."""
+    regions' score on the grid and at the slices' own resolution, the null's blur, the region search and the patch
+    search (``regions``, ``patches``: whether the index has them; a noisy slice's smoothed view is searched)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": [NEIGHBOUR_GATE, "region-named candidates do not wait"] if regions else NEIGHBOUR_GATE,
@@ -219,6 +228,11 @@ def null_settings(regions: bool) -> dict:
         "region_candidates": [REGION_CANDIDATES, NATIVE_ONLY_CANDIDATES, "native part only"] if regions else 0,
         "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
         "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,
+        "patch_search": (
+            [PATCH_CANDIDATES, PIXEL_GRID, PATCH_CELLS, PATCH_STEP, PATCH_MIN_STD, PATCH_DEPTH, MOVE_BIN]
+            if regions and patches
+            else 0
+        ),
     }
 
 
@@ -504,6 +518,7 @@ def reference_verified_null(
     """
     grids = SliceGrids(slices, settings, places)
     original_row = np.asarray(original_row)
+    tiles = within_limit(tiles)
 
     def whitener() -> ShrinkageWhitener:
         return ShrinkageWhitener(seed=seed)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .tiles import COARSE_TILES, FINE_QUERY_TILES, fine_key, pool_tiles
+from .tiles import COARSE_TILES, FINE_QUERY_TILES, PIXEL_KEY, fine_key, pixel_tiles, pool_tiles
 
 
 def file_sha256(path: str | Path) -> str:
@@ -82,9 +82,9 @@ class Encoder(abc.ABC):
 
     @property
     def tile_keys(self) -> tuple[str, ...]:
-        """The keys of :meth:`embed_with_tiles`'s tile features: every block's coarse tiles, then the fine
-        tiles of :attr:`region_block`."""
-        return self.blocks + (fine_key(self.region_block),)
+        """The keys of :meth:`embed_with_tiles`'s tile features: every block's coarse tiles, the fine tiles of
+        :attr:`region_block`, then the small image of the slice in its whole field of view (``tiles.PIXEL_KEY``)."""
+        return self.blocks + (fine_key(self.region_block), PIXEL_KEY)
 
     def region_maps(self, batch: np.ndarray) -> torch.Tensor:
         """[N, C, H, W] maps of :attr:`region_block` (call under ``torch.inference_mode``); encoders that can
@@ -102,13 +102,15 @@ class Encoder(abc.ABC):
         """:meth:`embed`'s features of ``batch`` [N, ...] and the tile features {key: float32 [rows, tiles, D]} of
         :attr:`tile_keys`: ``tiles.COARSE_TILES`` of every block from the same forward pass (N rows), and
         ``tiles.FINE_QUERY_TILES`` of :attr:`region_block` from ``framed`` [M, ...], slices of the batch in their whole
-        field of view (``preprocess.framed``), by a pass that stops at that block (M rows)."""
+        field of view (``preprocess.framed``), by a pass that stops at that block (M rows), and ``framed``'s small
+        images (``tiles.pixel_tiles``, M rows)."""
         with torch.inference_mode():
             maps = self.feature_maps(batch)
             pooled = {b: m.mean(dim=(2, 3)).float().cpu().numpy() for b, m in maps.items()}
             tiles = {b: pool_tiles(m, COARSE_TILES) for b, m in maps.items()}
             tiles[fine_key(self.region_block)] = self.fine_tiles(framed)
-            return pooled, {key: t.float().cpu().numpy() for key, t in tiles.items()}
+            out = {key: t.float().cpu().numpy() for key, t in tiles.items()}
+            return pooled, out | {PIXEL_KEY: pixel_tiles(framed)}
 
     def input_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """Check a batch is [N, 1, S, S] and move it to the encoder's device as float32."""

@@ -7,7 +7,8 @@ at sixteenth steps, of which a region index holds those at eighth steps) are poo
 block only, whose features see the least of a window's surroundings, and from the slice in its whole field of view
 (``preprocess.framed``): a fine tile can lie inside a copied region of any shape and place (a disc, a strip, a moved
 patch) and still match the same window of the source, at the same scale, whatever the rest of the slice makes of the
-foreground crop (docs/method.md §7.31, §7.48).
+foreground crop (docs/method.md §7.31, §7.48). The slice in its whole field of view is also kept as a small image
+(:data:`PIXEL_KEY`), whose own pixel patches the patch search compares (``patch_search``, docs/method.md §7.52).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ FINE_TILES: tuple[Window, ...] = _windows(0.25, FINE_STEP)  # the fine tiles a r
 FINE_QUERY_TILES: tuple[Window, ...] = _windows(0.25, FINE_STEP / 2)
 INDEXED_FINE = tuple(FINE_QUERY_TILES.index(window) for window in FINE_TILES)  # their places among FINE_QUERY_TILES
 _FINE_PREFIX = "fine:"
+PIXEL_KEY = "pixels"  # the tile-features key of a slice's small image in its whole field of view (:func:`pixel_tiles`)
+PIXEL_GRID = 56  # that image's side in pixels
 
 
 def fine_key(block: str) -> str:
@@ -43,6 +46,19 @@ def fine_key(block: str) -> str:
 def is_fine(key: str) -> bool:
     """Whether a tile-features key holds fine tiles (:func:`fine_key`)."""
     return key.startswith(_FINE_PREFIX)
+
+
+def is_framed(key: str) -> bool:
+    """Whether a tile-features key is made from the slice in its whole field of view (fine tiles, the small image)."""
+    return is_fine(key) or key == PIXEL_KEY
+
+
+def pixel_tiles(framed: np.ndarray) -> np.ndarray:
+    """float32 [M, 1, PIXEL_GRID²]: slices in their whole field of view, ``framed`` [M, 1, S, S] as the encoder gets
+    them (``preprocess.framed``), averaged down to PIXEL_GRID × PIXEL_GRID pixels, row by row."""
+    with torch.inference_mode():
+        small = torch.nn.functional.adaptive_avg_pool2d(torch.as_tensor(framed, dtype=torch.float32), PIXEL_GRID)
+    return small.reshape(len(small), 1, PIXEL_GRID * PIXEL_GRID).numpy()
 
 
 def block_of(key: str) -> str:
