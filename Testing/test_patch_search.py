@@ -94,13 +94,22 @@ def test_a_reference_of_more_than_the_limit_has_no_patch_search(monkeypatch, tmp
     from reliability_helpers import build_small_index
 
     from MemorizationIndexLib import patch_search
+    from MemorizationIndexLib.index_build import BuildOptions, build_index
     from MemorizationIndexLib.index_verification import SecondStage
 
     monkeypatch.setattr(patch_search, "PATCH_MAX_SLICES", 3)
-    index = build_small_index(data, tmp_path / "large", encoder=encoder)
-    assert index.regions is not None and index.regions.patch_index() is None
-    assert index.config["verification"]["patch_search"] == 0
-    assert SecondStage(index).used
+    with_holdout = build_small_index(data, tmp_path / "large", encoder=encoder)
+    # and with the null from held-out splits of the training slices, whose blurred twins are embedded afresh
+    splits = build_index(
+        [data["train1"], data["train2"], data["holdout"]],
+        tmp_path / "splits",
+        BuildOptions(reference_copies=False),
+        encoder=encoder,
+    )
+    for index in (with_holdout, splits):
+        assert index.regions is not None and index.regions.patch_index() is None
+        assert index.config["verification"]["patch_search"] == 0
+        assert SecondStage(index).used
     tiles = {PIXEL_KEY: np.zeros((4, 1, PIXEL_GRID * PIXEL_GRID), np.float32), "stage4": np.zeros((4, 2, 3))}
     assert set(patch_search.within_limit(tiles)) == {"stage4"}
     assert patch_search.within_limit({key: raw[:3] for key, raw in tiles.items()}).keys() == tiles.keys()

@@ -358,7 +358,7 @@ def with_blurred_twins(
     features = {b: np.concatenate([queries.features[b], raw[b].astype(queries.features[b].dtype)]) for b in raw}
     if queries.tiles is None or tiles is None:
         return NullQueries([*queries.slices, *twins], features)
-    both = {b: np.concatenate([queries.tiles[b], tiles[b].astype(queries.tiles[b].dtype)]) for b in tiles}
+    both = {b: np.concatenate([raw, tiles[b].astype(raw.dtype)]) for b, raw in queries.tiles.items()}
     return NullQueries([*queries.slices, *twins], features, both)
 
 
