@@ -32,9 +32,9 @@ PATCH_CANDIDATES = 3  # training slices the patch search adds to a query slice's
 IVF_MIN_PATCHES = 20_000  # patches from which the index is IVF
 PATCH_NPROBE = 4  # IVF cells scanned per query patch
 QUERY_CHUNK = 64  # query slices whose patches are searched together
-# Training slices as cut above which a reference gets no patch search: every query patch is searched, and a
-# 180-slice audit took about 2.3 s against 120 brain slices (48,000 patches) but about 75 s against 12,500
-# (4.8 million; docs/performance.md), so a larger reference costs more than the whole audit (method.md §7.52)
+# Training slices as cut above which a reference gets no patch search: every query patch is searched, and the patch
+# search of a 180-slice audit took 4.5 s against 738 brain slices (285,688 patches) and about 75 s against 12,500
+# (4.8 million), where the audit without the second stage takes 1.3-1.9 s (docs/performance.md, method.md §7.52)
 PATCH_MAX_SLICES = 1000
 FIT_CHUNK = 1024  # training slices cut into patches together
 INDEX_FILE = "regions_patch.faiss"
