@@ -641,7 +641,7 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
     """The 100k index with a verified null and thumbnails (real part + synthetic padding), and what it holds."""
     from MemorizationIndexLib.embedding import embed_slices
     from MemorizationIndexLib.index_build import BuildOptions, build_index_from_features, collect_slices
-    from MemorizationIndexLib.patch_search import PATCH_MAX_SLICES
+    from MemorizationIndexLib.patch_search import searched
     from MemorizationIndexLib.preprocess import PreprocessSettings
     from MemorizationIndexLib.reference_index import EncoderInfo
     from MemorizationIndexLib.transforms import ORIGINAL
@@ -650,7 +650,7 @@ def _build_verification_index(out: Path, encoder: Encoder, n_reference: int) -> 
     paths = sorted(BRAIN.glob("sub-*_T1w.nii.gz"))
     copies = len(BuildOptions().copies)
     features, tiles, provenance, thumbnails, null, n_originals = _real_reference(
-        encoder, paths[1 : 1 + VERIFY_SUBJECTS], patches=-(-n_reference // copies) <= PATCH_MAX_SLICES
+        encoder, paths[1 : 1 + VERIFY_SUBJECTS], patches=searched(-(-n_reference // copies))
     )
     holdout = collect_slices(paths[-1:], axis=VERIFY_AXIS, preprocessing=PreprocessSettings())
     holdout_features = embed_slices(encoder, holdout.slices, PreprocessSettings())

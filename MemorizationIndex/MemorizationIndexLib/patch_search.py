@@ -43,11 +43,16 @@ PLACES_FILE = "region_patches.npz"
 Ranked = list[tuple[int, np.ndarray]]  # (indexed slice, places [4]) best first
 
 
+def searched(n_slices: int) -> bool:
+    """Whether a reference of ``n_slices`` training slices as cut gets the patch search (PATCH_MAX_SLICES)."""
+    return n_slices <= PATCH_MAX_SLICES
+
+
 def within_limit(tiles: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
     """The training slices' tile features, without their small images (``encoders.tiles.PIXEL_KEY``, so no patch
-    search) when they are more than PATCH_MAX_SLICES slices. The index and its verified null both take them through
-    this, so an audit searches patches exactly when its null did."""
-    if tiles is None or PIXEL_KEY not in tiles or len(tiles[PIXEL_KEY]) <= PATCH_MAX_SLICES:
+    search) when the reference is too large to be :func:`searched`. The index and its verified null both take them
+    through this, so an audit searches patches exactly when its null did."""
+    if tiles is None or PIXEL_KEY not in tiles or searched(len(tiles[PIXEL_KEY])):
         return tiles
     return {key: raw for key, raw in tiles.items() if key != PIXEL_KEY}
 

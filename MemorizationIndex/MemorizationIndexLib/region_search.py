@@ -106,9 +106,8 @@ def in_turn(rankings: list[list[tuple[int, Place]]], depth: int) -> dict[int, Pl
 
 
 def _kind(key: str) -> str:
-    """The kind of tile a tile-features key holds: a key of :data:`INDEX_FILES`, or ``patch`` for the slices' small
-    images (the patch search's)."""
-    return "patch" if key == PIXEL_KEY else "fine" if is_fine(key) else "coarse"
+    """The kind of tile (a key of :data:`INDEX_FILES`) a tile-features key holds."""
+    return "fine" if is_fine(key) else "coarse"
 
 
 class TileIndex:
@@ -193,7 +192,8 @@ class RegionIndex:
         index when the tiles hold their small images (``encoders.tiles.PIXEL_KEY``)."""
         grouped: dict[str, Tiles] = {}
         for key, raw in tiles.items():
-            grouped.setdefault(_kind(key), {})[key] = raw
+            if key != PIXEL_KEY:  # the small images are the patch index's, not a kind of tile
+                grouped.setdefault(_kind(key), {})[key] = raw
         kinds = {kind: TileIndex.fit(grouped[kind], make_whitener) for kind in INDEX_FILES if kind in grouped}
         return cls(kinds, rows, PatchIndex.fit(tiles[PIXEL_KEY]) if PIXEL_KEY in tiles else None)
 
