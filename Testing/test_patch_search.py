@@ -5,11 +5,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import faiss
 import numpy as np
 from scipy import ndimage
 
 from MemorizationIndexLib.encoders.tiles import PIXEL_GRID, PIXEL_KEY, pixel_tiles
-from MemorizationIndexLib.patch_search import PATCH_CELLS, PATCH_STEP, PatchIndex, patches
+from MemorizationIndexLib.patch_search import (
+    MOVE_BIN,
+    PATCH_CELLS,
+    PATCH_NPROBE,
+    PATCH_SCAN,
+    PATCH_STEP,
+    PatchIndex,
+    cells_scanned,
+    patches,
+    votes,
+)
 
 
 def _textures(n: int, seed: int = 0) -> np.ndarray:
@@ -52,6 +63,66 @@ def test_a_moved_region_is_named_by_its_source_and_placed_by_its_move(tmp_path: 
     assert loaded is not None and PatchIndex.load(tmp_path / "elsewhere") is None
     again = loaded.ranked({PIXEL_KEY: query.reshape(1, 1, -1)})
     assert [s for s, _ in again[0]] == [s for s, _ in ranked[0]]
+
+
+def _votes_one_by_one(image, corners, scores, ids, slice_of, at) -> list[list[tuple[int, np.ndarray]]]:
+    """What :func:`votes` computes, patch by patch: each training slice's best move by summed margins (the
+    smallest move's bin on ties), its largest-margin patch's place, the slices by votes (the smaller on ties)."""
+    moves: dict[tuple[int, int, int, int], list[tuple[float, int]]] = {}
+    for p in range(len(image)):
+        found = ids[p] >= 0
+        margin = scores[p, 0] - scores[p][found].min() if found[0] else 0.0
+        if margin > 0:
+            hit = int(ids[p, 0])
+            r, c = (corners[p] - at[hit]) // MOVE_BIN
+            moves.setdefault((int(image[p]), int(slice_of[hit]), int(r), int(c)), []).append((float(margin), p))
+    best: dict[int, dict[int, tuple[float, np.ndarray]]] = {}
+    for (query, source, _, _), voted in sorted(moves.items()):
+        total = sum(np.float64(m) for m, _ in voted)
+        p = max(voted, key=lambda mp: (mp[0], -mp[1]))[1]
+        place = np.concatenate([corners[p], at[int(ids[p, 0])]]) + PATCH_CELLS / 2.0
+        if total > best.setdefault(query, {}).get(source, (-np.inf, None))[0]:
+            best[query][source] = (total, place / PIXEL_GRID)
+    last = max(best) if best else -1
+    return [
+        [(s, best.get(q, {})[s][1]) for s in sorted(best.get(q, {}), key=lambda s: (-best[q][s][0], s))]
+        for q in range(last + 1)
+    ]
+
+
+def test_votes_are_the_best_move_of_each_training_slice() -> None:
+    rng = np.random.default_rng(3)
+    m, depth, indexed = 400, 4, 60
+    image = np.sort(rng.integers(0, 5, m))
+    image[image == 3] = 2  # a query image between others without votes gets an empty list
+    corners = rng.integers(0, PIXEL_GRID - PATCH_CELLS, (m, 2))
+    scores = np.sort(rng.choice([0.5, 0.7, 0.9, 1.0], (m, depth)), axis=1)[:, ::-1].astype(np.float32)
+    ids = rng.integers(0, indexed, (m, depth))
+    ids[::7, 2:] = -1  # fewer hits than asked for
+    ids[::11, 0] = -1  # no hit: no vote
+    slice_of = rng.integers(0, 6, indexed)
+    at = rng.integers(0, PIXEL_GRID - PATCH_CELLS, (indexed, 2)) // 8 * 8  # few moves, so they collect votes
+    got = votes(image, corners, scores, ids, slice_of, at)
+    expected = _votes_one_by_one(image, corners, scores, ids, slice_of, at)
+    assert len(got) == len(expected) == 5 and got[3] == []
+    for ours, theirs in zip(got, expected):
+        assert [s for s, _ in ours] == [s for s, _ in theirs]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ours, theirs))
+    assert votes(image[:0], corners[:0], scores[:0], ids[:0], slice_of, at) == []
+
+
+def test_a_query_patch_scans_about_patch_scan_indexed_patches_at_most() -> None:
+    """Small cells are scanned PATCH_NPROBE at a time; large ones fewer, at least one, so that the search grows with
+    the root of the reference (method.md §7.53)."""
+    small = PatchIndex.fit(_textures(40))
+    assert faiss.downcast_index(small.index).nprobe == PATCH_NPROBE == cells_scanned(small.index)
+    for per_cell, cells in ((PATCH_SCAN / 2, 2), (PATCH_SCAN, 1), (PATCH_SCAN * 3, 1), (PATCH_SCAN / 8, PATCH_NPROBE)):
+        quantizer = faiss.IndexFlatIP(4)
+        index = faiss.IndexIVFFlat(quantizer, 4, 16, faiss.METRIC_INNER_PRODUCT)
+        vectors = np.random.default_rng(0).random((int(16 * per_cell), 4)).astype(np.float32)
+        index.train(vectors)
+        index.add(vectors)
+        assert cells_scanned(index) == cells
 
 
 def test_a_query_without_patches_names_nothing() -> None:

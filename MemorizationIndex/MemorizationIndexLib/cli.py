@@ -111,7 +111,8 @@ def _build_index(args: argparse.Namespace) -> int:
     if index.regions is not None and not index.config["verification"].get("patch_search"):
         print(
             f"note: {index.n_reference_slices} reference slices, more than {PATCH_MAX_SLICES}: the index has no patch "
-            "search, so pasted regions are sought by the region tiles alone (docs/method.md §7.52)",
+            "search (its memory: about 100 KB a slice), so pasted regions are sought by the region tiles alone "
+            "(docs/method.md §7.53)",
             file=sys.stderr,
         )
     print(

@@ -30,12 +30,14 @@ PATCH_DEPTH = 8  # hits searched per query patch; the deepest is the patch's lev
 MOVE_BIN = 2  # pixels of the small image per bin of the votes' moves
 PATCH_CANDIDATES = 3  # training slices the patch search adds to a query slice's candidates
 IVF_MIN_PATCHES = 20_000  # patches from which the index is IVF
-PATCH_NPROBE = 4  # IVF cells scanned per query patch
+PATCH_NPROBE = 4  # IVF cells scanned per query patch, at most
+PATCH_SCAN = 2048  # about how many indexed patches a query patch is compared with, at most (:func:`cells_scanned`)
 QUERY_CHUNK = 64  # query slices whose patches are searched together
-# Training slices as cut above which a reference gets no patch search: every query patch is searched, and the patch
-# search of a 180-slice audit took 4.5 s against 738 brain slices (285,688 patches) and about 75 s against 12,500
-# (4.8 million), where the audit without the second stage takes 1.3-1.9 s (docs/performance.md, method.md §7.52)
-PATCH_MAX_SLICES = 1000
+# Training slices as cut above which a reference gets no patch search. Its search no longer grows with the reference
+# (cells_scanned: 4.5-6.2 s for 174 query slices against 1,000 to 12,248 real slices), but its memory does: about 280
+# bytes per indexed patch, some 100 KB per brain slice, so 2 GB here; fitting it took 21 s at 12,248 slices
+# (docs/method.md §7.53, performance.md)
+PATCH_MAX_SLICES = 20_000
 FIT_CHUNK = 1024  # training slices cut into patches together
 INDEX_FILE = "regions_patch.faiss"
 PLACES_FILE = "region_patches.npz"
@@ -46,6 +48,15 @@ Ranked = list[tuple[int, np.ndarray]]  # (indexed slice, places [4]) best first
 def searched(n_slices: int) -> bool:
     """Whether a reference of ``n_slices`` training slices as cut gets the patch search (PATCH_MAX_SLICES)."""
     return n_slices <= PATCH_MAX_SLICES
+
+
+def cells_scanned(index: faiss.Index) -> int:
+    """IVF cells scanned per query patch: PATCH_NPROBE, or fewer (at least one) where the cells are large, so that a
+    query patch is compared with about PATCH_SCAN indexed patches at most and the search grows with the root of the
+    reference rather than with the reference itself (docs/method.md §7.53)."""
+    typed = faiss.downcast_index(index)
+    per_cell = typed.ntotal / max(int(getattr(typed, "nlist", 1)), 1)
+    return max(1, min(PATCH_NPROBE, round(PATCH_SCAN / max(per_cell, 1.0))))
 
 
 def within_limit(tiles: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
@@ -94,19 +105,16 @@ def votes(
     sums = np.bincount(group, weights=margin, minlength=len(unique))
     order = np.lexsort((-margin, group))  # each move's patches, largest margin first
     first = order[np.r_[0, np.flatnonzero(np.diff(group[order])) + 1]] if len(order) else order
+    pair = unique // (side * side)  # (query image, training slice) of each move, ascending
+    best = np.lexsort((-sums, pair))  # each pair's moves, most votes first (the smallest move on ties)
+    best = best[np.r_[0, np.flatnonzero(np.diff(pair[best])) + 1]] if len(best) else best
+    p = first[best]
+    query, source = image[p], source[p]
     centre = PATCH_CELLS / 2.0
-    out: dict[int, dict[int, tuple[float, np.ndarray]]] = {}
-    for g, p in zip(range(len(unique)), first.tolist()):
-        query, s = int(image[p]), int(source[p])
-        best = out.setdefault(query, {})
-        if sums[g] > best.get(s, (-np.inf, None))[0]:
-            place = np.concatenate([corners[p] + centre, at[hit[p]] + centre]) / PIXEL_GRID
-            best[s] = (float(sums[g]), place)
-    ranked = []
-    for query in range(int(image.max()) + 1 if len(image) else 0):
-        best = out.get(query, {})
-        ranked.append([(s, best[s][1]) for s in sorted(best, key=lambda s: -best[s][0])])
-    return ranked
+    places = np.concatenate([corners[p] + centre, at[hit[p]] + centre], axis=1) / PIXEL_GRID
+    listed = np.lexsort((source, -sums[best], query))  # per query image, most votes first (smaller slice on ties)
+    starts = np.searchsorted(query[listed], np.arange(int(image.max()) + 2 if len(image) else 1))
+    return [[(int(source[j]), places[j]) for j in listed[starts[q] : starts[q + 1]]] for q in range(len(starts) - 1)]
 
 
 class PatchIndex:
@@ -127,7 +135,8 @@ class PatchIndex:
         vectors, image, corners = (np.concatenate([part[i] for part in parts]) for i in range(3))
         image += np.repeat(np.arange(0, len(images), FIT_CHUNK), [len(part[0]) for part in parts])
         kind = IVF if len(vectors) >= IVF_MIN_PATCHES else FLAT
-        return cls(build_block_index(vectors, kind, nprobe=PATCH_NPROBE), image, corners)
+        index = build_block_index(vectors, kind)
+        return cls(prepare_loaded(index, cells_scanned(index)), image, corners)
 
     def ranked(self, tiles: dict[str, np.ndarray]) -> list[Ranked]:
         """Per query slice (``tiles[PIXEL_KEY]``), (indexed slice, places [4]) of the training slices its patches
@@ -164,4 +173,5 @@ class PatchIndex:
             return None
         with np.load(folder / PLACES_FILE) as saved:
             slice_of, corners = saved["slice_of"], saved["corners"]
-        return cls(prepare_loaded(faiss.read_index(str(folder / INDEX_FILE)), PATCH_NPROBE), slice_of, corners)
+        index = faiss.read_index(str(folder / INDEX_FILE))
+        return cls(prepare_loaded(index, cells_scanned(index)), slice_of, corners)
