@@ -33,7 +33,7 @@ IVF_MIN_PATCHES = 20_000  # patches from which the index is IVF
 PATCH_NPROBE = 4  # IVF cells scanned per query patch, at most
 PATCH_SCAN = 2048  # about how many indexed patches a query patch is compared with, at most (:func:`cells_scanned`)
 QUERY_CHUNK = 64  # query slices whose patches are searched together
-# Training slices as cut above which a reference gets no patch search. Its search no longer grows with the reference
+# Training slices as cut above which a reference gets no patch search. Its search hardly grows with the reference
 # (cells_scanned: 4.5-6.2 s for 174 query slices against 1,000 to 12,248 real slices), but its memory does: about 280
 # bytes per indexed patch, some 100 KB per brain slice, so 2 GB here; fitting it took 21 s at 12,248 slices
 # (docs/method.md §7.53, performance.md)

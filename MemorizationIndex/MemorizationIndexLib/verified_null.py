@@ -33,6 +33,8 @@ from .patch_search import (
     PATCH_CELLS,
     PATCH_DEPTH,
     PATCH_MIN_STD,
+    PATCH_NPROBE,
+    PATCH_SCAN,
     PATCH_STEP,
     within_limit,
 )
@@ -230,6 +232,7 @@ def null_settings(regions: bool, patches: bool) -> dict:
         "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,
         "patch_search": (
             [PATCH_CANDIDATES, PIXEL_GRID, PATCH_CELLS, PATCH_STEP, PATCH_MIN_STD, PATCH_DEPTH, MOVE_BIN]
+            + [[PATCH_NPROBE, PATCH_SCAN, "cells scanned"]]
             if regions and patches
             else 0
         ),
