@@ -21,6 +21,7 @@ from MemorizationIndexLib.patch_search import (
     patches,
     votes,
 )
+from MemorizationIndexLib.search import build_ivf_index
 
 
 def _textures(n: int, seed: int = 0) -> np.ndarray:
@@ -117,12 +118,8 @@ def test_a_query_patch_scans_about_patch_scan_indexed_patches_at_most() -> None:
     small = PatchIndex.fit(_textures(40))
     assert faiss.downcast_index(small.index).nprobe == PATCH_NPROBE == cells_scanned(small.index)
     for per_cell, cells in ((PATCH_SCAN / 2, 2), (PATCH_SCAN, 1), (PATCH_SCAN * 3, 1), (PATCH_SCAN / 8, PATCH_NPROBE)):
-        quantizer = faiss.IndexFlatIP(4)
-        index = faiss.IndexIVFFlat(quantizer, 4, 16, faiss.METRIC_INNER_PRODUCT)
         vectors = np.random.default_rng(0).random((int(16 * per_cell), 4)).astype(np.float32)
-        index.train(vectors)
-        index.add(vectors)
-        assert cells_scanned(index) == cells
+        assert cells_scanned(build_ivf_index(vectors, nlist=16)) == cells
 
 
 def test_a_query_without_patches_names_nothing() -> None:

@@ -231,8 +231,17 @@ def null_settings(regions: bool, patches: bool) -> dict:
         "region_ranking": f"margin over the deepest of {REGION_DEPTH} hits" if regions else 0,
         "noisy_region_views": [SMOOTH_SIGMA, "both in turn", HEAVY_NOISE, "smoothed alone"] if regions else 0,
         "patch_search": (
-            [PATCH_CANDIDATES, PIXEL_GRID, PATCH_CELLS, PATCH_STEP, PATCH_MIN_STD, PATCH_DEPTH, MOVE_BIN]
-            + [[PATCH_NPROBE, PATCH_SCAN, "cells scanned"]]
+            [
+                PATCH_CANDIDATES,
+                PIXEL_GRID,
+                PATCH_CELLS,
+                PATCH_STEP,
+                PATCH_MIN_STD,
+                PATCH_DEPTH,
+                MOVE_BIN,
+                PATCH_NPROBE,
+                PATCH_SCAN,
+            ]
             if regions and patches
             else 0
         ),
