@@ -41,6 +41,7 @@ from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
+from .centroid_sweep import swept_turns
 from .encoders.tiles import FINE_STEP
 from .optical_flow import batched_ilk
 from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
@@ -75,13 +76,17 @@ _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
 # per candidate: {as is, transposed} x {theta, theta + 180} of the log-polar estimate, {phi, phi + 180} of the
-# principal axes (:func:`_principal_axes`), and in place (:func:`_in_place`)
-_HYPOTHESES = 7
-HYPOTHESES = "log-polar, principal axes, in place"  # the hypotheses tried per pair (:func:`_hypotheses`)
+# principal axes (:func:`_principal_axes`), the centroid sweep's turn (``centroid_sweep``), and in place
+# (:func:`_in_place`)
+_HYPOTHESES = 8
+HYPOTHESES = (
+    "log-polar, principal axes, centroid sweep, in place"  # the hypotheses tried per pair (:func:`_hypotheses`)
+)
+SWEPT = _HYPOTHESES - 2  # the centroid sweep's hypothesis
 IN_PLACE = _HYPOTHESES - 1  # the in-place hypothesis comes last
 # The hypotheses sampled from the candidate; each of the others is the 180° turn of the one before it, which on the
 # grid is the sampled image reversed along both axes (the grid centre is the turn's centre; :func:`_with_twins`).
-_SAMPLED = np.array([0, 2, 4, IN_PLACE])
+_SAMPLED = np.array([0, 2, 4, SWEPT, IN_PLACE])
 _TWINS = np.array([1, 3, 5])
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
@@ -772,16 +777,17 @@ def _strength(correlation: np.ndarray) -> np.ndarray:
 
 
 def _hypotheses(
-    queries: Sequence[Grid], pairs: _Pairs, in_place_scales: np.ndarray
+    queries: Sequence[Grid], pairs: _Pairs, in_place_scales: np.ndarray, swept: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(transposed, angle, scale) [P * _HYPOTHESES] to try, per pair in order: per transpose, the log-polar
     rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
     estimated scale; the turn between the two foregrounds' principal axes and its twin, at the ratio of
-    their radii of gyration (:func:`_principal_axes`); then the candidate in place, at ``in_place_scales`` [P]
-    (:func:`_in_place`).
+    their radii of gyration (:func:`_principal_axes`); for the pairs ``swept`` [P] marks, the centroid sweep's turn
+    and scale (``centroid_sweep.swept_turns``; the others repeat the first hypothesis, which then ranks first among
+    equals); then the candidate in place, at ``in_place_scales`` [P] (:func:`_in_place`).
     Scales outside SCALE_RANGE are replaced by 1. Blur, lost resolution, noise and elastic warps flatten or
     smear the spectrum and can mislead the log-polar estimate of a turned copy; the foreground's shape
-    keeps its axes."""
+    keeps its axes, and the smoothed images themselves their turn (method.md §7.54)."""
     angles, scales = _rotation_scales(queries, pairs)  # [P, 2]: as is, transposed
     turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1).reshape(len(angles), 4)
     transposed = np.broadcast_to(np.array([False, False, True, True]), turned.shape)
@@ -790,14 +796,25 @@ def _hypotheses(
     turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
     gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
     in_place = in_place_scales[:, None]
-    untransposed = np.zeros((len(angles), 3), dtype=bool)  # the principal axes' two and the in-place one
+    untransposed = np.zeros((len(angles), 4), dtype=bool)  # the principal axes' two, the sweep's and the in-place one
     scale = np.concatenate([np.repeat(scales, 2, axis=-1), gyration, gyration], axis=1)
+    scale = np.where((scale >= SCALE_RANGE[0]) & (scale <= SCALE_RANGE[1]), scale, 1.0)
+    sweep_angle, sweep_scale = turned[:, 0].copy(), scale[:, 0].copy()
+    chosen = np.flatnonzero(swept)
+    if len(chosen):
+        found = swept_turns(
+            np.stack([grid.image for grid in queries]),
+            np.stack([grid.image for grid in pairs.unique]),
+            pairs.query[chosen],
+            pairs.candidate[chosen],
+        )
+        sweep_angle[chosen], sweep_scale[chosen] = found
     return (
         np.concatenate([transposed, untransposed], axis=1).ravel(),
-        np.concatenate([turned, turn % 360.0, (turn + 180.0) % 360.0, np.zeros_like(in_place)], axis=1).ravel(),
         np.concatenate(
-            [np.where((scale >= SCALE_RANGE[0]) & (scale <= SCALE_RANGE[1]), scale, 1.0), in_place], axis=1
+            [turned, turn % 360.0, (turn + 180.0) % 360.0, sweep_angle[:, None], np.zeros_like(in_place)], axis=1
         ).ravel(),
+        np.concatenate([scale, sweep_scale[:, None], in_place], axis=1).ravel(),
     )
 
 
@@ -1062,8 +1079,10 @@ def verify_batch(
     """Verify every query against its own candidates (in order), as :func:`verify` does each pair:
     the pairs of consecutive queries are batched, ``chunk_pairs`` at most at a time. ``places``: per candidate,
     the region search's two tiles [4] (``region_search.RegionHits``; nan, or None for all, where there are none),
-    which place a moved copy's in-place hypothesis (:func:`_moved_in_place`). ``bend``: per candidate, whether its
-    bent score is sought (:func:`_bent`; all when None); where not, the bent score is the verified score."""
+    which place a moved copy's in-place hypothesis (:func:`_moved_in_place`). ``bend``: per candidate, whether it
+    may be a whole-slice copy bent or warped: its bent score is sought (:func:`_bent`) and the centroid sweep
+    proposes a turn (``centroid_sweep``; all when None); where not, neither, and the bent score is the verified
+    score."""
     if places is None:
         places = [[np.full(4, np.nan)] * len(listed) for listed in candidates]
     if bend is None:
@@ -1089,8 +1108,9 @@ def _verify_chunk(
     in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept. The
     in-place hypothesis moved to its phase correlation's strongest peak away from in place, and for a pair seen in
     place to the peak near the tiles' move where that is off in place (:func:`_moved_near`), count only by their
-    near-exact part at the slice's own resolution (:func:`_with_moved_native_part`). The pairs that ``bend`` marks and
-    that score at least BEND_GATE are bent too (:func:`_bent`)."""
+    near-exact part at the slice's own resolution (:func:`_with_moved_native_part`). The pairs that ``bend`` marks get
+    the centroid sweep's hypothesis (:func:`_hypotheses`), and those that score at least BEND_GATE are bent too
+    (:func:`_bent`)."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
@@ -1099,7 +1119,8 @@ def _verify_chunk(
     in_place_scales, in_place_offsets = _in_place(used, pairs)
     tiles = np.array([pair for i in asked for pair in places[i]], dtype=np.float64).reshape(-1, 4)
     moves = _moved_in_place(tiles, in_place_scales, in_place_offsets)
-    transposed, angles, scales = _hypotheses(used, pairs, in_place_scales)
+    wanted = np.array([wants for i in asked for wants in bend[i]], dtype=bool)
+    transposed, angles, scales = _hypotheses(used, pairs, in_place_scales, wanted)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
     moved, moved_masks, shifts, cross, turned, turned_masks = _aligned(
@@ -1176,7 +1197,6 @@ def _verify_chunk(
     most_reproduced = np.zeros(len(ranks))
     np.maximum.at(most_reproduced, pair_of[:first_away], reproduced[:first_away])
     bent = scores[chosen].astype(np.float64)
-    wanted = np.array([wants for i in asked for wants in bend[i]], dtype=bool)
     gated = np.flatnonzero((bent >= BEND_GATE) & wanted)
     if len(gated):
         rows, at = chosen[gated], queries_at[chosen[gated]]
