@@ -523,14 +523,15 @@ def test_steps_reaching_bounds_the_noise_level(pair):
     assert 0 < len(shown) < 15
 
 
-def test_each_pair_scores_its_best_ranked_and_its_in_place_hypothesis():
-    in_place = verification.IN_PLACE
+def test_each_pair_scores_its_best_ranked_its_in_place_and_its_swept_hypothesis():
+    in_place, swept = verification.IN_PLACE, verification.SWEPT
     ranks = np.zeros((3, verification._HYPOTHESES))
     ranks[0, :3], ranks[1, :2], ranks[2, :2] = (0.1, 0.5, 0.2), (0.1, 0.1), (0.3, 0.3)
     ranks[:, in_place] = (0.3, 0.4, 0.3)
-    pair_of, scored = verification._scored_hypotheses(ranks)
-    assert pair_of.tolist() == [0, 0, 1, 2, 2]
-    assert (scored - pair_of * verification._HYPOTHESES).tolist() == [1, in_place, in_place, 0, in_place]
+    ranks[:, swept] = 0.9  # never ranked: scored beside the best-ranked where the pair was swept
+    pair_of, scored = verification._scored_hypotheses(ranks, np.array([False, True, False]))
+    assert pair_of.tolist() == [0, 0, 1, 1, 2, 2]
+    assert (scored - pair_of * verification._HYPOTHESES).tolist() == [1, in_place, in_place, swept, 0, in_place]
 
 
 def test_twin_hypotheses_are_their_firsts_reversed(pair):

@@ -1101,15 +1101,15 @@ def _verify_chunk(
     places: Sequence[Sequence[np.ndarray]],
     bend: Sequence[Sequence[bool]],
 ) -> list[list[Verification]]:
-    """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps
-    of every pair and hypothesis are batched; each pair's best hypothesis by global correlation and its in-place
-    one (:func:`_scored_hypotheses`), and for a pair whose copy the region search saw moved its in-place one moved
-    there (:func:`_moved_shifts`), or, saw in place while phase correlation put it elsewhere, its in-place one exactly
-    in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and the highest scoring one is kept. The
-    in-place hypothesis moved to its phase correlation's strongest peak away from in place, and for a pair seen in
-    place to the peak near the tiles' move where that is off in place (:func:`_moved_near`), count only by their
-    near-exact part at the slice's own resolution (:func:`_with_moved_native_part`). The pairs that ``bend`` marks get
-    the centroid sweep's hypothesis (:func:`_hypotheses`), and those that score at least BEND_GATE are bent too
+    """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps of every pair and
+    hypothesis are batched; each pair's best hypothesis by global correlation, its in-place one and, for a pair
+    ``bend`` marks, the centroid sweep's (:func:`_scored_hypotheses`), and for a pair whose copy the region search
+    saw moved its in-place one moved there (:func:`_moved_shifts`), or, saw in place while phase correlation put it
+    elsewhere, its in-place one exactly in place (:func:`_seen_in_place`), are scored by :func:`_agreements`, and
+    the highest scoring one is kept. The in-place hypothesis moved to its phase correlation's strongest peak away
+    from in place, and for a pair seen in place to the peak near the tiles' move where that is off in place
+    (:func:`_moved_near`), count only by their near-exact part at the slice's own resolution
+    (:func:`_with_moved_native_part`). The pairs that ``bend`` marks and that score at least BEND_GATE are bent too
     (:func:`_bent`)."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
@@ -1129,7 +1129,7 @@ def _verify_chunk(
     in_place = np.arange(len(pairs.query)) * _HYPOTHESES + IN_PLACE
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
-    pair_of, scored = _scored_hypotheses(ranks)
+    pair_of, scored = _scored_hypotheses(ranks, wanted)
     fine = _refined_shifts(cross[scored], shifts[scored])
     # An in-place hypothesis whose whole-pixel translation lies within a pixel of its exact one is put exactly there.
     offsets = in_place_offsets[scored // _HYPOTHESES]
@@ -1405,15 +1405,20 @@ def _seen_in_place(places: np.ndarray, moves: np.ndarray) -> np.ndarray:
     return np.isfinite(places).all(axis=1) & ~np.isfinite(moves[:, 0])
 
 
-def _scored_hypotheses(ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The hypotheses scored by :func:`_agreements`, given their global correlations [P, _HYPOTHESES]: (pair [S],
-    hypothesis [S], an index into the chunk's flat hypotheses), each pair's best-ranked first, then its in-place
-    hypothesis when that is not the best-ranked. The whole slice decides the global correlation, so a partial
-    copy's in-place alignment can rank low on it and still agree best where it copies."""
-    best = np.argmax(ranks, axis=1)  # the first of equal ranks
+def _scored_hypotheses(ranks: np.ndarray, swept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hypotheses scored by :func:`_agreements`, given their global correlations [P, _HYPOTHESES] and the pairs
+    the centroid sweep proposed a turn for (``swept`` [P]): (pair [S], hypothesis [S], an index into the chunk's flat
+    hypotheses), each pair's best-ranked first (the sweep's hypothesis not among those ranked), then its in-place
+    hypothesis when that is not the best-ranked, then, for a swept pair, the sweep's. The whole slice decides the
+    global correlation, so a partial copy's in-place alignment can rank low on it and still agree best where it
+    copies; the sweep's hypothesis is scored beside the best-ranked, not instead of it (method.md §7.54)."""
+    ranked = ranks.copy()
+    ranked[:, SWEPT] = -np.inf
+    best = np.argmax(ranked, axis=1)  # the first of equal ranks
     second = np.flatnonzero(best != IN_PLACE)
-    pair_of = np.concatenate([np.arange(len(ranks)), second])
-    chosen = np.concatenate([best, np.full(len(second), IN_PLACE)])
+    third = np.flatnonzero(swept)
+    pair_of = np.concatenate([np.arange(len(ranks)), second, third])
+    chosen = np.concatenate([best, np.full(len(second), IN_PLACE), np.full(len(third), SWEPT)])
     order = np.argsort(pair_of, kind="stable")
     return pair_of[order], pair_of[order] * _HYPOTHESES + chosen[order]
 
