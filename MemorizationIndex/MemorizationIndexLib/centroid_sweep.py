@@ -25,14 +25,20 @@ SWEEP_FINE_SCALES = 2.0 ** np.array([-1.0 / 12.0, 0.0, 1.0 / 12.0])  # factors a
 SWEEP_SIGMA = 1.0  # Gaussian smoothing (pixels of the input grid) before the search
 
 
-def _turn_maps(angles: np.ndarray, scales: np.ndarray) -> torch.Tensor:
-    """float32 [n, 2, 3] ``grid_sample`` maps (output to input, coordinates normalised to [-1, 1]) that turn an image
-    by ``angles`` degrees and scale it by ``scales`` about its centre (as ``verification`` turns a candidate)."""
+def turned_back(angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float64 [n, 2, 2]: the linear part of the ``grid_sample`` map (output to input, (column, row) coordinates)
+    that turns an image by ``angles`` degrees and scales it by ``scales`` about its centre: the turn undone and the
+    scale divided out (verification's maps are built on it too)."""
     radians = np.radians(np.asarray(angles, dtype=np.float64))
     scales = np.asarray(scales, dtype=np.float64)
     cos, sin = np.cos(radians) / scales, np.sin(radians) / scales
-    theta = np.zeros((len(radians), 2, 3))
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, sin, -sin, cos
+    return np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)
+
+
+def _turn_maps(angles: np.ndarray, scales: np.ndarray) -> torch.Tensor:
+    """float32 [n, 2, 3] ``grid_sample`` maps of :func:`turned_back`, without translation."""
+    inverse = turned_back(angles, scales)
+    theta = np.concatenate([inverse, np.zeros((len(inverse), 2, 1))], axis=2)
     return torch.from_numpy(theta.astype(np.float32))
 
 

@@ -41,7 +41,7 @@ from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
-from .centroid_sweep import swept_turns
+from .centroid_sweep import swept_turns, turned_back
 from .encoders.tiles import FINE_STEP
 from .optical_flow import batched_ilk
 from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
@@ -551,8 +551,7 @@ def _inverse_maps(
     normalised to [-1, 1] about the centre) of transposing (where ``transposed``), turning by ``angles``
     degrees and scaling by ``scales`` about the grid centre, then moving by ``shifts`` [n, 2] (row, col;
     grid pixels, fractions allowed; none when None). The inverse map is affine; a transpose swaps its rows."""
-    cos, sin = np.cos(np.radians(angles)) / scales, np.sin(np.radians(angles)) / scales
-    inverse = np.array([[cos, sin], [-sin, cos]]).transpose(2, 0, 1)  # [n, 2, 2]: turn back, unscale
+    inverse = turned_back(angles, scales)  # [n, 2, 2]: turn back, unscale
     offset = np.zeros((len(inverse), 2))
     if shifts is not None:  # a shift of s pixels is 2 s / (GRID - 1) normalised; undone before the turn
         offset = -np.einsum("nij,nj->ni", inverse, np.asarray(shifts, dtype=np.float64)[:, ::-1] * 2.0 / (GRID - 1))
