@@ -405,6 +405,7 @@ def test_generator_condition_names():
         "shift_crop",
         "zoom_in",
         "zoom_out",
+        "stretch",
         "rot_large",
         "rot90",
         "transpose",
@@ -460,6 +461,12 @@ def test_parameters_stay_in_their_ranges():
         assert 0.75 <= a.parameters["keep_h"] <= 0.95 and 0.75 <= a.parameters["keep_w"] <= 0.95
     for a in _draws("paste", x, 100, other=x):
         assert 0.3 <= a.parameters["side_h"] <= 0.6 and 0.3 <= a.parameters["side_w"] <= 0.6
+    stretches = [a.parameters for a in _draws("stretch", x, 200)]
+    for key, (low, high) in (("scale_rows", geometry.STRETCH_SCALE), ("scale_cols", geometry.STRETCH_SCALE)):
+        values = np.array([p[key] for p in stretches])
+        assert values.min() >= low and values.max() <= high and values.min() < 0.83 and values.max() > 1.2, key
+    shears = np.array([p["shear"] for p in stretches])
+    assert np.all(np.abs(shears) <= 0.15) and shears.min() < -0.12 and shears.max() > 0.12
 
 
 def test_translation_shifts_content_and_zero_fills(brain_pair):
@@ -494,6 +501,20 @@ def test_zoom_scales_about_the_centre(brain_pair):
         border = int(np.floor(x.shape[0] * (1 - a.parameters["factor"]) / 2)) - 1
         assert border > 0 and np.all(a.image[:border] == 0) and np.all(a.image[-border:] == 0)
     assert np.allclose(geometry.zoom(x, 1.0), x, atol=1e-6)
+
+
+def test_stretch_scales_each_axis_and_shears_about_the_centre(brain_pair):
+    point = np.zeros((41, 41), np.float32)
+    point[10, 30] = 1.0  # 10 rows above and 10 columns right of the centre (20, 20)
+    moved = geometry.linear_map(point, np.array([[1.2, 0.0], [0.1, 0.9]]))
+    assert np.unravel_index(np.argmax(moved), point.shape) == (8, 28)  # row 20 - 12, column 20 + 9 - 1
+    x = brain_pair[0]
+    for a in _draws("stretch", x, 5):
+        p = a.parameters
+        expected = geometry.linear_map(x, np.array([[p["scale_rows"], 0.0], [p["shear"], p["scale_cols"]]]))
+        assert a.image.shape == x.shape and np.array_equal(a.image, expected)
+        height, height0 = (np.ptp(np.flatnonzero(image.sum(axis=1) > 0)) for image in (a.image, x))
+        assert height < height0 if p["scale_rows"] < 0.95 else height >= height0 - 1  # the head's height follows
 
 
 def test_quarter_turns_and_transposes_are_exact(brain_pair):

@@ -13,6 +13,10 @@ parameter is drawn per slice from the range given, never tuned on results):
 - ``shift_crop``: a crop window keeping U[0.75, 0.95] of each side at a uniformly random position (the content
   moves and the slice gets smaller; nothing is zero-filled).
 - ``zoom_in`` / ``zoom_out``: scaling about the centre by U[1.1, 1.4] / U[0.6, 0.9] (bilinear; zero outside).
+- ``stretch``: rows and columns scaled about the centre by factors drawn each on its own, log-uniform in
+  [0.8, 1.25], and a shear (each row moved sideways by U[-0.15, 0.15] times its distance from the centre), as a
+  generator trained on slices resized to another aspect ratio gives them back (bilinear; zero outside). Not in
+  ``chain``.
 - ``rot_large``: rotation by ±U[10°, 30°] (as the paper's rotations: bilinear, nearest-edge padding).
 - ``rot90``: rotation by 90°, 180° or 270° (equal odds). ``transpose``: ``x.T`` or the anti-diagonal
   transpose ``x[::-1, ::-1].T`` (equal odds); with the flips these complete the 8 axis-aligned orientations.
@@ -58,6 +62,7 @@ SINGLE_SLICE_FAMILIES: dict[str, SingleFamily] = {
     "shift_crop": geometry.shift_crop,
     "zoom_in": geometry.zoom_in,
     "zoom_out": geometry.zoom_out,
+    "stretch": geometry.stretch,
     "rot_large": geometry.rotate_large,
     "rot90": geometry.rotate90,
     "transpose": geometry.transpose,

@@ -1,5 +1,5 @@
-"""Geometric generator-like edits of a [0, 1] slice [h, w]: translations, zooms, large and 90° rotations,
-transposes and elastic warps (ranges in :mod:`augment`).
+"""Geometric generator-like edits of a [0, 1] slice [h, w]: translations, zooms, anisotropic stretches, large and
+90° rotations, transposes and elastic warps (ranges in :mod:`augment`).
 
 Each family is ``family(slice01, rng) -> (image, parameters)``; the image is float32 in [0, 1].
 """
@@ -17,6 +17,8 @@ SHIFT_FRACTION = (0.05, 0.20)  # translation length, as a fraction of the field 
 CROP_KEEP = (0.75, 0.95)  # fraction of each side kept by the crop window
 ZOOM_IN = (1.1, 1.4)
 ZOOM_OUT = (0.6, 0.9)
+STRETCH_SCALE = (0.8, 1.25)  # scale along each axis, log-uniform and drawn for each axis on its own
+STRETCH_SHEAR = (-0.15, 0.15)  # sideways move of each row, as a share of its distance from the centre
 LARGE_ROTATION_DEGREES = (10.0, 30.0)  # |angle|, either sign
 ELASTIC_DISPLACEMENT = (0.02, 0.05)  # largest displacement, as a fraction of the shorter side
 ELASTIC_GRID = 6  # control points per axis of the random displacement field
@@ -66,13 +68,20 @@ def shift_crop(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarra
     }
 
 
-def zoom(slice01: np.ndarray, factor: float) -> np.ndarray:
-    """Scale the content about the slice centre by ``factor`` (bilinear), keeping the shape; zero outside."""
+def linear_map(slice01: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Map the content about the slice centre by ``matrix`` [2, 2] ((row, col) coordinates: the content at offset
+    d from the centre moves to ``matrix @ d``), bilinear, keeping the shape; zero outside."""
     x = np.asarray(slice01, np.float32)
     centre = (np.array(x.shape, dtype=float) - 1) / 2
-    offset = centre - centre / factor  # output pixel p samples the input at p / factor + offset
-    out = ndimage.affine_transform(x, np.full(2, 1.0 / factor), offset=offset, order=1, mode="constant", cval=0.0)
+    inverse = np.linalg.inv(np.asarray(matrix, dtype=float))
+    offset = centre - inverse @ centre  # output pixel p samples the input at inverse @ p + offset
+    out = ndimage.affine_transform(x, inverse, offset=offset, order=1, mode="constant", cval=0.0)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def zoom(slice01: np.ndarray, factor: float) -> np.ndarray:
+    """Scale the content about the slice centre by ``factor`` (bilinear), keeping the shape; zero outside."""
+    return linear_map(slice01, np.eye(2) * factor)
 
 
 def zoom_in(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Params]:
@@ -85,6 +94,20 @@ def zoom_out(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     """Shrink about the centre by U[ZOOM_OUT]; the border is zero-filled."""
     factor = float(rng.uniform(*ZOOM_OUT))
     return zoom(slice01, factor), {"factor": factor}
+
+
+def stretch(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Params]:
+    """Scale rows and columns about the centre by factors drawn each on its own (log-uniform in STRETCH_SCALE) and
+    shear by U[STRETCH_SHEAR], as a generator trained on slices resized to another aspect ratio would give them
+    back; what leaves the field of view is lost, the border is zero-filled."""
+    low, high = np.log(STRETCH_SCALE)
+    rows, cols = (float(v) for v in np.exp(rng.uniform(low, high, size=2)))
+    shear = float(rng.uniform(*STRETCH_SHEAR))
+    return linear_map(slice01, np.array([[rows, 0.0], [shear, cols]])), {
+        "scale_rows": rows,
+        "scale_cols": cols,
+        "shear": shear,
+    }
 
 
 def rotate_large(slice01: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, Params]:
