@@ -14,7 +14,7 @@ from skimage.transform import resize
 
 from MemorizationIndexLib import verification
 from MemorizationIndexLib.augment import augment_condition
-from MemorizationIndexLib.augment_geometry import zoom
+from MemorizationIndexLib.augment_geometry import linear_map, zoom
 from MemorizationIndexLib.centroid_sweep import swept_turns
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.transforms import rotate
@@ -69,6 +69,19 @@ def test_turned_copies_verify_with_their_transform(pair, make, transposed, angle
     assert result.score >= 0.55  # interpolation keeps the local correlation a little under 1
     assert result.alignment.transposed == transposed
     assert _angle_error(result.alignment.angle, angle) <= 2.0
+
+
+@pytest.mark.parametrize("matrix", [((0.85, 0.0), (0.12, 1.15)), ((1.2, 0.0), (-0.1, 0.82)), ((1.0, 0.0), (0.0, 0.8))])
+def test_stretched_and_sheared_copy_verifies_near_exactly(pair, matrix):
+    """A copy whose rows and columns are scaled by different factors and sheared (as a generator trained on slices
+    resized to one grid hands it back) is aligned by the moment-matched map refined by its flow: reproduced
+    near-exactly, its alignment's linear part the stretch; the other person's slice stays far below."""
+    source, other = pair
+    stretch = np.array(matrix)  # (row, col) coordinates, as linear_map takes it
+    result, stranger = verify_candidates(linear_map(source, stretch), [source, other])
+    assert result.score >= 0.9 and result.reproduced >= 0.9, result
+    assert np.allclose(result.alignment.matrix[:2, :2], stretch[::-1, ::-1], atol=0.03)  # (column, row) there
+    assert stranger.score < MIN_COPY_SCORE
 
 
 def test_blurred_and_warped_turned_copy_is_turned_back(pair):
@@ -132,7 +145,8 @@ def test_principal_axes_give_the_turn_and_scale_between_two_shapes():
         across = (-np.sin(turn) * columns + np.cos(turn) * rows) / scale
         return (along / 22.0) ** 2 + (across / 9.0) ** 2 <= 1.0
 
-    axes, radii = verification._principal_axes(np.stack([ellipse(0.0, 1.0), ellipse(35.0, 1.2), ellipse(-80.0, 0.8)]))
+    masks = np.stack([ellipse(0.0, 1.0), ellipse(35.0, 1.2), ellipse(-80.0, 0.8)])
+    axes, radii = verification._principal_axes(verification._second_moments(masks))
     turns = axes[1:] - axes[0]  # an axis has no direction: the turn is found modulo 180°
     assert np.all(np.abs((turns - [35.0, -80.0] + 90.0) % 180.0 - 90.0) <= 1.0)
     assert np.allclose(np.sqrt(radii[1:] / radii[0]), [1.2, 0.8], atol=0.02)
@@ -541,23 +555,45 @@ def test_twin_hypotheses_are_their_firsts_reversed(pair):
     queries = [to_grid(np.ascontiguousarray(x)) for x in (rotate(source, 30.0), source.T)]
     pairs = verification._Pairs.of([[to_grid(source), to_grid(other)], [to_grid(other)]])
     in_place_scales, _ = verification._in_place(queries, pairs)
-    transposed, angles, scales = (
-        h.reshape(-1, verification._HYPOTHESES)
-        for h in verification._hypotheses(queries, pairs, in_place_scales, np.ones(3, dtype=bool))
-    )
+    transposed, linear = verification._hypotheses(queries, pairs, in_place_scales, np.ones(3, dtype=bool))
+    transposed = transposed.reshape(-1, verification._HYPOTHESES)
+    linear = linear.reshape(-1, verification._HYPOTHESES, 2, 2)
     first = verification._TWINS - 1
     assert np.array_equal(transposed[:, verification._TWINS], transposed[:, first])
-    assert np.array_equal(scales[:, verification._TWINS], scales[:, first])
-    assert np.allclose((angles[:, verification._TWINS] - angles[:, first]) % 360.0, 180.0)
+    assert np.allclose(linear[:, verification._TWINS], -linear[:, first])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    every = verification._inverse_maps(transposed.ravel(), angles.ravel(), scales.ravel())
+    every = verification._inverse_maps(transposed.ravel(), linear.reshape(-1, 2, 2))
     images, masks = verification._warped(unique[pairs.candidate], every, verification._HYPOTHESES)
-    sampled = verification._inverse_maps(*(h[:, verification._SAMPLED].ravel() for h in (transposed, angles, scales)))
+    sampled = verification._inverse_maps(
+        transposed[:, verification._SAMPLED].ravel(), linear[:, verification._SAMPLED].reshape(-1, 2, 2)
+    )
     twinned = [
         verification._with_twins(x)
         for x in verification._warped(unique[pairs.candidate], sampled, len(verification._SAMPLED))
     ]
     assert np.allclose(twinned[0], images, atol=1e-5) and np.mean(twinned[1] != masks) < 1e-4
+
+
+def test_moment_map_undoes_a_stretch_and_carries_a_shear_s_moments():
+    """The moment-matched map of an axis-aligned ellipse and its copy stretched along the columns and rows by different
+    factors is that stretch (nearest the identity: no turn, no reflection), up to the grid's rounding; a sheared
+    copy's map carries the shape's second moments onto the copy's and is no farther from the identity than the
+    shear (a turn within the moments' whitened frame that they cannot see)."""
+    centre = (GRID - 1) / 2.0
+    rows, columns = np.mgrid[:GRID, :GRID] - centre
+
+    def ellipse(linear: np.ndarray) -> np.ndarray:  # the ellipse under the linear map (column, row coordinates)
+        back = np.linalg.inv(linear)
+        along, across = back[0, 0] * columns + back[0, 1] * rows, back[1, 0] * columns + back[1, 1] * rows
+        return (along / 20.0) ** 2 + (across / 13.0) ** 2 <= 1.0
+
+    stretch, shear = np.diag([1.2, 0.85]), np.array([[1.2, 0.0], [0.12, 0.85]])
+    moments = verification._second_moments(np.stack([ellipse(np.eye(2)), ellipse(stretch), ellipse(shear)]))
+    assert np.allclose(verification._moment_maps(moments[1:2], moments[:1])[0], stretch, atol=0.02)
+    found = verification._moment_maps(moments[2:], moments[:1])[0]
+    assert np.allclose(found @ moments[0] @ found.T, moments[2], rtol=1e-6)
+    assert np.trace(found) >= np.trace(shear) - 1e-6
+    assert np.allclose(verification._moment_maps(moments[:1], moments[:1])[0], np.eye(2), atol=1e-9)
 
 
 @pytest.mark.parametrize("chunk_pairs", [1, 3, 512])

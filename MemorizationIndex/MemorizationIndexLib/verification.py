@@ -4,8 +4,9 @@ The global search proposes candidates; each is aligned to the query on a coarse 
 the aligned overlap is scored. The alignment covers an optional transpose followed by a rotation of
 any angle (every flip and 90° turn is one of these), a scale and a translation: rotation and scale
 come from the log-polar magnitude spectra (Fourier–Mellin: phase correlation of log-polar maps) and,
-as further hypotheses, from the two foregrounds' principal axes and radii of gyration; translation
-from phase correlation, refined to a tenth of a grid pixel for the hypotheses that are scored (the
+as further hypotheses, from the two foregrounds' principal axes and radii of gyration; a stretch or shear
+(one linear map of any kind) from the two images' second moments, refined by the affine fit of their optical
+flow; translation from phase correlation, refined to a tenth of a grid pixel for the hypotheses that are scored (the
 in-place one taken exactly in place when phase correlation puts it within a pixel of there). The
 score is (mainly) the share of the smaller foreground in which the local correlation of
 rank-equalised intensities (Gaussian windows) is high: rank equalisation
@@ -76,17 +77,19 @@ _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
 # per candidate: {as is, transposed} x {theta, theta + 180} of the log-polar estimate, {phi, phi + 180} of the
-# principal axes (:func:`_principal_axes`), the centroid sweep's turn (``centroid_sweep``), and in place
+# principal axes (:func:`_principal_axes`), the grid images' second moments matched and refined by their optical flow
+# (:func:`_moment_maps`, :func:`_flow_refined`), the centroid sweep's turn (``centroid_sweep``), and in place
 # (:func:`_in_place`)
-_HYPOTHESES = 8
-HYPOTHESES = (
-    "log-polar, principal axes, centroid sweep, in place"  # the hypotheses tried per pair (:func:`_hypotheses`)
+_HYPOTHESES = 9
+HYPOTHESES = (  # the hypotheses tried per pair (:func:`_hypotheses`)
+    "log-polar, principal axes, second moments matched, centroid sweep, in place"
 )
+MOMENTS = _HYPOTHESES - 3  # the moment-matched linear map (anisotropic scale and shear)
 SWEPT = _HYPOTHESES - 2  # the centroid sweep's hypothesis
 IN_PLACE = _HYPOTHESES - 1  # the in-place hypothesis comes last
 # The hypotheses sampled from the candidate; each of the others is the 180° turn of the one before it, which on the
 # grid is the sampled image reversed along both axes (the grid centre is the turn's centre; :func:`_with_twins`).
-_SAMPLED = np.array([0, 2, 4, SWEPT, IN_PLACE])
+_SAMPLED = np.array([0, 2, 4, MOMENTS, SWEPT, IN_PLACE])
 _TWINS = np.array([1, 3, 5])
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
@@ -533,25 +536,37 @@ def _rotation_scales(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray
     return angles, scales
 
 
-def _transform(angle: float, scale: float, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """[3, 3] grid-pixel map (column, row, 1) of rotating by ``angle`` degrees and scaling about the
-    centre, then shifting by ``shift`` (row, col)."""
+def _turns(angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float64 [n, 2, 2]: the linear maps (column, row coordinates) that turn by ``angles`` degrees and scale by
+    ``scales`` (the inverses of ``centroid_sweep.turned_back``)."""
+    return np.linalg.inv(turned_back(angles, scales))
+
+
+def _turn_and_scale(linear: np.ndarray) -> tuple[float, float]:
+    """The turn (degrees, [0, 360)) and scale of a linear map [2, 2] (column, row coordinates) as an alignment
+    reports them: its polar decomposition's rotation, and the square root of its area ratio."""
+    angle = math.degrees(math.atan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1])) % 360.0
+    return angle, math.sqrt(abs(float(np.linalg.det(linear))))
+
+
+def _transform(linear: np.ndarray, shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """[3, 3] grid-pixel map (column, row, 1) of the linear map ``linear`` [2, 2] about the centre, then
+    shifting by ``shift`` (row, col)."""
     centre = (GRID - 1) / 2.0
-    cos, sin = scale * math.cos(math.radians(angle)), scale * math.sin(math.radians(angle))
-    turn = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    turn = np.eye(3)
+    turn[:2, :2] = linear
     to_origin = np.array([[1.0, 0.0, -centre], [0.0, 1.0, -centre], [0.0, 0.0, 1.0]])
     back = np.array([[1.0, 0.0, centre + shift[1]], [0.0, 1.0, centre + shift[0]], [0.0, 0.0, 1.0]])
     return back @ turn @ to_origin
 
 
-def _inverse_maps(
-    transposed: np.ndarray, angles: np.ndarray, scales: np.ndarray, shifts: np.ndarray | None = None
-) -> torch.Tensor:
+def _inverse_maps(transposed: np.ndarray, linear: np.ndarray, shifts: np.ndarray | None = None) -> torch.Tensor:
     """float32 [n, 2, 3] ``grid_sample`` maps (output grid to input, in its (column, row) coordinates
-    normalised to [-1, 1] about the centre) of transposing (where ``transposed``), turning by ``angles``
-    degrees and scaling by ``scales`` about the grid centre, then moving by ``shifts`` [n, 2] (row, col;
-    grid pixels, fractions allowed; none when None). The inverse map is affine; a transpose swaps its rows."""
-    inverse = turned_back(angles, scales)  # [n, 2, 2]: turn back, unscale
+    normalised to [-1, 1] about the centre) of transposing (where ``transposed``), then the linear maps
+    ``linear`` [n, 2, 2] (turns and scales, :func:`_turns`, or any other) about the grid centre, then moving by
+    ``shifts`` [n, 2] (row, col; grid pixels, fractions allowed; none when None). The inverse map is affine; a
+    transpose swaps its rows."""
+    inverse = np.linalg.inv(linear)  # [n, 2, 2]: the linear map undone
     offset = np.zeros((len(inverse), 2))
     if shifts is not None:  # a shift of s pixels is 2 s / (GRID - 1) normalised; undone before the turn
         offset = -np.einsum("nij,nj->ni", inverse, np.asarray(shifts, dtype=np.float64)[:, ::-1] * 2.0 / (GRID - 1))
@@ -777,51 +792,81 @@ def _strength(correlation: np.ndarray) -> np.ndarray:
 
 def _hypotheses(
     queries: Sequence[Grid], pairs: _Pairs, in_place_scales: np.ndarray, swept: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(transposed, angle, scale) [P * _HYPOTHESES] to try, per pair in order: per transpose, the log-polar
-    rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
+) -> tuple[np.ndarray, np.ndarray]:
+    """(transposed [P * _HYPOTHESES], linear map [P * _HYPOTHESES, 2, 2]) to try, per pair in order: per transpose,
+    the log-polar rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
     estimated scale; the turn between the two foregrounds' principal axes and its twin, at the ratio of
-    their radii of gyration (:func:`_principal_axes`); for the pairs ``swept`` [P] marks, the centroid sweep's turn
-    and scale (``centroid_sweep.swept_turns``; the others repeat the first hypothesis, which then ranks first among
-    equals); then the candidate in place, at ``in_place_scales`` [P] (:func:`_in_place`).
-    Scales outside SCALE_RANGE are replaced by 1. Blur, lost resolution, noise and elastic warps flatten or
-    smear the spectrum and can mislead the log-polar estimate of a turned copy; the foreground's shape
-    keeps its axes, and the smoothed images themselves their turn (method.md §7.54)."""
+    their radii of gyration (:func:`_principal_axes`); the map matching the second moments of the two grid images
+    (:func:`_moment_maps`; rank-equalised intensities, which an affine map keeps and which hold more of the anatomy's
+    shape than the foreground does): a copy stretched or sheared, as a generator trained on slices resized to one
+    grid hands them back (the principal axes' first where that map scales outside SCALE_RANGE; :func:`_verify_chunk`
+    refines it by :func:`_flow_refined`); for the pairs
+    ``swept`` [P] marks, the centroid sweep's turn and scale (``centroid_sweep.swept_turns``; the others repeat the
+    first hypothesis, which then ranks first among equals); then the candidate in place, at ``in_place_scales`` [P]
+    (:func:`_in_place`). Scales outside SCALE_RANGE are replaced by 1. Blur, lost resolution, noise and elastic
+    warps flatten or smear the spectrum and can mislead the log-polar estimate of a turned copy; the foreground's
+    shape keeps its axes, and the smoothed images themselves their turn (method.md §7.54)."""
     angles, scales = _rotation_scales(queries, pairs)  # [P, 2]: as is, transposed
     turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1).reshape(len(angles), 4)
     transposed = np.broadcast_to(np.array([False, False, True, True]), turned.shape)
-    query_axis, query_radius = _principal_axes(np.stack([grid.mask for grid in queries]))
-    axis, radius = _principal_axes(np.stack([grid.mask for grid in pairs.unique]))
+    query_axis, query_radius = _principal_axes(_second_moments(np.stack([grid.mask for grid in queries])))
+    axis, radius = _principal_axes(_second_moments(np.stack([grid.mask for grid in pairs.unique])))
     turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
     gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
     in_place = in_place_scales[:, None]
-    untransposed = np.zeros((len(angles), 4), dtype=bool)  # the principal axes' two, the sweep's and the in-place one
+    untransposed = np.zeros((len(angles), _HYPOTHESES - 4), dtype=bool)  # the principal axes' two and the rest
     scale = np.concatenate([np.repeat(scales, 2, axis=-1), gyration, gyration], axis=1)
     scale = np.where((scale >= SCALE_RANGE[0]) & (scale <= SCALE_RANGE[1]), scale, 1.0)
     sweep_angle, sweep_scale = turned[:, 0].copy(), scale[:, 0].copy()
+    query_images, candidate_images = (np.stack([grid.image for grid in grids]) for grids in (queries, pairs.unique))
     chosen = np.flatnonzero(swept)
     if len(chosen):
-        found = swept_turns(
-            np.stack([grid.image for grid in queries]),
-            np.stack([grid.image for grid in pairs.unique]),
-            pairs.query[chosen],
-            pairs.candidate[chosen],
-        )
+        found = swept_turns(query_images, candidate_images, pairs.query[chosen], pairs.candidate[chosen])
         sweep_angle[chosen], sweep_scale[chosen] = found
-    return (
-        np.concatenate([transposed, untransposed], axis=1).ravel(),
-        np.concatenate(
-            [turned, turn % 360.0, (turn + 180.0) % 360.0, sweep_angle[:, None], np.zeros_like(in_place)], axis=1
-        ).ravel(),
-        np.concatenate([scale, sweep_scale[:, None], in_place], axis=1).ravel(),
+    angle = np.concatenate([turned, turn % 360.0, (turn + 180.0) % 360.0], axis=1)
+    linear = _turns(angle.ravel(), scale.ravel()).reshape(len(angles), -1, 2, 2)
+    matched = _moment_maps(
+        _second_moments(query_images)[pairs.query], _second_moments(candidate_images)[pairs.candidate]
     )
+    singular = np.linalg.svd(matched, compute_uv=False)
+    within = ((singular >= SCALE_RANGE[0]) & (singular <= SCALE_RANGE[1])).all(axis=1)
+    matched = np.where(within[:, None, None], matched, linear[:, 4])
+    swept_linear = _turns(sweep_angle, sweep_scale)
+    in_place_linear = _turns(np.zeros(len(in_place)), in_place[:, 0])
+    stacked = np.concatenate([linear, matched[:, None], swept_linear[:, None], in_place_linear[:, None]], axis=1)
+    return np.concatenate([transposed, untransposed], axis=1).ravel(), stacked.reshape(-1, 2, 2)
 
 
-def _principal_axes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per mask of a stack [n, GRID, GRID]: the angle of its principal axis in degrees, in the (column, row)
-    coordinates of :func:`_transform` (so a candidate turned by the difference of two masks' angles has its
-    axis along the query's), and its mean squared distance from its centroid (radius of gyration squared)."""
-    weight = masks.astype(np.float64)
+def _flow_refined(
+    images: np.ndarray, masks: np.ndarray, unique: np.ndarray, pairs: _Pairs, linear: np.ndarray
+) -> np.ndarray:
+    """float64 [P, 2, 2]: each pair's linear map ``linear`` [P, 2, 2] refined by the affine map that best fits (least
+    squares over the two foregrounds' overlap) the optical flow of its candidate (``unique`` [U, 2, GRID, GRID], images
+    and masks), so mapped and moved by phase correlation, onto its query (``images``, ``masks`` [Q, GRID, GRID]). The
+    second moments give a stretch only up to a turn they cannot see and a few per cent off where the field of view
+    cuts the anatomy; a copy's near-exact correlation needs the map to a fraction of a grid pixel. A refined map that
+    scales outside SCALE_RANGE, or whose overlap is under a quarter of the grid, is left as it was."""
+    moved, moved_masks = _warped(unique[pairs.candidate], _inverse_maps(np.zeros(len(linear), bool), linear), 1)
+    shifts = _phase_peaks(_whitened(_rfft2(images))[pairs.query] * _whitened(_rfft2(moved)).conj(), (GRID, GRID))
+    moved, moved_masks = _shifted(moved, shifts), _shifted(moved_masks, shifts)
+    flows = batched_ilk(images[pairs.query], moved, num_warp=BEND_WARPS).astype(np.float64)
+    weight = (masks[pairs.query] & moved_masks).reshape(len(linear), -1).astype(np.float64)
+    columns, rows = (ramp.reshape(-1).numpy().astype(np.float64) * (GRID - 1) / 2.0 for ramp in _base_grid())
+    design = np.stack([columns, rows, np.ones_like(columns)], axis=1)  # [GRID², 3], about the grid centre
+    targets = np.stack([columns + flows[:, 1].reshape(len(linear), -1), rows + flows[:, 0].reshape(len(linear), -1)])
+    normal = np.einsum("pk,ki,kj->pij", weight, design, design) + 1e-9 * np.eye(3)
+    fitted = np.linalg.solve(normal, np.einsum("pk,ki,dpk->pid", weight, design, targets))[:, :2].transpose(0, 2, 1)
+    usable = (weight.sum(axis=1) >= GRID * GRID / 4) & (np.abs(np.linalg.det(fitted)) > 1e-6)
+    refined = np.linalg.inv(np.where(usable[:, None, None], fitted, np.eye(2))) @ linear
+    singular = np.linalg.svd(refined, compute_uv=False)
+    kept = usable & ((singular >= SCALE_RANGE[0]) & (singular <= SCALE_RANGE[1])).all(axis=1)
+    return np.where(kept[:, None, None], refined, linear)
+
+
+def _second_moments(weights: np.ndarray) -> np.ndarray:
+    """float64 [n, 2, 2]: the covariance of the pixel positions of each image of a stack [n, GRID, GRID] (a mask, or
+    intensities), weighted by its values, in the (column, row) coordinates of :func:`_transform`."""
+    weight = weights.astype(np.float64)
     total = np.maximum(weight.sum(axis=(1, 2)), 1.0)
     place = np.arange(GRID, dtype=np.float64)
     by_row, by_column = weight.sum(axis=2), weight.sum(axis=1)
@@ -829,7 +874,36 @@ def _principal_axes(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     row_var = by_row @ (place * place) / total - row**2
     column_var = by_column @ (place * place) / total - column**2
     covariance = np.einsum("nij,i,j->n", weight, place, place) / total - row * column
+    return np.stack([np.stack([column_var, covariance], axis=-1), np.stack([covariance, row_var], axis=-1)], axis=1)
+
+
+def _principal_axes(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask's second moments [n, 2, 2] (:func:`_second_moments`): the angle of its principal axis in degrees, in
+    the (column, row) coordinates of :func:`_transform` (so a candidate turned by the difference of two masks' angles
+    has its axis along the query's), and its mean squared distance from its centroid (radius of gyration squared)."""
+    column_var, covariance, row_var = moments[:, 0, 0], moments[:, 0, 1], moments[:, 1, 1]
     return np.degrees(0.5 * np.arctan2(2.0 * covariance, column_var - row_var)), row_var + column_var
+
+
+def _moment_maps(query: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """float64 [n, 2, 2]: per pair, the linear map (column, row coordinates) that carries the candidate foreground's
+    second moments ``candidate`` [n, 2, 2] onto the query's ``query`` [n, 2, 2] and is nearest the identity: Σq^½ R
+    Σc^-½ with the rotation R that maximises its trace (every R gives the query's moments; the trace picks the one
+    that neither turns nor reflects). A copy stretched by different factors along the rows and columns, or sheared,
+    keeps neither its principal axes' turn nor one scale; its foreground's second moments carry the stretch."""
+    query_root, candidate_root = _matrix_roots(query, 0.5), _matrix_roots(candidate, -0.5)
+    product = candidate_root @ query_root  # trace(R M) is largest at the angle below
+    angle = np.arctan2(product[:, 0, 1] - product[:, 1, 0], product[:, 0, 0] + product[:, 1, 1])
+    cos, sin = np.cos(angle), np.sin(angle)
+    rotation = np.array([[cos, -sin], [sin, cos]]).transpose(2, 0, 1)
+    return query_root @ rotation @ candidate_root
+
+
+def _matrix_roots(symmetric: np.ndarray, power: float) -> np.ndarray:
+    """float64 [n, 2, 2]: each symmetric matrix [n, 2, 2] to the ``power``, its eigenvalues kept from 1 (grid
+    pixels squared) up: an empty or one-pixel-wide mask's moments give no stretch."""
+    values, vectors = np.linalg.eigh(symmetric)
+    return (vectors * np.maximum(values, 1.0)[:, None, :] ** power) @ vectors.transpose(0, 2, 1)
 
 
 def _in_place(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.ndarray]:
@@ -858,14 +932,16 @@ def _in_place(queries: Sequence[Grid], pairs: _Pairs) -> tuple[np.ndarray, np.nd
     return scales, offsets
 
 
-def _aligned(images: np.ndarray, unique: np.ndarray, pairs: _Pairs, transposed: np.ndarray, angles, scales) -> tuple:
+def _aligned(
+    images: np.ndarray, unique: np.ndarray, pairs: _Pairs, transposed: np.ndarray, linear: np.ndarray
+) -> tuple:
     """Every hypothesis applied to the candidates' images and masks (``unique`` [U, 2, GRID, GRID]): the turned
     and scaled candidates' images and masks moved by the whole-pixel translation that phase correlation finds
     against its query (of the query images [Q, GRID, GRID]; ``shifts`` int [P * _HYPOTHESES, 2]), and the
     cross-power spectra that gave it (:func:`_refined_shifts`). Returns (images, masks, shifts, cross, and the
     turned and scaled candidates' images and masks before they were moved)."""
     sampled = (np.arange(len(pairs.query))[:, None] * _HYPOTHESES + _SAMPLED).ravel()
-    maps = _inverse_maps(transposed[sampled], angles[sampled], scales[sampled])
+    maps = _inverse_maps(transposed[sampled], linear[sampled])
     turned, turned_masks = (_with_twins(stack) for stack in _warped(unique[pairs.candidate], maps, len(_SAMPLED)))
     reference = _whitened(_rfft2(images))[np.repeat(pairs.query, _HYPOTHESES)]
     cross = reference * _whitened(_rfft2(turned)).conj()
@@ -1119,12 +1195,12 @@ def _verify_chunk(
     tiles = np.array([pair for i in asked for pair in places[i]], dtype=np.float64).reshape(-1, 4)
     moves = _moved_in_place(tiles, in_place_scales, in_place_offsets)
     wanted = np.array([wants for i in asked for wants in bend[i]], dtype=bool)
-    transposed, angles, scales = _hypotheses(used, pairs, in_place_scales, wanted)
+    transposed, linear = _hypotheses(used, pairs, in_place_scales, wanted)
     images, masks = np.stack([q.image for q in used]), np.stack([q.mask for q in used])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    moved, moved_masks, shifts, cross, turned, turned_masks = _aligned(
-        images, unique, pairs, transposed, angles, scales
-    )
+    matched = np.arange(len(pairs.query)) * _HYPOTHESES + MOMENTS
+    linear[matched] = _flow_refined(images, masks, unique, pairs, linear[matched])
+    moved, moved_masks, shifts, cross, turned, turned_masks = _aligned(images, unique, pairs, transposed, linear)
     in_place = np.arange(len(pairs.query)) * _HYPOTHESES + IN_PLACE
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = _global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
@@ -1177,21 +1253,27 @@ def _verify_chunk(
     pair_of = np.concatenate([pair_of, nudged])
     scored = np.concatenate([scored, in_place[nudged]])
     fine = np.concatenate([fine, nudged_by])
-    maps = _inverse_maps(transposed[scored], angles[scored], scales[scored], fine)
+    maps = _inverse_maps(transposed[scored], linear[scored], fine)
     placed, placed_masks = _warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
     queries_at = owner[scored]
     structured = _two_dimensional(images)[queries_at]  # once per query, not per scored hypothesis
-    whole = unique[pairs.candidate[scored // _HYPOTHESES], 1].sum(axis=(1, 2)) * scales[scored] ** 2
+    areas = np.abs(np.linalg.det(linear[scored]))
+    whole = unique[pairs.candidate[scored // _HYPOTHESES], 1].sum(axis=(1, 2)) * areas
     scores, copied, reproduced = _agreements(
         images[queries_at], masks[queries_at], placed, placed_masks, structured, whole
     )
-    chosen = np.full(len(ranks), -1, dtype=np.intp)  # per pair: its first scored unless another scores higher
+    # Per pair: its first scored unless another scores higher; the moment-matched map, which has the most freedom,
+    # keeps a tie only against none (a partial copy's mixed moments put it a little off a copy's in-place map, and
+    # the near-exact part of a copied half scores 1 under both).
+    chosen = np.full(len(ranks), -1, dtype=np.intp)
     moved_only: list[list[int]] = [[] for _ in ranks]  # per pair: its hypotheses counted by their near-exact part
     for s, p in enumerate(pair_of):
         if s >= first_away:
             moved_only[p].append(s)
             continue
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
+            chosen[p] = s
+        elif scores[s] == scores[chosen[p]] and scored[chosen[p]] % _HYPOTHESES == MOMENTS:
             chosen[p] = s
     most_reproduced = np.zeros(len(ranks))
     np.maximum.at(most_reproduced, pair_of[:first_away], reproduced[:first_away])
@@ -1208,9 +1290,9 @@ def _verify_chunk(
     def alignment_of(s: int, q: int, c: int) -> Alignment:
         # The s-th scored hypothesis's map from the candidate's slice pixels to the query's.
         h = scored[s]
-        on_grid = _transform(angles[h], scales[h], (float(fine[s, 0]), float(fine[s, 1])))
+        on_grid = _transform(linear[h], (float(fine[s, 0]), float(fine[s, 1])))
         matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
-        return Alignment(bool(transposed[h]), float(angles[h]), float(scales[h]), matrix)
+        return Alignment(bool(transposed[h]), *_turn_and_scale(linear[h]), matrix)
 
     for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
         query, candidate = used[q], pairs.unique[c]
