@@ -828,9 +828,7 @@ def _hypotheses(
     matched = _moment_maps(
         _second_moments(query_images)[pairs.query], _second_moments(candidate_images)[pairs.candidate]
     )
-    singular = np.linalg.svd(matched, compute_uv=False)
-    within = ((singular >= SCALE_RANGE[0]) & (singular <= SCALE_RANGE[1])).all(axis=1)
-    matched = np.where(within[:, None, None], matched, linear[:, 4])
+    matched = np.where(_scales_within(matched)[:, None, None], matched, linear[:, 4])
     swept_linear = _turns(sweep_angle, sweep_scale)
     in_place_linear = _turns(np.zeros(len(in_place)), in_place[:, 0])
     stacked = np.concatenate([linear, matched[:, None], swept_linear[:, None], in_place_linear[:, None]], axis=1)
@@ -858,9 +856,14 @@ def _flow_refined(
     fitted = np.linalg.solve(normal, np.einsum("pk,ki,dpk->pid", weight, design, targets))[:, :2].transpose(0, 2, 1)
     usable = (weight.sum(axis=1) >= GRID * GRID / 4) & (np.abs(np.linalg.det(fitted)) > 1e-6)
     refined = np.linalg.inv(np.where(usable[:, None, None], fitted, np.eye(2))) @ linear
-    singular = np.linalg.svd(refined, compute_uv=False)
-    kept = usable & ((singular >= SCALE_RANGE[0]) & (singular <= SCALE_RANGE[1])).all(axis=1)
+    kept = usable & _scales_within(refined)
     return np.where(kept[:, None, None], refined, linear)
+
+
+def _scales_within(linear: np.ndarray) -> np.ndarray:
+    """bool [n]: whether both scales (singular values) of each linear map [n, 2, 2] lie in SCALE_RANGE."""
+    singular = np.linalg.svd(linear, compute_uv=False)
+    return ((singular >= SCALE_RANGE[0]) & (singular <= SCALE_RANGE[1])).all(axis=1)
 
 
 def _second_moments(weights: np.ndarray) -> np.ndarray:
