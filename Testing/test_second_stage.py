@@ -23,7 +23,14 @@ from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.index_verification import ReferenceGrids, unavailable_reason
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
-from MemorizationIndexLib.second_stage import SliceGrids, noisy_slices, shortlist, verify_slices
+from MemorizationIndexLib.second_stage import (
+    TURNED_CANDIDATES,
+    SliceGrids,
+    noisy_slices,
+    shortlist,
+    verify_slices,
+    with_turned_candidates,
+)
 from MemorizationIndexLib.verification import to_grid
 from MemorizationIndexLib.verified_null import MIN_BENT_SCORE, MIN_COPY_SCORE, VerifiedNull, flag_p
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
@@ -35,6 +42,18 @@ def test_shortlist_takes_the_views_in_turn_without_repeats() -> None:
     smoothed = (np.array([[2, 9, 4, 5]]), np.array([[0.95, 0.2, 0.1, 0.0]]))
     assert shortlist([as_cut, transposed, smoothed], 5).tolist() == [[1, 7, 2, 9, 3]]
     assert shortlist([as_cut, transposed, smoothed], 8).tolist() == [[1, 7, 2, 9, 3, 8, 4, 5]]
+
+
+def test_the_turned_view_adds_its_first_candidates_not_yet_listed() -> None:
+    listed = np.array([[4, 7, -1], [1, 2, 3]])
+    rows = np.array([[7, 9, 9, 4, 5], [3, -1, 8, 6, 2]])
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, -np.inf, 0.95, 0.2, 0.1]])
+    assert TURNED_CANDIDATES == 2
+    assert with_turned_candidates(listed, (rows, scores)).tolist() == [[4, 7, -1, 9, 5], [1, 2, 3, 8, 6]]
+    assert with_turned_candidates(listed, (np.full((2, 1), -1), np.full((2, 1), -np.inf)))[:, 3:].tolist() == [
+        [-1, -1],
+        [-1, -1],
+    ]
 
 
 def test_only_noisy_slices_are_searched_smoothed(spine: dict[str, Path]) -> None:
@@ -146,8 +165,8 @@ def test_a_bent_score_of_twice_the_floor_is_evidence_whatever_the_score_before_t
 @pytest.fixture(scope="module")
 def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path], encoder) -> dict:
     """Index spine 01-05 with the verified null; audit an array set of transposed training slices
-    of 02, slices of 06 (no index) as cut and transposed, and half copies: the upper half of a slice of 02
-    over the lower half of a slice of 06."""
+    of 02, slices of 06 (no index) as cut and transposed, half copies (the upper half of a slice of 02 over the lower
+    half of a slice of 06), and slices of 02 and of 06 turned by 45° and 60°."""
     work = tmp_path_factory.mktemp("stage")
     train = [spine[n] for n in ("01", "02", "03", "04", "05")]
     index = build_index(train, work / "index", BuildOptions(), encoder=encoder)
@@ -158,6 +177,8 @@ def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path]
     half = source[0].shape[0] // 2
     halves = [(7, 8), (11, 9)]  # (slice of 02, slice of 06)
     queries += [np.concatenate([source[k][:half], novel[j][half:]]) for k, j in halves]
+    turns = [(4, 45.0), (14, 60.0)]  # (slice, degrees): between the index's orientations (steps of 90°)
+    queries += [rotate(volume[k] / float(volume[k].max()), turn) for volume in (source, novel) for k, turn in turns]
     np.save(work / "queries.npy", np.stack(queries).astype(np.float32))
     audit_paths(index, [work / "queries.npy"], work / "out")
     return {
@@ -165,6 +186,7 @@ def stage_audit(tmp_path_factory: pytest.TempPathFactory, spine: dict[str, Path]
         "out": read_audit(work / "out"),
         "copied": copied,
         "halves": [k for k, _ in halves],
+        "turned": [k for k, _ in turns],
         "half": half,
         "source": str(spine["02"].resolve()),
     }
@@ -196,7 +218,7 @@ def test_people_in_no_index_are_not_flagged_in_any_orientation(stage_audit: dict
 def test_half_copies_are_flagged_with_their_source_and_located_in_the_copied_half(stage_audit: dict) -> None:
     index: ReferenceIndex = stage_audit["index"]
     assert index.regions is not None and index.config["verification"]["region_tiles"]
-    halves = stage_audit["out"].rows[7:]
+    halves = stage_audit["out"].rows[7:9]
     assert all(row.flagged for row in halves), [(row.verified_score, row.flag_p, row.copy_slice) for row in halves]
     assert [(row.copy_source, row.copy_slice) for row in halves] == [
         (stage_audit["source"], k) for k in stage_audit["halves"]
@@ -205,6 +227,18 @@ def test_half_copies_are_flagged_with_their_source_and_located_in_the_copied_hal
         top, _, bottom, _ = row.copy_box
         inside = max(0, min(bottom, stage_audit["half"]) - top) / (bottom - top)
         assert inside > 0.8, (row.copy_box, stage_audit["half"])
+
+
+def test_copies_turned_between_the_index_orientations_are_found_by_the_turned_view(stage_audit: dict) -> None:
+    """Training slices turned by 45° and 60° are flagged with their source (without the turned view neither source
+    was among the candidates when written: method.md §7.57); the same turns of a person in no index are not."""
+    rows = stage_audit["out"].rows[9:]
+    copies, novel = rows[:2], rows[2:]
+    assert all(row.flagged for row in copies), [(row.verified_score, row.copy_slice) for row in copies]
+    assert [(row.copy_source, row.copy_slice) for row in copies] == [
+        (stage_audit["source"], k) for k in stage_audit["turned"]
+    ]
+    assert not any(row.flagged for row in novel), [(row.verified_score, row.flag_p) for row in novel]
 
 
 def test_a_copy_that_agrees_only_once_bent_is_flagged_on_its_bent_score(

@@ -727,14 +727,17 @@ def _second_stage_parts(
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.preprocess import framed, prepare_batch
     from MemorizationIndexLib.second_stage import (
+        TURNED_CANDIDATES,
         noisy_slices,
         search_depth,
         shortlist,
         smoothed_view,
+        turned_view,
         verify_shortlist,
         view_hits,
         with_region_candidates,
         with_smoothed_regions,
+        with_turned_candidates,
     )
 
     settings, depth, n = index.preprocessing, search_depth(index.candidates), len(slices)
@@ -766,6 +769,10 @@ def _second_stage_parts(
         lap("views_embedding")
     rows = shortlist(hits, index.candidates)
     lap("view_searches")
+    turned_raw, _ = embed_slices_and_tiles(encoder, [turned_view(image) for image in slices], settings, tiled=0)
+    turned = index.search(index.whiten(turned_raw), k=search_depth(index.candidates + TURNED_CANDIDATES))
+    rows = with_turned_candidates(rows, view_hits(turned, original))
+    lap("turned_view")
     regions = index.regions.search(tiles)
     if view_tiles is not None:
         regions = with_smoothed_regions(regions, slices, noisy, index.regions.search(view_tiles), settings)
@@ -833,6 +840,7 @@ STAGE_STEPS = (
     "views_made",
     "views_embedding",
     "view_searches",
+    "turned_view",
     "region_search",
     "as_cut_search_extra",
     "verification",

@@ -5,8 +5,10 @@ The global search ranks references by pooled features. Re-oriented copies (trans
 90°) are found there because the index holds those copies of every training slice
 (``transforms.REFERENCE_COPIES``); heavily noised copies are not, so a noisy query slice is also
 searched as a smoothed view, and the candidates of the two searches are merged by rank (each gets
-its share); so is its region search (§7.30). Clean slices, the common case, cost no extra forward
-pass (§7.9). Candidates are aligned to the query and scored by :mod:`verification`; a candidate
+its share); so is its region search (§7.30). A copy turned by about 45° lies between the index's
+orientations (steps of 90°), so every slice is also searched turned by 45° (its global features
+only: one extra forward pass), and that view's first candidates not already listed are verified too
+(§7.57). Candidates are aligned to the query and scored by :mod:`verification`; a candidate
 next to a better-ranked one of its volume (a near-duplicate slice) is verified only when that one
 verifies (§7.11); a candidate much smaller than the query in place is verified again on the query cut to its own
 square (§7.32). The same functions serve the audit (against a loaded index) and the verified null
@@ -49,8 +51,15 @@ from .verification import (
 if TYPE_CHECKING:
     from .reference_index import Provenance
 
-VIEWS = ("as-cut", "smoothed-if-noisy")
+VIEWS = ("as-cut", "smoothed-if-noisy", "turned-45")
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
+# The turned view: every slice turned by this angle about its centre, so that a copy turned by any angle lies within
+# 22.5° of an orientation the index holds (as cut: multiples of 90°) in one of the two searches. Its first
+# TURNED_CANDIDATES original rows that the as-cut search (and a noisy slice's smoothed view) did not list are
+# verified too (method.md §7.57: of 16 brain copies turned by 35-55°, the 3 global candidates held the source of 13,
+# with the view's 2 of all 16).
+TURN_DEGREES = 45.0
+TURNED_CANDIDATES = 2
 # White-noise level (unit intensities) from which a slice is also searched smoothed: twice the level that
 # verification smooths down to. Clean brain and spine slices read at most 0.018 (method.md §7.9).
 NOISY = 2.0 * NOISE_TARGET
@@ -139,6 +148,25 @@ def smoothed_view(slice2d: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(np.asarray(slice2d, dtype=np.float32), SMOOTH_SIGMA)
 
 
+def turned_view(slice2d: np.ndarray) -> np.ndarray:
+    """The slice turned by TURN_DEGREES about its centre (bilinear, zero outside its field of view)."""
+    return ndimage.rotate(np.asarray(slice2d, dtype=np.float32), TURN_DEGREES, reshape=False, order=1, cval=0.0)
+
+
+def with_turned_candidates(listed: np.ndarray, turned: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """[n, k + TURNED_CANDIDATES]: the candidates [n, k] followed by the first TURNED_CANDIDATES original rows of the
+    turned view's hits (``view_hits``) that are not among them (-1 = none)."""
+    rows, scores = turned
+    out = np.full((len(listed), listed.shape[1] + TURNED_CANDIDATES), -1, dtype=np.int64)
+    out[:, : listed.shape[1]] = listed
+    for i in range(len(listed)):
+        order = np.argsort(-scores[i], kind="stable")
+        ranked = dict.fromkeys(int(r) for r in rows[i][order] if r >= 0)
+        added = [r for r in ranked if r not in listed[i]][:TURNED_CANDIDATES]
+        out[i, listed.shape[1] : listed.shape[1] + len(added)] = added
+    return out
+
+
 def search_depth(k: int) -> int:
     """How many reference vectors to search per view to find ``k`` distinct originals."""
     return max(1, k) * SEARCH_DEPTH
@@ -183,15 +211,16 @@ def candidates(
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> Shortlist:
-    """[n, k (+ m + extra)] candidates of the slices: ``as_cut`` (the audit's own search, at least :func:`search_depth`
-    deep), merged for noisy slices with the search of their smoothed view, then, given ``search_regions`` and the
+    """[n, k + TURNED_CANDIDATES (+ m + extra)] candidates of the slices: ``as_cut`` (the audit's own search, at least
+    :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view, then those of their
+    :func:`turned_view` not listed yet (:func:`with_turned_candidates`), then, given ``search_regions`` and the
     slices' ``tiles``, the first :data:`REGION_CANDIDATES` of the region search's rows not already among them, then
     :data:`NATIVE_ONLY_CANDIDATES` more, native-only (:func:`with_region_candidates`). A noisy slice's region search
     takes its smoothed view's tiles too (from the forward pass that view gets anyway), first, and alone from
     :data:`HEAVY_NOISE` (method.md §7.30)."""
     n = len(slices)
     if n == 0:
-        return Shortlist.of(np.zeros((0, k), dtype=np.int64))
+        return Shortlist.of(np.zeros((0, k + TURNED_CANDIDATES), dtype=np.int64))
     regions = None if search_regions is None or tiles is None else search_regions(tiles)
     hits = [view_hits(as_cut, original_row)]
     noisy = noisy_slices(slices, settings)
@@ -208,7 +237,12 @@ def candidates(
         hits.append((all_rows, all_scores))
         if regions is not None and view_tiles is not None and search_regions is not None:
             regions = with_smoothed_regions(regions, slices, noisy, search_regions(view_tiles), settings)
-    listed = shortlist(hits, k)
+    turned, _ = embed_slices_and_tiles(
+        encoder, [turned_view(image) for image in slices], settings, tiled=0, batch_size=batch_size, cancel=cancel
+    )
+    listed = with_turned_candidates(
+        shortlist(hits, k), view_hits(search(turned, search_depth(k + TURNED_CANDIDATES)), original_row)
+    )
     return Shortlist.of(listed) if regions is None else with_region_candidates(listed, regions)
 
 
