@@ -25,9 +25,11 @@ from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.second_stage import (
     TURNED_CANDIDATES,
+    TURNED_VIEWS,
     SliceGrids,
     noisy_slices,
     shortlist,
+    turned_views,
     verify_slices,
     with_turned_candidates,
 )
@@ -44,16 +46,31 @@ def test_shortlist_takes_the_views_in_turn_without_repeats() -> None:
     assert shortlist([as_cut, transposed, smoothed], 8).tolist() == [[1, 7, 2, 9, 3, 8, 4, 5]]
 
 
-def test_the_turned_view_adds_its_first_candidates_not_yet_listed() -> None:
+def test_each_turned_view_adds_its_first_candidates_not_yet_listed() -> None:
     listed = np.array([[4, 7, -1], [1, 2, 3]])
     rows = np.array([[7, 9, 9, 4, 5], [3, -1, 8, 6, 2]])
     scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, -np.inf, 0.95, 0.2, 0.1]])
-    assert TURNED_CANDIDATES == 2
-    assert with_turned_candidates(listed, (rows, scores)).tolist() == [[4, 7, -1, 9, 5], [1, 2, 3, 8, 6]]
-    assert with_turned_candidates(listed, (np.full((2, 1), -1), np.full((2, 1), -np.inf)))[:, 3:].tolist() == [
-        [-1, -1],
-        [-1, -1],
+    whole = (np.array([[5, 9, 11, 12, 4], [8, 6, 2, 7, 10]]), np.array([[0.9, 0.8, 0.7, 0.6, 0.5]] * 2))
+    none = (np.full((2, 1), -1), np.full((2, 1), -np.inf))
+    assert TURNED_CANDIDATES == 2 and len(TURNED_VIEWS) == 2
+    assert with_turned_candidates(listed, [(rows, scores)]).tolist() == [[4, 7, -1, 9, 5], [1, 2, 3, 8, 6]]
+    assert with_turned_candidates(listed, [(rows, scores), whole]).tolist() == [
+        [4, 7, -1, 9, 5, 11, 12],  # the second view's first two not listed by the as-cut search or the first view
+        [1, 2, 3, 8, 6, 7, 10],
     ]
+    assert with_turned_candidates(listed, [none, whole])[:, 3:].tolist() == [[5, 9, -1, -1], [8, 6, -1, -1]]
+
+
+def test_the_turned_views_turn_by_45_degrees_and_onto_the_principal_axes() -> None:
+    slice2d = np.zeros((80, 120), dtype=np.float32)
+    slice2d[30:50, 10:110] = 1.0  # a bar along the rows, then turned by 30° within a canvas that holds it
+    turned_copy = rotate(slice2d, 30, resize=True, order=1)
+    within, aligned = turned_views(turned_copy, PreprocessSettings())
+    assert within.shape == turned_copy.shape
+    rows, columns = np.nonzero(aligned > 0.5)
+    assert np.ptp(columns) > 95 and np.ptp(rows) < 25  # back along the rows: the copy's own turn undone
+    assert abs(float(aligned.sum()) - float(turned_copy.sum())) < 0.02 * float(turned_copy.sum())
+    assert abs(float(within.sum()) - float(rotate(turned_copy, 45, order=1).sum())) < 0.02 * float(within.sum())
 
 
 def test_only_noisy_slices_are_searched_smoothed(spine: dict[str, Path]) -> None:

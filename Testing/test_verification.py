@@ -146,7 +146,7 @@ def test_principal_axes_give_the_turn_and_scale_between_two_shapes():
         return (along / 22.0) ** 2 + (across / 9.0) ** 2 <= 1.0
 
     masks = np.stack([ellipse(0.0, 1.0), ellipse(35.0, 1.2), ellipse(-80.0, 0.8)])
-    axes, radii = verification._principal_axes(verification._second_moments(masks))
+    axes, radii = verification.principal_axes(verification.second_moments(masks))
     turns = axes[1:] - axes[0]  # an axis has no direction: the turn is found modulo 180°
     assert np.all(np.abs((turns - [35.0, -80.0] + 90.0) % 180.0 - 90.0) <= 1.0)
     assert np.allclose(np.sqrt(radii[1:] / radii[0]), [1.2, 0.8], atol=0.02)
@@ -588,7 +588,7 @@ def test_moment_map_undoes_a_stretch_and_carries_a_shear_s_moments():
         return (along / 20.0) ** 2 + (across / 13.0) ** 2 <= 1.0
 
     stretch, shear = np.diag([1.2, 0.85]), np.array([[1.2, 0.0], [0.12, 0.85]])
-    moments = verification._second_moments(np.stack([ellipse(np.eye(2)), ellipse(stretch), ellipse(shear)]))
+    moments = verification.second_moments(np.stack([ellipse(np.eye(2)), ellipse(stretch), ellipse(shear)]))
     assert np.allclose(verification._moment_maps(moments[1:2], moments[:1])[0], stretch, atol=0.02)
     found = verification._moment_maps(moments[2:], moments[:1])[0]
     assert np.allclose(found @ moments[0] @ found.T, moments[2], rtol=1e-6)

@@ -728,11 +728,12 @@ def _second_stage_parts(
     from MemorizationIndexLib.preprocess import framed, prepare_batch
     from MemorizationIndexLib.second_stage import (
         TURNED_CANDIDATES,
+        TURNED_VIEWS,
         noisy_slices,
         search_depth,
         shortlist,
         smoothed_view,
-        turned_view,
+        turned_hits,
         verify_shortlist,
         view_hits,
         with_region_candidates,
@@ -769,10 +770,13 @@ def _second_stage_parts(
         lap("views_embedding")
     rows = shortlist(hits, index.candidates)
     lap("view_searches")
-    turned_raw, _ = embed_slices_and_tiles(encoder, [turned_view(image) for image in slices], settings, tiled=0)
-    turned = index.search(index.whiten(turned_raw), k=search_depth(index.candidates + TURNED_CANDIDATES))
-    rows = with_turned_candidates(rows, view_hits(turned, original))
-    lap("turned_view")
+
+    def search_whitened(features: dict[str, np.ndarray], deep: int) -> search.Neighbours:
+        return index.search(index.whiten(features), k=deep)
+
+    turned_depth = search_depth(index.candidates + TURNED_CANDIDATES * len(TURNED_VIEWS))
+    rows = with_turned_candidates(rows, turned_hits(encoder, slices, search_whitened, original, settings, turned_depth))
+    lap("turned_views")
     regions = index.regions.search(tiles)
     if view_tiles is not None:
         regions = with_smoothed_regions(regions, slices, noisy, index.regions.search(view_tiles), settings)
@@ -840,7 +844,7 @@ STAGE_STEPS = (
     "views_made",
     "views_embedding",
     "view_searches",
-    "turned_view",
+    "turned_views",
     "region_search",
     "as_cut_search_extra",
     "verification",

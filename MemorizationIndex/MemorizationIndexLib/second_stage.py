@@ -31,7 +31,7 @@ from .embedding import Cancelled, embed_slices_and_tiles
 from .encoders.base import Encoder
 from .grid_cache import GridCache
 from .pixel_threads import thread_map
-from .preprocess import PreprocessSettings, scale_unit
+from .preprocess import PreprocessSettings, scale_unit, scaled_foreground
 from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, RegionHits, Tiles
 from .search import Neighbours
 from .transforms import REFERENCE_COPIES
@@ -42,7 +42,9 @@ from .verification import (
     grid_places,
     in_place_square,
     pair_chunks,
+    principal_axes,
     regrid_places,
+    second_moments,
     steps_reaching,
     to_grids,
     verify_batch,
@@ -51,13 +53,15 @@ from .verification import (
 if TYPE_CHECKING:
     from .reference_index import Provenance
 
-VIEWS = ("as-cut", "smoothed-if-noisy", "turned-45")
+TURNED_VIEWS = ("turned-45", "principal-axes")  # :func:`turned_views`, in this order
+VIEWS = ("as-cut", "smoothed-if-noisy", *TURNED_VIEWS)
 SMOOTH_SIGMA = 2.0  # pixels; the smoothed view finds heavily noised copies (method.md §7.2)
-# The turned view: every slice turned by this angle about its centre, so that a copy turned by any angle lies within
-# 22.5° of an orientation the index holds (as cut: multiples of 90°) in one of the two searches. Its first
-# TURNED_CANDIDATES original rows that the as-cut search (and a noisy slice's smoothed view) did not list are
-# verified too (method.md §7.57: of 16 brain copies turned by 35-55°, the 3 global candidates held the source of 13,
-# with the view's 2 of all 16).
+# The turned views: every slice turned by this angle about its centre, so that a copy turned by any angle lies within
+# 22.5° of an orientation the index holds (as cut: multiples of 90°) in one of the searches. Each view's first
+# TURNED_CANDIDATES original rows that the as-cut search, a noisy slice's smoothed view and the views before it did
+# not list are verified too (method.md §7.57: of 16 brain copies turned by 35-55°, the 3 global candidates held the
+# source of 13, with the view's 2 of all 16). A second view turns the slice onto its foreground's principal axes,
+# which a turned copy carries with it: a copy turned by any angle comes back near its source's own (§7.58).
 TURN_DEGREES = 45.0
 TURNED_CANDIDATES = 2
 # White-noise level (unit intensities) from which a slice is also searched smoothed: twice the level that
@@ -148,22 +152,50 @@ def smoothed_view(slice2d: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(np.asarray(slice2d, dtype=np.float32), SMOOTH_SIGMA)
 
 
-def turned_view(slice2d: np.ndarray) -> np.ndarray:
-    """The slice turned by TURN_DEGREES about its centre (bilinear, zero outside its field of view)."""
-    return ndimage.rotate(np.asarray(slice2d, dtype=np.float32), TURN_DEGREES, reshape=False, order=1, cval=0.0)
+def turned_views(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The slice's views as :data:`TURNED_VIEWS` names them (bilinear, zero where its field of view does not reach):
+    turned by TURN_DEGREES about its centre within its own canvas, and turned so that the principal axis of its
+    foreground (``verification.principal_axes``) lies along its rows, on a canvas that holds all of it."""
+    image = np.asarray(slice2d, dtype=np.float32)
+    axis, _ = principal_axes(second_moments((scaled_foreground(image, settings) > 0)[None]))
+    turned = ndimage.rotate(image, TURN_DEGREES, reshape=False, order=1, cval=0.0)
+    return turned, ndimage.rotate(image, float(axis[0]), reshape=True, order=1, cval=0.0)
 
 
-def with_turned_candidates(listed: np.ndarray, turned: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """[n, k + TURNED_CANDIDATES]: the candidates [n, k] followed by the first TURNED_CANDIDATES original rows of the
-    turned view's hits (``view_hits``) that are not among them (-1 = none)."""
-    rows, scores = turned
-    out = np.full((len(listed), listed.shape[1] + TURNED_CANDIDATES), -1, dtype=np.int64)
-    out[:, : listed.shape[1]] = listed
+def turned_hits(
+    encoder: Encoder,
+    slices: Sequence[np.ndarray],
+    search: Searcher,
+    original_row: np.ndarray,
+    settings: PreprocessSettings,
+    depth: int,
+    *,
+    batch_size: int = 32,
+    cancel: threading.Event | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The hits (``view_hits``, ``depth`` deep) of each of the slices' :func:`turned_views`, in the order of
+    :data:`TURNED_VIEWS`: their global features only, one batched forward pass and one search."""
+    views = [turned_views(image, settings) for image in slices]
+    ordered = [view[v] for v in range(len(TURNED_VIEWS)) for view in views]
+    raw, _ = embed_slices_and_tiles(encoder, ordered, settings, tiled=0, batch_size=batch_size, cancel=cancel)
+    rows, scores = view_hits(search(raw, depth), original_row)
+    n = len(slices)
+    return [(rows[v * n : (v + 1) * n], scores[v * n : (v + 1) * n]) for v in range(len(TURNED_VIEWS))]
+
+
+def with_turned_candidates(listed: np.ndarray, turned: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """[n, k + TURNED_CANDIDATES · views]: the candidates [n, k] followed, view by view, by the first
+    TURNED_CANDIDATES original rows of each turned view's hits (``view_hits``) not listed before them (-1 = none)."""
+    width = listed.shape[1]
+    out = np.full((len(listed), width + TURNED_CANDIDATES * len(turned)), -1, dtype=np.int64)
+    out[:, :width] = listed
     for i in range(len(listed)):
-        order = np.argsort(-scores[i], kind="stable")
-        ranked = dict.fromkeys(int(r) for r in rows[i][order] if r >= 0)
-        added = [r for r in ranked if r not in listed[i]][:TURNED_CANDIDATES]
-        out[i, listed.shape[1] : listed.shape[1] + len(added)] = added
+        added: list[int] = []
+        for rows, scores in turned:
+            order = np.argsort(-scores[i], kind="stable")
+            ranked = dict.fromkeys(int(r) for r in rows[i][order] if r >= 0)
+            added += [r for r in ranked if r not in listed[i] and r not in added][:TURNED_CANDIDATES]
+        out[i, width : width + len(added)] = added
     return out
 
 
@@ -211,16 +243,16 @@ def candidates(
     batch_size: int = 32,
     cancel: threading.Event | None = None,
 ) -> Shortlist:
-    """[n, k + TURNED_CANDIDATES (+ m + extra)] candidates of the slices: ``as_cut`` (the audit's own search, at least
-    :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view, then those of their
-    :func:`turned_view` not listed yet (:func:`with_turned_candidates`), then, given ``search_regions`` and the
-    slices' ``tiles``, the first :data:`REGION_CANDIDATES` of the region search's rows not already among them, then
-    :data:`NATIVE_ONLY_CANDIDATES` more, native-only (:func:`with_region_candidates`). A noisy slice's region search
-    takes its smoothed view's tiles too (from the forward pass that view gets anyway), first, and alone from
-    :data:`HEAVY_NOISE` (method.md §7.30)."""
+    """[n, k + TURNED_CANDIDATES · 2 (+ m + extra)] candidates of the slices: ``as_cut`` (the audit's own search, at
+    least :func:`search_depth` deep), merged for noisy slices with the search of their smoothed view, then those of
+    their :func:`turned_views` not listed yet (:func:`turned_hits`, :func:`with_turned_candidates`), then, given
+    ``search_regions`` and the slices' ``tiles``, the first :data:`REGION_CANDIDATES` of the region search's rows not
+    already among them, then :data:`NATIVE_ONLY_CANDIDATES` more, native-only (:func:`with_region_candidates`). A
+    noisy slice's region search takes its smoothed view's tiles too (from the forward pass that view gets anyway),
+    first, and alone from :data:`HEAVY_NOISE` (method.md §7.30)."""
     n = len(slices)
     if n == 0:
-        return Shortlist.of(np.zeros((0, k + TURNED_CANDIDATES), dtype=np.int64))
+        return Shortlist.of(np.zeros((0, k + TURNED_CANDIDATES * len(TURNED_VIEWS)), dtype=np.int64))
     regions = None if search_regions is None or tiles is None else search_regions(tiles)
     hits = [view_hits(as_cut, original_row)]
     noisy = noisy_slices(slices, settings)
@@ -237,12 +269,9 @@ def candidates(
         hits.append((all_rows, all_scores))
         if regions is not None and view_tiles is not None and search_regions is not None:
             regions = with_smoothed_regions(regions, slices, noisy, search_regions(view_tiles), settings)
-    turned, _ = embed_slices_and_tiles(
-        encoder, [turned_view(image) for image in slices], settings, tiled=0, batch_size=batch_size, cancel=cancel
-    )
-    listed = with_turned_candidates(
-        shortlist(hits, k), view_hits(search(turned, search_depth(k + TURNED_CANDIDATES)), original_row)
-    )
+    depth = search_depth(k + TURNED_CANDIDATES * len(TURNED_VIEWS))
+    turned = turned_hits(encoder, slices, search, original_row, settings, depth, batch_size=batch_size, cancel=cancel)
+    listed = with_turned_candidates(shortlist(hits, k), turned)
     return Shortlist.of(listed) if regions is None else with_region_candidates(listed, regions)
 
 

@@ -77,7 +77,7 @@ _POLAR_INNER = SPECTRUM_GRID // 8  # log-polar columns of the lowest frequencies
 _MIN_VARIANCE = 1e-3  # local variance below this (flat tissue or background) carries no evidence
 _BAND = (0.5, 6.0)  # difference-of-Gaussians band-pass of the spectrum grid (sigmas, pixels)
 # per candidate: {as is, transposed} x {theta, theta + 180} of the log-polar estimate, {phi, phi + 180} of the
-# principal axes (:func:`_principal_axes`), the grid images' second moments matched and refined by their optical flow
+# principal axes (:func:`principal_axes`), the grid images' second moments matched and refined by their optical flow
 # (:func:`_moment_maps`, :func:`_flow_refined`), the centroid sweep's turn (``centroid_sweep``), and in place
 # (:func:`_in_place`)
 _HYPOTHESES = 9
@@ -796,7 +796,7 @@ def _hypotheses(
     """(transposed [P * _HYPOTHESES], linear map [P * _HYPOTHESES, 2, 2]) to try, per pair in order: per transpose,
     the log-polar rotation estimate and its 180° twin (the magnitude spectrum cannot tell them apart) at the
     estimated scale; the turn between the two foregrounds' principal axes and its twin, at the ratio of
-    their radii of gyration (:func:`_principal_axes`); the map matching the second moments of the two grid images
+    their radii of gyration (:func:`principal_axes`); the map matching the second moments of the two grid images
     (:func:`_moment_maps`; rank-equalised intensities, which an affine map keeps and which hold more of the anatomy's
     shape than the foreground does): a copy stretched or sheared, as a generator trained on slices resized to one
     grid hands them back (the principal axes' first where that map scales outside SCALE_RANGE; :func:`_verify_chunk`
@@ -809,8 +809,8 @@ def _hypotheses(
     angles, scales = _rotation_scales(queries, pairs)  # [P, 2]: as is, transposed
     turned = np.stack([angles % 360.0, (angles + 180.0) % 360.0], axis=-1).reshape(len(angles), 4)
     transposed = np.broadcast_to(np.array([False, False, True, True]), turned.shape)
-    query_axis, query_radius = _principal_axes(_second_moments(np.stack([grid.mask for grid in queries])))
-    axis, radius = _principal_axes(_second_moments(np.stack([grid.mask for grid in pairs.unique])))
+    query_axis, query_radius = principal_axes(second_moments(np.stack([grid.mask for grid in queries])))
+    axis, radius = principal_axes(second_moments(np.stack([grid.mask for grid in pairs.unique])))
     turn = (query_axis[pairs.query] - axis[pairs.candidate])[:, None]
     gyration = np.sqrt(query_radius[pairs.query] / np.maximum(radius[pairs.candidate], 1e-6))[:, None]
     in_place = in_place_scales[:, None]
@@ -825,9 +825,7 @@ def _hypotheses(
         sweep_angle[chosen], sweep_scale[chosen] = found
     angle = np.concatenate([turned, turn % 360.0, (turn + 180.0) % 360.0], axis=1)
     linear = _turns(angle.ravel(), scale.ravel()).reshape(len(angles), -1, 2, 2)
-    matched = _moment_maps(
-        _second_moments(query_images)[pairs.query], _second_moments(candidate_images)[pairs.candidate]
-    )
+    matched = _moment_maps(second_moments(query_images)[pairs.query], second_moments(candidate_images)[pairs.candidate])
     matched = np.where(_scales_within(matched)[:, None, None], matched, linear[:, 4])
     swept_linear = _turns(sweep_angle, sweep_scale)
     in_place_linear = _turns(np.zeros(len(in_place)), in_place[:, 0])
@@ -866,22 +864,22 @@ def _scales_within(linear: np.ndarray) -> np.ndarray:
     return ((singular >= SCALE_RANGE[0]) & (singular <= SCALE_RANGE[1])).all(axis=1)
 
 
-def _second_moments(weights: np.ndarray) -> np.ndarray:
-    """float64 [n, 2, 2]: the covariance of the pixel positions of each image of a stack [n, GRID, GRID] (a mask, or
-    intensities), weighted by its values, in the (column, row) coordinates of :func:`_transform`."""
+def second_moments(weights: np.ndarray) -> np.ndarray:
+    """float64 [n, 2, 2]: the covariance of the pixel positions of each image of a stack [n, rows, columns] (a mask,
+    or intensities), weighted by its values, in the (column, row) coordinates of :func:`_transform`."""
     weight = weights.astype(np.float64)
     total = np.maximum(weight.sum(axis=(1, 2)), 1.0)
-    place = np.arange(GRID, dtype=np.float64)
+    rows, columns = (np.arange(size, dtype=np.float64) for size in weight.shape[1:])
     by_row, by_column = weight.sum(axis=2), weight.sum(axis=1)
-    row, column = by_row @ place / total, by_column @ place / total
-    row_var = by_row @ (place * place) / total - row**2
-    column_var = by_column @ (place * place) / total - column**2
-    covariance = np.einsum("nij,i,j->n", weight, place, place) / total - row * column
+    row, column = by_row @ rows / total, by_column @ columns / total
+    row_var = by_row @ (rows * rows) / total - row**2
+    column_var = by_column @ (columns * columns) / total - column**2
+    covariance = np.einsum("nij,i,j->n", weight, rows, columns) / total - row * column
     return np.stack([np.stack([column_var, covariance], axis=-1), np.stack([covariance, row_var], axis=-1)], axis=1)
 
 
-def _principal_axes(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per mask's second moments [n, 2, 2] (:func:`_second_moments`): the angle of its principal axis in degrees, in
+def principal_axes(moments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per mask's second moments [n, 2, 2] (:func:`second_moments`): the angle of its principal axis in degrees, in
     the (column, row) coordinates of :func:`_transform` (so a candidate turned by the difference of two masks' angles
     has its axis along the query's), and its mean squared distance from its centroid (radius of gyration squared)."""
     column_var, covariance, row_var = moments[:, 0, 0], moments[:, 0, 1], moments[:, 1, 1]
