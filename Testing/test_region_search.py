@@ -402,7 +402,7 @@ def test_a_noisy_slice_is_region_searched_by_its_smoothed_view(encoder, brain_su
         encoder,
         noisy,
         _nothing_found(len(noisy), 3),
-        lambda raw, depth: _nothing_found(len(noisy), depth),
+        lambda raw, depth: _nothing_found(len(next(iter(raw.values()))), depth),
         np.arange(len(reference)),
         PreprocessSettings(),
         k=3,
