@@ -727,8 +727,7 @@ def _second_stage_parts(
     from MemorizationIndexLib.index_verification import ReferenceGrids
     from MemorizationIndexLib.preprocess import framed, prepare_batch
     from MemorizationIndexLib.second_stage import (
-        TURNED_CANDIDATES,
-        TURNED_VIEWS,
+        listed_before_regions,
         noisy_slices,
         search_depth,
         shortlist,
@@ -774,7 +773,7 @@ def _second_stage_parts(
     def search_whitened(features: dict[str, np.ndarray], deep: int) -> search.Neighbours:
         return index.search(index.whiten(features), k=deep)
 
-    turned_depth = search_depth(index.candidates + TURNED_CANDIDATES * len(TURNED_VIEWS))
+    turned_depth = search_depth(listed_before_regions(index.candidates))
     rows = with_turned_candidates(rows, turned_hits(encoder, slices, search_whitened, original, settings, turned_depth))
     lap("turned_views")
     regions = index.regions.search(tiles)

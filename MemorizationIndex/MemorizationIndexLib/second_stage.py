@@ -204,6 +204,12 @@ def search_depth(k: int) -> int:
     return max(1, k) * SEARCH_DEPTH
 
 
+def listed_before_regions(k: int) -> int:
+    """How many candidates a slice lists before the region search's: ``k`` from the as-cut (and smoothed) search,
+    then TURNED_CANDIDATES from each turned view (:func:`with_turned_candidates`)."""
+    return k + TURNED_CANDIDATES * len(TURNED_VIEWS)
+
+
 def view_hits(found: Neighbours, original_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A view's search hits as (original rows [n, m], scores [n, m]); -1 and -inf where none."""
     originals = np.append(np.asarray(original_row, dtype=np.int64), -1)
@@ -252,7 +258,7 @@ def candidates(
     first, and alone from :data:`HEAVY_NOISE` (method.md §7.30)."""
     n = len(slices)
     if n == 0:
-        return Shortlist.of(np.zeros((0, k + TURNED_CANDIDATES * len(TURNED_VIEWS)), dtype=np.int64))
+        return Shortlist.of(np.zeros((0, listed_before_regions(k)), dtype=np.int64))
     regions = None if search_regions is None or tiles is None else search_regions(tiles)
     hits = [view_hits(as_cut, original_row)]
     noisy = noisy_slices(slices, settings)
@@ -269,7 +275,7 @@ def candidates(
         hits.append((all_rows, all_scores))
         if regions is not None and view_tiles is not None and search_regions is not None:
             regions = with_smoothed_regions(regions, slices, noisy, search_regions(view_tiles), settings)
-    depth = search_depth(k + TURNED_CANDIDATES * len(TURNED_VIEWS))
+    depth = search_depth(listed_before_regions(k))
     turned = turned_hits(encoder, slices, search, original_row, settings, depth, batch_size=batch_size, cancel=cancel)
     listed = with_turned_candidates(shortlist(hits, k), turned)
     return Shortlist.of(listed) if regions is None else with_region_candidates(listed, regions)
