@@ -19,6 +19,7 @@ from skimage.transform import resize, rotate
 from MemorizationIndexLib import second_stage, verification
 from MemorizationIndexLib.audit import audit_paths
 from MemorizationIndexLib.audit_output import read_audit
+from MemorizationIndexLib.augment_geometry import zoom
 from MemorizationIndexLib.index_build import BuildOptions, build_index
 from MemorizationIndexLib.index_verification import ReferenceGrids, unavailable_reason
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
@@ -390,3 +391,32 @@ def test_a_native_only_candidate_counts_only_by_its_near_exact_part(shared_data:
     [dropped] = verify_slices([neighbour], np.array([[0]]), grids, settings, native_only=only)
     assert loose.row == 0 and loose.score >= 0.15, loose.score
     assert dropped.row == -1 and dropped.score == 0.0 and dropped.result is None
+
+
+@pytest.mark.parametrize("source_echo", ["MESE_echo4_TE25.2ms", "MESE_echo1_TE6.3ms"])
+@pytest.mark.parametrize("edit", ["zoom", "noise"])
+def test_of_two_echoes_of_one_slice_that_both_verify_at_1_the_copied_one_is_named(
+    shared_data: Path, source_echo: str, edit: str
+) -> None:
+    """A knee slice of one echo of a multi-echo series, zoomed by 1.3 or noised: at the slice's own resolution the
+    same slice of the other echo is reproduced near-exactly too, so both score 1 on every count and the other echo,
+    listed first, used to be named. Among equal scores the candidate whose aligned intensities match the copy's best
+    over the copied region is named: the copied echo (method.md §7.61)."""
+    settings = PreprocessSettings()
+    knee = shared_data / "knee/pymskt-s02"
+    other_echo = ({"MESE_echo4_TE25.2ms", "MESE_echo1_TE6.3ms"} - {source_echo}).pop()
+    rng = np.random.default_rng(0)
+    for k in (7, 8):
+        other, source = (
+            scale_unit(image_slices(read_image(knee / f"{name}.nii.gz"), 0)[k], settings)
+            for name in (other_echo, source_echo)
+        )
+        if edit == "zoom":
+            query = zoom(source, 1.3)
+        else:
+            query = np.hypot(source + rng.normal(0.0, 0.08, source.shape), rng.normal(0.0, 0.08, source.shape))
+        grids = SliceGrids([other, source], settings, None)
+        alone = [verify_slices([query], np.array([[row]]), grids, settings)[0] for row in (0, 1)]
+        [named] = verify_slices([query], np.array([[0, 1]]), grids, settings)
+        assert alone[0].score == alone[1].score == 1.0, [found.score for found in alone]
+        assert named.row == 1 and named.result.likeness > alone[0].result.likeness, named

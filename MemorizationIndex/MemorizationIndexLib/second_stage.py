@@ -359,7 +359,7 @@ def verify_slices(
     native_only: np.ndarray | None = None,
 ) -> list[Verified]:
     """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (among equal
-    scores, the one scoring higher on the grid alone, then the best-ranked). Each neighbourhood's best-ranked
+    scores, :func:`_tie_order`'s first, then the best-ranked). Each neighbourhood's best-ranked
     candidate is verified first, its neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or
     could not be read); a candidate the region search named (finite ``places``) never waits.
     ``places`` [n, k, 4]: the tiles by which the region search named each candidate, in the framing ``framed``
@@ -405,8 +405,7 @@ def verify_slices(
         verified = {}
         for i, results in found.items():
             if results:
-                # The first of equal scores on both counts (verification.Verification.on_grid).
-                j = max(sorted(results), key=lambda position: (results[position].score, results[position].on_grid))
+                j = max(sorted(results), key=lambda position: _tie_order(results[position]))  # the first of equals
                 reproduced = max(result.reproduced for result in results.values())
                 bent = max(result.bent for result in results.values())
                 verified[i] = Verified(
@@ -419,6 +418,13 @@ def verify_slices(
         for i, best in verified.items():
             out[i] = best
     return out
+
+
+def _tie_order(result: Verification) -> tuple[float, float, float]:
+    """The order of a slice's verified candidates: by score; among equal scores (two references that differ only in
+    contrast, such as two echoes of one slice, can both reach the capped score of 1) by how well the aligned
+    intensities match over the copied region (``Verification.likeness``), then by the score on the grid alone."""
+    return result.score, result.likeness, result.on_grid
 
 
 def _counted(results: dict[int, Verification], native_only: list[bool]) -> dict[int, Verification]:

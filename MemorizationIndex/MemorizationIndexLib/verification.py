@@ -195,7 +195,11 @@ class Verification:
     bent: the higher of the score and the score of the aligned candidate bent onto the query (BEND_GATE), which has
         a null of its own too.
     on_grid: the score on the grid alone, before the near-exact part at the slice's own resolution (which reaches 1
-        for two references that differ only in contrast, such as two echoes of one slice): it breaks ties of scores.
+        for two references that differ only in contrast, such as two echoes of one slice).
+    likeness: the correlation of the query's grid with the aligned candidate's over the copied region (the grid's copy
+        mask of the best-scoring grid hypothesis; -1 where it holds under 3 pixels). Two references that differ only in
+        contrast agree alike in small windows, but the source's intensities match the copy's best over the whole
+        region: with ``on_grid`` it breaks ties of scores (``second_stage.verify_slices``).
     """
 
     score: float
@@ -205,6 +209,7 @@ class Verification:
     reproduced: float = 0.0
     bent: float = 0.0
     on_grid: float = 0.0
+    likeness: float = -1.0
 
 
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
@@ -1285,6 +1290,10 @@ def _verify_chunk(
         moved_on, moved_on_masks = _bent(images[at], masks[at], placed[rows], placed_masks[rows])
         bent_scores, _, _ = _agreements(images[at], masks[at], moved_on, moved_on_masks, structured[rows], whole[rows])
         bent[gated] = np.maximum(bent[gated], bent_scores)
+    owners = queries_at[chosen]
+    likeness = _global_correlations(
+        images[owners], masks[owners] & copied[chosen], placed[chosen], placed_masks[chosen]
+    )
     to_query = [np.linalg.inv(_grid_of(query)) for query in used]
     from_candidate = [_grid_of(grid) for grid in pairs.unique]
 
@@ -1307,6 +1316,7 @@ def _verify_chunk(
             float(most_reproduced[p]),
             float(bent[p]),
             on_grid=score,
+            likeness=float(likeness[p]),
         )
         result = found
         if _checked_natively(score, reproduced[chosen[p]]):
@@ -1360,7 +1370,9 @@ def _with_moved_native_part(
     part, region = native_part(query, candidate, moved, copied)
     if part <= found.score:
         return found
-    return Verification(part, moved, region, bounding_box(region), part, max(found.bent, part), on_grid=found.on_grid)
+    return Verification(
+        part, moved, region, bounding_box(region), part, max(found.bent, part), found.on_grid, found.likeness
+    )
 
 
 def native_part(
