@@ -405,12 +405,10 @@ def test_of_two_echoes_of_one_slice_that_both_verify_at_1_the_copied_one_is_name
     settings = PreprocessSettings()
     knee = shared_data / "knee/pymskt-s02"
     other_echo = ({"MESE_echo4_TE25.2ms", "MESE_echo1_TE6.3ms"} - {source_echo}).pop()
+    volumes = [image_slices(read_image(knee / f"{name}.nii.gz"), 0) for name in (other_echo, source_echo)]
     rng = np.random.default_rng(0)
     for k in (7, 8):
-        other, source = (
-            scale_unit(image_slices(read_image(knee / f"{name}.nii.gz"), 0)[k], settings)
-            for name in (other_echo, source_echo)
-        )
+        other, source = (scale_unit(volume[k], settings) for volume in volumes)
         if edit == "zoom":
             query = zoom(source, 1.3)
         else:

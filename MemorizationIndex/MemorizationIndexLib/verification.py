@@ -197,7 +197,8 @@ class Verification:
     on_grid: the score on the grid alone, before the near-exact part at the slice's own resolution (which reaches 1
         for two references that differ only in contrast, such as two echoes of one slice).
     likeness: the correlation of the query's grid with the aligned candidate's over the copied region (the grid's copy
-        mask of the best-scoring grid hypothesis; -1 where it holds under 3 pixels). Two references that differ only in
+        mask of the best-scoring grid hypothesis), times the share of that region both foregrounds cover; -1 where
+        they cover under 3 pixels. Two references that differ only in
         contrast agree alike in small windows, but the source's intensities match the copy's best over the whole
         region: with ``on_grid`` it breaks ties of scores (``second_stage.verify_slices``).
     """
