@@ -146,3 +146,19 @@ def test_auto_kind_in_build_uses_threshold(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "AUTO_IVF_MIN_VECTORS", 400)
     index = build_index_from_features(features, provenance, tmp_path / "auto2", encoder_info=info, null_splits=2)
     assert index.index_kind == "flat"
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_grouped_search_equals_the_index_own_search(probes):
+    rng = np.random.default_rng(7)
+    stored = rng.standard_normal((3000, 16)).astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    index = search.build_ivf_index(stored, nlist=60, nprobe=probes)
+    queries = np.concatenate([stored[:50] + 0.01, rng.standard_normal((400, 16)).astype(np.float32)])
+    expected_scores, expected_ids = index.search(queries, 70 * probes)  # deeper than some cells: some missing
+    scores, ids = search.grouped_search(index, queries, 70 * probes)
+    assert (expected_ids == -1).any()
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
+    flat = search.build_flat_index(stored)
+    np.testing.assert_array_equal(search.grouped_search(flat, queries, 5)[1], flat.search(queries, 5)[1])

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .encoders.tiles import PIXEL_GRID, PIXEL_KEY
-from .search import FLAT, IVF, build_block_index, prepare_loaded
+from .search import FLAT, IVF, build_block_index, grouped_search, prepare_loaded
 
 PATCH_CELLS = 8  # a patch's side in pixels of the small image (a seventh of the field of view)
 PATCH_STEP = 2  # pixels between the patches an index holds of a training slice (a query's lie at every pixel)
@@ -149,7 +149,7 @@ class PatchIndex:
             vectors, image, corners = patches(chunk, 1)
             ranked: list[Ranked] = []
             if len(vectors) and self.index.ntotal:
-                scores, ids = self.index.search(vectors, PATCH_DEPTH)
+                scores, ids = grouped_search(self.index, vectors, PATCH_DEPTH)
                 ranked = votes(image, corners, scores, ids, self.slice_of, self.corners.astype(np.int64))
             out += ranked + [[] for _ in range(len(chunk) - len(ranked))]
         return out

@@ -134,6 +134,42 @@ def vector_bytes(index: faiss.Index) -> int:
     return raw
 
 
+def grouped_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(queries, k)`` for many queries: the same scores and ids [n, k] (missing: -FLT_MAX and -1).
+
+    An inner-product ``IndexIVFFlat`` scans each query's cells one query at a time; here the queries that probe the
+    same cell are scored against its vectors together (``faiss.knn``, one matrix product per cell), about 3x faster
+    for the patch search's hundreds of thousands of queries (docs/performance.md). Other indexes search as they are.
+    """
+    typed = faiss.downcast_index(index)
+    if not isinstance(typed, faiss.IndexIVFFlat) or typed.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return index.search(queries, k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    probes = int(typed.nprobe)
+    _, cells = typed.quantizer.search(queries, probes)
+    scores = np.full((len(queries), probes * k), -np.finfo(np.float32).max, dtype=np.float32)
+    ids = np.full((len(queries), probes * k), -1, dtype=np.int64)
+    lists = typed.invlists
+    for probe in range(probes):
+        cell_of = cells[:, probe]
+        order = np.argsort(cell_of, kind="stable")
+        bounds = np.searchsorted(cell_of[order], np.arange(typed.nlist + 1))
+        for cell in np.flatnonzero(np.diff(bounds)):
+            size = int(lists.list_size(int(cell)))
+            if size == 0:
+                continue
+            rows = order[bounds[cell] : bounds[cell + 1]]
+            stored = faiss.rev_swig_ptr(lists.get_codes(int(cell)), size * typed.d * 4).view(np.float32)
+            found, at = faiss.knn(queries[rows], stored.reshape(size, typed.d), min(k, size), metric=typed.metric_type)
+            named = faiss.rev_swig_ptr(lists.get_ids(int(cell)), size)[np.maximum(at, 0)]
+            columns = np.s_[probe * k : probe * k + found.shape[1]]
+            scores[rows, columns], ids[rows, columns] = found, np.where(at >= 0, named, -1)
+    if probes > 1:
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        scores, ids = np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+    return scores, ids
+
+
 @dataclass
 class Neighbours:
     """Search result for n queries: paper similarity plus the top-k references by aggregated score."""
