@@ -523,6 +523,24 @@ def test_counted_quiet_slices_make_the_same_grids(pair, monkeypatch):
         assert a.corner == b.corner and a.side == b.side
 
 
+def test_a_noisy_slice_and_its_export_clipped_to_its_window_make_the_same_grid(shared_data: Path):
+    """A reference slice is read raw from its volume; a copy of it comes as an image clipped to its robust window (a
+    PNG, a generator's [0, 1] output). The noisy slice is smoothed after the clipping, so both get one foreground and
+    one image: before, smoothing the raw slice spread its bright tail, the floor moved, and the dark marrow of these
+    knee slices (near the floor) fell in or out of the mask (a quarter of the grid for slice 40)."""
+    settings = PreprocessSettings()
+    volume = image_slices(read_image(shared_data / "knee/pykneer-s01/DESS_echo2.nii.gz"), 0)
+    for k in (20, 40, 59):
+        raw = np.asarray(volume[k], dtype=np.float32)
+        assert verification.noise_level(raw, settings) > verification.NOISE_TARGET  # both smoothing steps run
+        clipped = scale_unit(raw, settings)
+        assert clipped.max() == 1.0 and raw.max() > np.percentile(raw, settings.high_percentile)  # a tail was cut
+        read, exported = to_grid(raw, settings), to_grid(clipped, settings)
+        assert np.array_equal(read.mask, exported.mask) and np.array_equal(read.foreground, exported.foreground)
+        assert (read.corner, read.side) == (exported.corner, exported.side)
+        assert np.abs(read.image - exported.image).max() < 0.02
+
+
 def test_steps_reaching_bounds_the_noise_level(pair):
     """Under half the steps reaching a level's median step means a noise level under that level."""
     source, _ = pair

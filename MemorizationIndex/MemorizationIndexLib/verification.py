@@ -93,6 +93,7 @@ _SAMPLED = np.array([0, 2, 4, MOMENTS, SWEPT, IN_PLACE])
 _TWINS = np.array([1, 3, 5])
 NOISE_TARGET = 0.0125  # white-noise level (unit intensities) a noisy slice's scored image is smoothed down to
 CROP_NOISE_TARGET = 0.005  # the same for the foreground and crop: the background must fall below the floor
+DENOISING = "after the robust scaling, which clips the tails"  # when a noisy slice is smoothed (method.md §7.65)
 MAX_DENOISE_SIGMA = 4.0  # slice pixels: the widest smoothing a noisy slice gets
 # White-noise level below which a slice is not smoothed at all (σ < 0.5 in :func:`_denoised` for the crop's target;
 # NOISE_TARGET is higher), less 1% for rounding: a slice shown to lie below it needs no exact noise level.
@@ -217,7 +218,8 @@ def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettin
     """Robust-scale a raw 2D slice [rows, cols], crop it to the rows and columns holding foreground
     (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize.
     A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
-    the image that is scored."""
+    the image that is scored; it is smoothed after its robust scaling, which clips its tails, so that a slice read
+    raw from its volume and the same slice exported clipped to its window get one grid (method.md §7.65)."""
     return to_grids([slice2d], settings)[0]
 
 
@@ -272,8 +274,8 @@ def _grid_parts(
     window = robust_window(raw, settings)
     scaled = scale_unit(raw, settings, window)
     noise = _noise_of(scaled) if steps_reaching(scaled, _QUIET) >= 0.5 else 0.0  # below _QUIET its value is unused
-    smoothed = _denoised(raw, noise, CROP_NOISE_TARGET)
-    unit = scaled_foreground(smoothed, settings, window if smoothed is raw else None)
+    smoothed = _denoised(scaled, noise, CROP_NOISE_TARGET)  # DENOISING
+    unit = scaled_foreground(raw, settings, window) if smoothed is scaled else scaled_foreground(smoothed, settings)
     foreground = unit > 0
     rows, cols = _square_rows(foreground) if square is None else _covered(square, unit.shape)
     h, w = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
@@ -286,7 +288,7 @@ def _grid_parts(
     small = _resized(crop, side, (top, left), GRID)
     mask = _smoothed(small, 1.0) > 0.05
     if noise > NOISE_TARGET:
-        unit = scaled_foreground(_denoised(raw, noise, NOISE_TARGET), settings)
+        unit = scaled_foreground(_denoised(scaled, noise, NOISE_TARGET), settings)
         crop = unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         small = _resized(crop, side, (top, left), GRID)
     image = np.zeros_like(small)

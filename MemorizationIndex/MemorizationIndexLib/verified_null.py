@@ -61,6 +61,8 @@ from .verification import (
     BEND_MAX,
     BEND_SIGMA,
     BEND_WARPS,
+    CROP_NOISE_TARGET,
+    DENOISING,
     EXACT,
     EXACT_COHERENCE,
     EXACT_FLOOR,
@@ -77,6 +79,7 @@ from .verification import (
     NATIVE_SUBPIXEL,
     NATIVE_TAPER,
     NATIVE_WINDOW,
+    NOISE_TARGET,
     SCALE_RANGE,
     SCORED,
     SUBPIXEL,
@@ -198,8 +201,9 @@ def null_settings(regions: bool, patches: bool) -> dict:
     """The settings that change verified scores, which an index's verified null must have been made with
     (recorded in its config by ``build-index``): the views, the neighbour gate, the scale range, the
     hypotheses tried and scored, the candidate squares' ratio, their translations' precision, the near-exact
-    regions' score on the grid and at the slices' own resolution, the null's blur, the region search and the patch
-    search (``regions``, ``patches``: whether the index has them; a noisy slice's smoothed view is searched)."""
+    regions' score on the grid and at the slices' own resolution, the null's blur, how noisy slices are smoothed, the
+    region search and the patch search (``regions``, ``patches``: whether the index has them; a noisy slice's smoothed
+    view is searched)."""
     return {
         "views": list(VIEWS),
         "neighbour_gate": [NEIGHBOUR_GATE, "region-named candidates do not wait"] if regions else NEIGHBOUR_GATE,
@@ -222,6 +226,7 @@ def null_settings(regions: bool, patches: bool) -> dict:
         "statistics": ["score", "near-exact part", "bent score"],
         "bend": [BEND_GATE, BEND_SIGMA, BEND_MAX, BEND_WARPS],
         "null_blur": list(NULL_BLUR),
+        "denoising": [NOISE_TARGET, CROP_NOISE_TARGET, DENOISING],
         "region_tiles": (
             [len(COARSE_TILES), len(FINE_TILES), len(FINE_QUERY_TILES), "fine: shallowest block, whole view; queries"]
             if regions
