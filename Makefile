@@ -39,7 +39,7 @@ test: install test-tools lint
 bench: install
 	$(PY) tools/bench_perf.py --out bench
 
-# Both stages of the audit (global search + verification), seeds 0 and 1 (about 75 min each when run side by side on 2 cores);
+# Both stages of the audit (global search + verification), seeds 0 and 1, one after the other (about 40 min each on 2 cores);
 # BENCHMARK_ARGS=--no-verification measures the global stage alone, several times faster;
 # BENCHMARK_SLICES=250 samples more slices per split (hours with both stages).
 BENCHMARK_ARGS ?=
