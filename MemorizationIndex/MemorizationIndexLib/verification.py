@@ -217,9 +217,9 @@ class Verification:
 def to_grid(slice2d: np.ndarray, settings: PreprocessSettings = PreprocessSettings()) -> Grid:
     """Robust-scale a raw 2D slice [rows, cols], crop it to the rows and columns holding foreground
     (so that the anatomy, not the field of view, fills the grid), centre it in a square and resize.
-    A noisy slice is smoothed first (:func:`_denoised`): strongly for its foreground and crop, mildly for
-    the image that is scored; it is smoothed after its robust scaling, which clips its tails, so that a slice read
-    raw from its volume and the same slice exported clipped to its window get one grid (method.md §7.65)."""
+    A noisy slice is smoothed (:func:`_denoised`) before it is cropped: strongly for its foreground and crop, mildly
+    for the image that is scored. The smoothing follows its robust scaling, which clips its tails, so that a slice
+    read raw from its volume and the same slice exported clipped to its window get one grid (method.md §7.65)."""
     return to_grids([slice2d], settings)[0]
 
 
