@@ -31,7 +31,7 @@ from MemorizationIndexLib.baselines import (
     vendi,
 )
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
-from MemorizationIndexLib.benchmark_stages import COPY_COLUMNS, TwoStage
+from MemorizationIndexLib.benchmark_stages import COPY_COLUMNS, TwoStage, by_copied_anatomy, copied_anatomy
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.patch_search import PATCH_CANDIDATES
@@ -145,6 +145,47 @@ def test_two_stage_score_follows_the_flag_and_breaks_its_ties():
     order = np.argsort(-stage.score, kind="stable")
     assert order.tolist() == [3, 5, 1, 2, 0, 4]  # flag_p first, then the verified score, then the similarity
     assert stage.score[0] == stage.score[4]  # equal in all three keys: tied
+
+
+def test_partial_copies_are_binned_by_the_anatomy_they_carry():
+    query = np.zeros((10, 10), np.float32)
+    query[:4, :5] = 0.5  # 20 anatomy pixels
+    query[:4, 5:] = 0.05  # under the anatomy floor
+    truth = np.zeros((10, 10), bool)
+    truth[:6, :8] = True  # covers 20 anatomy pixels (and 12 below the floor, 16 of background)
+    assert copied_anatomy(truth, query) == pytest.approx(0.2)
+    assert copied_anatomy(np.zeros_like(truth), query) == 0.0
+
+    def row(dataset, carried, flagged, rank, iou):
+        return {
+            "dataset": dataset,
+            "copied_anatomy": carried,
+            "flagged": flagged,
+            "source_rank": rank,
+            "copy_box_iou": iou,
+        }
+
+    rows = [
+        row("brain", 0.004, False, "", 0.0),
+        row("brain", 0.015, True, 2, 0.7),
+        row("brain", 0.01, False, 9, 0.2),  # a bin's lower edge belongs to it
+        row("brain", 0.4, True, 1, 0.9),
+        row("brain", "", True, 1, ""),  # not a partial copy
+        row("spine", 0.05, True, 1, 0.5),
+    ]
+    bins = by_copied_anatomy(rows)
+    assert [(b["dataset"], b["from"], b["to"]) for b in bins] == [
+        ("brain", 0.0, 0.01),
+        ("brain", 0.01, 0.02),
+        ("brain", 0.05, None),
+        ("spine", 0.05, None),
+    ]  # empty bins are left out
+    assert [(b["copies"], b["flagged"], b["listed"], b["located"]) for b in bins] == [
+        (1, 0, 0, 0),
+        (2, 1, 2, 1),
+        (1, 1, 1, 1),
+        (1, 1, 1, 1),
+    ]
 
 
 def test_faiss_kmeans_separates_clusters():
@@ -368,6 +409,15 @@ def test_small_real_benchmark_measures_both_stages(shared_data, tmp_path, encode
         assert np.mean([c["source_rank"] != "" for c in mine]) == row["candidate_recall"]
         assert all(float(c["flag_p"]) < 0.01 for c in mine if c["flagged"] == "True")
         assert all((c["copy_box_iou"] != "") == (condition == "half") for c in mine)
+        assert all((c["copied_anatomy"] != "") == (condition == "half") for c in mine)
+    halves = [c for c in copies if c["condition"] == "half"]
+    assert all(
+        0.0 < float(c["copied_anatomy"]) <= 0.5 for c in halves
+    )  # a half carries anatomy, at most half the slice
+    bins = results["partial_by_anatomy"]
+    assert {b["dataset"] for b in bins} == {"spine"} and sum(b["copies"] for b in bins) == 12
+    assert sum(b["flagged"] for b in bins) == two["half"]["n_flagged"]
+    assert "## Partial copies by the anatomy they carry" in markdown
     clean = [c for c in copies if c["condition"] == "clean"]
     assert all(c["verified_is_source"] == "True" and c["source_file"] == c["verified_file"] for c in clean)
     assert all(set(json.loads(c["edit"])) == {"parameter"} for c in clean)

@@ -43,7 +43,14 @@ from .augment import (
 from .augment_geometry import Params
 from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_similarity, vendi
 from .benchmark_report import render_markdown
-from .benchmark_stages import COPY_COLUMNS, TwoStage, copy_rows, score_two_stage, two_stage_figures
+from .benchmark_stages import (
+    COPY_COLUMNS,
+    TwoStage,
+    by_copied_anatomy,
+    copy_rows,
+    score_two_stage,
+    two_stage_figures,
+)
 from .embedding import embed_slices_and_tiles
 from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
@@ -620,6 +627,7 @@ def evaluate_dataset(
     out["copies"] = _copies_found(prepared, scored)
     out["two_stage"] = _two_stage_rows(prepared, scored, preprocessing)
     out["copy_rows"] = _copy_rows(prepared, scored, preprocessing)
+    out["partial_by_anatomy"] = by_copied_anatomy(out["copy_rows"])
     out["info"] = _dataset_info(prepared, index, alpha, scored.paper_null)
     null_info = out["info"]["null"]
     rates = ", ".join(f"{r['group']} {r['value']:.4f}" for r in out["false_positive_rate"])
@@ -752,6 +760,7 @@ def _empty_results() -> dict:
         "false_positive_rate_by_condition": [],
         "two_stage": [],
         "copy_rows": [],
+        "partial_by_anatomy": [],
         "datasets": [],
     }
 
@@ -767,6 +776,7 @@ def _add_dataset(results: dict, part: dict, spec: DatasetSpec, t0: float) -> Non
         "false_positive_rate_by_condition",
         "two_stage",
         "copy_rows",
+        "partial_by_anatomy",
     ):
         results[key] += part[key]
     results["datasets"].append(

@@ -230,6 +230,8 @@ def render_markdown(results: dict) -> str:
     parts = [_header_section(results)]
     if results.get("two_stage"):
         parts.append(_two_stage_section(results, datasets))
+    if results.get("partial_by_anatomy"):
+        parts.append(_anatomy_section(results))
     if _paper_conditions(results):
         parts += [
             _detection_section(results, methods, key, title) for key, title in (("auroc", "AUROC"), ("auprc", "AUPRC"))
@@ -311,6 +313,24 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         f"among the first {' / '.join(_recall_ranks(k))}, the global search's). Partial "
         "copies: IoU of the best verified candidate's copy box / mask with the copied pixels in the query's "
         "foreground (0 without a copy region), over all their copies.\n\n" + _table(header, rows)
+    )
+
+
+def _anatomy_section(results: dict) -> str:
+    """Partial copies binned by the anatomy they carry: how small a copied region the audit still finds."""
+    rows = []
+    for row in results["partial_by_anatomy"]:
+        span = f"{100 * row['from']:g}–{100 * row['to']:g}%" if row["to"] is not None else f"≥ {100 * row['from']:g}%"
+        counts = [f"{row[key]} ({row[key] / row['copies']:.2f})" for key in ("flagged", "listed", "located")]
+        rows.append([row["dataset"], span, str(row["copies"]), *counts])
+    header = ["dataset", "copied anatomy", "copies", "flagged", "source among the candidates", "located"]
+    return (
+        "## Partial copies by the anatomy they carry\n\nThe copies of `half`, `quarter` and `paste` together, binned "
+        "by their copied anatomy: the copied pixels at unit intensity ≥ 0.1 (the anatomy the partial copies draw their "
+        "region by), as a share of the slice's pixels. A region is drawn among those carrying a tenth of the slice's "
+        "anatomy, so a copy of a slice with little anatomy (a volume's first or last slices) carries little. Flagged: "
+        "two-stage, at alpha; located: copy box IoU ≥ 0.5 with the copied pixels (per copy: `copies.csv`, "
+        "`copied_anatomy`).\n\n" + _table(header, rows)
     )
 
 

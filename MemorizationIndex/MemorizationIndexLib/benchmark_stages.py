@@ -12,7 +12,9 @@ Per condition: copies flagged, provenance of the verified candidate among flagge
 slices flagged, recall of the true source among the candidates and, for partial copies, how well
 the copy box and mask of the verified candidate match the copied region. Per copy (:func:`copy_rows`, the
 benchmark's ``copies.csv``): its edit, where its true source ranked among the candidates and whether the region
-search named it, its flag and its best verified candidate, so a missed copy can be traced to the stage that lost it.
+search named it, its flag and its best verified candidate, so a missed copy can be traced to the stage that lost it;
+for a partial copy, also how much anatomy it carries, and per dataset the partial copies binned by that amount
+(:func:`by_copied_anatomy`): how small a copied region the audit still finds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .augment_partial import ANATOMY
 from .encoders.base import Encoder
 from .index_verification import shortlist_queries
 from .preprocess import PreprocessSettings, scaled_foreground
@@ -34,6 +37,7 @@ from .verification import bounding_box
 from .verified_null import flag_p as combined_p
 
 LOCATED_IOU = 0.5  # a partial copy is located when its copy box has at least this IoU with the copied region
+ANATOMY_EDGES = (0.01, 0.02, 0.05)  # shares of the field of view that bin partial copies by the anatomy they carry
 COPY_COLUMNS = (
     "dataset",
     "condition",
@@ -50,6 +54,7 @@ COPY_COLUMNS = (
     "verified_slice",
     "verified_is_source",
     "copy_box_iou",
+    "copied_anatomy",
 )
 
 
@@ -186,8 +191,8 @@ def copy_rows(
 ) -> list[dict]:
     """One row per copy of a condition (:data:`COPY_COLUMNS` less dataset and condition): the novel rows come
     first (``n``), then the copies of the original reference rows ``true_rows``, each with its ``edits``
-    (parameters, as every query row has them); ``truth``: the copied-pixel masks of partial copies. The source's
-    rank among the candidates is 1-based, empty when it was not a candidate."""
+    (parameters, as every query row has them); ``truth``: the copied-pixel masks of partial copies (they also get
+    :func:`copied_anatomy`). The source's rank among the candidates is 1-based, empty when it was not a candidate."""
     rows = []
     for j, true_row in enumerate(true_rows):
         at, verified = n + j, stage.verified[n + j]
@@ -195,6 +200,7 @@ def copy_rows(
         found = (provenance.source[verified.row], provenance.slice[verified.row]) if verified.row >= 0 else ("", "")
         source = (provenance.source[true_row], provenance.slice[true_row])
         iou = copy_iou(verified, truth[at], queries[at], settings)[0] if truth is not None else ""
+        carried = copied_anatomy(truth[at], queries[at]) if truth is not None else ""
         rows.append(
             {
                 "copy": j,
@@ -210,6 +216,44 @@ def copy_rows(
                 "verified_slice": found[1],
                 "verified_is_source": found == source,
                 "copy_box_iou": iou,
+                "copied_anatomy": carried,
             }
         )
     return rows
+
+
+def copied_anatomy(truth: np.ndarray, query: np.ndarray) -> float:
+    """The anatomy a partial copy carries: its copied pixels (``truth``) that are anatomy (unit intensity at least
+    ``augment_partial.ANATOMY``, as the partial copies draw their region), as a share of the query's pixels."""
+    return float(np.count_nonzero(truth & (np.asarray(query) >= ANATOMY)) / truth.size)
+
+
+def by_copied_anatomy(rows: Sequence[dict]) -> list[dict]:
+    """Partial copies (``copies.csv`` rows with a ``copied_anatomy``) per dataset and bin of that share
+    (:data:`ANATOMY_EDGES`; ``to`` None for the last bin): how many there are, how many were flagged, had their
+    source among the candidates, and were located (box IoU at least LOCATED_IOU). Empty bins are left out."""
+    edges = (0.0, *ANATOMY_EDGES)
+    partial = [row for row in rows if row["copied_anatomy"] != ""]
+    out = []
+    for dataset in dict.fromkeys(row["dataset"] for row in partial):
+        for low, high in zip(edges, (*ANATOMY_EDGES, None)):
+            chosen = [
+                row
+                for row in partial
+                if row["dataset"] == dataset
+                and low <= row["copied_anatomy"]
+                and (high is None or row["copied_anatomy"] < high)
+            ]
+            if chosen:
+                out.append(
+                    {
+                        "dataset": dataset,
+                        "from": low,
+                        "to": high,
+                        "copies": len(chosen),
+                        "flagged": sum(bool(row["flagged"]) for row in chosen),
+                        "listed": sum(row["source_rank"] != "" for row in chosen),
+                        "located": sum(row["copy_box_iou"] >= LOCATED_IOU for row in chosen),
+                    }
+                )
+    return out
