@@ -31,7 +31,13 @@ from MemorizationIndexLib.baselines import (
     vendi,
 )
 from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
-from MemorizationIndexLib.benchmark_stages import COPY_COLUMNS, TwoStage, by_copied_anatomy, copied_anatomy
+from MemorizationIndexLib.benchmark_stages import (
+    COPY_COLUMNS,
+    TwoStage,
+    by_copied_anatomy,
+    copied_anatomy,
+    made_of,
+)
 from MemorizationIndexLib.cli import main
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.patch_search import PATCH_CANDIDATES
@@ -715,7 +721,18 @@ def test_prepared_partial_copies_keep_truth_masks_and_paper_queries_do_not_chang
         source = scale_unit(both.reference_slices[both.duplicate_rows[row]], PreprocessSettings())
         assert mask.shape == both.queries["half"][n + row].shape and mask.mean() == pytest.approx(0.5, abs=0.01)
         assert np.array_equal(both.queries["half"][n + row][mask], source[mask])
-    assert all(0.2 <= p["weight"] <= 0.5 for p in both.parameters["interp"])
+    assert all(0.2 <= p["weight"] <= 0.5 and p["neighbour"] in (-1, 1) for p in both.parameters["interp"])
+    prov, settings = both.reference_provenance, PreprocessSettings()
+    for row, original in enumerate(both.duplicate_rows):  # the recorded neighbour is the slice the copy is blended with
+        image = read_image(prov.source[original])
+        stack = image_slices(image, resolve_axis(image, "auto"))
+        edit, k = both.parameters["interp"][n + row], prov.slice[original]
+        blend = (1 - edit["weight"]) * scale_unit(stack[k], settings)
+        blend += edit["weight"] * scale_unit(stack[k + edit["neighbour"]], settings)
+        assert np.allclose(both.queries["interp"][n + row], blend, atol=1e-5)
+        made = made_of((prov.source[original], k), edit)
+        assert made == {(prov.source[original], k), (prov.source[original], k + edit["neighbour"])}
+    assert made_of(("a.nii.gz", 3), {"weight": 0.3}) == {("a.nii.gz", 3)}  # other edits: the source alone
 
 
 def test_pixel_correlation_of_two_images():

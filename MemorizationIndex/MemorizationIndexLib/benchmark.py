@@ -25,7 +25,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,11 @@ from .baselines import auprc, auroc, auth_pct, ct_score, fid, kid, raw_cosine_si
 from .benchmark_report import render_markdown
 from .benchmark_stages import (
     COPY_COLUMNS,
+    NEIGHBOUR,
     TwoStage,
     by_copied_anatomy,
     copy_rows,
+    made_of,
     score_two_stage,
     two_stage_figures,
 )
@@ -261,9 +263,9 @@ def _hosts(prepared: PreparedDataset, rng: np.random.Generator) -> list[int]:
     return hosts
 
 
-def _neighbour(pair: Neighbours, rng: np.random.Generator) -> np.ndarray:
-    """The previous or the next slice (equal odds when the volume has both)."""
-    present = [s for s in pair if s is not None]
+def _neighbour(pair: Neighbours, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The previous or the next slice (equal odds when the volume has both) and its offset (-1 or +1)."""
+    present = [(s, offset) for s, offset in zip(pair, (-1, 1)) if s is not None]
     return present[int(rng.integers(len(present)))]
 
 
@@ -283,10 +285,12 @@ def _augment_queries(
     augmented: list[Augmented] = []
     for row, raw in enumerate(base):
         other = scale_unit(prepared.test_slices[hosts[row]], preprocessing) if hosts else None
-        neighbour = scale_unit(_neighbour(neighbours[row], rng), preprocessing) if condition == "interp" else None
-        augmented.append(
-            augment_condition(scale_unit(raw, preprocessing), condition, rng, other=other, neighbour=neighbour)
-        )
+        neighbour, offset = _neighbour(neighbours[row], rng) if condition == "interp" else (None, 0)
+        neighbour = scale_unit(neighbour, preprocessing) if neighbour is not None else None
+        image = augment_condition(scale_unit(raw, preprocessing), condition, rng, other=other, neighbour=neighbour)
+        if neighbour is not None:  # the copy is made of its slice and this one (benchmark_stages.made_of)
+            image = replace(image, parameters=image.parameters | {NEIGHBOUR: offset})
+        augmented.append(image)
     prepared.queries[condition] = [a.image for a in augmented]
     prepared.parameters[condition] = [a.parameters for a in augmented]
     if condition in PARTIAL_COPIES:  # novel rows copy nothing of a reference slice
@@ -428,8 +432,13 @@ def _score_conditions(
         out.mi[condition] = np.array([r["mi"] for r in rows])
         out.oni[condition] = np.array([r["oni"] for r in rows])
         out.flagged[condition] = np.array([r["flagged"] for r in rows])
+        edits = prepared.parameters[condition][prepared.n :]
         out.correct_source[condition] = np.array(
-            [(r["nn_source"], r["nn_slice"]) == true_source[j] for j, r in enumerate(rows[prepared.n :])], dtype=bool
+            [
+                (r["nn_source"], r["nn_slice"]) in made_of(true_source[j], edits[j])
+                for j, r in enumerate(rows[prepared.n :])
+            ],
+            dtype=bool,
         )
         if baselines and condition in CONDITIONS:
             out.scores["mi_paper"][condition] = out.paper_similarity[condition]
@@ -694,6 +703,7 @@ def _two_stage_rows(prepared: PreparedDataset, scored: _ConditionScores, setting
                 prepared.n,
                 prepared.duplicate_rows,
                 prepared.reference_provenance,
+                edits=prepared.parameters[condition],
                 truth=prepared.copy_masks.get(condition),
                 queries=prepared.queries[condition],
                 settings=settings,

@@ -309,7 +309,9 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         "ties – flag_p = 1 for most unflagged slices – broken by the verified score, then by s). Copies flagged and "
         "novel flagged: over all duplicates of the largest level and every novel slice. Provenance top-1: global = "
         "the nearest reference is the true source (all copies); verified = the best verified candidate is the true "
-        "source (flagged copies). Candidate recall: the true source is among the verified candidates (in brackets: "
+        "source (flagged copies); for `interp`, the source or the neighbouring slice it is blended with (its weight "
+        "reaches one half; docs/method.md §7.68). Candidate recall: the true source is among the verified "
+        "candidates (in brackets: "
         f"among the first {' / '.join(_recall_ranks(k))}, the global search's). Partial "
         "copies: IoU of the best verified candidate's copy box / mask with the copied pixels in the query's "
         "foreground (0 without a copy region), over all their copies.\n\n" + _table(header, rows)
@@ -400,10 +402,10 @@ def _generator_section(results: dict, datasets: list[str]) -> str:
         "slice, each with parameters drawn per slice (seeded) from fixed ranges, never tuned on these results "
         "(from `augment.py`):\n\n" + _family_ranges() + "\nNovel slices get the same edit, so the last column is the "
         f"false-positive rate of that edit (p < {results['settings']['alpha']}). AUROC / AUPRC of `mi`: min over "
-        "levels; copies flagged and provenance top-1 (the nearest reference is the true source slice): over all "
-        "duplicates of the largest level. These are the global stage's figures; both stages, and how well the "
-        "verified copy box locates the copied pixels of `half`, `quarter` and `paste`, are in the two-stage table.\n\n"
-        + _table(header, rows)
+        "levels; copies flagged and provenance top-1 (the nearest reference is the true source slice, or for "
+        "`interp` the slice it is blended with): over all duplicates of the largest level. These are the global "
+        "stage's figures; both stages, and how well the verified copy box locates the copied pixels of `half`, "
+        "`quarter` and `paste`, are in the two-stage table.\n\n" + _table(header, rows)
     )
 
 

@@ -37,6 +37,7 @@ from .verification import bounding_box
 from .verified_null import flag_p as combined_p
 
 LOCATED_IOU = 0.5  # a partial copy is located when its copy box has at least this IoU with the copied region
+NEIGHBOUR = "neighbour"  # an interpolated copy's edit: the offset (-1 or +1) of the slice it is blended with
 ANATOMY_EDGES = (0.01, 0.02, 0.05)  # shares of the field of view that bin partial copies by the anatomy they carry
 COPY_COLUMNS = (
     "dataset",
@@ -141,18 +142,22 @@ def two_stage_figures(
     true_rows: np.ndarray,
     provenance: Provenance,
     *,
+    edits: Sequence[dict] = (),
     truth: Sequence[np.ndarray] | None = None,
     queries: Sequence[np.ndarray] = (),
     settings: PreprocessSettings = PreprocessSettings(),
 ) -> dict:
     """Figures of one condition: the novel rows come first (``n``), then the copies of the original
-    reference rows ``true_rows``; ``truth`` (partial copies) holds every row's copied-pixel mask."""
+    reference rows ``true_rows``; ``edits``: every row's parameters (a copy is named right when its verified
+    candidate is a slice it is made of, :func:`made_of`); ``truth`` (partial copies) holds every row's
+    copied-pixel mask."""
     copies = stage.flagged[n:]
 
     def source(row: int) -> tuple[str, int]:
         return provenance.source[row], provenance.slice[row]
 
-    correct = np.array([v.row >= 0 and source(v.row) == source(t) for v, t in zip(stage.verified[n:], true_rows)])
+    made = [made_of(source(t), edits[n + j] if edits else {}) for j, t in enumerate(true_rows)]
+    correct = np.array([v.row >= 0 and source(v.row) in m for v, m in zip(stage.verified[n:], made)])
     figures = {
         "n_duplicates": int(len(true_rows)),
         "n_novel": int(n),
@@ -214,12 +219,20 @@ def copy_rows(
                 "verified_score": float(verified.score),
                 "verified_file": found[0],
                 "verified_slice": found[1],
-                "verified_is_source": found == source,
+                "verified_is_source": found in made_of(source, edits[at]),
                 "copy_box_iou": iou,
                 "copied_anatomy": carried,
             }
         )
     return rows
+
+
+def made_of(source: tuple[str, int], edit: dict) -> set[tuple[str, int]]:
+    """The reference slices (file, slice) a copy of ``source`` is made of: the source, and for an interpolated copy
+    (``edit`` with NEIGHBOUR) the neighbouring slice it is blended with. Its weight reaches one half, where the
+    two are the copy's sources alike, so naming either is naming where it came from (docs/method.md §7.68)."""
+    file, index = source
+    return {source, (file, index + edit[NEIGHBOUR])} if NEIGHBOUR in edit else {source}
 
 
 def copied_anatomy(truth: np.ndarray, query: np.ndarray) -> float:
