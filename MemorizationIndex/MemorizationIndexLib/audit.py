@@ -169,7 +169,7 @@ def score_slices(
 
 
 def apply_verified(score: SliceScore, verified: Verified, index: ReferenceIndex) -> np.ndarray | None:
-    """Copy a slice's best verified candidate into its score; returns its copy mask (None if empty)."""
+    """Copy a slice's verified score and named candidate into its score; returns its copy mask (None if empty)."""
     score.verified_score, score.roughness = verified.score, verified.roughness
     score.verified_reproduced, score.verified_bent = verified.reproduced, verified.bent
     result = verified.result

@@ -121,8 +121,9 @@ class Shortlist:
 
 @dataclass(frozen=True)
 class Verified:
-    """The best verified candidate of one query slice: ``row`` is its original reference row (-1 and
-    score 0 when there was no candidate); ``roughness``: the query's grid roughness
+    """The verified candidate named the source of one query slice (``verify_slices``): ``row`` is its original
+    reference row (-1 and score 0 when there was no candidate), ``result`` its verification; ``score``: the largest
+    verified score among its candidates; ``roughness``: the query's grid roughness
     (``verification.roughness``, nan when it was not verified), which picks its verified null band;
     ``reproduced``: the largest near-exact part (``Verification.reproduced``) among its verified candidates;
     ``bent``: the largest bent score (``Verification.bent``) among them."""
@@ -358,10 +359,11 @@ def verify_slices(
     framed: np.ndarray | None = None,
     native_only: np.ndarray | None = None,
 ) -> list[Verified]:
-    """Verify every slice against its shortlisted rows [n, k]; keep the best verified candidate (among equal
-    scores, :func:`_tie_order`'s first, then the best-ranked). Each neighbourhood's best-ranked
-    candidate is verified first, its neighbours (:func:`waits_for`) only when it scores at least NEIGHBOUR_GATE (or
-    could not be read); a candidate the region search named (finite ``places``) never waits.
+    """Verify every slice against its shortlisted rows [n, k]; name the candidate first in :func:`_naming_order`
+    (among equals, the best-ranked) with the largest score, near-exact part and bent score among them. Each
+    neighbourhood's best-ranked candidate is verified first, its neighbours (:func:`waits_for`) only when it scores
+    at least NEIGHBOUR_GATE (or could not be read); a candidate the region search named (finite ``places``) never
+    waits.
     ``places`` [n, k, 4]: the tiles by which the region search named each candidate, in the framing ``framed``
     [n, k] says (:class:`Shortlist`; none when None), which say where a moved copy's in-place hypothesis is
     sought (``verification.verify_batch``). A candidate set in ``native_only`` [n, k] (none when None) counts only
@@ -405,12 +407,11 @@ def verify_slices(
         verified = {}
         for i, results in found.items():
             if results:
-                j = max(sorted(results), key=lambda position: _tie_order(results[position]))  # the first of equals
+                j = max(sorted(results), key=lambda position: _naming_order(results[position]))  # first of equals
+                score = max(result.score for result in results.values())
                 reproduced = max(result.reproduced for result in results.values())
                 bent = max(result.bent for result in results.values())
-                verified[i] = Verified(
-                    float(results[j].score), listed[i][j], results[j], queries[i].roughness, reproduced, bent
-                )
+                verified[i] = Verified(float(score), listed[i][j], results[j], queries[i].roughness, reproduced, bent)
         return verified
 
     out = [Verified(0.0, -1, None)] * len(slices)
@@ -420,11 +421,13 @@ def verify_slices(
     return out
 
 
-def _tie_order(result: Verification) -> tuple[float, float, float]:
-    """The order of a slice's verified candidates: by score; among equal scores (two references that differ only in
-    contrast, such as two echoes of one slice, can both reach the capped score of 1) by how well the aligned
+def _naming_order(result: Verification) -> tuple[float, float, float, float]:
+    """The order in which a slice's verified candidates are named its source: by bent score (``Verification.bent``:
+    a look-alike, such as the same slice in another echo, can score a little higher as it stands, but bending the
+    source onto a warped or blended copy explains it better; method.md §7.69), then by score; among equal scores
+    (two references that differ only in contrast can both reach the capped score of 1) by how well the aligned
     intensities match over the copied region (``Verification.likeness``), then by the score on the grid alone."""
-    return result.score, result.likeness, result.on_grid
+    return result.bent, result.score, result.likeness, result.on_grid
 
 
 def _counted(results: dict[int, Verification], native_only: list[bool]) -> dict[int, Verification]:
