@@ -348,7 +348,9 @@ def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(s
     person's: ``verify_slices`` verifies its source again on the query cut to the source's square (its side under
     1 / SQUARE_RATIO of the query grid's), which scores the copy far higher than the query's own grid does, and
     locates it in the copied quadrant (method.md §7.32). On the grid alone: at the slice's own resolution the copy
-    scores 1 either way (method.md §7.44)."""
+    scores 1 either way (method.md §7.44). The other three quarters are the other person's slice stretched to the
+    source's shape: bent, that slice agrees in full (1 when written, 0.24 unbent), so listed beside the source it is
+    the one named (method.md §7.69), while the slice's score stays the source's."""
     monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
@@ -358,13 +360,15 @@ def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(s
     query = resize(host, source.shape, order=1, anti_aliasing=True).astype(np.float32)
     h, w = source.shape
     query[: h // 2, : w // 2] = source[: h // 2, : w // 2]
-    reference = [source, host]
-    [found] = verify_slices([query], np.array([[0, 1]]), SliceGrids(reference, settings, None), settings)
+    reference = SliceGrids([source, host], settings, None)
+    [found] = verify_slices([query], np.array([[0]]), reference, settings)
+    [both] = verify_slices([query], np.array([[0, 1]]), reference, settings)
     monkeypatch.setattr(second_stage, "SQUARE_RATIO", math.inf)
-    [plain] = verify_slices([query], np.array([[0, 1]]), SliceGrids(reference, settings, None), settings)
+    [plain] = verify_slices([query], np.array([[0]]), SliceGrids([source, host], settings, None), settings)
     assert found.row == 0 and found.score >= plain.score + 0.2 and found.score >= 0.4, (found.score, plain.score)
     mask = found.result.mask
     assert mask[: h // 2, : w // 2].sum() >= 0.8 * mask.sum() > 0
+    assert both.score == found.score and both.row == 1 and both.bent == both.result.bent > found.bent, both
 
 
 def test_a_native_only_candidate_counts_only_by_its_near_exact_part(shared_data: Path) -> None:
