@@ -308,12 +308,12 @@ def _two_stage_section(results: dict, datasets: list[str]) -> str:
         "per input). AUROC: min over levels (global: similarity s; two-stage: the flag's order, flag_p, with its "
         "ties – flag_p = 1 for most unflagged slices – broken by the verified score, then by s). Copies flagged and "
         "novel flagged: over all duplicates of the largest level and every novel slice. Provenance top-1: global = "
-        "the nearest reference is the true source (all copies); verified = the best verified candidate is the true "
-        "source (flagged copies); for `interp`, the source or the neighbouring slice it is blended with (its weight "
-        "reaches one half; docs/method.md §7.68). Candidate recall: the true source is among the verified "
-        "candidates (in brackets: "
+        "the nearest reference is the true source (all copies); verified = the named verified candidate (the highest "
+        "bent score, docs/method.md §7.69) is the true source (flagged copies); for `interp`, the source or the "
+        "neighbouring slice it is blended with (its weight reaches one half; docs/method.md §7.68). Candidate recall: "
+        "the true source is among the verified candidates (in brackets: "
         f"among the first {' / '.join(_recall_ranks(k))}, the global search's). Partial "
-        "copies: IoU of the best verified candidate's copy box / mask with the copied pixels in the query's "
+        "copies: IoU of the named verified candidate's copy box / mask with the copied pixels in the query's "
         "foreground (0 without a copy region), over all their copies.\n\n" + _table(header, rows)
     )
 
