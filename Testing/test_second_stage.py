@@ -425,9 +425,9 @@ def test_of_two_echoes_of_one_slice_that_both_verify_at_1_the_copied_one_is_name
 
 
 def test_of_a_blended_copy_the_source_that_bends_onto_it_best_is_named(shared_data: Path) -> None:
-    """A knee slice blended with its neighbour (0.59 : 0.41): as it stands, the same slice of the other echo scores a
-    little higher than the source (0.87 against 0.84 when written), but bent onto the copy the source scores higher
-    (0.97 against 0.89). The source is named; the slice's score stays the largest among its candidates, so no p-value
+    """A knee slice blended with its neighbour (0.59 : 0.41): as it stands, the same slice of the other echo scores
+    higher than the source (0.88 against 0.68 when written), but bent onto the copy the source scores higher (0.93
+    against 0.90). The source is named; the slice's score stays the largest among its candidates, so no p-value
     changes (method.md §7.69)."""
     settings = PreprocessSettings()
     knee = shared_data / "knee/pymskt-s02"
