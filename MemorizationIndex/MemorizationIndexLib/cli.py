@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .allocator import keep_freed_memory
 from .calibration import few_training_subjects
+from .encoders import ENCODER_NAMES
 from .errors import UserError
 from .patch_search import PATCH_MAX_SLICES
 from .protocol import PROGRESS_ENV, format_error, format_progress
@@ -233,7 +234,7 @@ def _add_build_parser(sub) -> None:
     build.add_argument(
         "--encoder",
         default="default",
-        choices=("default", "mri-core"),
+        choices=ENCODER_NAMES,
         help="slice encoder (default: the embedded EfficientNet-Lite0)",
     )
     build.add_argument("--checkpoint", help="local MRI-CORE checkpoint file (for --encoder mri-core)")
