@@ -235,3 +235,20 @@ def test_every_library_file_is_listed_in_cmake():
     for path in sorted(library.rglob("*.py")):
         relative = path.relative_to(MODULE_DIR).as_posix()
         assert relative in cmake, f"{relative} is not listed in MODULE_PYTHON_SCRIPTS; Slicer would not install it"
+
+
+def _enum_values(tree: ast.Module, name: str) -> list[str]:
+    """The string values of an enum class's members, in order."""
+    return [
+        statement.value.value
+        for statement in _class(tree, name).body
+        if isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
+    ]
+
+
+def test_the_panel_offers_the_encoders_and_axes_the_library_knows(module_tree):
+    from MemorizationIndexLib.encoders import ENCODER_NAMES
+    from MemorizationIndexLib.volumes import AXIS_CHOICES
+
+    assert tuple(_enum_values(module_tree, "EncoderChoice")) == ENCODER_NAMES
+    assert tuple(_enum_values(module_tree, "AxisChoice")) == AXIS_CHOICES
