@@ -246,9 +246,19 @@ def _enum_values(tree: ast.Module, name: str) -> list[str]:
     ]
 
 
-def test_the_panel_offers_the_encoders_and_axes_the_library_knows(module_tree):
+def _field_default(tree: ast.Module, name: str):
+    """The literal default of a parameter-node field."""
+    for statement in _class(tree, PARAMETER_CLASS).body:
+        if isinstance(statement, ast.AnnAssign) and getattr(statement.target, "id", None) == name:
+            return ast.literal_eval(statement.value)
+    raise AssertionError(f"{PARAMETER_CLASS} has no field {name}")
+
+
+def test_the_panel_offers_the_encoders_axes_and_alpha_the_library_knows(module_tree):
     from MemorizationIndexLib.encoders import ENCODER_NAMES
+    from MemorizationIndexLib.scoring import DEFAULT_ALPHA
     from MemorizationIndexLib.volumes import AXIS_CHOICES
 
     assert tuple(_enum_values(module_tree, "EncoderChoice")) == ENCODER_NAMES
     assert tuple(_enum_values(module_tree, "AxisChoice")) == AXIS_CHOICES
+    assert _field_default(module_tree, "alpha") == DEFAULT_ALPHA
