@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -323,6 +324,7 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["seed"] == 1 and results["settings"]["conditions"] == ["clean", "hflip", "half"]
     assert "--no-verification" in results["command"] and not results["settings"]["verification"]["used"]
+    assert results["machine"]["cpu_cores"] == os.cpu_count() and results["machine"]["numpy"] == np.__version__
     assert results["two_stage"] == [] and results["datasets"][0]["verified_null"] is None
     per = [r for r in results["per_sample"] if r["condition"] != "half"]
     assert {r["method"] for r in per} == {"mi", "mi_paper", "cosine_raw", "pixel_corr"}
@@ -356,6 +358,7 @@ def test_small_real_benchmark_run(shared_data, tmp_path):
     assert half["n_duplicates"] == 12 and 0.0 <= half["flagged"] <= 1.0
     markdown = (out / "results.md").read_text()
     assert "memorization-index benchmark --dataset" in markdown and "Table 4" in markdown
+    assert f"min on {results['machine']['cpu']} ({os.cpu_count()} cores" in markdown  # the run's machine is named
     table4 = markdown.split("## Sample-level detection, AUROC")[1].split("##")[0]
     assert "| hflip |" in table4 and "half" not in table4
     generator = markdown.split("## Generator-like conditions")[1]

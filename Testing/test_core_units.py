@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from MemorizationIndexLib.calibration import kept_out, split_groups, train_split_null
 from MemorizationIndexLib.errors import UserError
 from MemorizationIndexLib.index_build import build_index_from_features
+from MemorizationIndexLib.machine_info import describe, machine
 from MemorizationIndexLib.order_statistics import percentiles
 from MemorizationIndexLib.preprocess import (
     PreprocessSettings,
@@ -422,3 +423,14 @@ def test_a_single_persons_verified_null_keeps_the_slabs_next_to_the_held_out_one
     for held, reference in splits:
         [out] = np.unique(slab[held])  # one slab of ten held out per split
         np.testing.assert_array_equal(reference, np.flatnonzero(np.abs(slab - out) > 1))
+
+
+def test_machine_names_this_host_and_its_numeric_libraries():
+    """Benchmarks record where they ran: this host's CPU and core count, and the versions of torch, FAISS and numpy."""
+    info = machine()
+    assert info["cpu_cores"] == os.cpu_count() and info["cpu"]
+    assert (info["torch"], info["numpy"]) == (torch.__version__, np.__version__)
+    assert info["torch_threads"] == torch.get_num_threads() and info["ram_gib"] > 0
+    line = describe(info)
+    assert line.startswith(f"{info['cpu']} ({os.cpu_count()} cores, ") and f"numpy {np.__version__}" in line
+    assert (info["gpu"] or "no GPU") in line

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ sys.path.insert(0, str(ROOT / "MemorizationIndex"))
 from MemorizationIndexLib import search
 from MemorizationIndexLib.allocator import keep_freed_memory
 from MemorizationIndexLib.encoders import load_encoder
+from MemorizationIndexLib.machine_info import describe, machine
 from MemorizationIndexLib.scoring import NullModel, mi_from_z
 from MemorizationIndexLib.whitening import ShrinkageWhitener
 
@@ -122,38 +122,6 @@ def interleaved_runs(fns: dict, repeat: int = 4) -> dict[str, list[float]]:
 def interleaved_best(fns: dict, repeat: int = 4) -> dict:
     """Best time of each function over interleaved rounds (:func:`interleaved_runs`)."""
     return {name: min(values) for name, values in interleaved_runs(fns, repeat).items()}
-
-
-def machine() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    mem = next(
-        (
-            int(line.split()[1]) / 1024 / 1024
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        ),
-        float("nan"),
-    )
-    info = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "ram_gib": round(mem, 1),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "faiss": faiss.__version__,
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    return info
 
 
 def log(message: str) -> None:
@@ -1255,8 +1223,7 @@ def _scaling_lines(s: dict) -> list[str]:
 def table(results: dict) -> str:
     """The printed summary of all sections."""
     lines = [
-        f"machine: {results['machine']['cpu']} ({results['machine']['cpu_cores']} cores, "
-        f"{results['machine']['ram_gib']} GiB), GPU: {results['machine']['gpu'] or 'none'}",
+        f"machine: {describe(results['machine'])}",
         "",
     ]
     lines.append(

@@ -58,6 +58,7 @@ from .encoders import ENCODER_NAMES, load_encoder
 from .encoders.base import Encoder
 from .errors import UserError
 from .index_build import build_index_from_features, subject_of
+from .machine_info import machine
 from .patch_search import PATCH_CANDIDATES
 from .pearson import max_pixel_correlation
 from .preprocess import PreprocessSettings, nonempty_mask, prepare_batch, scale_unit
@@ -826,7 +827,7 @@ def run_benchmark(
     info = EncoderInfo.of(encoder, checkpoint)
     out_path = Path(out_dir)
     out_path.mkdir(parents=True, exist_ok=True)
-    results = _empty_results()
+    results, host = _empty_results(), machine()
     for spec in specs:
         t0 = time.perf_counter()
         prepared = prepare_dataset(
@@ -854,7 +855,7 @@ def run_benchmark(
         )
         _add_dataset(results, part, spec, t0)
         run = {"levels": levels, "conditions": conditions, "slices_per_split": slices_per_split, "seed": seed}
-        run |= {"alpha": alpha, "verification": verification, "command": command, "started": started}
+        run |= {"alpha": alpha, "verification": verification, "command": command, "started": started, "machine": host}
         _write_results(results, out_path, info, preprocessing, run)
     return results
 
@@ -863,7 +864,8 @@ def _write_results(
     results: dict, out_path: Path, info: EncoderInfo, preprocessing: PreprocessSettings, run: dict
 ) -> None:
     """(Re)write results.json, results.md and copies.csv with the datasets done so far; ``run``: the run's levels,
-    conditions, slices_per_split, seed, alpha, verification, command and start (``time.perf_counter``)."""
+    conditions, slices_per_split, seed, alpha, verification, command, start (``time.perf_counter``) and machine
+    (:func:`machine_info.machine`)."""
     results.update(
         {
             "tool": "MemorizationIndex",
@@ -893,6 +895,7 @@ def _write_results(
                 "verification": _verification_settings(run["verification"]),
             },
             "runtime_seconds": time.perf_counter() - run["started"],
+            "machine": run["machine"],
         }
     )
     summary = {key: value for key, value in results.items() if key != "copy_rows"}

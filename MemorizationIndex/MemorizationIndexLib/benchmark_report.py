@@ -10,6 +10,7 @@ import numpy as np
 
 from . import augment
 from .augment import CONDITIONS, GENERATOR_CONDITIONS
+from .machine_info import describe
 
 # The paper's Table 4 (AUROC mean / min over its datasets and levels).
 PAPER_TABLE4 = {
@@ -34,6 +35,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _on_machine(results: dict) -> str:
+    """`` on <machine>`` where the results record it (docs/method.md §7.71), else nothing."""
+    return f" on {describe(results['machine'])}" if results.get("machine") else ""
+
+
 def _header_section(results: dict) -> str:
     """Title, how to regenerate, the run's settings and the datasets table."""
     settings, enc = results["settings"], results["settings"]["encoder"]
@@ -44,7 +50,7 @@ def _header_section(results: dict) -> str:
     parts.append(
         f"Tool {results['version']}, seed {results['seed']}, encoder `{enc['encoder_id']}`, "
         f"{settings['slices_per_split']} slices per split (at most), levels {levels}, "
-        f"alpha {settings['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min. "
+        f"alpha {settings['alpha']}. Runtime {results['runtime_seconds'] / 60:.1f} min{_on_machine(results)}. "
         "Subjects are split into reference and test subjects (never slices of one person on both sides); "
         "every query slice, duplicate or novel, gets the condition's augmentation; "
         "flip conditions flip every slice. The paper's 8 conditions come first (Tables 1–4 layouts); "
