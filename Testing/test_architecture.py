@@ -1,9 +1,13 @@
-"""docs/architecture.md names every module of the library, and the core does not import presentation."""
+"""docs/architecture.md names every module of the library, the core does not import presentation, and the CLI starts
+without the libraries only verification uses."""
 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 
 from conftest import REPO_ROOT
 
@@ -48,3 +52,13 @@ def test_architecture_page_lists_every_module():
 
 def test_audit_imports_nothing_from_presentation():
     assert not _imported_lib_modules(LIB / "audit.py") & PRESENTATION
+
+
+def test_the_cli_starts_without_scipy_signal():
+    """skimage.filters loads scipy.signal (~0.7 s of every command's start-up): verification imports it on first use,
+    so a command that never verifies does not pay for it (docs/performance.md)."""
+    heavy = ("scipy.signal", "skimage.filters")
+    code = f"import sys, MemorizationIndexLib.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "MemorizationIndex")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "[]"

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from scipy import fft, ndimage, sparse
 from skimage.exposure import equalize_hist
-from skimage.filters import window
 from skimage.registration import phase_cross_correlation
 from skimage.transform import resize
 
@@ -453,6 +452,10 @@ def _spectrum_tools() -> tuple[np.ndarray, sparse.csr_array]:
     points = np.tile(np.arange(row.size), 4)
     shape = (row.size, (centre + 1) * SPECTRUM_GRID)
     sampling = sparse.csr_array((np.concatenate(weights), (points, np.concatenate(columns))), shape=shape)
+    # Imported here, on the first verification: skimage.filters loads scipy.signal (~0.7 s), which a process
+    # that never verifies (an audit without reference pixels, the report) need not pay (docs/performance.md).
+    from skimage.filters import window
+
     return window("hann", (SPECTRUM_GRID, SPECTRUM_GRID)).astype(np.float32), sampling
 
 
