@@ -8,7 +8,7 @@ import numpy as np
 
 from MemorizationIndexLib.grid_cache import GridCache
 from MemorizationIndexLib.preprocess import PreprocessSettings
-from MemorizationIndexLib.verification import to_grid
+from MemorizationIndexLib.slice_grid import to_grid
 
 
 def _slices(n: int) -> dict[int, np.ndarray]:

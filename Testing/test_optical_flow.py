@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from skimage.registration import optical_flow_ilk
 
-from MemorizationIndexLib import verification
+from MemorizationIndexLib import grid_warps
 from MemorizationIndexLib.augment import augment_condition
 from MemorizationIndexLib.optical_flow import batched_ilk
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
-from MemorizationIndexLib.verification import to_grids
+from MemorizationIndexLib.slice_grid import to_grids
 from MemorizationIndexLib.volumes import image_slices, read_image
 
 
@@ -56,13 +56,13 @@ def test_the_bend_is_the_same_with_either_flow(grid_pairs, monkeypatch):
     not see the rounding: the bent images agree to 1e-5 and the bent masks exactly."""
     queries, moving = grid_pairs
     masks, moving_masks = queries > 0.05, moving > 0.05
-    batched = verification._bent(queries, masks, moving, moving_masks)
+    batched = grid_warps.bent_onto(queries, masks, moving, moving_masks)
 
     def pair_by_pair(reference, moved, num_warp):
         return np.stack([optical_flow_ilk(r, m, num_warp=num_warp) for r, m in zip(reference, moved)])
 
-    monkeypatch.setattr(verification, "batched_ilk", pair_by_pair)
-    single = verification._bent(queries, masks, moving, moving_masks)
+    monkeypatch.setattr(grid_warps, "batched_ilk", pair_by_pair)
+    single = grid_warps.bent_onto(queries, masks, moving, moving_masks)
     assert np.abs(batched[0] - single[0]).max() <= 1e-5 and np.array_equal(batched[1], single[1])
 
 

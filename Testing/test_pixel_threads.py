@@ -15,7 +15,7 @@ from MemorizationIndexLib import pixel_threads
 from MemorizationIndexLib.embedding import Cancelled
 from MemorizationIndexLib.preprocess import PreprocessSettings
 from MemorizationIndexLib.second_stage import SliceGrids, verify_slices
-from MemorizationIndexLib.verification import _median_magnitude
+from MemorizationIndexLib.slice_grid import _median_magnitude
 
 
 def _blas_threads() -> list[int]:

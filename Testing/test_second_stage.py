@@ -34,7 +34,7 @@ from MemorizationIndexLib.second_stage import (
     verify_slices,
     with_turned_candidates,
 )
-from MemorizationIndexLib.verification import to_grid
+from MemorizationIndexLib.slice_grid import to_grid
 from MemorizationIndexLib.verified_null import MIN_BENT_SCORE, MIN_COPY_SCORE, VerifiedNull, flag_p
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
@@ -351,7 +351,7 @@ def test_a_candidate_much_smaller_in_place_is_verified_again_on_its_own_square(s
     scores 1 either way (method.md §7.44). The other three quarters are the other person's slice stretched to the
     source's shape: bent, that slice agrees in full (1 when written, 0.24 unbent), so listed beside the source it is
     the one named (method.md §7.69), while the slice's score stays the source's."""
-    monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
+    monkeypatch.setattr(verification, "checked_natively", lambda *_: False)  # the grid alone
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
     source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)

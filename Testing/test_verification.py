@@ -12,25 +12,25 @@ from scipy import ndimage
 from skimage.filters import difference_of_gaussians, window
 from skimage.transform import resize
 
-from MemorizationIndexLib import verification
+from MemorizationIndexLib import (
+    agreement,
+    fourier,
+    grid_moments,
+    grid_warps,
+    native_check,
+    slice_grid,
+    translations,
+    verification,
+)
 from MemorizationIndexLib.augment import augment_condition
 from MemorizationIndexLib.augment_geometry import linear_map, zoom
 from MemorizationIndexLib.centroid_sweep import swept_turns
+from MemorizationIndexLib.fourier import SPECTRUM_GRID, log_polar_maps
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
+from MemorizationIndexLib.separable import resized
+from MemorizationIndexLib.slice_grid import GRID, to_grid, to_grids
 from MemorizationIndexLib.transforms import rotate
-from MemorizationIndexLib.verification import (
-    GRID,
-    SPECTRUM_GRID,
-    _log_polar,
-    _resized,
-    in_place_square,
-    to_grid,
-    to_grids,
-    verify,
-    verify_batch,
-    verify_candidates,
-    verify_many,
-)
+from MemorizationIndexLib.verification import in_place_square, verify, verify_batch, verify_candidates, verify_many
 from MemorizationIndexLib.verified_null import MIN_COPY_SCORE
 from MemorizationIndexLib.volumes import image_slices, read_image, resolve_axis
 
@@ -140,13 +140,13 @@ def test_principal_axes_give_the_turn_and_scale_between_two_shapes():
     rows, columns = np.mgrid[:GRID, :GRID] - centre
 
     def ellipse(angle: float, scale: float) -> np.ndarray:
-        turn = np.radians(angle)  # as verification._transform turns: (column, row) coordinates
+        turn = np.radians(angle)  # as grid_warps.grid_transform turns: (column, row) coordinates
         along = (np.cos(turn) * columns + np.sin(turn) * rows) / scale
         across = (-np.sin(turn) * columns + np.cos(turn) * rows) / scale
         return (along / 22.0) ** 2 + (across / 9.0) ** 2 <= 1.0
 
     masks = np.stack([ellipse(0.0, 1.0), ellipse(35.0, 1.2), ellipse(-80.0, 0.8)])
-    axes, radii = verification.principal_axes(verification.second_moments(masks))
+    axes, radii = grid_moments.principal_axes(grid_moments.second_moments(masks))
     turns = axes[1:] - axes[0]  # an axis has no direction: the turn is found modulo 180°
     assert np.all(np.abs((turns - [35.0, -80.0] + 90.0) % 180.0 - 90.0) <= 1.0)
     assert np.allclose(np.sqrt(radii[1:] / radii[0]), [1.2, 0.8], atol=0.02)
@@ -232,7 +232,7 @@ def test_right_half_copy_scores_well_above_another_person_and_is_boxed(pair):
 
 def test_quarter_copy_scores_by_its_near_exact_region_and_is_located(pair):
     """A copied quadrant is a small share of the slice; reproduced near-exactly, it scores as a copy on its
-    own (verification.EXACT_SHARE), far above the other person's whole slice, and the copy map lies in it."""
+    own (agreement.EXACT_SHARE), far above the other person's whole slice, and the copy map lies in it."""
     source, other = pair
     query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
     h, w = source.shape
@@ -262,14 +262,14 @@ def _pasted(source: np.ndarray, host: np.ndarray, side: float = 0.35) -> tuple[n
 def test_a_pasted_patch_is_reproduced_near_exactly_at_the_slices_own_resolution(pair, monkeypatch):
     """A small rectangle of a training slice pasted elsewhere over another person's slice: on the grid it spans a
     quarter of the grid's side or less, and its near-exact part there is small. With the candidate's own pixels, at the
-    query's resolution (verification.native_part), it is reproduced near-exactly and scores as a copy by itself, in the
+    query's resolution (native_check.native_part), it is reproduced near-exactly and scores as a copy by itself, in the
     pasted box; the other person's whole slice does not (method.md §7.44)."""
     source, other = pair
     host = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
     query, box = _pasted(source, host)
     pasted = verify_candidates(query, [source])[0]
     stranger = verify_candidates(host, [source])[0]
-    monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
+    monkeypatch.setattr(verification, "checked_natively", lambda *_: False)  # the grid alone
     on_grid = verify_candidates(query, [source])[0]
     assert pasted.reproduced >= 0.5 and pasted.reproduced >= on_grid.reproduced + 0.2, (pasted, on_grid.reproduced)
     assert pasted.score >= pasted.reproduced and stranger.reproduced < MIN_COPY_SCORE
@@ -291,7 +291,7 @@ def test_a_shared_smooth_ramp_is_not_reproduced_near_exactly_under_noise(pair):
     noisy = host + np.random.default_rng(0).normal(0.0, 0.01, host.shape).astype(np.float32)
     query, candidate = to_grids([noisy, source])
     found = verify_many(query, [candidate])[0]
-    part, region = verification.native_part(query, candidate, found.alignment, found.mask)
+    part, region = native_check.native_part(query, candidate, found.alignment.matrix, found.mask)
     assert part < MIN_COPY_SCORE and region[band].sum() <= 0.02 * region[band].size, part
 
 
@@ -311,7 +311,7 @@ def test_fine_texture_copied_in_place_is_checked_at_the_slices_own_resolution(sh
     query[h // 2 :, : w // 2] = source[h // 2 :, : w // 2]
     grid = to_grid(query, settings)
     copy = verify(grid, to_grid(source, settings))
-    assert copy.on_grid < verification.NATIVE_GATE and copy.score >= 0.5 and copy.reproduced == copy.score, copy
+    assert copy.on_grid < native_check.NATIVE_GATE and copy.score >= 0.5 and copy.reproduced == copy.score, copy
     for other in (source_slice - 6, source_slice + 6):
         assert verify(grid, to_grid(scale_unit(sources[other], settings), settings)).score < MIN_COPY_SCORE
 
@@ -325,7 +325,7 @@ def _corners(h: int, w: int) -> np.ndarray:
 def test_partial_copy_in_place_is_put_back_to_a_fraction_of_a_pixel(pair, region):
     """A region copied in place: the two grids are cut from their slices at different places, so the
     in-place map carries a fraction of a grid pixel that a whole-pixel translation misses (the copy's
-    local correlations then fall below verification.EXACT). The map found is the identity on slice pixels."""
+    local correlations then fall below agreement.EXACT). The map found is the identity on slice pixels."""
     source, other = pair
     query = resize(other, source.shape, order=1, anti_aliasing=True).astype(np.float32)
     h, w = source.shape
@@ -365,9 +365,9 @@ def test_refined_shifts_register_a_fraction_of_a_pixel(pair, shift):
     grid = to_grid(pair[0])
     moved = ndimage.shift(grid.image, shift, order=3, mode="constant")
     whole = np.round(shift).astype(int)[None]
-    spectra = verification._whitened(verification._rfft2(np.stack([moved, grid.image])))
-    found = verification._refined_shifts(spectra[:1] * spectra[1:].conj(), whole)[0]
-    assert np.abs(found - shift).max() <= 1.0 / verification.SUBPIXEL + 1e-9, found
+    spectra = fourier.whitened(fourier.rfft2(np.stack([moved, grid.image])))
+    found = translations.refined_shifts(spectra[:1] * spectra[1:].conj(), whole)[0]
+    assert np.abs(found - shift).max() <= 1.0 / translations.SUBPIXEL + 1e-9, found
 
 
 def test_exact_regions_keep_their_windows_inside_the_overlap():
@@ -375,12 +375,12 @@ def test_exact_regions_keep_their_windows_inside_the_overlap():
     correlation = np.ones((1, GRID, GRID), dtype=np.float32)
     overlap = np.zeros((1, GRID, GRID), dtype=bool)
     overlap[0, 10:40, :] = True
-    exact = verification._exact_regions(correlation, overlap)
-    inset = verification.EXACT_INSET
+    exact = agreement.exact_regions(correlation, overlap)
+    inset = agreement.EXACT_INSET
     rows, cols = np.flatnonzero(exact[0].any(axis=1)), np.flatnonzero(exact[0].any(axis=0))
     assert (rows[0], rows[-1]) == (10 + inset, 39 - inset)
     assert (cols[0], cols[-1]) == (1 + inset, GRID - 2 - inset)
-    assert not verification._exact_regions(correlation * 0.9, overlap).any()
+    assert not agreement.exact_regions(correlation * 0.9, overlap).any()
 
 
 def test_straight_edges_are_not_two_dimensional():
@@ -389,7 +389,7 @@ def test_straight_edges_are_not_two_dimensional():
     rows = np.arange(GRID, dtype=np.float32)[:, None] * np.ones(GRID, dtype=np.float32)
     edge = np.where(rows > 30, 0.9, 0.1).astype(np.float32)
     texture = ndimage.gaussian_filter(np.random.default_rng(0).random((GRID, GRID)), 1.5).astype(np.float32)
-    flags = verification._two_dimensional(np.stack([edge, np.rot90(edge).copy(), texture]))
+    flags = agreement.two_dimensional_pixels(np.stack([edge, np.rot90(edge).copy(), texture]))
     assert not flags[0, 26:36].any() and not flags[1, :, 26:36].any()  # along the edge, either way
     assert flags[0, :20].all()  # flat, far from the edge
     assert flags[2].mean() > 0.7
@@ -405,11 +405,11 @@ def test_a_small_foreground_reproduced_near_exactly_is_weighed_as_half_the_grid(
         mask[0, 2 : 2 + side, 2 : 2 + side] = True
         image = np.where(mask, texture, 0.0).astype(np.float32)
         whole = mask.sum(axis=(1, 2)).astype(np.float64)  # the candidate is the slice itself, in place
-        two_dimensional = verification._two_dimensional(image)
-        scores, _, part = verification._agreements(image, mask, image.copy(), mask.copy(), two_dimensional, whole)
-        exact = verification._exact_regions(np.ones_like(image), mask).sum()
-        share_of = max(side * side, verification.EXACT_FLOOR)
-        assert part[0] == pytest.approx(min(exact / share_of / verification.EXACT_SHARE, 1.0), rel=0.02), side
+        two_dimensional = agreement.two_dimensional_pixels(image)
+        scores, _, part = agreement.agreements(image, mask, image.copy(), mask.copy(), two_dimensional, whole)
+        exact = agreement.exact_regions(np.ones_like(image), mask).sum()
+        share_of = max(side * side, agreement.EXACT_FLOOR)
+        assert part[0] == pytest.approx(min(exact / share_of / agreement.EXACT_SHARE, 1.0), rel=0.02), side
         assert scores[0] >= part[0]
 
 
@@ -485,7 +485,7 @@ def test_to_grids_equals_to_grid_per_slice(pair, monkeypatch):
     source, other = pair
     noisy = source + np.random.default_rng(0).normal(0.0, 0.05, source.shape).astype(np.float32)
     slices = [source, other, noisy, np.ascontiguousarray(source.T), rotate(other, 20.0)]
-    monkeypatch.setattr(verification, "GRID_BATCH", 2)
+    monkeypatch.setattr(slice_grid, "GRID_BATCH", 2)
     for one, together in zip([to_grid(s) for s in slices], to_grids(slices)):
         for field in ("image", "mask", "foreground"):
             assert np.array_equal(getattr(one, field), getattr(together, field))
@@ -516,7 +516,7 @@ def test_counted_quiet_slices_make_the_same_grids(pair, monkeypatch):
     rng = np.random.default_rng(3)
     slices = [source, other, *(np.clip(source + rng.normal(0.0, s, source.shape), 0, 1) for s in (0.004, 0.01, 0.05))]
     counted = to_grids([x.astype(np.float32) for x in slices])
-    monkeypatch.setattr(verification, "steps_reaching", lambda unit, level: 1.0)  # always the exact median
+    monkeypatch.setattr(slice_grid, "steps_reaching", lambda unit, level: 1.0)  # always the exact median
     exact = to_grids([x.astype(np.float32) for x in slices])
     for a, b in zip(counted, exact):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.polar_spectrum, b.polar_spectrum)
@@ -532,7 +532,7 @@ def test_a_noisy_slice_and_its_export_clipped_to_its_window_make_the_same_grid(s
     volume = image_slices(read_image(shared_data / "knee/pykneer-s01/DESS_echo2.nii.gz"), 0)
     for k in (20, 40, 59):
         raw = np.asarray(volume[k], dtype=np.float32)
-        assert verification.noise_level(raw, settings) > verification.NOISE_TARGET  # both smoothing steps run
+        assert slice_grid.noise_level(raw, settings) > slice_grid.NOISE_TARGET  # both smoothing steps run
         clipped = scale_unit(raw, settings)
         assert clipped.max() == 1.0 and raw.max() > np.percentile(raw, settings.high_percentile)  # a tail was cut
         read, exported = to_grid(raw, settings), to_grid(clipped, settings)
@@ -549,9 +549,9 @@ def test_steps_reaching_bounds_the_noise_level(pair):
     for sigma in (0.0, 0.005, 0.01, 0.02, 0.05):
         unit = scale_unit(np.clip(source + rng.normal(0.0, sigma, source.shape), 0, 1).astype(np.float32), settings)
         for level in (0.005, 0.01, 0.03):
-            if verification.steps_reaching(unit, level) < 0.5:
+            if slice_grid.steps_reaching(unit, level) < 0.5:
                 shown.append(level)
-                assert verification._noise_of(unit) < level
+                assert slice_grid._noise_of(unit) < level
     assert 0 < len(shown) < 15
 
 
@@ -580,14 +580,14 @@ def test_twin_hypotheses_are_their_firsts_reversed(pair):
     assert np.array_equal(transposed[:, verification._TWINS], transposed[:, first])
     assert np.allclose(linear[:, verification._TWINS], -linear[:, first])
     unique = np.stack([np.stack([g.image, g.mask]) for g in pairs.unique]).astype(np.float32)
-    every = verification._inverse_maps(transposed.ravel(), linear.reshape(-1, 2, 2))
-    images, masks = verification._warped(unique[pairs.candidate], every, verification._HYPOTHESES)
-    sampled = verification._inverse_maps(
+    every = grid_warps.inverse_maps(transposed.ravel(), linear.reshape(-1, 2, 2))
+    images, masks = grid_warps.warped(unique[pairs.candidate], every, verification._HYPOTHESES)
+    sampled = grid_warps.inverse_maps(
         transposed[:, verification._SAMPLED].ravel(), linear[:, verification._SAMPLED].reshape(-1, 2, 2)
     )
     twinned = [
         verification._with_twins(x)
-        for x in verification._warped(unique[pairs.candidate], sampled, len(verification._SAMPLED))
+        for x in grid_warps.warped(unique[pairs.candidate], sampled, len(verification._SAMPLED))
     ]
     assert np.allclose(twinned[0], images, atol=1e-5) and np.mean(twinned[1] != masks) < 1e-4
 
@@ -606,12 +606,12 @@ def test_moment_map_undoes_a_stretch_and_carries_a_shear_s_moments():
         return (along / 20.0) ** 2 + (across / 13.0) ** 2 <= 1.0
 
     stretch, shear = np.diag([1.2, 0.85]), np.array([[1.2, 0.0], [0.12, 0.85]])
-    moments = verification.second_moments(np.stack([ellipse(np.eye(2)), ellipse(stretch), ellipse(shear)]))
-    assert np.allclose(verification._moment_maps(moments[1:2], moments[:1])[0], stretch, atol=0.02)
-    found = verification._moment_maps(moments[2:], moments[:1])[0]
+    moments = grid_moments.second_moments(np.stack([ellipse(np.eye(2)), ellipse(stretch), ellipse(shear)]))
+    assert np.allclose(grid_moments.moment_maps(moments[1:2], moments[:1])[0], stretch, atol=0.02)
+    found = grid_moments.moment_maps(moments[2:], moments[:1])[0]
     assert np.allclose(found @ moments[0] @ found.T, moments[2], rtol=1e-6)
     assert np.trace(found) >= np.trace(shear) - 1e-6
-    assert np.allclose(verification._moment_maps(moments[:1], moments[:1])[0], np.eye(2), atol=1e-9)
+    assert np.allclose(grid_moments.moment_maps(moments[:1], moments[:1])[0], np.eye(2), atol=1e-9)
 
 
 @pytest.mark.parametrize("chunk_pairs", [1, 3, 512])
@@ -643,7 +643,7 @@ def test_resize_matrices_equal_skimage_resize(side):
     crop = square[side // 5 :, : side - side // 7]
     for size in (GRID, SPECTRUM_GRID):
         expected = resize(square, (size, size), order=1, anti_aliasing=True)
-        assert np.abs(_resized(crop, side, (side // 5, 0), size) - expected).max() <= 1e-5
+        assert np.abs(resized(crop, side, (side // 5, 0), size) - expected).max() <= 1e-5
 
 
 def test_log_polar_equals_the_skimage_route(pair):
@@ -658,7 +658,7 @@ def test_log_polar_equals_the_skimage_route(pair):
     centre = SPECTRUM_GRID // 2
     coords = np.stack([centre + radii * np.sin(angles), centre + radii * np.cos(angles)])
     expected = ndimage.map_coordinates(spectrum, coords, order=1)
-    assert np.abs(_log_polar(fine[None])[0] - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert np.abs(log_polar_maps(fine[None])[0] - expected).max() <= 1e-4 * np.abs(expected).max()
     polar = to_grid(source).polar
     transposed = to_grid(np.ascontiguousarray(source.T)).polar
     assert np.abs(polar[1] - transposed[0]).max() <= 1e-4 * np.abs(polar).max()
@@ -692,7 +692,7 @@ def test_a_small_slice_copied_into_a_large_host_is_verified_on_its_own_square(sh
     in place (``in_place_square``), the query gives the copy the whole grid: 0.41–0.75 (median 0.6). The host alone,
     cut the same way, stays near 0 (method.md §7.32). On the grid alone: at the slice's own resolution most of these
     copies score 1 either way (method.md §7.44)."""
-    monkeypatch.setattr(verification, "_checked_natively", lambda *_: False)  # the grid alone
+    monkeypatch.setattr(verification, "checked_natively", lambda *_: False)  # the grid alone
     settings = PreprocessSettings()
     images = [read_image(shared_data / f"brain/ds002748/{n}_T1w.nii.gz") for n in ("sub-05", "sub-06")]
     source_volume, host_volume = (image_slices(image, resolve_axis(image, "axial")) for image in images)
@@ -755,7 +755,7 @@ def _lumbar_pairs(shared_data: Path) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_quadrants_at_the_field_edge_keep_their_near_exact_part(shared_data: Path):
     """A lower quadrant of a lumbar slice, whose anatomy fills the field of view, copied in place over another
     person's slice: the copy meets the field's edge on two sides, where the near-exact pixels' inset
-    (verification.EXACT_INSET) takes a band of it. With the inset of 3 grid pixels the median near-exact part
+    (agreement.EXACT_INSET) takes a band of it. With the inset of 3 grid pixels the median near-exact part
     of these 20 copies was 0.43; with 1 it is 0.52 (method.md §7.27). The other person's whole slice stays near 0."""
     parts, strangers = [], []
     for source, host in _lumbar_pairs(shared_data):
@@ -799,10 +799,10 @@ def test_roughness_falls_with_smoothing_and_reads_the_same_transposed(pair):
     assert to_grid(pair[0].T, settings).roughness == pytest.approx(sharp.roughness, rel=0.05)
     blurred = [to_grid(ndimage.gaussian_filter(pair[0], sigma), settings).roughness for sigma in (1.0, 2.0, 4.0)]
     assert sharp.roughness > blurred[0] > blurred[1] > blurred[2]
-    assert np.isnan(verification.roughness(np.zeros((GRID, GRID), np.float32), np.zeros((GRID, GRID), bool)))
+    assert np.isnan(slice_grid.roughness(np.zeros((GRID, GRID), np.float32), np.zeros((GRID, GRID), bool)))
 
 
-def _fractions(grid: verification.Grid, row: float, col: float) -> tuple[float, float]:
+def _fractions(grid: slice_grid.Grid, row: float, col: float) -> tuple[float, float]:
     """A slice position (pixels) as fractions of the square its grid is cut from (as the encoder's tiles read it)."""
     (top, left), side = grid.corner, grid.side
     return (row - top) / side, (col - left) / side
@@ -820,7 +820,7 @@ def test_whole_view_places_are_carried_onto_the_grids(pair):
         side = max(image.shape)
         whole += [(row + (side - image.shape[0]) // 2) / side, (col + (side - image.shape[1]) // 2) / side]
     expected = [*_fractions(grids[0], *spots[0]), *_fractions(grids[1], *spots[1])]
-    np.testing.assert_allclose(verification.grid_places(np.array(whole), *grids), expected, atol=1e-9)
+    np.testing.assert_allclose(slice_grid.grid_places(np.array(whole), *grids), expected, atol=1e-9)
     assert not np.allclose(whole, expected, atol=0.02)  # the two framings differ
 
 
@@ -888,7 +888,7 @@ def test_patches_moved_a_little_are_found_near_where_the_region_tiles_say(shared
 
 
 def _patch_tiles(
-    query: verification.Grid, candidate: verification.Grid, shape: tuple[int, ...], box: tuple[int, int, int, int]
+    query: slice_grid.Grid, candidate: slice_grid.Grid, shape: tuple[int, ...], box: tuple[int, int, int, int]
 ) -> np.ndarray:
     """The region tiles' places [4] of a patch from the centre of a source slice of ``shape`` pasted at ``box``
     (:func:`_moved_patch`), as fractions of the two grids' squares: each tile about half a fine-tile step off the

@@ -29,8 +29,9 @@ from MemorizationIndexLib.index_build import BuildOptions, SliceSet, build_index
 from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
 from MemorizationIndexLib.reference_index import ReferenceIndex
 from MemorizationIndexLib.scoring import NullModel
+from MemorizationIndexLib.slice_grid import Grid, to_grid
 from MemorizationIndexLib.transforms import ORIGINAL
-from MemorizationIndexLib.verification import Grid, to_grid, verify, verify_many
+from MemorizationIndexLib.verification import verify, verify_many
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # anatomy: (files, training subjects, copied among them, novel subjects, null subjects, slice stride of the

@@ -64,11 +64,11 @@ FOLDER_FORMAT = (
         "slice's verification grid roughness (smaller = smoother; nan when not verified), which picks the band "
         "of the verified null its verified_p comes from; verified_reproduced in [0, 1]: the verified score's "
         "near-exact part (the share of the smaller foreground, at least half the grid, reproduced near-exactly, "
-        "over verification.EXACT_SHARE; or the share at the slice's own resolution, at least half the field of "
-        "view, over verification.NATIVE_SHARE, when higher), which verified_p also tests against a null of its "
+        "over agreement.EXACT_SHARE; or the share at the slice's own resolution, at least half the field of "
+        "view, over native_check.NATIVE_SHARE, when higher), which verified_p also tests against a null of its "
         "own; verified_bent in "
         "[0, 1]: the higher of the verified score and the score of the candidate bent onto the slice "
-        "(verification.BEND_GATE), which verified_p tests against the null's own bent scores.",
+        "(grid_warps.BEND_GATE), which verified_p tests against the null's own bent scores.",
     ),
     ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
     (

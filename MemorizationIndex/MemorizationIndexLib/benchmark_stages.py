@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .agreement import bounding_box
 from .augment_partial import ANATOMY
 from .encoders.base import Encoder
 from .index_verification import shortlist_queries
@@ -33,7 +34,6 @@ from .reference_index import Provenance, ReferenceIndex
 from .region_search import Tiles
 from .search import Neighbours
 from .second_stage import GridSource, Verified, verify_shortlist
-from .verification import bounding_box
 from .verified_null import flag_p as combined_p
 
 LOCATED_IOU = 0.5  # a partial copy is located when its copy box has at least this IoU with the copied region

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .preprocess import PreprocessSettings
-from .verification import GRID_BATCH, Grid, to_grids
+from .slice_grid import GRID_BATCH, Grid, to_grids
 
 PixelReader = Callable[[Sequence[int]], dict[int, np.ndarray | None]]  # rows -> {row: slice, None when unreadable}
 

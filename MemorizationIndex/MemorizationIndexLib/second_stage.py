@@ -30,25 +30,14 @@ from scipy import ndimage
 from .embedding import Cancelled, embed_slices_and_tiles
 from .encoders.base import Encoder
 from .grid_cache import GridCache
+from .grid_moments import principal_axes, second_moments
 from .pixel_threads import thread_map
 from .preprocess import PreprocessSettings, scale_unit, scaled_foreground
 from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, RegionHits, Tiles
 from .search import Neighbours
+from .slice_grid import NOISE_TARGET, Grid, grid_places, regrid_places, steps_reaching, to_grids
 from .transforms import REFERENCE_COPIES
-from .verification import (
-    NOISE_TARGET,
-    Grid,
-    Verification,
-    grid_places,
-    in_place_square,
-    pair_chunks,
-    principal_axes,
-    regrid_places,
-    second_moments,
-    steps_reaching,
-    to_grids,
-    verify_batch,
-)
+from .verification import Verification, in_place_square, pair_chunks, verify_batch
 
 if TYPE_CHECKING:
     from .reference_index import Provenance
@@ -124,7 +113,7 @@ class Verified:
     """The verified candidate named the source of one query slice (``verify_slices``): ``row`` is its original
     reference row (-1 and score 0 when there was no candidate), ``result`` its verification; ``score``: the largest
     verified score among its candidates; ``roughness``: the query's grid roughness
-    (``verification.roughness``, nan when it was not verified), which picks its verified null band;
+    (``slice_grid.roughness``, nan when it was not verified), which picks its verified null band;
     ``reproduced``: the largest near-exact part (``Verification.reproduced``) among its verified candidates;
     ``bent``: the largest bent score (``Verification.bent``) among them."""
 
@@ -137,9 +126,9 @@ class Verified:
 
 
 def noisy_slices(slices: Sequence[np.ndarray], settings: PreprocessSettings, level: float = NOISY) -> np.ndarray:
-    """Positions of the slices whose white-noise level (``verification.noise_level``) is at least
+    """Positions of the slices whose white-noise level (``slice_grid.noise_level``) is at least
     ``level``: at least half their neighbour differences reach the median step of such noise
-    (``verification.steps_reaching``)."""
+    (``slice_grid.steps_reaching``)."""
     noisy = [
         position
         for position, image in enumerate(slices)
@@ -156,7 +145,7 @@ def smoothed_view(slice2d: np.ndarray) -> np.ndarray:
 def turned_views(slice2d: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray]:
     """The slice's views as :data:`TURNED_VIEWS` names them (bilinear, zero where its field of view does not reach):
     turned by TURN_DEGREES about its centre within its own canvas, and turned so that the principal axis of its
-    foreground (``verification.principal_axes``) lies along its rows, on a canvas that holds all of it."""
+    foreground (``grid_moments.principal_axes``) lies along its rows, on a canvas that holds all of it."""
     image = np.asarray(slice2d, dtype=np.float32)
     axis, _ = principal_axes(second_moments((scaled_foreground(image, settings) > 0)[None]))
     turned = ndimage.rotate(image, TURN_DEGREES, reshape=False, order=1, cval=0.0)
@@ -367,7 +356,7 @@ def verify_slices(
     ``places`` [n, k, 4]: the tiles by which the region search named each candidate, in the framing ``framed``
     [n, k] says (:class:`Shortlist`; none when None), which say where a moved copy's in-place hypothesis is
     sought (``verification.verify_batch``). A candidate set in ``native_only`` [n, k] (none when None) counts only
-    where its near-exact part at the query's own resolution (``verification.native_part``) is its verification,
+    where its near-exact part at the query's own resolution (``native_check.native_part``) is its verification,
     above its grid's score and near-exact part, and then by that part alone (:func:`_counted`): a look-alike agrees
     loosely on the grid, a copy is reproduced (method.md §7.46).
 

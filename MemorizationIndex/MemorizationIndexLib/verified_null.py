@@ -9,7 +9,7 @@ Bonferroni (:func:`flag_p`).
 A smooth slice (blurred, at lower resolution, or noisy and then denoised by verification) agrees
 more with other people's anatomy than a sharp one (docs/method.md §7.13). So every null slice is
 verified twice, as cut and blurred by a random amount, and the null is split into bands of its
-grids' roughness (``verification.roughness``): a query's verified score is compared with the band
+grids' roughness (``slice_grid.roughness``): a query's verified score is compared with the band
 of its own roughness.
 """
 
@@ -23,10 +23,13 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 from scipy import ndimage
 
+from .agreement import EXACT, EXACT_COHERENCE, EXACT_FLOOR, EXACT_INSET, EXACT_SHARE, LOOSE_SHARE
 from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .encoders.tiles import COARSE_TILES, FINE_QUERY_TILES, FINE_TILES, PIXEL_GRID
+from .grid_warps import BEND_GATE, BEND_MAX, BEND_SIGMA, BEND_WARPS
+from .native_check import NATIVE_GATE, NATIVE_SHARE, NATIVE_SHIFT, NATIVE_SUBPIXEL, NATIVE_TAPER, NATIVE_WINDOW
 from .patch_search import (
     MOVE_BIN,
     PATCH_CANDIDATES,
@@ -56,35 +59,9 @@ from .second_stage import (
     search_depth,
     verify_shortlist,
 )
-from .verification import (
-    BEND_GATE,
-    BEND_MAX,
-    BEND_SIGMA,
-    BEND_WARPS,
-    CROP_NOISE_TARGET,
-    DENOISING,
-    EXACT,
-    EXACT_COHERENCE,
-    EXACT_FLOOR,
-    EXACT_INSET,
-    EXACT_SHARE,
-    GRID,
-    HYPOTHESES,
-    LOOSE_SHARE,
-    MOVED_SEARCH,
-    MOVED_WINDOW,
-    NATIVE_GATE,
-    NATIVE_SHARE,
-    NATIVE_SHIFT,
-    NATIVE_SUBPIXEL,
-    NATIVE_TAPER,
-    NATIVE_WINDOW,
-    NOISE_TARGET,
-    SCALE_RANGE,
-    SCORED,
-    SUBPIXEL,
-    to_grids,
-)
+from .slice_grid import CROP_NOISE_TARGET, DENOISING, GRID, NOISE_TARGET, to_grids
+from .translations import MOVED_SEARCH, MOVED_WINDOW, SUBPIXEL
+from .verification import HYPOTHESES, SCALE_RANGE, SCORED
 from .whitening import ShrinkageWhitener
 
 VERIFIED_NULL_QUERIES = 1000  # distinct held-out slices verified at build time (at most), each as cut and blurred
@@ -95,7 +72,7 @@ MIN_COPY_SCORE = 0.2  # verified scores below this are no evidence of a copy (se
 # Bent scores from which a pair is evidence of a copy whatever its score before the bend (see evidence_p): bending
 # raises look-alike agreement, the nulls' upper bent scores lie 1.4-1.8 times their scores' (method.md §7.38).
 MIN_BENT_SCORE = 2.0 * MIN_COPY_SCORE
-# Gaussian sigmas (grid pixels: the slice's foreground spans verification.GRID of them) from which each null
+# Gaussian sigmas (grid pixels: the slice's foreground spans slice_grid.GRID of them) from which each null
 # slice's blurred twin draws its own, log-uniformly; its roughness spans that of blurred, low-resolution and
 # denoised slices (method.md §7.13).
 NULL_BLUR = (0.3, 1.6)
@@ -106,7 +83,7 @@ MAX_BANDS = 4
 @dataclass(frozen=True)
 class VerifiedNull:
     """Verified scores [n] of the null's slices, their global similarities [n], their grids'
-    roughness [n] (``verification.roughness``; nan where a slice had no candidate) and their near-exact
+    roughness [n] (``slice_grid.roughness``; nan where a slice had no candidate) and their near-exact
     parts [n] (``second_stage.Verified.reproduced``) and their bent scores [n] (``second_stage.Verified.bent``).
 
     The null is split at quantiles of its roughness into bands of at least ``MIN_BAND`` scores (at most
