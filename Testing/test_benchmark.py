@@ -31,7 +31,8 @@ from MemorizationIndexLib.baselines import (
     kmeans,
     vendi,
 )
-from MemorizationIndexLib.benchmark import DatasetSpec, prepare_dataset, run_benchmark, split_subjects
+from MemorizationIndexLib.benchmark import run_benchmark
+from MemorizationIndexLib.benchmark_data import DatasetSpec, prepare_dataset, split_subjects
 from MemorizationIndexLib.benchmark_stages import (
     COPY_COLUMNS,
     TwoStage,

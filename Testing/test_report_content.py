@@ -21,7 +21,7 @@ from report_helpers import (
     write_nifti,
 )
 
-from MemorizationIndexLib import report
+from MemorizationIndexLib import report, report_evidence
 
 
 class FakeIndex:
@@ -84,7 +84,7 @@ def fixture_audit(tmp_path: Path, spine, monkeypatch):
     )
     other = sitk.GetArrayFromImage(sitk.ReadImage(str(spine["02"])))
     fake = FakeIndex({str(spine["01"]): train, str(spine["02"]): other})
-    monkeypatch.setattr(report, "_load_reference_index", lambda path: fake)
+    monkeypatch.setattr(report_evidence, "load_reference_index", lambda path: fake)
     return out, copied, other
 
 
@@ -145,15 +145,15 @@ def test_fixture_no_training_images_leaves_no_training_pixels(fixture_audit):
         assert src.split(",", 1)[1] not in text
     # the training slices' own PNG encodings are absent too (novel query slices 0, 1, 2 -> 02's 0, 1, 2)
     for k in (0, 1, 2):
-        t01 = report._display01(other[k])
-        b64 = base64.b64encode(report._gray_png(t01)).decode("ascii")
+        t01 = report_evidence.display01(other[k])
+        b64 = base64.b64encode(report_evidence.gray_png(t01)).decode("ascii")
         assert b64 not in text
     assert "training image withheld" in " ".join(dom.text)
 
 
 def test_training_image_unavailable_is_said(fixture_audit, monkeypatch):
     out, _, _ = fixture_audit
-    monkeypatch.setattr(report, "_load_reference_index", lambda path: "index could not be opened (gone)")
+    monkeypatch.setattr(report_evidence, "load_reference_index", lambda path: "index could not be opened (gone)")
     text = report.render_report(out, max_evidence=3)
     gallery = text[text.index('id="evidence"') :]
     assert gallery.count("training image not available") == 3
@@ -201,6 +201,6 @@ def test_evidence_pair_orients_a_non_square_training_slice_as_matched(copy: str)
 
     train = np.random.default_rng(0).random((40, 64)).astype(np.float32)
     query = reference_copy(train, copy)  # a copy in the matched orientation: [64, 40] when the axes swap
-    oriented, label, r = report._match_orientation(query, train, copy)
+    oriented, label, r = report_evidence.match_orientation(query, train, copy)
     assert oriented.shape == query.shape and label.startswith(copy)
     assert r > 0.99

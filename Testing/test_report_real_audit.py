@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from report_helpers import EVIL_NAME, _chromium, assert_offline, imgs, parse, plots, write_nifti
 
-from MemorizationIndexLib import report
+from MemorizationIndexLib import report, report_evidence
 from MemorizationIndexLib.audit_output import read_audit
 
 
@@ -122,7 +122,7 @@ def _assert_same_report_from_kept_slices(out: Path, kept: dict, max_evidence: in
     reads none of them."""
     from_disk = report.render_report(out, generated="fixed", max_evidence=max_evidence)
     with monkeypatch.context() as patch:
-        patch.setattr(report, "_read_query_volume", lambda *args: pytest.fail("query volume read again"))
+        patch.setattr(report_evidence, "read_query_volume", lambda *args: pytest.fail("query volume read again"))
         in_memory = report.render_report(out, generated="fixed", max_evidence=max_evidence, query_slices=kept)
     assert [a["src"] for a in imgs(parse(in_memory), "query")] == [a["src"] for a in imgs(parse(from_disk), "query")]
     assert in_memory == from_disk
@@ -134,7 +134,7 @@ def test_report_from_the_audit_slices_equals_reading_them(real_audit, monkeypatc
     out, _, audits, _ = real_audit
     kept = query_slices(audits)
     rows = read_audit(out).rows
-    assert set(kept) == {(r.volume, r.slice) for r in report._ranked(rows)[:24]}
+    assert set(kept) == {(r.volume, r.slice) for r in report_evidence.ranked(rows)[:24]}
     assert all(img.base is None and img.flags.c_contiguous for img in kept.values())  # copies, not views of the volume
     _assert_same_report_from_kept_slices(out, kept, 24, monkeypatch)
 
@@ -149,6 +149,6 @@ def test_audit_keeps_only_the_best_evidence_over_all_volumes(real_audit, spine, 
     audits = audit.audit_paths(index_dir, [spine["01"], qpath], out, device="cpu", alpha=0.05, keep_evidence=3)
     kept = audit.query_slices(audits)
     rows = read_audit(out).rows
-    assert set(kept) == {(r.volume, r.slice) for r in report._ranked(rows)[:3]}
+    assert set(kept) == {(r.volume, r.slice) for r in report_evidence.ranked(rows)[:3]}
     assert sum(len(a.evidence_slices) for a in audits) == 3
     _assert_same_report_from_kept_slices(out, kept, 3, monkeypatch)

@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     demo.set_defaults(func=_demo)
 
-    from .benchmark import add_benchmark_parser
+    from .benchmark_cli import add_benchmark_parser
 
     add_benchmark_parser(sub)
     return parser
