@@ -297,6 +297,28 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["benchmark", "--dataset", "a=x", "--subject-pattern", "b=(.*)", "--out", str(tmp_path / "o")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value", "expected"),
+    [
+        ("benchmark", "--batch-size", "0", "must be 1 or more (got 0)"),
+        ("benchmark", "--seed", "-1", "must be 0 or more (got -1)"),
+        ("build-index", "--seed", "-2", "must be 0 or more (got -2)"),
+    ],
+)
+def test_cli_rejects_bad_numbers_before_any_work(shared_data, tmp_path, capsys, command, option, value, expected):
+    """A batch size under 1 or a negative seed is a user mistake: one usage error and exit 2 before any file is read
+    or written (it used to end in an "internal error" once the data was read and embedded)."""
+    knee = str(shared_data / "knee")
+    given = ["--dataset", f"knee={knee}"] if command == "benchmark" else [knee]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exited:
+        main([command, *given, option, value, "--out", str(out)])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith(f"argument {option}: {expected}"), error
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- a small real run
 
 

@@ -14,7 +14,7 @@ from .augment import (
 )
 from .benchmark import run_benchmark
 from .benchmark_data import DEFAULT_LEVELS, DEFAULT_SLICES_PER_SPLIT, DatasetSpec
-from .encoders import ENCODER_NAMES
+from .cli_options import add_batch_size_option, add_device_option, add_encoder_options, non_negative_int
 from .errors import UserError
 
 
@@ -173,13 +173,7 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
         help="subject id of each file of dataset NAME: regex on its path",
     )
     parser.add_argument("--out", required=True, help="output folder for results.json, results.md and copies.csv")
-    parser.add_argument(
-        "--encoder",
-        default="default",
-        choices=ENCODER_NAMES,
-        help="slice encoder (default: the embedded EfficientNet-Lite0)",
-    )
-    parser.add_argument("--checkpoint", help="MRI-CORE checkpoint (for --encoder mri-core)")
+    add_encoder_options(parser, "MRI-CORE checkpoint (for --encoder mri-core)")
     parser.add_argument(
         "--levels",
         default=",".join(str(x) for x in DEFAULT_LEVELS),
@@ -198,10 +192,13 @@ def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
         help=f"slices sampled per split (default: {DEFAULT_SLICES_PER_SPLIT})",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the subject split, sampling and augmentation (default: 0)"
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seed of the subject split, sampling and augmentation (default: 0)",
     )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_device_option(parser)
+    add_batch_size_option(parser)
     parser.add_argument(
         "--no-verification",
         action="store_true",

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .allocator import keep_freed_memory
 from .calibration import few_training_subjects
-from .encoders import ENCODER_NAMES
+from .cli_options import (
+    add_batch_size_option,
+    add_device_option,
+    add_encoder_options,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from .errors import UserError
 from .patch_search import PATCH_MAX_SLICES
 from .protocol import PROGRESS_ENV, format_error, format_progress
@@ -55,25 +62,9 @@ def make_progress(label: str) -> Callable[[int, int], None]:
     return update
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
-    return value
-
-
-def _alpha(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (got {value})")
-    return value
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda", "auto"), help="where the encoder runs (default: cpu)"
-    )
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="slices per forward pass (default: 32)")
+    add_device_option(parser)
+    add_batch_size_option(parser)
     parser.add_argument("--series", help="DICOM series UID to read when a folder holds several")
     parser.add_argument("--volume-index", type=int, help="which volume of a 4D image to read")
 
@@ -231,13 +222,7 @@ def _add_build_parser(sub) -> None:
         help="training volume files or folders (each file is one subject unless --subject-pattern)",
     )
     build.add_argument("--out", required=True, help="index folder to create")
-    build.add_argument(
-        "--encoder",
-        default="default",
-        choices=ENCODER_NAMES,
-        help="slice encoder (default: the embedded EfficientNet-Lite0)",
-    )
-    build.add_argument("--checkpoint", help="local MRI-CORE checkpoint file (for --encoder mri-core)")
+    add_encoder_options(build, "local MRI-CORE checkpoint file (for --encoder mri-core)")
     build.add_argument(
         "--axis",
         default="auto",
@@ -249,15 +234,15 @@ def _add_build_parser(sub) -> None:
     )
     build.add_argument("--subject-pattern", help="regex whose first group (or match) in a file path names its subject")
     build.add_argument(
-        "--slice-stride", type=_positive_int, default=1, help="index every N-th non-empty slice (default: 1)"
+        "--slice-stride", type=positive_int, default=1, help="index every N-th non-empty slice (default: 1)"
     )
     build.add_argument(
         "--null-splits",
-        type=_positive_int,
+        type=positive_int,
         default=10,
         help="random subject splits for the null (default: 10, raised for small sets)",
     )
-    build.add_argument("--seed", type=int, default=0, help="seed of the null splits (default: 0)")
+    build.add_argument("--seed", type=non_negative_int, default=0, help="seed of the null splits (default: 0)")
     build.add_argument(
         "--no-copies",
         action="store_true",
@@ -315,7 +300,7 @@ def _add_audit_parser(sub) -> None:
     )
     audit.add_argument("--out", required=True, help="output folder")
     audit.add_argument("--checkpoint", help="MRI-CORE checkpoint (if not at the path recorded in the index)")
-    audit.add_argument("--alpha", type=_alpha, help="significance level for flagging (default: the index's, 0.001)")
+    audit.add_argument("--alpha", type=fraction, help="significance level for flagging (default: the index's, 0.001)")
     audit.add_argument("--axis", choices=AXIS_CHOICES, help="override the index's slicing axis")
     audit.add_argument("--no-report", action="store_true", help="do not write report.html")
     audit.add_argument(
@@ -354,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("out_dir", metavar="OUT_DIR")
     report.add_argument("--no-training-images", action="store_true", help="leave training pixels out")
     report.add_argument(
-        "--max-evidence", type=_positive_int, default=24, help="most suspicious slices shown (default: 24)"
+        "--max-evidence", type=positive_int, default=24, help="most suspicious slices shown (default: 24)"
     )
     report.set_defaults(func=_report)
 
@@ -362,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="build an index from real MRI shipped in pip packages, audit planted copies, print the result"
     )
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    add_device_option(demo)
     demo.set_defaults(func=_demo)
 
     from .benchmark_cli import add_benchmark_parser
