@@ -35,7 +35,7 @@ guided translations), ``grid_warps`` (linear maps, shifts, the bend), ``grid_mom
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -381,6 +381,70 @@ def verify_batch(
     return out
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """The pairs of one chunk and what every stage of their verification reads: the queries' grid images and masks
+    [Q, GRID, GRID], the distinct candidates' images and masks (``unique`` [U, 2, GRID, GRID]), each pair's hypotheses
+    (``transposed`` [P * _HYPOTHESES], ``linear`` [P * _HYPOTHESES, 2, 2]; :func:`_hypotheses`), its in-place scale [P]
+    and translation [P, 2] (:func:`_in_place`), the region search's tiles [P, 4] and the moves they propose [P, 6]
+    (:func:`translations.moved_in_place`), which pairs may be bent (``wanted`` [P]), and every hypothesis turned and
+    scaled (``turned``, ``turned_masks``), its whole-pixel translation and cross-power spectrum (:func:`_aligned`) and
+    its global correlation with its query (``ranks`` [P, _HYPOTHESES])."""
+
+    used: list[Grid]
+    pairs: _Pairs
+    images: np.ndarray
+    masks: np.ndarray
+    unique: np.ndarray
+    transposed: np.ndarray
+    linear: np.ndarray
+    in_place_scales: np.ndarray
+    in_place_offsets: np.ndarray
+    tiles: np.ndarray
+    moves: np.ndarray
+    wanted: np.ndarray
+    shifts: np.ndarray
+    cross: np.ndarray
+    turned: np.ndarray
+    turned_masks: np.ndarray
+    ranks: np.ndarray
+
+    @property
+    def in_place(self) -> np.ndarray:
+        """[P] each pair's in-place hypothesis, an index into the chunk's flat hypotheses."""
+        return np.arange(len(self.pairs.query)) * _HYPOTHESES + IN_PLACE
+
+    @property
+    def owner(self) -> np.ndarray:
+        """[P * _HYPOTHESES] the query (an index into ``used``) of each flat hypothesis."""
+        return np.repeat(self.pairs.query, _HYPOTHESES)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """Hypotheses to score, in order: the pair of each [S], the hypothesis (an index into the chunk's flat hypotheses)
+    [S] and the translation it is scored at [S, 2] (grid pixels, fractions included)."""
+
+    pair_of: np.ndarray
+    hypothesis: np.ndarray
+    shift: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pair_of)
+
+    def extended(self, pair_of: np.ndarray, hypothesis: np.ndarray, shift: np.ndarray) -> _Scored:
+        """These hypotheses followed by more."""
+        return _Scored(
+            np.concatenate([self.pair_of, pair_of]),
+            np.concatenate([self.hypothesis, hypothesis]),
+            np.concatenate([self.shift, shift]),
+        )
+
+    def followed_by(self, other: _Scored) -> _Scored:
+        """These hypotheses, then ``other``'s."""
+        return self.extended(other.pair_of, other.hypothesis, other.shift)
+
+
 def _verify_chunk(
     queries: Sequence[Grid],
     candidates: Sequence[Sequence[Grid]],
@@ -388,19 +452,51 @@ def _verify_chunk(
     bend: Sequence[Sequence[bool]],
 ) -> list[list[Verification]]:
     """One chunk of :func:`verify_batch`: the rotation, scale and translation estimates and the warps of every pair and
-    hypothesis are batched; each pair's best hypothesis by global correlation, its in-place one and, for a pair
-    ``bend`` marks, the centroid sweep's (:func:`_scored_hypotheses`), and for a pair whose copy the region search
-    saw moved its in-place one moved there (:func:`_moved_shifts`), or, saw in place while phase correlation put it
-    elsewhere, its in-place one exactly in place (:func:`translations.seen_in_place`), are scored by
-    :func:`agreement.agreements`, and the highest scoring one is kept. The in-place hypothesis moved to its phase
-    correlation's strongest peak away from in place, and for a pair seen in place to the peak near the tiles' move where
-    that is off in place (:func:`_moved_near`), count only by their near-exact part at the slice's own resolution
-    (:func:`_with_moved_native_part`). The pairs that ``bend`` marks and that score at least BEND_GATE are bent too
-    (:func:`grid_warps.bent_onto`)."""
+    hypothesis are batched (:func:`_chunk_of`); the hypotheses that can win (:func:`_whole_slice_hypotheses`) and those
+    that count only by their near-exact part at the slice's own resolution (:func:`_moved_only_hypotheses`) are scored
+    by :func:`agreement.agreements` together; per pair the highest scoring of the first kind is kept
+    (:func:`_chosen`), bent onto its query where ``bend`` marks the pair and it scores at least BEND_GATE
+    (:func:`_bent_scores`), and checked at the slice's own resolution with the second kind (:func:`_results`)."""
     asked = [i for i, listed in enumerate(candidates) if len(listed)]
     out: list[list[Verification]] = [[] for _ in queries]
     if not asked:
         return out
+    chunk = _chunk_of(queries, candidates, places, bend, asked)
+    whole_slice = _whole_slice_hypotheses(chunk)
+    scored = whole_slice.followed_by(_moved_only_hypotheses(chunk))
+    maps = inverse_maps(chunk.transposed[scored.hypothesis], chunk.linear[scored.hypothesis], scored.shift)
+    candidate_of = chunk.pairs.candidate[scored.hypothesis // _HYPOTHESES]
+    placed, placed_masks = warped(chunk.unique[candidate_of], maps, 1)
+    queries_at = chunk.owner[scored.hypothesis]
+    structured = two_dimensional_pixels(chunk.images)[queries_at]  # once per query, not per scored hypothesis
+    areas = np.abs(np.linalg.det(chunk.linear[scored.hypothesis]))
+    whole = chunk.unique[candidate_of, 1].sum(axis=(1, 2)) * areas
+    images, masks = chunk.images[queries_at], chunk.masks[queries_at]
+    scores, copied, reproduced = agreements(images, masks, placed, placed_masks, structured, whole)
+    chosen, moved_only = _chosen(scored, scores, len(whole_slice), len(chunk.ranks))
+    most_reproduced = np.zeros(len(chunk.ranks))
+    np.maximum.at(most_reproduced, scored.pair_of[: len(whole_slice)], reproduced[: len(whole_slice)])
+    bent = _bent_scores(chunk, chosen, scores, images, masks, placed, placed_masks, structured, whole)
+    likeness = global_correlations(images[chosen], masks[chosen] & copied[chosen], placed[chosen], placed_masks[chosen])
+    found = [
+        (float(scores[chosen[p]]), float(most_reproduced[p]), float(bent[p]), float(likeness[p]))
+        for p in range(len(chosen))
+    ]
+    for q, result in _results(chunk, scored, chosen, moved_only, found, scores, copied, reproduced):
+        out[asked[q]].append(result)
+    return out
+
+
+def _chunk_of(
+    queries: Sequence[Grid],
+    candidates: Sequence[Sequence[Grid]],
+    places: Sequence[Sequence[np.ndarray]],
+    bend: Sequence[Sequence[bool]],
+    asked: list[int],
+) -> _Chunk:
+    """The :class:`_Chunk` of the queries ``asked`` (those with candidates): every pair's hypotheses, the moment-matched
+    one refined by the optical flow (:func:`_flow_refined`), all turned, scaled and moved by phase correlation, and
+    ranked by their global correlation."""
     used, pairs = [queries[i] for i in asked], _Pairs.of([candidates[i] for i in asked])
     in_place_scales, in_place_offsets = _in_place(used, pairs)
     tiles = np.array([pair for i in asked for pair in places[i]], dtype=np.float64).reshape(-1, 4)
@@ -412,125 +508,182 @@ def _verify_chunk(
     matched = np.arange(len(pairs.query)) * _HYPOTHESES + MOMENTS
     linear[matched] = _flow_refined(images, masks, unique, pairs, linear[matched])
     moved, moved_masks, shifts, cross, turned, turned_masks = _aligned(images, unique, pairs, transposed, linear)
-    in_place = np.arange(len(pairs.query)) * _HYPOTHESES + IN_PLACE
     owner = np.repeat(pairs.query, _HYPOTHESES)
     ranks = global_correlations(images[owner], masks[owner], moved, moved_masks).reshape(-1, _HYPOTHESES)
-    pair_of, scored = _scored_hypotheses(ranks, wanted)
-    fine = refined_shifts(cross[scored], shifts[scored])
-    # An in-place hypothesis whose whole-pixel translation lies within a pixel of its exact one is put exactly there.
-    offsets = in_place_offsets[scored // _HYPOTHESES]
-    snap = (scored % _HYPOTHESES == IN_PLACE) & (np.abs(shifts[scored] - offsets).max(axis=1) <= IN_PLACE_SNAP)
-    fine[snap] = offsets[snap]
-    # A pair whose copy the region search saw in place, phase correlation elsewhere, also scores it exactly in place.
-    put_back = seen_in_place(tiles, moves)[scored // _HYPOTHESES] & (scored % _HYPOTHESES == IN_PLACE) & ~snap
-    if put_back.any():
-        pair_of = np.concatenate([pair_of, scored[put_back] // _HYPOTHESES])
-        scored = np.concatenate([scored, scored[put_back]])
-        fine = np.concatenate([fine, offsets[put_back]])
-    # A pair whose copy the region search saw moved also scores its in-place hypothesis moved there.
-    guided = np.flatnonzero(np.isfinite(moves[:, 0]))
-    if len(guided):
-        moved_by, moved_cross = _moved_shifts(images, turned, pairs, guided, moves[guided])
-        pair_of = np.concatenate([pair_of, guided])
-        scored = np.concatenate([scored, guided * _HYPOTHESES + IN_PLACE])
-        fine = np.concatenate([fine, refined_shifts(moved_cross, moved_by)])
-    # Every pair also tries its in-place hypothesis where its phase correlation peaks farthest from in place: the
-    # strongest peak away from in place, on the side of the periodic surface where the two agree, refined in windows
-    # about where they agree. A region copied and moved (a pasted patch) correlates there, however a host's anatomy
-    # rules the rest of the slices. This move counts only by its near-exact part at the slice's own resolution
-    # (:func:`_with_moved_native_part`): a look-alike moved there can agree loosely, a copy is reproduced (§7.45).
-    away = np.where(
-        (wrapped_distance(shifts[in_place], in_place_offsets) <= MOVED_SEARCH)[:, None],
-        peaks_away(cross[in_place], in_place_offsets),
-        shifts[in_place],
+    return _Chunk(
+        used,
+        pairs,
+        images,
+        masks,
+        unique,
+        transposed,
+        linear,
+        in_place_scales,
+        in_place_offsets,
+        tiles,
+        moves,
+        wanted,
+        shifts,
+        cross,
+        turned,
+        turned_masks,
+        ranks,
     )
+
+
+def _whole_slice_hypotheses(chunk: _Chunk) -> _Scored:
+    """The hypotheses a pair's verification is chosen from: each pair's best hypothesis by global correlation, its
+    in-place one and, for a pair ``bend`` marks, the centroid sweep's (:func:`_scored_hypotheses`), at their refined
+    translations (the in-place one put exactly in place when it lies within IN_PLACE_SNAP of there); for a pair whose
+    copy the region search saw in place while phase correlation put it elsewhere, its in-place one exactly in place
+    too (:func:`translations.seen_in_place`); for a pair whose copy the region search saw moved, its in-place one
+    moved there (:func:`_moved_shifts`)."""
+    pair_of, scored = _scored_hypotheses(chunk.ranks, chunk.wanted)
+    fine = refined_shifts(chunk.cross[scored], chunk.shifts[scored])
+    # An in-place hypothesis whose whole-pixel translation lies within a pixel of its exact one is put exactly there.
+    offsets = chunk.in_place_offsets[scored // _HYPOTHESES]
+    in_place = scored % _HYPOTHESES == IN_PLACE
+    snap = in_place & (np.abs(chunk.shifts[scored] - offsets).max(axis=1) <= IN_PLACE_SNAP)
+    fine[snap] = offsets[snap]
+    out = _Scored(pair_of, scored, fine)
+    # A pair whose copy the region search saw in place, phase correlation elsewhere, also scores it exactly in place.
+    put_back = seen_in_place(chunk.tiles, chunk.moves)[scored // _HYPOTHESES] & in_place & ~snap
+    if put_back.any():
+        out = out.extended(scored[put_back] // _HYPOTHESES, scored[put_back], offsets[put_back])
+    # A pair whose copy the region search saw moved also scores its in-place hypothesis moved there.
+    guided = np.flatnonzero(np.isfinite(chunk.moves[:, 0]))
+    if len(guided):
+        moved_by, moved_cross = _moved_shifts(chunk.images, chunk.turned, chunk.pairs, guided, chunk.moves[guided])
+        out = out.extended(guided, guided * _HYPOTHESES + IN_PLACE, refined_shifts(moved_cross, moved_by))
+    return out
+
+
+def _moved_only_hypotheses(chunk: _Chunk) -> _Scored:
+    """The in-place hypotheses moved where a moved region would lie, which count only by their near-exact part at the
+    slice's own resolution (:func:`_with_moved_native_part`: a look-alike moved there can agree loosely, a copy is
+    reproduced; method.md §7.45, §7.49): every pair's at its phase correlation's strongest peak away from in place, on
+    the side of the periodic surface where the two agree, refined in windows about where they agree (a region copied
+    and moved, a pasted patch, correlates there, however a host's anatomy rules the rest of the slices); and, for a
+    pair whose copy the region tiles saw in place, at the peak near the tiles' move where that is off in place (a
+    patch pasted a little off its place; :func:`_moved_near`)."""
+    in_place, offsets = chunk.in_place, chunk.in_place_offsets
+    away = np.where(
+        (wrapped_distance(chunk.shifts[in_place], offsets) <= MOVED_SEARCH)[:, None],
+        peaks_away(chunk.cross[in_place], offsets),
+        chunk.shifts[in_place],
+    )
+    query = chunk.pairs.query
     found_moves = agreement_moves(
-        images[pairs.query], masks[pairs.query], turned[in_place], turned_masks[in_place], away
+        chunk.images[query], chunk.masks[query], chunk.turned[in_place], chunk.turned_masks[in_place], away
     )
     roaming = np.flatnonzero(np.isfinite(found_moves[:, 2]))
-    first_away = len(scored)
+    out = _Scored(np.zeros(0, np.intp), np.zeros(0, np.intp), np.zeros((0, 2)))
     if len(roaming):
-        roamed_by, roamed_cross = _moved_shifts(images, turned, pairs, roaming, found_moves[roaming])
-        pair_of = np.concatenate([pair_of, roaming])
-        scored = np.concatenate([scored, in_place[roaming]])
-        fine = np.concatenate([fine, refined_shifts(roamed_cross, roamed_by)])
-    # A pair whose copy the region tiles saw in place also tries its in-place hypothesis at the peak near the tiles'
-    # move, in windows about them, where that is off in place: a patch pasted a little off its place. It counts only by
-    # its near-exact part at the slice's own resolution, as the move away from in place does.
-    near = np.flatnonzero(seen_in_place(tiles, moves))
+        roamed_by, roamed_cross = _moved_shifts(chunk.images, chunk.turned, chunk.pairs, roaming, found_moves[roaming])
+        out = out.extended(roaming, in_place[roaming], refined_shifts(roamed_cross, roamed_by))
+    near = np.flatnonzero(seen_in_place(chunk.tiles, chunk.moves))
     nudged, nudged_by = _moved_near(
-        images, turned, pairs, near, tile_moves(tiles[near], in_place_scales[near]), in_place_offsets[near]
+        chunk.images,
+        chunk.turned,
+        chunk.pairs,
+        near,
+        tile_moves(chunk.tiles[near], chunk.in_place_scales[near]),
+        offsets[near],
     )
-    pair_of = np.concatenate([pair_of, nudged])
-    scored = np.concatenate([scored, in_place[nudged]])
-    fine = np.concatenate([fine, nudged_by])
-    maps = inverse_maps(transposed[scored], linear[scored], fine)
-    placed, placed_masks = warped(unique[pairs.candidate[scored // _HYPOTHESES]], maps, 1)
-    queries_at = owner[scored]
-    structured = two_dimensional_pixels(images)[queries_at]  # once per query, not per scored hypothesis
-    areas = np.abs(np.linalg.det(linear[scored]))
-    whole = unique[pairs.candidate[scored // _HYPOTHESES], 1].sum(axis=(1, 2)) * areas
-    scores, copied, reproduced = agreements(
-        images[queries_at], masks[queries_at], placed, placed_masks, structured, whole
-    )
-    # Per pair: its first scored unless another scores higher; the moment-matched map, which has the most freedom,
-    # keeps a tie only against none (a partial copy's mixed moments put it a little off a copy's in-place map, and
-    # the near-exact part of a copied half scores 1 under both).
-    chosen = np.full(len(ranks), -1, dtype=np.intp)
-    moved_only: list[list[int]] = [[] for _ in ranks]  # per pair: its hypotheses counted by their near-exact part
-    for s, p in enumerate(pair_of):
-        if s >= first_away:
+    return out.extended(nudged, in_place[nudged], nudged_by)
+
+
+def _chosen(scored: _Scored, scores: np.ndarray, first_moved_only: int, n_pairs: int) -> tuple[np.ndarray, list]:
+    """Per pair, the scored hypothesis (an index into ``scored``) kept among those before ``first_moved_only``: its
+    first unless another scores higher; the moment-matched map, which has the most freedom, keeps a tie only against
+    none (a partial copy's mixed moments put it a little off a copy's in-place map, and the near-exact part of a copied
+    half scores 1 under both). And per pair, its hypotheses from ``first_moved_only`` on (counted by their near-exact
+    part only)."""
+    chosen = np.full(n_pairs, -1, dtype=np.intp)
+    moved_only: list[list[int]] = [[] for _ in range(n_pairs)]
+    for s, p in enumerate(scored.pair_of):
+        if s >= first_moved_only:
             moved_only[p].append(s)
             continue
         if chosen[p] < 0 or scores[s] > scores[chosen[p]]:
             chosen[p] = s
-        elif scores[s] == scores[chosen[p]] and scored[chosen[p]] % _HYPOTHESES == MOMENTS:
+        elif scores[s] == scores[chosen[p]] and scored.hypothesis[chosen[p]] % _HYPOTHESES == MOMENTS:
             chosen[p] = s
-    most_reproduced = np.zeros(len(ranks))
-    np.maximum.at(most_reproduced, pair_of[:first_away], reproduced[:first_away])
+    return chosen, moved_only
+
+
+def _bent_scores(
+    chunk: _Chunk,
+    chosen: np.ndarray,
+    scores: np.ndarray,
+    images: np.ndarray,
+    masks: np.ndarray,
+    placed: np.ndarray,
+    placed_masks: np.ndarray,
+    structured: np.ndarray,
+    whole: np.ndarray,
+) -> np.ndarray:
+    """[P] each pair's bent score: its chosen hypothesis's score, or where the pair may be bent (``chunk.wanted``) and
+    that reaches BEND_GATE, the higher of it and the score of the placed candidate bent onto its query
+    (:func:`grid_warps.bent_onto`). The other arrays are per scored hypothesis, as :func:`_verify_chunk` scores them."""
     bent = scores[chosen].astype(np.float64)
-    gated = np.flatnonzero((bent >= BEND_GATE) & wanted)
+    gated = np.flatnonzero((bent >= BEND_GATE) & chunk.wanted)
     if len(gated):
-        rows, at = chosen[gated], queries_at[chosen[gated]]
-        moved_on, moved_on_masks = bent_onto(images[at], masks[at], placed[rows], placed_masks[rows])
-        bent_scores, _, _ = agreements(images[at], masks[at], moved_on, moved_on_masks, structured[rows], whole[rows])
+        rows = chosen[gated]
+        moved_on, moved_on_masks = bent_onto(images[rows], masks[rows], placed[rows], placed_masks[rows])
+        bent_scores, _, _ = agreements(
+            images[rows], masks[rows], moved_on, moved_on_masks, structured[rows], whole[rows]
+        )
         bent[gated] = np.maximum(bent[gated], bent_scores)
-    owners = queries_at[chosen]
-    likeness = global_correlations(images[owners], masks[owners] & copied[chosen], placed[chosen], placed_masks[chosen])
-    to_query = [np.linalg.inv(grid_of(query)) for query in used]
-    from_candidate = [grid_of(grid) for grid in pairs.unique]
+    return bent
+
+
+def _results(
+    chunk: _Chunk,
+    scored: _Scored,
+    chosen: np.ndarray,
+    moved_only: list[list[int]],
+    found: list[tuple[float, float, float, float]],
+    scores: np.ndarray,
+    copied: np.ndarray,
+    reproduced: np.ndarray,
+) -> Iterator[tuple[int, Verification]]:
+    """(query, :class:`Verification`) of every pair in order: its chosen hypothesis's alignment (in slice pixels),
+    score, copy mask and box, most reproduced part, bent score and likeness (``found``), raised by its near-exact part
+    at the slice's own resolution where :func:`native_check.checked_natively` asks for it, under the chosen alignment
+    and each of its moved-only ones."""
+    to_query = [np.linalg.inv(grid_of(query)) for query in chunk.used]
+    from_candidate = [grid_of(grid) for grid in chunk.pairs.unique]
 
     def alignment_of(s: int, q: int, c: int) -> Alignment:
         # The s-th scored hypothesis's map from the candidate's slice pixels to the query's.
-        h = scored[s]
-        on_grid = grid_transform(linear[h], (float(fine[s, 0]), float(fine[s, 1])))
-        matrix = _slice_map(to_query[q], from_candidate[c], bool(transposed[h]), on_grid)
-        return Alignment(bool(transposed[h]), *turn_and_scale(linear[h]), matrix)
+        h = scored.hypothesis[s]
+        on_grid = grid_transform(chunk.linear[h], (float(scored.shift[s, 0]), float(scored.shift[s, 1])))
+        matrix = _slice_map(to_query[q], from_candidate[c], bool(chunk.transposed[h]), on_grid)
+        return Alignment(bool(chunk.transposed[h]), *turn_and_scale(chunk.linear[h]), matrix)
 
-    for p, (q, c) in enumerate(zip(pairs.query, pairs.candidate)):
-        query, candidate = used[q], pairs.unique[c]
+    for p, (q, c) in enumerate(zip(chunk.pairs.query, chunk.pairs.candidate)):
+        query, candidate = chunk.used[q], chunk.pairs.unique[c]
         mask = to_slice(copied[chosen[p]], query)
-        score = float(scores[chosen[p]])
-        found = Verification(
+        score, most_reproduced, bent, likeness = found[p]
+        result = Verification(
             score,
             alignment_of(chosen[p], q, c),
             mask,
             bounding_box(mask),
-            float(most_reproduced[p]),
-            float(bent[p]),
+            most_reproduced,
+            bent,
             on_grid=score,
-            likeness=float(likeness[p]),
+            likeness=likeness,
         )
-        result = found
         if checked_natively(score, reproduced[chosen[p]]):
-            result = _with_native_part(found, query, candidate)
+            result = _with_native_part(result, query, candidate)
         for a in moved_only[p]:
             if checked_natively(scores[a]):
                 result = _with_moved_native_part(
                     result, query, candidate, alignment_of(a, q, c), to_slice(copied[a], query)
                 )
-        out[asked[q]].append(result)
-    return out
+        yield q, result
 
 
 def _with_native_part(found: Verification, query: Grid, candidate: Grid) -> Verification:
