@@ -4,7 +4,9 @@ results, and the headline printed when it ends (``benchmark.run_benchmark`` runs
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
+import sys
 from collections.abc import Sequence
 
 from .augment import (
@@ -12,7 +14,6 @@ from .augment import (
     CONDITIONS,
     GENERATOR_CONDITIONS,
 )
-from .benchmark import run_benchmark
 from .benchmark_data import DEFAULT_LEVELS, DEFAULT_SLICES_PER_SPLIT, DatasetSpec
 from .cli_options import add_batch_size_option, add_device_option, add_encoder_options, non_negative_int
 from .errors import UserError
@@ -84,8 +85,6 @@ def _run(args: argparse.Namespace) -> int:
     specs = [
         DatasetSpec(name, [p for p in paths.split(",") if p], patterns.get(name)) for name, paths in datasets.items()
     ]
-    import re
-
     for spec in specs:
         if spec.subject_pattern is not None:
             try:
@@ -96,10 +95,11 @@ def _run(args: argparse.Namespace) -> int:
     conditions = _parse_conditions(args.conditions)
     if args.slices_per_split < 4:
         raise UserError("--slices-per-split must be at least 4")
-    import sys
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
+
+    from .benchmark import run_benchmark  # on use: the other commands do not load the benchmark's modules
 
     results = run_benchmark(
         specs,
