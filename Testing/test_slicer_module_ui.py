@@ -12,6 +12,8 @@ with ``ast`` and the .ui file with an XML parser:
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -205,6 +207,32 @@ def test_module_file_keeps_the_template_order(module_tree):
     classes = [node.name for node in module_tree.body if isinstance(node, ast.ClassDef)]
     assert [name for name in classes if name in order] == order
     assert not set(classes) - set(order) - _enum_classes(module_tree), "helper classes belong in MemorizationIndexLib"
+
+
+@pytest.mark.parametrize("source", [MODULE_FILE, MODULE_DIR / "Testing" / "Python" / "MemorizationIndexModuleTest.py"])
+def test_every_library_name_the_slicer_files_use_exists(source):
+    """The module file and its in-Slicer self-test run only inside the application: every name they import from the
+    library (``from MemorizationIndexLib.x import y``, and ``m.y`` of a library module imported whole) must exist, so
+    that moving or renaming a library function cannot break them unseen."""
+    tree = ast.parse(source.read_text())
+    whole: dict[str, str] = {}  # local name -> library module imported whole
+    checked = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "MemorizationIndexLib":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if hasattr(module, "__path__") and importlib.util.find_spec(submodule) is not None:
+                    whole[alias.asname or alias.name] = submodule
+                else:
+                    assert hasattr(module, alias.name), f"{source.name}: {node.module} has no {alias.name}"
+                    checked += 1
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in whole:
+            module = importlib.import_module(whole[node.value.id])
+            assert hasattr(module, node.attr), f"{source.name}: {whole[node.value.id]} has no {node.attr}"
+            checked += 1
+    assert checked > 0, f"{source.name} uses no library name: the check read the wrong file"
 
 
 def test_cmake_lists_reference_existing_files():
