@@ -649,7 +649,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
 
     def showResults(self, result, opacity: float = 0.6) -> None:
         """Side-by-side layout (query + heatmap | nearest neighbour, chart below), linked views."""
-        from MemorizationIndexLib.mrml import show_result_in_slice_views
+        from MemorizationIndexLib.mrml_views import show_result_in_slice_views
 
         if not hasattr(slicer, "app") or slicer.app is None:
             return
@@ -679,7 +679,7 @@ class MemorizationIndexLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def jumpToMostSuspicious(result) -> None:
         from MemorizationIndexLib.audit_output import evidence_order
-        from MemorizationIndexLib.mrml import jump_to_slice
+        from MemorizationIndexLib.mrml_views import jump_to_slice
 
         if not result.audit.scores:
             return
@@ -717,7 +717,7 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         logic = MemorizationIndexLogic()
         if not logic.ensureDependencies(askConfirmation=False):
             self.skipTest("dependencies are not installed")
-        from MemorizationIndexLib import mrml
+        from MemorizationIndexLib import mrml, mrml_views
 
         self.delayDisplay("Building a small reference index")
         queryNode, indexDir = makeSelfTestScenario(pathlib.Path(tempfile.mkdtemp(prefix="MemorizationIndexTest-")))
@@ -736,7 +736,7 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
         flagged = [s for s in result.audit.scores if s.flagged]
         self.assertTrue(flagged, "copied slices must be flagged")
         self.assertEqual(result.missing_neighbors, [])
-        rgba = mrml.composite_slice_rgba(
+        rgba = mrml_views.composite_slice_rgba(
             slicer.mrmlScene,
             queryNode,
             result.heatmap_node,
@@ -744,7 +744,7 @@ class MemorizationIndexTest(ScriptedLoadableModuleTest):
             array_axis=result.audit.array_axis,
             slice_index=flagged[0].slice,
         )
-        self.assertTrue(mrml.overlay_mask(rgba).any(), "the flagged slice must show the colour overlay")
+        self.assertTrue(mrml_views.overlay_mask(rgba).any(), "the flagged slice must show the colour overlay")
         self.delayDisplay("Test passed")
 
 

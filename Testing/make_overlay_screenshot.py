@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import slicer
     from PIL import Image, ImageDraw
 
-    from MemorizationIndexLib import mrml
+    from MemorizationIndexLib import mrml, mrml_views
     from MemorizationIndexLib.index_build import BuildOptions, build_index
     from MemorizationIndexLib.transforms import resize_bilinear
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     cold = min(novel, key=lambda s: abs(s.slice - hot.slice - 25))
 
     def render(background, foreground, score):
-        rgba = mrml.composite_slice_rgba(
+        rgba = mrml_views.composite_slice_rgba(
             scene,
             background,
             foreground,

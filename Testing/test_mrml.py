@@ -28,7 +28,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not Slicer's (pip install slicer-core)", allow_module_level=True)
 sitk = pytest.importorskip("SimpleITK")
 
-from MemorizationIndexLib import mrml
+from MemorizationIndexLib import mrml, mrml_views
 from MemorizationIndexLib.audit_output import read_audit
 from MemorizationIndexLib.commands import audit_arguments, child_environment
 from MemorizationIndexLib.index_build import BuildOptions, build_index
@@ -301,7 +301,7 @@ def test_slice_view_shows_overlay_on_flagged_slice_only(spine):
     novel = min((s for s in audit.scores if not s.flagged), key=lambda s: s.mi)
 
     def view(score, foreground):
-        return mrml.composite_slice_rgba(
+        return mrml_views.composite_slice_rgba(
             scene,
             node,
             foreground,
@@ -315,12 +315,12 @@ def test_slice_view_shows_overlay_on_flagged_slice_only(spine):
     on_novel = view(novel, result.heatmap_node)
     assert on_flagged.shape[-1] in (3, 4) and on_flagged.shape[:2] == on_novel.shape[:2]
     mask = audit.copy_masks.get(flagged.slice)
-    covered = mrml.overlay_mask(on_flagged).mean()
+    covered = mrml_views.overlay_mask(on_flagged).mean()
     if mask is None:
         assert covered > 0.9, "a flagged slice without a copy mask is covered by the colour overlay"
     else:  # the copy map colours the copied pixels only
         assert abs(covered - mask.mean()) < 0.1, (covered, mask.mean())
-    assert not mrml.overlay_mask(on_novel).any(), "a novel slice must show no overlay"
+    assert not mrml_views.overlay_mask(on_novel).any(), "a novel slice must show no overlay"
     # The novel slice looks exactly as without any foreground layer, and it is not blank.
     plain = view(novel, None)
     np.testing.assert_array_equal(on_novel[..., :3], plain[..., :3])
@@ -345,7 +345,7 @@ def test_show_result_in_slice_views_configures_layers(spine):
         logic.AddSliceNode(name)
         logics.append(logic)
     try:
-        mrml.show_result_in_slice_views(scene, result, opacity=0.5, neighbor_view_names=("Yellow",))
+        mrml_views.show_result_in_slice_views(scene, result, opacity=0.5, neighbor_view_names=("Yellow",))
         red, yellow = (logic.GetSliceCompositeNode() for logic in logics)
         assert (red.GetBackgroundVolumeID(), red.GetForegroundVolumeID()) == (node.GetID(), result.heatmap_node.GetID())
         assert red.GetForegroundOpacity() == pytest.approx(0.5)

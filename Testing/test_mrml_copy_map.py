@@ -15,7 +15,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 from report_helpers import AuditedVolume
 
-from MemorizationIndexLib import mrml, results_html
+from MemorizationIndexLib import mrml, mrml_views, results_html
 from MemorizationIndexLib.audit_output import SliceScore, write_audit
 from MemorizationIndexLib.scoring import NullModel
 
@@ -80,10 +80,10 @@ def test_copy_map_marks_the_copied_region_of_flagged_slices_only(folder) -> None
     assert [table[2][c] for c in ("verified_score", "copy_source", "copy_slice")] == [0.9, "t.nii.gz", 3]
 
     def view(k: int) -> np.ndarray:
-        rgba = mrml.composite_slice_rgba(
+        rgba = mrml_views.composite_slice_rgba(
             scene, node, result.heatmap_node, axis_name="axial", array_axis=0, slice_index=k, size=(32, 40)
         )
-        return mrml.overlay_mask(rgba)
+        return mrml_views.overlay_mask(rgba)
 
     coloured = view(2)
     assert 0.05 < coloured.mean() < 0.3, "only the copied region is coloured"
