@@ -478,11 +478,8 @@ def _verify_chunk(
     np.maximum.at(most_reproduced, scored.pair_of[: len(whole_slice)], reproduced[: len(whole_slice)])
     bent = _bent_scores(chunk, chosen, scores, images, masks, placed, placed_masks, structured, whole)
     likeness = global_correlations(images[chosen], masks[chosen] & copied[chosen], placed[chosen], placed_masks[chosen])
-    found = [
-        (float(scores[chosen[p]]), float(most_reproduced[p]), float(bent[p]), float(likeness[p]))
-        for p in range(len(chosen))
-    ]
-    for q, result in _results(chunk, scored, chosen, moved_only, found, scores, copied, reproduced):
+    pair_figures = (most_reproduced, bent, likeness)
+    for q, result in _results(chunk, scored, chosen, moved_only, pair_figures, scores, copied, reproduced):
         out[asked[q]].append(result)
     return out
 
@@ -643,15 +640,15 @@ def _results(
     scored: _Scored,
     chosen: np.ndarray,
     moved_only: list[list[int]],
-    found: list[tuple[float, float, float, float]],
+    pair_figures: tuple[np.ndarray, np.ndarray, np.ndarray],
     scores: np.ndarray,
     copied: np.ndarray,
     reproduced: np.ndarray,
 ) -> Iterator[tuple[int, Verification]]:
     """(query, :class:`Verification`) of every pair in order: its chosen hypothesis's alignment (in slice pixels),
-    score, copy mask and box, most reproduced part, bent score and likeness (``found``), raised by its near-exact part
-    at the slice's own resolution where :func:`native_check.checked_natively` asks for it, under the chosen alignment
-    and each of its moved-only ones."""
+    score, copy mask and box, and its most reproduced part, bent score and likeness (``pair_figures``, [P] each),
+    raised by its near-exact part at the slice's own resolution where :func:`native_check.checked_natively` asks for
+    it, under the chosen alignment and each of its moved-only ones."""
     to_query = [np.linalg.inv(grid_of(query)) for query in chunk.used]
     from_candidate = [grid_of(grid) for grid in chunk.pairs.unique]
 
@@ -665,7 +662,8 @@ def _results(
     for p, (q, c) in enumerate(zip(chunk.pairs.query, chunk.pairs.candidate)):
         query, candidate = chunk.used[q], chunk.pairs.unique[c]
         mask = to_slice(copied[chosen[p]], query)
-        score, most_reproduced, bent, likeness = found[p]
+        score = float(scores[chosen[p]])
+        most_reproduced, bent, likeness = (float(figure[p]) for figure in pair_figures)
         result = Verification(
             score,
             alignment_of(chosen[p], q, c),
