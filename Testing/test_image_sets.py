@@ -128,7 +128,7 @@ def test_folder_glob_and_array_inputs_are_sets(tmp_path: Path, spine_volumes) ->
     assert folder_set.name == str(tmp_path / "ckpt")
     assert [p.name for p in folder_set.files] == [p.name for p in pngs] + ["more.npy"]
     assert folder_set.counts == (1,) * 6 + (2,) and folder_set.n_slices == 8
-    read = list(image_sets.iter_set_slices(folder_set))
+    read = [(p, k, s) for p, _, stack, _ in image_sets.iter_set_files(folder_set) for k, s in enumerate(stack)]
     assert [(p.name, k) for p, k, _ in read][-3:] == [("g0005.png", 0), ("more.npy", 0), ("more.npy", 1)]
     for (_, _, got), want in zip(read, list(slices) + list(slices[:2])):
         np.testing.assert_array_equal(got, want.astype(np.float32))  # axis 0 = rows, as stored
@@ -144,10 +144,65 @@ def test_colour_and_multipage_files_in_a_set(tmp_path: Path, spine_volumes) -> N
     sitk.WriteImage(sitk.GetImageFromArray(slices), str(tmp_path / "set" / "b.tif"))
     image_set = image_sets.open_set(tmp_path / "set")
     assert image_set.counts == (1, 3)
-    read = list(image_sets.iter_set_slices(image_set))
+    read = [(p, k, s) for p, _, stack, _ in image_sets.iter_set_files(image_set) for k, s in enumerate(stack)]
     np.testing.assert_allclose(read[0][2], rgb.mean(axis=-1), rtol=1e-6)
     assert [k for _, k, _ in read] == [0, 0, 1, 2]
     np.testing.assert_array_equal(read[3][2], slices[2])
+
+
+def _sample_grid(samples: np.ndarray, per_row: int, padding: int, value: float) -> np.ndarray:
+    """The samples laid out as a training loop's sample grid: torchvision's make_grid layout (tiles row by row,
+    ``padding`` pixels of ``value`` around and between them, the places after the last sample left at ``value``)."""
+    n, h, w = samples.shape
+    columns, rows = min(per_row, n), -(-n // min(per_row, n))
+    grid = np.full((rows * (h + padding) + padding, columns * (w + padding) + padding), value, dtype=samples.dtype)
+    for i, sample in enumerate(samples):
+        r, c = divmod(i, columns)
+        top, left = r * (h + padding) + padding, c * (w + padding) + padding
+        grid[top : top + h, left : left + w] = sample
+    return grid
+
+
+def _save_picture(path: Path, grey: np.ndarray, **options) -> Path:
+    """An 8-bit RGB picture (as torchvision's save_image writes a grey grid) in the format of the suffix."""
+    from PIL import Image
+
+    Image.fromarray(np.stack([grey.astype(np.uint8)] * 3, axis=-1)).save(path, **options)
+    return path
+
+
+@pytest.mark.parametrize("per_row, n, padding, value", [(4, 8, 2, 0), (3, 7, 1, 255), (8, 3, 4, 128), (2, 4, 2, 0)])
+def test_a_sample_grid_is_read_as_its_samples(tmp_path: Path, spine_volumes, per_row, n, padding, value) -> None:
+    samples = np.concatenate([spine_volumes["05"][3:13], spine_volumes["06"][3:13]])[:n]
+    png = _save_picture(tmp_path / "step-4000.png", _sample_grid(samples, per_row, padding, value))
+    assert image_sets.is_set_input(png)  # one grid alone is a set of its samples
+    stack, mosaic = image_sets.read_set_file(png)
+    layout = (mosaic.columns, mosaic.padding, mosaic.tile_shape, mosaic.samples)
+    assert layout == (min(per_row, n), padding, (224, 224), n)
+    np.testing.assert_array_equal(stack, samples.astype(np.float32))  # row by row, blank places dropped
+    jpeg = _save_picture(tmp_path / "step-4000.jpg", _sample_grid(samples, per_row, padding, value), quality=75)
+    stack, mosaic = image_sets.read_set_file(jpeg)
+    assert mosaic is not None and stack.shape == samples.shape
+    assert np.corrcoef(stack.ravel(), samples.ravel())[0, 1] > 0.99
+
+
+def test_pictures_that_are_not_sample_grids_stay_one_slice(tmp_path: Path, spine_volumes, shared_data: Path) -> None:
+    from MemorizationIndexLib.mosaics import find_mosaic
+
+    samples = spine_volumes["05"][3:11]
+    unpadded = _save_picture(tmp_path / "unpadded.png", _sample_grid(samples, 4, 0, 0))  # no bands to find
+    assert not image_sets.is_set_input(unpadded)
+    assert image_sets.read_set_file(unpadded)[0].shape == (1, 448, 896)
+    for name, volume in spine_volumes.items():  # every slice of six people, each axis, as stored
+        for axis in range(3):
+            found = [k for k in range(volume.shape[axis]) if find_mosaic(np.take(volume, k, axis=axis)) is not None]
+            assert found == [], (name, axis, found)
+    # the edge slices of defaced brains: specks of anatomy on a background as flat as a band, which a layout
+    # of flat bands fits (taken for 1x5 and 2x3 grids before blank-or-image tiles were required)
+    brains = shared_data / "brain" / "ds002748"
+    for subject, slices in (("04", (7, 8, 9)), ("09", (10,)), ("16", (5, 6))):
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(brains / f"sub-{subject}_T1w.nii.gz")))
+        assert [k for k in slices if find_mosaic(volume[k]) is not None] == [], subject
 
 
 def test_bad_set_members_are_refused(tmp_path: Path, spine_volumes) -> None:
@@ -353,6 +408,35 @@ def test_cli_compares_checkpoints(spine_index: Path, checkpoints, tmp_path: Path
     rebuilt = (out / "report.html").read_text(encoding="utf-8")
     assert "query image not available" not in rebuilt
     assert rebuilt.count('class="query"') == 24
+
+
+def test_cli_finds_the_copies_inside_a_sample_grid(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    samples = spine_volumes["05"][4:12].copy()  # 8 samples of a person in no index, 3 of them then copies
+    sources = {1: ("01", 6), 4: ("02", 9), 6: ("01", 12)}
+    for place, (subject, k) in sources.items():
+        samples[place] = spine_volumes[subject][k]
+    grid = _save_picture(tmp_path / "samples_step4000.png", _sample_grid(samples, 3, 2, 0))
+    out = tmp_path / "audit"
+    code, stdout, stderr = _cli("audit", str(spine_index), str(grid), "--out", str(out))
+    assert code == 0, stderr
+    assert "1 of 1 files are sample grids" in stdout
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    (entry,) = summary["sets"]
+    assert (entry["sample_grids"], entry["files"], entry["slices_total"], entry["rows"]) == (1, 1, 8, [0, 8])
+    with open(out / "slices.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["volume"], int(r["slice"])) for r in rows] == [(str(grid), k) for k in range(8)]
+    assert {int(r["slice"]) for r in rows if r["flagged"] == "1"} == set(sources)
+    for place, (subject, k) in sources.items():
+        assert Path(rows[place]["nn_source"]).name == f"{subject}.nii.gz" and int(rows[place]["nn_slice"]) == k
+    # the report command reads the evidence samples back out of the grid
+    (out / "report.html").unlink()
+    code, _, stderr = _cli("report", str(out))
+    assert code == 0, stderr
+    assert "query image not available" not in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ class SetAudit:
     threshold: Threshold
     calibration: CalibrationCheck | None = None
     energy: np.ndarray | None = field(default=None, repr=False)  # feature energy of the scored slices
+    sample_grids: int = 0  # files read as sample grids (:mod:`mosaics`), each slice one of their samples
 
     @property
     def scores(self) -> list[SliceScore]:
@@ -366,6 +367,7 @@ def _set_entries(audits: Sequence[Audit]) -> list[dict]:
                 {
                     "set": audit.name,
                     "files": len(audit.members),
+                    "sample_grids": audit.sample_grids,
                     "rows": [row, row + n],
                     "slices_total": audit.n_slices,
                     "slices_skipped_empty": sum(len(m.skipped_empty) for m in audit.members),

@@ -174,6 +174,12 @@ def _print_sets(sets: list[SetAudit]) -> None:
             f"{s.name[-40:]:<40} {len(s.members):>6} {len(scores):>6} {s.flagged:>8} "
             f"{s.threshold.alpha * len(scores):>8.2f} {mean_mi:>8.3f}"
         )
+    for s in sets:
+        if s.sample_grids:
+            print(
+                f"note: {s.name}: {s.sample_grids} of {len(s.members)} files are sample grids; each of their samples "
+                "was audited as one slice (slices.csv: slice = its place in the grid, row by row)"
+            )
 
 
 def _print_volumes(volumes: list[VolumeAudit]) -> None:

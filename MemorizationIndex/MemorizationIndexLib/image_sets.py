@@ -7,10 +7,13 @@ when it is
 
 - a folder whose image files are all 2D formats (PNG, JPEG, TIFF, NPY, NPZ; searched recursively),
 - a glob pattern (quoted, so that the shell leaves it to us), e.g. ``'samples/*.png'``, or
-- one ``.npy``/``.npz`` file (an N×H×W stack is a set of N samples).
+- one ``.npy``/``.npz`` file (an N×H×W stack is a set of N samples), or
+- one picture that is a sample grid (:mod:`mosaics`: the padded mosaic training loops save).
 
-Anything else (volume files, DICOM folders, folders holding any volume file, a single PNG) stays a
-volume input, audited as before. Array axes: see :mod:`arrays` (axis 0 = image rows).
+A picture of a set that is a sample grid is read as its samples, row by row, like the pages of a
+multi-page TIFF. Anything else (volume files, DICOM folders, folders holding any volume file, a single
+picture that is not a sample grid) stays a volume input, audited as before. Array axes: see :mod:`arrays`
+(axis 0 = image rows).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from PIL import Image
 
 from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, read_array_file
 from .errors import UserError
+from .mosaics import Mosaic, find_mosaic, mosaic_samples
 from .volumes import inspect_input, is_volume_file
 
 SET_AXIS = "2d"  # the array_axis/axis of a set's files in the outputs (2D images or stacks of them)
@@ -37,7 +41,8 @@ PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")  # read with Pillow; TIFF (multi-pag
 
 @dataclass(frozen=True)
 class ImageSet:
-    """A set of 2D image files in audit order, with the number of slices of each (from headers)."""
+    """A set of 2D image files in audit order, with the number of slices of each from its header (a
+    sample grid counts 1 until it is read: the counts serve progress, the audit counts what it reads)."""
 
     name: str
     files: tuple[Path, ...]
@@ -45,7 +50,7 @@ class ImageSet:
 
     @property
     def n_slices(self) -> int:
-        """Slices in the whole set."""
+        """Slices in the whole set, from the headers."""
         return sum(self.counts)
 
 
@@ -71,7 +76,7 @@ def is_set_input(raw: str | Path) -> bool:
         return True
     path = Path(raw)
     if path.is_file():
-        return path.suffix.lower() in ARRAY_SUFFIXES
+        return path.suffix.lower() in ARRAY_SUFFIXES or _is_sample_grid(path)
     if path.is_dir():
         files = _folder_files(path)
         return bool(files) and all(_is_set_file(p) for p in files)
@@ -133,8 +138,19 @@ def _read_picture(path: Path) -> np.ndarray:
             ) from None
 
 
-def read_slices(path: Path) -> np.ndarray:
-    """The 2D slices [N, H, W] float32 of one file of a set: N = 1 for a 2D image, the pages of a
+def _is_sample_grid(path: Path) -> bool:
+    """Whether one picture file is a sample grid (its pixels read once; a file that cannot be read is
+    left to the volume reader's error)."""
+    if path.suffix.lower() not in PICTURE_SUFFIXES:
+        return False
+    try:
+        return read_set_file(path)[1] is not None
+    except UserError:
+        return False
+
+
+def _file_pixels(path: Path) -> np.ndarray:
+    """One set file's pixels [N, H, W] float32 as stored: N = 1 for a 2D image, the pages of a
     multi-page TIFF; colour becomes grey (the mean of R, G and B, as for volumes), alpha is dropped."""
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
@@ -154,9 +170,25 @@ def read_slices(path: Path) -> np.ndarray:
     return as_stack(array, str(path))
 
 
-def iter_set_slices(image_set: ImageSet) -> Iterator[tuple[Path, int, np.ndarray]]:
-    """(file, slice index in the file, slice [H, W]) for every slice of the set, in order; one file
-    is read at a time."""
-    for path in image_set.files:
-        for k, slice2d in enumerate(read_slices(path)):
-            yield path, k, slice2d
+def read_set_file(path: Path) -> tuple[np.ndarray, Mosaic | None]:
+    """The slices [N, H, W] float32 of one file of a set and, for a picture that is a sample grid, its
+    layout: then the slices are its samples, row by row."""
+    pixels = _file_pixels(path)
+    if path.suffix.lower() in PICTURE_SUFFIXES and len(pixels) == 1:
+        mosaic = find_mosaic(pixels[0])
+        if mosaic is not None:
+            return mosaic_samples(pixels[0], mosaic), mosaic
+    return pixels, None
+
+
+def read_slices(path: Path) -> np.ndarray:
+    """The slices [N, H, W] float32 of one file of a set, as audited (:func:`read_set_file`)."""
+    return read_set_file(path)[0]
+
+
+def iter_set_files(image_set: ImageSet) -> Iterator[tuple[Path, int, np.ndarray, Mosaic | None]]:
+    """(file, slices its header counts, its slices [N, H, W], its sample-grid layout or None) for every
+    file of the set, in order; one file is read at a time."""
+    for path, count in zip(image_set.files, image_set.counts):
+        slices, mosaic = read_set_file(path)
+        yield path, count, slices, mosaic

@@ -24,7 +24,7 @@ from .audit import (
 from .audit_output import SliceScore, evidence_order
 from .embedding import ProgressCallback
 from .encoders.base import Encoder
-from .image_sets import SET_AXIS, ImageSet, iter_set_slices
+from .image_sets import SET_AXIS, ImageSet, iter_set_files
 from .index_verification import SecondStage
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
@@ -94,9 +94,10 @@ def audit_set(
     chunk: list[tuple[VolumeAudit, int, np.ndarray]] = []
     best: list[tuple[tuple, VolumeAudit, int, np.ndarray]] = []  # (evidence rank, member, slice index, slice)
     energies: list[np.ndarray] = []
-    done = 0
+    done = 0  # header slices of the files read (a sample grid counts 1, as in ``total``)
 
-    def flush() -> None:
+    def flush(read: int) -> None:
+        """Score the queued slices; ``read``: the header slices read so far (progress)."""
         if chunk:
             scored, energy = _score_chunk(
                 index, encoder, chunk, stage, alpha=alpha, batch_size=batch_size, top_k=top_k, cancel=cancel
@@ -107,18 +108,22 @@ def audit_set(
             del best[max(0, keep_evidence) :]
             chunk.clear()
         if progress is not None:
-            progress(done, total)
+            progress(read, total)
 
-    for path, k, slice2d in iter_set_slices(image_set):
-        if nonempty_mask(slice2d[None], settings)[0]:
-            chunk.append((members[path], k, slice2d))
-        else:
-            members[path].skipped_empty.append(k)
-        done += 1
-        if len(chunk) >= chunk_size:
-            flush()
-    flush()
-    result = SetAudit(image_set.name, list(members.values()), threshold)
+    sample_grids = 0
+    for path, count, slices, mosaic in iter_set_files(image_set):
+        member, sample_grids = members[path], sample_grids + (mosaic is not None)
+        member.n_slices = len(slices)
+        for k, slice2d in enumerate(slices):
+            if nonempty_mask(slice2d[None], settings)[0]:
+                chunk.append((member, k, slice2d))
+            else:
+                member.skipped_empty.append(k)
+            if len(chunk) >= chunk_size:
+                flush(done + count * (k + 1) // len(slices))
+        done += count
+    flush(done)
+    result = SetAudit(image_set.name, list(members.values()), threshold, sample_grids=sample_grids)
     result.energy = np.concatenate(energies) if energies else np.zeros(0)
     result.calibration = finalize_flags(result.scores, index, alpha, stage, result.energy)
     for member in result.members:
