@@ -301,8 +301,9 @@ def _add_audit_parser(sub) -> None:
         nargs="+",
         metavar="QUERY_PATH",
         help="generated volume files or folders; a folder of 2D images (PNG/JPEG/TIFF/NPY/NPZ), a "
-        "quoted glob ('gen/*.png') or one .npy/.npz file is a set, summarised as one row "
-        "(give one folder per checkpoint to compare checkpoints)",
+        "quoted glob ('gen/*.png'), one .npy/.npz file or one sample-grid picture (a padded mosaic of "
+        "samples, as torchvision's save_image writes) is a set, summarised as one row (give one folder "
+        "per checkpoint to compare checkpoints)",
     )
     audit.add_argument("--out", required=True, help="output folder")
     audit.add_argument("--checkpoint", help="MRI-CORE checkpoint (if not at the path recorded in the index)")
