@@ -205,6 +205,24 @@ def test_pictures_that_are_not_sample_grids_stay_one_slice(tmp_path: Path, spine
         assert [k for k in slices if find_mosaic(volume[k]) is not None] == [], subject
 
 
+def test_a_folder_of_dicom_samples_is_a_set(tmp_path: Path, spine_volumes, shared_data: Path) -> None:
+    samples = spine_volumes["05"][4:8].astype(np.int16)
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, sample in enumerate(samples):  # SimpleITK gives each file written a series of its own
+        sitk.WriteImage(sitk.GetImageFromArray(sample), str(folder / f"sample_{i}.dcm"))
+    (folder / "sample_3.dcm").rename(folder / "sample_3")  # DICOM files often have no suffix
+    assert image_sets.is_set_input(folder)
+    assert not image_sets.is_set_input(folder, dicom=False)  # --series: one series of the folder, a volume
+    image_set = image_sets.open_set(folder)
+    assert [p.name for p in image_set.files] == ["sample_0.dcm", "sample_1.dcm", "sample_2.dcm", "sample_3"]
+    assert image_set.counts == (1, 1, 1, 1)
+    read = [stack for _, _, stack, _ in image_sets.iter_set_files(image_set)]
+    np.testing.assert_array_equal(np.concatenate(read), samples.astype(np.float32))
+    series_folder = shared_data / "knee" / "pymskt-s02" / "dicom_MESE_echo1"  # one series of 24 files: a volume
+    assert not image_sets.is_set_input(series_folder)
+
+
 def test_bad_set_members_are_refused(tmp_path: Path, spine_volumes) -> None:
     with pytest.raises(UserError, match="no PNG/JPEG/TIFF/NPY/NPZ files match"):
         image_sets.open_set(str(tmp_path / "nothing" / "*.png"))
@@ -437,6 +455,23 @@ def test_cli_finds_the_copies_inside_a_sample_grid(spine_index: Path, spine_volu
     code, _, stderr = _cli("report", str(out))
     assert code == 0, stderr
     assert "query image not available" not in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_cli_audits_a_folder_of_dicom_samples(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
+    import csv
+
+    folder = tmp_path / "dicom_samples"
+    folder.mkdir()
+    samples = [spine_volumes["05"][6], spine_volumes["02"][9], spine_volumes["05"][9], spine_volumes["01"][12]]
+    for i, sample in enumerate(samples):
+        sitk.WriteImage(sitk.GetImageFromArray(sample.astype(np.int16)), str(folder / f"s{i}.dcm"))
+    out = tmp_path / "audit"
+    code, stdout, stderr = _cli("audit", str(spine_index), str(folder), "--out", str(out), "--no-report")
+    assert code == 0, stderr  # before: "holds 4 DICOM series ...; pick one with --series"
+    with open(out / "slices.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["volume"]).name for r in rows] == ["s0.dcm", "s1.dcm", "s2.dcm", "s3.dcm"]
+    assert [r["flagged"] for r in rows] == ["0", "1", "0", "1"]
 
 
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:

@@ -479,7 +479,7 @@ def _open_inputs(paths: Sequence[str | Path], series: str | None, volume_index: 
     in the order given; every header is checked (cheap) before any work."""
     inputs: list[Path | ImageSet] = []
     for raw in paths:
-        if is_set_input(raw):
+        if is_set_input(raw, dicom=series is None):  # --series picks one series of a DICOM folder: a volume
             inputs.append(open_set(raw))
         else:
             inputs.extend(validate_inputs([raw], series=series, volume_index=volume_index))

@@ -7,8 +7,11 @@ when it is
 
 - a folder whose image files are all 2D formats (PNG, JPEG, TIFF, NPY, NPZ; searched recursively),
 - a glob pattern (quoted, so that the shell leaves it to us), e.g. ``'samples/*.png'``, or
-- one ``.npy``/``.npz`` file (an N×H×W stack is a set of N samples), or
-- one picture that is a sample grid (:mod:`mosaics`: the padded mosaic training loops save).
+- one ``.npy``/``.npz`` file (an N×H×W stack is a set of N samples),
+- one picture that is a sample grid (:mod:`mosaics`: the padded mosaic training loops save), or
+- a folder of DICOM samples: DICOM files each in a series of its own, at least two (what writing each
+  generated slice as its own DICOM file gives: SimpleITK and pydicom make a new series UID per file
+  unless told otherwise); a file's frames are its slices.
 
 A picture of a set that is a sample grid is read as its samples, row by row, like the pages of a
 multi-page TIFF. Anything else (volume files, DICOM folders, folders holding any volume file, a single
@@ -30,7 +33,7 @@ from PIL import Image
 from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, read_array_file
 from .errors import UserError
 from .mosaics import Mosaic, find_mosaic, mosaic_samples
-from .volumes import inspect_input, is_volume_file
+from .volumes import dicom_series_files, inspect_input, is_volume_file
 
 SET_AXIS = "2d"  # the array_axis/axis of a set's files in the outputs (2D images or stacks of them)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -69,8 +72,20 @@ def _is_glob(raw: str) -> bool:
     return any(c in raw for c in _GLOB_CHARACTERS) and not Path(raw).exists()
 
 
-def is_set_input(raw: str | Path) -> bool:
-    """True when a query argument is a set (see the module docstring), from names only."""
+def dicom_samples(folder: Path) -> tuple[Path, ...] | None:
+    """The files of a folder of DICOM samples (module docstring) in path order, or None when the folder
+    is not one (a DICOM series folder, or a folder holding other image files)."""
+    if any(p.suffix.lower() != ".dcm" for p in _folder_files(folder)):
+        return None
+    series = dicom_series_files(folder)
+    if len(series) < 2 or any(len(files) != 1 for files in series.values()):
+        return None
+    return tuple(sorted(Path(files[0]) for files in series.values()))
+
+
+def is_set_input(raw: str | Path, *, dicom: bool = True) -> bool:
+    """True when a query argument is a set (see the module docstring): from names, the pixels of a single
+    picture and, with ``dicom``, the series of a folder of DICOM files."""
     raw = str(raw)
     if _is_glob(raw):
         return True
@@ -79,7 +94,9 @@ def is_set_input(raw: str | Path) -> bool:
         return path.suffix.lower() in ARRAY_SUFFIXES or _is_sample_grid(path)
     if path.is_dir():
         files = _folder_files(path)
-        return bool(files) and all(_is_set_file(p) for p in files)
+        if files and all(_is_set_file(p) for p in files):
+            return True
+        return dicom and dicom_samples(path) is not None
     return False
 
 
@@ -102,7 +119,7 @@ def _slices_in(path: Path) -> int:
             if min(image.size) < 1:
                 raise UserError(f"{path} is empty (size {image.size[0]}x{image.size[1]})")
             return 1
-    info = inspect_input(path)
+    info = inspect_input(path, dicom=True)
     if info.dimension == 4:
         raise UserError(f"{path} is a 4D image; a set holds 2D images (or 3D stacks of 2D images)")
     return 1 if info.dimension == 2 else int(info.size[2])
@@ -118,7 +135,7 @@ def open_set(raw: str | Path) -> ImageSet:
             raise UserError(f"no PNG/JPEG/TIFF/NPY/NPZ files match {raw}")
     else:
         path = Path(raw)
-        files = [path] if path.is_file() else _folder_files(path)
+        files = [path] if path.is_file() else list(dicom_samples(path) or _folder_files(path))
         if not files:
             raise UserError(f"no readable 2D images in folder {path} (expected PNG/JPEG/TIFF/NPY/NPZ files)")
     name = raw.rstrip("/\\") or raw

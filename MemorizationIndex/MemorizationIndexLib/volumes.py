@@ -125,6 +125,14 @@ def _series_ids(folder: Path) -> list[str]:
         return []
 
 
+def dicom_series_files(folder: Path) -> dict[str, list[str]]:
+    """{series UID: its files} of the DICOM files in a folder (GDCM's grouping; empty when none)."""
+    try:
+        return {s: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in _series_ids(folder)}
+    except RuntimeError:
+        return {}
+
+
 def _choose_series(folder: Path, series: str | None) -> tuple[str, list[str]]:
     series_ids = _series_ids(folder)
     if not series_ids:
@@ -160,8 +168,9 @@ def _first_line(exc: Exception) -> str:
     return re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", lines[-1])
 
 
-def _file_reader(path: Path) -> sitk.ImageFileReader:
-    io_name = _IMAGE_IO_BY_SUFFIX.get(_suffix(path))
+def _file_reader(path: Path, *, dicom: bool = False) -> sitk.ImageFileReader:
+    """A reader of one file by its suffix (``dicom``: a DICOM file whatever its name)."""
+    io_name = "GDCMImageIO" if dicom else _IMAGE_IO_BY_SUFFIX.get(_suffix(path))
     if io_name is None:
         raise UserError(
             f"{path} is not a supported image file (use NIfTI, NRRD, MHA/MHD, PNG/TIFF/JPEG or a DICOM folder)"
@@ -303,8 +312,11 @@ def _check_header(
     _check_volume_index(path, size, volume_index)
 
 
-def inspect_input(path: str | Path, *, series: str | None = None, volume_index: int | None = None) -> InputInfo:
-    """Check one input from its header only (cheap); UserError says what is wrong with it."""
+def inspect_input(
+    path: str | Path, *, series: str | None = None, volume_index: int | None = None, dicom: bool = False
+) -> InputInfo:
+    """Check one input from its header only (cheap); UserError says what is wrong with it. ``dicom``: a
+    file is read as DICOM whatever its name (a file of a folder of DICOM samples)."""
     path = Path(path)
     _check_exists(path)
     if path.is_dir():
@@ -321,7 +333,7 @@ def inspect_input(path: str | Path, *, series: str | None = None, volume_index: 
         pixel_type = sitk.GetPixelIDValueAsString(pixel_id)
         _check_header(path, size, components, pixel_id, pixel_type, volume_index)
         return InputInfo(path, size, components, pixel_type, chosen)
-    reader = _file_reader(path)
+    reader = _file_reader(path, dicom=dicom and _suffix(path) not in _IMAGE_IO_BY_SUFFIX)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
