@@ -186,6 +186,19 @@ def test_a_sample_grid_is_read_as_its_samples(tmp_path: Path, spine_volumes, per
     assert np.corrcoef(stack.ravel(), samples.ravel())[0, 1] > 0.99
 
 
+def test_a_blurred_band_does_not_leave_several_samples_in_one_tile(spine_volumes) -> None:
+    from MemorizationIndexLib import mosaics
+
+    samples = np.concatenate([spine_volumes[n][3:11] for n in ("05", "06")]).astype(np.float32)
+    grid = _sample_grid(samples, 4, 2, 0)
+    band = slice(2 + 224, 2 + 224 + 2)  # the band between the first and second column of samples
+    grid[:, band] += np.random.default_rng(0).normal(0, 0.07 * grid.max(), size=grid[:, band].shape)
+    # the band is over the first search's tolerance, which a 2x2 layout of 450-pixel tiles (4 samples each) fits
+    assert mosaics._layout(grid, mosaics.FLAT_SHARE * float(grid.max() - grid.min())).tile_shape == (450, 450)
+    mosaic = mosaics.find_mosaic(grid)
+    assert (mosaic.rows, mosaic.columns, mosaic.tile_shape, mosaic.samples) == (4, 4, (224, 224), 16)
+
+
 def test_pictures_that_are_not_sample_grids_stay_one_slice(tmp_path: Path, spine_volumes, shared_data: Path) -> None:
     from MemorizationIndexLib.mosaics import find_mosaic
 

@@ -148,15 +148,8 @@ def _preference(layout: tuple[_Bands, _Bands]) -> tuple[int, int, int]:
     return rows.count * columns.count, twos, -rows.padding
 
 
-def find_mosaic(image: np.ndarray) -> Mosaic | None:
-    """The sample-grid layout of a 2D picture [H, W] (grey), or None when it is not one (module docstring)."""
-    picture = np.asarray(image, dtype=np.float32)
-    if picture.ndim != 2 or min(picture.shape) < MIN_TILE + 2:
-        return None
-    span = float(picture.max() - picture.min())
-    if not np.isfinite(span) or span <= 0:
-        return None
-    tolerance = FLAT_SHARE * span
+def _layout(picture: np.ndarray, tolerance: float) -> Mosaic | None:
+    """The preferred layout whose bands are flat within ``tolerance`` and whose tiles pass, or None."""
     border = (picture[0], picture[-1], picture[:, 0], picture[:, -1])  # a band of every layout (cheap)
     means = [float(line.mean()) for line in border]
     if max(float(line.std()) for line in border) > tolerance or max(means) - min(means) > tolerance:
@@ -181,6 +174,35 @@ def find_mosaic(image: np.ndarray) -> Mosaic | None:
         samples = int(np.flatnonzero(holding)[-1]) + 1
         return Mosaic(rows.count, columns.count, (rows.tile, columns.tile), rows.padding, samples)
     return None
+
+
+def _refines(finer: Mosaic, coarser: Mosaic) -> bool:
+    """Whether ``finer``'s bands include all of ``coarser``'s (same padding, its tiles cut into whole tiles)."""
+    steps = [(f + finer.padding, c + coarser.padding) for f, c in zip(finer.tile_shape, coarser.tile_shape)]
+    return (
+        finer.padding == coarser.padding
+        and finer.rows * finer.columns > coarser.rows * coarser.columns
+        and all(c % f == 0 for f, c in steps)
+    )
+
+
+def find_mosaic(image: np.ndarray) -> Mosaic | None:
+    """The sample-grid layout of a 2D picture [H, W] (grey), or None when it is not one (module docstring).
+
+    A grid found is then sought again with twice the tolerance: a JPEG's ringing can leave an inner band
+    just over it, and the coarser layout without that band would put several samples in one tile. The
+    looser search only refines a grid already found, so it adds no grid where there was none."""
+    picture = np.asarray(image, dtype=np.float32)
+    if picture.ndim != 2 or min(picture.shape) < MIN_TILE + 2:
+        return None
+    span = float(picture.max() - picture.min())
+    if not np.isfinite(span) or span <= 0:
+        return None
+    found = _layout(picture, FLAT_SHARE * span)
+    if found is None:
+        return None
+    finer = _layout(picture, 2 * FLAT_SHARE * span)
+    return finer if finer is not None and _refines(finer, found) else found
 
 
 def mosaic_samples(image: np.ndarray, mosaic: Mosaic) -> np.ndarray:
