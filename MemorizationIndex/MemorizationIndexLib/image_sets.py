@@ -33,7 +33,7 @@ from PIL import Image
 from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, read_array_file
 from .errors import UserError
 from .mosaics import Mosaic, find_mosaic, mosaic_samples
-from .volumes import dicom_series_files, inspect_input, is_volume_file
+from .volumes import dicom_file_series, inspect_input, is_volume_file
 
 SET_AXIS = "2d"  # the array_axis/axis of a set's files in the outputs (2D images or stacks of them)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -77,10 +77,10 @@ def dicom_samples(folder: Path) -> tuple[Path, ...] | None:
     is not one (a DICOM series folder, or a folder holding other image files)."""
     if any(p.suffix.lower() != ".dcm" for p in _folder_files(folder)):
         return None
-    series = dicom_series_files(folder)
-    if len(series) < 2 or any(len(files) != 1 for files in series.values()):
+    series = dicom_file_series(folder)
+    if len(series) < 2 or len(set(series.values())) != len(series):
         return None
-    return tuple(sorted(Path(files[0]) for files in series.values()))
+    return tuple(series)
 
 
 def is_set_input(raw: str | Path, *, dicom: bool = True) -> bool:

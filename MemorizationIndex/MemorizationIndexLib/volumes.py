@@ -125,12 +125,22 @@ def _series_ids(folder: Path) -> list[str]:
         return []
 
 
-def dicom_series_files(folder: Path) -> dict[str, list[str]]:
-    """{series UID: its files} of the DICOM files in a folder (GDCM's grouping; empty when none)."""
-    try:
-        return {s: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in _series_ids(folder)}
-    except RuntimeError:
+def dicom_file_series(folder: Path) -> dict[Path, str]:
+    """{file: its series UID} of the DICOM files directly in a folder that holds two series or more (empty
+    otherwise: one header read per file, where GDCM's file lists rescan the folder once per series)."""
+    if len(_series_ids(folder)) < 2:
         return {}
+    series = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.SetImageIO("GDCMImageIO")
+        try:
+            reader.ReadImageInformation()
+            series[path] = reader.GetMetaData("0020|000e").strip()
+        except RuntimeError:
+            continue  # not a DICOM file, or no series UID
+    return series
 
 
 def _choose_series(folder: Path, series: str | None) -> tuple[str, list[str]]:
