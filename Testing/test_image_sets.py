@@ -487,6 +487,46 @@ def test_cli_audits_a_folder_of_dicom_samples(spine_index: Path, spine_volumes, 
     assert [r["flagged"] for r in rows] == ["0", "1", "0", "1"]
 
 
+def test_a_sample_grid_read_as_a_volume_is_named_in_every_output(
+    spine_index: Path, spine_volumes, tmp_path: Path
+) -> None:
+    """A grid exported as a one-slice volume (as the Slicer module exports a PNG it loaded) is one slice: the
+    terminal, summary.json, the report and the Slicer panel's text say that it hides its samples."""
+    import json
+
+    from MemorizationIndexLib.mrml import read_audit_outputs
+    from MemorizationIndexLib.results_html import summary_html
+
+    grid = _sample_grid(spine_volumes["05"][4:12], 4, 2, 0).astype(np.float32)
+    volume = tmp_path / "exported.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(grid[None]), str(volume))
+    out = tmp_path / "audit"
+    code, _, stderr = _cli("audit", str(spine_index), str(volume), "--out", str(out))
+    assert code == 0, stderr
+    layout = "a 2x4 sample grid of 224x224 tiles, 2-pixel padding, 8 samples"
+    assert f"warning: {volume} is one picture holding {layout}" in stderr
+    (entry,) = json.loads((out / "summary.json").read_text(encoding="utf-8"))["volumes"]
+    assert entry["sample_grid"] == layout and entry["slices_total"] == 1
+    assert f"one picture holding {layout}" in (out / "report.html").read_text(encoding="utf-8")
+    audit = read_audit_outputs(out).audits[str(volume)]
+    assert audit.sample_grid == layout
+    panel = {
+        "volume": "exported",
+        "axis": "axial",
+        "slices_scored": 1,
+        "slices_total": 1,
+        "slices_skipped_empty": 0,
+        "mean_mi": 0.1,
+        "mean_oni": 0.0,
+        "flagged": 0,
+        "flagged_fraction": 0.0,
+        "flagged_slices": [],
+        "threshold": {"alpha": 0.001, "mi": 0.99, "z": 4.0, "oni": -0.9},
+        "sample_grid": layout,
+    }
+    assert f"<b>exported is one picture holding {layout}" in summary_html(panel)
+
+
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
     good = tmp_path / "good"
     _write_pngs(good, spine_volumes["05"][4:6])

@@ -19,6 +19,7 @@ from .encoders.base import Encoder
 from .errors import UserError
 from .image_sets import ImageSet, is_set_input, open_set
 from .index_verification import SecondStage, verify_queries
+from .mosaics import find_mosaic
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import PreprocessSettings, nonempty_mask
 from .progress import OverallProgress
@@ -53,6 +54,7 @@ class VolumeAudit:
     copy_masks: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     calibration: CalibrationCheck | None = None
     energy: np.ndarray | None = field(default=None, repr=False)  # feature energy of the scored slices
+    sample_grid: str = ""  # a one-slice volume whose slice is a sample grid: its layout (:mod:`mosaics`)
 
     @property
     def flagged(self) -> int:
@@ -292,6 +294,7 @@ def audit_image(
     stage = SecondStage(index) if stage is None else stage
     array_axis = resolve_axis(image, axis or index.axis)
     stack = image_slices(image, array_axis)
+    grid = find_mosaic(stack[0]) if len(stack) == 1 else None
     keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
     threshold = index.null_model.threshold(alpha)
     audit = VolumeAudit(
@@ -302,6 +305,7 @@ def audit_image(
         [int(k) for k in np.flatnonzero(~np.isin(np.arange(len(stack)), keep))],
         [],
         threshold,
+        sample_grid=grid.describe() if grid is not None else "",
     )
     if len(keep) == 0:
         return audit
@@ -465,6 +469,7 @@ def summarize(audits: Sequence[Audit], index: ReferenceIndex, stage: SecondStage
                 "slices_skipped_empty": len(a.skipped_empty),
                 **_summary_block(a.scores),
                 "calibration_holds": _holds(a),
+                **({"sample_grid": a.sample_grid} if a.sample_grid else {}),
             }
             for a in audits
             if isinstance(a, VolumeAudit)

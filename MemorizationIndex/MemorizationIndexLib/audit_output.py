@@ -74,7 +74,8 @@ FOLDER_FORMAT = (
     (
         "summary.json",
         'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, '
-        '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional)}]; '
+        '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional), '
+        "sample_grid (optional: a one-slice volume whose slice is a sample grid, its layout)}]; "
         'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
         '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int '
         "(the verified null's scores: held-out slices as cut and blurred), "

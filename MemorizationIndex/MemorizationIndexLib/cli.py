@@ -21,6 +21,7 @@ from .cli_options import (
     positive_int,
 )
 from .errors import UserError
+from .mosaics import sample_grid_warning
 from .patch_search import PATCH_MAX_SLICES
 from .protocol import PROGRESS_ENV, format_error, format_progress
 from .second_stage import DEFAULT_CANDIDATES
@@ -192,6 +193,8 @@ def _print_volumes(volumes: list[VolumeAudit]) -> None:
                 "16 px); it is listed with 0 scored slices",
                 file=sys.stderr,
             )
+        if audit.sample_grid:
+            print(f"warning: {sample_grid_warning(audit.volume, audit.sample_grid)}", file=sys.stderr)
         mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
         print(
             f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} "

@@ -205,6 +205,15 @@ def find_mosaic(image: np.ndarray) -> Mosaic | None:
     return finer if finer is not None and _refines(finer, found) else found
 
 
+def sample_grid_warning(volume: str, layout: str) -> str:
+    """What to say of a one-slice volume whose slice is a sample grid (``layout``: :meth:`Mosaic.describe`):
+    audited as a volume, it is one slice, which hides its samples."""
+    return (
+        f"{volume} is one picture holding {layout}; as a volume it was audited as one slice, which hides its "
+        "samples: give the picture file (PNG/JPEG/TIFF) or its folder to memorization-index audit to score each sample"
+    )
+
+
 def mosaic_samples(image: np.ndarray, mosaic: Mosaic) -> np.ndarray:
     """The samples [mosaic.samples, tile height, tile width] float32 of a picture with this layout."""
     picture = np.asarray(image, dtype=np.float32)

@@ -139,6 +139,7 @@ class MrmlAuditResult:
             "flagged_fraction": len(flagged) / n if n else 0.0,
             "threshold": threshold.to_dict(),
             "status": self.status,
+            "sample_grid": self.audit.sample_grid,
         }
 
 
@@ -599,6 +600,7 @@ def _volume_audits(outputs) -> dict:
                 skipped_empty=[],
                 scores=[],
                 threshold=outputs.threshold,
+                sample_grid=str(entry.get("sample_grid") or ""),
             )
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{outputs.folder / 'summary.json'} has a corrupt volume entry ({exc!r})") from None

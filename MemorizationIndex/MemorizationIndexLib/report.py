@@ -62,6 +62,7 @@ from . import __version__
 from .atomic_write import write_files
 from .audit_output import SliceRow, read_audit
 from .audit_status import AuditStatus, audit_status, box_text, copy_transform_text, status_sentences
+from .mosaics import sample_grid_warning
 from .report_evidence import Evidence, build_evidence, ranked
 from .report_plots import histogram_svg, short_name, strips_svg
 from .report_sets import calibration_cell, set_groups, set_row_mask, sets_section_html
@@ -151,6 +152,7 @@ h3{font-size:15px;margin:16px 0 6px}
 .verdict p{margin:4px 0}.verdict .headline{font-size:22px;font-weight:700;margin:0 0 4px}
 .verdict .main{font-size:18px}
 .verdict .warn{font-weight:700;color:#8a4b00}
+p.warn{font-weight:700;color:#8a4b00}
 .verdict .top{flex:0 0 auto;display:flex;gap:8px}
 .verdict .top figure{margin:0;text-align:center;font-size:11px;color:#4b5563}
 .verdict .top img{width:150px;height:auto;display:block;background:#000}
@@ -327,9 +329,13 @@ def _volumes_table(ordered: list[tuple[str, list[SliceRow]]], summary: dict) -> 
             f'<td class="num">{np.mean([r.mi for r in vrows]):.4g}</td>'
             f'<td class="num">{max(r.mi for r in vrows):.4g}</td>{cell}</tr>'
         )
-    note = ""
+    note = "".join(
+        f'<p class="warn">{_e(sample_grid_warning(str(v["volume"]), str(v["sample_grid"])))}</p>'
+        for v in info.values()
+        if v.get("sample_grid")
+    )
     if len(ordered) > MAX_VOLUME_ROWS:
-        note = (
+        note += (
             f'<p class="note">{len(ordered) - MAX_VOLUME_ROWS} more volumes are not listed here; '
             "summary.json and slices.csv have all of them.</p>"
         )

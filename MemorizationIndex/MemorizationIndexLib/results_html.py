@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .audit_status import status_lines
+from .mosaics import sample_grid_warning
 
 MAX_LISTED_SLICES = 30
 
@@ -32,6 +33,8 @@ def summary_html(summary: dict, null: dict | None = None) -> str:
     null_text = f"<br>null: {html.escape(str(null.get('type')))} (n={null.get('n')})" if null else ""
     status = summary.get("status")
     lines = status_lines(status) if status is not None else []
+    if summary.get("sample_grid"):
+        lines.append((sample_grid_warning(str(summary["volume"]), summary["sample_grid"]), True))
     status_text = "".join(f"<br><b>{html.escape(t)}</b>" if warn else f"<br>{html.escape(t)}" for t, warn in lines)
     return (
         f"<b>{html.escape(str(summary['volume']))}</b> ({summary['axis']}): {summary['slices_scored']} of "
