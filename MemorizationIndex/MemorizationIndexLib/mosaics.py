@@ -9,13 +9,13 @@ is read as its tiles.
 
 A picture counts as a mosaic only when every band of the layout is flat (each line's spread and its
 distance from the bands' common value within ``FLAT_SHARE`` of the picture's range, which JPEG's ringing
-stays under), the tiles are at least ``MIN_TILE`` pixels on each side and at most ``MAX_ASPECT`` times
-longer than wide, there are at least 2 rows and 2 columns of them or a strip of at least ``MIN_STRIP``,
-and every tile is either blank (under ``BLANK_SHARE`` of it off the bands' value) or holds an image
-(``IMAGE_SHARE`` or more), at least half of them and ``MIN_SAMPLES`` the latter. The edge slices of a
-skull-stripped scan, whose background is as flat as a band, are ruled out by the last rule: the specks of
-anatomy left in them are neither blank tiles nor images. A grid written without padding has no bands and
-stays one slice.
+mostly stays under; :func:`find_mosaic` says what is done when it does not), the tiles are at least
+``MIN_TILE`` pixels on each side and at most ``MAX_ASPECT`` times longer than wide, there are at least 2
+rows and 2 columns of them or a strip of at least ``MIN_STRIP``, and every tile is either blank (under
+``BLANK_SHARE`` of it off the bands' value) or holds an image (``IMAGE_SHARE`` or more), at least half of
+them and ``MIN_SAMPLES`` the latter. The edge slices of a skull-stripped scan, whose background is as flat
+as a band, are ruled out by the last rule: the specks of anatomy left in them are neither blank tiles nor
+images. A grid written without padding has no bands and stays one slice.
 """
 
 from __future__ import annotations
