@@ -210,7 +210,7 @@ def test_pictures_that_are_not_sample_grids_stay_one_slice(tmp_path: Path, spine
         for axis in range(3):
             found = [k for k in range(volume.shape[axis]) if find_mosaic(np.take(volume, k, axis=axis)) is not None]
             assert found == [], (name, axis, found)
-    # the edge slices of defaced brains: specks of anatomy on a background as flat as a band, which a layout
+    # the edge slices of skull-stripped brains: specks of anatomy on a background as flat as a band, which a layout
     # of flat bands fits (taken for 1x5 and 2x3 grids before blank-or-image tiles were required)
     brains = shared_data / "brain" / "ds002748"
     for subject, slices in (("04", (7, 8, 9)), ("09", (10,)), ("16", (5, 6))):

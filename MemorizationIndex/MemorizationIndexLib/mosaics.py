@@ -114,8 +114,9 @@ def _shape_allowed(rows: _Bands, columns: _Bands) -> bool:
 
 def _summed(mask: np.ndarray) -> np.ndarray:
     """The summed-area table [H + 1, W + 1] of a mask: entry (i, j) counts ``mask[:i, :j]``."""
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    table[1:, 1:] = mask.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
+    kind = np.int32 if mask.size < 2**31 else np.int64  # counts up to the pixels: half the memory of int64
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=kind)
+    table[1:, 1:] = mask.cumsum(axis=0, dtype=kind).cumsum(axis=1, dtype=kind)
     return table
 
 
