@@ -527,6 +527,41 @@ def test_a_sample_grid_read_as_a_volume_is_named_in_every_output(
     assert f"<b>exported is one picture holding {layout}" in summary_html(panel)
 
 
+def test_cli_audits_a_folder_of_2d_volume_files_as_a_set(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
+    """One 2D NIfTI/NRRD per sample (as MONAI's SaveImage writes 2D outputs) is a set; each file scores as the
+    same file audited alone as a volume."""
+    import csv
+    import json
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    samples = [spine_volumes["05"][6], spine_volumes["02"][9], spine_volumes["06"][9]]
+    names = ["s0.nii.gz", "s1.nrrd", "s2.nii.gz"]
+    for name, sample in zip(names, samples):
+        sitk.WriteImage(sitk.GetImageFromArray(sample[None]), str(folder / name))  # one voxel thick
+    assert image_sets.is_set_input(folder)
+    sitk.WriteImage(sitk.GetImageFromArray(spine_volumes["05"][3:6]), str(tmp_path / "three.nii.gz"))
+    assert not image_sets.is_set_input(tmp_path)  # a 3D volume in the folder: volumes, as before
+
+    def scores(out: Path) -> dict[str, tuple[float, str]]:
+        with open(out / "slices.csv", newline="") as handle:
+            return {Path(r["volume"]).name: (float(r["similarity"]), r["flagged"]) for r in csv.DictReader(handle)}
+
+    code, _, stderr = _cli("audit", str(spine_index), str(folder), "--out", str(tmp_path / "set"), "--no-report")
+    assert code == 0, stderr
+    (entry,) = json.loads((tmp_path / "set" / "summary.json").read_text(encoding="utf-8"))["sets"]
+    assert entry["files"] == 3 and entry["slices_scored"] == 3
+    files = [str(folder / n) for n in names]
+    code, _, stderr = _cli("audit", str(spine_index), *files, "--out", str(tmp_path / "vols"), "--no-report")
+    assert code == 0, stderr
+    as_set, as_volumes = scores(tmp_path / "set"), scores(tmp_path / "vols")
+    assert as_set.keys() == as_volumes.keys() == set(names)
+    for name in names:
+        assert as_set[name][0] == pytest.approx(as_volumes[name][0], abs=1e-5)
+        assert as_set[name][1] == as_volumes[name][1]
+    assert as_set["s1.nrrd"][1] == "1"  # the copy of a training slice
+
+
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
     good = tmp_path / "good"
     _write_pngs(good, spine_volumes["05"][4:6])

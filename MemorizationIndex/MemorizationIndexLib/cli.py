@@ -303,7 +303,8 @@ def _add_audit_parser(sub) -> None:
         "query",
         nargs="+",
         metavar="QUERY_PATH",
-        help="generated volume files or folders; a folder of 2D images (PNG/JPEG/TIFF/NPY/NPZ), a "
+        help="generated volume files or folders; a folder of 2D images (PNG/JPEG/TIFF/NPY/NPZ, or NIfTI/NRRD "
+        "files of one slice each), a "
         "quoted glob ('gen/*.png'), one .npy/.npz file or one sample-grid picture (a padded mosaic of "
         "samples, as torchvision's save_image writes) is a set, summarised as one row (give one folder "
         "per checkpoint to compare checkpoints)",

@@ -5,7 +5,9 @@ files, and the outputs summarise it as one row (slices.csv still has one row per
 file as ``volume`` and the slice's index inside the file, 0 for a 2D image). A query input is a set
 when it is
 
-- a folder whose image files are all 2D formats (PNG, JPEG, TIFF, NPY, NPZ; searched recursively),
+- a folder whose image files are all 2D formats (PNG, JPEG, TIFF, NPY, NPZ; searched recursively) or
+  volume files of one slice each (a 2D NIfTI/NRRD/MHA per sample, as MONAI's ``SaveImage`` writes 2D
+  outputs; read with the volume reader's checks),
 - a glob pattern (quoted, so that the shell leaves it to us), e.g. ``'samples/*.png'``, or
 - one ``.npy``/``.npz`` file (an N×H×W stack is a set of N samples),
 - one picture that is a sample grid (:mod:`mosaics`: the padded mosaic training loops save), or
@@ -33,7 +35,14 @@ from PIL import Image
 from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, read_array_file
 from .errors import UserError
 from .mosaics import Mosaic, find_mosaic, mosaic_samples
-from .volumes import dicom_file_series, inspect_input, is_volume_file
+from .volumes import (
+    dicom_file_series,
+    image_slices,
+    inspect_input,
+    is_volume_file,
+    read_image,
+    resolve_axis,
+)
 
 SET_AXIS = "2d"  # the array_axis/axis of a set's files in the outputs (2D images or stacks of them)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -59,6 +68,17 @@ class ImageSet:
 
 def _is_set_file(path: Path) -> bool:
     return path.suffix.lower() in SET_SUFFIXES
+
+
+def _is_volume_of_one_slice(path: Path) -> bool:
+    """Whether a NIfTI/NRRD/MHA file's header says it is one 2D slice (2D, or one voxel thick along one axis)."""
+    if path.suffix.lower() in (*SET_SUFFIXES, ".dcm") or not is_volume_file(path):
+        return False
+    try:
+        size = inspect_input(path).size
+    except UserError:
+        return False  # left to the volume reader's error
+    return len(size) == 2 or (len(size) == 3 and sorted(size)[0] == 1 < sorted(size)[1])
 
 
 def _folder_files(folder: Path) -> list[Path]:
@@ -94,7 +114,7 @@ def is_set_input(raw: str | Path, *, dicom: bool = True) -> bool:
         return path.suffix.lower() in ARRAY_SUFFIXES or _is_sample_grid(path)
     if path.is_dir():
         files = _folder_files(path)
-        if files and all(_is_set_file(p) for p in files):
+        if files and all(_is_set_file(p) or _is_volume_of_one_slice(p) for p in files):
             return True
         return dicom and dicom_samples(path) is not None
     return False
@@ -119,6 +139,8 @@ def _slices_in(path: Path) -> int:
             if min(image.size) < 1:
                 raise UserError(f"{path} is empty (size {image.size[0]}x{image.size[1]})")
             return 1
+    if suffix not in PICTURE_SUFFIXES and is_volume_file(path) and suffix != ".dcm":
+        return 1  # a volume file of one slice (is_set_input checked its header)
     info = inspect_input(path, dicom=True)
     if info.dimension == 4:
         raise UserError(f"{path} is a 4D image; a set holds 2D images (or 3D stacks of 2D images)")
@@ -172,6 +194,9 @@ def _file_pixels(path: Path) -> np.ndarray:
     suffix = path.suffix.lower()
     if suffix in ARRAY_SUFFIXES:
         return read_array_file(path)
+    if suffix not in PICTURE_SUFFIXES and suffix != ".dcm" and is_volume_file(path):
+        image = read_image(path)  # NIfTI/NRRD/MHA of one slice: the volume reader's checks and conversions
+        return image_slices(image, resolve_axis(image, "auto"))
     if suffix in PILLOW_SUFFIXES:
         array = _read_picture(path)
         colour = array.ndim == 3
