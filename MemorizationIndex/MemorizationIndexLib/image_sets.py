@@ -105,7 +105,7 @@ def dicom_samples(folder: Path) -> tuple[Path, ...] | None:
 
 def is_set_input(raw: str | Path, *, dicom: bool = True) -> bool:
     """True when a query argument is a set (see the module docstring): from names, the pixels of a single
-    picture and, with ``dicom``, the series of a folder of DICOM files."""
+    picture, the headers of a folder's volume files and, with ``dicom``, the series of its DICOM files."""
     raw = str(raw)
     if _is_glob(raw):
         return True
