@@ -56,6 +56,39 @@ def test_array_layouts_read_as_stacks(tmp_path: Path, spine_volumes, shape, dtyp
     np.testing.assert_array_equal(arrays.read_array_file(tmp_path / "x.npz"), stack)
 
 
+def _colour(slices: np.ndarray) -> np.ndarray:
+    """Slices [N, H, W] as RGB [N, H, W, 3] with channels that differ (grey = their mean)."""
+    return np.stack([slices, slices // 2, slices // 4], axis=-1)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["NxHxWx3", "NxHxWx4", "Nx3xHxW", "HxWx3", "guided-diffusion npz"],
+)
+def test_colour_arrays_read_as_grey(tmp_path: Path, spine_volumes, layout) -> None:
+    """Colour stacks as generators save them become grey as colour pictures do: the mean of R, G and B."""
+    slices = spine_volumes["05"][5:8]
+    rgb = _colour(slices)
+    array = {
+        "NxHxWx3": rgb,
+        "NxHxWx4": np.concatenate([rgb, np.full(slices.shape + (1,), 255, np.uint8)], axis=-1),  # alpha dropped
+        "Nx3xHxW": np.moveaxis(rgb, -1, 1),  # a PyTorch batch
+        "HxWx3": rgb[0],
+        "guided-diffusion npz": rgb,
+    }[layout]
+    path = tmp_path / ("samples_3x224x224x3.npz" if layout.endswith("npz") else "x.npy")
+    if layout.endswith("npz"):  # image_sample.py of a class-conditional model: arr_0 images, arr_1 labels
+        np.savez(path, array, np.array([3, 1, 4]))
+    else:
+        np.save(path, array)
+    n = 1 if layout == "HxWx3" else 3
+    assert arrays.array_file_slices(path) == n
+    stack = arrays.read_array_file(path)
+    np.testing.assert_allclose(stack, rgb[:n].mean(axis=-1), rtol=1e-6)
+    grey = np.stack([slices] * 3, axis=-1)  # a grey sample saved as RGB reads exactly as the grey one
+    np.testing.assert_array_equal(arrays.as_stack(grey, "grey"), slices.astype(np.float32))
+
+
 def test_nan_values_become_background(tmp_path: Path, spine_volumes) -> None:
     array = spine_volumes["05"][5:7].astype(np.float32)
     array[0, :10, :10] = np.nan
@@ -67,7 +100,7 @@ def test_nan_values_become_background(tmp_path: Path, spine_volumes) -> None:
     "make, message",
     [
         (lambda s: np.array([s, None], dtype=object), "Python objects"),
-        (lambda s: np.stack([s, s, s], axis=-1)[None], "colour images are not read"),
+        (lambda s: np.stack([s, s, s, s])[None], "4 channels first is not an image"),
         (lambda s: np.full((2, 32, 32), np.nan, dtype=np.float32), "no finite value"),
         (lambda s: s.astype(np.complex64)[None], "complex"),
         (lambda s: s[None, None, None], "expected HxW, NxHxW"),
@@ -86,8 +119,8 @@ def test_bad_arrays_are_refused_in_one_line(tmp_path: Path, spine_volumes, make,
 
 def test_npz_with_several_arrays_and_broken_files(tmp_path: Path, spine_volumes) -> None:
     s = spine_volumes["05"][5]
-    np.savez(tmp_path / "two.npz", a=s, b=s)
-    with pytest.raises(UserError, match="holds 2 arrays"):
+    np.savez(tmp_path / "two.npz", a=s, b=s, labels=np.arange(2))
+    with pytest.raises(UserError, match=r"holds 2 arrays of images \(a, b\)"):
         arrays.array_file_slices(tmp_path / "two.npz")
     (tmp_path / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00")
     with pytest.raises(UserError, match="not a readable .npy"):
@@ -270,8 +303,10 @@ def test_batch_scorer_scores_numpy_and_torch_batches_in_memory(
             patch.setattr(module, name, no_disk)
         numpy_scores = scorer.score(batch)
         torch_scores = scorer.score(torch.from_numpy(batch.astype(np.float32))[:, None])
+        rgb_scores = scorer.score(torch.from_numpy(batch.astype(np.float32))[:, None].expand(-1, 3, -1, -1))
     for name in ("similarity", "z", "mi", "oni", "p_value"):
         np.testing.assert_allclose(getattr(torch_scores, name), getattr(numpy_scores, name), rtol=1e-6)
+        np.testing.assert_allclose(getattr(rgb_scores, name), getattr(numpy_scores, name), rtol=1e-6)
     s = numpy_scores
     assert s.scored.tolist() == [True, True, True, False, True, True, True, True]
     assert np.isnan(s.mi[3]) and not s.flagged[3] and s.nn_source[3] == "" and s.nn_slice[3] == -1
@@ -562,12 +597,35 @@ def test_cli_audits_a_folder_of_2d_volume_files_as_a_set(spine_index: Path, spin
     assert as_set["s1.nrrd"][1] == "1"  # the copy of a training slice
 
 
+def test_cli_audits_guided_diffusion_sample_files(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
+    """guided-diffusion's ``samples_NxHxWx3.npz`` (uint8 RGB images in arr_0, class labels in arr_1) is a set
+    whose samples score as the same grey slices saved as one N×H×W array; its copies are flagged."""
+    import csv
+
+    samples = spine_volumes["05"][4:10].copy()
+    samples[1], samples[4] = spine_volumes["01"][7], spine_volumes["02"][12]  # two training slices copied
+    np.savez(tmp_path / "samples_6x224x224x3.npz", np.stack([samples] * 3, axis=-1), np.arange(6) % 2)
+    np.save(tmp_path / "grey.npy", samples)
+
+    def scores(name: str) -> list[tuple[float, str]]:
+        with open(tmp_path / name / "slices.csv", newline="") as handle:
+            return [(float(r["similarity"]), r["flagged"]) for r in csv.DictReader(handle)]
+
+    for name in ("samples_6x224x224x3.npz", "grey.npy"):
+        code, _, stderr = _cli("audit", str(spine_index), str(tmp_path / name), "--out", str(tmp_path / name[:5]))
+        assert code == 0, stderr
+    colour, grey = scores("sampl"), scores("grey.")
+    assert len(colour) == 6 and [f for _, f in colour] == [f for _, f in grey]
+    np.testing.assert_allclose([s for s, _ in colour], [s for s, _ in grey], rtol=1e-6)
+    assert colour[1][1] == colour[4][1] == "1"
+
+
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
     good = tmp_path / "good"
     _write_pngs(good, spine_volumes["05"][4:6])
     cases = {
         "object.npy": np.array([spine_volumes["05"][4], None], dtype=object),
-        "colour.npy": np.stack([spine_volumes["05"][4:6]] * 3, axis=-1),
+        "latents.npy": np.zeros((2, 4, 28, 28), dtype=np.float32),
         "nan.npy": np.full((2, 64, 64), np.nan, dtype=np.float32),
     }
     for name, array in cases.items():

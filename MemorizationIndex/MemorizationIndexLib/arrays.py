@@ -4,15 +4,19 @@ Axis convention for a 2D slice ``a[r, c]``: axis 0 is the image row (top to bott
 column (left to right), as ``SimpleITK.GetArrayFromImage`` or PIL give a PNG. A slice taken from a
 NIfTI with nibabel (``get_fdata()[:, :, k]``, axes i, j) is the transpose of what SimpleITK shows
 for the same slice: transpose it (``a.T``) before saving if the two must match. A stack holds
-slices along its first axis: N×H×W, N×1×H×W or N×H×W×1 (channel axis of length 1).
+slices along its first axis: N×H×W, N×1×H×W or N×H×W×1 (channel axis of length 1), or colour
+N×H×W×3/4 (channels last, as guided-diffusion's ``samples_*.npz`` hold uint8 RGB) or N×3×H×W
+(channels first, as a PyTorch batch); colour becomes grey, as in pictures and volumes.
 
 Files are read with ``allow_pickle=False``; any real dtype (bool, integer, float) is accepted and
 converted to float32; NaN/Inf values become the array's finite minimum (background), as in volumes.
+An ``.npz`` holds one array of images, alone or beside one-dimensional arrays (class labels).
 """
 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,38 @@ from .errors import UserError
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 _REAL_KINDS = "biuf"  # bool, signed, unsigned, floating
+COLOUR_CHANNELS = (3, 4)  # RGB, RGBA
 
 
-def stack_shape(shape: tuple[int, ...], dtype: np.dtype, what: str, *, allow_2d: bool) -> tuple[int, int, int]:
-    """(N, H, W) of an array of this shape and dtype read as slices; UserError names what is wrong.
+@dataclass(frozen=True)
+class StackLayout:
+    """How an array holds its slices: N, H, W and the axis of its colour channels (None: grey)."""
 
-    Accepted: H×W (when ``allow_2d``), N×H×W, N×1×H×W, N×H×W×1, of a real dtype.
+    n: int
+    h: int
+    w: int
+    channel_axis: int | None = None
+
+
+def grey_from_channels(array: np.ndarray) -> np.ndarray:
+    """Pixels with channels on the last axis as grey float32: the mean of R, G and B when there are at
+    least three (alpha dropped), else the first channel (grey and alpha)."""
+    if array.shape[-1] >= 3:
+        return array[..., :3].mean(axis=-1, dtype=np.float32)
+    return np.asarray(array[..., 0], dtype=np.float32)
+
+
+def _is_colour_image(shape: tuple[int, ...]) -> bool:
+    """H×W×3 or H×W×4 with both sides longer than a channel axis (a slice 3 or 4 pixels wide is no image)."""
+    return len(shape) == 3 and shape[2] in COLOUR_CHANNELS and min(shape[:2]) > max(COLOUR_CHANNELS)
+
+
+def stack_layout(shape: tuple[int, ...], dtype: np.dtype, what: str, *, allow_2d: bool) -> StackLayout:
+    """The layout of an array of this shape and dtype read as slices; UserError names what is wrong.
+
+    Accepted: H×W and one colour image H×W×3/4 (when ``allow_2d``), N×H×W, N×1×H×W, N×H×W×1, and colour
+    stacks N×H×W×3/4 (channels last, as image libraries and guided-diffusion's sample files hold them) or
+    N×3×H×W (channels first, as PyTorch holds them), of a real dtype.
     """
     if dtype.hasobject:
         raise UserError(f"{what} holds Python objects (dtype {dtype}); save a numeric array (e.g. float32)")
@@ -35,29 +65,40 @@ def stack_shape(shape: tuple[int, ...], dtype: np.dtype, what: str, *, allow_2d:
     if dtype.kind not in _REAL_KINDS or dtype.fields is not None:
         raise UserError(f"{what} has dtype {dtype}; expected a real numeric array (bool, integer or float)")
     dims = "x".join(map(str, shape)) or "scalar"
-    expected = ("HxW, " if allow_2d else "") + "NxHxW, Nx1xHxW or NxHxWx1"
+    expected = ("HxW, " if allow_2d else "") + "NxHxW, Nx1xHxW, NxHxWx1, or colour NxHxWx3/4 or Nx3xHxW"
     if len(shape) == 2 and allow_2d:
-        n, h, w = 1, *shape
+        layout = StackLayout(1, *shape)
+    elif allow_2d and _is_colour_image(shape):
+        layout = StackLayout(1, shape[0], shape[1], channel_axis=2)
     elif len(shape) == 3:
-        n, h, w = shape
+        layout = StackLayout(*shape)
     elif len(shape) == 4 and shape[1] == 1:
-        n, h, w = shape[0], shape[2], shape[3]
+        layout = StackLayout(shape[0], shape[2], shape[3])
     elif len(shape) == 4 and shape[3] == 1:
-        n, h, w = shape[:3]
-    elif len(shape) == 4 and shape[3] in (3, 4):
-        raise UserError(f"{what} has shape {dims}: colour images are not read; save one grey channel ({expected})")
+        layout = StackLayout(*shape[:3])
+    elif len(shape) == 4 and shape[3] in COLOUR_CHANNELS:
+        layout = StackLayout(*shape[:3], channel_axis=3)
+    elif len(shape) == 4 and shape[1] == 3:
+        layout = StackLayout(shape[0], shape[2], shape[3], channel_axis=1)
+    elif len(shape) == 4:
+        raise UserError(
+            f"{what} has shape {dims}: {shape[1]} channels first is not an image (latents? decode them first); "
+            f"expected {expected}"
+        )
     else:
         raise UserError(f"{what} has shape {dims}; expected {expected}")
-    if min(n, h, w) < 1:
+    if min(layout.n, layout.h, layout.w) < 1:
         raise UserError(f"{what} is empty (shape {dims})")
-    return n, h, w
+    return layout
 
 
 def as_stack(array: np.ndarray, what: str, *, allow_2d: bool = True) -> np.ndarray:
-    """A real array as float32 slices [N, H, W] (NaN/Inf -> finite minimum); UserError when it is
-    not one (see :func:`stack_shape`) or has no finite value."""
-    n, h, w = stack_shape(tuple(array.shape), array.dtype, what, allow_2d=allow_2d)
-    stack = np.asarray(array, dtype=np.float32).reshape(n, h, w)
+    """A real array as float32 slices [N, H, W] (colour -> grey, :func:`grey_from_channels`; NaN/Inf ->
+    finite minimum); UserError when it is not one (see :func:`stack_layout`) or has no finite value."""
+    layout = stack_layout(tuple(array.shape), array.dtype, what, allow_2d=allow_2d)
+    if layout.channel_axis is not None:
+        array = grey_from_channels(np.moveaxis(np.asarray(array), layout.channel_axis, -1))
+    stack = np.asarray(array, dtype=np.float32).reshape(layout.n, layout.h, layout.w)
     finite = np.isfinite(stack)
     if not finite.all():
         if not finite.any():
@@ -81,35 +122,51 @@ def _npy_header(handle, what: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
-def _npz_member(archive: zipfile.ZipFile, path: Path) -> str:
+def _npz_images(archive: zipfile.ZipFile, path: Path) -> tuple[str, tuple[int, ...], np.dtype]:
+    """(key, shape, dtype) of the array of an .npz archive that holds the images: its only array, or its
+    only array of two or more dimensions beside one-dimensional ones (class labels, as guided-diffusion's
+    class-conditional sample files hold beside the images)."""
     members = [m for m in archive.namelist() if m.endswith(".npy")]
-    if len(members) != 1:
-        names = ", ".join(m[:-4] for m in members) or "none"
-        raise UserError(f"{path} holds {len(members)} arrays ({names}); save exactly one array per .npz file")
-    return members[0]
+    headers = {}
+    for member in members:
+        with archive.open(member) as handle:
+            headers[member] = _npy_header(handle, f"{path} ({member[:-4]})")
+    images = [m for m in members if len(headers[m][0]) >= 2] if len(members) > 1 else members
+    if len(images) != 1:
+        names = ", ".join(m[:-4] for m in images or members) or "none"
+        raise UserError(
+            f"{path} holds {len(images)} arrays of images ({names}); save one per .npz file "
+            "(one-dimensional arrays such as class labels may stay beside it)"
+        )
+    return images[0][:-4], *headers[images[0]]
+
+
+def _header(path: Path) -> tuple[str | None, tuple[int, ...], np.dtype]:
+    """(.npz key or None, shape, dtype) of the images of a .npy/.npz file, from its headers only."""
+    try:
+        if path.suffix.lower() == ".npz":
+            with zipfile.ZipFile(path) as archive:
+                return _npz_images(archive, path)
+        with open(path, "rb") as handle:
+            return None, *_npy_header(handle, str(path))
+    except zipfile.BadZipFile:
+        raise UserError(f"{path} is not a readable .npz archive (is the file complete?)") from None
 
 
 def array_file_slices(path: Path) -> int:
     """Number of slices in a .npy/.npz file, from its header only; UserError when it is not a stack."""
-    try:
-        if path.suffix.lower() == ".npz":
-            with zipfile.ZipFile(path) as archive, archive.open(_npz_member(archive, path)) as handle:
-                shape, dtype = _npy_header(handle, str(path))
-        else:
-            with open(path, "rb") as handle:
-                shape, dtype = _npy_header(handle, str(path))
-    except zipfile.BadZipFile:
-        raise UserError(f"{path} is not a readable .npz archive (is the file complete?)") from None
-    return stack_shape(shape, dtype, str(path), allow_2d=True)[0]
+    _, shape, dtype = _header(path)
+    return stack_layout(shape, dtype, str(path), allow_2d=True).n
 
 
 def read_array_file(path: Path) -> np.ndarray:
     """The slices [N, H, W] float32 of a .npy/.npz file (``allow_pickle=False``); UserError otherwise."""
-    array_file_slices(path)  # the header's dtype and shape first: a clear message for object arrays
+    key, shape, dtype = _header(path)
+    stack_layout(shape, dtype, str(path), allow_2d=True)  # a clear message for object arrays before reading
     try:
-        if path.suffix.lower() == ".npz":
+        if key is not None:
             with np.load(path, allow_pickle=False) as archive:
-                array = archive[archive.files[0]]
+                array = archive[key]
         else:
             array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:

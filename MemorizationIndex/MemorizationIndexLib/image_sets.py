@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, read_array_file
+from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, grey_from_channels, read_array_file
 from .errors import UserError
 from .mosaics import Mosaic, find_mosaic, mosaic_samples
 from .volumes import (
@@ -208,7 +208,7 @@ def _file_pixels(path: Path) -> np.ndarray:
             raise UserError(f"cannot read {path} as an image ({reason}); is the file complete?") from None
         array, colour = sitk.GetArrayViewFromImage(image), image.GetNumberOfComponentsPerPixel() > 1
     if colour:
-        array = array[..., :3].mean(axis=-1, dtype=np.float32) if array.shape[-1] >= 3 else array[..., 0]
+        array = grey_from_channels(array)
     return as_stack(array, str(path))
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import grey_from_channels
 from .audit_output import read_audit
 from .audit_status import AuditStatus, audit_status
 from .errors import UserError
@@ -159,7 +160,7 @@ def volume_node_to_image(volume_node):
 
     Voxel array (KJI) is copied; spacing, origin and direction are the node's IJK-to-RAS
     converted to LPS, which is what SimpleITK reports for the file the node was loaded from.
-    Vector volumes become the mean of their first three components, NaN/Inf voxels become 0,
+    Vector volumes become grey as the command line makes it (``arrays.grey_from_channels``), NaN/Inf voxels become 0,
     as the command line does for files. A parent transform is not applied (the outputs
     observe the same transform, so they stay aligned).
     """
@@ -169,7 +170,7 @@ def volume_node_to_image(volume_node):
         raise UserError("the input volume node has no image data")
     array = np.array(_slicer().util.arrayFromVolume(volume_node), dtype=np.float32, copy=True)
     if array.ndim == 4:
-        array = array[..., : min(3, array.shape[-1])].mean(axis=-1, dtype=np.float32)
+        array = grey_from_channels(array)
     if array.ndim != 3:
         raise UserError(f"volume {volume_node.GetName()} has an unsupported voxel layout {array.shape}")
     if not np.isfinite(array).all():

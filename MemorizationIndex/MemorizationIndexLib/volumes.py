@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .arrays import grey_from_channels
 from .errors import UserError
 
 AXIS_CHOICES = ("auto", "axial", "coronal", "sagittal")
@@ -371,13 +372,10 @@ def validate_inputs(
 
 
 def _to_scalar_3d(image: sitk.Image, path: Path, volume_index: int | None) -> sitk.Image:
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        # RGB(A) or vector pixels: use the mean of the first three components as intensity.
-        channels = [
-            sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32)
-            for c in range(min(3, image.GetNumberOfComponentsPerPixel()))
-        ]
-        image = sum(channels[1:], channels[0]) / float(len(channels))
+    if image.GetNumberOfComponentsPerPixel() > 1:  # RGB(A): grey as pictures and arrays make it
+        grey = sitk.GetImageFromArray(grey_from_channels(sitk.GetArrayViewFromImage(image)))
+        grey.CopyInformation(image)
+        image = grey
     dimension = image.GetDimension()
     if dimension == 4:
         size = image.GetSize()
