@@ -1,12 +1,12 @@
 """Scoring in-memory batches against an index: the API for notebooks and training loops.
 
 Load the index and its encoder once, then score NumPy arrays or torch tensors of generated
-slices, N×H×W or N×1×H×W (rows along axis -2, columns along axis -1; see :mod:`arrays`), with
+slices, N×H×W, N×1×H×W or colour N×3×H×W (rows along axis -2, columns along axis -1; see :mod:`arrays`), with
 nothing read from or written to disk::
 
     from MemorizationIndexLib.batch_scoring import BatchScorer
     scorer = BatchScorer("ref-index")              # once
-    scores = scorer.score(samples)                 # samples: [N, H, W] or [N, 1, H, W]
+    scores = scorer.score(samples)                 # samples: [N, H, W], [N, 1, H, W] or [N, 3, H, W]
     scores.flagged_fraction, scores.mean_mi, scores.mi, scores.nn_source
 
 A training loop that tracks the flagged fraction every N steps: docs/sets.md.
@@ -90,7 +90,8 @@ class BatchScorer:
         self.threshold = self.null.threshold(self.alpha)
 
     def score(self, batch: np.ndarray | torch.Tensor) -> BatchScores:
-        """Scores of a batch [N, H, W] or [N, 1, H, W] (NumPy array or torch tensor, any real dtype)."""
+        """Scores of a batch [N, H, W], [N, 1, H, W] or colour [N, 3, H, W] / [N, H, W, 3 or 4] (NumPy array or torch
+        tensor, any real dtype; colour becomes grey, :func:`arrays.grey_from_channels`)."""
         array = _to_numpy(batch)
         stack = as_stack(array, f"batch of shape {tuple(array.shape)}", allow_2d=False)
         settings = self.index.preprocessing
