@@ -154,6 +154,22 @@ def test_right_handed_file_converts_exactly(brain_subjects):
     np.testing.assert_allclose(node_image.GetDirection(), file_image.GetDirection(), atol=1e-5)
 
 
+def test_nonfinite_voxels_become_the_background_as_in_the_command_line(brain_subjects, tmp_path):
+    """NaN/Inf voxels of a node become its finite minimum, as the command line reads the same file (they became 0,
+    which is bright where the background lies below 0)."""
+    image = read_image(brain_subjects[0])
+    array = sitk.GetArrayFromImage(image) - 100.0
+    array[10:14, 20:40, 30:50] = np.nan
+    array[20, 5:9, 5:9], array[21, 5:9, 5:9] = np.inf, -np.inf
+    damaged = sitk.GetImageFromArray(array.astype(np.float32))
+    damaged.CopyInformation(image)
+    path = tmp_path / "nonfinite.nrrd"  # ITK reads NaN in a NIfTI as 0; NRRD keeps it
+    sitk.WriteImage(damaged, str(path))
+    node_array = sitk.GetArrayFromImage(mrml.volume_node_to_image(load_volume(slicer.vtkMRMLScene(), path, "x")))
+    assert np.array_equal(node_array, sitk.GetArrayFromImage(read_image(path)))
+    assert node_array[12, 30, 40] == node_array[20, 6, 6] == array[np.isfinite(array)].min() < 0
+
+
 def test_outputs_have_the_input_geometry(spine):
     node, result = spine["node"], spine["result"]
     expected = mrml.ijk_to_ras_matrix(node)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from MemorizationIndexLib import patch_search, region_search
+from MemorizationIndexLib import patch_search, region_search, search
 from MemorizationIndexLib.augment_partial import quarter
 from MemorizationIndexLib.embedding import embed_slices, embed_slices_and_tiles
 from MemorizationIndexLib.encoders.tiles import (
@@ -345,7 +345,7 @@ def test_the_region_candidates_name_whole_copies_and_moved_patches(encoder, spin
 def test_tile_margins_are_hits_above_the_tiles_deepest_one() -> None:
     scores = np.array([[0.9, 0.5, 0.4], [0.8, 0.8, 0.8], [0.7, 0.6, -3.4e38]], dtype=np.float32)
     ids = np.array([[5, 2, 9], [1, 4, 7], [3, 8, -1]])
-    margins = region_search.tile_margins(scores, ids)
+    margins = search.tile_margins(scores, ids)
     assert np.allclose(margins[0], [0.5, 0.1, 0.0]) and np.allclose(margins[1], 0.0)  # generic: no hit stands out
     assert np.allclose(margins[2, :2], [0.1, 0.0]) and margins[2, 2] == -np.inf  # the deepest hit that was found
 

@@ -533,14 +533,14 @@ def _real_reference(
     from MemorizationIndexLib.calibration import DEFAULT_QUERY_FRACTION
     from MemorizationIndexLib.embedding import embed_slices_and_tiles
     from MemorizationIndexLib.encoders.tiles import PIXEL_KEY
-    from MemorizationIndexLib.index_build import BuildOptions, _with_copies, collect_slices
+    from MemorizationIndexLib.index_build import BuildOptions, collect_slices, with_reference_copies
     from MemorizationIndexLib.preprocess import PreprocessSettings, scale_unit
     from MemorizationIndexLib.second_stage import SliceGrids, slice_places
     from MemorizationIndexLib.verified_null import split_verified_null
 
     settings = PreprocessSettings()
     train = collect_slices(paths, axis=VERIFY_AXIS, preprocessing=settings)
-    provenance, slices = _with_copies(train, BuildOptions().copies)
+    provenance, slices = with_reference_copies(train.slices, train.provenance, BuildOptions().copies)
     features, tiles = embed_slices_and_tiles(encoder, slices, settings, tiled=len(train.slices))
     thumbnails = {r: np.round(scale_unit(s, settings) * 255).astype(np.uint8) for r, s in enumerate(train.slices)}
     null = split_verified_null(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 _REAL_KINDS = "biuf"  # bool, signed, unsigned, floating
@@ -44,6 +44,18 @@ def grey_from_channels(array: np.ndarray) -> np.ndarray:
     if array.shape[-1] >= 3:
         return array[..., :3].mean(axis=-1, dtype=np.float32)
     return np.asarray(array[..., 0], dtype=np.float32)
+
+
+def nonfinite_as_background(array: np.ndarray) -> np.ndarray | None:
+    """A float32 copy with NaN/Inf replaced by the finite minimum (the background; 0 when no value is finite),
+    or None when every value is finite."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return None
+    fill = float(array[finite].min()) if finite.any() else 0.0
+    clean = np.array(array, dtype=np.float32, copy=True)
+    clean[~finite] = fill
+    return clean
 
 
 def _is_colour_image(shape: tuple[int, ...]) -> bool:
@@ -99,16 +111,12 @@ def as_stack(array: np.ndarray, what: str, *, allow_2d: bool = True) -> np.ndarr
     if layout.channel_axis is not None:
         array = grey_from_channels(np.moveaxis(np.asarray(array), layout.channel_axis, -1))
     stack = np.asarray(array, dtype=np.float32).reshape(layout.n, layout.h, layout.w)
-    finite = np.isfinite(stack)
-    if not finite.all():
-        if not finite.any():
+    clean = nonfinite_as_background(stack)
+    if clean is not None:
+        if not np.isfinite(stack).any():
             raise UserError(f"{what} has no finite value (all NaN or Inf)")
-        stack = np.where(finite, stack, stack[finite].min())
+        stack = clean
     return stack
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _npy_header(handle, what: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -118,7 +126,7 @@ def _npy_header(handle, what: str) -> tuple[tuple[int, ...], np.dtype]:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read(handle)
     except (ValueError, OSError, EOFError, SyntaxError) as exc:
-        raise UserError(f"{what} is not a readable .npy array ({_one_line(exc)})") from None
+        raise UserError(f"{what} is not a readable .npy array ({one_line(exc)})") from None
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
@@ -170,5 +178,5 @@ def read_array_file(path: Path) -> np.ndarray:
         else:
             array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read {path} as a NumPy array ({_one_line(exc)})") from None
+        raise UserError(f"cannot read {path} as a NumPy array ({one_line(exc)})") from None
     return as_stack(array, str(path))

@@ -56,6 +56,11 @@ def write_folder(out_dir: str | Path, write: Writer) -> Path:
     return out_dir
 
 
+def text_file(text: str) -> Writer:
+    """A writer of ``text`` as UTF-8 (for :func:`write_files`)."""
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
 def write_files(folder: str | Path, writers: Mapping[str, Writer], *, what: str | None = None) -> Path:
     """Write every file of ``writers`` ({file name: writer}) into ``folder``, all or none of them.
 

@@ -239,7 +239,7 @@ def _query_encoder(
     return encoder
 
 
-def _checked_alpha(index: ReferenceIndex, alpha: float | None) -> float:
+def checked_alpha(index: ReferenceIndex, alpha: float | None) -> float:
     """The significance level to use (the index's default when None), checked to lie in (0, 1)."""
     alpha = index.default_alpha if alpha is None else alpha
     if not 0 < alpha < 1:
@@ -290,7 +290,7 @@ def audit_image(
     An out-of-memory error while embedding is retried with half the batch size (down to 1).
     """
     encoder = _query_encoder(index, encoder, device, preprocessing)
-    alpha = _checked_alpha(index, alpha)
+    alpha = checked_alpha(index, alpha)
     stage = SecondStage(index) if stage is None else stage
     array_axis = resolve_axis(image, axis or index.axis)
     stack = image_slices(image, array_axis)
@@ -606,7 +606,7 @@ def audit_paths(
     if engine not in ("local", "ray"):
         raise UserError(f"unknown engine {engine!r}; use local or ray")
     index, inputs, encoder = _load_for_audit(index_dir, paths, out_dir, checkpoint, device, series, volume_index)
-    alpha = _checked_alpha(index, alpha)
+    alpha = checked_alpha(index, alpha)
     stage = SecondStage(index, enabled=verification)
     if engine == "ray":
         from .ray_engine import attach_ray_search

@@ -14,13 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from .augment_geometry import Params, resample_to
+from .preprocess import PreprocessSettings
 
 HALVES = ("top", "bottom", "left", "right")
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PASTE_SIDE = (0.3, 0.6)  # side of the pasted rectangle, as a fraction of each side of the slice
 NEIGHBOUR_WEIGHT = (0.2, 0.5)  # weight t of the neighbour slice in (1 - t) · slice + t · neighbour
 MIN_COPIED_SHARE = 0.1  # share of the slice's anatomy (unit intensity >= ANATOMY) a partial copy carries, at least
-ANATOMY = 0.1  # unit intensity from which a pixel is anatomy (preprocess.PreprocessSettings' background floor)
+ANATOMY = PreprocessSettings().background_floor  # unit intensity from which a pixel is anatomy (the default floor)
 MAX_DRAWS = 100  # pasted rectangles drawn at most; none carrying MIN_COPIED_SHARE: the one carrying the most is kept
 
 Region = tuple[slice, slice, Params]  # rows, columns and parameters of a region of a slice

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from .arrays import as_stack
+from .audit import checked_alpha, score_features
 from .embedding import embed_slices
-from .errors import UserError
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
-from .scoring import Threshold, mi_from_z, oni_from_z
+from .scoring import Threshold
 
 TOP_K = 5  # candidates re-ranked per sample, as in audit (the nearest source is then the same)
 
@@ -82,9 +82,7 @@ class BatchScorer:
     ):
         self.index = index if isinstance(index, ReferenceIndex) else ReferenceIndex.load(index)
         self.encoder = self.index.load_encoder(checkpoint=checkpoint, device=device)
-        self.alpha = self.index.default_alpha if alpha is None else float(alpha)
-        if not 0 < self.alpha < 1:
-            raise UserError(f"alpha must be between 0 and 1 (got {self.alpha})")
+        self.alpha = checked_alpha(self.index, None if alpha is None else float(alpha))
         self.batch_size = batch_size
         self.null = self.index.null_model
         self.threshold = self.null.threshold(self.alpha)
@@ -96,30 +94,25 @@ class BatchScorer:
         stack = as_stack(array, f"batch of shape {tuple(array.shape)}", allow_2d=False)
         settings = self.index.preprocessing
         scored = np.array([bool(nonempty_mask(s[None], settings)[0]) for s in stack], dtype=bool)
-        n = len(stack)
-        similarity = np.full(n, np.nan)
-        nn_rows = np.full(n, -1, dtype=np.int64)
         keep = np.flatnonzero(scored)
+        rows: list[dict] = []
         if keep.size:
             raw = halving_batch_on_out_of_memory(
                 lambda batch: embed_slices(self.encoder, stack[keep], settings, batch_size=batch), self.batch_size
             )
-            found = self.index.search(self.index.whiten(raw), k=TOP_K)
-            similarity[keep] = found.similarity
-            nn_rows[keep] = found.ids[:, 0]
-        z = self.null.z(similarity)
-        p_value = np.where(scored, self.null.p_value(np.nan_to_num(similarity, nan=-np.inf)), np.nan)
-        prov = self.index.provenance
+            rows, _, _ = score_features(self.index, raw, self.alpha, k=TOP_K)
+
+        def column(name: str, blank, dtype) -> np.ndarray:
+            values = np.full(len(stack), blank, dtype=dtype)
+            values[keep] = [row[name] for row in rows]
+            return values
+
         return BatchScores(
-            similarity=similarity,
-            z=z,
-            mi=mi_from_z(z),
-            oni=oni_from_z(z),
-            p_value=p_value,
-            flagged=scored & (np.nan_to_num(p_value, nan=1.0) < self.alpha),
+            **{name: column(name, np.nan, np.float64) for name in ("similarity", "z", "mi", "oni", "p_value")},
+            flagged=column("flagged", False, bool),
             scored=scored,
-            nn_source=[prov.source[r] if r >= 0 else "" for r in nn_rows],
-            nn_slice=np.array([prov.slice[r] if r >= 0 else -1 for r in nn_rows], dtype=np.int64),
-            nn_flip=[prov.flip[r] if r >= 0 else "" for r in nn_rows],
+            nn_source=column("nn_source", "", object).tolist(),
+            nn_slice=column("nn_slice", -1, np.int64),
+            nn_flip=column("nn_flip", "", object).tolist(),
             threshold=self.threshold,
         )

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .atomic_write import text_file, write_files
 from .audit import score_features
 from .augment import (
     ALL_CONDITIONS,
@@ -46,7 +47,6 @@ from .benchmark_data import (
     PreparedDataset,
     embed_dataset,
     prepare_dataset,
-    reference_with_copies,
     seeded_rng,
 )
 from .benchmark_report import render_markdown
@@ -61,7 +61,7 @@ from .benchmark_stages import (
 )
 from .encoders import load_encoder
 from .encoders.base import Encoder
-from .index_build import build_index_from_features
+from .index_build import build_index_from_features, copies_provenance
 from .machine_info import machine
 from .patch_search import PATCH_CANDIDATES
 from .pearson import max_pixel_correlation
@@ -71,6 +71,7 @@ from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES
 from .scoring import DEFAULT_ALPHA, NullModel, oni_from_z
 from .search import build_flat_index, max_similarity
 from .second_stage import DEFAULT_CANDIDATES, VIEWS, SliceGrids, search_depth, slice_places
+from .transforms import REFERENCE_COPIES
 from .verified_null import reference_verified_null
 from .whitening import ShrinkageWhitener
 
@@ -393,7 +394,7 @@ def _benchmark_index(
     """The benchmark's reference index (the reference slices and their copies); given the ``encoder``,
     with the verified null made from the reference pixels as ``build-index`` makes it."""
     blocks = list(encoder_info.blocks)
-    _, provenance = reference_with_copies(prepared)
+    provenance = copies_provenance(prepared.reference_provenance, REFERENCE_COPIES)
     reference = {b: features.reference[b] for b in blocks}
     verified_null = None
     if encoder is not None:
@@ -632,14 +633,12 @@ def _write_results(
         }
     )
     summary = {key: value for key, value in results.items() if key != "copy_rows"}
-    for name, text in (
-        ("results.json", json.dumps(_jsonable(summary), indent=1, sort_keys=True) + "\n"),
-        ("results.md", render_markdown(summary)),
-        (COPIES_FILE, _copies_csv(results["copy_rows"])),
-    ):
-        tmp = out_path / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out_path / name)
+    texts = {
+        "results.json": json.dumps(_jsonable(summary), indent=1, sort_keys=True) + "\n",
+        "results.md": render_markdown(summary),
+        COPIES_FILE: _copies_csv(results["copy_rows"]),
+    }
+    write_files(out_path, {name: text_file(text) for name, text in texts.items()})
 
 
 def _copies_csv(rows: Sequence[dict]) -> str:

@@ -28,11 +28,11 @@ from .benchmark_stages import (
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .errors import UserError
-from .index_build import subject_of
+from .index_build import subject_of, with_reference_copies
 from .preprocess import PreprocessSettings, nonempty_mask, scale_unit
 from .reference_index import Provenance
 from .region_search import Tiles
-from .transforms import REFERENCE_COPIES, reference_copy
+from .transforms import REFERENCE_COPIES
 from .volumes import axis_name, expand_inputs, image_slices, read_image, resolve_axis
 
 DEFAULT_LEVELS: tuple[float, ...] = (0.05, 0.15, 0.30, 0.45)
@@ -271,17 +271,6 @@ class DatasetFeatures:
     query_tiles: dict[str, Tiles | None] = field(default_factory=dict)  # condition -> tiles of its query rows
 
 
-def reference_with_copies(prepared: PreparedDataset) -> tuple[list[np.ndarray], Provenance]:
-    """Reference slices plus their flipped and rotated copies, with provenance rows as ``build_index`` writes them."""
-    provenance, slices = Provenance(), []
-    p = prepared.reference_provenance
-    for copy in REFERENCE_COPIES:
-        for row in range(len(p)):
-            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])
-            slices.append(reference_copy(prepared.reference_slices[row], copy))
-    return slices, provenance
-
-
 def embed_dataset(
     prepared: PreparedDataset,
     encoder: Encoder,
@@ -292,7 +281,7 @@ def embed_dataset(
 ) -> DatasetFeatures:
     """Embed the reference (with its copies) and every condition's query slices once, with the tile features
     of the reference slices as cut (the first rows) and of the queries."""
-    ref_slices, _ = reference_with_copies(prepared)
+    _, ref_slices = with_reference_copies(prepared.reference_slices, prepared.reference_provenance, REFERENCE_COPIES)
     start = time.perf_counter()
     reference, reference_tiles = embed_slices_and_tiles(
         encoder, ref_slices, preprocessing, tiled=prepared.n, batch_size=batch_size

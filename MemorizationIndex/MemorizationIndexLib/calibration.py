@@ -110,14 +110,21 @@ def train_split_null(
         if len(queries) > MAX_QUERIES_PER_SPLIT:
             queries = np.sort(rng.choice(queries, MAX_QUERIES_PER_SPLIT, replace=False))
         reference_rows = np.flatnonzero(~np.isin(row_groups, half_a))
-        indexes, query_vectors, whiteners = {}, {}, {}
-        for block, raw in features.items():
-            whiteners[block] = whitener = make_whitener().fit(raw[reference_rows])
-            indexes[block] = build_flat_index(whitener.transform(raw[reference_rows]))
-            query_vectors[block] = whitener.transform(raw[queries])
+        whiteners, indexes = split_reference(features, reference_rows, make_whitener)
+        query_vectors = {block: whiteners[block].transform(raw[queries]) for block, raw in features.items()}
         pooled.append(max_similarity(indexes, query_vectors))
         energies.append(feature_energy(whiteners, {block: raw[queries] for block, raw in features.items()}))
     return np.concatenate(pooled), np.concatenate(energies), splits
+
+
+def split_reference(
+    features: dict[str, np.ndarray], rows: np.ndarray, make_whitener: Callable[[], ShrinkageWhitener]
+) -> tuple[dict[str, ShrinkageWhitener], dict]:
+    """The reference of one split: whiteners fitted on ``rows`` of the raw features, and flat indexes of those
+    rows whitened, per block."""
+    whiteners = {b: make_whitener().fit(raw[rows]) for b, raw in features.items()}
+    indexes = {b: build_flat_index(whiteners[b].transform(raw[rows])) for b, raw in features.items()}
+    return whiteners, indexes
 
 
 def feature_energy(whiteners: dict[str, ShrinkageWhitener], raw: dict[str, np.ndarray]) -> np.ndarray:

@@ -20,7 +20,7 @@ from .cli_options import (
     non_negative_int,
     positive_int,
 )
-from .errors import UserError
+from .errors import UserError, one_line
 from .mosaics import sample_grid_warning
 from .patch_search import PATCH_MAX_SLICES
 from .protocol import PROGRESS_ENV, format_error, format_progress
@@ -375,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(format_error(_one_line(exc)), file=sys.stderr)
+        print(format_error(one_line(exc)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(format_error("interrupted; nothing half-written was kept"), file=sys.stderr)
@@ -385,23 +385,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as exc:  # disk full, permission denied, ... while reading or writing
         where = f" ({exc.filename})" if exc.filename else ""
-        print(format_error(f"{exc.strerror or _one_line(exc)}{where}"), file=sys.stderr)
+        print(format_error(f"{exc.strerror or one_line(exc)}{where}"), file=sys.stderr)
         return 2
     except Exception as exc:  # a bug: one line by default, the traceback on request
         if os.environ.get(DEBUG_ENV) == "1":
             raise
         print(
             format_error(
-                f"internal error ({type(exc).__name__}: {_one_line(exc)}); please report it "
+                f"internal error ({type(exc).__name__}: {one_line(exc)}); please report it "
                 f"(set {DEBUG_ENV}=1 for the traceback)"
             ),
             file=sys.stderr,
         )
         return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

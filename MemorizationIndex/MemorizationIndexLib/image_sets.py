@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from .arrays import ARRAY_SUFFIXES, array_file_slices, as_stack, grey_from_channels, read_array_file
-from .errors import UserError
+from .errors import UserError, itk_reason, one_line
 from .mosaics import Mosaic, find_mosaic, mosaic_samples
 from .volumes import (
     dicom_file_series,
@@ -124,8 +124,7 @@ def _open_picture(path: Path) -> Image.Image:
     try:
         return Image.open(path)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        reason = " ".join(str(exc).split())
-        raise UserError(f"cannot read {path} as an image ({reason}); is the file complete?") from None
+        raise UserError(f"cannot read {path} as an image ({one_line(exc)}); is the file complete?") from None
 
 
 def _slices_in(path: Path) -> int:
@@ -172,9 +171,7 @@ def _read_picture(path: Path) -> np.ndarray:
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")  # palette, CMYK, ...
             return np.asarray(image)
         except (OSError, ValueError) as exc:
-            raise UserError(
-                f"cannot read {path} as an image ({' '.join(str(exc).split())}); is the file complete?"
-            ) from None
+            raise UserError(f"cannot read {path} as an image ({one_line(exc)}); is the file complete?") from None
 
 
 def _is_sample_grid(path: Path) -> bool:
@@ -204,8 +201,7 @@ def _file_pixels(path: Path) -> np.ndarray:
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            reason = " ".join(str(exc).split()[-12:])
-            raise UserError(f"cannot read {path} as an image ({reason}); is the file complete?") from None
+            raise UserError(f"cannot read {path} as an image ({itk_reason(exc)}); is the file complete?") from None
         array, colour = sitk.GetArrayViewFromImage(image), image.GetNumberOfComponentsPerPixel() > 1
     if colour:
         array = grey_from_channels(array)

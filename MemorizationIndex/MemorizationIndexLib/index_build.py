@@ -222,10 +222,10 @@ def build_index(
     train, holdout = collect_build_slices(train_paths, options)
     n_holdout = None if holdout is None else len(holdout.slices)
     check_slice_counts(len(train.slices), len(set(train.provenance.subject)), n_holdout)
-    provenance, slices = _with_copies(train, options.copies)
+    provenance, slices = with_reference_copies(train.slices, train.provenance, options.copies)
     total = len(slices) + (n_holdout or 0)
     embed = {"batch_size": options.batch_size, "cancel": cancel}
-    # the reference copies come after the slices as cut (_with_copies), whose tiles the region search indexes
+    # the reference copies come after the slices as cut (with_reference_copies), whose tiles the region search indexes
     features, tiles = embed_slices_and_tiles(
         encoder,
         slices,
@@ -297,16 +297,22 @@ def verified_null_from_pixels(
     )
 
 
-def _with_copies(train: SliceSet, copies: Sequence[str]) -> tuple[Provenance, list[np.ndarray]]:
-    """Provenance and pixels of every slice in every reference copy: copies outermost, then the slices in order."""
-    provenance = Provenance()
-    slices: list[np.ndarray] = []
-    p = train.provenance
+def copies_provenance(provenance: Provenance, copies: Sequence[str]) -> Provenance:
+    """The provenance rows of every slice in every reference copy, as the index stores them: copies outermost,
+    then the slices in order, each row naming its original (``original_row``)."""
+    rows = Provenance()
+    p = provenance
     for copy in copies:
-        for row, image in enumerate(train.slices):
-            provenance.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])
-            slices.append(reference_copy(image, copy))
-    return provenance, slices
+        for row in range(len(p)):
+            rows.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])
+    return rows
+
+
+def with_reference_copies(
+    slices: Sequence[np.ndarray], provenance: Provenance, copies: Sequence[str]
+) -> tuple[Provenance, list[np.ndarray]]:
+    """Provenance (:func:`copies_provenance`) and pixels of every slice in every reference copy."""
+    return copies_provenance(provenance, copies), [reference_copy(image, copy) for copy in copies for image in slices]
 
 
 def _check_features(features: dict[str, np.ndarray], n: int, blocks: Sequence[str]) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import grey_from_channels
+from .arrays import grey_from_channels, nonfinite_as_background
 from .audit_output import read_audit
 from .audit_status import AuditStatus, audit_status
 from .errors import UserError
@@ -160,9 +160,9 @@ def volume_node_to_image(volume_node):
 
     Voxel array (KJI) is copied; spacing, origin and direction are the node's IJK-to-RAS
     converted to LPS, which is what SimpleITK reports for the file the node was loaded from.
-    Vector volumes become grey as the command line makes it (``arrays.grey_from_channels``), NaN/Inf voxels become 0,
-    as the command line does for files. A parent transform is not applied (the outputs
-    observe the same transform, so they stay aligned).
+    Vector volumes become grey and NaN/Inf voxels the volume's finite minimum (its background), as the
+    command line does for files (``arrays.grey_from_channels``, ``arrays.nonfinite_as_background``). A
+    parent transform is not applied (the outputs observe the same transform, so they stay aligned).
     """
     import SimpleITK as sitk
 
@@ -173,8 +173,9 @@ def volume_node_to_image(volume_node):
         array = grey_from_channels(array)
     if array.ndim != 3:
         raise UserError(f"volume {volume_node.GetName()} has an unsupported voxel layout {array.shape}")
-    if not np.isfinite(array).all():
-        array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+    clean = nonfinite_as_background(array)
+    if clean is not None:
+        array = clean
     matrix = ijk_to_ras_matrix(volume_node)
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     direction_ras = matrix[:3, :3] / spacing

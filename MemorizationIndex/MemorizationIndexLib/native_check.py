@@ -100,10 +100,10 @@ def _residual_shift(fixed: np.ndarray, moved: np.ndarray, region: np.ndarray) ->
     """The (row, col) translation [2] that puts ``moved`` onto ``fixed`` within ``region`` (the cross-correlation
     peak of both, less their means and tapered by the region blurred by NATIVE_TAPER, to 1 / NATIVE_SUBPIXEL pixel);
     zeros when it exceeds NATIVE_SHIFT pixels or the region is empty."""
-    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-    if len(rows) < 2 or len(cols) < 2:
+    bounds = bounding_box(region)
+    if bounds is None or bounds[2] - bounds[0] < 2 or bounds[3] - bounds[1] < 2:
         return np.zeros(2)
-    box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    box = np.s_[bounds[0] : bounds[2], bounds[1] : bounds[3]]
     taper = _filtered_in_box(region.astype(np.float32), NATIVE_TAPER, box)
     weight = max(float(taper.sum()), 1e-6)
     a, b = fixed[box], moved[box]

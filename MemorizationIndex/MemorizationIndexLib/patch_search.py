@@ -21,7 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .encoders.tiles import PIXEL_GRID, PIXEL_KEY
-from .search import FLAT, IVF, build_block_index, grouped_search, prepare_loaded
+from .search import FLAT, IVF, build_block_index, grouped_search, prepare_loaded, tile_margins
 
 PATCH_CELLS = 8  # a patch's side in pixels of the small image (a seventh of the field of view)
 PATCH_STEP = 2  # pixels between the patches an index holds of a training slice (a query's lie at every pixel)
@@ -91,9 +91,7 @@ def votes(
     with their places (:class:`PatchIndex`). ``image`` [m]: each query patch's image; ``corners`` [m, 2]: its first
     pixel; ``scores``, ``ids`` [m, depth]: its hits, best first (-1 = none); ``slice_of`` [V], ``at`` [V, 2]: the
     indexed patches' slices and first pixels."""
-    found = ids >= 0
-    deepest = np.min(np.where(found, scores, np.inf), axis=1)
-    margin = np.where(found[:, 0], scores[:, 0] - deepest, 0.0)
+    margin = tile_margins(scores, ids)[:, 0]
     voting = np.flatnonzero(margin > 0)
     hit = ids[voting, 0]
     margin, image, corners = margin[voting], image[voting], corners[voting]

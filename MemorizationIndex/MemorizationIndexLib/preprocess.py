@@ -146,13 +146,20 @@ def resampling_matrix(n_in: int, n_out: int, sigma: float) -> torch.Tensor:
     return resize.float()
 
 
-def crop_foreground(unit: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
-    """Crop a background-suppressed slice to the rows/columns holding at least ``min_fraction`` foreground."""
-    mask = unit > 0
+def foreground_rows(mask: np.ndarray, min_fraction: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of a slice whose share of foreground (``mask``) is at least ``min_fraction``;
+    all of them when fewer than two rows or columns are."""
     rows = np.flatnonzero(mask.mean(axis=1) >= min_fraction)
     cols = np.flatnonzero(mask.mean(axis=0) >= min_fraction)
     if len(rows) < 2 or len(cols) < 2:
-        return unit
+        return np.arange(mask.shape[0]), np.arange(mask.shape[1])
+    return rows, cols
+
+
+def crop_foreground(unit: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """Crop a background-suppressed slice to the rows/columns holding at least ``min_fraction`` foreground
+    (:func:`foreground_rows`)."""
+    rows, cols = foreground_rows(unit > 0, min_fraction)
     return unit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 

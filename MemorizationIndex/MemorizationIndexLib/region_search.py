@@ -29,7 +29,7 @@ import numpy as np
 
 from .encoders.tiles import PIXEL_KEY, Window, indexed, indexed_windows_of, is_fine, windows_of
 from .patch_search import PATCH_CANDIDATES, PatchIndex
-from .search import FLAT, IVF, build_block_index, prepare_loaded
+from .search import FLAT, IVF, build_block_index, prepare_loaded, tile_margins
 from .whitening import ShrinkageWhitener
 
 Tiles = dict[str, np.ndarray]  # tile key (encoders.tiles) -> float32 [slices, tiles, channels]: raw tile features
@@ -268,16 +268,6 @@ class RegionIndex:
             if whiteners and (folder / file).exists():
                 kinds[kind] = TileIndex(whiteners, prepare_loaded(faiss.read_index(str(folder / file)), REGION_NPROBE))
         return cls(kinds, rows, PatchIndex.load(folder))
-
-
-def tile_margins(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Margins [tiles, depth]: each query tile's hit cosines (``scores``, best first; ``ids`` -1 where there is
-    no hit) less the tile's deepest hit, i.e. how far a hit stands above the tile's typical neighbours; -inf where
-    there is no hit. A tile of background or generic tissue is about as near many training tiles as its best one,
-    a copied tile far nearer its source (docs/method.md §7.23)."""
-    found = ids >= 0
-    deepest = np.min(np.where(found, scores, np.inf), axis=1, keepdims=True)
-    return np.where(found, scores - deepest, -np.inf)
 
 
 def _centres(windows: Sequence[Window]) -> np.ndarray:

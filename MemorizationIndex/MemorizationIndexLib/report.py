@@ -59,13 +59,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .atomic_write import write_files
+from .atomic_write import text_file, write_files
 from .audit_output import SliceRow, read_audit
 from .audit_status import AuditStatus, audit_status, box_text, copy_transform_text, status_sentences
 from .mosaics import sample_grid_warning
 from .report_evidence import Evidence, build_evidence, ranked
 from .report_plots import histogram_svg, short_name, strips_svg
 from .report_sets import calibration_cell, set_groups, set_row_mask, sets_section_html
+from .scoring import mi_from_z, z_of
 
 REPORT_FILE = "report.html"
 
@@ -540,8 +541,8 @@ def render_report(
 
     sets = ""
     if groups:
-        null_z = (null_sim - null_mean) / (null_std if null_std > 0 else 1.0)
-        sets = sets_section_html(groups, (1.0 + np.tanh(null_z)) / 2.0, th)
+        null_z = z_of(null_sim, null_mean, null_std if null_std > 0 else 1.0)
+        sets = sets_section_html(groups, mi_from_z(null_z), th)
     ordered = _volume_order([r for r, member in zip(rows, in_set) if not member])  # no strips for set files
     plots = _plots_section_html(rows, summary, null_sim, ordered, show_volumes=bool(ordered or not groups))
 
@@ -593,5 +594,5 @@ def write_report(
         index=index,
         query_slices=query_slices,
     )
-    write_files(out_dir, {REPORT_FILE: lambda path: path.write_text(text, encoding="utf-8")})
+    write_files(out_dir, {REPORT_FILE: text_file(text)})
     return out_dir / REPORT_FILE

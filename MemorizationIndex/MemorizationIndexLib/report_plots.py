@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .scoring import mi_from_z, z_of
+
 
 class ScoredSlice(Protocol):
     """What the plots read of an audited slice (a row of slices.csv)."""
@@ -278,7 +280,7 @@ def _hist_panels(
             _threshold_entry(unit, value if reachable else None, threshold["alpha"]),
         ]
 
-    null_mi = (1.0 + np.tanh(null_z)) / 2.0
+    null_mi = mi_from_z(null_z)
     return [
         _HistPanel(
             null_mi,
@@ -310,7 +312,7 @@ def histogram_svg(
     """Audited scores over the null: left in mi units (square-root y scale, so that a pile of copies
     at mi = 1 does not flatten the rest), right in z units (where copies stand apart)."""
     std = null_std if null_std > 0 and math.isfinite(null_std) else 1.0
-    null_z = _finite((np.asarray(null_sim, dtype=np.float64) - null_mean) / std)
+    null_z = _finite(z_of(null_sim, null_mean, std))
     audited_z, audited_mi = _finite([r.z for r in rows]), _finite([r.mi for r in rows])
     reachable = math.isfinite(threshold["z"])
     panels = _hist_panels(null_z, audited_z, audited_mi, threshold)

@@ -56,7 +56,7 @@ class NullModel:
 
     def z(self, similarity: np.ndarray) -> np.ndarray:
         """Standardised similarity (s - mean) / std."""
-        return (np.asarray(similarity, dtype=np.float64) - self.mean) / self.std
+        return z_of(similarity, self.mean, self.std)
 
     def p_value(self, similarity: np.ndarray) -> np.ndarray:
         """(1 + #null >= s) / (1 + n): the calibrated false-alarm probability."""
@@ -73,6 +73,11 @@ class NullModel:
         )
         z = float(self.z(np.array([similarity]))[0]) if np.isfinite(similarity) else similarity
         return Threshold(alpha=alpha, similarity=similarity, z=z, mi=float(mi_from_z(z)), oni=float(oni_from_z(z)))
+
+
+def z_of(similarity: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Similarity standardised by a null's mean and standard deviation: (s - mean) / std."""
+    return (np.asarray(similarity, dtype=np.float64) - mean) / std
 
 
 def mi_from_z(z: np.ndarray | float) -> np.ndarray:

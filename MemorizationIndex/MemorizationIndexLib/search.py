@@ -242,3 +242,13 @@ def max_similarity(indexes: dict[str, faiss.Index], queries: dict[str, np.ndarra
     """Paper similarity only (geometric mean of per-block maximum cosines), for calibration."""
     per_block = [indexes[b].search(np.ascontiguousarray(queries[b], dtype=np.float32), 1)[0][:, 0] for b in indexes]
     return aggregate(np.stack(per_block, axis=1))
+
+
+def tile_margins(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Margins [tiles, depth]: each query tile's hit cosines (``scores``, best first; ``ids`` -1 where there is
+    no hit) less the tile's deepest hit, i.e. how far a hit stands above the tile's typical neighbours; -inf where
+    there is no hit. A tile of background or generic tissue is about as near many training tiles as its best one,
+    a copied tile far nearer its source (docs/method.md §7.23)."""
+    found = ids >= 0
+    deepest = np.min(np.where(found, scores, np.inf), axis=1, keepdims=True)
+    return np.where(found, scores - deepest, -np.inf)

@@ -18,7 +18,7 @@ from skimage.exposure import equalize_hist
 from skimage.transform import resize
 
 from .fourier import SPECTRUM_GRID, log_polar_maps, rfft2, transposed_rows, whitened
-from .preprocess import PreprocessSettings, robust_window, scale_unit, scaled_foreground
+from .preprocess import PreprocessSettings, foreground_rows, robust_window, scale_unit, scaled_foreground
 from .separable import gaussian_smoothed, resized
 
 GRID = 64  # side of the working grid in pixels (alignment and scoring)
@@ -130,7 +130,7 @@ def _grid_parts(
     smoothed = _denoised(scaled, noise, CROP_NOISE_TARGET)  # DENOISING
     unit = scaled_foreground(raw, settings, window) if smoothed is scaled else scaled_foreground(smoothed, settings)
     foreground = unit > 0
-    rows, cols = _square_rows(foreground) if square is None else _covered(square, unit.shape)
+    rows, cols = foreground_rows(foreground) if square is None else _covered(square, unit.shape)
     h, w = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
     if square is None:
         side = int(max(h, w))
@@ -149,14 +149,6 @@ def _grid_parts(
         image[mask] = equalize_hist(small[mask], nbins=64) * 0.99 + 0.01
     place = (foreground, (int(rows[0] - top), int(cols[0] - left)), side, scaled.astype(np.float16))
     return image, mask, place, resized(crop, side, (top, left), SPECTRUM_GRID)
-
-
-def _square_rows(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows and columns of a slice that hold foreground (all of them when fewer than two do)."""
-    rows, cols = np.flatnonzero(foreground.mean(axis=1) >= 0.01), np.flatnonzero(foreground.mean(axis=0) >= 0.01)
-    if len(rows) < 2 or len(cols) < 2:
-        return np.arange(foreground.shape[0]), np.arange(foreground.shape[1])
-    return rows, cols
 
 
 def _covered(square: tuple[tuple[int, int], int], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .agreement import EXACT, EXACT_COHERENCE, EXACT_FLOOR, EXACT_INSET, EXACT_SHARE, LOOSE_SHARE
-from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups
+from .calibration import DEFAULT_QUERY_FRACTION, kept_out, split_groups, split_reference
 from .embedding import embed_slices_and_tiles
 from .encoders.base import Encoder
 from .encoders.tiles import COARSE_TILES, FINE_QUERY_TILES, FINE_TILES, PIXEL_GRID
@@ -44,7 +44,7 @@ from .patch_search import (
 from .preprocess import PreprocessSettings
 from .region_search import NATIVE_ONLY_CANDIDATES, REGION_CANDIDATES, REGION_DEPTH, RegionIndex, Tiles
 from .scoring import NullModel
-from .search import build_flat_index, search_blocks
+from .search import search_blocks
 from .second_stage import (
     DEFAULT_CANDIDATES,
     HEAVY_NOISE,
@@ -310,15 +310,6 @@ def flag_p(
     return np.minimum(1.0, 2.0 * smaller)
 
 
-def _split_reference(
-    features: dict[str, np.ndarray], rows: np.ndarray, make_whitener: Callable[[], ShrinkageWhitener]
-) -> tuple[dict[str, ShrinkageWhitener], dict]:
-    """Whiteners fitted on ``rows`` of the raw features and flat indexes of those rows."""
-    whiteners = {b: make_whitener().fit(raw[rows]) for b, raw in features.items()}
-    indexes = {b: build_flat_index(whiteners[b].transform(raw[rows])) for b, raw in features.items()}
-    return whiteners, indexes
-
-
 @dataclass(frozen=True)
 class NullQueries:
     """Held-out slices to verify: their pixels, raw features and raw tile features (None without region
@@ -376,7 +367,7 @@ def verify_against(
     against the reference made of ``reference_rows`` of the indexed features (its own whiteners, as
     an audit would have). ``tiles``: raw tile features of every original row, for the region search
     (with the queries' own tiles)."""
-    whiteners, indexes = _split_reference(features, reference_rows, make_whitener)
+    whiteners, indexes = split_reference(features, reference_rows, make_whitener)
 
     def search(raw: dict[str, np.ndarray], depth: int):
         return search_blocks(indexes, {b: whiteners[b].transform(raw[b]) for b in indexes}, k=depth)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
-import re
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .arrays import grey_from_channels
-from .errors import UserError
+from .arrays import grey_from_channels, nonfinite_as_background
+from .errors import UserError, itk_reason
 
 AXIS_CHOICES = ("auto", "axial", "coronal", "sagittal")
 # Dominant patient (LPS) direction of an index axis -> the plane the slices lie in.
@@ -168,15 +167,7 @@ def _read_dicom_folder(folder: Path, series: str | None) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise UserError(f"cannot read DICOM series {chosen} in {folder}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    """The informative line of an ITK error, without ITK's object address prefix."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-fA-F]+\): ", "", lines[-1])
+        raise UserError(f"cannot read DICOM series {chosen} in {folder}: {itk_reason(exc)}") from None
 
 
 def _file_reader(path: Path, *, dicom: bool = False) -> sitk.ImageFileReader:
@@ -198,7 +189,7 @@ def _read_file(path: Path) -> sitk.Image:
         return reader.Execute()
     except RuntimeError as exc:
         raise UserError(
-            f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?"
+            f"cannot read {path} as an image ({itk_reason(exc)}); is the file complete and of that format?"
         ) from None
 
 
@@ -338,7 +329,7 @@ def inspect_input(
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            raise UserError(f"cannot read DICOM series {chosen} in {path}: {_first_line(exc)}") from None
+            raise UserError(f"cannot read DICOM series {chosen} in {path}: {itk_reason(exc)}") from None
         size = tuple(reader.GetSize()[:2]) + (len(files),)
         components, pixel_id = reader.GetNumberOfComponents(), reader.GetPixelID()
         pixel_type = sitk.GetPixelIDValueAsString(pixel_id)
@@ -349,7 +340,7 @@ def inspect_input(
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise UserError(
-            f"cannot read {path} as an image ({_first_line(exc)}); is the file complete and of that format?"
+            f"cannot read {path} as an image ({itk_reason(exc)}); is the file complete and of that format?"
         ) from None
     size = tuple(int(s) for s in reader.GetSize())
     pixel_id = reader.GetPixelID()
@@ -391,17 +382,6 @@ def _to_scalar_3d(image: sitk.Image, path: Path, volume_index: int | None) -> si
     return image
 
 
-def _finite_array(array: np.ndarray) -> np.ndarray | None:
-    """A copy with NaN/Inf replaced by the finite minimum (0 if none), or None when all are finite."""
-    finite = np.isfinite(array)
-    if finite.all():
-        return None
-    fill = float(array[finite].min()) if finite.any() else 0.0
-    clean = np.array(array, dtype=np.float32, copy=True)
-    clean[~finite] = fill
-    return clean
-
-
 def read_image(path: str | Path, *, series: str | None = None, volume_index: int | None = None) -> sitk.Image:
     """Read a NIfTI/NRRD/MHA file or DICOM series folder as a 3D float32 scalar image.
 
@@ -431,9 +411,9 @@ def read_image(path: str | Path, *, series: str | None = None, volume_index: int
         image = sitk.Cast(_to_scalar_3d(image, path, volume_index), sitk.sitkFloat32)
     except RuntimeError as exc:
         raise UserError(
-            f"cannot convert {path} ({image.GetPixelIDTypeAsString()}) to a float32 scalar volume: {_first_line(exc)}"
+            f"cannot convert {path} ({image.GetPixelIDTypeAsString()}) to a float32 scalar volume: {itk_reason(exc)}"
         ) from None
-    clean = _finite_array(sitk.GetArrayViewFromImage(image))
+    clean = nonfinite_as_background(sitk.GetArrayViewFromImage(image))
     if clean is not None:
         fixed = sitk.GetImageFromArray(clean)
         fixed.CopyInformation(image)
@@ -501,7 +481,7 @@ def image_slices(image: sitk.Image, array_axis: int) -> np.ndarray:
     array = sitk.GetArrayFromImage(image)
     if array.dtype != np.float32:
         array = array.astype(np.float32)
-    clean = _finite_array(array)
+    clean = nonfinite_as_background(array)
     if clean is not None:
         array = clean
     return np.moveaxis(array, array_axis, 0)
