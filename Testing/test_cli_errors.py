@@ -164,7 +164,7 @@ BAD_INPUTS: dict[str, tuple[Callable, list[str], tuple[str, ...]]] = {
     ),
     "complex pixels": (_bad_complex, [], ("complex pixels",)),
     "two-channel pixels": (_bad_two_channels, [], ("2 components",)),
-    "folder without images": (_bad_empty_folder, [], ("no readable volumes",)),
+    "folder without images": (_bad_empty_folder, [], ("no readable volumes or 2D images", "PNG/JPEG/TIFF/NPY/NPZ")),
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,25 @@ def _write_pngs(folder: Path, slices: np.ndarray, prefix: str = "g") -> list[Pat
         paths.append(folder / f"{prefix}{i:04d}.png")
         sitk.WriteImage(sitk.GetImageFromArray(np.asarray(s, dtype=np.uint8)), str(paths[-1]))
     return paths
+
+
+def test_hidden_files_and_folders_are_not_samples(tmp_path: Path, spine_volumes) -> None:
+    """Jupyter's .ipynb_checkpoints copies and macOS's ._ metadata files in a folder are not inputs: the copy was
+    counted (and flagged) as a sample of its own, and the metadata file refused the whole folder."""
+    from MemorizationIndexLib.volumes import expand_inputs
+
+    folder = tmp_path / "samples"
+    pngs = _write_pngs(folder, spine_volumes["05"][4:7])
+    _write_pngs(folder / ".ipynb_checkpoints", spine_volumes["05"][4:5], prefix="g-checkpoint")
+    (folder / "._g0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata, not a PNG")
+    assert image_sets.is_set_input(folder)
+    assert list(image_sets.open_set(folder).files) == pngs
+    volumes = tmp_path / "volumes"
+    (volumes / ".ipynb_checkpoints").mkdir(parents=True)
+    for path in (volumes / "a.nii.gz", volumes / ".ipynb_checkpoints" / "a-checkpoint.nii.gz"):
+        sitk.WriteImage(sitk.GetImageFromArray(spine_volumes["05"][:4]), str(path))
+    assert expand_inputs([volumes]) == [volumes / "a.nii.gz"]
+    assert image_sets.open_set(folder / ".ipynb_checkpoints").files[0].name == "g-checkpoint0000.png"  # if asked for
 
 
 def test_folder_glob_and_array_inputs_are_sets(tmp_path: Path, spine_volumes) -> None:
@@ -290,7 +310,11 @@ def test_batch_scorer_scores_numpy_and_torch_batches_in_memory(
 ) -> None:
     from MemorizationIndexLib.batch_scoring import BatchScorer
 
-    scorer = BatchScorer(spine_index, alpha=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # alpha 0.05 is within reach of the 40-score null: no warning
+        scorer = BatchScorer(spine_index, alpha=0.05)
+    with pytest.warns(UserWarning, match=r"alpha 0.001 is out of reach of this index's null \(40 scores"):
+        BatchScorer(scorer.index)
     batch = spine_volumes["05"][4:12].copy()
     batch[1], batch[5] = spine_volumes["01"][7], spine_volumes["02"][12]  # two training slices copied
     batch[3] = 0  # a blank sample
@@ -617,7 +641,29 @@ def test_cli_audits_guided_diffusion_sample_files(spine_index: Path, spine_volum
     colour, grey = scores("sampl"), scores("grey.")
     assert len(colour) == 6 and [f for _, f in colour] == [f for _, f in grey]
     np.testing.assert_allclose([s for s, _ in colour], [s for s, _ in grey], rtol=1e-6)
-    assert colour[1][1] == colour[4][1] == "1"
+    assert colour[1][1] == colour[4][1] == "1"  # by verification: alpha 0.001 is out of the 40-score null's reach
+
+
+def test_an_unreachable_alpha_is_said_and_summary_json_stays_strict(spine_index: Path, spine_volumes, tmp_path) -> None:
+    """With a null too small for alpha, the terminal says that only verified copies can be flagged, and summary.json
+    writes the unreachable threshold as null (strict JSON: no Infinity), read back as infinite."""
+    import json
+
+    from MemorizationIndexLib.audit_output import read_audit
+
+    np.save(tmp_path / "s.npy", spine_volumes["05"][5:8])
+    code, stdout, stderr = _cli("audit", str(spine_index), str(tmp_path / "s.npy"), "--out", str(tmp_path / "out"))
+    assert code == 0, stderr
+    assert "alpha 0.001 is out of reach of this index's null (40 scores" in stdout
+    assert "only copies confirmed by verification can be flagged" in stdout
+
+    def refuse(constant: str):
+        raise ValueError(f"summary.json holds {constant}")
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"), parse_constant=refuse)
+    assert summary["threshold"]["similarity"] is None and summary["threshold"]["z"] is None
+    threshold = read_audit(tmp_path / "out").threshold
+    assert threshold.similarity == threshold.z == float("inf") and threshold.mi == 1.0
 
 
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:

@@ -378,6 +378,10 @@ def test_summary_html(tmp_path):
     text = results_html.summary_html(_summary(), {"type": "holdout", "n": 120})
     assert "<b>gen &lt;1&gt;</b>" in text and "35 of 40 slices scored" in text and "5 empty skipped" in text
     assert "flagged: 2 slices (5.7%)</b>: 3, 9" in text and "p &lt; 0.001" in text and "null: holdout (n=120)" in text
+    unreachable = {"alpha": 0.001, "mi": 1.0, "z": float("inf"), "oni": -1.0, "similarity": float("inf")}
+    text = results_html.summary_html(_summary(threshold=unreachable), {"type": "holdout", "n": 40})
+    assert "<b>threshold: alpha 0.001 is out of reach of this index&#x27;s null (40 scores" in text
+    assert "inf" not in text
     many = results_html.summary_html(_summary(flagged=40, flagged_slices=list(range(40))))
     listed = many.split("</b>: ")[1].split(" ...")[0]
     assert listed.split(", ") == [str(k) for k in range(results_html.MAX_LISTED_SLICES)] and "null:" not in many

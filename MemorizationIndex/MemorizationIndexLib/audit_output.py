@@ -74,7 +74,9 @@ FOLDER_FORMAT = (
     (
         "summary.json",
         'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, '
-        '"volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., calibration_holds (optional), '
+        "(strict JSON: a value that is not finite, such as the similarity and z of a threshold out of the null's "
+        'reach, is null), "volumes" [{volume, axis, array_axis, slices_total, slices_scored, ..., '
+        "calibration_holds (optional), "
         "sample_grid (optional: a one-slice volume whose slice is a sample grid, its layout)}]; "
         'optional: "sets" [{set, rows: [first, stop), ..., calibration_holds (optional)}], "overall", '
         '"verification" {used: bool, reason: str ("" when used), k: int, views: [str], null_n: int '
@@ -183,6 +185,18 @@ class AuditOutputs:
     threshold: Threshold
     null_similarity: np.ndarray
     copy_masks: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: strict JSON (jq, JavaScript) has neither. A threshold
+    out of the null's reach is infinite in memory and null in summary.json (:meth:`Threshold.from_dict`)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def format_value(value: float) -> str:
@@ -297,7 +311,8 @@ def write_audit(
     masks = _mask_rows(audits, copy_masks or {})
 
     def write_json(path: Path) -> None:
-        path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        text = json.dumps(strict_json(summary), indent=2, sort_keys=True, allow_nan=False)
+        path.write_text(text + "\n", encoding="utf-8")
 
     def write_null(path: Path) -> None:
         with open(path, "wb") as handle:
@@ -507,6 +522,8 @@ def _check_status_blocks(summary: dict[str, Any], path: Path) -> None:
             if key not in entry and not required:
                 continue
             value = entry.get(key)
+            if types is _NUMBER and value is None:
+                continue  # a number that was not finite (strict_json)
             if not isinstance(value, types) or (types is not bool and isinstance(value, bool)):
                 raise UserError(f'{path} has a corrupt "{block}" entry ("{key}" is {value!r})')
         if not all(isinstance(v, str) for v in entry.get("views", [])):

@@ -24,6 +24,7 @@ from .errors import UserError, one_line
 from .mosaics import sample_grid_warning
 from .patch_search import PATCH_MAX_SLICES
 from .protocol import PROGRESS_ENV, format_error, format_progress
+from .scoring import threshold_line
 from .second_stage import DEFAULT_CANDIDATES
 from .volumes import AXIS_CHOICES
 
@@ -161,7 +162,7 @@ def _audit(args: argparse.Namespace) -> int:
     sets = [a for a in audits if isinstance(a, SetAudit)]
     if sets:
         _print_sets(sets)
-    print(f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f}); outputs in {args.out}")
+    print(f"{threshold_line(threshold, len(index.null_model.values))}; outputs in {args.out}")
     _warn_few_subjects(index)
     return 0
 

@@ -40,6 +40,7 @@ from .volumes import (
     image_slices,
     inspect_input,
     is_volume_file,
+    listed_files,
     read_image,
     resolve_axis,
 )
@@ -82,10 +83,7 @@ def _is_volume_of_one_slice(path: Path) -> bool:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.rglob("*") if p.is_file() and (is_volume_file(p) or _is_set_file(p)))
-    except OSError as exc:
-        raise UserError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+    return [p for p in listed_files(folder) if is_volume_file(p) or _is_set_file(p)]
 
 
 def _is_glob(raw: str) -> bool:

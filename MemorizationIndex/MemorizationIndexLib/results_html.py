@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from .audit_status import status_lines
 from .mosaics import sample_grid_warning
+from .scoring import Threshold, threshold_line
 
 MAX_LISTED_SLICES = 30
 
@@ -20,6 +22,14 @@ def index_null(index_dir: str | Path | None) -> dict | None:
         return json.loads((Path(index_dir) / "config.json").read_text(encoding="utf-8"))["null"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _threshold_text(t: dict, null: dict | None) -> str:
+    """The flag threshold, or that alpha is out of the null's reach (:func:`scoring.threshold_line`)."""
+    if math.isfinite(t["z"]):
+        return f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
+    size = null.get("n") if null else None
+    return f"<b>{html.escape(threshold_line(Threshold.from_dict(t), size if isinstance(size, int) else None))}</b>"
 
 
 def summary_html(summary: dict, null: dict | None = None) -> str:
@@ -42,6 +52,5 @@ def summary_html(summary: dict, null: dict | None = None) -> str:
         f"volume MI {summary['mean_mi']:.3f}, ONI {summary['mean_oni']:.3f}<br>"
         f"<b>flagged: {summary['flagged']} slices ({100 * summary['flagged_fraction']:.1f}%)</b>"
         f"{': ' + listed if listed else ''}<br>"
-        f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
-        f"{null_text}{status_text}"
+        f"{_threshold_text(t, null)}{null_text}{status_text}"
     )

@@ -5,6 +5,7 @@ They follow Deo et al., arXiv 2602.13066, with the changes in docs/method.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
@@ -39,8 +40,9 @@ class Threshold:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, object]) -> Threshold:
-        """The threshold from its :meth:`to_dict` form; KeyError, TypeError or ValueError when malformed."""
-        return cls(**{f.name: float(values[f.name]) for f in fields(cls)})
+        """The threshold from its :meth:`to_dict` form, or summary.json's, where a similarity and z out of the null's
+        reach (infinite) are null; KeyError, TypeError or ValueError when malformed."""
+        return cls(**{f.name: math.inf if values[f.name] is None else float(values[f.name]) for f in fields(cls)})
 
 
 class NullModel:
@@ -73,6 +75,18 @@ class NullModel:
         )
         z = float(self.z(np.array([similarity]))[0]) if np.isfinite(similarity) else similarity
         return Threshold(alpha=alpha, similarity=similarity, z=z, mi=float(mi_from_z(z)), oni=float(oni_from_z(z)))
+
+
+def threshold_line(threshold: Threshold, null_n: int | None) -> str:
+    """The flag threshold in words, saying when alpha is out of reach of a null of ``null_n`` scores (its smallest
+    p-value, 1 / (n + 1), is not below alpha): then only copies that verification confirms can be flagged."""
+    if math.isfinite(threshold.similarity):
+        return f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f})"
+    size = f" ({null_n} scores: the smallest p-value is {1 / (null_n + 1):.2g})" if null_n else ""
+    return (
+        f"threshold: alpha {threshold.alpha:g} is out of reach of this index's null{size}, so only copies confirmed "
+        "by verification can be flagged"
+    )
 
 
 def z_of(similarity: np.ndarray, mean: float, std: float) -> np.ndarray:

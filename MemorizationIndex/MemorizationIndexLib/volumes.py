@@ -90,6 +90,16 @@ def _check_exists(path: Path) -> None:
         raise UserError(f"cannot read {path}: permission denied")
 
 
+def listed_files(folder: Path) -> list[Path]:
+    """The files below a folder, sorted, without hidden ones: a name starting with "." anywhere below the folder
+    (Jupyter's .ipynb_checkpoints copies, macOS's ._ metadata files) is not an input."""
+    try:
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return sorted(p for p in files if not any(name.startswith(".") for name in p.relative_to(folder).parts))
+    except OSError as exc:
+        raise UserError(f"cannot list folder {folder}: {exc.strerror or exc} ({exc.filename or folder})") from None
+
+
 def expand_inputs(paths: list[str] | list[Path]) -> list[Path]:
     """Expand user paths: files stay, folders become their volume files (sorted), or one DICOM series.
 
@@ -103,16 +113,16 @@ def expand_inputs(paths: list[str] | list[Path]) -> list[Path]:
         if path.is_file():
             result.append(path)
             continue
-        try:
-            files = sorted(p for p in path.rglob("*") if p.is_file() and is_volume_file(p) and _suffix(p) != ".dcm")
-        except OSError as exc:
-            raise UserError(f"cannot list folder {path}: {exc.strerror or exc} ({exc.filename or path})") from None
+        files = [p for p in listed_files(path) if is_volume_file(p) and _suffix(p) != ".dcm"]
         if files:
             result.extend(files)
         elif _series_ids(path):
             result.append(path)
         else:
-            raise UserError(f"no readable volumes in folder {path} (expected NIfTI/NRRD/MHA files or a DICOM series)")
+            raise UserError(
+                f"no readable volumes or 2D images in folder {path} (expected NIfTI/NRRD/MHA files, a DICOM series, "
+                "or PNG/JPEG/TIFF/NPY/NPZ files)"
+            )
     if not result:
         raise UserError("no input volumes given")
     return result
@@ -131,7 +141,7 @@ def dicom_file_series(folder: Path) -> dict[Path, str]:
     if len(_series_ids(folder)) < 2:
         return {}
     series = {}
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.SetImageIO("GDCMImageIO")
