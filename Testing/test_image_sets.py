@@ -666,6 +666,27 @@ def test_an_unreachable_alpha_is_said_and_summary_json_stays_strict(spine_index:
     assert threshold.similarity == threshold.z == float("inf") and threshold.mi == 1.0
 
 
+def test_cli_notes_an_input_the_calibration_does_not_hold_for(spine_index: Path, spine_volumes, tmp_path) -> None:
+    """A set made wholly of training slices sits far above the null: the terminal says, as summary.json does, that
+    the calibration does not hold for it and that its flags rest on verification."""
+    import json
+
+    np.save(tmp_path / "copies.npy", spine_volumes["01"][2:18])
+    np.save(tmp_path / "novel.npy", spine_volumes["05"][2:18])
+    out = tmp_path / "out"
+    code, _, stderr = _cli(
+        "audit", str(spine_index), *(str(tmp_path / n) for n in ("copies.npy", "novel.npy")), "--out", str(out)
+    )
+    assert code == 0, stderr
+    holds = {
+        Path(s["set"]).name: s["calibration_holds"] for s in json.loads((out / "summary.json").read_text())["sets"]
+    }
+    assert holds == {"copies.npy": False, "novel.npy": True}
+    notes = [line for line in stderr.splitlines() if "calibration does not hold" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {tmp_path / 'copies.npy'}: the calibration does not hold")
+    assert "only copies that verification confirms" in notes[0]
+
+
 def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, spine_volumes, tmp_path: Path) -> None:
     good = tmp_path / "good"
     _write_pngs(good, spine_volumes["05"][4:6])

@@ -163,8 +163,24 @@ def _audit(args: argparse.Namespace) -> int:
     if sets:
         _print_sets(sets)
     print(f"{threshold_line(threshold, len(index.null_model.values))}; outputs in {args.out}")
+    _note_calibration(audits)
     _warn_few_subjects(index)
     return 0
+
+
+def _note_calibration(audits: list[VolumeAudit | SetAudit]) -> None:
+    """A note on stderr for each input the global null does not describe (summary.json, the report and the Slicer
+    panel say the same): its flags rest on verification alone."""
+    from .audit import VolumeAudit
+
+    for audit in audits:
+        if audit.calibration is not None and not audit.calibration.holds:
+            name = audit.volume if isinstance(audit, VolumeAudit) else audit.name
+            print(
+                f"note: {name}: the calibration does not hold for this input ({audit.calibration.reason.rstrip('.')}); "
+                "no slice of it is flagged on the global score alone, only copies that verification confirms",
+                file=sys.stderr,
+            )
 
 
 def _print_sets(sets: list[SetAudit]) -> None:
