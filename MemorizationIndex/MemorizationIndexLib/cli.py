@@ -177,8 +177,7 @@ def _note_calibration(audits: list[VolumeAudit | SetAudit]) -> None:
         if audit.calibration is not None and not audit.calibration.holds:
             name = audit.volume if isinstance(audit, VolumeAudit) else audit.name
             print(
-                f"note: {name}: the calibration does not hold for this input ({audit.calibration.reason.rstrip('.')}); "
-                "no slice of it is flagged on the global score alone, only copies that verification confirms",
+                f"note: {name}: the calibration does not hold for this input: {audit.calibration.reason}",
                 file=sys.stderr,
             )
 
