@@ -17,7 +17,6 @@ Slices with too little foreground (blank samples) are not embedded, as in ``audi
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from .embedding import embed_slices
 from .out_of_memory import halving_batch_on_out_of_memory
 from .preprocess import nonempty_mask
 from .reference_index import ReferenceIndex
-from .scoring import Threshold, threshold_line
+from .scoring import Threshold, out_of_reach
 
 TOP_K = 5  # candidates re-ranked per sample, as in audit (the nearest source is then the same)
 
@@ -88,10 +87,10 @@ class BatchScorer:
         self.batch_size = batch_size
         self.null = self.index.null_model
         self.threshold = self.null.threshold(self.alpha)
-        if not math.isfinite(self.threshold.similarity):
+        if not self.threshold.reachable:
             warnings.warn(
-                f"{threshold_line(self.threshold, len(self.null.values))}; BatchScorer scores the global stage alone "
-                "(no verification), so it flags nothing: audit saved samples, or pass a larger alpha",
+                f"{out_of_reach(self.threshold, len(self.null.values))}: BatchScorer scores the global stage alone (no "
+                "verification), so it can flag nothing; audit saved samples, or pass a larger alpha",
                 UserWarning,
                 stacklevel=2,
             )

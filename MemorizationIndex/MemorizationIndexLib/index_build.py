@@ -300,8 +300,7 @@ def verified_null_from_pixels(
 def copies_provenance(provenance: Provenance, copies: Sequence[str]) -> Provenance:
     """The provenance rows of every slice in every reference copy, as the index stores them: copies outermost,
     then the slices in order, each row naming its original (``original_row``)."""
-    rows = Provenance()
-    p = provenance
+    rows, p = Provenance(), provenance
     for copy in copies:
         for row in range(len(p)):
             rows.append(p.source[row], p.slice[row], p.axis[row], p.array_axis[row], copy, row, p.subject[row])

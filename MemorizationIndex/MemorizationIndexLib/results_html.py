@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 
 from .audit_status import status_lines
@@ -26,10 +25,11 @@ def index_null(index_dir: str | Path | None) -> dict | None:
 
 def _threshold_text(t: dict, null: dict | None) -> str:
     """The flag threshold, or that alpha is out of the null's reach (:func:`scoring.threshold_line`)."""
-    if math.isfinite(t["z"]):
+    threshold = Threshold.from_dict(t)
+    if threshold.reachable:
         return f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
     size = null.get("n") if null else None
-    return f"<b>{html.escape(threshold_line(Threshold.from_dict(t), size if isinstance(size, int) else None))}</b>"
+    return f"<b>{html.escape(threshold_line(threshold, size if isinstance(size, int) else None))}</b>"
 
 
 def summary_html(summary: dict, null: dict | None = None) -> str:

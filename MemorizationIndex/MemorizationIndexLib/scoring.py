@@ -34,6 +34,11 @@ class Threshold:
     mi: float
     oni: float
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the null can give a p-value below alpha (else similarity and z are infinite)."""
+        return math.isfinite(self.similarity)
+
     def to_dict(self) -> dict[str, float]:
         """{alpha, similarity, z, mi, oni} as written to summary.json."""
         return asdict(self)
@@ -77,16 +82,19 @@ class NullModel:
         return Threshold(alpha=alpha, similarity=similarity, z=z, mi=float(mi_from_z(z)), oni=float(oni_from_z(z)))
 
 
-def threshold_line(threshold: Threshold, null_n: int | None) -> str:
-    """The flag threshold in words, saying when alpha is out of reach of a null of ``null_n`` scores (its smallest
-    p-value, 1 / (n + 1), is not below alpha): then only copies that verification confirms can be flagged."""
-    if math.isfinite(threshold.similarity):
-        return f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f})"
+def out_of_reach(threshold: Threshold, null_n: int | None) -> str:
+    """That alpha is out of reach of a null of ``null_n`` scores (its smallest p-value, 1 / (n + 1), is not below
+    alpha), in words."""
     size = f" ({null_n} scores: the smallest p-value is {1 / (null_n + 1):.2g})" if null_n else ""
-    return (
-        f"threshold: alpha {threshold.alpha:g} is out of reach of this index's null{size}, so only copies confirmed "
-        "by verification can be flagged"
-    )
+    return f"alpha {threshold.alpha:g} is out of reach of this index's null{size}"
+
+
+def threshold_line(threshold: Threshold, null_n: int | None) -> str:
+    """The flag threshold in words; when alpha is out of the null's reach, that only copies that verification
+    confirms can be flagged."""
+    if threshold.reachable:
+        return f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f})"
+    return f"threshold: {out_of_reach(threshold, null_n)}, so only copies confirmed by verification can be flagged"
 
 
 def z_of(similarity: np.ndarray, mean: float, std: float) -> np.ndarray:
