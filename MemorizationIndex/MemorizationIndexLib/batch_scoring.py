@@ -89,7 +89,7 @@ class BatchScorer:
         self.threshold = self.null.threshold(self.alpha)
         if not self.threshold.reachable:
             warnings.warn(
-                f"{out_of_reach(self.threshold, len(self.null.values))}: BatchScorer scores the global stage alone (no "
+                f"{out_of_reach(self.alpha, len(self.null.values))}: BatchScorer scores the global stage alone (no "
                 "verification), so it can flag nothing; audit saved samples, or pass a larger alpha",
                 UserWarning,
                 stacklevel=2,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from .audit_status import status_lines
 from .mosaics import sample_grid_warning
-from .scoring import Threshold, threshold_line
+from .scoring import unreachable_line
 
 MAX_LISTED_SLICES = 30
 
@@ -24,12 +25,12 @@ def index_null(index_dir: str | Path | None) -> dict | None:
 
 
 def _threshold_text(t: dict, null: dict | None) -> str:
-    """The flag threshold, or that alpha is out of the null's reach (:func:`scoring.threshold_line`)."""
-    threshold = Threshold.from_dict(t)
-    if threshold.reachable:
+    """The flag threshold ({alpha, mi, z, oni}), or that alpha is out of the null's reach (z infinite, as its
+    similarity is: :func:`scoring.unreachable_line`)."""
+    if math.isfinite(t["z"]):
         return f"threshold: p &lt; {t['alpha']:g} (MI &gt; {t['mi']:.4f}, z &gt; {t['z']:.2f}, ONI &lt; {t['oni']:.3f})"
     size = null.get("n") if null else None
-    return f"<b>{html.escape(threshold_line(threshold, size if isinstance(size, int) else None))}</b>"
+    return f"<b>{html.escape(unreachable_line(t['alpha'], size if isinstance(size, int) else None))}</b>"
 
 
 def summary_html(summary: dict, null: dict | None = None) -> str:

@@ -82,19 +82,24 @@ class NullModel:
         return Threshold(alpha=alpha, similarity=similarity, z=z, mi=float(mi_from_z(z)), oni=float(oni_from_z(z)))
 
 
-def out_of_reach(threshold: Threshold, null_n: int | None) -> str:
-    """That alpha is out of reach of a null of ``null_n`` scores (its smallest p-value, 1 / (n + 1), is not below
+def out_of_reach(alpha: float, null_n: int | None) -> str:
+    """That ``alpha`` is out of reach of a null of ``null_n`` scores (its smallest p-value, 1 / (n + 1), is not below
     alpha), in words."""
     size = f" ({null_n} scores: the smallest p-value is {1 / (null_n + 1):.2g})" if null_n else ""
-    return f"alpha {threshold.alpha:g} is out of reach of this index's null{size}"
+    return f"alpha {alpha:g} is out of reach of this index's null{size}"
+
+
+def unreachable_line(alpha: float, null_n: int | None) -> str:
+    """The threshold line when ``alpha`` is out of the null's reach: only copies that verification confirms can be
+    flagged."""
+    return f"threshold: {out_of_reach(alpha, null_n)}, so only copies confirmed by verification can be flagged"
 
 
 def threshold_line(threshold: Threshold, null_n: int | None) -> str:
-    """The flag threshold in words; when alpha is out of the null's reach, that only copies that verification
-    confirms can be flagged."""
+    """The flag threshold in words (:func:`unreachable_line` when alpha is out of the null's reach)."""
     if threshold.reachable:
         return f"threshold: p < {threshold.alpha:g} (mi > {threshold.mi:.6g}, z > {threshold.z:.3f})"
-    return f"threshold: {out_of_reach(threshold, null_n)}, so only copies confirmed by verification can be flagged"
+    return unreachable_line(threshold.alpha, null_n)
 
 
 def z_of(similarity: np.ndarray, mean: float, std: float) -> np.ndarray:
