@@ -693,6 +693,7 @@ def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, 
     cases = {
         "object.npy": np.array([spine_volumes["05"][4], None], dtype=object),
         "latents.npy": np.zeros((2, 4, 28, 28), dtype=np.float32),
+        "latents_channels_last.npy": np.random.default_rng(0).normal(size=(2, 28, 28, 4)).astype(np.float32),
         "nan.npy": np.full((2, 64, 64), np.nan, dtype=np.float32),
     }
     for name, array in cases.items():
@@ -703,6 +704,32 @@ def test_cli_refuses_bad_arrays_with_one_line_and_no_outputs(spine_index: Path, 
         assert code == 2 and stderr.count("\n") == 1 and stderr.startswith("error: "), (name, stderr)
         assert name in stderr
         assert not out.exists()
+
+
+def test_outputs_written_inside_the_samples_folder_are_not_read_back(
+    spine_index: Path, spine_volumes, tmp_path: Path
+) -> None:
+    """``audit --out samples/audit`` and an index kept beside the samples: a second audit of the folder reads its
+    samples alone (the outputs' arrays were read as samples, and refused the folder); an audit without a report
+    leaves no older report beside its outputs; files of a type no reader takes are named on stderr."""
+    import shutil
+
+    samples = tmp_path / "samples"
+    _write_pngs(samples, spine_volumes["05"][4:7])
+    (samples / "model.pt").write_bytes(b"not read")
+    (samples / "config.json").write_text("{}")  # a side file: not named
+    shutil.copytree(spine_index, samples / "index")
+    out = samples / "audit"
+    for extra in ((), ("--no-report",)):
+        code, _, stderr = _cli("audit", str(spine_index), str(samples), "--out", str(out), *extra)
+        assert code == 0, stderr
+        assert len((out / "slices.csv").read_text().splitlines()) == 1 + 3
+        notes = [line for line in stderr.splitlines() if "not read" in line]
+        assert notes == [
+            f"note: {samples}: 1 file(s) of a type this tool does not read were left out (model.pt); it reads "
+            "volumes as NIfTI/NRRD/MHA/DICOM and 2D images as PNG/JPEG/TIFF/NPY/NPZ"
+        ]
+    assert not (out / "report.html").exists()  # the first audit's report described the first audit's outputs
 
 
 def test_progress_bar_only_in_a_terminal(monkeypatch) -> None:

@@ -6,7 +6,8 @@ NIfTI with nibabel (``get_fdata()[:, :, k]``, axes i, j) is the transpose of wha
 for the same slice: transpose it (``a.T``) before saving if the two must match. A stack holds
 slices along its first axis: N×H×W, N×1×H×W or N×H×W×1 (channel axis of length 1), or colour
 N×H×W×3/4 (channels last, as guided-diffusion's ``samples_*.npz`` hold uint8 RGB) or N×3×H×W
-(channels first, as a PyTorch batch); colour becomes grey, as in pictures and volumes.
+(channels first, as a PyTorch batch); colour becomes grey, as in pictures and volumes. Four channels whose
+fourth holds negative values are refused: no alpha channel is negative, and latents (decode them first) often are.
 
 Files are read with ``allow_pickle=False``; any real dtype (bool, integer, float) is accepted and
 converted to float32; NaN/Inf values become the array's finite minimum (background), as in volumes.
@@ -109,7 +110,13 @@ def as_stack(array: np.ndarray, what: str, *, allow_2d: bool = True) -> np.ndarr
     finite minimum); UserError when it is not one (see :func:`stack_layout`) or has no finite value."""
     layout = stack_layout(tuple(array.shape), array.dtype, what, allow_2d=allow_2d)
     if layout.channel_axis is not None:
-        array = grey_from_channels(np.moveaxis(np.asarray(array), layout.channel_axis, -1))
+        channels_last = np.moveaxis(np.asarray(array), layout.channel_axis, -1)
+        if channels_last.shape[-1] == 4 and channels_last[..., 3].min() < 0:
+            raise UserError(
+                f"{what} has 4 channels whose fourth holds negative values, so it is no alpha channel "
+                "(latents? decode them first); expected RGB or RGBA images"
+            )
+        array = grey_from_channels(channels_last)
     stack = np.asarray(array, dtype=np.float32).reshape(layout.n, layout.h, layout.w)
     clean = nonfinite_as_background(stack)
     if clean is not None:

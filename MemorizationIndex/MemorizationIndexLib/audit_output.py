@@ -44,7 +44,10 @@ VERIFICATION_COLUMNS = (
 SLICE_COLUMNS = _GLOBAL_COLUMNS + VERIFICATION_COLUMNS
 NEIGHBOUR_COLUMNS = ("volume", "slice", "rank", "source", "source_slice", "flip", "similarity")
 COPY_MASKS_FILE = "copy_masks.npz"
-OUTPUT_FILES = ("slices.csv", "neighbors.csv", "summary.json", "null_similarity.npy", COPY_MASKS_FILE)
+SLICES_FILE = "slices.csv"
+SUMMARY_FILE = "summary.json"
+OUTPUT_FILES = (SLICES_FILE, "neighbors.csv", SUMMARY_FILE, "null_similarity.npy", COPY_MASKS_FILE)
+REPORT_FILE = "report.html"  # built from OUTPUT_FILES (report.write_report)
 _SUMMARY_KEYS = ("index", "null", "threshold", "volumes")
 _Parsed = TypeVar("_Parsed")
 
@@ -262,6 +265,16 @@ def evidence_order(volume: str, score: SliceScore) -> tuple[int, float, float, s
 # writing
 
 
+def is_audit_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an audit's outputs (its slices.csv and summary.json)."""
+    return (folder / SLICES_FILE).is_file() and (folder / SUMMARY_FILE).is_file()
+
+
+def written_audit_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` that an audit writes (its outputs and the report), present or not."""
+    return [folder / name for name in (*OUTPUT_FILES, REPORT_FILE)]
+
+
 def check_output_dir(out_dir: str | Path) -> Path:
     """The audit output folder as a Path; UserError when it exists but is not a folder."""
     out = Path(out_dir)
@@ -301,7 +314,8 @@ def write_audit(
     out_dir: str | Path,
     copy_masks: Mapping[tuple[str, int], np.ndarray] | None = None,
 ) -> Path:
-    """Write slices.csv, neighbors.csv, summary.json, null_similarity.npy and copy_masks.npz into ``out_dir``.
+    """Write slices.csv, neighbors.csv, summary.json, null_similarity.npy and copy_masks.npz into ``out_dir``, and
+    remove an older report.html there (it described older outputs; ``report`` or the audit writes the new one).
 
     ``copy_masks``: {(volume as in slices.csv, slice index): bool [rows, cols]}; the file is written
     (empty without masks) so that no older one is left beside the new rows. All or nothing
@@ -336,7 +350,9 @@ def write_audit(
             ),
         )
     )
-    return write_files(out, writers, what=f"the audit outputs to {out}")
+    write_files(out, writers, what=f"the audit outputs to {out}")
+    (out / REPORT_FILE).unlink(missing_ok=True)  # an older audit's report, which these outputs no longer match
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,11 +584,11 @@ def read_audit(out_dir: str | os.PathLike) -> AuditOutputs:
     folder = Path(out_dir)
     if not folder.is_dir():
         raise UserError(f"audit folder {folder} does not exist")
-    for name in ("slices.csv", "summary.json", "null_similarity.npy"):
+    for name in (SLICES_FILE, SUMMARY_FILE, "null_similarity.npy"):
         if not (folder / name).is_file():
             raise UserError(f"{folder / name} is missing: run `memorization-index audit` into this folder first")
-    rows = _read_csv(folder / "slices.csv", _GLOBAL_COLUMNS, "slices.csv", _slice_row)
-    summary, threshold = _read_summary(folder / "summary.json")
+    rows = _read_csv(folder / SLICES_FILE, _GLOBAL_COLUMNS, SLICES_FILE, _slice_row)
+    summary, threshold = _read_summary(folder / SUMMARY_FILE)
     null = _read_null(folder / "null_similarity.npy")
     neighbours_path = folder / "neighbors.csv"
     neighbours = _read_neighbours(neighbours_path, rows) if neighbours_path.is_file() else None

@@ -101,6 +101,7 @@ def _build_index(args: argparse.Namespace) -> int:
     else:
         index = build_index(args.train, args.out, options, progress=make_progress("embedding"))
     null = index.config["null"]
+    _note_unread([*args.train, *(args.holdout or ())])
     _warn_few_subjects(index)
     if index.regions is not None and not index.config["verification"].get("patch_search"):
         print(
@@ -163,9 +164,26 @@ def _audit(args: argparse.Namespace) -> int:
     if sets:
         _print_sets(sets)
     print(f"{threshold_line(threshold, len(index.null_model.values))}; outputs in {args.out}")
+    _note_unread(args.query)
     _note_calibration(audits)
     _warn_few_subjects(index)
     return 0
+
+
+def _note_unread(inputs: Sequence[str]) -> None:
+    """A note on stderr for each input folder holding files that were not read (no reader takes their suffix)."""
+    from .image_sets import unread_files
+
+    for raw in inputs:
+        folder = Path(raw)
+        unread = unread_files(folder) if folder.is_dir() else []
+        if unread:
+            names = ", ".join(p.relative_to(folder).as_posix() for p in unread[:3]) + (", …" if len(unread) > 3 else "")
+            print(
+                f"note: {folder}: {len(unread)} file(s) of a type this tool does not read were left out ({names}); "
+                "it reads volumes as NIfTI/NRRD/MHA/DICOM and 2D images as PNG/JPEG/TIFF/NPY/NPZ",
+                file=sys.stderr,
+            )
 
 
 def _note_calibration(audits: list[VolumeAudit | SetAudit]) -> None:

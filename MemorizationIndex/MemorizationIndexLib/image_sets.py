@@ -49,6 +49,10 @@ SET_AXIS = "2d"  # the array_axis/axis of a set's files in the outputs (2D image
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SET_SUFFIXES = PICTURE_SUFFIXES + ARRAY_SUFFIXES
 _GLOB_CHARACTERS = "*?["
+_SIDE_FILE_ENDINGS = (
+    *(".json", ".tsv", ".csv", ".txt", ".md", ".log", ".yaml", ".yml", ".html", ".xml", ".pdf", ".bval", ".bvec"),
+    *(".raw", ".raw.gz", ".zraw"),  # the detached pixels of a .mhd or .nhdr header
+)
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")  # read with Pillow; TIFF (multi-page, float) with ITK
 
 
@@ -84,6 +88,22 @@ def _is_volume_of_one_slice(path: Path) -> bool:
 
 def _folder_files(folder: Path) -> list[Path]:
     return [p for p in listed_files(folder) if is_volume_file(p) or _is_set_file(p)]
+
+
+def unread_files(folder: Path) -> list[Path]:
+    """The files of an input folder that no reader takes by their suffix (a .webp or .bmp picture, a model.pt),
+    when the folder holds files that one does; side files that hold no image (text, tables, JSON sidecars, the
+    detached data of a .mhd or .nhdr header) are not counted; [] for a DICOM folder, whose files need no suffix."""
+    files = listed_files(folder)
+    read = [p for p in files if is_volume_file(p) or _is_set_file(p)]
+    if not any(p.suffix.lower() != ".dcm" for p in read):
+        return []
+    return [p for p in files if not (is_volume_file(p) or _is_set_file(p) or _is_side_file(p))]
+
+
+def _is_side_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(_SIDE_FILE_ENDINGS)
 
 
 def _is_glob(raw: str) -> bool:

@@ -408,6 +408,11 @@ def write_manifest(folder: Path) -> str:
     return index_id
 
 
+def is_index_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an index (its manifest and required files), as ``build-index`` writes it."""
+    return all((folder / name).is_file() for name in (MANIFEST, *_REQUIRED_FILES))
+
+
 def _read_manifest(path: Path) -> dict:
     manifest_path = path / MANIFEST
     if not path.is_dir() or not manifest_path.is_file():

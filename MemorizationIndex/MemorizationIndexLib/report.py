@@ -60,16 +60,13 @@ import numpy as np
 
 from . import __version__
 from .atomic_write import text_file, write_files
-from .audit_output import SliceRow, read_audit
+from .audit_output import REPORT_FILE, SliceRow, read_audit
 from .audit_status import AuditStatus, audit_status, box_text, copy_transform_text, status_sentences
 from .mosaics import sample_grid_warning
 from .report_evidence import Evidence, build_evidence, ranked
 from .report_plots import histogram_svg, short_name, strips_svg
 from .report_sets import calibration_cell, set_groups, set_row_mask, sets_section_html
 from .scoring import mi_from_z, z_of
-
-REPORT_FILE = "report.html"
-
 
 MAX_STRIPS = 12  # per-volume mi strips drawn; the rest are listed as left out
 

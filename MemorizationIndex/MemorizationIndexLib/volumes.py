@@ -91,13 +91,31 @@ def _check_exists(path: Path) -> None:
 
 
 def listed_files(folder: Path) -> list[Path]:
-    """The files below a folder, sorted, without hidden ones: a name starting with "." anywhere below the folder
-    (Jupyter's .ipynb_checkpoints copies, macOS's ._ metadata files) is not an input."""
+    """The files below a folder, sorted, that may be inputs. Not inputs: hidden files (a name starting with "."
+    anywhere below the folder: Jupyter's .ipynb_checkpoints copies, macOS's ._ metadata files), and what this tool
+    wrote there: an index folder, and an audit's output files (``audit --out samples/audit``), whose arrays are no
+    samples."""
     try:
         files = [p for p in folder.rglob("*") if p.is_file()]
-        return sorted(p for p in files if not any(name.startswith(".") for name in p.relative_to(folder).parts))
+        visible = [p for p in files if not any(name.startswith(".") for name in p.relative_to(folder).parts)]
+        written = _written_by_this_tool({p.parent for p in visible})
+        return sorted(p for p in visible if p not in written and not any(d in written for d in p.parents))
     except OSError as exc:
         raise UserError(f"cannot list folder {folder}: {exc.strerror or exc} ({exc.filename or folder})") from None
+
+
+def _written_by_this_tool(folders: set[Path]) -> set[Path]:
+    """Among ``folders``, the index folders, and the audit output files in audit output folders."""
+    from .audit_output import is_audit_folder, written_audit_files
+    from .reference_index import is_index_folder
+
+    written: set[Path] = set()
+    for folder in folders:
+        if is_index_folder(folder):
+            written.add(folder)
+        elif is_audit_folder(folder):
+            written.update(written_audit_files(folder))
+    return written
 
 
 def expand_inputs(paths: list[str] | list[Path]) -> list[Path]:
