@@ -206,7 +206,7 @@ def _print_sets(sets: list[SetAudit]) -> None:
         scores = s.scores
         mean_mi = sum(x.mi for x in scores) / len(scores) if scores else float("nan")
         print(
-            f"{s.name[-40:]:<40} {len(s.members):>6} {len(scores):>6} {s.flagged:>8} "
+            f"{_name_column(s.name)} {len(s.members):>6} {len(scores):>6} {s.flagged:>8} "
             f"{s.threshold.alpha * len(scores):>8.2f} {mean_mi:>8.3f}"
         )
     for s in sets:
@@ -217,21 +217,26 @@ def _print_sets(sets: list[SetAudit]) -> None:
             )
 
 
+def _name_column(name: str, width: int = 40) -> str:
+    """A name in a table column of ``width`` characters: its end kept (where file names differ) and "…" in front
+    when it is cut."""
+    return (name if len(name) <= width else "…" + name[1 - width :]).ljust(width)
+
+
 def _print_volumes(volumes: list[VolumeAudit]) -> None:
     print(f"{'volume':<40} {'scored':>6} {'skipped':>7} {'mean mi':>8} {'flagged':>8}")
     for audit in volumes:
         if not audit.scores:
             print(
                 f"warning: {audit.volume}: no slice could be scored ({audit.n_slices} slices, all empty, constant or "
-                "under "
-                "16 px); it is listed with 0 scored slices",
+                "under 16 px); it is listed with 0 scored slices",
                 file=sys.stderr,
             )
         if audit.sample_grid:
             print(f"warning: {sample_grid_warning(audit.volume, audit.sample_grid)}", file=sys.stderr)
         mean_mi = sum(s.mi for s in audit.scores) / len(audit.scores) if audit.scores else float("nan")
         print(
-            f"{Path(audit.volume).name[:40]:<40} {len(audit.scores):>6} {len(audit.skipped_empty):>7} "
+            f"{_name_column(Path(audit.volume).name)} {len(audit.scores):>6} {len(audit.skipped_empty):>7} "
             f"{mean_mi:>8.3f} {audit.flagged:>8}"
         )
 
