@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .preprocess import smoothing_matrix
+
 SWEEP_STEP = 10.0  # degrees between the coarse turns (the whole circle)
 SWEEP_SCALES = 2.0 ** np.linspace(-0.5, 0.5, 7)  # coarse scales, a sixth of an octave apart
 SWEEP_COARSE = 16  # side (pixels) of the coarse search's grid
@@ -44,14 +46,8 @@ def _turn_maps(angles: np.ndarray, scales: np.ndarray) -> torch.Tensor:
 
 def _smoothed(images: torch.Tensor) -> torch.Tensor:
     """[n, 1, side, side] images filtered by a Gaussian of SWEEP_SIGMA pixels (edges replicated)."""
-    reach = int(3 * SWEEP_SIGMA)
-    taps = torch.arange(-reach, reach + 1, dtype=torch.float32)
-    kernel = torch.exp(-(taps**2) / (2 * SWEEP_SIGMA**2))
-    kernel = kernel / kernel.sum()
-    padded = torch.nn.functional.pad(images, (reach, reach, 0, 0), mode="replicate")
-    images = torch.nn.functional.conv2d(padded, kernel.view(1, 1, 1, -1))
-    padded = torch.nn.functional.pad(images, (0, 0, reach, reach), mode="replicate")
-    return torch.nn.functional.conv2d(padded, kernel.view(1, 1, -1, 1))
+    matrix = smoothing_matrix(images.shape[-1], SWEEP_SIGMA)
+    return matrix @ images @ matrix.T
 
 
 def _centroids(images: torch.Tensor) -> torch.Tensor:
