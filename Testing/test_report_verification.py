@@ -95,7 +95,7 @@ USED = {
 HOLDS = {"holds": True, "reason": "", "median_z": 0.1, "limit_z": 1.2}
 FAR_ABOVE = (
     "the audited slices as a whole sit far above the null (median z 1.83 > 1.2): another contrast, anatomy or "
-    "scanner than the reference, or a wholly copied input; only verified copies are flagged"
+    "scanner than the reference, or an input made largely of copies; only verified copies are flagged"
 )
 NOT_HOLDS = {"holds": False, "reason": FAR_ABOVE, "median_z": 1.83, "limit_z": 1.2}
 FEW_SUBJECTS = {"training_subjects": 3, "few_training_subjects": True}

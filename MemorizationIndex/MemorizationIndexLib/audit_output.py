@@ -73,7 +73,14 @@ FOLDER_FORMAT = (
         "[0, 1]: the higher of the verified score and the score of the candidate bent onto the slice "
         "(grid_warps.BEND_GATE), which verified_p tests against the null's own bent scores.",
     ),
-    ("neighbors.csv", "the top-k reference slices of every scored slice: " + ", ".join(NEIGHBOUR_COLUMNS) + "."),
+    (
+        "neighbors.csv",
+        "the global search's top-k reference slices of every scored slice (rank 1 is slices.csv's nn_source, "
+        "nn_slice): "
+        + ", ".join(NEIGHBOUR_COLUMNS)
+        + ". The verification also checks candidates of its own (region and patch searches), so the slice it "
+        "names, slices.csv's copy_source and copy_slice, which is the provenance of a flag, may be in no row here.",
+    ),
     (
         "summary.json",
         'required: "index", "null" {mean, std, n}, "threshold" {alpha, similarity, z, mi, oni}, '

@@ -1,8 +1,8 @@
 """Does the calibration null hold for an audited input as a whole? (docs/method.md §8)
 
 The p-values of the global score are calibrated on held-out people of the *reference's* domain.
-When an audited volume or set comes from another contrast, anatomy or scanner (or is itself a
-wholly copied training volume), its global similarities are shifted as a whole, and the null's
+When an audited volume or set comes from another contrast, anatomy or scanner (or is made largely
+of copies of training slices), its global similarities are shifted as a whole, and the null's
 tail no longer tells copies from novel slices: with a 3-subject EPI reference, brain T1 slices of
 people in no index had median z 1.1-1.8 and 6-18% of them were flagged. The check compares the
 input's median z with a limit that widens for small inputs; slices of one person are correlated,
@@ -86,7 +86,7 @@ def check_calibration(
     """Whether ``null`` holds for the global similarities of one audited input (a volume or a set).
 
     The input fails when its median z lies more than :func:`limit_for` (n) from the null's mean:
-    above (another contrast, anatomy or scanner than the reference, or a wholly copied input:
+    above (another contrast, anatomy or scanner than the reference, or an input made largely of copies:
     global flags are then unreliable and only verified copies should be flagged) or below (the
     reference is of another domain: scores say little, though a flag is still conservative).
     Given the input's feature ``energy`` and the null's (``ReferenceIndex.null_energy``), an input
@@ -104,7 +104,7 @@ def check_calibration(
     if median_z > limit:
         reason = (
             f"the audited slices as a whole sit far above the null (median z {median_z:.2f} > limit {limit:.2f} "
-            f"for {n} slices): another contrast, anatomy or scanner than the reference, or a wholly copied input; "
+            f"for {n} slices): another contrast, anatomy or scanner than the reference, or an input made largely of copies; "
             "only verified copies are flagged"
         )
         return CalibrationCheck(False, reason, median_z, limit, ABOVE, n)
