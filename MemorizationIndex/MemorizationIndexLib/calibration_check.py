@@ -104,8 +104,8 @@ def check_calibration(
     if median_z > limit:
         reason = (
             f"the audited slices as a whole sit far above the null (median z {median_z:.2f} > limit {limit:.2f} "
-            f"for {n} slices): another contrast, anatomy or scanner than the reference, or an input made largely of copies; "
-            "only verified copies are flagged"
+            f"for {n} slices): another contrast, anatomy or scanner than the reference, or an input made largely of "
+            "copies; only verified copies are flagged"
         )
         return CalibrationCheck(False, reason, median_z, limit, ABOVE, n)
     outside = "" if energy is None or null_energy is None else _outside(np.asarray(energy), np.asarray(null_energy))
