@@ -732,6 +732,54 @@ def test_outputs_written_inside_the_samples_folder_are_not_read_back(
     assert not (out / "report.html").exists()  # the first audit's report described the first audit's outputs
 
 
+def test_a_copied_volume_is_cut_as_the_reference_whatever_its_voxels_or_header(
+    spine_index: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    """The index's slices are all sagittal, cut along numpy axis 0 (the spine volumes' thickest axis). Two ways a 3D
+    generator writes a copy of a training volume: resampled to isotropic voxels (no thickest axis: it used to be
+    cut axial, where no slice matches the reference's, and nothing was flagged), and its array saved without
+    geometry (unit spacing, zero origin: its patient planes mean nothing, so it is cut along the reference's numpy
+    axis; nibabel's identity affine reads with two axes reversed). Each is cut as the reference was."""
+    import json
+
+    from MemorizationIndexLib.reference_index import ReferenceIndex
+
+    index = ReferenceIndex.load(spine_index)
+    assert (index.audit_axis, index.array_axis) == ("sagittal", 0)
+    image = sitk.ReadImage(str(shared_data / "spine" / "myosegmentum" / "02.nii.gz"))
+    isotropic = sitk.Resample(
+        image, [112, 112, 40], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0),
+        image.GetDirection(), 0.0, image.GetPixelID(),
+    )  # fmt: skip
+    sitk.WriteImage(isotropic, str(tmp_path / "isotropic.nii.gz"))
+    bare = sitk.GetImageFromArray(sitk.GetArrayFromImage(image))
+    sitk.WriteImage(bare, str(tmp_path / "no_geometry.nii.gz"))
+    bare.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(bare, str(tmp_path / "identity_affine.nii.gz"))
+    names = ("isotropic", "no_geometry", "identity_affine")
+    out = tmp_path / "out"
+    code, _, stderr = _cli(
+        "audit", str(spine_index), *(str(tmp_path / f"{n}.nii.gz") for n in names), "--out", str(out)
+    )
+    assert code == 0, stderr
+    for volume in json.loads((out / "summary.json").read_text())["volumes"]:
+        assert (volume["axis"], volume["array_axis"]) == ("sagittal", 0), volume
+        assert volume["flagged"] >= 0.9 * volume["slices_scored"] > 0, volume
+
+
+def test_the_audit_axis_of_an_index_of_several_planes_is_each_volume_s_own() -> None:
+    from types import SimpleNamespace
+
+    from MemorizationIndexLib.reference_index import ReferenceIndex
+
+    def audit_axis(axis: str, planes: list[str]) -> str:
+        return ReferenceIndex.audit_axis.fget(SimpleNamespace(axis=axis, provenance=SimpleNamespace(axis=planes)))
+
+    assert audit_axis("auto", ["sagittal", "axial", "sagittal"]) == "auto"
+    assert audit_axis("auto", ["axial", "axial"]) == "axial"
+    assert audit_axis("coronal", ["axial"]) == "coronal"
+
+
 def test_progress_bar_only_in_a_terminal(monkeypatch) -> None:
     from MemorizationIndexLib import cli
     from MemorizationIndexLib.progress import OverallProgress

@@ -30,7 +30,7 @@ from .search import Neighbours
 from .second_stage import VIEWS, Verified, search_depth
 from .verified_null import MIN_BENT_SCORE, MIN_COPY_SCORE, evidence_p
 from .verified_null import flag_p as combined_p
-from .volumes import axis_name, image_slices, read_image, resolve_axis, validate_inputs
+from .volumes import audit_cut, axis_name, image_slices, read_image, validate_inputs
 
 
 @dataclass
@@ -292,7 +292,8 @@ def audit_image(
     encoder = _query_encoder(index, encoder, device, preprocessing)
     alpha = checked_alpha(index, alpha)
     stage = SecondStage(index) if stage is None else stage
-    array_axis = resolve_axis(image, axis or index.axis)
+    array_axis, in_array_space = audit_cut(image, axis or index.audit_axis, None if axis else index.array_axis)
+    plane = index.audit_axis if in_array_space and index.audit_axis != "auto" else axis_name(image, array_axis)
     stack = image_slices(image, array_axis)
     grid = find_mosaic(stack[0]) if len(stack) == 1 else None
     keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))
@@ -300,7 +301,7 @@ def audit_image(
     audit = VolumeAudit(
         volume,
         array_axis,
-        axis_name(image, array_axis),
+        plane,
         len(stack),
         [int(k) for k in np.flatnonzero(~np.isin(np.arange(len(stack)), keep))],
         [],

@@ -351,7 +351,12 @@ def _add_audit_parser(sub) -> None:
     audit.add_argument("--out", required=True, help="output folder")
     audit.add_argument("--checkpoint", help="MRI-CORE checkpoint (if not at the path recorded in the index)")
     audit.add_argument("--alpha", type=fraction, help="significance level for flagging (default: the index's, 0.001)")
-    audit.add_argument("--axis", choices=AXIS_CHOICES, help="override the index's slicing axis")
+    audit.add_argument(
+        "--axis",
+        choices=AXIS_CHOICES,
+        help="plane to cut the audited volumes along (default: the index's; for an index of axis auto, the plane its "
+        "reference slices lie in; auto: each volume's largest-spacing axis)",
+    )
     audit.add_argument("--no-report", action="store_true", help="do not write report.html")
     audit.add_argument(
         "--no-verification",

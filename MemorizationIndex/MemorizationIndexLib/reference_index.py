@@ -191,6 +191,24 @@ class ReferenceIndex:
         return sum(1 for flip in self.provenance.flip if flip == ORIGINAL)
 
     @property
+    def audit_axis(self) -> str:
+        """The axis audited volumes are cut along unless one is asked for: the index's slicing axis, or, when that is
+        ``auto``, the patient plane that all its reference slices lie in (a volume of other voxel sizes, such as a
+        copy resampled to isotropic voxels, has another thickest axis, and slices of another plane match none of
+        the reference's); ``auto`` when they lie in several planes."""
+        if self.axis != "auto":
+            return self.axis
+        planes = set(self.provenance.axis)
+        return planes.pop() if len(planes) == 1 else "auto"
+
+    @property
+    def array_axis(self) -> int | None:
+        """The numpy axis all reference slices were cut along (provenance.csv's ``array_axis``), or None when they
+        were cut along several."""
+        axes = set(self.provenance.array_axis)
+        return axes.pop() if len(axes) == 1 else None
+
+    @property
     def n_subjects(self) -> int:
         """Number of distinct training subjects."""
         return len(set(self.provenance.subject))

@@ -471,6 +471,33 @@ def _index_axis_planes(image: sitk.Image) -> list[str]:
     return [_PLANE_OF_PATIENT_AXIS[p] for p in _patient_axis_of_index_axes(image)]
 
 
+def has_no_geometry(image: sitk.Image) -> bool:
+    """Whether the header carries no geometry: unit spacing, zero origin and axes along the patient's (signs aside),
+    as arrays saved without it are written (nibabel with an identity affine, SimpleITK's ``GetImageFromArray``)."""
+    direction = np.abs(np.asarray(image.GetDirection(), dtype=float).reshape(3, 3))
+    return (
+        np.allclose(image.GetSpacing(), 1.0)
+        and np.allclose(image.GetOrigin(), 0.0)
+        and np.allclose(direction, np.eye(3))
+    )
+
+
+def _thin_axis(image: sitk.Image) -> int | None:
+    """The numpy axis along which the image is one voxel thick, when exactly one is (a 2D image)."""
+    thin = [i for i, n in enumerate(image.GetSize()) if n == 1]
+    return 2 - thin[0] if len(thin) == 1 else None
+
+
+def audit_cut(image: sitk.Image, axis: str, array_space_axis: int | None) -> tuple[int, bool]:
+    """(numpy axis to cut an audited volume along, whether it was chosen in array space): :func:`resolve_axis` of
+    ``axis``, except for a volume whose header carries no geometry (:func:`has_no_geometry`; a 2D image aside),
+    which is cut along ``array_space_axis`` when given (the numpy axis the reference slices were cut along: its
+    array is all such a volume has)."""
+    if array_space_axis is not None and _thin_axis(image) is None and has_no_geometry(image):
+        return array_space_axis, True
+    return resolve_axis(image, axis), False
+
+
 def resolve_axis(image: sitk.Image, axis: str) -> int:
     """Numpy axis (0=k, 1=j, 2=i) of the image array to cut slices along.
 
@@ -482,9 +509,9 @@ def resolve_axis(image: sitk.Image, axis: str) -> int:
     if axis not in AXIS_CHOICES:
         raise UserError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_CHOICES)}")
     size = image.GetSize()
-    thin = [i for i in range(3) if size[i] == 1]
-    if len(thin) == 1:
-        return 2 - thin[0]
+    thin = _thin_axis(image)
+    if thin is not None:
+        return thin
     planes = _index_axis_planes(image)
     if axis == "auto":
         spacing = np.asarray(image.GetSpacing(), dtype=float)
