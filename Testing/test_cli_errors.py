@@ -128,6 +128,11 @@ def _bad_4d(tmp: Path, data, array, like) -> list[str]:
     return [str(_save(np.stack([array, array]), None, tmp / "four_d.nii.gz"))]
 
 
+def _bad_channel_first(tmp: Path, data, array, like) -> list[str]:
+    """A (1, H, W, D) array saved as NIfTI, as a generator writes its channel-first output: ITK reads D volumes."""
+    return [str(_save(array[..., None], None, tmp / "channel_first.nii.gz"))]
+
+
 def _bad_complex(tmp: Path, data, array, like) -> list[str]:
     real = sitk.Cast(sitk.GetImageFromArray(array), sitk.sitkFloat32)
     sitk.WriteImage(sitk.RealAndImaginaryToComplex(real, real), str(tmp / "complex.nii.gz"))
@@ -156,6 +161,7 @@ BAD_INPUTS: dict[str, tuple[Callable, list[str], tuple[str, ...]]] = {
     "truncated .nrrd": (_bad_truncated_nrrd, [], ("cut.nrrd",)),
     "good input then a truncated one": (_bad_good_then_truncated, [], ("truncated",)),
     "4D without --volume-index": (_bad_4d, [], ("4d image with 2 volumes", "--volume-index 0..1")),
+    "channel-first array saved as NIfTI": (_bad_channel_first, [], ("channel-first", "array[0]")),
     "4D with an out-of-range --volume-index": (_bad_4d, ["--volume-index", "7"], ("out of range",)),
     "--volume-index on a 3D image": (
         lambda t, d, a, log: [str(d["query"])],

@@ -313,6 +313,11 @@ def _check_nifti_complete(path: Path) -> None:
 
 def _check_volume_index(path: Path, size: tuple[int, ...], volume_index: int | None) -> None:
     if len(size) == 4 and size[3] > 1:
+        if volume_index is None and size[0] == 1:
+            raise UserError(
+                f"{path} is a 4D image of {size[3]} volumes of 1 x {size[1]} x {size[2]} voxels: a channel-first "
+                "array (1 x H x W x D) saved as NIfTI? save it without its channel axis (array[0])"
+            )
         if volume_index is None:
             raise UserError(
                 f"{path} is a 4D image with {size[3]} volumes; choose one with --volume-index 0..{size[3] - 1}"
