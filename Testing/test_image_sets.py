@@ -745,7 +745,7 @@ def test_a_copied_volume_is_cut_as_the_reference_whatever_its_voxels_or_header(
     from MemorizationIndexLib.reference_index import ReferenceIndex
 
     index = ReferenceIndex.load(spine_index)
-    assert (index.audit_axis, index.array_axis) == ("sagittal", 0)
+    assert (index.reference_plane, index.array_axis) == ("sagittal", 0)
     image = sitk.ReadImage(str(shared_data / "spine" / "myosegmentum" / "02.nii.gz"))
     isotropic = sitk.Resample(
         image, [112, 112, 40], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (2.0, 2.0, 2.0),
@@ -767,17 +767,16 @@ def test_a_copied_volume_is_cut_as_the_reference_whatever_its_voxels_or_header(
         assert volume["flagged"] >= 0.9 * volume["slices_scored"] > 0, volume
 
 
-def test_the_audit_axis_of_an_index_of_several_planes_is_each_volume_s_own() -> None:
+def test_the_reference_plane_is_auto_for_an_index_of_several_planes() -> None:
     from types import SimpleNamespace
 
     from MemorizationIndexLib.reference_index import ReferenceIndex
 
-    def audit_axis(axis: str, planes: list[str]) -> str:
-        return ReferenceIndex.audit_axis.fget(SimpleNamespace(axis=axis, provenance=SimpleNamespace(axis=planes)))
+    def plane(planes: list[str]) -> str:
+        return ReferenceIndex.reference_plane.fget(SimpleNamespace(provenance=SimpleNamespace(axis=planes)))
 
-    assert audit_axis("auto", ["sagittal", "axial", "sagittal"]) == "auto"
-    assert audit_axis("auto", ["axial", "axial"]) == "axial"
-    assert audit_axis("coronal", ["axial"]) == "coronal"
+    assert plane(["sagittal", "axial", "sagittal"]) == "auto"
+    assert plane(["axial", "axial"]) == "axial"
 
 
 def test_progress_bar_only_in_a_terminal(monkeypatch) -> None:

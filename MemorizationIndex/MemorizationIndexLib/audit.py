@@ -292,8 +292,9 @@ def audit_image(
     encoder = _query_encoder(index, encoder, device, preprocessing)
     alpha = checked_alpha(index, alpha)
     stage = SecondStage(index) if stage is None else stage
-    array_axis, in_array_space = audit_cut(image, axis or index.audit_axis, None if axis else index.array_axis)
-    plane = index.audit_axis if in_array_space and index.audit_axis != "auto" else axis_name(image, array_axis)
+    reference_plane = index.reference_plane
+    array_axis, in_array_space = audit_cut(image, axis or index.axis, reference_plane, index.array_axis)
+    plane = reference_plane if in_array_space and reference_plane != "auto" else axis_name(image, array_axis)
     stack = image_slices(image, array_axis)
     grid = find_mosaic(stack[0]) if len(stack) == 1 else None
     keep = np.flatnonzero(nonempty_mask(stack, index.preprocessing))

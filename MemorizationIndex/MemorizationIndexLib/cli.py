@@ -354,8 +354,8 @@ def _add_audit_parser(sub) -> None:
     audit.add_argument(
         "--axis",
         choices=AXIS_CHOICES,
-        help="plane to cut the audited volumes along (default: as the index's slices were cut: in their plane, or, "
-        "for an array saved without geometry, along their numpy axis; auto: each volume's largest-spacing axis)",
+        help="plane to cut the audited volumes along (default: the index's; auto: each volume's largest-spacing "
+        "axis, or, for a volume without one, as the index's slices were cut)",
     )
     audit.add_argument("--no-report", action="store_true", help="do not write report.html")
     audit.add_argument(

@@ -191,13 +191,9 @@ class ReferenceIndex:
         return sum(1 for flip in self.provenance.flip if flip == ORIGINAL)
 
     @property
-    def audit_axis(self) -> str:
-        """The axis audited volumes are cut along unless one is asked for: the index's slicing axis, or, when that is
-        ``auto``, the patient plane that all its reference slices lie in (a volume of other voxel sizes, such as a
-        copy resampled to isotropic voxels, has another thickest axis, and slices of another plane match none of
-        the reference's); ``auto`` when they lie in several planes."""
-        if self.axis != "auto":
-            return self.axis
+    def reference_plane(self) -> str:
+        """The patient plane all reference slices lie in (provenance.csv's ``axis``), or ``auto`` when they lie in
+        several."""
         planes = set(self.provenance.axis)
         return planes.pop() if len(planes) == 1 else "auto"
 

@@ -493,14 +493,23 @@ def _thin_axis(image: sitk.Image) -> int | None:
     return 2 - thin[0] if len(thin) == 1 else None
 
 
-def audit_cut(image: sitk.Image, axis: str, array_space_axis: int | None) -> tuple[int, bool]:
-    """(numpy axis to cut an audited volume along, whether it was chosen in array space): :func:`resolve_axis` of
-    ``axis``, except for a volume whose header carries no geometry (:func:`has_no_geometry`; a 2D image aside),
-    which is cut along ``array_space_axis`` when given (the numpy axis the reference slices were cut along: its
-    array is all such a volume has)."""
-    if array_space_axis is not None and _thin_axis(image) is None and has_no_geometry(image):
-        return array_space_axis, True
-    return resolve_axis(image, axis), False
+def audit_cut(image: sitk.Image, axis: str, reference_plane: str, reference_axis: int | None) -> tuple[int, bool]:
+    """(numpy axis to cut an audited volume along, whether it was chosen in array space). A plane ``axis`` is cut as
+    asked (:func:`resolve_axis`). With ``auto``, a volume whose spacing names one thickest axis is cut along it, as
+    the training volumes were; one without (a copy resampled to isotropic voxels) is cut in ``reference_plane``, the
+    plane of the index's slices, or, when its header carries no geometry (:func:`has_no_geometry`), along
+    ``reference_axis``, the numpy axis they were cut along (its array is all such a volume has)."""
+    if axis != "auto" or _thin_axis(image) is not None or len(_thickest_index_axes(image)) == 1:
+        return resolve_axis(image, axis), False
+    if reference_axis is not None and has_no_geometry(image):
+        return reference_axis, True
+    return resolve_axis(image, reference_plane), False
+
+
+def _thickest_index_axes(image: sitk.Image) -> list[int]:
+    """The index axes (0=i, 1=j, 2=k) of the largest spacing (within 1%), of more than one voxel."""
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    return [i for i in range(3) if spacing[i] >= spacing.max() * 0.99 and image.GetSize()[i] > 1]
 
 
 def resolve_axis(image: sitk.Image, axis: str) -> int:
@@ -513,14 +522,12 @@ def resolve_axis(image: sitk.Image, axis: str) -> int:
     """
     if axis not in AXIS_CHOICES:
         raise UserError(f"unknown axis {axis!r}; use one of {', '.join(AXIS_CHOICES)}")
-    size = image.GetSize()
     thin = _thin_axis(image)
     if thin is not None:
         return thin
     planes = _index_axis_planes(image)
     if axis == "auto":
-        spacing = np.asarray(image.GetSpacing(), dtype=float)
-        candidates = [i for i in range(3) if spacing[i] >= spacing.max() * 0.99 and size[i] > 1]
+        candidates = _thickest_index_axes(image)
         if not candidates:
             candidates = [2]
         index_axis = next((i for i in candidates if planes[i] == "axial"), max(candidates))
