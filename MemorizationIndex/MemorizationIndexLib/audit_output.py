@@ -60,8 +60,12 @@ FOLDER_FORMAT = (
         + ", ".join(VERIFICATION_COLUMNS)
         + ' (verification; absent in folders written before it: the reader gives nan, "", -1, 0, 0.0, 1.0 '
         "and no box). flagged: 0/1, flagged == flag_p < alpha. verified_score in [0, 1] and verified_p / "
-        "flag_p in [0, 1], nan when not verified. copy_source, copy_slice: the training slice the "
-        "verification matched best; copy_transposed (0/1), copy_angle (degrees), copy_scale: how it maps "
+        "flag_p in [0, 1], nan when not verified. flag_p: twice the smaller of p_value and verified_p, at most 1 "
+        "(Bonferroni over the two stages), where verified_p counts only when verified_score >= "
+        "verified_null.MIN_COPY_SCORE or verified_bent >= MIN_BENT_SCORE (else 1); where the calibration does not "
+        "hold for the input (summary.json's calibration_holds false), that verified evidence alone. copy_source, "
+        "copy_slice: the training slice the verification matched best, on every verified row (on an unflagged row "
+        "it is the best candidate, no finding); copy_transposed (0/1), copy_angle (degrees), copy_scale: how it maps "
         'onto the query (transpose, then rotation, then scale); copy_box: "row0 col0 row1 col1" (ends '
         "exclusive) of the copied region in the query slice's pixels as stored, empty when none; roughness: the "
         "slice's verification grid roughness (smaller = smoother; nan when not verified), which picks the band "
