@@ -762,7 +762,9 @@ def test_a_copied_volume_is_cut_as_the_reference_whatever_its_voxels_or_header(
         "audit", str(spine_index), *(str(tmp_path / f"{n}.nii.gz") for n in names), "--out", str(out)
     )
     assert code == 0, stderr
-    for volume in json.loads((out / "summary.json").read_text())["volumes"]:
+    volumes = json.loads((out / "summary.json").read_text())["volumes"]
+    assert [Path(v["volume"]).name for v in volumes] == [f"{n}.nii.gz" for n in names]
+    for volume in volumes:
         assert (volume["axis"], volume["array_axis"]) == ("sagittal", 0), volume
         assert volume["flagged"] >= 0.9 * volume["slices_scored"] > 0, volume
 
